@@ -1,0 +1,358 @@
+"""The policy: the requirements' business impact analysis, objectives, topology and storage as data.
+
+`load_policy()` reads `include/policy.yaml` (or another file) into typed models. Every problem is
+reported as ``FILE: key.path: what was expected, got what`` so an operator can fix the file
+without reading this code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_POLICY_PATH = PROJECT_ROOT / "include" / "policy.yaml"
+POLICY_ENV_VAR = "CONTINUITY_POLICY"
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used; the message names the file, the key path and the problem."""
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdwy])\s*$")
+_SIZE_UNITS = {
+    "B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse '90s', '15m', '4h', '30d', '2w', '1y' (a year is 365 days)."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"expected a duration like '15m', got {value!r}")
+    number, unit = match.groups()
+    return timedelta(seconds=float(number) * _DURATION_UNITS[unit])
+
+
+def parse_size(value: Any) -> int:
+    """Parse '16MiB', '512kB', '1GiB' or a plain byte count into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if not match or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like '16MiB', got {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def parse_frequency(value: Any) -> timedelta | str:
+    """'continuous' (replication, no schedule) or a duration."""
+    if value == "continuous":
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f"expected 'continuous' or a duration like '15m', got {value!r}") from None
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit in ("y", "d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Frequency = Annotated[timedelta | str, PlainValidator(parse_frequency)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Model):
+    target: Duration
+    maximum: Duration
+
+
+class BusinessFunction(_Model):
+    title: str
+    criticality: Literal["critical", "high", "medium", "low"]
+    tier: str
+    rto: Objective
+    rpo: Objective
+    data_categories: list[str]
+    depends_on: list[str]
+    impact: str
+
+
+class Tier(_Model):
+    services: list[str]
+    target: Duration
+    maximum: Duration
+    strategy: str
+
+
+class DataCategory(_Model):
+    rpo: Objective
+    backup_frequency: Frequency
+    method: str
+
+
+class Node(_Model):
+    name: Name
+    role: Literal["primary", "standby"]
+    region: str
+    conn_id: str
+    synchronous: bool = False
+
+
+class EntryPoint(_Model):
+    kind: Literal["pgbouncer", "route53", "direct"]
+    conn_id: str
+    admin_conn_id: str | None = None
+
+
+class Topology(_Model):
+    primary_region: str
+    dr_region: str
+    databases: list[str] = Field(min_length=1)
+    nodes: list[Node] = Field(min_length=1)
+    entry_point: EntryPoint
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise KeyError(f"no node named {name!r} in the policy's topology (known: {known})")
+
+    @property
+    def primary(self) -> Node:
+        return next(n for n in self.nodes if n.role == "primary")
+
+    @property
+    def standbys(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "standby"]
+
+
+class Location(_Model):
+    name: Name
+    kind: Literal["s3", "file"]
+    region: str
+    required: bool = True
+    storage_class: str = "STANDARD"
+    # s3
+    bucket: str | None = None
+    prefix: str = ""
+    conn_id: str | None = None
+    # file
+    path: str | None = None
+
+
+class Storage(_Model):
+    locations: list[Location] = Field(min_length=1)
+
+    def location(self, name: str) -> Location:
+        for location in self.locations:
+            if location.name == name:
+                return location
+        known = ", ".join(loc.name for loc in self.locations)
+        raise KeyError(f"no storage location named {name!r} in the policy (known: {known})")
+
+
+class FullBackups(_Model):
+    schedule: str
+    method: str
+    compression: Literal["zstd"]
+    encryption: Literal["aes-256-gcm"]
+    retention: dict[str, Duration]
+    keep_last: int = Field(ge=1)
+    backup_from_standby: str | None = None
+
+
+class IncrementalBackups(_Model):
+    frequency: Duration
+    method: str
+    retention: dict[str, Duration]
+
+
+class PointInTimeRecovery(_Model):
+    enabled: bool
+    window: Duration
+
+
+class ConfigurationBackups(_Model):
+    frequency: Duration
+    retention: dict[str, Duration]
+    infrastructure_state_files: list[str] = []
+
+
+class Backups(_Model):
+    full: FullBackups
+    incremental: IncrementalBackups
+    point_in_time_recovery: PointInTimeRecovery
+    configuration: ConfigurationBackups
+
+
+class RestoreTest(_Model):
+    sample_tables: int = Field(ge=1)
+    critical_tables: list[str]
+
+
+class Validation(_Model):
+    daily: list[str]
+    weekly: list[str]
+    monthly: list[str]
+    deep_verify_sample: int = Field(ge=0)
+    restore_test: RestoreTest
+
+
+class HealthMonitor(_Model):
+    weights: dict[Literal["database", "application", "network", "storage"], int]
+    disaster_threshold: int = Field(ge=1)
+    max_lag_bytes: ByteSize
+    max_spool_files: int = Field(ge=1)
+    auto_failover: bool = False
+    consecutive_failures: int = Field(ge=1)
+    required_settings: dict[str, str]
+    min_wal_senders: int = Field(ge=1)
+
+
+class Policy(_Model):
+    version: Literal[1]
+    business_functions: dict[Name, BusinessFunction]
+    downtime_cost_usd: dict[str, int] = {}
+    tiers: dict[Name, Tier]
+    data_categories: dict[Name, DataCategory]
+    topology: Topology
+    storage: Storage
+    backups: Backups
+    validation: Validation
+    health_monitor: HealthMonitor
+
+    def functions_depending_on(self, service: str) -> dict[str, BusinessFunction]:
+        return {k: f for k, f in self.business_functions.items() if service in f.depends_on}
+
+
+def _describe_error(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (a typo? see include/policy.yaml for the known keys)"
+    message = error["msg"]
+    if kind == "value_error":
+        # Our own validators already say "expected ..., got ...".
+        return message.removeprefix("Value error, ")
+    return f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _check_references(policy: Policy) -> list[str]:
+    """Cross-references pydantic cannot see: names that must exist elsewhere in the file."""
+    problems: list[str] = []
+    for key, function in policy.business_functions.items():
+        if function.tier not in policy.tiers:
+            problems.append(f"business_functions.{key}.tier: expected one of {sorted(policy.tiers)}, got {function.tier!r}")
+        for i, category in enumerate(function.data_categories):
+            if category not in policy.data_categories:
+                problems.append(
+                    f"business_functions.{key}.data_categories[{i}]: expected one of "
+                    f"{sorted(policy.data_categories)}, got {category!r}"
+                )
+    for where, objectives in [(f"business_functions.{k}", (f.rto, f.rpo)) for k, f in policy.business_functions.items()] + [
+        (f"data_categories.{k}", (c.rpo,)) for k, c in policy.data_categories.items()
+    ]:
+        for name, objective in zip(("rto", "rpo") if len(objectives) == 2 else ("rpo",), objectives):
+            if objective.maximum < objective.target:
+                problems.append(f"{where}.{name}.maximum: expected at least the target ({format_duration(objective.target)}), got {format_duration(objective.maximum)}")
+    for key, tier in policy.tiers.items():
+        if tier.maximum < tier.target:
+            problems.append(f"tiers.{key}.maximum: expected at least the target ({format_duration(tier.target)}), got {format_duration(tier.maximum)}")
+
+    nodes = policy.topology.nodes
+    primaries = [n.name for n in nodes if n.role == "primary"]
+    if len(primaries) != 1:
+        problems.append(f"topology.nodes: expected exactly one node with role 'primary', got {len(primaries)} ({primaries})")
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            problems.append(f"topology.nodes[{i}].name: expected a unique node name, got {node.name!r} twice")
+        seen.add(node.name)
+        if node.role == "primary" and node.synchronous:
+            problems.append(f"topology.nodes[{i}].synchronous: only a standby can be synchronous, got true on the primary")
+    standby = policy.backups.full.backup_from_standby
+    if standby is not None and standby not in {n.name for n in policy.topology.standbys}:
+        problems.append(f"backups.full.backup_from_standby: expected the name of a standby node, got {standby!r}")
+
+    names: set[str] = set()
+    for i, location in enumerate(policy.storage.locations):
+        where = f"storage.locations[{i}]"
+        if location.name in names:
+            problems.append(f"{where}.name: expected a unique location name, got {location.name!r} twice")
+        names.add(location.name)
+        if location.kind == "s3" and not (location.bucket and location.conn_id):
+            problems.append(f"{where}: a location of kind 's3' needs 'bucket' and 'conn_id'")
+        if location.kind == "file" and not location.path:
+            problems.append(f"{where}: a location of kind 'file' needs 'path'")
+    required_regions = {loc.region for loc in policy.storage.locations if loc.required}
+    if not any(loc.required for loc in policy.storage.locations):
+        problems.append("storage.locations: expected at least one location with required: true")
+    elif required_regions == {policy.topology.primary_region}:
+        problems.append(
+            f"storage.locations: expected a required location outside the primary region "
+            f"{policy.topology.primary_region} (a regional disaster would take every copy)"
+        )
+    return problems
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
+    """Read and validate a policy file; the default is $CONTINUITY_POLICY or include/policy.yaml."""
+    path = Path(path or os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
+    label = path.name
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(f"{label}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{label}: expected a mapping of policy sections, got {type(data).__name__}")
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{label}: {_dotted(e['loc'])}: {_describe_error(e)}" for e in exc.errors()]
+        raise PolicyError("\n".join(lines)) from None
+    problems = _check_references(policy)
+    if problems:
+        raise PolicyError("\n".join(f"{label}: {p}" for p in problems))
+    return policy

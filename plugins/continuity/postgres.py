@@ -1,0 +1,202 @@
+"""What a PostgreSQL node says about itself: role, timeline, LSNs, replication, archiving, settings.
+
+Plain psycopg over a conninfo string; the Airflow hook builds the conninfo from a connection and
+the CLI from the sandbox state or flags. Every method runs one short read-only query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+class NodeUnreachable(ConnectionError):
+    """The node did not accept a connection; the message names it and says why."""
+
+
+def conninfo(*, host: str, port: int, user: str, password: str | None, dbname: str, **extra: Any) -> str:
+    return make_conninfo(host=host, port=port, user=user, password=password or None, dbname=dbname, **extra)
+
+
+def redacted(info: str) -> str:
+    """The conninfo fit for a log line: everything but the password."""
+    params = conninfo_to_dict(info)
+    return " ".join(f"{k}={v}" for k, v in params.items() if k != "password")
+
+
+@dataclass(frozen=True)
+class StandbyReplication:
+    """One row of pg_stat_replication on the primary: a standby streaming from it."""
+
+    application_name: str
+    state: str
+    sync_state: str
+    sent_lsn: str | None
+    replay_lsn: str | None
+    lag_bytes: int | None
+    replay_lag_seconds: float | None
+
+
+@dataclass(frozen=True)
+class WalReceiver:
+    """pg_stat_wal_receiver on a standby."""
+
+    status: str
+    received_tli: int | None
+    flushed_lsn: str | None
+    sender_host: str | None
+    sender_port: int | None
+    slot_name: str | None
+
+
+@dataclass(frozen=True)
+class ArchiverStatus:
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+
+    @property
+    def failing(self) -> bool:
+        """True when the newest archiver event is a failure (a failure followed by success is healed)."""
+        if self.last_failed_time is None:
+            return False
+        return self.last_archived_time is None or self.last_failed_time > self.last_archived_time
+
+
+@dataclass(frozen=True)
+class ReplicationSlot:
+    slot_name: str
+    active: bool
+    restart_lsn: str | None
+    retained_bytes: int | None
+
+
+class PostgresNode:
+    """Read-only questions to one PostgreSQL server; `name` is only used in messages."""
+
+    def __init__(self, *, name: str, conninfo: str) -> None:
+        self.name = name
+        self.conninfo = conninfo
+
+    def __repr__(self) -> str:
+        return f"PostgresNode({self.name}: {redacted(self.conninfo)})"
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:
+        try:
+            return psycopg.connect(
+                self.conninfo,
+                autocommit=autocommit,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                row_factory=dict_row,
+            )
+        except psycopg.OperationalError as exc:
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            reason = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
+            raise NodeUnreachable(f"node {self.name} ({redacted(self.conninfo)}) is unreachable: {reason}") from exc
+
+    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> dict[str, Any]:
+        rows = self.query(sql, params)
+        return rows[0] if rows else {}
+
+    # -- role and position -------------------------------------------------------------------
+    def is_in_recovery(self) -> bool:
+        return bool(self.query_one("SELECT pg_is_in_recovery() AS r")["r"])
+
+    def timeline(self) -> int:
+        return int(self.query_one("SELECT timeline_id FROM pg_control_checkpoint()")["timeline_id"])
+
+    def lsns(self) -> dict[str, str | None]:
+        """current/flush on a primary; receive/replay on a standby (the others are None)."""
+        return self.query_one(
+            """
+            SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS current_lsn,
+                   CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END AS flush_lsn,
+                   pg_last_wal_receive_lsn()::text AS receive_lsn,
+                   pg_last_wal_replay_lsn()::text AS replay_lsn,
+                   pg_last_xact_replay_timestamp() AS last_replay_time
+            """
+        )
+
+    # -- replication -------------------------------------------------------------------------
+    def replication(self) -> list[StandbyReplication]:
+        """Standbys streaming from this node, as pg_stat_replication shows them."""
+        rows = self.query(
+            """
+            SELECT application_name, state, sync_state,
+                   sent_lsn::text AS sent_lsn, replay_lsn::text AS replay_lsn,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
+                   EXTRACT(EPOCH FROM replay_lag)::float8 AS replay_lag_seconds
+            FROM pg_stat_replication
+            ORDER BY application_name
+            """
+        )
+        return [StandbyReplication(**row) for row in rows]
+
+    def standby_replication(self, application_name: str) -> StandbyReplication | None:
+        for row in self.replication():
+            if row.application_name == application_name:
+                return row
+        return None
+
+    def wal_receiver(self) -> WalReceiver | None:
+        row = self.query_one(
+            """
+            SELECT status, received_tli, flushed_lsn::text AS flushed_lsn,
+                   sender_host, sender_port, slot_name
+            FROM pg_stat_wal_receiver
+            """
+        )
+        return WalReceiver(**row) if row else None
+
+    def replication_slots(self) -> list[ReplicationSlot]:
+        rows = self.query(
+            """
+            SELECT slot_name, active, restart_lsn::text AS restart_lsn,
+                   CASE WHEN pg_is_in_recovery() THEN NULL
+                        ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END AS retained_bytes
+            FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
+            """
+        )
+        return [ReplicationSlot(**row) for row in rows]
+
+    # -- archiving and settings --------------------------------------------------------------
+    def archiver(self) -> ArchiverStatus:
+        row = self.query_one(
+            """
+            SELECT archived_count, last_archived_wal, last_archived_time,
+                   failed_count, last_failed_wal, last_failed_time
+            FROM pg_stat_archiver
+            """
+        )
+        return ArchiverStatus(**row)
+
+    def settings(self, names: list[str]) -> dict[str, str]:
+        rows = self.query("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (names,))
+        return {row["name"]: row["setting"] for row in rows}
+
+    def ping(self) -> None:
+        """Raise NodeUnreachable unless the node answers a query."""
+        self.query_one("SELECT 1 AS ok")
+
+
+def as_dict(value: Any) -> Any:
+    """Dataclasses to plain dicts for XCom and --json output."""
+    if isinstance(value, list):
+        return [as_dict(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(value).items()}
+    return value

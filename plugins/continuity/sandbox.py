@@ -1,0 +1,598 @@
+"""The local DR sandbox: real PostgreSQL with streaming replication, PgBouncer and an S3 endpoint.
+
+`Sandbox(root=...).up()` builds (first time) or restarts (later) everything the policy's topology
+names: a primary, a synchronous standby and an asynchronous "DR region" standby on loopback ports,
+PgBouncer in front of the primary, moto's S3 server with one versioned bucket per storage
+location, a sample application database and an encryption key. `down()` stops exactly the
+processes `up()` recorded. Secrets live only in files of mode 0600 under the sandbox root.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from continuity import sampledata
+from continuity.localcluster import (
+    ClusterError,
+    LocalCluster,
+    ServiceUser,
+    conf_value,
+    find_bindir,
+    find_pgbouncer,
+    free_port,
+    pid_alive,
+    port_is_free,
+    stop_pid,
+    wait_for_port,
+)
+from continuity.policy import PROJECT_ROOT, Policy, load_policy
+from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = PROJECT_ROOT / ".sandbox"
+SANDBOX_ENV_VAR = "CONTINUITY_SANDBOX"
+ARCHIVE_SCRIPT = PROJECT_ROOT / "include" / "scripts" / "archive-wal.sh"
+ROLES = ("replicator", "continuity_backup", "continuity_admin", "app")
+APP_DATABASE = "app"
+S3_ACCESS_KEY = "continuity-sandbox"
+
+# Settings every node shares (copied into standbys by the base backup); node.conf holds the rest.
+SHARED_SETTINGS: dict[str, str | int] = {
+    "listen_addresses": "127.0.0.1",
+    "wal_level": "replica",
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_keep_size": "128MB",
+    "hot_standby": "on",
+    "hot_standby_feedback": "on",
+    "wal_log_hints": "on",
+    "archive_mode": "on",
+    "max_connections": 60,
+    "shared_buffers": "64MB",
+    "password_encryption": "scram-sha-256",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+    "log_replication_commands": "on",
+}
+
+PG_HBA = """\
+# Continuity sandbox. The local socket lives in a directory only the service user can enter.
+local   all          all                      trust
+host    replication  replicator         127.0.0.1/32  scram-sha-256
+host    replication  continuity_backup  127.0.0.1/32  scram-sha-256
+host    all          all                127.0.0.1/32  scram-sha-256
+"""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot do what was asked; the message says what and where, with a HINT."""
+
+
+class Sandbox:
+    def __init__(self, *, root: Path | str | None = None, policy: Policy | None = None) -> None:
+        self.root = Path(root or os.environ.get(SANDBOX_ENV_VAR) or DEFAULT_ROOT).absolute()
+        self.policy = policy or load_policy()
+        self.state_file = self.root / "state.json"
+        self.connections_file = self.root / "connections.env"
+        self.key_file = self.root / "keys" / "continuity.key"
+        self.logs_dir = self.root / "logs"
+        self.spool_dir = self.root / "wal-spool"
+        self.socket_dir = self.root / "run"
+        self.pgbouncer_dir = self.root / "pgbouncer"
+        self.airflow_home = self.root / "airflow"
+        self._state: dict[str, Any] | None = None
+        self._user: ServiceUser | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def user(self) -> ServiceUser:
+        if self._user is None:
+            self._user = ServiceUser.detect()
+        return self._user
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            if not self.state_file.exists():
+                raise SandboxError(f"no sandbox at {self.root} (no state.json). HINT: run `continuity sandbox up` first.")
+            self._state = json.loads(self.state_file.read_text())
+        return self._state
+
+    def _save_state(self) -> None:
+        assert self._state is not None
+        _write_private(self.state_file, json.dumps(self._state, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def cluster(self, name: str) -> LocalCluster:
+        node = self.state["nodes"][name]
+        return LocalCluster(
+            name=name,
+            data_dir=Path(node["data_dir"]),
+            port=node["port"],
+            socket_dir=self.socket_dir,
+            log_file=self.logs_dir / f"{name}.log",
+            user=self.user,
+            bindir=Path(self.state["bindir"]),
+        )
+
+    def node(self, name: str, *, user: str = "continuity_admin", dbname: str = "postgres") -> PostgresNode:
+        port = self.state["nodes"][name]["port"]
+        return PostgresNode(
+            name=name,
+            conninfo=conninfo(host="127.0.0.1", port=port, user=user, password=self.password(user), dbname=dbname),
+        )
+
+    def password(self, role: str) -> str:
+        return self.state["secrets"][role]
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.policy.topology.nodes]
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.state['s3']['port']}"
+
+    @property
+    def pgbouncer_port(self) -> int:
+        return self.state["pgbouncer"]["port"]
+
+    def app_conninfo(self, *, through_pgbouncer: bool = True) -> str:
+        port = self.pgbouncer_port if through_pgbouncer else self.state["nodes"][self.current_primary()]["port"]
+        return conninfo(host="127.0.0.1", port=port, user="app", password=self.password("app"), dbname=APP_DATABASE)
+
+    def current_primary(self) -> str:
+        """The node whose data directory has no standby.signal (the one serving writes)."""
+        for name in self.node_names:
+            data_dir = Path(self.state["nodes"][name]["data_dir"])
+            if not (data_dir / "standby.signal").exists():
+                return name
+        raise SandboxError(f"no node of the sandbox at {self.root} is configured as primary")
+
+    # -- up ----------------------------------------------------------------------------------
+    def up(self, *, scale: float = 1.0) -> dict[str, Any]:
+        """Build the sandbox the first time, restart it later. Returns the state (with secrets)."""
+        self._check_prerequisites()
+        started: list[str] = []
+        try:
+            if self.exists and all(self.cluster(n).exists for n in self.node_names):
+                log.info("restarting the existing sandbox at %s", self.root)
+                self._restart_nodes(started)
+            else:
+                self._build(scale=scale, started=started)
+            self._start_pgbouncer(started)
+            self._start_s3(started)
+            self._write_connections()
+            self._save_state()
+        except BaseException:
+            log.error("sandbox up failed; stopping what it started (%s)", ", ".join(started) or "nothing")
+            self.down()
+            raise
+        return self.state
+
+    def _check_prerequisites(self) -> None:
+        find_bindir()
+        find_pgbouncer()
+        if shutil.which("runuser") is None and os.geteuid() == 0:
+            raise SandboxError("running as root needs `runuser` (util-linux) to start PostgreSQL as the postgres user")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        if self.user.is_other:
+            probe = subprocess.run(self.user.command(["test", "-x", str(self.root)]), check=False)
+            if probe.returncode != 0:
+                raise SandboxError(
+                    f"the OS user {self.user.name!r} cannot enter {self.root}; PostgreSQL runs as that user. "
+                    f"HINT: put the sandbox under a directory every user can traverse (chmod o+x on its parents) "
+                    f"or set {SANDBOX_ENV_VAR}."
+                )
+
+    def _new_state(self) -> dict[str, Any]:
+        topology = self.policy.topology
+        nodes = {}
+        for node in topology.nodes:
+            nodes[node.name] = {
+                "port": free_port(),
+                "data_dir": str(self.root / "pg" / node.name),
+                "region": node.region,
+                "synchronous": node.synchronous,
+                "initial_role": node.role,
+            }
+        return {
+            "version": 1,
+            "root": str(self.root),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "bindir": str(find_bindir()),
+            "pgbouncer_bin": str(find_pgbouncer()),
+            "service_user": self.user.name,
+            "nodes": nodes,
+            "pgbouncer": {"port": free_port()},
+            "s3": {"port": free_port(), "pid": None},
+            "secrets": {role: secrets.token_urlsafe(24) for role in ("postgres", *ROLES)}
+            | {"s3_secret_key": secrets.token_urlsafe(24)},
+            "kek_id": "sandbox-" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
+        }
+
+    def _build(self, *, scale: float, started: list[str]) -> None:
+        if (self.root / "pg").exists():
+            raise SandboxError(
+                f"{self.root / 'pg'} holds an incomplete sandbox (a previous `up` failed). "
+                f"HINT: `continuity sandbox down --purge` removes it, then run `up` again."
+            )
+        self._state = self._new_state()
+        self._ensure_key()
+        for directory, mode in ((self.logs_dir, 0o755), (self.spool_dir, 0o750), (self.socket_dir, 0o700),
+                                (self.root / "pg", 0o755), (self.pgbouncer_dir, 0o700), (self.root / "bin", 0o755)):
+            self.user.make_dir(directory, mode)
+        archive_script = self.root / "bin" / "archive-wal.sh"
+        shutil.copyfile(ARCHIVE_SCRIPT, archive_script)
+        archive_script.chmod(0o755)
+
+        primary_name = self.policy.topology.primary.name
+        primary = self.cluster(primary_name)
+        log.info("initialising primary %s (data checksums on) in %s", primary_name, primary.data_dir)
+        primary.initdb()
+        settings = dict(SHARED_SETTINGS)
+        settings["archive_command"] = f"{shlex.quote(str(archive_script))} {shlex.quote(str(self.spool_dir))} %p %f"
+        conf = "\n".join(f"{k} = {conf_value(v)}" for k, v in settings.items())
+        self.user.write_file(primary.data_dir / "continuity.conf", "# Written by continuity sandbox.\n" + conf + "\n")
+        with open(primary.data_dir / "postgresql.conf", "a") as handle:
+            handle.write("\ninclude_if_exists = 'continuity.conf'\ninclude_if_exists = 'node.conf'\n")
+        self.user.write_file(primary.data_dir / "pg_hba.conf", PG_HBA)
+        self._write_node_conf(primary_name, synchronous_names="")
+        primary.start()
+        started.append(f"postgres {primary_name}")
+        self._create_roles(primary)
+
+        for standby in self.policy.topology.standbys:
+            cluster = self.cluster(standby.name)
+            log.info("cloning standby %s (%s) from %s with pg_basebackup", standby.name, standby.region, primary_name)
+            cluster.base_backup_from(source_port=primary.port, user="replicator",
+                                     password=self.password("replicator"), slot=standby.name)
+            self._write_node_conf(standby.name, upstream=primary_name)
+            self.user.write_file(cluster.data_dir / "standby.signal", "")
+            cluster.start()
+            started.append(f"postgres {standby.name}")
+
+        sync_names = ",".join(n.name for n in self.policy.topology.standbys if n.synchronous)
+        self._write_node_conf(primary_name, synchronous_names=sync_names)
+        primary.psql("SELECT pg_reload_conf();")
+        self.wait_streaming(timeout=60)
+
+        with psycopg.connect(self.app_conninfo(through_pgbouncer=False)) as conn:
+            counts = sampledata.generate(conn, scale=scale)
+        log.info("sample application database %r generated at scale %s: %s", APP_DATABASE, scale, counts)
+
+    def _write_node_conf(self, name: str, *, synchronous_names: str = "", upstream: str | None = None) -> None:
+        cluster = self.cluster(name)
+        settings: dict[str, str | int] = {
+            "port": cluster.port,
+            "unix_socket_directories": str(self.socket_dir),
+            "cluster_name": name,
+        }
+        if upstream is None:
+            settings["synchronous_standby_names"] = synchronous_names
+        else:
+            settings["primary_conninfo"] = make_conninfo(
+                host="127.0.0.1", port=self.state["nodes"][upstream]["port"], user="replicator",
+                password=self.password("replicator"), application_name=name,
+            )
+            settings["primary_slot_name"] = name
+        cluster.write_node_conf(settings)
+
+    def _create_roles(self, primary: LocalCluster) -> None:
+        pw = {role: _sql_literal(self.password(role)) for role in ("postgres", *ROLES)}
+        primary.psql(
+            f"""
+            ALTER ROLE postgres PASSWORD {pw['postgres']};
+            CREATE ROLE replicator LOGIN REPLICATION PASSWORD {pw['replicator']};
+            CREATE ROLE continuity_backup LOGIN REPLICATION PASSWORD {pw['continuity_backup']};
+            GRANT pg_read_all_data, pg_monitor TO continuity_backup;
+            GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO continuity_backup;
+            GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO continuity_backup;
+            GRANT EXECUTE ON FUNCTION pg_switch_wal() TO continuity_backup;
+            CREATE ROLE continuity_admin LOGIN PASSWORD {pw['continuity_admin']};
+            GRANT pg_monitor, pg_checkpoint, pg_signal_backend TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_switch_wal() TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_reload_conf() TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean) TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_stat_file(text, boolean) TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO continuity_admin;
+            GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean) TO continuity_admin;
+            CREATE ROLE app LOGIN PASSWORD {pw['app']};
+            CREATE DATABASE {APP_DATABASE} OWNER app;
+            """
+        )
+
+    def _restart_nodes(self, started: list[str]) -> None:
+        for name in self.node_names:
+            cluster = self.cluster(name)
+            if not cluster.running and not port_is_free(cluster.port):
+                raise SandboxError(
+                    f"port {cluster.port} of node {name} is taken by another process. "
+                    f"HINT: stop it, or `continuity sandbox down --purge` and `up` for fresh ports."
+                )
+        primary = self.current_primary()
+        for name in [primary, *[n for n in self.node_names if n != primary]]:
+            self.cluster(name).start()
+            started.append(f"postgres {name}")
+
+    def _ensure_key(self) -> None:
+        if self.key_file.exists():
+            return
+        self.key_file.parent.mkdir(parents=True, exist_ok=True)
+        self.key_file.parent.chmod(0o700)
+        _write_private(self.key_file, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        log.info("generated a new 256-bit key-encryption key %s in %s (mode 0600)", self.state["kek_id"], self.key_file)
+
+    def wait_streaming(self, *, timeout: float = 60) -> None:
+        """Wait until every standby of the topology streams from the current primary."""
+        primary = self.node(self.current_primary())
+        expected = {n for n in self.node_names if n != primary.name}
+        deadline = time.monotonic() + timeout
+        seen: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            seen = {r.application_name: r.state for r in primary.replication()}
+            if all(seen.get(name) == "streaming" for name in expected):
+                return
+            time.sleep(0.2)
+        raise SandboxError(f"standbys not streaming from {primary.name} after {timeout:.0f}s: expected {sorted(expected)}, saw {seen}")
+
+    # -- PgBouncer ---------------------------------------------------------------------------
+    def _start_pgbouncer(self, started: list[str]) -> None:
+        pid_file = self.pgbouncer_dir / "pgbouncer.pid"
+        if pid_alive(_read_pid(pid_file)):
+            return
+        port = self.pgbouncer_port
+        if not port_is_free(port):
+            raise SandboxError(f"PgBouncer's port {port} is taken by another process")
+        primary_port = self.state["nodes"][self.current_primary()]["port"]
+        ini = self.pgbouncer_dir / "pgbouncer.ini"
+        if not ini.exists():
+            self.user.write_file(ini, _pgbouncer_ini(
+                port=port, primary_port=primary_port, directory=self.pgbouncer_dir,
+                log_file=self.logs_dir / "pgbouncer.log",
+            ))
+        users = "".join(f'"{role}" "{self.password(role)}"\n' for role in ("app", "continuity_admin"))
+        self.user.write_file(self.pgbouncer_dir / "userlist.txt", users)
+        self.user.run([self.state["pgbouncer_bin"], "-d", str(ini)], what="start of PgBouncer",
+                      cwd=self.pgbouncer_dir)
+        wait_for_port(port, what="PgBouncer")
+        self.state["pgbouncer"]["pid_file"] = str(pid_file)
+        started.append("pgbouncer")
+
+    # -- S3 ----------------------------------------------------------------------------------
+    def _start_s3(self, started: list[str]) -> None:
+        s3 = self.state["s3"]
+        if pid_alive(s3.get("pid")):
+            return
+        if not port_is_free(s3["port"]):
+            raise SandboxError(f"the S3 endpoint's port {s3['port']} is taken by another process")
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "s3.log", "ab") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3["port"])],
+                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.root,
+                env={**os.environ, "CONTINUITY_SANDBOX_ROOT": str(self.root)},
+            )
+        s3["pid"] = process.pid
+        started.append("s3 endpoint")
+        self._save_state()
+        wait_for_port(s3["port"], what="the S3 endpoint (moto server)")
+        self._create_buckets()
+
+    def s3_client(self, region: str = "us-east-1") -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.s3_endpoint, region_name=region,
+            aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=self.password("s3_secret_key"),
+        )
+
+    def _create_buckets(self) -> None:
+        for location in self.policy.storage.locations:
+            if location.kind == "file":
+                path = Path(location.path or "")
+                (path if path.is_absolute() else self.root / path).mkdir(parents=True, exist_ok=True)
+                continue
+            client = self.s3_client(location.region)
+            kwargs: dict[str, Any] = {"Bucket": location.bucket}
+            if location.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": location.region}
+            try:
+                client.create_bucket(**kwargs)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+            client.put_bucket_versioning(Bucket=location.bucket, VersioningConfiguration={"Status": "Enabled"})
+            log.info("bucket %s (%s, location %s) ready with versioning", location.bucket, location.region, location.name)
+
+    # -- Airflow connections -----------------------------------------------------------------
+    def connections(self) -> dict[str, dict[str, Any]]:
+        """Airflow connections (JSON form) for the policy's conn ids, pointing at this sandbox."""
+        topology = self.policy.topology
+        conns: dict[str, dict[str, Any]] = {}
+        for node in topology.nodes:
+            conns[node.conn_id] = {
+                "conn_type": "postgres", "host": "127.0.0.1", "port": self.state["nodes"][node.name]["port"],
+                "login": "continuity_admin", "password": self.password("continuity_admin"), "schema": "postgres",
+                "extra": {"node": node.name},
+            }
+        conns[topology.entry_point.conn_id] = {
+            "conn_type": "postgres", "host": "127.0.0.1", "port": self.pgbouncer_port,
+            "login": "app", "password": self.password("app"), "schema": APP_DATABASE,
+        }
+        if topology.entry_point.admin_conn_id:
+            conns[topology.entry_point.admin_conn_id] = {
+                "conn_type": "postgres", "host": "127.0.0.1", "port": self.pgbouncer_port,
+                "login": "continuity_admin", "password": self.password("continuity_admin"), "schema": "pgbouncer",
+            }
+        for location in self.policy.storage.locations:
+            if location.kind == "s3" and location.conn_id:
+                conns[location.conn_id] = {
+                    "conn_type": "aws", "login": S3_ACCESS_KEY, "password": self.password("s3_secret_key"),
+                    "extra": {"endpoint_url": self.s3_endpoint, "region_name": self.policy.topology.primary_region},
+                }
+        conns["continuity_keyring"] = {
+            "conn_type": "generic", "login": self.state["kek_id"],
+            "password": self.key_file.read_text().strip() if self.key_file.exists() else None,
+            "extra": {"active_kek_id": self.state["kek_id"]},
+        }
+        return conns
+
+    def environment(self) -> dict[str, str]:
+        """Every variable Airflow needs to run this project's DAGs against the sandbox (secrets included)."""
+        env = self.public_environment()
+        for conn_id, conn in self.connections().items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+        return env
+
+    def public_environment(self) -> dict[str, str]:
+        return {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            SANDBOX_ENV_VAR: str(self.root),
+            "CONTINUITY_POLICY": os.environ.get("CONTINUITY_POLICY", str(PROJECT_ROOT / "include" / "policy.yaml")),
+        }
+
+    def _write_connections(self) -> None:
+        lines = [f"{key}={shlex.quote(value)}" for key, value in self.environment().items() if key.startswith("AIRFLOW_CONN_")]
+        _write_private(self.connections_file, "# Airflow connections for the sandbox. Secret: mode 0600.\n" + "\n".join(lines) + "\n")
+
+    def env_script(self) -> str:
+        """Shell exports for another terminal; secrets are sourced from the 0600 file, never printed."""
+        lines = [f"export {key}={shlex.quote(value)}" for key, value in self.public_environment().items()]
+        lines.append(f"set -a; . {shlex.quote(str(self.connections_file))}; set +a")
+        return "\n".join(lines) + "\n"
+
+    # -- down --------------------------------------------------------------------------------
+    def down(self, *, purge: bool = False) -> list[str]:
+        """Stop what `up` started (by recorded pid). Safe to run twice. Returns what was stopped."""
+        stopped: list[str] = []
+        if self.state_file.exists() or self._state is not None:
+            state = self.state
+            s3_pid = state.get("s3", {}).get("pid")
+            if _is_our_process(s3_pid, "moto"):
+                stop_pid(s3_pid, name="S3 endpoint")
+                stopped.append("s3 endpoint")
+            bouncer_pid = _read_pid(self.pgbouncer_dir / "pgbouncer.pid")
+            if _is_our_process(bouncer_pid, "pgbouncer"):
+                stop_pid(bouncer_pid, name="PgBouncer", sig=signal.SIGTERM)
+                stopped.append("pgbouncer")
+            for name in reversed([n for n in self.node_names if n in state.get("nodes", {})]):
+                try:
+                    if self.cluster(name).stop():
+                        stopped.append(f"postgres {name}")
+                except ClusterError as exc:
+                    log.warning("%s", exc)
+        if purge and self.root.exists():
+            shutil.rmtree(self.root)
+            self._state = None
+        return stopped
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Each node's role, port, replication state and lag; PgBouncer; the S3 endpoint."""
+        result: dict[str, Any] = {"root": str(self.root), "nodes": {}, "pgbouncer": {}, "s3": {}}
+        primary_rows: dict[str, Any] = {}
+        for name in self.node_names:
+            info = self.state["nodes"][name]
+            entry: dict[str, Any] = {"port": info["port"], "region": info["region"], "running": self.cluster(name).running}
+            try:
+                node = self.node(name)
+                in_recovery = node.is_in_recovery()
+                entry["role"] = "standby" if in_recovery else "primary"
+                entry["timeline"] = node.timeline()
+                if not in_recovery:
+                    primary_rows = {r.application_name: as_dict(r) for r in node.replication()}
+            except NodeUnreachable as exc:
+                entry["role"] = "down"
+                entry["error"] = str(exc)
+            result["nodes"][name] = entry
+        for name, entry in result["nodes"].items():
+            if entry.get("role") == "standby":
+                row = primary_rows.get(name)
+                entry["replication"] = row["state"] if row else "not streaming"
+                entry["sync_state"] = row["sync_state"] if row else None
+                entry["lag_bytes"] = row["lag_bytes"] if row else None
+        result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(_read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
+        result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid"))}
+        return result
+
+
+def _pgbouncer_ini(*, port: int, primary_port: int, directory: Path, log_file: Path) -> str:
+    return f"""\
+; Continuity sandbox: the application's single entry point, in front of the current primary.
+[databases]
+{APP_DATABASE} = host=127.0.0.1 port={primary_port} dbname={APP_DATABASE}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {directory / 'userlist.txt'}
+admin_users = continuity_admin
+stats_users = continuity_admin
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+server_connect_timeout = 5
+pidfile = {directory / 'pgbouncer.pid'}
+logfile = {log_file}
+ignore_startup_parameters = extra_float_digits,options
+"""
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _is_our_process(pid: int | None, needle: str) -> bool:
+    """Only signal a recorded pid if it still is the program we started (pids get reused)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return needle in cmdline
