@@ -31,6 +31,16 @@ def redacted(info: str) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if k != "password")
 
 
+REPLICATION_SQL = """
+    SELECT application_name, state, sync_state,
+           sent_lsn::text AS sent_lsn, replay_lsn::text AS replay_lsn,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
+           EXTRACT(EPOCH FROM replay_lag)::float8 AS replay_lag_seconds
+    FROM pg_stat_replication
+    ORDER BY application_name
+"""
+
+
 @dataclass(frozen=True)
 class StandbyReplication:
     """One row of pg_stat_replication on the primary: a standby streaming from it."""
@@ -134,17 +144,7 @@ class PostgresNode:
     # -- replication -------------------------------------------------------------------------
     def replication(self) -> list[StandbyReplication]:
         """Standbys streaming from this node, as pg_stat_replication shows them."""
-        rows = self.query(
-            """
-            SELECT application_name, state, sync_state,
-                   sent_lsn::text AS sent_lsn, replay_lsn::text AS replay_lsn,
-                   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
-                   EXTRACT(EPOCH FROM replay_lag)::float8 AS replay_lag_seconds
-            FROM pg_stat_replication
-            ORDER BY application_name
-            """
-        )
-        return [StandbyReplication(**row) for row in rows]
+        return [StandbyReplication(**row) for row in self.query(REPLICATION_SQL)]
 
     def standby_replication(self, application_name: str) -> StandbyReplication | None:
         for row in self.replication():
@@ -191,6 +191,18 @@ class PostgresNode:
     def ping(self) -> None:
         """Raise NodeUnreachable unless the node answers a query."""
         self.query_one("SELECT 1 AS ok")
+
+
+async def standby_replication_async(conninfo: str, application_name: str) -> StandbyReplication | None:
+    """pg_stat_replication's row for one standby, for triggers that must not block the event loop."""
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, row_factory=dict_row
+    ) as conn:
+        cursor = await conn.execute(REPLICATION_SQL)
+        for row in await cursor.fetchall():
+            if row["application_name"] == application_name:
+                return StandbyReplication(**row)
+    return None
 
 
 def as_dict(value: Any) -> Any:

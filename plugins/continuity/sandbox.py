@@ -474,6 +474,7 @@ class Sandbox:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             SANDBOX_ENV_VAR: str(self.root),
+            "CONTINUITY_WAL_SPOOL": str(self.spool_dir),
             "CONTINUITY_POLICY": os.environ.get("CONTINUITY_POLICY", str(PROJECT_ROOT / "include" / "policy.yaml")),
         }
 

@@ -1,0 +1,34 @@
+# Quick start: `make run` (sandbox + Airflow UI) and `make test`. Both bootstrap a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap run test test-fast bench sandbox-up sandbox-down sandbox-status clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run: bootstrap
+	$(BIN)/continuity run
+
+test: bootstrap
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: bootstrap
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: bootstrap
+	$(BIN)/python bench/run.py
+
+sandbox-up: bootstrap
+	$(BIN)/continuity sandbox up
+
+sandbox-down:
+	$(BIN)/continuity sandbox down
+
+sandbox-status:
+	$(BIN)/continuity sandbox status
+
+clean: sandbox-down
+	rm -rf .sandbox .pytest_cache

@@ -1,0 +1,62 @@
+"""
+### dr_health_monitor — is the DR topology ready for a disaster, right now?
+
+Every 5 minutes, checks what the requirements' failover orchestrator watches:
+
+| check | component (weight) |
+|---|---|
+| the primary answers and accepts writes | database (3) |
+| each standby is in recovery and streams within 16 MiB and the strictest RPO | network (2) |
+| the application entry point (PgBouncer) answers and leads to a writable primary | application (2) |
+| each storage location's bucket is reachable | storage (1) |
+| the archiver has no new failure and the WAL spool is not piling up | archiving (0) |
+| replication settings and slots match the policy (configuration drift) | configuration (0) |
+
+`assess_health` sums the weights of the failing components: a score at or above the policy's
+`disaster_threshold` (3) is reported as a disaster; any failing check fails the run with a one-line
+summary naming each failing check. Nothing is ever changed on the database by this DAG.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+from airflow.sdk import TriggerRule
+
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.operators.health import (
+    ArchiverHealthOperator,
+    ConfigurationDriftOperator,
+    DatabaseHealthOperator,
+    EntryPointHealthOperator,
+    HealthAssessmentOperator,
+    StorageHealthOperator,
+)
+
+with DAG(
+    dag_id="dr_health_monitor",
+    description="Replication and node health, weighted failure score",
+    doc_md=__doc__,
+    schedule=timedelta(minutes=5),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=4),
+    # A health check is read-only, but a retry would only delay the verdict of a 5-minute monitor.
+    default_args={**DEFAULT_ARGS, "retries": 0},
+    tags=["continuity", "health"],
+) as dag:
+    checks = [
+        DatabaseHealthOperator(task_id="check_database"),
+        EntryPointHealthOperator(task_id="check_entry_point"),
+        StorageHealthOperator(task_id="check_storage"),
+        ArchiverHealthOperator(task_id="check_archiver"),
+        ConfigurationDriftOperator(task_id="check_configuration"),
+    ]
+    assessment = HealthAssessmentOperator(
+        task_id="assess_health",
+        check_task_ids=[task.task_id for task in checks],
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
+    checks >> assessment

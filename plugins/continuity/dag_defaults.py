@@ -1,0 +1,16 @@
+"""Defaults every Continuity DAG shares (no Airflow import: DAG files pass these on)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+OWNER = "continuity"
+START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+# Retrying is safe for tasks that only read or whose effects are idempotent; DAGs whose steps
+# are not (failover) override `retries` explicitly.
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 1,
+    "retry_delay": timedelta(minutes=1),
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Prepare this machine for `make run` / `make test`:
+#   1. PostgreSQL server binaries and PgBouncer from Debian packages when they are absent;
+#   2. .venv from requirements.txt when it is missing or stale (the stamp is a hash of the inputs).
+# Exit codes: 0 ready, 10 packages missing and we cannot install them (not root, no sudo),
+# 11 no apt-get on this machine, 12 no suitable Python, 13 package install failed, 14 pip failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'bootstrap: %s\n' "$*"; }
+die() { local code=$1; shift; printf 'bootstrap: error: %s\n' "$*" >&2; exit "$code"; }
+
+have_postgres_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }
+
+if ! have_postgres_server || ! have_pgbouncer; then
+    packages=()
+    have_postgres_server || packages+=(postgresql postgresql-contrib)
+    have_pgbouncer || packages+=(pgbouncer)
+    command -v apt-get >/dev/null 2>&1 \
+        || die 11 "missing ${packages[*]} and this machine has no apt-get; install them with its package manager (PostgreSQL server binaries and PgBouncer)"
+    if [ "$(id -u)" -eq 0 ]; then
+        sudo=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo=(sudo -n)
+    else
+        die 10 "missing Debian packages ${packages[*]}; run as root or with passwordless sudo, or: sudo apt-get install ${packages[*]}"
+    fi
+    say "installing Debian packages: ${packages[*]}"
+    # The sandbox makes its own clusters; do not let the package create and start a default one.
+    "${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/continuity.conf >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq || die 13 "apt-get update failed"
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null \
+        || die 13 "apt-get install ${packages[*]} failed"
+fi
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    || die 12 "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)"
+
+stamp_inputs() { cat requirements.txt pyproject.toml; "$python" --version; }
+want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
+have=$(cat .venv/.continuity-stamp 2>/dev/null || true)
+if [ "$want" != "$have" ] || [ ! -x .venv/bin/python ]; then
+    say "creating .venv from requirements.txt (takes a few minutes the first time)"
+    [ -x .venv/bin/python ] || "$python" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip >/dev/null || die 14 "pip upgrade failed"
+    .venv/bin/pip install -q -r requirements.txt || die 14 "pip install -r requirements.txt failed"
+    .venv/bin/pip install -q --no-deps -e . || die 14 "pip install -e . failed"
+    .venv/bin/pip check || die 14 "pip check found conflicting requirements"
+    echo "$want" > .venv/.continuity-stamp
+fi
+say "ready: $(.venv/bin/python --version), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), $(pgbouncer --version 2>/dev/null | head -1 || /usr/sbin/pgbouncer --version | head -1)"

@@ -1,0 +1,85 @@
+"""Test setup: a private AIRFLOW_HOME (set before anything imports Airflow) and the sandbox fixture."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="continuity-test-airflow-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.pop("CONTINUITY_SANDBOX", None)
+os.environ.pop("CONTINUITY_POLICY", None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite metadata DB in the private AIRFLOW_HOME, for dag.test()."""
+    airflow = Path(sys.executable).with_name("airflow")
+    result = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=os.environ.copy())
+    assert result.returncode == 0, f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    return _AIRFLOW_HOME
+
+
+def _new_sandbox_root(prefix: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)  # PostgreSQL runs as the postgres user and must enter it
+    return root
+
+
+@pytest.fixture(scope="session")
+def sandbox_factory() -> Iterator:
+    """Build sandboxes on free ports in temporary directories; every one is torn down at the end."""
+    from continuity.sandbox import Sandbox
+
+    made: list[Sandbox] = []
+
+    def make(*, scale: float = 0.2, prefix: str = "continuity-sandbox-") -> Sandbox:
+        sandbox = Sandbox(root=_new_sandbox_root(prefix))
+        made.append(sandbox)
+        sandbox.up(scale=scale)
+        return sandbox
+
+    try:
+        yield make
+    finally:
+        for sandbox in made:
+            try:
+                sandbox.down(purge=True)
+            except Exception as exc:  # keep tearing down the others
+                print(f"teardown of {sandbox.root} failed: {exc}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_factory) -> Iterator:
+    """One running sandbox for the session, with its Airflow connections in the environment."""
+    box = sandbox_factory()
+    saved = dict(os.environ)
+    for key, value in box.environment().items():
+        if key != "AIRFLOW_HOME" and not key.startswith("AIRFLOW__CORE__"):
+            os.environ[key] = value
+    try:
+        yield box
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

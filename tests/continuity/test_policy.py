@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from continuity.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy, parse_duration, parse_size
+
+SEED = DEFAULT_POLICY_PATH.read_text()
+
+
+def test_seed_numbers_from_the_requirements() -> None:
+    policy = load_policy()
+    auth = policy.business_functions["user_authentication"]
+    assert auth.criticality == "critical"
+    assert auth.rto.target == timedelta(minutes=15)
+    assert auth.rpo.target == timedelta(minutes=5)
+    assert policy.tiers["tier_1_critical"].target == timedelta(minutes=15)
+    assert policy.tiers["tier_1_critical"].maximum == timedelta(minutes=30)
+    assert policy.data_categories["video_content"].rpo.target == timedelta(minutes=15)
+    assert policy.data_categories["video_content"].rpo.maximum == timedelta(hours=1)
+    assert policy.backups.full.retention == {"primary_region": timedelta(days=30), "offsite": timedelta(days=365)}
+    assert policy.backups.incremental.retention["primary_region"] == timedelta(days=7)
+    assert policy.backups.point_in_time_recovery.window == timedelta(days=30)
+    assert policy.health_monitor.max_lag_bytes == 16 * 2**20
+    assert policy.health_monitor.weights == {"database": 3, "application": 2, "network": 2, "storage": 1}
+    assert policy.health_monitor.disaster_threshold == 3
+    assert policy.validation.monthly == ["full_restore_test", "disaster_recovery_drill"]
+
+
+def test_topology_and_storage() -> None:
+    policy = load_policy()
+    assert policy.topology.primary.name == "primary"
+    assert [(n.name, n.synchronous, n.region) for n in policy.topology.standbys] == [
+        ("sync1", True, "us-east-1"), ("dr", False, "us-west-2"),
+    ]
+    assert {loc.region for loc in policy.storage.locations if loc.required} == {"us-east-1", "us-west-2"}
+    assert set(policy.functions_depending_on("database")) >= {"user_authentication", "video_upload"}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("90s", timedelta(seconds=90)), ("15m", timedelta(minutes=15)), ("4h", timedelta(hours=4)),
+     ("30d", timedelta(days=30)), ("1y", timedelta(days=365)), (" 2w ", timedelta(weeks=2))],
+)
+def test_durations(text: str, size: timedelta) -> None:
+    assert parse_duration(text) == size
+
+
+@pytest.mark.parametrize("text", ["soon", "15", "m15", "", "15 minutes", None, 15])
+def test_bad_durations_say_what_was_expected(text: object) -> None:
+    with pytest.raises(ValueError, match=r"expected a duration like '15m', got"):
+        parse_duration(text)
+
+
+def test_sizes() -> None:
+    assert parse_size("16MiB") == 16 * 2**20
+    assert parse_size("512kB") == 512_000
+    assert parse_size(4096) == 4096
+    with pytest.raises(ValueError, match="expected a size like '16MiB', got 'lots'"):
+        parse_size("lots")
+
+
+def _broken(tmp_path: Path, old: str, new: str) -> Path:
+    assert old in SEED, old
+    path = tmp_path / "policy.yaml"
+    path.write_text(SEED.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    target: 15m\n    maximum: 30m\n    strategy: hot", "    target: soon\n    maximum: 30m\n    strategy: hot",
+         "policy.yaml: tiers.tier_1_critical.target: expected a duration like '15m', got 'soon'"),
+        ("backup_frequency: 15m", "backup_frequency: often",
+         "policy.yaml: data_categories.video_content.backup_frequency: expected 'continuous' or a duration like '15m', got 'often'"),
+        ("max_lag_bytes: 16MiB", "max_lag_bytes: lots",
+         "policy.yaml: health_monitor.max_lag_bytes: expected a size like '16MiB', got 'lots'"),
+        ("    tier: tier_1_critical", "    tier: tier_9",
+         "policy.yaml: business_functions.user_authentication.tier: expected one of"),
+        ("  weights:", "  wieghts:", "policy.yaml: health_monitor.wieghts: unknown key"),
+        ("  weights:", "  wieghts:", "policy.yaml: health_monitor.weights: required key is missing"),
+        ("    rto: {target: 15m, maximum: 30m}", "    rto: {target: 15m, maximum: 5m}",
+         "policy.yaml: business_functions.user_authentication.rto.maximum: expected at least the target (15m), got 5m"),
+        ("      role: standby\n      synchronous: true", "      role: primary\n      synchronous: false",
+         "policy.yaml: topology.nodes: expected exactly one node with role 'primary', got 2"),
+        ("      region: us-west-2\n      bucket", "      region: us-east-1\n      bucket",
+         "policy.yaml: storage.locations: expected a required location outside the primary region us-east-1"),
+        ("    - name: primary\n      kind: s3", "    - name: primary\n      kind: tape",
+         "policy.yaml: storage.locations[0].kind: input should be 's3' or 'file', got 'tape'"),
+        ("version: 1", "version: 1\nbroken: [1", "policy.yaml: line"),
+    ],
+)
+def test_broken_policy_names_file_key_and_expectation(tmp_path: Path, old: str, new: str, message: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(_broken(tmp_path, old, new))
+    assert message in str(caught.value)
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read the policy file"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_policy_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _broken(tmp_path, "disaster_threshold: 3", "disaster_threshold: 5")
+    monkeypatch.setenv("CONTINUITY_POLICY", str(path))
+    assert load_policy().health_monitor.disaster_threshold == 5

@@ -1,0 +1,72 @@
+"""Every DAG file imports cleanly, follows the project's conventions and does no I/O at import time."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import botocore.endpoint
+import psycopg
+import psycopg2
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+class ImportTimeIO(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network connections and subprocesses raise while the DAG file runs (it must only declare).
+
+    Libraries are imported once beforehand: what they do on first import is not the DAG's doing.
+    """
+    for path in DAG_FILES:
+        _load(path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ImportTimeIO(f"I/O at DAG import time: {args[1:] or kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    # libpq and botocore do not go through Python's socket.connect.
+    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(refuse))
+    monkeypatch.setattr(psycopg, "connect", refuse)
+    monkeypatch.setattr(psycopg2, "connect", refuse)
+    monkeypatch.setattr(botocore.endpoint.Endpoint, "_send", refuse)
+
+
+def _load(path: Path) -> DagBag:
+    return DagBag(dag_folder=str(path))
+
+
+def test_there_are_dags() -> None:
+    assert DAG_FILES, f"no DAG files in {DAGS_DIR}"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_cleanly(path: Path, no_io: None) -> None:
+    bag = _load(path)
+    assert not bag.import_errors, bag.import_errors
+    assert bag.dags, f"{path.name} defines no DAG"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_conventions(path: Path) -> None:
+    for dag_id, dag in _load(path).dags.items():
+        assert dag_id.startswith("dr_"), f"{dag_id}: ids are prefixed dr_"
+        assert path.stem == dag_id, f"{path.name}: one DAG per file, named like the file"
+        assert dag.tags and "continuity" in dag.tags, f"{dag_id}: needs the 'continuity' tag"
+        assert dag.doc_md and dag_id in dag.doc_md, f"{dag_id}: doc_md=__doc__ with a title naming the DAG"
+        assert dag.catchup is False, f"{dag_id}: catchup=False"
+        assert dag.max_active_runs == 1, f"{dag_id}: one run at a time"
+        for task in dag.tasks:
+            assert task.owner == "continuity", f"{dag_id}.{task.task_id}: owner"
+            assert "retries" in dag.default_args, f"{dag_id}: retries must be decided explicitly in default_args"
+            assert task.retries == dag.default_args["retries"] or task.retries is not None

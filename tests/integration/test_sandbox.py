@@ -1,0 +1,137 @@
+"""The sandbox is the real thing: streaming replication, PgBouncer, archiving, versioned buckets."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from continuity.sandbox import ARCHIVE_SCRIPT
+
+
+def _wait_for(predicate, *, timeout: float = 20, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_primary_with_two_streaming_standbys_one_synchronous(sandbox) -> None:
+    primary = sandbox.node("primary")
+    assert primary.is_in_recovery() is False
+    rows = {r.application_name: r for r in primary.replication()}
+    assert set(rows) == {"sync1", "dr"}
+    assert rows["sync1"].state == rows["dr"].state == "streaming"
+    assert rows["sync1"].sync_state == "sync"
+    assert rows["dr"].sync_state == "async"
+    for name in ("sync1", "dr"):
+        standby = sandbox.node(name)
+        assert standby.is_in_recovery() is True
+        receiver = standby.wal_receiver()
+        assert receiver is not None and receiver.status == "streaming" and receiver.slot_name == name
+    assert {s.slot_name: s.active for s in primary.replication_slots()} == {"sync1": True, "dr": True}
+    assert primary.settings(["data_checksums"]) == {"data_checksums": "on"}
+
+
+def test_row_written_through_pgbouncer_reaches_both_standbys(sandbox) -> None:
+    marker = f"replication-probe-{time.time_ns()}@example.com"
+    with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=True)) as conn:
+        # The connection really goes through PgBouncer: its port, and PgBouncer's own server list.
+        assert conn.info.port == sandbox.pgbouncer_port
+        conn.execute(
+            "INSERT INTO users (id, email, full_name, role, created_at) "
+            "VALUES ((SELECT max(id) + 1 FROM users), %s, 'Probe', 'viewer', now())",
+            (marker,),
+        )
+    for name in ("sync1", "dr"):
+        standby = sandbox.node(name, user="app", dbname="app")
+        _wait_for(lambda: standby.query("SELECT 1 FROM users WHERE email = %s", (marker,)),
+                  what=f"the row on standby {name}")
+
+
+def test_switched_segment_reaches_the_spool(sandbox) -> None:
+    with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as app:
+        app.execute("UPDATE projects SET status = status WHERE id = 1")
+    with sandbox.node("primary").connect() as conn:
+        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn()) AS f").fetchone()["f"]
+        conn.execute("SELECT pg_switch_wal()")
+    spooled = sandbox.spool_dir / segment
+    _wait_for(spooled.exists, what=f"{segment} in the WAL spool")
+    assert spooled.stat().st_size == 16 * 2**20
+    assert not [p for p in sandbox.spool_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_archive_script_is_atomic_idempotent_and_never_overwrites(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    source = tmp_path / "000000010000000000000042"
+    source.write_bytes(b"wal" * 1000)
+
+    def archive(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(ARCHIVE_SCRIPT), str(spool), str(path), source.name],
+                              capture_output=True, text=True)
+
+    assert archive(source).returncode == 0
+    assert (spool / source.name).read_bytes() == source.read_bytes()
+    assert archive(source).returncode == 0, "an identical file already there is a success (a retry)"
+    different = tmp_path / "other"
+    different.write_bytes(b"not the same wal")
+    refused = archive(different)
+    assert refused.returncode != 0
+    assert "refusing to overwrite" in refused.stderr
+    assert (spool / source.name).read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in spool.iterdir()) == [source.name]
+
+
+def test_buckets_exist_with_versioning(sandbox) -> None:
+    for location in sandbox.policy.storage.locations:
+        client = sandbox.s3_client(location.region)
+        assert client.get_bucket_versioning(Bucket=location.bucket)["Status"] == "Enabled"
+        region = client.get_bucket_location(Bucket=location.bucket)["LocationConstraint"] or "us-east-1"
+        assert region == location.region
+
+
+def test_sample_database_has_realistic_related_rows(sandbox) -> None:
+    app = sandbox.node("primary", user="app", dbname="app")
+    counts = {t: app.query_one(f"SELECT count(*) AS n FROM {t}")["n"] for t in ("users", "projects", "videos", "annotations", "detections")}
+    assert counts["detections"] > counts["annotations"] > counts["videos"] > counts["users"] > counts["projects"] > 0
+    orphans = app.query_one("SELECT count(*) AS n FROM annotations a LEFT JOIN videos v ON v.id = a.video_id WHERE v.id IS NULL")
+    assert orphans["n"] == 0
+
+
+def test_key_and_secrets_are_private_and_never_printed(sandbox) -> None:
+    key = sandbox.key_file
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(__import__("base64").b64decode(key.read_text())) == 32
+    for private in (sandbox.state_file, sandbox.connections_file):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    script = sandbox.env_script()
+    for secret in [*sandbox.state["secrets"].values(), key.read_text().strip()]:
+        assert secret not in script
+    shell = subprocess.run(["bash", "-c", script + 'echo "$AIRFLOW_CONN_CONTINUITY_APP"'], capture_output=True, text=True)
+    conn = json.loads(shell.stdout)
+    assert conn["port"] == sandbox.pgbouncer_port and conn["password"] == sandbox.password("app")
+
+
+def test_cli_status_json(sandbox) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "continuity.cli", "sandbox", "status", "--json", "--root", str(sandbox.root)],
+        capture_output=True, text=True, env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["nodes"]["primary"]["role"] == "primary"
+    assert status["nodes"]["sync1"]["sync_state"] == "sync"
+    assert status["nodes"]["dr"]["replication"] == "streaming"
+    assert status["pgbouncer"]["running"] and status["s3"]["running"]
+    for secret in sandbox.state["secrets"].values():
+        assert secret not in result.stdout + result.stderr
