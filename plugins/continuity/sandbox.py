@@ -451,7 +451,7 @@ class Sandbox:
             if location.kind == "s3" and location.conn_id:
                 conns[location.conn_id] = {
                     "conn_type": "aws", "login": S3_ACCESS_KEY, "password": self.password("s3_secret_key"),
-                    "extra": {"endpoint_url": self.s3_endpoint, "region_name": self.policy.topology.primary_region},
+                    "extra": {"endpoint_url": self.s3_endpoint, "region_name": location.region},
                 }
         conns["continuity_keyring"] = {
             "conn_type": "generic", "login": self.state["kek_id"],

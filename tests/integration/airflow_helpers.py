@@ -1,0 +1,34 @@
+"""Run a DAG with dag.test() against the sandbox and read what its tasks reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+
+
+def load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_DIR / f"{dag_id}.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
+def task_states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def xcom(dag_run, task_id: str, key: str = "return_value") -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id,
+                    XComModel.task_id == task_id, XComModel.key == key)
+            .one_or_none()
+        )
+        return None if row is None else XComModel.deserialize_value(row)

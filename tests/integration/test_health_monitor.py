@@ -1,0 +1,76 @@
+"""dr_health_monitor against the real sandbox: healthy passes, a stopped DR standby fails the run by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from .airflow_helpers import load_dag, task_states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def test_healthy_sandbox_passes(sandbox) -> None:
+    run = load_dag("dr_health_monitor").test()
+    assert str(run.state) == "success", task_states(run)
+    assessment = xcom(run, "assess_health", "assessment")
+    assert assessment["healthy"] is True and assessment["score"] == 0
+    findings = xcom(run, "check_database")
+    reasons = [f["reason"] for f in findings]
+    assert any(r.startswith("standby dr is streaming (async)") for r in reasons), reasons
+    assert any(r.startswith("standby sync1 is streaming (sync)") for r in reasons), reasons
+
+
+def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
+    dr = sandbox.cluster("dr")
+    dr.stop()
+    try:
+        run = load_dag("dr_health_monitor").test()
+        states = task_states(run)
+        assert str(run.state) == "failed"
+        assert states["assess_health"] == "failed"
+        assert states["check_database"] == "success", "checks report findings; only the assessment fails"
+        assessment = xcom(run, "assess_health", "assessment")
+        assert assessment["disaster"] is False, "one lost standby is degraded, not a disaster"
+        assert assessment["score"] == 2
+        assert "standby dr: node dr" in assessment["summary"] and "is unreachable" in assessment["summary"]
+        assert "replication slot dr is inactive" in assessment["summary"]
+        assert "sync1" not in assessment["summary"]
+    finally:
+        dr.start()
+        sandbox.wait_streaming()
+
+
+def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A required bucket that is gone is a storage failure (weight 1), named with its location."""
+    location = sandbox.policy.storage.location("dr")
+    client = sandbox.s3_client(location.region)
+    renamed = location.bucket + "-moved"
+    client.create_bucket(Bucket=renamed, CreateBucketConfiguration={"LocationConstraint": location.region})
+    client.delete_bucket(Bucket=location.bucket)
+    try:
+        run = load_dag("dr_health_monitor").test()
+        assessment = xcom(run, "assess_health", "assessment")
+        assert str(run.state) == "failed"
+        assert assessment["score"] == 1
+        assert f"location dr (s3 {location.bucket}, us-west-2) is unreachable" in assessment["summary"]
+    finally:
+        client.delete_bucket(Bucket=renamed)
+        client.create_bucket(Bucket=location.bucket, CreateBucketConfiguration={"LocationConstraint": location.region})
+        client.put_bucket_versioning(Bucket=location.bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
+    primary = sandbox.cluster("primary")
+    primary.stop()
+    try:
+        run = load_dag("dr_health_monitor").test()
+        assessment = xcom(run, "assess_health", "assessment")
+        assert str(run.state) == "failed"
+        assert assessment["disaster"] is True
+        assert assessment["score"] >= 3
+        assert assessment["summary"].startswith("DISASTER THRESHOLD REACHED")
+        assert "primary primary: node primary" in assessment["summary"]
+        assert "application entry point" in assessment["summary"]
+    finally:
+        primary.start()
+        sandbox.wait_streaming()

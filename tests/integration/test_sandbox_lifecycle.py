@@ -1,0 +1,73 @@
+"""`continuity sandbox down` stops exactly what `up` started, is safe twice, and `up` restarts with the data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from continuity.localcluster import pid_alive
+from continuity.sandbox import Sandbox
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and pid_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", *args],
+                          capture_output=True, text=True, env={**os.environ})
+
+
+def test_down_leaves_nothing_behind_and_up_restarts_with_the_data() -> None:
+    root = Path(tempfile.mkdtemp(prefix="continuity-sandbox-lifecycle-"))
+    root.chmod(0o755)
+    sandbox = Sandbox(root=root)
+    try:
+        sandbox.up(scale=0.05)
+        pids = [sandbox.cluster(n).postmaster_pid() for n in sandbox.node_names]
+        pids.append(int((sandbox.pgbouncer_dir / "pgbouncer.pid").read_text()))
+        pids.append(sandbox.state["s3"]["pid"])
+        assert all(pid_alive(pid) for pid in pids)
+        with psycopg.connect(sandbox.app_conninfo()) as conn:
+            users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+        down = _cli("down", "--root", str(root))
+        assert down.returncode == 0, down.stderr
+        assert "postgres primary" in down.stdout and "pgbouncer" in down.stdout and "s3 endpoint" in down.stdout
+        assert not [pid for pid in pids if pid_alive(pid)]
+        assert _processes_mentioning(str(root)) == []
+
+        again = _cli("down", "--root", str(root))
+        assert again.returncode == 0 and "nothing was running" in again.stdout
+
+        restarted = Sandbox(root=root)
+        restarted.up()
+        restarted.wait_streaming()
+        with psycopg.connect(restarted.app_conninfo()) as conn:
+            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == users
+        assert restarted.key_file.read_text() == sandbox.key_file.read_text(), "the key survives a restart"
+    finally:
+        Sandbox(root=root).down(purge=True)
+    assert not root.exists()
+    assert _processes_mentioning(str(root)) == []
+
+
+def test_status_of_a_missing_sandbox_is_a_clear_error(tmp_path: Path) -> None:
+    result = _cli("status", "--root", str(tmp_path / "none"))
+    assert result.returncode == 1
+    assert "no sandbox at" in result.stderr and "HINT: run `continuity sandbox up` first" in result.stderr
