@@ -122,9 +122,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = {**os.environ, **sandbox.environment()}
     airflow_home = Path(env["AIRFLOW_HOME"])
     airflow_home.mkdir(parents=True, exist_ok=True)
-    env.setdefault("AIRFLOW__API__PORT", str(args.port))
+    env["AIRFLOW__API__PORT"] = str(args.port)
+    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{args.port}/execution/"
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
     airflow = Path(sys.executable).with_name("airflow")
+    # standalone starts its components as `airflow ...` subprocesses found on PATH.
+    env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
     print(f"starting Airflow (AIRFLOW_HOME={airflow_home}); logs in {airflow_home / 'standalone.log'}", flush=True)
     with open(airflow_home / "standalone.log", "ab") as log_file:
         process = subprocess.Popen([str(airflow), "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -116,7 +116,12 @@ class PostgresNode:
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.connect() as conn:
-            return conn.execute(sql, params).fetchall()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except psycopg.OperationalError as exc:
+                # Connection-class failures after login (a pooler whose server is gone, a shutdown).
+                raise NodeUnreachable(f"node {self.name} ({redacted(self.conninfo)}) failed mid-query: "
+                                      f"{str(exc).strip().splitlines()[0]}") from exc
 
     def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> dict[str, Any]:
         rows = self.query(sql, params)

@@ -358,6 +358,21 @@ class Sandbox:
             time.sleep(0.2)
         raise SandboxError(f"standbys not streaming from {primary.name} after {timeout:.0f}s: expected {sorted(expected)}, saw {seen}")
 
+    def wait_entry_point(self, *, timeout: float = 30) -> None:
+        """Wait until the application can write through PgBouncer again (after a restart)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.app_conninfo(), connect_timeout=2) as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        return
+                    last = "it leads to a node in recovery"
+            except psycopg.Error as exc:
+                last = str(exc).strip().splitlines()[0]
+            time.sleep(0.2)
+        raise SandboxError(f"PgBouncer on port {self.pgbouncer_port} did not serve writes within {timeout:.0f}s: {last}")
+
     # -- PgBouncer ---------------------------------------------------------------------------
     def _start_pgbouncer(self, started: list[str]) -> None:
         pid_file = self.pgbouncer_dir / "pgbouncer.pid"
@@ -561,6 +576,12 @@ pool_mode = session
 max_client_conn = 200
 default_pool_size = 20
 server_connect_timeout = 5
+; After a primary restart or failover, retry the server login quickly instead of the default 15 s.
+server_login_retry = 1
+; A client waiting for a server gets an error after 10 s instead of the default 120 s, so health
+; checks and applications see an outage instead of hanging through it. A switchover PAUSE must
+; finish within this.
+query_wait_timeout = 10
 pidfile = {directory / 'pgbouncer.pid'}
 logfile = {log_file}
 ignore_startup_parameters = extra_float_digits,options

@@ -74,3 +74,4 @@ def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
     finally:
         primary.start()
         sandbox.wait_streaming()
+        sandbox.wait_entry_point()

@@ -1,0 +1,83 @@
+"""`continuity run` (what `make run` does): sandbox + airflow standalone with every DAG; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from continuity.localcluster import free_port, pid_alive
+
+DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
+
+
+def _api(port: int, path: str, token: str | None = None, body: dict | None = None) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
+    root = Path(tempfile.mkdtemp(prefix="continuity-sandbox-run-"))
+    root.chmod(0o755)
+    port = free_port()
+    # As from a user's shell: none of the test session's Airflow settings (run sets its own).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env |= {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+    process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
+                                "--scale", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            output.append(line)
+            if line.startswith("Ctrl-C stops"):
+                break
+        text = "".join(output)
+        assert f"Airflow UI: http://localhost:{port}" in text, text[-3000:]
+        password_file = root / "airflow" / "simple_auth_manager_passwords.json.generated"
+        assert str(password_file) in text
+        assert json.loads(password_file.read_text())["admin"] not in text, "the password itself is never printed"
+
+        token = _api(port, "/auth/token", body={"username": "admin",
+                                                "password": json.loads(password_file.read_text())["admin"]})["access_token"]
+        listed: list[str] = []
+        deadline = time.monotonic() + 90  # the dag-processor parses dags/ shortly after start
+        while time.monotonic() < deadline and sorted(listed) != DAG_IDS:
+            listed = [d["dag_id"] for d in _api(port, "/api/v2/dags", token)["dags"]]
+            time.sleep(2)
+        assert sorted(listed) == DAG_IDS
+        assert _api(port, "/api/v2/importErrors", token)["total_entries"] == 0
+        state = json.loads((root / "state.json").read_text())
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        remaining, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, remaining[-2000:]
+    assert "stopped: s3 endpoint, pgbouncer, postgres dr, postgres sync1, postgres primary" in remaining
+    assert not pid_alive(state["s3"]["pid"])
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if (str(root) in cmdline or "airflow" in cmdline and f"{port}" in cmdline) and pid_alive(int(proc.name)):
+                leftovers.append(cmdline)
+    assert leftovers == []
+    subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(root)],
+                   capture_output=True, check=False)
