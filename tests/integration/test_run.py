@@ -28,6 +28,14 @@ def _api(port: int, path: str, token: str | None = None, body: dict | None = Non
 def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
     root = Path(tempfile.mkdtemp(prefix="continuity-sandbox-run-"))
     root.chmod(0o755)
+    try:
+        _run_and_interrupt(root)
+    finally:
+        subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(root)],
+                       capture_output=True, check=False)
+
+
+def _run_and_interrupt(root: Path) -> None:
     port = free_port()
     # As from a user's shell: none of the test session's Airflow settings (run sets its own).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -79,5 +87,3 @@ def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
             if (str(root) in cmdline or "airflow" in cmdline and f"{port}" in cmdline) and pid_alive(int(proc.name)):
                 leftovers.append(cmdline)
     assert leftovers == []
-    subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(root)],
-                   capture_output=True, check=False)
