@@ -1,0 +1,285 @@
+"""The backup engine: one pass from a source stream to an archive in every location, then verify.
+
+`create_backup` streams the source through the archive format (zstd + AES-256-GCM) into a writer
+per location at once. The backup exists only when every required location committed it and a
+read-back matched its size and SHA-256; the manifest is written last. On any failure every
+written object is removed, so no location ever shows a half backup under its final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, BinaryIO
+
+from continuity.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
+from continuity.keys import Keyring
+from continuity.manifest import LocationCopy, Manifest, data_key_name, manifest_key_name, open_manifest, seal
+from continuity.storage import ObjectWriter, StorageError, StorageLocation, read_back_sha256
+
+log = logging.getLogger(__name__)
+
+
+def new_backup_id(kind: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{kind}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def tool_versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("continuity", "zstandard", "cryptography"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions | dict(extra or {})
+
+
+class Progress:
+    """Calls `report(message)` at most every `interval` seconds with bytes done and throughput."""
+
+    def __init__(self, report: Callable[[str], None], *, what: str, interval: float = 5.0) -> None:
+        self.report = report
+        self.what = what
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            rate = done / max(now - self.started, 1e-9) / 2**20
+            self.report(f"{self.what}: {done / 2**20:,.1f} MiB read, {rate:,.1f} MiB/s")
+
+
+class _FanOut:
+    """Writes each block to every location; an optional location that fails is dropped, a required one aborts."""
+
+    def __init__(self, writers: dict[str, ObjectWriter], required: set[str]) -> None:
+        self.writers = writers
+        self.required = required
+        self.dropped: dict[str, str] = {}
+
+    def write(self, data: bytes) -> None:
+        for name, writer in list(self.writers.items()):
+            try:
+                writer.write(data)
+            except StorageError as exc:
+                if name in self.required:
+                    raise
+                log.warning("optional %s failed and is left out of this backup: %s", name, exc)
+                self.dropped[name] = str(exc)
+                writer.abort()
+                del self.writers[name]
+
+
+def create_backup(
+    source: BinaryIO,
+    *,
+    kind: str,
+    keyring: Keyring,
+    locations: Sequence[StorageLocation],
+    required: set[str] | None = None,
+    backup_id: str | None = None,
+    label: str | None = None,
+    source_info: Mapping[str, Any] | None = None,
+    details: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    depends_on: Sequence[str] = (),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    versions: Mapping[str, str] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Archive `source` into every location and return the sealed manifest.
+
+    `required` names the locations that must hold the backup (default: all); `details` may be a
+    callable evaluated after the source is exhausted (e.g. a tool's exit status and counts).
+    """
+    if not locations:
+        raise ValueError("a backup needs at least one location")
+    required = {loc.name for loc in locations} if required is None else set(required)
+    unknown = required - {loc.name for loc in locations}
+    if unknown:
+        raise ValueError(f"required locations {sorted(unknown)} are not among the locations given")
+    backup_id = backup_id or new_backup_id(kind)
+    report = report or log.info
+    data_key_object = data_key_name(kind, backup_id)
+    for location in locations:
+        if location.head(manifest_key_name(backup_id)) is not None:
+            raise StorageError(f"{location.describe(manifest_key_name(backup_id))}: backup {backup_id} already exists")
+
+    data_key, wrapped = keyring.new_data_key(backup_id)
+    started = datetime.now(timezone.utc)
+    writers: dict[str, ObjectWriter] = {}
+    committed: list[StorageLocation] = []
+    by_name = {loc.name: loc for loc in locations}
+    try:
+        for location in locations:
+            try:
+                writers[location.name] = location.open_writer(data_key_object, metadata={"backup-id": backup_id})
+            except StorageError as exc:
+                if location.name in required:
+                    raise
+                log.warning("optional %s is left out of this backup: %s", location.name, exc)
+        fan_out = _FanOut(writers, required)
+        result = write_archive(source, fan_out, archive_id=backup_id, data_key=data_key, wrapped_key=wrapped,
+                               chunk_size=chunk_size, progress=Progress(report, what=f"backup {backup_id}"))
+        for name, writer in list(fan_out.writers.items()):
+            try:
+                writer.commit()
+            except StorageError:
+                if name in required:
+                    raise
+                del fan_out.writers[name]
+                continue
+            committed.append(by_name[name])
+        # Read-back: every copy is checked byte for byte before the backup is declared complete.
+        copies: dict[str, LocationCopy] = {}
+        for location in list(committed):
+            size, digest = read_back_sha256(location, data_key_object)
+            if size != result.stored_bytes or digest != result.stored_sha256:
+                message = (f"{location.describe(data_key_object)}: read-back mismatch: stored {size} bytes "
+                           f"sha256 {digest[:16]}…, sent {result.stored_bytes} bytes sha256 {result.stored_sha256[:16]}…")
+                if location.name in required:
+                    raise IntegrityError(message)
+                log.warning("%s; leaving optional %s out", message, location.name)
+                location.delete(data_key_object)
+                committed.remove(location)
+                continue
+            copies[location.name] = LocationCopy(key=data_key_object, stored_bytes=size,
+                                                 verified_at=datetime.now(timezone.utc),
+                                                 verify_result="ok: read-back after upload", verify_depth="shallow")
+        manifest = seal(Manifest(
+            backup_id=backup_id, kind=kind, label=label, source=dict(source_info or {}), started_at=started,
+            finished_at=datetime.now(timezone.utc), plaintext_bytes=result.plaintext_bytes,
+            compressed_bytes=result.compressed_bytes, stored_bytes=result.stored_bytes,
+            plaintext_sha256=result.plaintext_sha256, stored_sha256=result.stored_sha256, chunk_size=chunk_size,
+            chunks=result.chunks, key=wrapped.to_dict(), tool_versions=tool_versions(versions),
+            details=dict(details() if callable(details) else details or {}), depends_on=list(depends_on),
+            locations=copies,
+        ), data_key)
+        written: list[StorageLocation] = []
+        try:
+            for location in committed:
+                try:
+                    location.put_bytes(manifest_key_name(backup_id), manifest.to_json())
+                    written.append(location)
+                except StorageError:
+                    if location.name in required:
+                        raise
+        except BaseException:
+            for location in written:
+                _quietly(location.delete, manifest_key_name(backup_id))
+            raise
+    except BaseException as exc:
+        for writer in writers.values():
+            writer.abort()
+        for location in committed:
+            _quietly(location.delete, data_key_object)
+        if not isinstance(exc, (StorageError, IntegrityError)) and isinstance(exc, Exception):
+            log.error("backup %s failed; nothing was kept in any location", backup_id)
+        raise
+    rate = result.plaintext_bytes / max((manifest.finished_at - started).total_seconds(), 1e-9) / 2**20
+    report(f"backup {backup_id} ({kind}) complete: {result.plaintext_bytes:,} bytes → {result.stored_bytes:,} stored "
+           f"in {', '.join(copies)} ({rate:,.1f} MiB/s), read-back verified")
+    return manifest
+
+
+def _quietly(fn: Callable[[str], None], key: str) -> None:
+    try:
+        fn(key)
+    except Exception as exc:  # cleanup after a failure must not hide the failure
+        log.warning("cleanup of %s failed: %s", key, exc)
+
+
+# -- verify ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verification:
+    backup_id: str
+    location: str
+    ok: bool
+    depth: str
+    reason: str
+
+
+def verify_copy(manifest: Manifest, location: StorageLocation, keyring: Keyring, *, deep: bool = False) -> Verification:
+    """Shallow: object present, size and stored SHA-256 tag match. Deep: decrypt every chunk too."""
+    depth = "deep" if deep else "shallow"
+    key = manifest.data_key_name
+
+    def result(ok: bool, reason: str) -> Verification:
+        return Verification(manifest.backup_id, location.name, ok, depth, reason)
+
+    info = location.head(key)
+    if info is None:
+        return result(False, f"{location.describe(key)}: the data object is missing")
+    if info.size != manifest.stored_bytes:
+        return result(False, f"{location.describe(key)}: size {info.size} differs from the manifest's {manifest.stored_bytes}")
+    if not deep:
+        return result(True, f"{location.describe(key)}: present, {info.size:,} bytes as the manifest says")
+    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+    try:
+        with location.open_reader(key) as stream:
+            read = read_archive(stream, None, data_key_for=lambda _h: data_key, where=location.describe(key),
+                                expected_archive_id=manifest.backup_id)
+    except IntegrityError as exc:
+        return result(False, str(exc))
+    if read.stored_sha256 != manifest.stored_sha256 or read.plaintext_sha256 != manifest.plaintext_sha256:
+        return result(False, f"{location.describe(key)}: checksums differ from the manifest")
+    return result(True, f"{location.describe(key)}: all {read.chunks} chunks authentic, "
+                        f"{read.plaintext_bytes:,} plaintext bytes match SHA-256 {manifest.plaintext_sha256[:16]}…")
+
+
+def record_verification(manifest: Manifest, location: StorageLocation, keyring: Keyring, verification: Verification) -> Manifest:
+    """Note the result in that location's copy of the manifest (re-sealed)."""
+    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+    copies = dict(manifest.locations)
+    previous = copies.get(location.name)
+    copies[location.name] = LocationCopy(
+        key=manifest.data_key_name, stored_bytes=previous.stored_bytes if previous else manifest.stored_bytes,
+        verified_at=datetime.now(timezone.utc), verify_result=("ok: " if verification.ok else "FAILED: ") + verification.reason,
+        verify_depth=verification.depth)  # type: ignore[arg-type]
+    updated = seal(manifest.model_copy(update={"locations": copies}), data_key)
+    location.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
+    return updated
+
+
+# -- restore ---------------------------------------------------------------------------------
+def restore_copy(manifest: Manifest, location: StorageLocation, keyring: Keyring, sink: Any,
+                 *, report: Callable[[str], None] | None = None) -> int:
+    """Stream one copy to `sink`, authenticating as it goes; returns plaintext bytes written."""
+    key = manifest.data_key_name
+    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+
+    def key_for(header: ArchiveHeader) -> bytes:
+        return data_key  # the manifest's wrapping is the authority (it survives key rotation)
+
+    with location.open_reader(key) as stream:
+        read = read_archive(stream, sink, data_key_for=key_for, where=location.describe(key),
+                            expected_archive_id=manifest.backup_id,
+                            progress=Progress(report or log.info, what=f"restore {manifest.backup_id}"))
+    if read.plaintext_sha256 != manifest.plaintext_sha256:
+        raise IntegrityError(f"{location.describe(key)}: restored plaintext SHA-256 differs from the manifest")
+    return read.plaintext_bytes
+
+
+def load_manifest(location: StorageLocation, backup_id: str, keyring: Keyring) -> Manifest:
+    key = manifest_key_name(backup_id)
+    if location.head(key) is None:
+        raise StorageError(f"{location.describe(key)}: no backup {backup_id} in this location")
+    return open_manifest(location.get_bytes(key), keyring, where=location.describe(key))[0]
+
+
+def rewrap(manifest: Manifest, location: StorageLocation, keyring: Keyring, *, to_kek: str) -> Manifest:
+    """Key rotation for one manifest copy: unwrap under its KEK, wrap under `to_kek`, re-seal."""
+    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+    wrapped = keyring.wrap(data_key, archive_id=manifest.backup_id, kek_id=to_kek)
+    updated = seal(manifest.model_copy(update={"key": wrapped.to_dict()}), data_key)
+    location.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
+    return updated

@@ -1,0 +1,100 @@
+"""The catalog: the set of authenticated manifests in storage (the source of truth), and queries.
+
+Any single location can answer alone. Manifests that fail authentication are never returned; they
+are listed in `problems` so an operator sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from continuity.archive import IntegrityError
+from continuity.keys import Keyring, KeyringError
+from continuity.manifest import Manifest, manifest_key_name, open_manifest
+from continuity.storage import StorageError, StorageLocation
+
+MANIFEST_PREFIX = "manifests/"
+
+
+@dataclass
+class Catalog:
+    locations: Mapping[str, StorageLocation]
+    keyring: Keyring
+    problems: list[str] = field(default_factory=list)
+
+    def _location(self, name: str) -> StorageLocation:
+        try:
+            return self.locations[name]
+        except KeyError:
+            raise StorageError(f"no storage location named {name!r} (known: {', '.join(self.locations)})") from None
+
+    def manifests_in(self, location_name: str) -> list[Manifest]:
+        """Every authentic manifest of one location, oldest first."""
+        location = self._location(location_name)
+        found: list[Manifest] = []
+        for key in location.list(MANIFEST_PREFIX):
+            if not key.endswith(".json"):
+                continue
+            try:
+                manifest, _ = open_manifest(location.get_bytes(key), self.keyring, where=location.describe(key))
+            except (IntegrityError, KeyringError) as exc:
+                self.problems.append(str(exc))
+                continue
+            found.append(manifest)
+        return sorted(found, key=lambda m: (m.finished_at, m.backup_id))
+
+    def list(self, *, kind: str | None = None, location: str | None = None,
+             since: datetime | None = None, until: datetime | None = None) -> list[Manifest]:
+        """Backups in `location` (or the union over every reachable location), filtered."""
+        merged: dict[str, Manifest] = {}
+        for name in [location] if location else list(self.locations):
+            try:
+                for manifest in self.manifests_in(name):
+                    merged.setdefault(manifest.backup_id, manifest)
+            except StorageError as exc:
+                if location:
+                    raise
+                self.problems.append(str(exc))
+        result = [
+            m for m in merged.values()
+            if (kind is None or m.kind == kind)
+            and (since is None or m.finished_at >= since)
+            and (until is None or m.finished_at <= until)
+        ]
+        return sorted(result, key=lambda m: (m.finished_at, m.backup_id))
+
+    def get(self, backup_id: str, *, location: str | None = None) -> tuple[Manifest, str]:
+        """The manifest and the location it was read from (the first that holds an authentic copy)."""
+        errors: list[str] = []
+        for name in [location] if location else list(self.locations):
+            loc = self._location(name)
+            key = manifest_key_name(backup_id)
+            try:
+                if loc.head(key) is None:
+                    errors.append(f"{loc.describe(key)}: not there")
+                    continue
+                return open_manifest(loc.get_bytes(key), self.keyring, where=loc.describe(key))[0], name
+            except (StorageError, IntegrityError) as exc:
+                if isinstance(exc, IntegrityError) and location:
+                    raise
+                errors.append(str(exc))
+        raise StorageError(f"backup {backup_id} not found: " + "; ".join(errors))
+
+    def latest(self, kind: str, *, location: str | None = None) -> Manifest | None:
+        backups = self.list(kind=kind, location=location)
+        return backups[-1] if backups else None
+
+    def dependencies(self, backup_id: str) -> list[Manifest]:
+        """Every backup this one needs to be restored (transitively), nearest first."""
+        seen: dict[str, Manifest] = {}
+        queue = list(self.get(backup_id)[0].depends_on)
+        while queue:
+            needed = queue.pop(0)
+            if needed in seen:
+                continue
+            manifest = self.get(needed)[0]
+            seen[needed] = manifest
+            queue.extend(manifest.depends_on)
+        return list(seen.values())

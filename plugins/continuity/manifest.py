@@ -1,0 +1,108 @@
+"""Backup manifests: one JSON document per backup, authenticated, stored beside the data everywhere.
+
+The MAC key is derived (HKDF) from the backup's own data key, so checking a manifest needs the
+KEK that unwraps it: an edited manifest, or one whose wrapped key was swapped, is rejected.
+Key rotation re-wraps the data key and re-MACs with the same derived key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, ConfigDict, Field
+
+from continuity.archive import IntegrityError
+from continuity.keys import Keyring, WrappedKey
+
+MANIFEST_FORMAT = "continuity-manifest/1"
+Kind = Literal["logical", "physical", "wal", "config", "objects", "adhoc"]
+
+
+class LocationCopy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    stored_bytes: int
+    verified_at: datetime | None = None
+    verify_result: str | None = None
+    verify_depth: Literal["shallow", "deep"] | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["continuity-manifest/1"] = MANIFEST_FORMAT
+    backup_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+    kind: Kind
+    label: str | None = None
+    source: dict[str, Any] = {}
+    started_at: datetime
+    finished_at: datetime
+    plaintext_bytes: int
+    compressed_bytes: int
+    stored_bytes: int
+    plaintext_sha256: str
+    stored_sha256: str
+    chunk_size: int
+    chunks: int
+    compression: Literal["zstd"] = "zstd"
+    cipher: Literal["AES-256-GCM"] = "AES-256-GCM"
+    key: dict[str, str]
+    tool_versions: dict[str, str] = {}
+    details: dict[str, Any] = {}
+    depends_on: list[str] = []
+    locations: dict[str, LocationCopy] = {}
+    mac: str = ""
+
+    @property
+    def wrapped_key(self) -> WrappedKey:
+        return WrappedKey.from_dict(self.key)
+
+    @property
+    def data_key_name(self) -> str:
+        return data_key_name(self.kind, self.backup_id)
+
+    def canonical(self) -> bytes:
+        body = self.model_dump(mode="json", exclude={"mac"})
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode() + b"\n"
+
+
+def data_key_name(kind: str, backup_id: str) -> str:
+    return f"data/{kind}/{backup_id}.cta"
+
+
+def manifest_key_name(backup_id: str) -> str:
+    return f"manifests/{backup_id}.json"
+
+
+def _mac_key(data_key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"continuity manifest mac v1").derive(data_key)
+
+
+def seal(manifest: Manifest, data_key: bytes) -> Manifest:
+    unsigned = manifest.model_copy(update={"mac": ""})
+    mac = hmac.new(_mac_key(data_key), unsigned.canonical(), hashlib.sha256).hexdigest()
+    return manifest.model_copy(update={"mac": mac})
+
+
+def open_manifest(raw: bytes, keyring: Keyring, *, where: str) -> tuple[Manifest, bytes]:
+    """Parse and authenticate a stored manifest; returns it with its (unwrapped) data key."""
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValueError as exc:
+        raise IntegrityError(f"{where}: not a valid manifest: {str(exc).splitlines()[0]}") from None
+    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+    expected = hmac.new(_mac_key(data_key), manifest.canonical(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, manifest.mac):
+        raise IntegrityError(f"{where}: manifest of backup {manifest.backup_id} failed authentication "
+                             f"(edited in storage): it is not trusted")
+    return manifest, data_key

@@ -1,0 +1,364 @@
+"""Storage locations behind one interface: `s3` (any S3 endpoint via boto3) and `file`.
+
+The guarantee every backup relies on: nothing half-written is ever visible under a final name.
+S3 writes are multipart uploads completed only on commit and aborted on any failure; file writes
+go to a temporary name, are fsynced, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+PART_SIZE = 8 * 1024 * 1024  # S3 multipart part size; the per-location write buffer
+
+
+class StorageError(Exception):
+    """A location failed; the message names the location, and the key when there is one."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ObjectWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class StorageLocation(Protocol):
+    name: str
+    region: str
+
+    def describe(self, key: str = "") -> str: ...
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None) -> ObjectWriter: ...
+    def open_reader(self, key: str) -> BinaryIO: ...
+    def head(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def copy_from(self, other: StorageLocation, key: str) -> None: ...
+
+
+def read_back_sha256(location: StorageLocation, key: str) -> tuple[int, str]:
+    """Stream an object back and hash it: the proof that what is stored is what was sent."""
+    sha = hashlib.sha256()
+    size = 0
+    with location.open_reader(key) as stream:
+        while block := stream.read(1024 * 1024):
+            sha.update(block)
+            size += len(block)
+    return size, sha.hexdigest()
+
+
+# -- S3 --------------------------------------------------------------------------------------
+class S3Location:
+    """A bucket (and prefix) through a boto3 S3 client: AWS, or any endpoint_url (moto, MinIO)."""
+
+    def __init__(self, *, name: str, region: str, client: Any, bucket: str, prefix: str = "",
+                 storage_class: str = "STANDARD", server_side_encryption: str | None = None) -> None:
+        self.name = name
+        self.region = region
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.storage_class = storage_class
+        self.server_side_encryption = server_side_encryption
+
+    def describe(self, key: str = "") -> str:
+        return f"location {self.name} (s3://{self.bucket}/{self.prefix}{key})"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _put_args(self, metadata: dict[str, str] | None) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": metadata or {}}
+        if self.storage_class and self.storage_class != "STANDARD":
+            args["StorageClass"] = self.storage_class
+        if self.server_side_encryption:
+            args["ServerSideEncryption"] = self.server_side_encryption
+        return args
+
+    def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
+        return StorageError(f"{self.describe(key)}: {action} failed: {type(exc).__name__}: {exc}")
+
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None) -> ObjectWriter:
+        return _S3Writer(self, key, metadata)
+
+    def open_reader(self, key: str) -> BinaryIO:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as exc:
+            raise self._fail("read", key, exc) from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail("head", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("head", key, exc) from exc
+        return ObjectInfo(key=key, size=response["ContentLength"], metadata=response.get("Metadata", {}))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix):]
+        except Exception as exc:
+            raise self._fail("list", prefix, exc) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._fail("delete", key, exc) from exc
+
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._put_args(metadata))
+        except Exception as exc:
+            raise self._fail("write", key, exc) from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_reader(key) as body:
+            return body.read()
+
+    def copy_from(self, other: StorageLocation, key: str) -> None:
+        """Server-side copy when both are buckets of one endpoint; otherwise a streamed copy."""
+        if isinstance(other, S3Location) and other.client.meta.endpoint_url == self.client.meta.endpoint_url:
+            try:
+                self.client.copy({"Bucket": other.bucket, "Key": other._key(key)}, self.bucket, self._key(key),
+                                 ExtraArgs={**self._put_args(None), "MetadataDirective": "COPY"})
+                return
+            except Exception as exc:
+                raise self._fail(f"server-side copy from {other.name}", key, exc) from exc
+        info = other.head(key)
+        writer = self.open_writer(key, metadata=info.metadata if info else None)
+        try:
+            with other.open_reader(key) as stream:
+                while block := stream.read(PART_SIZE):
+                    writer.write(block)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+class _S3Writer:
+    """A multipart upload: invisible until commit(), aborted on abort() or any failure."""
+
+    def __init__(self, location: S3Location, key: str, metadata: dict[str, str] | None) -> None:
+        self.location = location
+        self.key = key
+        self.metadata = metadata
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= PART_SIZE:
+            part = bytes(self.buffer[:PART_SIZE])
+            del self.buffer[:PART_SIZE]
+            self._upload_part(part)
+
+    def _upload_part(self, part: bytes) -> None:
+        loc = self.location
+        try:
+            if self.upload_id is None:
+                self.upload_id = loc.client.create_multipart_upload(
+                    Bucket=loc.bucket, Key=loc._key(self.key), **loc._put_args(self.metadata))["UploadId"]
+            number = len(self.parts) + 1
+            response = loc.client.upload_part(Bucket=loc.bucket, Key=loc._key(self.key), UploadId=self.upload_id,
+                                              PartNumber=number, Body=part)
+            self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        except Exception as exc:
+            self.abort()
+            raise loc._fail(f"upload of part {len(self.parts) + 1}", self.key, exc) from exc
+
+    def commit(self) -> None:
+        loc = self.location
+        if self.upload_id is None:
+            loc.put_bytes(self.key, bytes(self.buffer), metadata=self.metadata)
+            self.closed = True
+            return
+        if self.buffer:
+            self._upload_part(bytes(self.buffer))
+            self.buffer.clear()
+        try:
+            loc.client.complete_multipart_upload(Bucket=loc.bucket, Key=loc._key(self.key), UploadId=self.upload_id,
+                                                 MultipartUpload={"Parts": self.parts})
+        except Exception as exc:
+            self.abort()
+            raise loc._fail("completing the upload", self.key, exc) from exc
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.buffer.clear()
+        if self.upload_id is not None:
+            try:
+                self.location.client.abort_multipart_upload(Bucket=self.location.bucket,
+                                                            Key=self.location._key(self.key), UploadId=self.upload_id)
+            except Exception:  # the endpoint may be the thing that failed; its lifecycle rule cleans up
+                pass
+
+
+# -- file ------------------------------------------------------------------------------------
+class FileLocation:
+    """A directory. Metadata lives beside each object in `<name>.meta` (written before the rename)."""
+
+    def __init__(self, *, name: str, region: str, path: Path) -> None:
+        self.name = name
+        self.region = region
+        self.root = Path(path)
+
+    def describe(self, key: str = "") -> str:
+        return f"location {self.name} ({self.root / key})"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise StorageError(f"{self.describe(key)}: key escapes the location")
+        return path
+
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None) -> ObjectWriter:
+        return _FileWriter(self, key, metadata or {})
+
+    def open_reader(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise StorageError(f"{self.describe(key)}: read failed: {exc.strerror}") from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        meta_path = path.with_name(path.name + ".meta")
+        metadata: dict[str, str] = {}
+        if meta_path.exists():
+            metadata = json.loads(meta_path.read_text())
+        return ObjectInfo(key=key, size=path.stat().st_size, metadata=metadata)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        if not self.root.is_dir():
+            raise StorageError(f"{self.describe()}: not a directory")
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and not path.name.endswith((".meta", ".tmp")) and not path.name.startswith("."):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".meta").unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None:
+        writer = self.open_writer(key, metadata=metadata)
+        try:
+            writer.write(data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_reader(key) as handle:
+            return handle.read()
+
+    def copy_from(self, other: StorageLocation, key: str) -> None:
+        info = other.head(key)
+        writer = self.open_writer(key, metadata=info.metadata if info else None)
+        try:
+            with other.open_reader(key) as stream:
+                while block := stream.read(PART_SIZE):
+                    writer.write(block)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+class _FileWriter:
+    def __init__(self, location: FileLocation, key: str, metadata: dict[str, str]) -> None:
+        self.location = location
+        self.key = key
+        self.metadata = metadata
+        self.final = location._path(key)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.final.with_name(f".{self.final.name}.{secrets.token_hex(4)}.tmp")
+            self.handle = open(self.tmp, "xb")
+        except OSError as exc:
+            raise StorageError(f"{location.describe(key)}: cannot create: {exc.strerror}") from exc
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"{self.location.describe(self.key)}: write failed: {exc.strerror}") from exc
+
+    def commit(self) -> None:
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            meta = self.final.with_name(self.final.name + ".meta")
+            meta.write_text(json.dumps(self.metadata))
+            os.replace(self.tmp, self.final)
+            dir_fd = os.open(self.final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"{self.location.describe(self.key)}: commit failed: {exc.strerror}") from exc
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.handle.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def locations_from_policy(policy: Any, client_for: Any, *, base_dir: Path | None = None) -> dict[str, StorageLocation]:
+    """The policy's locations as storage objects; `client_for(location)` returns a boto3 S3 client."""
+    built: dict[str, StorageLocation] = {}
+    for location in policy.storage.locations:
+        if location.kind == "s3":
+            built[location.name] = S3Location(name=location.name, region=location.region,
+                                              client=client_for(location), bucket=location.bucket,
+                                              prefix=location.prefix, storage_class=location.storage_class)
+        else:
+            path = Path(location.path)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            built[location.name] = FileLocation(name=location.name, region=location.region, path=path)
+    return built
