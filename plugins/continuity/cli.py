@@ -17,9 +17,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from continuity.archive import ArchiveError
+from continuity.keys import KeyringError
 from continuity.localcluster import ClusterError
 from continuity.policy import PolicyError, load_policy
 from continuity.postgres import NodeUnreachable
+from continuity.storage import StorageError
 
 log = logging.getLogger("continuity")
 
@@ -192,6 +197,211 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+# -- backups, restore, keys (work with Airflow stopped) -------------------------------------------
+def _context(args: argparse.Namespace):
+    from continuity.emergency import build_context
+
+    return build_context(policy=load_policy(args.policy), sandbox_root=getattr(args, "root", None),
+                         key_file=getattr(args, "key_file", None))
+
+
+def _manifest_summary(manifest) -> dict:
+    return {
+        "backup_id": manifest.backup_id, "kind": manifest.kind, "label": manifest.label,
+        "finished_at": manifest.finished_at.isoformat(), "plaintext_bytes": manifest.plaintext_bytes,
+        "stored_bytes": manifest.stored_bytes, "kek_id": manifest.key["kek_id"],
+        "locations": sorted(manifest.locations),
+    }
+
+
+def cmd_backups_create(args: argparse.Namespace) -> int:
+    from continuity.backup import create_backup
+
+    ctx = _context(args)
+    if args.source == "-":
+        source = sys.stdin.buffer
+    else:
+        path = Path(args.source)
+        if not path.is_file():
+            raise UsageError(f"--from {args.source}: not a readable file")
+        source = open(path, "rb")
+    with source:
+        manifest = create_backup(source, kind=args.kind, keyring=ctx.keyring, locations=list(ctx.locations.values()),
+                                 required=ctx.required, label=args.label, backup_id=args.id,
+                                 source_info={"file": "stdin" if args.source == "-" else str(Path(args.source).resolve())},
+                                 report=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(_manifest_summary(manifest)) if args.json else manifest.backup_id)
+    return EXIT_OK
+
+
+def cmd_backups_list(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    catalog = ctx.catalog
+    backups = catalog.list(kind=args.kind, location=args.location)
+    if args.json:
+        print(json.dumps({"backups": [_manifest_summary(m) for m in backups], "problems": catalog.problems}, indent=2))
+    else:
+        print(f"{'backup id':40} {'kind':8} {'finished (UTC)':20} {'size':>12} {'stored':>12}  locations")
+        for m in backups:
+            print(f"{m.backup_id:40} {m.kind:8} {m.finished_at:%Y-%m-%d %H:%M:%S}  {m.plaintext_bytes:>12,} "
+                  f"{m.stored_bytes:>12,}  {','.join(sorted(m.locations))}")
+        for problem in catalog.problems:
+            print(f"PROBLEM: {problem}", file=sys.stderr)
+    return EXIT_INTEGRITY if catalog.problems else EXIT_OK
+
+
+def cmd_backups_show(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    manifest, location = ctx.catalog.get(args.backup_id, location=args.location)
+    document = manifest.model_dump(mode="json")
+    document["key"] = {"kek_id": manifest.key["kek_id"], "alg": manifest.key["alg"], "wrapped": "(wrapped data key)"}
+    document["read_from"] = location
+    print(json.dumps(document, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_backups_verify(args: argparse.Namespace) -> int:
+    from continuity.backup import record_verification, verify_copy
+
+    ctx = _context(args)
+    manifest, _ = ctx.catalog.get(args.backup_id, location=args.location)
+    names = [args.location] if args.location else list(ctx.locations)
+    results = []
+    for name in names:
+        location = ctx.locations[name]
+        try:
+            copy, _ = ctx.catalog.get(args.backup_id, location=name)
+        except StorageError as exc:
+            results.append({"location": name, "ok": False, "reason": str(exc)})
+            continue
+        verification = verify_copy(copy, location, ctx.keyring, deep=args.deep)
+        record_verification(copy, location, ctx.keyring, verification)
+        results.append({"location": name, "ok": verification.ok, "depth": verification.depth,
+                        "reason": verification.reason})
+    if args.json:
+        print(json.dumps({"backup_id": manifest.backup_id, "results": results}, indent=2))
+    else:
+        for r in results:
+            print(f"{'ok    ' if r['ok'] else 'FAILED'} {r['location']:10} {r['reason']}")
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_INTEGRITY
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from continuity.archive import IntegrityError
+    from continuity.backup import restore_copy
+
+    ctx = _context(args)
+    manifest, first = ctx.catalog.get(args.backup_id, location=args.location)
+    order = [args.location or first] + [n for n in ctx.locations if n != (args.location or first)]
+    report = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.to == "-":
+        restore_copy(manifest, ctx.locations[order[0]], ctx.keyring, sys.stdout.buffer, report=report)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = Path(args.to)
+    if target.exists() and (not target.is_file() or target.stat().st_size > 0):
+        raise UsageError(f"--to {target}: exists and is not empty; refusing to overwrite it")
+    tmp = target.with_name(f".{target.name}.restoring")
+    failures = []
+    for name in order:
+        try:
+            with open(tmp, "wb") as sink:
+                size = restore_copy(manifest, ctx.locations[name], ctx.keyring, sink, report=report)
+                sink.flush()
+                os.fsync(sink.fileno())
+        except (IntegrityError, StorageError) as exc:
+            tmp.unlink(missing_ok=True)
+            failures.append(f"{name}: {exc}")
+            print(f"copy in location {name} failed: {exc}; trying the next location", file=sys.stderr)
+            continue
+        os.replace(tmp, target)
+        print(f"restored backup {manifest.backup_id} from location {name}: {size:,} bytes to {target}", file=sys.stderr)
+        return EXIT_OK
+    raise IntegrityError(f"backup {manifest.backup_id}: no location holds a good copy: " + "; ".join(failures))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    catalog = ctx.catalog
+    usage: dict[str, list[str]] = {}
+    for manifest in catalog.list():
+        usage.setdefault(manifest.key["kek_id"], []).append(manifest.backup_id)
+    ids = sorted(set(ctx.keyring.keys) | set(usage) | {ctx.keyring.active})
+    rows = [{"kek_id": i, "active": i == ctx.keyring.active, "in_keyring": i in ctx.keyring.keys or i.startswith("kms:"),
+             "backups": len(usage.get(i, []))} for i in ids]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            flags = ("active" if r["active"] else "") + ("" if r["in_keyring"] else " MISSING from the keyring")
+            print(f"{r['kek_id']:28} {r['backups']:>6} backups  {flags}")
+    return EXIT_OK
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    if ctx.keyring_file is None:
+        raise UsageError("keys new writes a keyring file: pass --key-file (the keyring came from the environment)")
+    updated = ctx.keyring.with_new_key(args.id)
+    updated.save(ctx.keyring_file)
+    if ctx.sandbox is not None:
+        ctx.sandbox.write_connections()
+    print(f"new KEK {updated.active} is active in {ctx.keyring_file}; run `continuity keys rotate` to re-wrap existing backups")
+    return EXIT_OK
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from continuity.backup import rewrap
+
+    ctx = _context(args)
+    target = ctx.keyring.active
+    catalog = ctx.catalog
+    pending = 0
+    for name, location in ctx.locations.items():
+        for manifest in catalog.manifests_in(name):
+            if manifest.key["kek_id"] == target:
+                continue
+            pending += 1
+            if args.apply:
+                rewrap(manifest, location, ctx.keyring, to_kek=target)
+                print(f"re-wrapped {manifest.backup_id} in {name}: {manifest.key['kek_id']} -> {target}")
+            else:
+                print(f"would re-wrap {manifest.backup_id} in {name}: {manifest.key['kek_id']} -> {target}")
+    for problem in catalog.problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    verb = "re-wrapped" if args.apply else "to re-wrap (dry run; --apply to do it)"
+    print(f"{pending} manifest copies {verb}; payloads untouched")
+    return EXIT_INTEGRITY if catalog.problems else EXIT_OK
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    if ctx.keyring_file is None:
+        raise UsageError("keys retire edits a keyring file: pass --key-file")
+    catalog = ctx.catalog
+    blockers = sorted({f"{m.backup_id} ({name})" for name in ctx.locations for m in catalog.manifests_in(name)
+                       if m.key["kek_id"] == args.kek_id})
+    if catalog.problems:
+        raise UsageError("cannot prove KEK is unused while some manifests are unreadable: " + "; ".join(catalog.problems))
+    if blockers:
+        print(f"KEK {args.kek_id} cannot be retired: {len(blockers)} kept backup copies still need it: "
+              + ", ".join(blockers), file=sys.stderr)
+        print("HINT: `continuity keys rotate --apply` re-wraps them under the active KEK", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.apply:
+        print(f"KEK {args.kek_id} is used by no kept backup; `--apply` removes it from {ctx.keyring_file}")
+        return EXIT_OK
+    ctx.keyring.without(args.kek_id).save(ctx.keyring_file)
+    if ctx.sandbox is not None:
+        ctx.sandbox.write_connections()
+    print(f"KEK {args.kek_id} retired from {ctx.keyring_file}")
+    return EXIT_OK
+
+
+class UsageError(Exception):
+    """Bad input from the command line; nothing was changed."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continuity", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (debug level)")
@@ -221,6 +431,52 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="the policy file").add_subparsers(dest="action", required=True)
     policy.add_parser("check", help="validate the policy file").set_defaults(func=cmd_policy_check)
 
+    def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        with_root(p)
+        p.add_argument("--key-file", help="keyring file (default: $CONTINUITY_KEYRING_FILE, $CONTINUITY_KEYRING, the sandbox's)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    backups = sub.add_parser("backups", help="backups in storage").add_subparsers(dest="action", required=True)
+    create = with_storage(backups.add_parser("create", help="an ad-hoc backup of a file or stdin"))
+    create.add_argument("--kind", default="adhoc", choices=["adhoc", "logical", "physical", "wal", "config", "objects"])
+    create.add_argument("--from", dest="source", required=True, help="FILE, or - for stdin")
+    create.add_argument("--label")
+    create.add_argument("--id", help="backup id (default: KIND-TIMESTAMP-RANDOM)")
+    create.set_defaults(func=cmd_backups_create)
+    listing = with_storage(backups.add_parser("list", help="backups, oldest first"))
+    listing.add_argument("--kind")
+    listing.add_argument("--location")
+    listing.set_defaults(func=cmd_backups_list)
+    show = with_storage(backups.add_parser("show", help="one backup's manifest"))
+    show.add_argument("backup_id")
+    show.add_argument("--location")
+    show.set_defaults(func=cmd_backups_show)
+    verify = with_storage(backups.add_parser("verify", help="check copies (shallow, or --deep: decrypt every chunk)"))
+    verify.add_argument("backup_id")
+    verify.add_argument("--deep", action="store_true")
+    verify.add_argument("--location")
+    verify.set_defaults(func=cmd_backups_verify)
+
+    restore = with_storage(sub.add_parser("restore", help="restore a backup's bytes"))
+    restore.add_argument("backup_id")
+    restore.add_argument("--to", required=True, help="PATH (must not exist or be empty), or - for stdout")
+    restore.add_argument("--location", help="read this location first")
+    restore.set_defaults(func=cmd_restore)
+
+    keys = sub.add_parser("keys", help="key-encryption keys").add_subparsers(dest="action", required=True)
+    with_storage(keys.add_parser("list", help="KEKs and how many backups use each")).set_defaults(func=cmd_keys_list)
+    new = with_storage(keys.add_parser("new", help="add a fresh KEK and make it active"))
+    new.add_argument("--id")
+    new.set_defaults(func=cmd_keys_new)
+    rotate = with_storage(keys.add_parser("rotate", help="re-wrap every backup's data key under the active KEK"))
+    rotate.add_argument("--apply", action="store_true", help="do it (default: dry run)")
+    rotate.set_defaults(func=cmd_keys_rotate)
+    retire = with_storage(keys.add_parser("retire", help="remove a KEK no kept backup needs"))
+    retire.add_argument("kek_id")
+    retire.add_argument("--apply", action="store_true")
+    retire.set_defaults(func=cmd_keys_retire)
+
     run = with_root(sub.add_parser("run", help="sandbox + airflow standalone (what `make run` does)"))
     run.add_argument("--scale", type=float, default=1.0)
     run.add_argument("--port", type=int, default=8080)
@@ -242,6 +498,16 @@ def main(args: Sequence[str] | None = None) -> int:
         return parsed.func(parsed)
     except PolicyError as exc:
         return _fail(str(exc), "fix the policy file; `continuity policy check` validates it", EXIT_POLICY)
+    except UsageError as exc:
+        return _fail(str(exc), None, EXIT_USAGE)
+    except ArchiveError as exc:
+        return _fail(str(exc), "another location may hold a good copy: `continuity backups verify ID --deep`", EXIT_INTEGRITY)
+    except KeyringError as exc:
+        return _fail(str(exc), "pass the keyring that holds that KEK with --key-file or $CONTINUITY_KEYRING_FILE", EXIT_MISSING_KEY)
+    except StorageError as exc:
+        return _fail(str(exc), "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
+    except (BotoCoreError, ClientError) as exc:
+        return _fail(f"storage request failed: {exc}", "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
     except NodeUnreachable as exc:
         return _fail(str(exc), "is the node running? `continuity sandbox status` shows the sandbox", EXIT_UNREACHABLE)
     except (SandboxError, ClusterError) as exc:

@@ -86,6 +86,21 @@ class Keyring:
                             f"or one base64 32-byte key): {exc}") from None
 
     @classmethod
+    def from_connection(cls, *, login: str | None, password: str | None, extra: Mapping[str, Any],
+                        conn_id: str, kms_client: Any = None) -> Keyring:
+        """An Airflow connection: password = keyring JSON or one base64 key (id = login);
+        or extra.kms_key_id for AWS KMS (the key never leaves KMS)."""
+        if extra.get("kms_key_id"):
+            local = cls.from_json(password, where=f"connection {conn_id}").keys if password else {}
+            return cls(keys=local, active=KMS_PREFIX + extra["kms_key_id"], kms_client=kms_client)
+        if not password:
+            raise MissingKeyError(f"connection {conn_id} holds no key (its password is empty)")
+        ring = cls.from_json(password, where=f"connection {conn_id}")
+        if not password.strip().startswith("{") and login:
+            ring = cls(keys={login: ring.keys["default"]}, active=login)
+        return ring
+
+    @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> Keyring:
         try:
             text = path.read_text()

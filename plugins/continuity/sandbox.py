@@ -41,6 +41,7 @@ from continuity.localcluster import (
     stop_pid,
     wait_for_port,
 )
+from continuity.keys import Keyring
 from continuity.policy import PROJECT_ROOT, Policy, load_policy
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
 
@@ -90,7 +91,7 @@ class Sandbox:
         self.policy = policy or load_policy()
         self.state_file = self.root / "state.json"
         self.connections_file = self.root / "connections.env"
-        self.key_file = self.root / "keys" / "continuity.key"
+        self.key_file = self.root / "keys" / "keyring.json"
         self.logs_dir = self.root / "logs"
         self.spool_dir = self.root / "wal-spool"
         self.socket_dir = self.root / "run"
@@ -181,7 +182,7 @@ class Sandbox:
                 self._build(scale=scale, started=started)
             self._start_pgbouncer(started)
             self._start_s3(started)
-            self._write_connections()
+            self.write_connections()
             self._save_state()
         except BaseException:
             log.error("sandbox up failed; stopping what it started (%s)", ", ".join(started) or "nothing")
@@ -342,8 +343,12 @@ class Sandbox:
             return
         self.key_file.parent.mkdir(parents=True, exist_ok=True)
         self.key_file.parent.chmod(0o700)
-        _write_private(self.key_file, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-        log.info("generated a new 256-bit key-encryption key %s in %s (mode 0600)", self.state["kek_id"], self.key_file)
+        kek_id = self.state["kek_id"]
+        Keyring(keys={kek_id: secrets.token_bytes(32)}, active=kek_id).save(self.key_file)
+        log.info("generated a new 256-bit key-encryption key %s in %s (mode 0600)", kek_id, self.key_file)
+
+    def keyring(self) -> Keyring:
+        return Keyring.from_file(self.key_file)
 
     def wait_streaming(self, *, timeout: float = 60) -> None:
         """Wait until every standby of the topology streams from the current primary."""
@@ -468,10 +473,10 @@ class Sandbox:
                     "conn_type": "aws", "login": S3_ACCESS_KEY, "password": self.password("s3_secret_key"),
                     "extra": {"endpoint_url": self.s3_endpoint, "region_name": location.region},
                 }
+        keyring = self.keyring() if self.key_file.exists() else None
         conns["continuity_keyring"] = {
-            "conn_type": "generic", "login": self.state["kek_id"],
-            "password": self.key_file.read_text().strip() if self.key_file.exists() else None,
-            "extra": {"active_kek_id": self.state["kek_id"]},
+            "conn_type": "generic", "login": keyring.active if keyring else None,
+            "password": keyring.to_json() if keyring else None,
         }
         return conns
 
@@ -493,7 +498,7 @@ class Sandbox:
             "CONTINUITY_POLICY": os.environ.get("CONTINUITY_POLICY", str(PROJECT_ROOT / "include" / "policy.yaml")),
         }
 
-    def _write_connections(self) -> None:
+    def write_connections(self) -> None:
         lines = [f"{key}={shlex.quote(value)}" for key, value in self.environment().items() if key.startswith("AIRFLOW_CONN_")]
         _write_private(self.connections_file, "# Airflow connections for the sandbox. Secret: mode 0600.\n" + "\n".join(lines) + "\n")
 

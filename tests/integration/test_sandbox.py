@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -111,11 +112,12 @@ def test_sample_database_has_realistic_related_rows(sandbox) -> None:
 def test_key_and_secrets_are_private_and_never_printed(sandbox) -> None:
     key = sandbox.key_file
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert len(__import__("base64").b64decode(key.read_text())) == 32
+    keyring = sandbox.keyring()
+    assert [len(k) for k in keyring.keys.values()] == [32] and keyring.active in keyring.keys
     for private in (sandbox.state_file, sandbox.connections_file):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600
     script = sandbox.env_script()
-    for secret in [*sandbox.state["secrets"].values(), key.read_text().strip()]:
+    for secret in [*sandbox.state["secrets"].values(), *(base64.b64encode(k).decode() for k in keyring.keys.values())]:
         assert secret not in script
     shell = subprocess.run(["bash", "-c", script + 'echo "$AIRFLOW_CONN_CONTINUITY_APP"'], capture_output=True, text=True)
     conn = json.loads(shell.stdout)

@@ -1,0 +1,70 @@
+"""What the CLI needs to reach backups without Airflow: policy, keyring and storage clients.
+
+With a sandbox present the CLI needs no flags (its policy, S3 endpoint and keyring are used);
+elsewhere `--policy`, `--key-file` / $CONTINUITY_KEYRING(_FILE) and the standard AWS credential
+chain (AWS_PROFILE, AWS_ENDPOINT_URL, ...) say where things are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from continuity.catalog import Catalog
+from continuity.keys import Keyring, MissingKeyError
+from continuity.policy import Policy
+from continuity.storage import StorageLocation, locations_from_policy
+
+
+@dataclass
+class Context:
+    policy: Policy
+    keyring: Keyring
+    keyring_file: Path | None
+    locations: dict[str, StorageLocation]
+    sandbox: Any = None
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.locations, self.keyring)
+
+    @property
+    def required(self) -> set[str]:
+        return {loc.name for loc in self.policy.storage.locations if loc.required}
+
+
+def build_context(*, policy: Policy, sandbox_root: str | None, key_file: str | None) -> Context:
+    from continuity.sandbox import Sandbox
+
+    sandbox = Sandbox(root=sandbox_root, policy=policy)
+    sandbox = sandbox if sandbox.exists else None
+
+    keyring_file: Path | None = None
+    if key_file:
+        keyring_file = Path(key_file)
+        keyring = Keyring.from_file(keyring_file)
+    else:
+        env_ring = Keyring.from_environment()
+        if env_ring is not None:
+            keyring = env_ring
+        elif sandbox is not None:
+            keyring_file = sandbox.key_file
+            keyring = sandbox.keyring()
+        else:
+            raise MissingKeyError(
+                "no keyring: pass --key-file, or set $CONTINUITY_KEYRING_FILE or $CONTINUITY_KEYRING "
+                "(no sandbox to take it from either)"
+            )
+
+    if sandbox is not None:
+        def client_for(location: Any) -> Any:
+            return sandbox.s3_client(location.region)
+    else:
+        import boto3
+
+        def client_for(location: Any) -> Any:
+            return boto3.client("s3", region_name=location.region)
+
+    locations = locations_from_policy(policy, client_for, base_dir=sandbox.root if sandbox else Path.cwd())
+    return Context(policy=policy, keyring=keyring, keyring_file=keyring_file, locations=locations, sandbox=sandbox)
