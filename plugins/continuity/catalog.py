@@ -23,6 +23,7 @@ class Catalog:
     locations: Mapping[str, StorageLocation]
     keyring: Keyring
     problems: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
 
     def _location(self, name: str) -> StorageLocation:
         try:
@@ -56,7 +57,9 @@ class Catalog:
             except StorageError as exc:
                 if location:
                     raise
-                self.problems.append(str(exc))
+                self.unreachable.append(str(exc))
+        if not location and len(self.unreachable) == len(self.locations):
+            raise StorageError("no storage location is reachable: " + "; ".join(self.unreachable))
         result = [
             m for m in merged.values()
             if (kind is None or m.kind == kind)

@@ -239,7 +239,8 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
     catalog = ctx.catalog
     backups = catalog.list(kind=args.kind, location=args.location)
     if args.json:
-        print(json.dumps({"backups": [_manifest_summary(m) for m in backups], "problems": catalog.problems}, indent=2))
+        print(json.dumps({"backups": [_manifest_summary(m) for m in backups], "problems": catalog.problems,
+                          "unreachable": catalog.unreachable}, indent=2))
     else:
         print(f"{'backup id':40} {'kind':8} {'finished (UTC)':20} {'size':>12} {'stored':>12}  locations")
         for m in backups:
@@ -247,7 +248,11 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
                   f"{m.stored_bytes:>12,}  {','.join(sorted(m.locations))}")
         for problem in catalog.problems:
             print(f"PROBLEM: {problem}", file=sys.stderr)
-    return EXIT_INTEGRITY if catalog.problems else EXIT_OK
+        for problem in catalog.unreachable:
+            print(f"UNREACHABLE: {problem}", file=sys.stderr)
+    if catalog.problems:
+        return EXIT_INTEGRITY
+    return EXIT_UNREACHABLE if catalog.unreachable else EXIT_OK
 
 
 def cmd_backups_show(args: argparse.Namespace) -> int:

@@ -1,0 +1,226 @@
+"""The backup engine against the sandbox's S3 endpoint (moto over HTTP) and real files."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from continuity.archive import IntegrityError
+from continuity.backup import create_backup, load_manifest, restore_copy, rewrap, verify_copy
+from continuity.catalog import Catalog
+from continuity.keys import Keyring, MissingKeyError
+from continuity.localcluster import free_port, stop_pid, wait_for_port
+from continuity.manifest import manifest_key_name
+from continuity.storage import FileLocation, S3Location, StorageError, locations_from_policy
+
+
+@pytest.fixture(scope="module")
+def locations(sandbox):
+    return locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring(keys={"kek-1": os.urandom(32)}, active="kek-1")
+
+
+def _objects(location: S3Location, backup_id: str) -> list[str]:
+    return [k for k in location.list("") if backup_id in k]
+
+
+def _pending_uploads(location: S3Location) -> list[str]:
+    response = location.client.list_multipart_uploads(Bucket=location.bucket)
+    return [u["Key"] for u in response.get("Uploads", [])]
+
+
+def test_round_trip_through_every_location(locations, keyring) -> None:
+    data = os.urandom(3 * 2**20) + b"compressible " * 2_000_000  # > one multipart part
+    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=list(locations.values()),
+                             required={"primary", "dr"}, label="round trip")
+    assert set(manifest.locations) == {"primary", "dr", "archive"}
+    assert manifest.plaintext_bytes == len(data) and manifest.stored_bytes < manifest.plaintext_bytes
+    for name, location in locations.items():
+        out = io.BytesIO()
+        restore_copy(manifest, location, keyring, out)
+        assert out.getvalue() == data, name
+        assert verify_copy(manifest, location, keyring, deep=True).ok
+    archive = locations["archive"]
+    head = archive.client.head_object(Bucket=archive.bucket, Key=archive.prefix + manifest.data_key_name)
+    assert head["StorageClass"] == "STANDARD_IA"
+
+
+def test_any_single_region_restores_alone(locations, keyring) -> None:
+    data = b"only the DR region survived\n" * 1000
+    manifest = create_backup(io.BytesIO(data), kind="config", keyring=keyring, locations=list(locations.values()))
+    dr_only = Catalog({"dr": locations["dr"]}, keyring)
+    found, where = dr_only.get(manifest.backup_id)
+    assert where == "dr"
+    out = io.BytesIO()
+    restore_copy(found, locations["dr"], keyring, out)
+    assert out.getvalue() == data
+
+
+def test_tampered_manifest_in_storage_is_rejected(locations, keyring) -> None:
+    manifest = create_backup(io.BytesIO(b"x" * 1000), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
+    key = manifest_key_name(manifest.backup_id)
+    raw = locations["dr"].get_bytes(key)
+    locations["dr"].put_bytes(key, raw.replace(b'"plaintext_bytes": 1000', b'"plaintext_bytes": 1001'))
+    catalog = Catalog({"dr": locations["dr"]}, keyring)
+    assert manifest.backup_id not in [m.backup_id for m in catalog.list()]
+    assert any("failed authentication" in p and manifest.backup_id in p for p in catalog.problems)
+    with pytest.raises(IntegrityError, match="edited in storage"):
+        catalog.get(manifest.backup_id, location="dr")
+
+
+def test_corrupt_copy_is_caught_and_another_location_restores(locations, keyring) -> None:
+    data = os.urandom(200_000)
+    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=[locations["primary"], locations["dr"]])
+    primary = locations["primary"]
+    blob = bytearray(primary.get_bytes(manifest.data_key_name))
+    blob[len(blob) // 2] ^= 0x40
+    primary.put_bytes(manifest.data_key_name, bytes(blob))
+    shallow = verify_copy(manifest, primary, keyring)
+    assert shallow.ok, "same size: only a deep verify can see a flipped bit"
+    deep = verify_copy(manifest, primary, keyring, deep=True)
+    assert not deep.ok and "failed authentication" in deep.reason and manifest.backup_id in deep.reason
+    with pytest.raises(IntegrityError):
+        restore_copy(manifest, primary, keyring, io.BytesIO())
+    out = io.BytesIO()
+    restore_copy(manifest, locations["dr"], keyring, out)
+    assert out.getvalue() == data
+
+
+def test_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring, sandbox) -> None:
+    """A required bucket disappears while the backup streams: the backup fails naming it, nothing remains."""
+    primary = locations["primary"]
+    client = sandbox.s3_client("us-west-2")
+    client.create_bucket(Bucket="continuity-vanishing", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    vanishing = S3Location(name="dr", region="us-west-2", client=client, bucket="continuity-vanishing")
+    backup_id = "adhoc-failing-mid-upload"
+
+    class SourceThatBreaksDr(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            if self.sent >= 40 * 2**20:
+                return 0
+            if self.sent == 12 * 2**20:  # after the first parts went up everywhere
+                for upload in client.list_multipart_uploads(Bucket="continuity-vanishing").get("Uploads", []):
+                    client.abort_multipart_upload(Bucket="continuity-vanishing", Key=upload["Key"],
+                                                  UploadId=upload["UploadId"])
+                client.delete_bucket(Bucket="continuity-vanishing")
+            block = os.urandom(len(buffer))
+            buffer[:] = block
+            self.sent += len(block)
+            return len(block)
+
+    with pytest.raises(StorageError, match=r"location dr \(s3://continuity-vanishing/data/adhoc/"):
+        create_backup(io.BufferedReader(SourceThatBreaksDr(), 2**20), kind="adhoc", keyring=keyring,
+                      locations=[primary, vanishing], backup_id=backup_id)
+    assert _objects(primary, backup_id) == []
+    assert _pending_uploads(primary) == []
+
+
+def test_s3_endpoint_stopped_mid_upload(tmp_path: Path, keyring) -> None:
+    """A second, private S3 endpoint is killed mid-backup; the file location keeps nothing."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, what="private moto server")
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                              aws_access_key_id="k", aws_secret_access_key="s")
+        client.create_bucket(Bucket="doomed")
+        s3 = S3Location(name="doomed", region="us-east-1", client=client, bucket="doomed")
+        files = FileLocation(name="local", region="us-east-1", path=tmp_path / "local")
+
+        class SourceThatKillsTheEndpoint(io.RawIOBase):
+            sent = 0
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer) -> int:
+                if self.sent >= 30 * 2**20:
+                    return 0
+                if self.sent == 10 * 2**20:
+                    stop_pid(server.pid, name="private moto server")
+                buffer[:] = os.urandom(len(buffer))
+                self.sent += len(buffer)
+                return len(buffer)
+
+        with pytest.raises(StorageError, match=r"location doomed \(s3://doomed/data/adhoc/adhoc-endpoint-down.cta\)"):
+            create_backup(io.BufferedReader(SourceThatKillsTheEndpoint(), 2**20), kind="adhoc", keyring=keyring,
+                          locations=[files, s3], backup_id="adhoc-endpoint-down")
+        assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []
+    finally:
+        stop_pid(server.pid, name="private moto server")
+
+
+def test_optional_location_failing_is_left_out_not_fatal(locations, keyring, tmp_path: Path) -> None:
+    broken = FileLocation(name="archive", region="eu-west-1", path=Path("/proc/continuity-cannot-write-here"))
+    manifest = create_backup(io.BytesIO(b"data" * 1000), kind="adhoc", keyring=keyring,
+                             locations=[locations["primary"], broken], required={"primary"})
+    assert set(manifest.locations) == {"primary"}
+
+
+def test_key_rotation_then_retire_restores_with_the_new_kek_alone(locations, keyring) -> None:
+    datas = [os.urandom(50_000) for _ in range(3)]
+    manifests = [create_backup(io.BytesIO(d), kind="adhoc", keyring=keyring, locations=list(locations.values()))
+                 for d in datas]
+    rotated = keyring.with_new_key("kek-2")
+    stored_before = {m.backup_id: locations["dr"].get_bytes(m.data_key_name) for m in manifests}
+    for name, location in locations.items():
+        for manifest in manifests:
+            rewrap(load_manifest(location, manifest.backup_id, rotated), location, rotated, to_kek="kek-2")
+    new_only = Keyring(keys={"kek-2": rotated.keys["kek-2"]}, active="kek-2")
+    for data, manifest in zip(datas, manifests):
+        for location in locations.values():
+            reloaded = load_manifest(location, manifest.backup_id, new_only)
+            assert reloaded.key["kek_id"] == "kek-2"
+            out = io.BytesIO()
+            restore_copy(reloaded, location, new_only, out)
+            assert out.getvalue() == data
+        assert locations["dr"].get_bytes(manifest.data_key_name) == stored_before[manifest.backup_id], "payload untouched"
+    with pytest.raises(MissingKeyError, match="needs KEK 'kek-1'"):
+        restore_copy(manifests[0], locations["dr"], new_only, io.BytesIO())
+
+
+def test_kms_wraps_data_keys_on_the_local_endpoint(locations, sandbox) -> None:
+    kms = boto3.client("kms", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
+                       aws_access_key_id="continuity-sandbox", aws_secret_access_key="x")
+    key_id = kms.create_key(Description="continuity test KEK")["KeyMetadata"]["KeyId"]
+    keyring = Keyring(keys={}, active=f"kms:{key_id}", kms_client=kms)
+    data = os.urandom(100_000)
+    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
+    assert manifest.key["alg"] == "aws-kms" and manifest.key["kek_id"] == f"kms:{key_id}"
+    out = io.BytesIO()
+    restore_copy(load_manifest(locations["dr"], manifest.backup_id, keyring), locations["dr"], keyring, out)
+    assert out.getvalue() == data
+
+
+def test_catalog_queries(locations, keyring) -> None:
+    base = create_backup(io.BytesIO(b"base"), kind="physical", keyring=keyring, locations=[locations["dr"]])
+    time.sleep(0.01)
+    wal = create_backup(io.BytesIO(b"wal"), kind="wal", keyring=keyring, locations=[locations["dr"]],
+                        depends_on=[base.backup_id])
+    incremental = create_backup(io.BytesIO(b"more wal"), kind="wal", keyring=keyring, locations=[locations["dr"]],
+                                depends_on=[wal.backup_id])
+    catalog = Catalog({"dr": locations["dr"]}, keyring)
+    assert catalog.latest("wal").backup_id == incremental.backup_id
+    assert [m.backup_id for m in catalog.dependencies(incremental.backup_id)] == [wal.backup_id, base.backup_id]
+    kinds = {m.kind for m in catalog.list(location="dr", since=base.finished_at)}
+    assert kinds == {"physical", "wal"}
+    with pytest.raises(StorageError, match="not found"):
+        catalog.get("no-such-backup")
