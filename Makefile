@@ -20,6 +20,7 @@ test-fast: bootstrap
 
 bench: bootstrap
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/pipeline.py
 
 sandbox-up: bootstrap
 	$(BIN)/continuity sandbox up

@@ -32,6 +32,9 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 ZSTD_LEVEL = 3
+# One zstd worker thread: compression overlaps hashing and encryption in the calling thread,
+# using about two cores at most whatever the machine.
+ZSTD_WORKERS = 1
 READ_SIZE = 1024 * 1024
 _PREFIX = struct.Struct(">8sHI")
 _RECORD = struct.Struct(">I")
@@ -178,7 +181,7 @@ def write_archive(
                 seal(pending, final=False)
             pending = chunk
 
-    chunker = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).chunker(
+    chunker = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, threads=ZSTD_WORKERS).chunker(
         size=-1, chunk_size=chunk_size)
     while True:
         block = source.read(READ_SIZE)

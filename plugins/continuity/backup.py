@@ -9,6 +9,7 @@ written object is removed, so no location ever shows a half backup under its fin
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import secrets
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from continuity.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
@@ -283,3 +285,56 @@ def rewrap(manifest: Manifest, location: StorageLocation, keyring: Keyring, *, t
     updated = seal(manifest.model_copy(update={"key": wrapped.to_dict()}), data_key)
     location.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
     return updated
+
+
+# -- sources ---------------------------------------------------------------------------------
+class SourceCommandFailed(RuntimeError):
+    """The command whose output was being backed up failed; the backup is not kept."""
+
+
+class CommandSource:
+    """A command's stdout as a backup source; `finish()` waits and raises if the command failed.
+
+    stderr goes to a temporary file (not a pipe), so a chatty tool cannot block on a full pipe.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, what: str | None = None) -> None:
+        import subprocess
+        import tempfile
+
+        self.argv = list(argv)
+        self.what = what or Path(self.argv[0]).name
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self._stderr,
+                                            stdin=subprocess.DEVNULL, env=None if env is None else {**os.environ, **env})
+        except OSError as exc:
+            self._stderr.close()
+            raise SourceCommandFailed(f"cannot start {self.what}: {exc.strerror}") from exc
+        assert self.process.stdout is not None
+        self.stdout = self.process.stdout
+
+    def finish(self, timeout: float = 60) -> dict[str, Any]:
+        """Wait for the command; raise SourceCommandFailed (with its stderr tail) unless it succeeded."""
+        self.process.wait(timeout=timeout)
+        self._stderr.seek(0)
+        tail = self._stderr.read()[-2000:].decode(errors="replace").strip()
+        self._stderr.close()
+        if self.process.returncode != 0:
+            raise SourceCommandFailed(f"{self.what} exited with code {self.process.returncode}: {tail or '(no message)'}")
+        return {"command": self.what, "exit_code": 0}
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def backup_from_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                        details: Mapping[str, Any] | None = None, **backup_args: Any) -> Manifest:
+    """Stream `argv`'s stdout into a backup; a failing command leaves no backup anywhere."""
+    source = CommandSource(argv, env=env)
+    try:
+        return create_backup(source.stdout, details=lambda: {**source.finish(), **(details or {})}, **backup_args)
+    finally:
+        source.kill()

@@ -161,6 +161,7 @@ class Location(_Model):
     bucket: str | None = None
     prefix: str = ""
     conn_id: str | None = None
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None  # on top of our own encryption
     # file
     path: str | None = None
 

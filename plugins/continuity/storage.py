@@ -355,7 +355,8 @@ def locations_from_policy(policy: Any, client_for: Any, *, base_dir: Path | None
         if location.kind == "s3":
             built[location.name] = S3Location(name=location.name, region=location.region,
                                               client=client_for(location), bucket=location.bucket,
-                                              prefix=location.prefix, storage_class=location.storage_class)
+                                              prefix=location.prefix, storage_class=location.storage_class,
+                                              server_side_encryption=location.server_side_encryption)
         else:
             path = Path(location.path)
             if not path.is_absolute() and base_dir is not None:

@@ -224,3 +224,24 @@ def test_catalog_queries(locations, keyring) -> None:
     assert kinds == {"physical", "wal"}
     with pytest.raises(StorageError, match="not found"):
         catalog.get("no-such-backup")
+
+
+def test_copy_between_locations_server_side_and_streamed(locations, keyring, tmp_path: Path) -> None:
+    data = os.urandom(30_000)
+    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=[locations["primary"]])
+    key = manifest.data_key_name
+    locations["dr"].copy_from(locations["primary"], key)  # same endpoint: server-side
+    files = FileLocation(name="local", region="us-east-1", path=tmp_path)
+    files.copy_from(locations["primary"], key)  # across kinds: streamed
+    for copy in (locations["dr"], files):
+        assert copy.head(key).size == manifest.stored_bytes
+        assert verify_copy(manifest, copy, keyring, deep=True).ok
+
+
+def test_server_side_encryption_on_top(locations, keyring, sandbox) -> None:
+    dr = locations["dr"]
+    sse = S3Location(name="dr", region=dr.region, client=dr.client, bucket=dr.bucket, prefix="sse/",
+                     server_side_encryption="AES256")
+    manifest = create_backup(io.BytesIO(os.urandom(10 * 2**20)), kind="adhoc", keyring=keyring, locations=[sse])
+    head = dr.client.head_object(Bucket=dr.bucket, Key="sse/" + manifest.data_key_name)
+    assert head["ServerSideEncryption"] == "AES256"

@@ -1,0 +1,63 @@
+"""ContinuityBackupHook: the keyring and the storage locations of the policy, from Airflow connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.sdk import BaseHook
+
+from continuity.catalog import Catalog
+from continuity.keys import Keyring
+from continuity.policy import Policy, load_policy
+from continuity.storage import StorageLocation, locations_from_policy
+
+
+class ContinuityBackupHook(BaseHook):
+    """Builds what the backup engine needs from connections.
+
+    :param keyring_conn_id: connection holding the keyring (password: keyring JSON or one base64
+        key whose id is the login; or extra ``kms_key_id`` + ``aws_conn_id`` for AWS KMS).
+    :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
+    """
+
+    conn_name_attr = "keyring_conn_id"
+    default_conn_name = "continuity_keyring"
+    hook_name = "Continuity backups"
+
+    def __init__(self, *, keyring_conn_id: str = default_conn_name, policy_path: str | None = None) -> None:
+        super().__init__()
+        self.keyring_conn_id = keyring_conn_id
+        self.policy_path = policy_path
+        self._policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = load_policy(self.policy_path)
+        return self._policy
+
+    def get_keyring(self) -> Keyring:
+        conn = self.get_connection(self.keyring_conn_id)
+        extra = conn.extra_dejson
+        kms_client = None
+        if extra.get("kms_key_id"):
+            kms_client = AwsBaseHook(aws_conn_id=extra.get("aws_conn_id", "aws_default"), client_type="kms").get_conn()
+        return Keyring.from_connection(login=conn.login, password=conn.password, extra=extra,
+                                       conn_id=self.keyring_conn_id, kms_client=kms_client)
+
+    def get_locations(self) -> dict[str, StorageLocation]:
+        def client_for(location: Any) -> Any:
+            return S3Hook(aws_conn_id=location.conn_id, region_name=location.region).get_conn()
+
+        return locations_from_policy(self.policy, client_for)
+
+    def required_locations(self) -> set[str]:
+        return {loc.name for loc in self.policy.storage.locations if loc.required}
+
+    def get_catalog(self) -> Catalog:
+        return Catalog(self.get_locations(), self.get_keyring())
+
+    def get_conn(self) -> Catalog:
+        return self.get_catalog()

@@ -1,0 +1,111 @@
+"""Operators over the backup engine: stream a command into a backup; verify a backup's copies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from continuity.archive import ArchiveError
+from continuity.backup import SourceCommandFailed, backup_from_command, record_verification, verify_copy
+from continuity.hooks.backup import ContinuityBackupHook
+from continuity.keys import KeyringError
+
+
+class StreamCommandToBackupOperator(BaseOperator):
+    """Run a command and stream its stdout, encrypted, into every storage location of the policy.
+
+    Nothing is staged on local disk. Progress (bytes, MiB/s) is logged every few seconds. The backup
+    id is returned (XCom); keys never are. A failing command, or a required location failing,
+    leaves no backup anywhere and fails the task.
+
+    :param command: argv of the command whose stdout is the backup (e.g. pg_dump ...).
+    :param kind: manifest kind (logical, physical, wal, config, objects, adhoc).
+    :param label: free text kept in the manifest.
+    :param backup_id: id to use (default: KIND-TIMESTAMP-RANDOM).
+    :param env: extra environment for the command (e.g. PGPASSWORD from a connection).
+    :param details: extra manifest details.
+    :param keyring_conn_id: connection of the keyring.
+    """
+
+    template_fields: Sequence[str] = ("command", "kind", "backup_label", "backup_id", "details")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, command: Sequence[str], kind: str, label: str | None = None, backup_id: str | None = None,
+                 env: dict[str, str] | None = None, details: dict[str, Any] | None = None,
+                 keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.command = command
+        self.kind = kind
+        self.backup_label = label
+        self.backup_id = backup_id
+        self.env = env
+        self.details = details
+        self.keyring_conn_id = keyring_conn_id
+        self.policy_path = policy_path
+
+    def execute(self, context: Context) -> str:
+        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        locations = hook.get_locations()
+        self.log.info("backing up the output of %s into %s (required: %s)", self.command[0], ", ".join(locations),
+                      ", ".join(sorted(hook.required_locations())))
+        try:
+            manifest = backup_from_command(
+                list(self.command), env=self.env, details=self.details, kind=self.kind, keyring=hook.get_keyring(),
+                locations=list(locations.values()), required=hook.required_locations(), backup_id=self.backup_id,
+                label=self.backup_label, report=self.log.info,
+            )
+        except (SourceCommandFailed, KeyringError, ArchiveError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return manifest.backup_id
+
+
+class VerifyBackupOperator(BaseOperator):
+    """Verify every copy of a backup (shallow, or deep: decrypt and checksum every chunk).
+
+    Each result is recorded in that location's manifest and logged; the task fails naming each
+    bad copy. Returns the results (location, ok, depth, reason).
+
+    :param backup_id: the backup to verify (templated, e.g. an upstream task's XCom).
+    :param deep: decrypt every chunk (reads the whole backup) instead of checking size and presence.
+    :param locations: restrict to these location names (default: every location holding it).
+    """
+
+    template_fields: Sequence[str] = ("backup_id", "locations")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, backup_id: str, deep: bool = False, locations: Sequence[str] | None = None,
+                 keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.deep = deep
+        self.locations = locations
+        self.keyring_conn_id = keyring_conn_id
+        self.policy_path = policy_path
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        catalog = hook.get_catalog()
+        results = []
+        for name, location in catalog.locations.items():
+            if self.locations and name not in self.locations:
+                continue
+            try:
+                manifest, _ = catalog.get(self.backup_id, location=name)
+            except Exception as exc:  # a copy that cannot even be found or authenticated is a failed copy
+                results.append({"location": name, "ok": False, "depth": "manifest", "reason": str(exc)})
+                self.log.warning("FAIL: %s", exc)
+                continue
+            verification = verify_copy(manifest, location, catalog.keyring, deep=self.deep)
+            record_verification(manifest, location, catalog.keyring, verification)
+            (self.log.info if verification.ok else self.log.warning)("%s %s", "ok:  " if verification.ok else "FAIL:",
+                                                                    verification.reason)
+            results.append({"location": name, "ok": verification.ok, "depth": verification.depth,
+                            "reason": verification.reason})
+        bad = [r for r in results if not r["ok"]]
+        if bad:
+            raise AirflowFailException(f"backup {self.backup_id}: {len(bad)} bad copies: "
+                                       + "; ".join(f"{r['location']}: {r['reason']}" for r in bad))
+        return results
