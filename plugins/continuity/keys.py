@@ -165,7 +165,10 @@ class Keyring:
         return WrappedKey(kek_id, "AES-256-GCM", base64.b64encode(nonce + sealed).decode())
 
     def unwrap(self, wrapped: WrappedKey, *, archive_id: str) -> bytes:
-        blob = base64.b64decode(wrapped.wrapped)
+        try:
+            blob = base64.b64decode(wrapped.wrapped, validate=True)
+        except (ValueError, TypeError):
+            raise WrongKeyError(f"archive {archive_id}: the wrapped data key is corrupt (not base64)") from None
         if wrapped.alg == "aws-kms":
             try:
                 return self._kms().decrypt(CiphertextBlob=blob, EncryptionContext={"archive_id": archive_id})["Plaintext"]

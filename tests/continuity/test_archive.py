@@ -103,6 +103,22 @@ _DATA_OF_MANY_CHUNKS = os.urandom(6 * CHUNK + 100)
 _ARCHIVE_OF_MANY_CHUNKS = _archive(_DATA_OF_MANY_CHUNKS)
 
 
+def test_every_bit_of_the_header_and_record_lengths_is_covered() -> None:
+    """Exhaustive where random sampling is thin: the header and every record's length prefix."""
+    header, records = _split(_ARCHIVE_OF_MANY_CHUNKS)
+    positions = list(range(len(header)))
+    offset = len(header)
+    for record in records:
+        positions.extend(range(offset, offset + 4))
+        offset += len(record)
+    for position in positions:
+        for bit in range(8):
+            blob = bytearray(_ARCHIVE_OF_MANY_CHUNKS)
+            blob[position] ^= 1 << bit
+            with pytest.raises((ArchiveError, KeyringError)):
+                _read(bytes(blob))
+
+
 def test_flipped_bit_in_a_chunk_names_archive_and_chunk() -> None:
     header, records = _split(_ARCHIVE_OF_MANY_CHUNKS)
     tampered = bytearray(records[3])

@@ -40,23 +40,19 @@ def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
         sandbox.wait_streaming()
 
 
-def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A required bucket that is gone is a storage failure (weight 1), named with its location."""
-    location = sandbox.policy.storage.location("dr")
-    client = sandbox.s3_client(location.region)
-    renamed = location.bucket + "-moved"
-    client.create_bucket(Bucket=renamed, CreateBucketConfiguration={"LocationConstraint": location.region})
-    client.delete_bucket(Bucket=location.bucket)
-    try:
-        run = load_dag("dr_health_monitor").test()
-        assessment = xcom(run, "assess_health", "assessment")
-        assert str(run.state) == "failed"
-        assert assessment["score"] == 1
-        assert f"location dr (s3 {location.bucket}, us-west-2) is unreachable" in assessment["summary"]
-    finally:
-        client.delete_bucket(Bucket=renamed)
-        client.create_bucket(Bucket=location.bucket, CreateBucketConfiguration={"LocationConstraint": location.region})
-        client.put_bucket_versioning(Bucket=location.bucket, VersioningConfiguration={"Status": "Enabled"})
+    from continuity.policy import DEFAULT_POLICY_PATH
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("bucket: continuity-backups-us-west-2",
+                                                              "bucket: continuity-backups-gone"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    run = load_dag("dr_health_monitor").test()
+    assessment = xcom(run, "assess_health", "assessment")
+    assert str(run.state) == "failed"
+    assert assessment["score"] == 1
+    assert "location dr (s3 continuity-backups-gone, us-west-2) is unreachable" in assessment["summary"]
 
 
 def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
