@@ -120,6 +120,7 @@ def create_backup(
     started = datetime.now(timezone.utc)
     writers: dict[str, ObjectWriter] = {}
     committed: list[StorageLocation] = []
+    checksums: dict[str, str] = {}
     by_name = {loc.name: loc for loc in locations}
     try:
         for location in locations:
@@ -134,7 +135,7 @@ def create_backup(
                                chunk_size=chunk_size, progress=Progress(report, what=f"backup {backup_id}"))
         for name, writer in list(fan_out.writers.items()):
             try:
-                writer.commit()
+                checksums[name] = writer.commit()
             except StorageError:
                 if name in required:
                     raise
@@ -145,7 +146,9 @@ def create_backup(
         copies: dict[str, LocationCopy] = {}
         for location in list(committed):
             size, digest = read_back_sha256(location, data_key_object)
-            if size != result.stored_bytes or digest != result.stored_sha256:
+            info = location.head(data_key_object)
+            if size != result.stored_bytes or digest != result.stored_sha256 or info is None \
+                    or info.checksum != checksums[location.name]:
                 message = (f"{location.describe(data_key_object)}: read-back mismatch: stored {size} bytes "
                            f"sha256 {digest[:16]}…, sent {result.stored_bytes} bytes sha256 {result.stored_sha256[:16]}…")
                 if location.name in required:
@@ -154,7 +157,7 @@ def create_backup(
                 location.delete(data_key_object)
                 committed.remove(location)
                 continue
-            copies[location.name] = LocationCopy(key=data_key_object, stored_bytes=size,
+            copies[location.name] = LocationCopy(key=data_key_object, stored_bytes=size, checksum=checksums[location.name],
                                                  verified_at=datetime.now(timezone.utc),
                                                  verify_result="ok: read-back after upload", verify_depth="shallow")
         manifest = seal(Manifest(
@@ -223,8 +226,15 @@ def verify_copy(manifest: Manifest, location: StorageLocation, keyring: Keyring,
         return result(False, f"{location.describe(key)}: the data object is missing")
     if info.size != manifest.stored_bytes:
         return result(False, f"{location.describe(key)}: size {info.size} differs from the manifest's {manifest.stored_bytes}")
+    recorded = manifest.locations.get(location.name)
+    rewritten = None
+    if recorded is not None and recorded.checksum and info.checksum != recorded.checksum:
+        rewritten = (f"{location.describe(key)}: stored checksum {info.checksum} differs from the "
+                     f"manifest's {recorded.checksum} (the object was rewritten)")
     if not deep:
-        return result(True, f"{location.describe(key)}: present, {info.size:,} bytes as the manifest says")
+        if rewritten:
+            return result(False, rewritten)
+        return result(True, f"{location.describe(key)}: present, {info.size:,} bytes and checksum as the manifest says")
     data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
     try:
         with location.open_reader(key) as stream:
@@ -234,6 +244,8 @@ def verify_copy(manifest: Manifest, location: StorageLocation, keyring: Keyring,
         return result(False, str(exc))
     if read.stored_sha256 != manifest.stored_sha256 or read.plaintext_sha256 != manifest.plaintext_sha256:
         return result(False, f"{location.describe(key)}: checksums differ from the manifest")
+    if rewritten:  # authentic content under a new object version: report it, the data itself is sound
+        return result(False, rewritten + "; its content is still authentic")
     return result(True, f"{location.describe(key)}: all {read.chunks} chunks authentic, "
                         f"{read.plaintext_bytes:,} plaintext bytes match SHA-256 {manifest.plaintext_sha256[:16]}…")
 
@@ -245,6 +257,7 @@ def record_verification(manifest: Manifest, location: StorageLocation, keyring: 
     previous = copies.get(location.name)
     copies[location.name] = LocationCopy(
         key=manifest.data_key_name, stored_bytes=previous.stored_bytes if previous else manifest.stored_bytes,
+        checksum=previous.checksum if previous else None,
         verified_at=datetime.now(timezone.utc), verify_result=("ok: " if verification.ok else "FAILED: ") + verification.reason,
         verify_depth=verification.depth)  # type: ignore[arg-type]
     updated = seal(manifest.model_copy(update={"locations": copies}), data_key)

@@ -29,6 +29,7 @@ class LocationCopy(BaseModel):
 
     key: str
     stored_bytes: int
+    checksum: str | None = None  # the location's own checksum of the object (S3 ETag, file SHA-256)
     verified_at: datetime | None = None
     verify_result: str | None = None
     verify_depth: Literal["shallow", "deep"] | None = None

@@ -28,11 +28,12 @@ class ObjectInfo:
     key: str
     size: int
     metadata: dict[str, str] = field(default_factory=dict)
+    checksum: str | None = None  # what the location reports without reading: S3 ETag, or our SHA-256 for files
 
 
 class ObjectWriter(Protocol):
     def write(self, data: bytes) -> None: ...
-    def commit(self) -> None: ...
+    def commit(self) -> str: ...  # the stored object's checksum (see ObjectInfo.checksum)
     def abort(self) -> None: ...
 
 
@@ -46,7 +47,7 @@ class StorageLocation(Protocol):
     def head(self, key: str) -> ObjectInfo | None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
-    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
     def copy_from(self, other: StorageLocation, key: str) -> None: ...
 
@@ -111,7 +112,8 @@ class S3Location:
             raise self._fail("head", key, exc) from exc
         except Exception as exc:
             raise self._fail("head", key, exc) from exc
-        return ObjectInfo(key=key, size=response["ContentLength"], metadata=response.get("Metadata", {}))
+        return ObjectInfo(key=key, size=response["ContentLength"], metadata=response.get("Metadata", {}),
+                          checksum=response.get("ETag", "").strip('"') or None)
 
     def list(self, prefix: str) -> Iterator[str]:
         try:
@@ -128,11 +130,12 @@ class S3Location:
         except Exception as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._put_args(metadata))
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._put_args(metadata))
         except Exception as exc:
             raise self._fail("write", key, exc) from exc
+        return response["ETag"].strip('"')
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_reader(key) as body:
@@ -192,22 +195,23 @@ class _S3Writer:
             self.abort()
             raise loc._fail(f"upload of part {len(self.parts) + 1}", self.key, exc) from exc
 
-    def commit(self) -> None:
+    def commit(self) -> str:
         loc = self.location
         if self.upload_id is None:
-            loc.put_bytes(self.key, bytes(self.buffer), metadata=self.metadata)
+            etag = loc.put_bytes(self.key, bytes(self.buffer), metadata=self.metadata)
             self.closed = True
-            return
+            return etag
         if self.buffer:
             self._upload_part(bytes(self.buffer))
             self.buffer.clear()
         try:
-            loc.client.complete_multipart_upload(Bucket=loc.bucket, Key=loc._key(self.key), UploadId=self.upload_id,
-                                                 MultipartUpload={"Parts": self.parts})
+            response = loc.client.complete_multipart_upload(Bucket=loc.bucket, Key=loc._key(self.key),
+                                                            UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
         except Exception as exc:
             self.abort()
             raise loc._fail("completing the upload", self.key, exc) from exc
         self.closed = True
+        return response["ETag"].strip('"')
 
     def abort(self) -> None:
         if self.closed:
@@ -257,7 +261,7 @@ class FileLocation:
         metadata: dict[str, str] = {}
         if meta_path.exists():
             metadata = json.loads(meta_path.read_text())
-        return ObjectInfo(key=key, size=path.stat().st_size, metadata=metadata)
+        return ObjectInfo(key=key, size=path.stat().st_size, metadata=metadata, checksum=metadata.pop("sha256", None))
 
     def list(self, prefix: str) -> Iterator[str]:
         if not self.root.is_dir():
@@ -273,11 +277,11 @@ class FileLocation:
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".meta").unlink(missing_ok=True)
 
-    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str:
         writer = self.open_writer(key, metadata=metadata)
         try:
             writer.write(data)
-            writer.commit()
+            return writer.commit()
         except BaseException:
             writer.abort()
             raise
@@ -312,21 +316,24 @@ class _FileWriter:
         except OSError as exc:
             raise StorageError(f"{location.describe(key)}: cannot create: {exc.strerror}") from exc
         self.closed = False
+        self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
         try:
+            self.sha.update(data)
             self.handle.write(data)
         except OSError as exc:
             self.abort()
             raise StorageError(f"{self.location.describe(self.key)}: write failed: {exc.strerror}") from exc
 
-    def commit(self) -> None:
+    def commit(self) -> str:
+        checksum = self.sha.hexdigest()
         try:
             self.handle.flush()
             os.fsync(self.handle.fileno())
             self.handle.close()
             meta = self.final.with_name(self.final.name + ".meta")
-            meta.write_text(json.dumps(self.metadata))
+            meta.write_text(json.dumps({**self.metadata, "sha256": checksum}))
             os.replace(self.tmp, self.final)
             dir_fd = os.open(self.final.parent, os.O_RDONLY)
             try:
@@ -337,6 +344,7 @@ class _FileWriter:
             self.abort()
             raise StorageError(f"{self.location.describe(self.key)}: commit failed: {exc.strerror}") from exc
         self.closed = True
+        return checksum
 
     def abort(self) -> None:
         if self.closed:
