@@ -57,7 +57,7 @@ def test_airflow_services_mount_the_project_and_define_every_connection(name: st
     mounts = {v.split(":")[1] for v in service["volumes"]}
     assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
     policy = load_policy()
-    needed = {n.conn_id for n in policy.topology.nodes}
+    needed = {n.conn_id for n in policy.topology.nodes} | {n.backup_conn_id for n in policy.topology.nodes}
     needed |= {policy.topology.entry_point.conn_id, policy.topology.entry_point.admin_conn_id}
     needed |= {loc.conn_id for loc in policy.storage.locations if loc.conn_id}
     needed.add("continuity_keyring")

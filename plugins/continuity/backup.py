@@ -351,3 +351,31 @@ def backup_from_command(argv: Sequence[str], *, env: Mapping[str, str] | None = 
         return create_backup(source.stdout, details=lambda: {**source.finish(), **(details or {})}, **backup_args)
     finally:
         source.kill()
+
+
+def replicate_copy(manifest: Manifest, source: StorageLocation, target: StorageLocation, keyring: Keyring,
+                   *, deep: bool = False) -> Manifest:
+    """Copy a backup's data and manifest from one location to another (repair or late fan-out).
+
+    The target's copy is verified (deep on request) before its manifest is written, last; the
+    manifest records the target's own checksum of the new object.
+    """
+    key = manifest.data_key_name
+    target.copy_from(source, key)
+    info = target.head(key)
+    if info is None or info.size != manifest.stored_bytes:
+        target.delete(key)
+        raise StorageError(f"{target.describe(key)}: the copy from {source.name} has the wrong size")
+    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+    copies = dict(manifest.locations)
+    copies[target.name] = LocationCopy(key=key, stored_bytes=info.size, checksum=info.checksum,
+                                       verified_at=datetime.now(timezone.utc),
+                                       verify_result=f"ok: copied from {source.name}", verify_depth="shallow")
+    updated = seal(manifest.model_copy(update={"locations": copies}), data_key)
+    if deep:
+        check = verify_copy(updated, target, keyring, deep=True)
+        if not check.ok:
+            target.delete(key)
+            raise IntegrityError(f"copy of {manifest.backup_id} to {target.name} failed deep verification: {check.reason}")
+    target.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
+    return updated

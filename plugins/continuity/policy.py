@@ -119,6 +119,7 @@ class Node(_Model):
     role: Literal["primary", "standby"]
     region: str
     conn_id: str
+    backup_conn_id: str | None = None
     synchronous: bool = False
 
 

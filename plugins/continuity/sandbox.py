@@ -458,6 +458,12 @@ class Sandbox:
                 "login": "continuity_admin", "password": self.password("continuity_admin"), "schema": "postgres",
                 "extra": {"node": node.name},
             }
+            if node.backup_conn_id:
+                conns[node.backup_conn_id] = {
+                    "conn_type": "postgres", "host": "127.0.0.1", "port": self.state["nodes"][node.name]["port"],
+                    "login": "continuity_backup", "password": self.password("continuity_backup"),
+                    "schema": "postgres", "extra": {"node": node.name},
+                }
         conns[topology.entry_point.conn_id] = {
             "conn_type": "postgres", "host": "127.0.0.1", "port": self.pgbouncer_port,
             "login": "app", "password": self.password("app"), "schema": APP_DATABASE,

@@ -23,7 +23,11 @@ from continuity.storage import FileLocation, S3Location, StorageError, locations
 
 @pytest.fixture(scope="module")
 def locations(sandbox):
-    return locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
+    """The sandbox's buckets under a prefix of these tests' own (their keyrings are throwaway)."""
+    built = locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
+    for location in built.values():
+        location.prefix = "engine-tests/"
+    return built
 
 
 @pytest.fixture

@@ -1,0 +1,41 @@
+"""
+### dr_wal_archive — ship the hour's WAL to every region
+
+Every hour:
+
+1. `switch_wal` forces a WAL switch on the primary so the hour is closed, and waits until the
+   archiver has put the segment in the spool.
+2. `ship_wal` ships every completed spool file (segments, `.history`, `.backup`) through the backup
+   engine to every storage location, one archive per file named `wal-<file>`; a file leaves the
+   spool only when every required location holds a verified copy. A rerun ships nothing twice; a
+   name already shipped with different contents stops the run as an alarm. Fails when
+   `pg_stat_archiver` shows a new failure or the spool keeps growing; logs archive lag against the
+   RPO of each data category.
+3. `check_wal_continuity` proves, per required location and timeline, that no segment is missing
+   from the start of the oldest kept base backup to the newest segment.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.operators.wal import ShipWalOperator, SwitchWalOperator, WalContinuityOperator
+
+with DAG(
+    dag_id="dr_wal_archive",
+    description="Ship archived WAL to every region; archive health and continuity",
+    doc_md=__doc__,
+    schedule="@hourly",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=50),
+    default_args=DEFAULT_ARGS,  # every step is idempotent: a retry re-checks before it acts
+    tags=["continuity", "backup", "wal"],
+) as dag:
+    SwitchWalOperator(task_id="switch_wal") >> ShipWalOperator(task_id="ship_wal") >> WalContinuityOperator(
+        task_id="check_wal_continuity"
+    )
