@@ -91,7 +91,7 @@ def create_backup(
     required: set[str] | None = None,
     backup_id: str | None = None,
     label: str | None = None,
-    source_info: Mapping[str, Any] | None = None,
+    source_info: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     details: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     depends_on: Sequence[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -100,8 +100,9 @@ def create_backup(
 ) -> Manifest:
     """Archive `source` into every location and return the sealed manifest.
 
-    `required` names the locations that must hold the backup (default: all); `details` may be a
-    callable evaluated after the source is exhausted (e.g. a tool's exit status and counts).
+    `required` names the locations that must hold the backup (default: all); `details` and
+    `source_info` may be callables evaluated (in that order) after the source is exhausted, e.g. a
+    tool's exit status, counts, or the stop LSN it reported.
     """
     if not locations:
         raise ValueError("a backup needs at least one location")
@@ -160,13 +161,15 @@ def create_backup(
             copies[location.name] = LocationCopy(key=data_key_object, stored_bytes=size, checksum=checksums[location.name],
                                                  verified_at=datetime.now(timezone.utc),
                                                  verify_result="ok: read-back after upload", verify_depth="shallow")
+        final_details = dict(details() if callable(details) else details or {})
+        final_source = dict(source_info() if callable(source_info) else source_info or {})
         manifest = seal(Manifest(
-            backup_id=backup_id, kind=kind, label=label, source=dict(source_info or {}), started_at=started,
+            backup_id=backup_id, kind=kind, label=label, source=final_source, started_at=started,
             finished_at=datetime.now(timezone.utc), plaintext_bytes=result.plaintext_bytes,
             compressed_bytes=result.compressed_bytes, stored_bytes=result.stored_bytes,
             plaintext_sha256=result.plaintext_sha256, stored_sha256=result.stored_sha256, chunk_size=chunk_size,
             chunks=result.chunks, key=wrapped.to_dict(), tool_versions=tool_versions(versions),
-            details=dict(details() if callable(details) else details or {}), depends_on=list(depends_on),
+            details=final_details, depends_on=list(depends_on),
             locations=copies,
         ), data_key)
         written: list[StorageLocation] = []
@@ -331,7 +334,8 @@ class CommandSource:
         """Wait for the command; raise SourceCommandFailed (with its stderr tail) unless it succeeded."""
         self.process.wait(timeout=timeout)
         self._stderr.seek(0)
-        tail = self._stderr.read()[-2000:].decode(errors="replace").strip()
+        self.stderr_text = self._stderr.read()[-64_000:].decode(errors="replace")
+        tail = self.stderr_text[-2000:].strip()
         self._stderr.close()
         if self.process.returncode != 0:
             raise SourceCommandFailed(f"{self.what} exited with code {self.process.returncode}: {tail or '(no message)'}")
@@ -344,11 +348,21 @@ class CommandSource:
 
 
 def backup_from_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                        details: Mapping[str, Any] | None = None, **backup_args: Any) -> Manifest:
-    """Stream `argv`'s stdout into a backup; a failing command leaves no backup anywhere."""
+                        details: Mapping[str, Any] | Callable[[CommandSource], Mapping[str, Any]] | None = None,
+                        **backup_args: Any) -> Manifest:
+    """Stream `argv`'s stdout into a backup; a failing command leaves no backup anywhere.
+
+    `details` may be a callable given the finished CommandSource (e.g. to parse its stderr).
+    """
     source = CommandSource(argv, env=env)
+
+    def final_details() -> dict[str, Any]:
+        finished = source.finish()
+        extra = details(source) if callable(details) else details
+        return {**finished, **(extra or {})}
+
     try:
-        return create_backup(source.stdout, details=lambda: {**source.finish(), **(details or {})}, **backup_args)
+        return create_backup(source.stdout, details=final_details, **backup_args)
     finally:
         source.kill()
 

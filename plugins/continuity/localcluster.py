@@ -268,14 +268,30 @@ class LocalCluster:
         return True
 
     def kill(self) -> None:
-        """Simulate a crash: SIGKILL the postmaster (its children exit when it is gone)."""
+        """Simulate a crash of the server: SIGKILL the postmaster and every backend at once.
+
+        (Killing only the postmaster leaves backends attached to shared memory, and a restart
+        then refuses to run until they exit.)
+        """
         pid = self.postmaster_pid()
-        if pid_alive(pid):
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if not pid_alive(pid):
+            return
+        assert pid is not None
+        victims = [pid, *_children(pid)]
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while any(pid_alive(v) for v in victims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not any(pid_alive(v) for v in victims):
+            # As after a machine restart: the dead postmaster may linger as an unreaped zombie, whose pid
+            # would make the next start refuse; its lock file is stale now that every process is gone.
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+            for stale in (f".s.PGSQL.{self.port}.lock", f".s.PGSQL.{self.port}"):
+                (self.socket_dir / stale).unlink(missing_ok=True)
 
     def psql(self, sql: str, *, dbname: str = "postgres", superuser: str = "postgres") -> str:
         """Run SQL through the local socket as the superuser; SQL goes on stdin, never argv."""
@@ -297,6 +313,18 @@ class LocalCluster:
             env={"PGPASSWORD": password, "PGAPPNAME": f"continuity-clone-{self.name}"},
             timeout=timeout,
         )
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def conf_value(value: str | int | bool) -> str:

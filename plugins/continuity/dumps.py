@@ -1,0 +1,208 @@
+"""Full backups: a snapshot-consistent logical dump, and a physical base backup, both streamed.
+
+Logical: a REPEATABLE READ transaction exports its snapshot; the row count of every table and a
+schema fingerprint are taken in that same snapshot, and `pg_dump --snapshot` streams the dump
+through the engine, so a restore can be checked exactly against the manifest.
+
+Physical: `pg_basebackup -D - -Ft -X fetch` (tar on stdout, with the WAL needed for consistency and
+PostgreSQL's backup_manifest inside) streamed through the engine, from the node the policy names.
+Neither stages the backup on local disk.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from continuity.backup import CommandSource, SourceCommandFailed, backup_from_command
+from continuity.keys import Keyring
+from continuity.manifest import Manifest
+from continuity.storage import StorageLocation
+from continuity.wal import SEGMENT_SIZE, segment_name
+
+
+class DumpFailed(RuntimeError):
+    """A full backup failed; the message names the node and database. Nothing was kept."""
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where and as whom to connect for a backup (the password only goes to the tool's environment)."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str | None
+
+    def conninfo(self, dbname: str) -> str:
+        from continuity.postgres import conninfo
+
+        return conninfo(host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname)
+
+    def tool_env(self) -> dict[str, str]:
+        return {"PGPASSWORD": self.password} if self.password else {}
+
+
+def find_tool(name: str) -> str:
+    """A PostgreSQL client tool: $PG_BINDIR, the newest /usr/lib/postgresql/*/bin, then PATH."""
+    candidates = [os.environ.get("PG_BINDIR", "")]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+    for directory in candidates:
+        if directory and (Path(directory) / name).exists():
+            return str(Path(directory) / name)
+    found = shutil.which(name)
+    if not found:
+        raise DumpFailed(f"{name} not found in $PG_BINDIR, /usr/lib/postgresql/*/bin or PATH "
+                         f"(install the PostgreSQL client matching the server)")
+    return found
+
+
+def tool_version(path: str) -> str:
+    return subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def lsn_to_int(lsn: str) -> int:
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def wal_file_for(lsn: str, timeline: int, *, segment_size: int = SEGMENT_SIZE) -> str:
+    return segment_name(timeline, lsn_to_int(lsn) // segment_size, segment_size=segment_size)
+
+
+# -- logical -----------------------------------------------------------------------------------
+_TABLES = """
+    SELECT n.nspname AS schema, c.relname AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition
+    ORDER BY 1, 2
+"""
+_FINGERPRINT = """
+    SELECT 'column' AS what, table_schema || '.' || table_name AS owner,
+           column_name || ' ' || data_type || ' ' || is_nullable || ' ' || ordinal_position AS definition
+    FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT 'constraint', n.nspname || '.' || c.relname, con.conname || ' ' || pg_get_constraintdef(con.oid)
+    FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT 'index', schemaname || '.' || tablename, indexdef
+    FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+    ORDER BY 1, 2, 3
+"""
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for schema, name in conn.execute(_TABLES).fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+        counts[f"{schema}.{name}"] = conn.execute(query).fetchone()[0]
+    return counts
+
+
+def schema_fingerprint(conn: psycopg.Connection) -> str:
+    digest = hashlib.sha256()
+    for row in conn.execute(_FINGERPRINT).fetchall():
+        digest.update("\x1f".join(row).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def logical_backup(
+    *,
+    node: NodeAddress,
+    database: str,
+    keyring: Keyring,
+    locations: Sequence[StorageLocation],
+    required: set[str],
+    backup_id: str,
+    report: Callable[[str], None],
+) -> Manifest:
+    pg_dump = find_tool("pg_dump")
+    where = f"logical backup of database {database} on node {node.name}"
+    try:
+        conn = psycopg.connect(node.conninfo(database), connect_timeout=10, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise DumpFailed(f"{where}: cannot connect: {str(exc).strip().splitlines()[0]}") from exc
+    try:
+        with conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            position = conn.execute(
+                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,"
+                " (SELECT timeline_id FROM pg_control_checkpoint()), current_setting('server_version')"
+            ).fetchone()
+            counts = row_counts(conn)
+            fingerprint = schema_fingerprint(conn)
+            report(f"{where}: snapshot {snapshot} at LSN {position[0]}; {len(counts)} tables, "
+                   f"{sum(counts.values()):,} rows counted in that snapshot")
+            argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom", "--no-password",
+                    f"--host={node.host}", f"--port={node.port}", f"--username={node.user}", f"--dbname={database}"]
+            manifest = backup_from_command(
+                argv, env=node.tool_env(), kind="logical", keyring=keyring, locations=locations, required=required,
+                backup_id=backup_id, report=report, versions={"pg_dump": tool_version(pg_dump), "server": position[2]},
+                source_info={"node": node.name, "database": database, "lsn": position[0], "timeline": position[1]},
+                details={"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint,
+                         "format": "pg_dump custom"},
+            )
+            conn.execute("COMMIT")
+    except SourceCommandFailed as exc:
+        raise DumpFailed(f"{where}: {exc}") from exc
+    except psycopg.OperationalError as exc:
+        raise DumpFailed(f"{where}: the connection holding the snapshot failed: "
+                         f"{str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        conn.close()
+    return manifest
+
+
+# -- physical ----------------------------------------------------------------------------------
+_START = re.compile(r"write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
+_END = re.compile(r"write-ahead log end point: ([0-9A-F]+/[0-9A-F]+)")
+
+
+def physical_backup(
+    *,
+    node: NodeAddress,
+    keyring: Keyring,
+    locations: Sequence[StorageLocation],
+    required: set[str],
+    backup_id: str,
+    report: Callable[[str], None],
+) -> Manifest:
+    pg_basebackup = find_tool("pg_basebackup")
+    where = f"physical backup of node {node.name}"
+    argv = [pg_basebackup, "--pgdata=-", "--format=tar", "--wal-method=fetch", "--checkpoint=fast", "--verbose",
+            "--manifest-checksums=SHA256", "--no-password", f"--host={node.host}", f"--port={node.port}",
+            f"--username={node.user}", f"--label=continuity {backup_id}"]
+    positions: dict[str, Any] = {}
+
+    def parse(source: CommandSource) -> Mapping[str, Any]:
+        start, end = _START.search(source.stderr_text), _END.search(source.stderr_text)
+        if not start or not end:
+            raise DumpFailed(f"{where}: pg_basebackup did not report its start and end WAL positions")
+        positions.update(start_lsn=start.group(1), timeline=int(start.group(2)), stop_lsn=end.group(1))
+        positions["start_wal_file"] = wal_file_for(positions["start_lsn"], positions["timeline"])
+        positions["stop_wal_file"] = wal_file_for(positions["stop_lsn"], positions["timeline"])
+        return {"format": "pg_basebackup tar (base.tar with pg_wal and backup_manifest)", "wal_method": "fetch"}
+
+    try:
+        return backup_from_command(
+            argv, env=node.tool_env(), kind="physical", keyring=keyring, locations=locations, required=required,
+            backup_id=backup_id, report=report, versions={"pg_basebackup": tool_version(pg_basebackup)},
+            details=parse, source_info=lambda: {"node": node.name, **positions},
+        )
+    except SourceCommandFailed as exc:
+        raise DumpFailed(f"{where}: {exc}") from exc

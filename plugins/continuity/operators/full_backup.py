@@ -1,0 +1,106 @@
+"""Operators of dr_full_backup: a snapshot-consistent logical dump per database, and a base backup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from continuity.archive import ArchiveError
+from continuity.dumps import NodeAddress, logical_backup, physical_backup
+from continuity.hooks.backup import ContinuityBackupHook
+from continuity.hooks.postgres_node import PostgresNodeHook
+from continuity.keys import KeyringError
+from continuity.policy import Node
+from continuity.storage import StorageError
+
+
+def node_address(node: Node) -> NodeAddress:
+    conn_id = node.backup_conn_id or node.conn_id
+    conn = PostgresNodeHook(postgres_conn_id=conn_id).get_connection(conn_id)
+    return NodeAddress(name=node.name, host=conn.host or "localhost", port=conn.port or 5432,
+                       user=conn.login or "postgres", password=conn.password)
+
+
+class _FullBackupOperator(BaseOperator):
+    template_fields: Sequence[str] = ("policy_path",)
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keyring_conn_id = keyring_conn_id
+        self.policy_path = policy_path
+
+    def _existing(self, hook: ContinuityBackupHook, backup_id: str) -> bool:
+        """True when an authentic copy is already in every required location (a rerun of the same date)."""
+        catalog = hook.get_catalog()
+        for name in hook.required_locations():
+            try:
+                catalog.get(backup_id, location=name)
+            except StorageError:
+                return False
+        return True
+
+    @staticmethod
+    def stamp(context: Context) -> str:
+        moment = context.get("logical_date") or context["dag_run"].run_after
+        return f"{moment:%Y%m%dT%H%M%SZ}"
+
+
+class LogicalBackupOperator(_FullBackupOperator):
+    """pg_dump of every application database of the policy in an exported snapshot, with exact row counts.
+
+    Backup ids are ``logical-<database>-<logical date>``: a rerun for the same date finds its
+    backups and does nothing. Returns the backup ids.
+    """
+
+    def execute(self, context: Context) -> list[str]:
+        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        policy = hook.policy
+        node = node_address(policy.topology.primary)
+        ids = []
+        for database in policy.topology.databases:
+            backup_id = f"logical-{database}-{self.stamp(context)}"
+            ids.append(backup_id)
+            if self._existing(hook, backup_id):
+                self.log.info("backup %s already exists in every required location: nothing to do", backup_id)
+                continue
+            try:
+                manifest = logical_backup(node=node, database=database, keyring=hook.get_keyring(),
+                                          locations=list(hook.get_locations().values()),
+                                          required=hook.required_locations(), backup_id=backup_id, report=self.log.info)
+            except (KeyringError, ArchiveError) as exc:
+                raise AirflowFailException(str(exc)) from exc
+            self.log.info("database %s: %d tables, %s rows, schema fingerprint %s…", database,
+                          len(manifest.details["row_counts"]), f"{sum(manifest.details['row_counts'].values()):,}",
+                          manifest.details["schema_fingerprint"][:16])
+        return ids
+
+
+class PhysicalBackupOperator(_FullBackupOperator):
+    """A base backup (tar, WAL included, PostgreSQL's backup_manifest inside) from the node the policy names.
+
+    Taken from ``backups.full.backup_from_standby`` when set (sparing the primary), else the primary.
+    Returns the backup id ``physical-<node>-<logical date>``.
+    """
+
+    def execute(self, context: Context) -> str:
+        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        policy = hook.policy
+        source = policy.topology.node(policy.backups.full.backup_from_standby or policy.topology.primary.name)
+        backup_id = f"physical-{source.name}-{self.stamp(context)}"
+        if self._existing(hook, backup_id):
+            self.log.info("backup %s already exists in every required location: nothing to do", backup_id)
+            return backup_id
+        try:
+            manifest = physical_backup(node=node_address(source), keyring=hook.get_keyring(),
+                                       locations=list(hook.get_locations().values()),
+                                       required=hook.required_locations(), backup_id=backup_id, report=self.log.info)
+        except (KeyringError, ArchiveError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info("base backup of %s: WAL %s to %s on timeline %s", source.name, manifest.source["start_lsn"],
+                      manifest.source["stop_lsn"], manifest.source["timeline"])
+        return backup_id

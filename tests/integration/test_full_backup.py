@@ -1,0 +1,141 @@
+"""dr_full_backup against the sandbox: consistent logical and physical backups that really restore."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+
+import psycopg
+import pytest
+
+from continuity.backup import restore_copy
+from continuity.catalog import Catalog
+from continuity.dumps import DumpFailed, NodeAddress, find_tool, logical_backup, row_counts, schema_fingerprint
+from continuity.manifest import manifest_key_name
+from continuity.storage import locations_from_policy
+
+from .airflow_helpers import load_dag, task_states, xcom
+from .scratch import cluster_from_base_backup, empty_cluster
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+LOGICAL_DATE = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
+LOGICAL_ID = "logical-app-20261120T020000Z"
+PHYSICAL_ID = "physical-sync1-20261120T020000Z"
+
+
+@pytest.fixture(scope="module")
+def full_run(sandbox):
+    """One dr_full_backup run (with writes before it) and a dr_wal_archive run after it."""
+    with psycopg.connect(sandbox.app_conninfo()) as conn:
+        conn.execute("UPDATE videos SET status = 'processed' WHERE id % 7 = 0")
+    run = load_dag("dr_full_backup").test(logical_date=LOGICAL_DATE)
+    assert str(run.state) == "success", task_states(run)
+    assert xcom(run, "logical_backup") == [LOGICAL_ID] and xcom(run, "physical_backup") == PHYSICAL_ID
+    with psycopg.connect(sandbox.app_conninfo()) as conn:
+        conn.execute("UPDATE videos SET status = 'failed' WHERE id % 11 = 0")
+    wal = load_dag("dr_wal_archive").test()
+    assert str(wal.state) == "success", task_states(wal)
+    return run
+
+
+def _catalog(sandbox):
+    locations = locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
+    return Catalog(locations, sandbox.keyring()), locations
+
+
+def test_catalog_holds_both_kinds_and_gap_free_wal_in_both_regions(sandbox, full_run) -> None:
+    logical_id, physical_id = LOGICAL_ID, PHYSICAL_ID
+    catalog, _ = _catalog(sandbox)
+    for region in ("primary", "dr"):
+        ids = {m.backup_id for m in catalog.list(location=region)}
+        assert {logical_id, physical_id} <= ids
+    physical, _ = catalog.get(physical_id, location="dr")
+    assert physical.source["node"] == "sync1" and physical.source["start_wal_file"]
+    continuity = load_dag("dr_wal_archive").test()
+    summary = xcom(continuity, "check_wal_continuity")
+    assert summary["primary"]["gaps"] == [] and summary["dr"]["gaps"] == []
+
+
+def test_rerun_for_the_same_logical_date_is_idempotent(sandbox, full_run) -> None:
+    catalog, locations = _catalog(sandbox)
+    logical_id = LOGICAL_ID
+    before = locations["dr"].get_bytes(manifest_key_name(logical_id))
+    rerun = load_dag("dr_full_backup").test(logical_date=LOGICAL_DATE)
+    assert str(rerun.state) == "success"
+    assert xcom(rerun, "logical_backup") == [logical_id]
+    assert locations["dr"].get_bytes(manifest_key_name(logical_id)) == before
+
+
+def test_logical_backup_restores_with_exactly_the_manifest_row_counts(sandbox, full_run) -> None:
+    catalog, locations = _catalog(sandbox)
+    manifest, _ = catalog.get(LOGICAL_ID, location="dr")  # the DR region alone
+    dump = io.BytesIO()
+    restore_copy(manifest, locations["dr"], sandbox.keyring(), dump)
+    with empty_cluster() as scratch:
+        scratch.psql("CREATE DATABASE restored;")
+        result = subprocess.run(
+            scratch.user.command([find_tool("pg_restore"), "--no-owner", "--exit-on-error", "-h", str(scratch.socket_dir),
+                                  "-p", str(scratch.port), "-U", "postgres", "-d", "restored"]),
+            input=dump.getvalue(), capture_output=True)
+        assert result.returncode == 0, result.stderr.decode()
+        with psycopg.connect(host=str(scratch.socket_dir), port=scratch.port, user="postgres", dbname="restored") as conn:
+            assert row_counts(conn) == manifest.details["row_counts"]
+            assert schema_fingerprint(conn) == manifest.details["schema_fingerprint"]
+            assert conn.execute("SELECT count(*) FROM videos WHERE status = 'failed' AND id % 11 = 0").fetchone()[0] \
+                < conn.execute("SELECT count(*) FROM videos WHERE id % 11 = 0").fetchone()[0], \
+                "the dump is the snapshot before the later write"
+
+
+def test_physical_backup_passes_pg_verifybackup_and_starts(sandbox, full_run) -> None:
+    catalog, locations = _catalog(sandbox)
+    manifest, _ = catalog.get(PHYSICAL_ID, location="dr")
+    tar = io.BytesIO()
+    restore_copy(manifest, locations["dr"], sandbox.keyring(), tar)
+    with cluster_from_base_backup(tar.getvalue()) as (cluster, make_private):
+        verify = subprocess.run(cluster.user.command([find_tool("pg_verifybackup"), str(cluster.data_dir)]),
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+        assert "backup successfully verified" in verify.stdout
+        make_private()
+        cluster.start()
+        with psycopg.connect(host=str(cluster.socket_dir), port=cluster.port, user="postgres", dbname="app") as conn:
+            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] > 0
+            assert conn.execute("SELECT current_setting('data_checksums')").fetchone()[0] == "on"
+
+
+def test_primary_killed_mid_dump_fails_cleanly_and_the_retry_succeeds(sandbox) -> None:
+    with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
+        conn.execute("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS payload FROM generate_series(1, 3000000) g")
+    catalog, locations = _catalog(sandbox)
+    node = NodeAddress(name="primary", host="127.0.0.1", port=sandbox.state["nodes"]["primary"]["port"],
+                       user="continuity_backup", password=sandbox.password("continuity_backup"))
+    backup_id = "logical-app-killed-mid-dump"
+    progress = threading.Event()
+    primary = sandbox.cluster("primary")
+
+    def killer() -> None:
+        progress.wait(60)
+        primary.kill()
+
+    try:
+        threading.Thread(target=killer, daemon=True).start()
+        with pytest.raises(DumpFailed, match=r"logical backup of database app on node primary") as failed:
+            logical_backup(node=node, database="app", keyring=sandbox.keyring(), locations=list(locations.values()),
+                           required={"primary", "dr"}, backup_id=backup_id,
+                           report=lambda message: progress.set() if "snapshot" in message else None)
+        assert "pg_dump" in str(failed.value) or "connection" in str(failed.value)
+        for location in locations.values():
+            assert [k for k in location.list("") if backup_id in k] == [], "no manifest, no data, anywhere"
+    finally:
+        primary.start()
+        sandbox.wait_streaming()
+        sandbox.wait_entry_point()
+    manifest = logical_backup(node=node, database="app", keyring=sandbox.keyring(), locations=list(locations.values()),
+                              required={"primary", "dr"}, backup_id=backup_id, report=lambda _m: None)
+    assert manifest.details["row_counts"]["public.bulk"] == 3000000
+    with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
+        conn.execute("DROP TABLE bulk")
+    time.sleep(0)
