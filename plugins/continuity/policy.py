@@ -112,6 +112,7 @@ class DataCategory(_Model):
     rpo: Objective
     backup_frequency: Frequency
     method: str
+    backup_kinds: list[Literal["logical", "physical", "wal", "config", "objects"]] = []
 
 
 class Node(_Model):

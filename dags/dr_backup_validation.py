@@ -1,0 +1,44 @@
+"""
+### dr_backup_validation — are the backups still there, intact, fresh, and no older than needed?
+
+Daily:
+
+- `verify_and_repair`: shallow-verify every backup in every location (manifest authentic, object
+  present, size and the location's checksum as recorded); deep-verify (decrypt every chunk) the
+  newest backup of each kind and a random sample whose size the policy sets. A copy missing or bad
+  in a required location is repaired from a healthy location, verified deep, and reported. Fails
+  when anything could not be repaired.
+- `stale_backup_alarm`: fails when the newest backup of the kinds that prove a data category is
+  older than that category's RPO maximum.
+- `apply_retention`: the policy's retention per kind and location; never deletes a backup under a
+  hold (`holds/<backup id>` in the location), the newest `keep_last` full backups, or anything the
+  point-in-time recovery window needs (its base backup and every WAL file after it). Each deletion
+  is logged with its reason; trigger with `dry_run_retention` to see the plan only.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param
+
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.operators.validation import RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator
+
+with DAG(
+    dag_id="dr_backup_validation",
+    description="Verify copies in every region, repair, stale-backup alarm, retention",
+    doc_md=__doc__,
+    schedule="30 4 * * *",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=4),
+    default_args=DEFAULT_ARGS,  # verification and repair re-check before acting
+    params={"dry_run_retention": Param(False, type="boolean", title="Retention dry run",
+                                       description="Log what retention would delete, delete nothing.")},
+    tags=["continuity", "backup", "validation"],
+) as dag:
+    verify = VerifyAndRepairOperator(task_id="verify_and_repair")
+    verify >> RetentionOperator(task_id="apply_retention", dry_run="{{ params.dry_run_retention }}")
+    StaleBackupAlarmOperator(task_id="stale_backup_alarm")

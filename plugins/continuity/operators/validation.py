@@ -1,0 +1,83 @@
+"""Operators of dr_backup_validation: verify and repair copies, alarm on stale data, apply retention."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from continuity.hooks.backup import ContinuityBackupHook
+from continuity.validation import apply_retention, deep_sample, plan_retention, read_holds, stale_categories, validate_copies
+
+
+class _ValidationOperator(BaseOperator):
+    template_fields: Sequence[str] = ("policy_path",)
+
+    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keyring_conn_id = keyring_conn_id
+        self.policy_path = policy_path
+
+    def hook(self) -> ContinuityBackupHook:
+        return ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+
+
+class VerifyAndRepairOperator(_ValidationOperator):
+    """Shallow-verify every copy everywhere, deep-verify the newest of each kind and a random sample
+    (size from the policy, stable per run), and repair missing or bad required copies from a good one."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook()
+        catalog = hook.get_catalog()
+        everything = catalog.list()
+        deep_ids = deep_sample(everything, size=hook.policy.validation.deep_verify_sample, seed=context["run_id"])
+        self.log.info("%d backups; deep verification for %s", len(everything), ", ".join(sorted(deep_ids)) or "none")
+        report = validate_copies(catalog, required=hook.required_locations(), deep_ids=deep_ids, report=self.log.info)
+        problems = [*catalog.problems, *(f"{f.backup_id} in {f.location}: {f.reason}" for f in report.unrepaired)]
+        if problems:
+            raise AirflowFailException(f"{len(problems)} problems remain after repair: " + "; ".join(problems))
+        return report.to_dict() | {"deep": sorted(deep_ids)}
+
+
+class StaleBackupAlarmOperator(_ValidationOperator):
+    """Fail when the newest backup proving a data category is older than that category's RPO maximum."""
+
+    def execute(self, context: Context) -> list[str]:
+        hook = self.hook()
+        alarms = stale_categories(hook.policy, hook.get_catalog().list())
+        if alarms:
+            raise AirflowFailException("STALE BACKUPS: " + "; ".join(alarms))
+        self.log.info("every data category has a backup within its RPO maximum")
+        return alarms
+
+
+class RetentionOperator(_ValidationOperator):
+    """Apply the policy's retention in every location, logging each deletion with its reason.
+
+    :param dry_run: print the plan, delete nothing (templated: the DAG's `dry_run_retention` param).
+    """
+
+    template_fields: Sequence[str] = (*_ValidationOperator.template_fields, "dry_run")
+
+    def __init__(self, *, dry_run: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dry_run = dry_run
+
+    def execute(self, context: Context) -> dict[str, list[str]]:
+        hook = self.hook()
+        policy = hook.policy
+        dry_run = str(self.dry_run).lower() in ("true", "1", "yes")
+        catalog = hook.get_catalog()
+        deleted: dict[str, list[str]] = {}
+        for location_policy in policy.storage.locations:
+            location = catalog.locations[location_policy.name]
+            manifests = catalog.manifests_in(location.name)
+            offsite = location_policy.region != policy.topology.primary_region
+            decisions = plan_retention(policy, manifests, offsite=offsite, holds=read_holds(location))
+            deleted[location.name] = apply_retention(location, decisions, dry_run=dry_run, report=self.log.info)
+            self.log.info("location %s: keeping %d, %s %d", location.name, sum(d.keep for d in decisions),
+                          "would delete" if dry_run else "deleted", len(deleted[location.name]))
+        return deleted
