@@ -90,7 +90,8 @@ def validate_copies(
         for name in sorted(required - set(good)):
             problem = bad.get(name, f"location {name} holds no copy of {backup_id}")
             action = "corrupt" if name in bad else "missing"
-            source_name = next(iter(sorted(good)), None)
+            # Prefer a required location as the source: it is the copy the policy vouches for.
+            source_name = next(iter(sorted(good, key=lambda n: (n not in required, n))), None)
             if source_name is None:
                 result.findings.append(Finding(backup_id, name, False, "unrepairable",
                                                f"{problem}; no location holds a good copy to repair from"))

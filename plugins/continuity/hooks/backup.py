@@ -11,7 +11,7 @@ from airflow.sdk import BaseHook
 from continuity.catalog import Catalog
 from continuity.keys import Keyring
 from continuity.policy import Policy, load_policy
-from continuity.storage import StorageLocation, locations_from_policy
+from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 
 class ContinuityBackupHook(BaseHook):
@@ -58,6 +58,16 @@ class ContinuityBackupHook(BaseHook):
 
     def get_catalog(self) -> Catalog:
         return Catalog(self.get_locations(), self.get_keyring())
+
+    def exists_everywhere(self, backup_id: str) -> bool:
+        """True when an authentic copy is in every required location (a rerun of the same date)."""
+        catalog = self.get_catalog()
+        for name in self.required_locations():
+            try:
+                catalog.get(backup_id, location=name)
+            except StorageError:
+                return False
+        return True
 
     def get_conn(self) -> Catalog:
         return self.get_catalog()

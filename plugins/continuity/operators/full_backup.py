@@ -14,7 +14,6 @@ from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.keys import KeyringError
 from continuity.policy import Node
-from continuity.storage import StorageError
 
 
 def node_address(node: Node) -> NodeAddress:
@@ -33,16 +32,6 @@ class _FullBackupOperator(BaseOperator):
         super().__init__(**kwargs)
         self.keyring_conn_id = keyring_conn_id
         self.policy_path = policy_path
-
-    def _existing(self, hook: ContinuityBackupHook, backup_id: str) -> bool:
-        """True when an authentic copy is already in every required location (a rerun of the same date)."""
-        catalog = hook.get_catalog()
-        for name in hook.required_locations():
-            try:
-                catalog.get(backup_id, location=name)
-            except StorageError:
-                return False
-        return True
 
     @staticmethod
     def stamp(context: Context) -> str:
@@ -65,7 +54,7 @@ class LogicalBackupOperator(_FullBackupOperator):
         for database in policy.topology.databases:
             backup_id = f"logical-{database}-{self.stamp(context)}"
             ids.append(backup_id)
-            if self._existing(hook, backup_id):
+            if hook.exists_everywhere(backup_id):
                 self.log.info("backup %s already exists in every required location: nothing to do", backup_id)
                 continue
             try:
@@ -92,7 +81,7 @@ class PhysicalBackupOperator(_FullBackupOperator):
         policy = hook.policy
         source = policy.topology.node(policy.backups.full.backup_from_standby or policy.topology.primary.name)
         backup_id = f"physical-{source.name}-{self.stamp(context)}"
-        if self._existing(hook, backup_id):
+        if hook.exists_everywhere(backup_id):
             self.log.info("backup %s already exists in every required location: nothing to do", backup_id)
             return backup_id
         try:

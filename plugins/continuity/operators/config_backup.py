@@ -1,0 +1,53 @@
+"""ConfigBackupOperator: Airflow connections/variables, the policy and infrastructure state, encrypted."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from continuity.backup import create_backup
+from continuity.configbackup import collect
+from continuity.hooks.backup import ContinuityBackupHook
+from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
+
+
+class ConfigBackupOperator(BaseOperator):
+    """Back up the deployment's configuration as one `config` backup in every location.
+
+    Returns the backup id and counts only: secrets stay inside the encrypted archive.
+    """
+
+    template_fields: Sequence[str] = ("policy_path",)
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keyring_conn_id = keyring_conn_id
+        self.policy_path = policy_path
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        policy_file = Path(self.policy_path or os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
+        airflow = shutil.which("airflow") or str(Path(sys.executable).with_name("airflow"))
+        bundle = collect(policy_path=policy_file, airflow=airflow if Path(airflow).exists() else None,
+                         state_files=hook.policy.backups.configuration.infrastructure_state_files)
+        for note in bundle.notes:
+            self.log.info("%s", note)
+        moment = context.get("logical_date") or context["dag_run"].run_after
+        backup_id = f"config-{moment:%Y%m%dT%H%M%SZ}"
+        if hook.exists_everywhere(backup_id):
+            self.log.info("backup %s already exists in every required location: nothing to do", backup_id)
+            return {"backup_id": backup_id, "files": []}
+        manifest = create_backup(io.BytesIO(bundle.tar()), kind="config", keyring=hook.get_keyring(),
+                                 locations=list(hook.get_locations().values()), required=hook.required_locations(),
+                                 backup_id=backup_id,
+                                 details={"files": sorted(bundle.files)}, report=self.log.info)
+        return {"backup_id": manifest.backup_id, "files": sorted(bundle.files)}
