@@ -70,3 +70,10 @@ def test_dag_conventions(path: Path) -> None:
             assert task.owner == "continuity", f"{dag_id}.{task.task_id}: owner"
             assert "retries" in dag.default_args, f"{dag_id}: retries must be decided explicitly in default_args"
             assert task.retries == dag.default_args["retries"] or task.retries is not None
+
+
+def test_full_backup_schedule_is_the_policys() -> None:
+    from continuity.policy import load_policy
+
+    dag = _load(DAGS_DIR / "dr_full_backup.py").dags["dr_full_backup"]
+    assert dag.timetable.expression == load_policy().backups.full.schedule
