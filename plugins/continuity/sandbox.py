@@ -9,7 +9,6 @@ processes `up()` recorded. Secrets live only in files of mode 0600 under the san
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os

@@ -63,6 +63,20 @@ def read_back_sha256(location: StorageLocation, key: str) -> tuple[int, str]:
     return size, sha.hexdigest()
 
 
+def streamed_copy(source: StorageLocation, target: StorageLocation, key: str) -> None:
+    """Copy one object through this process, a part at a time (any kinds of location)."""
+    info = source.head(key)
+    writer = target.open_writer(key, metadata=info.metadata if info else None)
+    try:
+        with source.open_reader(key) as stream:
+            while block := stream.read(PART_SIZE):
+                writer.write(block)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 # -- S3 --------------------------------------------------------------------------------------
 class S3Location:
     """A bucket (and prefix) through a boto3 S3 client: AWS, or any endpoint_url (moto, MinIO)."""
@@ -150,16 +164,7 @@ class S3Location:
                 return
             except Exception as exc:
                 raise self._fail(f"server-side copy from {other.name}", key, exc) from exc
-        info = other.head(key)
-        writer = self.open_writer(key, metadata=info.metadata if info else None)
-        try:
-            with other.open_reader(key) as stream:
-                while block := stream.read(PART_SIZE):
-                    writer.write(block)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        streamed_copy(other, self, key)
 
 
 class _S3Writer:
@@ -291,16 +296,7 @@ class FileLocation:
             return handle.read()
 
     def copy_from(self, other: StorageLocation, key: str) -> None:
-        info = other.head(key)
-        writer = self.open_writer(key, metadata=info.metadata if info else None)
-        try:
-            with other.open_reader(key) as stream:
-                while block := stream.read(PART_SIZE):
-                    writer.write(block)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        streamed_copy(other, self, key)
 
 
 class _FileWriter:

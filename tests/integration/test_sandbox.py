@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from continuity.sandbox import ARCHIVE_SCRIPT
 

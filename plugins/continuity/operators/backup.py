@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.archive import ArchiveError
 from continuity.backup import SourceCommandFailed, backup_from_command, record_verification, verify_copy
-from continuity.hooks.backup import ContinuityBackupHook
+from continuity.operators.base import ContinuityBackupOperator
 from continuity.keys import KeyringError
 
 
-class StreamCommandToBackupOperator(BaseOperator):
+class StreamCommandToBackupOperator(ContinuityBackupOperator):
     """Run a command and stream its stdout, encrypted, into every storage location of the policy.
 
     Nothing is staged on local disk. Progress (bytes, MiB/s) is logged every few seconds. The backup
@@ -27,15 +27,14 @@ class StreamCommandToBackupOperator(BaseOperator):
     :param backup_id: id to use (default: KIND-TIMESTAMP-RANDOM).
     :param env: extra environment for the command (e.g. PGPASSWORD from a connection).
     :param details: extra manifest details.
-    :param keyring_conn_id: connection of the keyring.
     """
 
-    template_fields: Sequence[str] = ("command", "kind", "backup_label", "backup_id", "details")
+    template_fields: Sequence[str] = (*ContinuityBackupOperator.template_fields, "command", "kind", "backup_label",
+                                      "backup_id", "details")
     ui_color = "#fdebd0"
 
     def __init__(self, *, command: Sequence[str], kind: str, label: str | None = None, backup_id: str | None = None,
-                 env: dict[str, str] | None = None, details: dict[str, Any] | None = None,
-                 keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None, **kwargs: Any) -> None:
+                 env: dict[str, str] | None = None, details: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.command = command
         self.kind = kind
@@ -43,11 +42,9 @@ class StreamCommandToBackupOperator(BaseOperator):
         self.backup_id = backup_id
         self.env = env
         self.details = details
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
 
     def execute(self, context: Context) -> str:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         locations = hook.get_locations()
         self.log.info("backing up the output of %s into %s (required: %s)", self.command[0], ", ".join(locations),
                       ", ".join(sorted(hook.required_locations())))
@@ -62,7 +59,7 @@ class StreamCommandToBackupOperator(BaseOperator):
         return manifest.backup_id
 
 
-class VerifyBackupOperator(BaseOperator):
+class VerifyBackupOperator(ContinuityBackupOperator):
     """Verify every copy of a backup (shallow, or deep: decrypt and checksum every chunk).
 
     Each result is recorded in that location's manifest and logged; the task fails naming each
@@ -73,20 +70,18 @@ class VerifyBackupOperator(BaseOperator):
     :param locations: restrict to these location names (default: every location holding it).
     """
 
-    template_fields: Sequence[str] = ("backup_id", "locations")
+    template_fields: Sequence[str] = (*ContinuityBackupOperator.template_fields, "backup_id", "locations")
     ui_color = "#d5f5e3"
 
     def __init__(self, *, backup_id: str, deep: bool = False, locations: Sequence[str] | None = None,
-                 keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
         self.deep = deep
         self.locations = locations
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         catalog = hook.get_catalog()
         results = []
         for name, location in catalog.locations.items():

@@ -6,35 +6,27 @@ import io
 import os
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 
 from continuity.backup import create_backup
 from continuity.configbackup import collect
-from continuity.hooks.backup import ContinuityBackupHook
+from continuity.operators.base import ContinuityBackupOperator
 from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
 
 
-class ConfigBackupOperator(BaseOperator):
+class ConfigBackupOperator(ContinuityBackupOperator):
     """Back up the deployment's configuration as one `config` backup in every location.
 
     Returns the backup id and counts only: secrets stay inside the encrypted archive.
     """
 
-    template_fields: Sequence[str] = ("policy_path",)
     ui_color = "#fdebd0"
 
-    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
-
     def execute(self, context: Context) -> dict[str, Any]:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         policy_file = Path(self.policy_path or os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
         airflow = shutil.which("airflow") or str(Path(sys.executable).with_name("airflow"))
         bundle = collect(policy_path=policy_file, airflow=airflow if Path(airflow).exists() else None,

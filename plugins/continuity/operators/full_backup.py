@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.archive import ArchiveError
 from continuity.dumps import NodeAddress, logical_backup, physical_backup
-from continuity.hooks.backup import ContinuityBackupHook
+from continuity.operators.base import ContinuityBackupOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.keys import KeyringError
 from continuity.policy import Node
@@ -23,15 +21,8 @@ def node_address(node: Node) -> NodeAddress:
                        user=conn.login or "postgres", password=conn.password)
 
 
-class _FullBackupOperator(BaseOperator):
-    template_fields: Sequence[str] = ("policy_path",)
+class _FullBackupOperator(ContinuityBackupOperator):
     ui_color = "#fdebd0"
-
-    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
 
     @staticmethod
     def stamp(context: Context) -> str:
@@ -47,7 +38,7 @@ class LogicalBackupOperator(_FullBackupOperator):
     """
 
     def execute(self, context: Context) -> list[str]:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         policy = hook.policy
         node = node_address(policy.topology.primary)
         ids = []
@@ -77,7 +68,7 @@ class PhysicalBackupOperator(_FullBackupOperator):
     """
 
     def execute(self, context: Context) -> str:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         policy = hook.policy
         source = policy.topology.node(policy.backups.full.backup_from_standby or policy.topology.primary.name)
         backup_id = f"physical-{source.name}-{self.stamp(context)}"

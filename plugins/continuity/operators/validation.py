@@ -5,27 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.hooks.backup import ContinuityBackupHook
+from continuity.operators.base import ContinuityBackupOperator
 from continuity.validation import apply_retention, deep_sample, plan_retention, read_holds, stale_categories, validate_copies
 
 
-class _ValidationOperator(BaseOperator):
-    template_fields: Sequence[str] = ("policy_path",)
-
-    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
-
-    def hook(self) -> ContinuityBackupHook:
-        return ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
-
-
-class VerifyAndRepairOperator(_ValidationOperator):
+class VerifyAndRepairOperator(ContinuityBackupOperator):
     """Shallow-verify every copy everywhere, deep-verify the newest of each kind and a random sample
     (size from the policy, stable per run), and repair missing or bad required copies from a good one."""
 
@@ -42,7 +29,7 @@ class VerifyAndRepairOperator(_ValidationOperator):
         return report.to_dict() | {"deep": sorted(deep_ids)}
 
 
-class StaleBackupAlarmOperator(_ValidationOperator):
+class StaleBackupAlarmOperator(ContinuityBackupOperator):
     """Fail when the newest backup proving a data category is older than that category's RPO maximum."""
 
     def execute(self, context: Context) -> list[str]:
@@ -54,13 +41,13 @@ class StaleBackupAlarmOperator(_ValidationOperator):
         return alarms
 
 
-class RetentionOperator(_ValidationOperator):
+class RetentionOperator(ContinuityBackupOperator):
     """Apply the policy's retention in every location, logging each deletion with its reason.
 
     :param dry_run: print the plan, delete nothing (templated: the DAG's `dry_run_retention` param).
     """
 
-    template_fields: Sequence[str] = (*_ValidationOperator.template_fields, "dry_run")
+    template_fields: Sequence[str] = (*ContinuityBackupOperator.template_fields, "dry_run")
 
     def __init__(self, *, dry_run: bool | str = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

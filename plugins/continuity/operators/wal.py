@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.hooks.backup import ContinuityBackupHook
+from continuity.operators.base import ContinuityBackupOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.health import WAL_SPOOL_ENV_VAR
 from continuity.policy import format_duration
@@ -51,24 +52,21 @@ class SwitchWalOperator(BaseOperator):
             time.sleep(0.5)
 
 
-class ShipWalOperator(BaseOperator):
+class ShipWalOperator(ContinuityBackupOperator):
     """Ship every completed file of the archive spool to every location and empty the spool.
 
     :param spool_dir: the archive spool (default: $CONTINUITY_WAL_SPOOL).
     """
 
-    template_fields: Sequence[str] = ("spool_dir", "policy_path")
+    template_fields: Sequence[str] = (*ContinuityBackupOperator.template_fields, "spool_dir")
     ui_color = "#fdebd0"
 
-    def __init__(self, *, spool_dir: str | None = None, keyring_conn_id: str = "continuity_keyring",
-                 policy_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, spool_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spool_dir = spool_dir
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
 
     def execute(self, context: Context) -> dict[str, Any]:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         policy = hook.policy
         spool = Path(self.spool_dir or os.environ.get(WAL_SPOOL_ENV_VAR, ""))
         if not spool.is_dir():
@@ -101,19 +99,11 @@ class ShipWalOperator(BaseOperator):
         return {"shipped": result.shipped, "already_shipped": result.already_shipped, "replicated": result.replicated}
 
 
-class WalContinuityOperator(BaseOperator):
+class WalContinuityOperator(ContinuityBackupOperator):
     """Fail when any required location's WAL sequence has a gap, per timeline, from the oldest kept base backup."""
 
-    template_fields: Sequence[str] = ("policy_path",)
-
-    def __init__(self, *, keyring_conn_id: str = "continuity_keyring", policy_path: str | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
-
     def execute(self, context: Context) -> dict[str, Any]:
-        hook = ContinuityBackupHook(keyring_conn_id=self.keyring_conn_id, policy_path=self.policy_path)
+        hook = self.hook()
         catalog = hook.get_catalog()
         summary: dict[str, Any] = {}
         problems: list[str] = []
