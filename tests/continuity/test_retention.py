@@ -101,3 +101,25 @@ def test_deep_sample_is_newest_of_each_kind_plus_a_stable_random_sample(seed: st
     assert {"physical-000", "logical-000"} <= chosen
     assert len(chosen) == 3 + 2  # newest physical, logical, wal + 2
     assert deep_sample(catalog, size=2, seed=seed) == chosen
+
+
+def test_dry_run_deletes_nothing_and_a_real_run_deletes_manifest_and_data(tmp_path) -> None:
+    from continuity.manifest import data_key_name, manifest_key_name
+    from continuity.storage import FileLocation
+    from continuity.validation import apply_retention
+
+    location = FileLocation(name="primary", region="us-east-1", path=tmp_path)
+    catalog = [_manifest("logical-old", "logical", timedelta(days=90))] + \
+        [_manifest(f"logical-new-{i}", "logical", timedelta(days=i)) for i in range(3)]
+    for manifest in catalog:
+        location.put_bytes(manifest_key_name(manifest.backup_id), manifest.to_json())
+        location.put_bytes(data_key_name(manifest.kind, manifest.backup_id), b"archive")
+    decisions = plan_retention(POLICY, catalog, offsite=False, holds=set(), now=NOW)
+    said: list[str] = []
+    assert apply_retention(location, decisions, dry_run=True, report=said.append) == ["logical-old"]
+    assert said == ["would delete logical-old from primary: 90d old, past its retention of 30d"]
+    assert location.head(manifest_key_name("logical-old")) is not None
+    assert apply_retention(location, decisions, dry_run=False, report=said.append) == ["logical-old"]
+    assert location.head(manifest_key_name("logical-old")) is None
+    assert location.head(data_key_name("logical", "logical-old")) is None
+    assert location.head(manifest_key_name("logical-new-0")) is not None

@@ -97,3 +97,28 @@ def test_a_missing_segment_fails_continuity_naming_it(sandbox, capfd: pytest.Cap
             dr.put_bytes(key, data)
     healed = load_dag("dr_wal_archive").test()
     assert str(healed.state) == "success"
+
+
+def test_a_failing_archiver_fails_the_run_with_its_reason(sandbox, capfd: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    spool = sandbox.spool_dir
+    primary = sandbox.node("primary")
+    spool.chmod(0o550)  # the archive_command can no longer write its temporary file
+    try:
+        _write(sandbox)
+        with primary.connect() as conn:
+            conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 30
+        while not primary.archiver().failing and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert primary.archiver().failing
+        run = load_dag("dr_wal_archive").test()
+        assert str(run.state) == "failed"
+        assert "the archiver on primary is failing" in capfd.readouterr().out
+    finally:
+        spool.chmod(0o750)
+    deadline = time.monotonic() + 60  # the archiver retries on its own once it can write again
+    while primary.archiver().failing and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert str(load_dag("dr_wal_archive").test().state) == "success"
