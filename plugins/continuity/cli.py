@@ -295,10 +295,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from continuity.archive import IntegrityError
     from continuity.backup import restore_copy
 
+    if args.to_cluster:
+        return _restore_to_cluster(args)
+    if args.backup_id is None:
+        raise UsageError("a backup id is needed (only --to-cluster can choose one from --time)")
+    if args.time or args.port:
+        raise UsageError("--time and --port go with --to-cluster")
     ctx = _context(args)
     manifest, first = ctx.catalog.get(args.backup_id, location=args.location)
     order = [args.location or first] + [n for n in ctx.locations if n != (args.location or first)]
     report = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.to_database:
+        return _restore_to_database(ctx, manifest, order[0], args.to_database)
     if args.to == "-":
         restore_copy(manifest, ctx.locations[order[0]], ctx.keyring, sys.stdout.buffer, report=report)
         sys.stdout.buffer.flush()
@@ -323,6 +331,75 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"restored backup {manifest.backup_id} from location {name}: {size:,} bytes to {target}", file=sys.stderr)
         return EXIT_OK
     raise IntegrityError(f"backup {manifest.backup_id}: no location holds a good copy: " + "; ".join(failures))
+
+
+def _restore_to_database(ctx, manifest, location: str, dsn: str) -> int:
+    import psycopg
+
+    from continuity.dumps import find_tool
+    from continuity.backup import restore_copy
+
+    if manifest.kind != "logical":
+        raise UsageError(f"backup {manifest.backup_id} is {manifest.kind}; --to-database takes a logical backup")
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+                              "'information_schema')").fetchone()[0]
+    if tables:
+        raise UsageError(f"--to-database: the target already holds {tables} tables; refusing to restore over them")
+    process = subprocess.Popen([find_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", dsn],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    try:
+        restore_copy(manifest, ctx.locations[location], ctx.keyring, process.stdin)
+    finally:
+        process.stdin.close()
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.wait() != 0:
+        raise UsageError(f"pg_restore failed: {stderr.strip().splitlines()[-1] if stderr.strip() else process.returncode}")
+    counts = manifest.details.get("row_counts", {})
+    print(f"restored {manifest.backup_id} from location {location}: {len(counts)} tables, "
+          f"{sum(counts.values()):,} rows expected per the manifest", file=sys.stderr)
+    return EXIT_OK
+
+
+def _restore_to_cluster(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from continuity.localcluster import LocalCluster, ServiceUser, find_bindir, free_port
+    from continuity.restore import ScratchCluster, choose_base_backup, restore_physical
+
+    target = Path(args.to_cluster).absolute()
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"--to-cluster {target}: exists and is not empty; refusing to overwrite it")
+    when = None
+    if args.time:
+        try:
+            when = datetime.fromisoformat(args.time)
+        except ValueError:
+            raise UsageError(f"--time {args.time!r}: expected ISO 8601, e.g. 2026-11-26T03:15:00Z") from None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    user = ServiceUser.detect()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if user.is_other and subprocess.run(user.command(["test", "-w", str(target.parent), "-a", "-x", str(target.parent)]),
+                                        check=False).returncode != 0:
+        raise UsageError(f"--to-cluster {target}: the OS user {user.name!r}, which PostgreSQL runs as, cannot write "
+                         f"in {target.parent}; choose a directory it can reach (e.g. under /var/lib/postgresql or /tmp)")
+    ctx = _context(args)
+    location = args.location or sorted(ctx.required)[0]
+    base = ctx.catalog.get(args.backup_id, location=location)[0] if args.backup_id else \
+        choose_base_backup(ctx.catalog, location, when)
+    if base.kind != "physical":
+        raise UsageError(f"backup {base.backup_id} is {base.kind}; --to-cluster takes a physical backup")
+    work = user.make_dir(target.parent / f".{target.name}.continuity", 0o755)
+    cluster = LocalCluster(name=target.name, data_dir=target, port=args.port or free_port(),
+                           socket_dir=user.make_dir(work / "run", 0o755), log_file=work / "postgres.log",
+                           user=user, bindir=find_bindir())
+    restore_physical(catalog=ctx.catalog, location=location, scratch=ScratchCluster(root=work, cluster=cluster),
+                     base=base, target_time=when, report=lambda m: print(m, file=sys.stderr))
+    print(f"cluster {target} recovered from {base.backup_id} (location {location}) and running on port {cluster.port}; "
+          f"connect: psql -h {cluster.socket_dir} -p {cluster.port} -U postgres; "
+          f"stop: pg_ctl -D {target} stop")
+    return EXIT_OK
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
@@ -463,9 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--location")
     verify.set_defaults(func=cmd_backups_verify)
 
-    restore = with_storage(sub.add_parser("restore", help="restore a backup's bytes"))
-    restore.add_argument("backup_id")
-    restore.add_argument("--to", required=True, help="PATH (must not exist or be empty), or - for stdout")
+    restore = with_storage(sub.add_parser("restore", help="restore a backup: its bytes, a database, or a cluster"))
+    restore.add_argument("backup_id", nargs="?", help="the backup (physical restores may give --time instead)")
+    target = restore.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", help="PATH (must not exist or be empty), or - for stdout: the backup's bytes")
+    target.add_argument("--to-database", metavar="DSN", help="an empty database: pg_restore a logical backup into it")
+    target.add_argument("--to-cluster", metavar="DIR", help="a new data directory: base backup + WAL, recovered and started")
+    restore.add_argument("--time", help="with --to-cluster: recover to this point in time (ISO 8601, UTC if no zone)")
+    restore.add_argument("--port", type=int, help="with --to-cluster: port to start it on (default: a free one)")
     restore.add_argument("--location", help="read this location first")
     restore.set_defaults(func=cmd_restore)
 
@@ -497,6 +579,8 @@ def main(args: Sequence[str] | None = None) -> int:
         format="%(message)s" if not parsed.verbose else "%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from continuity.dumps import DumpFailed
+    from continuity.restore import RestoreError
     from continuity.sandbox import SandboxError
 
     try:
@@ -515,7 +599,7 @@ def main(args: Sequence[str] | None = None) -> int:
         return _fail(f"storage request failed: {exc}", "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
     except NodeUnreachable as exc:
         return _fail(str(exc), "is the node running? `continuity sandbox status` shows the sandbox", EXIT_UNREACHABLE)
-    except (SandboxError, ClusterError) as exc:
+    except (SandboxError, ClusterError, RestoreError, DumpFailed) as exc:
         return _fail(str(exc), None, EXIT_FAILURE)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -88,3 +88,61 @@ def test_logical_restore_into_scratch_has_the_manifest_counts(sandbox) -> None:
         database = restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch)
         with scratch.connect(database) as conn:
             assert row_counts(conn) == manifest.details["row_counts"]
+
+
+def _cli(sandbox, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "continuity.cli", "restore", *args, "--root", str(sandbox.root)],
+                          capture_output=True, text=True, env={**os.environ})
+
+
+def test_cli_restores_a_point_in_time_to_a_cluster_directory(sandbox, pitr_setup) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from continuity.localcluster import ServiceUser
+
+    _, target = pitr_setup
+    tmp_path = Path(tempfile.mkdtemp(prefix="continuity-sandbox-cli-restore-"))
+    ServiceUser.detect().make_dir(tmp_path, 0o755)
+    data_dir = tmp_path / "rebuilt"
+    result = _cli(sandbox, "--time", target.isoformat(), "--to-cluster", str(data_dir), "--location", "dr")
+    assert result.returncode == 0, result.stderr
+    assert "running on port" in result.stdout
+    from continuity.localcluster import LocalCluster, ServiceUser, find_bindir
+
+    port = int(result.stdout.split("running on port ")[1].split(";")[0])
+    socket_dir = tmp_path / ".rebuilt.continuity" / "run"
+    cluster = LocalCluster(name="rebuilt", data_dir=data_dir, port=port, socket_dir=socket_dir,
+                           log_file=tmp_path / "x.log", user=ServiceUser.detect(), bindir=find_bindir())
+    try:
+        with psycopg.connect(host=str(socket_dir), port=port, user="postgres", dbname="app") as conn:
+            assert {r[0] for r in conn.execute("SELECT name FROM pitr_marks")} == {"A"}
+    finally:
+        cluster.stop(mode="immediate")
+    refused = _cli(sandbox, "--time", target.isoformat(), "--to-cluster", str(data_dir))
+    assert refused.returncode == 2 and "not empty; refusing to overwrite" in refused.stderr
+    outside = _cli(sandbox, "--time", "2020-01-01T00:00:00Z", "--to-cluster", str(tmp_path / "other"))
+    assert outside.returncode == 1 and "outside the recovery window" in outside.stderr
+    assert "Traceback" not in outside.stderr
+    shutil.rmtree(tmp_path)
+
+
+def test_cli_restores_a_logical_backup_into_an_empty_database(sandbox) -> None:
+    catalog = _catalog(sandbox)
+    manifest = logical_backup(node=_node(sandbox, "primary"), database="app", keyring=sandbox.keyring(),
+                              locations=list(catalog.locations.values()), required={"primary", "dr"},
+                              backup_id=f"logical-app-cli-{time.time_ns()}", report=lambda _m: None)
+    with scratch_cluster() as scratch:
+        scratch.cluster.psql("CREATE DATABASE target;")
+        dsn = scratch.conninfo("target")
+        result = _cli(sandbox, manifest.backup_id, "--to-database", dsn)
+        assert result.returncode == 0, result.stderr
+        with scratch.connect("target") as conn:
+            assert row_counts(conn) == manifest.details["row_counts"]
+        again = _cli(sandbox, manifest.backup_id, "--to-database", dsn)
+        assert again.returncode == 2 and "refusing to restore over them" in again.stderr
