@@ -146,3 +146,29 @@ def test_cli_restores_a_logical_backup_into_an_empty_database(sandbox) -> None:
             assert row_counts(conn) == manifest.details["row_counts"]
         again = _cli(sandbox, manifest.backup_id, "--to-database", dsn)
         assert again.returncode == 2 and "refusing to restore over them" in again.stderr
+
+
+def test_great_expectations_pass_on_a_faithful_restore_and_name_what_broke(sandbox) -> None:
+    from continuity.expectations import validate_restored
+
+    catalog = _catalog(sandbox)
+    manifest = logical_backup(node=_node(sandbox, "primary"), database="app", keyring=sandbox.keyring(),
+                              locations=list(catalog.locations.values()), required={"primary", "dr"},
+                              backup_id=f"logical-app-gx-{time.time_ns()}", report=lambda _m: None)
+    with scratch_cluster() as scratch:
+        database = restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch)
+        checks = validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
+                                   database=database)
+        assert all(c.success for c in checks), [c for c in checks if not c.success]
+        kinds = {c.expectation for c in checks}
+        assert {"expect_table_row_count_to_equal", "expect_column_values_to_be_unique", "unexpected_rows_expectation",
+                "expect_column_max_to_be_between", "schema_fingerprint_matches"} <= kinds
+        with scratch.connect(database, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")  # rows vanish behind the constraints' back
+            conn.execute("DELETE FROM videos WHERE id <= 10")
+        broken = [c for c in validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir,
+                                               port=scratch.port, database=database) if not c.success]
+        described = {(c.table, c.expectation) for c in broken}
+        assert ("videos", "expect_table_row_count_to_equal") in described
+        assert ("(schema)", "schema_fingerprint_matches") not in described, "the schema itself is intact"
+        assert any(c.table == "detections" and "detections_video_id_fkey" in c.description for c in broken)
