@@ -105,6 +105,20 @@ _FINGERPRINT = """
 """
 
 
+# Single-column foreign keys as [schema.table, column, schema.referenced table, column]: a sample
+# restore takes a table's parents with it so that its foreign keys can be checked.
+_FOREIGN_KEY_COLUMNS = """
+    SELECT n.nspname || '.' || c.relname, a.attname, rn.nspname || '.' || rc.relname, ra.attname
+    FROM pg_constraint con
+    JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_class rc ON rc.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = con.conkey[1]
+    JOIN pg_attribute ra ON ra.attrelid = rc.oid AND ra.attnum = con.confkey[1]
+    WHERE con.contype = 'f' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    ORDER BY 1, 2
+"""
+
+
 def row_counts(conn: psycopg.Connection) -> dict[str, int]:
     counts: dict[str, int] = {}
     for schema, name in conn.execute(_TABLES).fetchall():
@@ -146,6 +160,7 @@ def logical_backup(
             ).fetchone()
             counts = row_counts(conn)
             fingerprint = schema_fingerprint(conn)
+            foreign_keys = [list(row) for row in conn.execute(_FOREIGN_KEY_COLUMNS).fetchall()]
             report(f"{where}: snapshot {snapshot} at LSN {position[0]}; {len(counts)} tables, "
                    f"{sum(counts.values()):,} rows counted in that snapshot")
             argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom", "--no-password",
@@ -155,7 +170,7 @@ def logical_backup(
                 backup_id=backup_id, report=report, versions={"pg_dump": tool_version(pg_dump), "server": position[2]},
                 source_info={"node": node.name, "database": database, "lsn": position[0], "timeline": position[1]},
                 details={"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint,
-                         "format": "pg_dump custom"},
+                         "foreign_keys": foreign_keys, "format": "pg_dump custom"},
             )
             conn.execute("COMMIT")
     except SourceCommandFailed as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -92,33 +93,90 @@ def scratch_cluster(*, initdb: bool = True, prefix: str = "continuity-scratch-")
 
 
 # -- logical -----------------------------------------------------------------------------------
+def sample_tables(manifest: Manifest, *, size: int, critical: list[str], seed: str) -> list[str]:
+    """`size` random tables (stable for a seed) plus the critical ones, closed over foreign-key parents."""
+    tables = sorted(name.split(".", 1)[-1] for name in manifest.details.get("row_counts", {}))
+    chosen = {t for t in critical if t in tables}
+    rest = sorted(set(tables) - chosen)
+    chosen |= set(random.Random(seed).sample(rest, min(size, len(rest))))
+    parents = {}
+    for table, _column, parent, _ref in manifest.details.get("foreign_keys", []):
+        parents.setdefault(table.split(".", 1)[-1], set()).add(parent.split(".", 1)[-1])
+    queue = list(chosen)
+    while queue:
+        for parent in parents.get(queue.pop(), ()):
+            if parent not in chosen:
+                chosen.add(parent)
+                queue.append(parent)
+    return sorted(chosen)
+
+
+def _toc_for(listing: str, tables: set[str]) -> str:
+    """Keep the TOC entries of the chosen tables: definition, data, keys and foreign keys."""
+    kept = []
+    for line in listing.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        # "ID; CLASS OID TYPE [TYPE2] schema name owner"; TYPE may be two words (TABLE DATA, FK CONSTRAINT)
+        body = line.split(";", 1)[1].split()
+        kind = " ".join(body[2:4]) if body[2:4] in (["TABLE", "DATA"], ["FK", "CONSTRAINT"]) else body[2]
+        names = body[4:] if " " in kind else body[3:]
+        if kind in ("TABLE", "TABLE DATA", "CONSTRAINT", "FK CONSTRAINT") and len(names) >= 2 and names[1] in tables:
+            kept.append(line)
+        elif kind in ("SCHEMA", "EXTENSION", "TYPE", "FUNCTION", "SEQUENCE", "SEQUENCE SET", "SEQUENCE OWNED BY"):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def restore_logical(manifest: Manifest, *, catalog: Catalog, location: str, scratch: ScratchCluster,
                     database: str | None = None, tables: list[str] | None = None) -> str:
-    """Restore a logical dump into a new database of the scratch cluster, streaming (no staging)."""
+    """Restore a logical dump (or only `tables`) into a new database of the scratch cluster, streaming."""
     if manifest.kind != "logical":
         raise RestoreError(f"backup {manifest.backup_id} is a {manifest.kind} backup, not a logical dump")
     database = database or manifest.source.get("database", "restored")
     cluster = scratch.cluster
+    pg_restore = find_tool("pg_restore")
     cluster.psql(f'CREATE DATABASE "{database}";')
-    argv = [find_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
+    argv = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
             "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres", "-d", database]
-    for table in tables or []:
-        argv += ["--table", table.split(".")[-1]]
-    process = subprocess.Popen(cluster.user.command(argv), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdin is not None
     started = time.monotonic()
+    if tables:
+        # The custom format starts with its table of contents: list it, keep the sample's entries.
+        listing = _stream_into([pg_restore, "--list"], manifest, catalog, location, user=None)
+        toc = scratch.root / "sample.toc"
+        toc.write_text(_toc_for(listing, set(tables)))
+        toc.chmod(0o644)
+        argv += ["--use-list", str(toc)]
+    _stream_into(argv, manifest, catalog, location, user=cluster.user)
+    scratch.timings["restore"] = time.monotonic() - started
+    return database
+
+
+def _stream_into(argv: list[str], manifest: Manifest, catalog: Catalog, location: str,
+                 *, user: ServiceUser | None) -> str:
+    """Decrypt a backup into a tool's stdin; returns its stdout. A tool that stops reading early is fine."""
+    process = subprocess.Popen(user.command(argv) if user else argv, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
+    reader.start()
     try:
         restore_copy(manifest, catalog.locations[location], catalog.keyring, process.stdin)
     except BrokenPipeError:
         pass
     finally:
-        process.stdin.close()
+        try:
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+    reader.join()
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.wait() != 0:
-        raise RestoreError(f"pg_restore of backup {manifest.backup_id} from location {location} failed: "
+        name = Path(argv[0]).name
+        raise RestoreError(f"{name} of backup {manifest.backup_id} from location {location} failed: "
                            f"{stderr.strip().splitlines()[-1] if stderr.strip() else process.returncode}")
-    scratch.timings["restore"] = time.monotonic() - started
-    return database
+    return b"".join(output).decode(errors="replace")
 
 
 # -- physical and point-in-time ------------------------------------------------------------------

@@ -172,3 +172,28 @@ def test_great_expectations_pass_on_a_faithful_restore_and_name_what_broke(sandb
         assert ("videos", "expect_table_row_count_to_equal") in described
         assert ("(schema)", "schema_fingerprint_matches") not in described, "the schema itself is intact"
         assert any(c.table == "detections" and "detections_video_id_fkey" in c.description for c in broken)
+
+
+def test_sample_restore_takes_foreign_key_parents_and_validates(sandbox) -> None:
+    from continuity.expectations import validate_restored
+    from continuity.restore import sample_tables
+
+    catalog = _catalog(sandbox)
+    manifest = logical_backup(node=_node(sandbox, "primary"), database="app", keyring=sandbox.keyring(),
+                              locations=list(catalog.locations.values()), required={"primary", "dr"},
+                              backup_id=f"logical-app-sample-{time.time_ns()}", report=lambda _m: None)
+    assert ["public.annotations", "video_id", "public.videos", "id"] in manifest.details["foreign_keys"]
+    sample = sample_tables(manifest, size=1, critical=["users"], seed="fixed")
+    assert "users" in sample
+    assert sample == sample_tables(manifest, size=1, critical=["users"], seed="fixed"), "stable per seed"
+    detections_sample = sample_tables(manifest, size=0, critical=["detections"], seed="x")
+    assert detections_sample == ["detections", "projects", "users", "videos"], "parents come along"
+    with scratch_cluster() as scratch:
+        database = restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch, tables=detections_sample)
+        with scratch.connect(database) as conn:
+            restored = row_counts(conn)
+        assert set(restored) == {f"public.{t}" for t in detections_sample}
+        checks = validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
+                                   database=database, tables=detections_sample)
+        assert checks and all(c.success for c in checks), [c for c in checks if not c.success]
+        assert any("detections_video_id_fkey" in c.description for c in checks)
