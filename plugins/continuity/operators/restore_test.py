@@ -1,0 +1,43 @@
+"""SampleRestoreTestOperator: the weekly cross-region sample restore with its report."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from continuity.operators.base import ContinuityBackupOperator
+from continuity.restore import RestoreError
+from continuity.restore_test import run_sample_restore_test, store_report
+
+
+class SampleRestoreTestOperator(ContinuityBackupOperator):
+    """Restore a sample of a DR-region logical backup into a scratch cluster, validate it with Great
+    Expectations, measure and extrapolate the restore time against the RTO targets, and write the
+    report (JSON + Markdown) to every required location. The scratch cluster is always removed.
+    Fails, after writing the report, naming each expectation that broke."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook()
+        catalog = hook.get_catalog()
+        try:
+            result = run_sample_restore_test(catalog=catalog, policy=hook.policy, seed=context["run_id"],
+                                             report=self.log.info)
+        except RestoreError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
+        required = [catalog.locations[n] for n in sorted(hook.required_locations())]
+        for key in store_report(result, required, name=name):
+            self.log.info("report written to %s", key)
+        self.log.info("backup %s restored from %s: %d tables, %s s, full restore extrapolated to %s s",
+                      result["backup_id"], result["restored_from"], len(result["tables"]), result["restore_seconds"],
+                      result["extrapolated_full_restore_seconds"])
+        for objective in result["objectives"]:
+            self.log.info("%s: RTO target %s %s", objective["function"], objective["rto_target"],
+                          "met" if objective["within_target"] else "MISSED")
+        if not result["success"]:
+            raise AirflowFailException("restore test failed: " + "; ".join(result["failed_checks"] or ["RTO maximum exceeded"]))
+        return {k: result[k] for k in ("backup_id", "restored_from", "corrupt_copies", "tables", "restore_seconds",
+                                       "extrapolated_full_restore_seconds", "success")}

@@ -1,0 +1,125 @@
+"""The weekly sample restore test: prove the DR region can restore, measure it, compare with RTO.
+
+A logical backup from the DR region (never the primary region), chosen at random among the last
+week's but stable for a run id, is restored as a sample of tables into a scratch cluster and
+validated; the restore time is extrapolated to the full database and compared with the RTO of
+every business function that depends on the database. The report is JSON plus Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from continuity.archive import IntegrityError
+from continuity.catalog import Catalog
+from continuity.expectations import load_suite, validate_restored
+from continuity.manifest import Manifest
+from continuity.policy import Policy, format_duration
+from continuity.restore import RestoreError, restore_logical, sample_tables, scratch_cluster
+from continuity.storage import StorageLocation
+
+REPORT_PREFIX = "reports/restore-test/"
+
+
+def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, days: int = 7) -> Manifest:
+    recent = [m for m in catalog.list(kind="logical", location=location) if m.finished_at >= now - timedelta(days=days)]
+    if not recent:
+        raise RestoreError(f"location {location} holds no logical backup from the last {days} days to test")
+    return random.Random(seed).choice(sorted(recent, key=lambda m: m.backup_id))
+
+
+def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, report: Callable[[str], None],
+                            now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(timezone.utc)
+    dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
+    if not dr_locations:
+        raise RestoreError(f"the policy has no storage location in the DR region {policy.topology.dr_region}")
+    chosen_location = dr_locations[0]
+    manifest = pick_backup(catalog, chosen_location, seed=seed, now=now)
+    suite = load_suite(manifest.source.get("database", "app"))
+    critical = sorted(set(policy.validation.restore_test.critical_tables) | set(suite.get("critical_tables", [])))
+    tables = sample_tables(manifest, size=policy.validation.restore_test.sample_tables, critical=critical, seed=seed)
+    report(f"testing backup {manifest.backup_id} from location {chosen_location}: sample {', '.join(tables)}")
+    fallbacks = [chosen_location] + [loc.name for loc in policy.storage.locations
+                                     if loc.name != chosen_location and loc.name in catalog.locations]
+    corrupt: list[str] = []
+    with scratch_cluster() as scratch:
+        used = None
+        for location in fallbacks:
+            database = f"restored_{len(corrupt)}"
+            try:
+                restore_logical(manifest, catalog=catalog, location=location, scratch=scratch, database=database,
+                                tables=tables)
+            except IntegrityError as exc:
+                corrupt.append(f"{location}: {exc}")
+                report(f"CORRUPT copy of {manifest.backup_id} in location {location}: {exc}; trying the next location")
+                continue
+            used = location
+            break
+        if used is None:
+            raise RestoreError(f"no location holds a good copy of {manifest.backup_id}: " + "; ".join(corrupt))
+        restore_seconds = scratch.timings["restore"]
+        checks = validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
+                                   database=database, tables=tables, suite=suite)
+    counts = {k.split(".", 1)[-1]: v for k, v in manifest.details["row_counts"].items()}
+    sample_rows = sum(counts[t] for t in tables)
+    total_rows = sum(counts.values()) or 1
+    extrapolated = restore_seconds * total_rows / max(sample_rows, 1)
+    objectives = []
+    for name, function in sorted(policy.functions_depending_on("database").items()):
+        objectives.append({
+            "function": name, "rto_target": format_duration(function.rto.target),
+            "rto_maximum": format_duration(function.rto.maximum),
+            "within_target": extrapolated <= function.rto.target.total_seconds(),
+            "within_maximum": extrapolated <= function.rto.maximum.total_seconds(),
+        })
+    failed = [c for c in checks if not c.success]
+    return {
+        "kind": "restore-test", "tested_at": now.isoformat(), "backup_id": manifest.backup_id,
+        "backup_finished_at": manifest.finished_at.isoformat(), "chosen_location": chosen_location,
+        "restored_from": used, "corrupt_copies": corrupt, "tables": tables,
+        "sample_rows": sample_rows, "total_rows": total_rows,
+        "restore_seconds": round(restore_seconds, 3),
+        "rows_per_second": round(sample_rows / max(restore_seconds, 1e-9)),
+        "extrapolated_full_restore_seconds": round(extrapolated, 3),
+        "objectives": objectives,
+        "checks": [{"table": c.table, "expectation": c.expectation, "success": c.success,
+                    "observed": c.observed, "description": c.description} for c in checks],
+        "success": not failed and all(o["within_maximum"] for o in objectives),
+        "failed_checks": [f"{c.table}: {c.description} (observed {c.observed})" for c in failed],
+    }
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Restore test {result['tested_at']}: {'PASS' if result['success'] else 'FAIL'}",
+        "",
+        f"- backup: `{result['backup_id']}` (finished {result['backup_finished_at']})",
+        f"- chosen location: {result['chosen_location']}; restored from: {result['restored_from']}",
+        f"- sample: {', '.join(result['tables'])} ({result['sample_rows']:,} of {result['total_rows']:,} rows)",
+        f"- restore time: {result['restore_seconds']} s ({result['rows_per_second']:,} rows/s); "
+        f"full restore extrapolated: {result['extrapolated_full_restore_seconds']} s",
+    ]
+    for corrupt in result["corrupt_copies"]:
+        lines.append(f"- **corrupt copy**: {corrupt}")
+    lines += ["", "| business function | RTO target | RTO maximum | verdict |", "|---|---|---|---|"]
+    for o in result["objectives"]:
+        verdict = "pass" if o["within_target"] else ("within maximum" if o["within_maximum"] else "FAIL")
+        lines.append(f"| {o['function']} | {o['rto_target']} | {o['rto_maximum']} | {verdict} |")
+    lines += ["", "| table | check | result | observed |", "|---|---|---|---|"]
+    for c in result["checks"]:
+        lines.append(f"| {c['table']} | {c['description'] or c['expectation']} | {'pass' if c['success'] else 'FAIL'} | {c['observed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def store_report(result: dict[str, Any], locations: list[StorageLocation], *, name: str) -> list[str]:
+    keys = []
+    for location in locations:
+        location.put_bytes(f"{REPORT_PREFIX}{name}.json", json.dumps(result, indent=2).encode())
+        location.put_bytes(f"{REPORT_PREFIX}{name}.md", render_markdown(result).encode())
+        keys.append(location.describe(f"{REPORT_PREFIX}{name}.json"))
+    return keys

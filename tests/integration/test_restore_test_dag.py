@@ -1,0 +1,74 @@
+"""dr_restore_test end to end with dag.test(): a report with measured numbers, and a fallback from a corrupt DR copy."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from continuity.catalog import Catalog
+from continuity.dumps import NodeAddress, logical_backup
+from continuity.storage import locations_from_policy
+
+from .airflow_helpers import load_dag, task_states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def _catalog(sandbox) -> Catalog:
+    return Catalog(locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region)), sandbox.keyring())
+
+
+@pytest.fixture(scope="module")
+def recent_logical_backup(sandbox):
+    catalog = _catalog(sandbox)
+    node = NodeAddress(name="primary", host="127.0.0.1", port=sandbox.state["nodes"]["primary"]["port"],
+                       user="continuity_backup", password=sandbox.password("continuity_backup"))
+    return logical_backup(node=node, database="app", keyring=sandbox.keyring(), locations=list(catalog.locations.values()),
+                          required={"primary", "dr"}, backup_id=f"logical-app-weekly-{time.time_ns()}",
+                          report=lambda _m: None)
+
+
+def _report(sandbox, run) -> dict:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    dr = _catalog(sandbox).locations["dr"]
+    return json.loads(dr.get_bytes(f"reports/restore-test/{name}.json"))
+
+
+def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logical_backup) -> None:
+    run = load_dag("dr_restore_test").test()
+    assert str(run.state) == "success", task_states(run)
+    report = _report(sandbox, run)
+    assert report["chosen_location"] == "dr" and report["restored_from"] == "dr"
+    assert "users" in report["tables"]
+    assert report["restore_seconds"] > 0 and report["extrapolated_full_restore_seconds"] >= report["restore_seconds"]
+    assert {o["function"] for o in report["objectives"]} >= {"user_authentication", "reporting_analytics"}
+    assert all(c["success"] for c in report["checks"]) and report["success"]
+    md = _catalog(sandbox).locations["primary"].get_bytes(
+        f"reports/restore-test/{re.sub(r'[^A-Za-z0-9._-]', '_', run.run_id)}.md").decode()
+    assert md.startswith("# Restore test") and "PASS" in md and "| user_authentication | 15m | 30m |" in md
+    assert xcom(run, "sample_restore_test")["backup_id"] == report["backup_id"]
+
+
+def test_a_corrupt_dr_copy_makes_the_test_fall_back_and_report_it(sandbox, recent_logical_backup) -> None:
+    catalog = _catalog(sandbox)
+    dr = catalog.locations["dr"]
+    saved = {}
+    for manifest in catalog.list(kind="logical", location="dr"):  # whichever the run picks is corrupt
+        key = manifest.data_key_name
+        saved[key] = dr.get_bytes(key)
+        blob = bytearray(saved[key])
+        blob[len(blob) // 3] ^= 0x10
+        dr.put_bytes(key, bytes(blob))
+    try:
+        run = load_dag("dr_restore_test").test()
+        assert str(run.state) == "success", task_states(run)
+        report = _report(sandbox, run)
+        assert report["restored_from"] != "dr"
+        assert report["corrupt_copies"] and report["corrupt_copies"][0].startswith("dr: ")
+        assert "failed authentication" in report["corrupt_copies"][0]
+    finally:
+        for key, data in saved.items():
+            dr.put_bytes(key, data)
