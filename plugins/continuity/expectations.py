@@ -57,9 +57,14 @@ def load_suite(database: str) -> dict[str, Any]:
 
 def validate_restored(
     *, manifest: Manifest, socket_dir: Path, port: int, database: str, tables: list[str] | None = None,
-    suite: dict[str, Any] | None = None,
+    suite: dict[str, Any] | None = None, exact: bool = True,
 ) -> list[CheckResult]:
-    """Run the checks on the restored `database`; returns one result per expectation (failures included)."""
+    """Run the checks on the restored `database`; returns one result per expectation (failures included).
+
+    `exact=False` is for a database recovered to a later point than `manifest` (a drill): the row
+    counts and the schema fingerprint may legitimately have moved on; keys, references and
+    freshness are still checked.
+    """
     import great_expectations as gx
 
     suite = load_suite(manifest.source.get("database", database)) if suite is None else suite
@@ -70,7 +75,7 @@ def validate_restored(
     with psycopg.connect(conninfo) as conn:
         keys = conn.execute(_PRIMARY_KEYS).fetchall()
         foreign = conn.execute(_FOREIGN_KEYS).fetchall()
-        if tables is None:
+        if tables is None and exact:
             fingerprint = schema_fingerprint(conn)
             expected = manifest.details.get("schema_fingerprint")
             results.append(CheckResult("(schema)", "schema_fingerprint_matches", fingerprint == expected,
@@ -81,7 +86,8 @@ def validate_restored(
     backup_time: datetime = manifest.finished_at
     for table in wanted:
         expectations: list[Any] = [gx.expectations.ExpectTableRowCountToEqual(
-            value=counts[table], description=f"{table} has exactly the {counts[table]:,} rows of the manifest")]
+            value=counts[table], description=f"{table} has exactly the {counts[table]:,} rows of the manifest")] \
+            if exact else []
         for key_table, column in keys:
             if key_table == table:
                 expectations.append(gx.expectations.ExpectColumnValuesToBeUnique(
