@@ -11,6 +11,7 @@ import glob
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -134,6 +135,21 @@ class ServiceUser:
 
 
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    Ports from the ephemeral range (what bind(0) hands out) are also the local ports of outgoing
+    connections, so a server restarted later on such a port can find it taken by some client.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    if low > 12000:
+        for _ in range(200):
+            port = rng.randrange(10000, low)
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

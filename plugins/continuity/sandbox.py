@@ -406,7 +406,9 @@ class Sandbox:
         if pid_alive(s3.get("pid")):
             return
         if not port_is_free(s3["port"]):
-            raise SandboxError(f"the S3 endpoint's port {s3['port']} is taken by another process")
+            # The endpoint keeps no data across restarts (buckets are recreated): any port will do.
+            old_port, s3["port"] = s3["port"], free_port()
+            log.info("the S3 endpoint's port %s is taken by another process; using %s", old_port, s3["port"])
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(self.logs_dir / "s3.log", "ab") as log_handle:
             process = subprocess.Popen(
