@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
     finally:
         subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(root)],
                        capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)  # Airflow may still flush an empty logs/ folder on its way out
 
 
 def _run_and_interrupt(root: Path) -> None:
