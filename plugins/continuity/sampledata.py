@@ -1,7 +1,8 @@
 """The sample application database and a generator of realistic rows, so backups prove something.
 
-Rows are generated deterministically from a seed and streamed with COPY, so a given `scale`
-always yields the same data and memory stays flat whatever the scale.
+Rows are generated deterministically from a seed (timestamps relative to the moment of
+generation) and streamed with COPY, so a given `scale` always yields the same rows and memory
+stays flat whatever the scale.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _rows(table: str, count: int, counts: dict[str, int], rng: random.Random, ep
             created = when()
             yield (i, f"{first.lower()}.{last.lower()}.{i}@example.com", f"{first} {last}",
                    rng.choices(["admin", "annotator", "reviewer", "viewer"], [1, 10, 4, 5])[0],
-                   created, created + timedelta(days=rng.uniform(0, 30)) if rng.random() < 0.9 else None)
+                   created, min(created + timedelta(days=rng.uniform(0, 30)), epoch + timedelta(days=365))
+                   if rng.random() < 0.9 else None)
     elif table == "projects":
         for i in range(1, count + 1):
             yield (i, rng.randint(1, counts["users"]), f"validation set {i:04d}",
@@ -79,7 +81,9 @@ def generate(conn: psycopg.Connection, *, scale: float = 1.0, seed: int = 42) ->
         raise ValueError(f"scale must be positive, got {scale}")
     counts = {table: max(1, int(n * scale)) for table, n in ROWS_PER_SCALE.items()}
     rng = random.Random(seed)
-    epoch = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    # The year up to the moment of generation: the newest rows are recent, as in a live application,
+    # so a restore's freshness check means something. Contents stay deterministic for a seed and scale.
+    epoch = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=365)
     with conn.transaction():
         apply_schema(conn)
         existing = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}  # noqa: S608

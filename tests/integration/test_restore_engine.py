@@ -163,6 +163,10 @@ def test_great_expectations_pass_on_a_faithful_restore_and_name_what_broke(sandb
         kinds = {c.expectation for c in checks}
         assert {"expect_table_row_count_to_equal", "expect_column_values_to_be_unique", "unexpected_rows_expectation",
                 "expect_column_max_to_be_between", "schema_fingerprint_matches"} <= kinds
+        month_later = manifest.model_copy(update={"finished_at": manifest.finished_at + timedelta(days=30)})
+        stale = [c for c in validate_restored(manifest=month_later, socket_dir=scratch.cluster.socket_dir,
+                                              port=scratch.port, database=database, tables=["videos"]) if not c.success]
+        assert [c.expectation for c in stale] == ["expect_column_max_to_be_between"], "a month without new rows is stale"
         with scratch.connect(database, autocommit=True) as conn:
             conn.execute("SET session_replication_role = replica")  # rows vanish behind the constraints' back
             conn.execute("DELETE FROM videos WHERE id <= 10")
