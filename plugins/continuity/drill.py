@@ -18,7 +18,7 @@ import psycopg
 from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
 from continuity.policy import Policy, format_duration
-from continuity.restore import restore_physical, scratch_cluster
+from continuity.restore import amcheck, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
 
@@ -44,6 +44,8 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         logical = catalog.latest("logical", location=location)
         checks = validate_restored(manifest=logical, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
                                    database=database, tables=None, exact=False) if logical else []
+        amcheck_ok, amcheck_detail = amcheck(scratch)
+        report(amcheck_detail)
         scratch.timings["validation"] = time.monotonic() - started
         writable_at = datetime.now(timezone.utc)
         timings = dict(scratch.timings)
@@ -69,6 +71,7 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         "marker_recovered": bool(row), "rto_seconds": round(rto, 3), "rpo_seconds": round(rpo, 3),
         "phases": {k: round(v, 3) for k, v in timings.items()},
         "objectives": objectives, "validated_against": logical.backup_id if logical else None,
-        "checks_passed": len(checks) - len(failed), "failed_checks": [f"{c.table}: {c.description}" for c in failed],
-        "success": not failed and bool(checks),
+        "checks_passed": len(checks) - len(failed), "amcheck": amcheck_detail,
+        "failed_checks": [f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail]),
+        "success": not failed and bool(checks) and amcheck_ok,
     }

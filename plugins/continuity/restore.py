@@ -179,6 +179,19 @@ def _stream_into(argv: list[str], manifest: Manifest, catalog: Catalog, location
     return b"".join(output).decode(errors="replace")
 
 
+def amcheck(scratch: ScratchCluster) -> tuple[bool, str]:
+    """pg_amcheck over every database of a restored physical copy (heap and B-tree corruption)."""
+    cluster = scratch.cluster
+    result = subprocess.run(
+        cluster.user.command([find_tool("pg_amcheck"), "--install-missing", "--all", "--heapallindexed",
+                              "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres"]),
+        capture_output=True, text=True, timeout=3600, check=False)
+    detail = (result.stdout + result.stderr).strip()
+    if result.returncode == 0:
+        return True, "pg_amcheck found no corruption in any database"
+    return False, f"pg_amcheck exited {result.returncode}: {detail.splitlines()[-1] if detail else ''}"
+
+
 # -- physical and point-in-time ------------------------------------------------------------------
 @dataclass(frozen=True)
 class RecoveryWindow:

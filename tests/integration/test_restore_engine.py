@@ -201,3 +201,23 @@ def test_sample_restore_takes_foreign_key_parents_and_validates(sandbox) -> None
                                    database=database, tables=detections_sample)
         assert checks and all(c.success for c in checks), [c for c in checks if not c.success]
         assert any("detections_video_id_fkey" in c.description for c in checks)
+
+
+def test_amcheck_passes_on_a_clean_cluster_and_catches_a_corrupted_page() -> None:
+    from continuity.restore import amcheck
+
+    with scratch_cluster() as scratch:
+        with scratch.connect(autocommit=True) as conn:
+            conn.execute("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g")
+            conn.execute("CREATE INDEX ON t (id)")
+            conn.execute("CHECKPOINT")
+            relation = conn.execute("SELECT pg_relation_filepath('t')").fetchone()[0]
+        assert amcheck(scratch) == (True, "pg_amcheck found no corruption in any database")
+        scratch.cluster.stop()
+        path = scratch.cluster.data_dir / relation
+        blob = bytearray(path.read_bytes())
+        blob[8192 + 4000] ^= 0xFF  # inside the second heap page, past its header
+        path.write_bytes(bytes(blob))
+        scratch.cluster.start()
+        ok, detail = amcheck(scratch)
+        assert not ok and "pg_amcheck exited" in detail
