@@ -72,3 +72,42 @@ def test_a_corrupt_dr_copy_makes_the_test_fall_back_and_report_it(sandbox, recen
     finally:
         for key, data in saved.items():
             dr.put_bytes(key, data)
+
+
+def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandbox, monkeypatch, tmp_path) -> None:
+    """A backup whose manifest promises one more user than the dump holds: the check must say so."""
+    import glob
+    import uuid
+
+    from continuity.backup import backup_from_command
+    from continuity.dumps import find_tool
+    from continuity.policy import DEFAULT_POLICY_PATH, load_policy
+
+    prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
+    policy = load_policy(policy_file)
+    locations = locations_from_policy(policy, lambda loc: sandbox.s3_client(loc.region))
+    app = sandbox.node("primary", user="app", dbname="app")
+    counts = {r["t"]: r["n"] for r in app.query(
+        "SELECT 'public.' || relname AS t, n_live_tup AS n FROM pg_stat_user_tables")}
+    real = {t: app.query_one(f"SELECT count(*) AS n FROM {t}")["n"] for t in counts}
+    promised = dict(real, **{"public.users": real["public.users"] + 1})
+    port = sandbox.state["nodes"]["primary"]["port"]
+    backup_from_command(
+        [find_tool("pg_dump"), "-Fc", "-h", "127.0.0.1", "-p", str(port), "-U", "app", "-d", "app"],
+        env={"PGPASSWORD": sandbox.password("app")}, kind="logical", keyring=sandbox.keyring(),
+        locations=list(locations.values()), required={"primary", "dr"}, backup_id=f"logical-app-lying-{uuid.uuid4().hex[:6]}",
+        source_info={"database": "app", "node": "primary"}, details={"row_counts": promised, "foreign_keys": []},
+        report=lambda _m: None)
+    before = set(glob.glob("/tmp/continuity-scratch-*"))
+
+    run = load_dag("dr_restore_test").test()
+    assert str(run.state) == "failed"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    report = json.loads(locations["dr"].get_bytes(f"reports/restore-test/{name}.json"))
+    assert report["success"] is False
+    assert any(f"users: users has exactly the {promised['public.users']:,} rows of the manifest" in f
+               for f in report["failed_checks"]), report["failed_checks"]
+    assert set(glob.glob("/tmp/continuity-scratch-*")) == before, "the scratch cluster is gone"
