@@ -80,7 +80,7 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     import uuid
 
     from continuity.backup import backup_from_command
-    from continuity.dumps import find_tool
+    from continuity.dumps import _FOREIGN_KEY_COLUMNS, find_tool
     from continuity.policy import DEFAULT_POLICY_PATH, load_policy
 
     prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
@@ -94,12 +94,17 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
         "SELECT 'public.' || relname AS t, n_live_tup AS n FROM pg_stat_user_tables")}
     real = {t: app.query_one(f"SELECT count(*) AS n FROM {t}")["n"] for t in counts}
     promised = dict(real, **{"public.users": real["public.users"] + 1})
+    import psycopg
+
+    with psycopg.connect(app.conninfo) as conn:
+        foreign_keys = [list(row) for row in conn.execute(_FOREIGN_KEY_COLUMNS).fetchall()]
     port = sandbox.state["nodes"]["primary"]["port"]
     backup_from_command(
         [find_tool("pg_dump"), "-Fc", "-h", "127.0.0.1", "-p", str(port), "-U", "app", "-d", "app"],
         env={"PGPASSWORD": sandbox.password("app")}, kind="logical", keyring=sandbox.keyring(),
         locations=list(locations.values()), required={"primary", "dr"}, backup_id=f"logical-app-lying-{uuid.uuid4().hex[:6]}",
-        source_info={"database": "app", "node": "primary"}, details={"row_counts": promised, "foreign_keys": []},
+        source_info={"database": "app", "node": "primary"},
+        details={"row_counts": promised, "foreign_keys": foreign_keys},
         report=lambda _m: None)
     before = set(glob.glob("/tmp/continuity-scratch-*"))
 
