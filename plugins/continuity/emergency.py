@@ -58,13 +58,10 @@ def build_context(*, policy: Policy, sandbox_root: str | None, key_file: str | N
             )
 
     if sandbox is not None:
-        def client_for(location: Any) -> Any:
-            return sandbox.s3_client(location.region)
+        locations = sandbox.storage_locations()
     else:
         import boto3
 
-        def client_for(location: Any) -> Any:
-            return boto3.client("s3", region_name=location.region)
-
-    locations = locations_from_policy(policy, client_for, base_dir=sandbox.root if sandbox else Path.cwd())
+        locations = locations_from_policy(policy, lambda loc: boto3.client("s3", region_name=loc.region),
+                                          base_dir=Path.cwd())
     return Context(policy=policy, keyring=keyring, keyring_file=keyring_file, locations=locations, sandbox=sandbox)

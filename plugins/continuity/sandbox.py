@@ -431,6 +431,24 @@ class Sandbox:
             aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=self.password("s3_secret_key"),
         )
 
+    def storage_locations(self) -> dict[str, Any]:
+        """The policy's storage locations, reached through this sandbox's S3 endpoint."""
+        from continuity.storage import locations_from_policy
+
+        return locations_from_policy(self.policy, lambda loc: self.s3_client(loc.region), base_dir=self.root)
+
+    def catalog(self) -> Any:
+        from continuity.catalog import Catalog
+
+        return Catalog(self.storage_locations(), self.keyring())
+
+    def backup_node(self, name: str) -> Any:
+        """Where and as whom backups connect to node `name` (the continuity_backup role)."""
+        from continuity.dumps import NodeAddress
+
+        return NodeAddress(name=name, host="127.0.0.1", port=self.state["nodes"][name]["port"],
+                           user="continuity_backup", password=self.password("continuity_backup"))
+
     def _create_buckets(self) -> None:
         for location in self.policy.storage.locations:
             if location.kind == "file":

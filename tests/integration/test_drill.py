@@ -7,9 +7,7 @@ import time
 
 import pytest
 
-from continuity.catalog import Catalog
-from continuity.dumps import NodeAddress, logical_backup, physical_backup
-from continuity.storage import locations_from_policy
+from continuity.dumps import logical_backup, physical_backup
 
 from .airflow_helpers import load_dag, task_states, xcom
 
@@ -17,10 +15,9 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> None:
-    catalog = Catalog(locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region)), sandbox.keyring())
+    catalog = sandbox.catalog()
     for name, make in (("sync1", physical_backup), ("primary", logical_backup)):
-        node = NodeAddress(name=name, host="127.0.0.1", port=sandbox.state["nodes"][name]["port"],
-                           user="continuity_backup", password=sandbox.password("continuity_backup"))
+        node = sandbox.backup_node(name)
         extra = {"database": "app"} if make is logical_backup else {}
         make(node=node, keyring=sandbox.keyring(), locations=list(catalog.locations.values()), required={"primary", "dr"},
              backup_id=f"{'logical-app' if extra else 'physical-sync1'}-drill-{time.time_ns()}", report=lambda _m: None,

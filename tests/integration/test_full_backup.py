@@ -12,10 +12,9 @@ import psycopg
 import pytest
 
 from continuity.backup import restore_copy
-from continuity.catalog import Catalog
-from continuity.dumps import DumpFailed, NodeAddress, find_tool, logical_backup, row_counts, schema_fingerprint
+
+from continuity.dumps import DumpFailed, find_tool, logical_backup, row_counts, schema_fingerprint
 from continuity.manifest import manifest_key_name
-from continuity.storage import locations_from_policy
 
 from .airflow_helpers import load_dag, task_states, xcom
 from .scratch import cluster_from_base_backup, empty_cluster
@@ -42,8 +41,8 @@ def full_run(sandbox):
 
 
 def _catalog(sandbox):
-    locations = locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
-    return Catalog(locations, sandbox.keyring()), locations
+    catalog = sandbox.catalog()
+    return catalog, catalog.locations
 
 
 def test_catalog_holds_both_kinds_and_gap_free_wal_in_both_regions(sandbox, full_run) -> None:
@@ -110,8 +109,7 @@ def test_primary_killed_mid_dump_fails_cleanly_and_the_retry_succeeds(sandbox) -
     with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
         conn.execute("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS payload FROM generate_series(1, 3000000) g")
     catalog, locations = _catalog(sandbox)
-    node = NodeAddress(name="primary", host="127.0.0.1", port=sandbox.state["nodes"]["primary"]["port"],
-                       user="continuity_backup", password=sandbox.password("continuity_backup"))
+    node = sandbox.backup_node("primary")
     backup_id = "logical-app-killed-mid-dump"
     progress = threading.Event()
     primary = sandbox.cluster("primary")

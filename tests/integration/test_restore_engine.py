@@ -12,7 +12,6 @@ import pytest
 from continuity.catalog import Catalog
 from continuity.dumps import NodeAddress, logical_backup, physical_backup, row_counts
 from continuity.restore import RestoreError, choose_base_backup, restore_logical, restore_physical, scratch_cluster
-from continuity.storage import locations_from_policy
 
 from .airflow_helpers import load_dag
 
@@ -20,12 +19,11 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def _catalog(sandbox) -> Catalog:
-    return Catalog(locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region)), sandbox.keyring())
+    return sandbox.catalog()
 
 
 def _node(sandbox, name: str) -> NodeAddress:
-    return NodeAddress(name=name, host="127.0.0.1", port=sandbox.state["nodes"][name]["port"],
-                       user="continuity_backup", password=sandbox.password("continuity_backup"))
+    return sandbox.backup_node(name)
 
 
 @pytest.fixture(scope="module")

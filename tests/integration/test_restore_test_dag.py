@@ -9,7 +9,7 @@ import time
 import pytest
 
 from continuity.catalog import Catalog
-from continuity.dumps import NodeAddress, logical_backup
+from continuity.dumps import logical_backup
 from continuity.storage import locations_from_policy
 
 from .airflow_helpers import load_dag, task_states, xcom
@@ -18,14 +18,13 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def _catalog(sandbox) -> Catalog:
-    return Catalog(locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region)), sandbox.keyring())
+    return sandbox.catalog()
 
 
 @pytest.fixture(scope="module")
 def recent_logical_backup(sandbox):
     catalog = _catalog(sandbox)
-    node = NodeAddress(name="primary", host="127.0.0.1", port=sandbox.state["nodes"]["primary"]["port"],
-                       user="continuity_backup", password=sandbox.password("continuity_backup"))
+    node = sandbox.backup_node("primary")
     return logical_backup(node=node, database="app", keyring=sandbox.keyring(), locations=list(catalog.locations.values()),
                           required={"primary", "dr"}, backup_id=f"logical-app-weekly-{time.time_ns()}",
                           report=lambda _m: None)

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 
 from continuity.backup import restore_copy, verify_copy
-from continuity.catalog import Catalog
+
 from continuity.manifest import data_key_name, manifest_key_name
 from continuity.policy import DEFAULT_POLICY_PATH
-from continuity.storage import locations_from_policy
+
 from continuity.wal import classify
 
 from .airflow_helpers import load_dag, task_states, xcom
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def _catalog(sandbox):
-    locations = locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
-    return Catalog(locations, sandbox.keyring()), locations
+    catalog = sandbox.catalog()
+    return catalog, catalog.locations
 
 
 def _shipped_segments(sandbox, count: int) -> list[str]:

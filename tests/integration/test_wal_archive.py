@@ -7,7 +7,7 @@ import pytest
 
 from continuity.catalog import Catalog
 from continuity.manifest import data_key_name, manifest_key_name
-from continuity.storage import locations_from_policy
+
 from continuity.wal import classify
 
 from .airflow_helpers import load_dag, task_states, xcom
@@ -21,8 +21,8 @@ def _write(sandbox, rows: int = 2000) -> None:
 
 
 def _catalog(sandbox) -> tuple[Catalog, dict]:
-    locations = locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
-    return Catalog(locations, sandbox.keyring()), locations
+    catalog = sandbox.catalog()
+    return catalog, catalog.locations
 
 
 def _segments(catalog: Catalog, location: str) -> list[str]:
