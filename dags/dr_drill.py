@@ -11,8 +11,9 @@
    recovered; 0 when the marker is there), compared with every business function, tier 1 and data
    category of the policy. The JSON report goes to `reports/drill/` in every required location.
 
-Param `include_switchover` is refused until the failover DAG exists. (A deadline alert past the
-tier 1 RTO target is not wired yet: Airflow 3.3's DeadlineAlert broke `dag.test()` runs here.)
+Param `include_switchover` is refused until the failover DAG exists. A Deadline Alert fires when a
+run is still going past the tightest RTO target of the policy: the alert is logged and written to
+`alerts/` in every required location.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.deadlines import rto_deadline
 from continuity.operators.drill import RebuildAndMeasureOperator, StartDrillOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
 
@@ -33,6 +35,7 @@ with DAG(
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
+    deadline=rto_deadline("dr_drill"),
     dagrun_timeout=timedelta(hours=8),
     default_args={**DEFAULT_ARGS, "retries": 0},  # a drill's timings mean nothing after a retry
     params={"include_switchover": Param(False, type="boolean", title="Include a live switchover",

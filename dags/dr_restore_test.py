@@ -8,7 +8,8 @@ parents — into a scratch PostgreSQL cluster. Great Expectations checks the exa
 the manifest, primary keys, foreign keys and freshness. The restore time is extrapolated to the
 full database and compared with the RTO of each business function that depends on it. A copy
 that fails authentication is reported and the restore continues from another location. The
-report (JSON + Markdown) goes to `reports/restore-test/` in every required location.
+report (JSON + Markdown) goes to `reports/restore-test/` in every required location. A Deadline
+Alert fires (log + `alerts/` in storage) when a run is still going past the tightest RTO target.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import timedelta
 from airflow.sdk import DAG
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.deadlines import rto_deadline
 from continuity.operators.restore_test import SampleRestoreTestOperator
 
 with DAG(
@@ -28,6 +30,7 @@ with DAG(
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
+    deadline=rto_deadline("dr_restore_test"),
     dagrun_timeout=timedelta(hours=4),
     default_args=DEFAULT_ARGS,  # a retry restores the same backup into a fresh scratch cluster
     tags=["continuity", "restore"],

@@ -298,9 +298,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.to_cluster:
         return _restore_to_cluster(args)
     if args.backup_id is None:
-        raise UsageError("a backup id is needed (only --to-cluster can choose one from --time)")
-    if args.time or args.port:
-        raise UsageError("--time and --port go with --to-cluster")
+        raise UsageError("a backup id is needed (only --to-cluster can choose one from --time or --lsn)")
+    if args.time or args.lsn or args.port:
+        raise UsageError("--time, --lsn and --port go with --to-cluster")
     ctx = _context(args)
     manifest, first = ctx.catalog.get(args.backup_id, location=args.location)
     order = [args.location or first] + [n for n in ctx.locations if n != (args.location or first)]
@@ -366,7 +366,7 @@ def _restore_to_cluster(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from continuity.localcluster import LocalCluster, ServiceUser, find_bindir, free_port
-    from continuity.restore import ScratchCluster, choose_base_backup, restore_physical
+    from continuity.restore import RestoreError, ScratchCluster, choose_base_backup, parse_lsn, restore_physical
 
     target = Path(args.to_cluster).absolute()
     if target.exists() and any(target.iterdir()):
@@ -378,6 +378,13 @@ def _restore_to_cluster(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--time {args.time!r}: expected ISO 8601, e.g. 2026-11-26T03:15:00Z") from None
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    if args.lsn:
+        if when is not None:
+            raise UsageError("--time and --lsn: give one recovery target, not both")
+        try:
+            parse_lsn(args.lsn)
+        except RestoreError as exc:
+            raise UsageError(f"--lsn: {exc}") from None
     user = ServiceUser.detect()
     target.parent.mkdir(parents=True, exist_ok=True)
     if user.is_other and subprocess.run(user.command(["test", "-w", str(target.parent), "-a", "-x", str(target.parent)]),
@@ -387,7 +394,7 @@ def _restore_to_cluster(args: argparse.Namespace) -> int:
     ctx = _context(args)
     location = args.location or sorted(ctx.required)[0]
     base = ctx.catalog.get(args.backup_id, location=location)[0] if args.backup_id else \
-        choose_base_backup(ctx.catalog, location, when)
+        choose_base_backup(ctx.catalog, location, when, args.lsn)
     if base.kind != "physical":
         raise UsageError(f"backup {base.backup_id} is {base.kind}; --to-cluster takes a physical backup")
     work = user.make_dir(target.parent / f".{target.name}.continuity", 0o755)
@@ -395,7 +402,7 @@ def _restore_to_cluster(args: argparse.Namespace) -> int:
                            socket_dir=user.make_dir(work / "run", 0o755), log_file=work / "postgres.log",
                            user=user, bindir=find_bindir())
     restore_physical(catalog=ctx.catalog, location=location, scratch=ScratchCluster(root=work, cluster=cluster),
-                     base=base, target_time=when, report=lambda m: print(m, file=sys.stderr))
+                     base=base, target_time=when, target_lsn=args.lsn, report=lambda m: print(m, file=sys.stderr))
     print(f"cluster {target} recovered from {base.backup_id} (location {location}) and running on port {cluster.port}; "
           f"connect: psql -h {cluster.socket_dir} -p {cluster.port} -U postgres; "
           f"stop: pg_ctl -D {target} stop")
@@ -547,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--to-database", metavar="DSN", help="an empty database: pg_restore a logical backup into it")
     target.add_argument("--to-cluster", metavar="DIR", help="a new data directory: base backup + WAL, recovered and started")
     restore.add_argument("--time", help="with --to-cluster: recover to this point in time (ISO 8601, UTC if no zone)")
+    restore.add_argument("--lsn", help="with --to-cluster: recover to this WAL position (e.g. 0/3000060)")
     restore.add_argument("--port", type=int, help="with --to-cluster: port to start it on (default: a free one)")
     restore.add_argument("--location", help="read this location first")
     restore.set_defaults(func=cmd_restore)

@@ -30,7 +30,7 @@ from continuity.catalog import Catalog
 from continuity.dumps import find_tool
 from continuity.localcluster import ClusterError, LocalCluster, ServiceUser, find_bindir, free_port
 from continuity.manifest import Manifest
-from continuity.wal import classify
+from continuity.wal import SEGMENT_SIZE, classify
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,43 @@ def recovery_window(catalog: Catalog, location: str) -> RecoveryWindow:
     return RecoveryWindow(start=bases[0].finished_at, end=end)
 
 
-def choose_base_backup(catalog: Catalog, location: str, target_time: datetime | None) -> Manifest:
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> its 64-bit position; a clear error for anything else."""
+    try:
+        high, low = text.strip().split("/")
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        raise RestoreError(f"{text!r} is not a WAL position (LSN); expected the form 16/B374D848") from None
+
+
+def format_lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def lsn_window(catalog: Catalog, location: str) -> tuple[int, int]:
+    """From the first base backup's end to the end of the newest archived WAL segment."""
+    bases = catalog.list(kind="physical", location=location)
+    if not bases:
+        raise RestoreError(f"location {location} holds no base backup: no WAL position can be restored")
+    ends = [parse_lsn(m.source["stop_lsn"]) for m in bases]
+    for manifest in catalog.list(kind="wal", location=location):
+        wal = classify(manifest.source.get("wal_file", ""))
+        if wal is not None and wal.kind == "segment" and wal.segno is not None:
+            ends.append((wal.segno + 1) * SEGMENT_SIZE)
+    return parse_lsn(bases[0].source["stop_lsn"]), max(ends)
+
+
+def choose_base_backup(catalog: Catalog, location: str, target_time: datetime | None,
+                       target_lsn: str | None = None) -> Manifest:
     """The newest base backup that ended before the target; refuse a target outside the window."""
     bases = catalog.list(kind="physical", location=location)
+    if target_lsn is not None:
+        position = parse_lsn(target_lsn)
+        start, end = lsn_window(catalog, location)
+        if not start <= position <= end:
+            raise RestoreError(f"target LSN {target_lsn} is outside the recovery window of location {location}: "
+                               f"{format_lsn(start)} to {format_lsn(end)}")
+        return [m for m in bases if parse_lsn(m.source["stop_lsn"]) <= position][-1]
     window = recovery_window(catalog, location)
     if target_time is None:
         return bases[-1]
@@ -246,12 +280,15 @@ def restore_physical(
     location: str,
     scratch: ScratchCluster,
     target_time: datetime | None = None,
+    target_lsn: str | None = None,
     base: Manifest | None = None,
     report: Callable[[str], None] = log.info,
     timeout: float = 300,
 ) -> Manifest:
     """Rebuild a cluster from a base backup plus WAL and promote it at the target (default: latest)."""
-    base = base or choose_base_backup(catalog, location, target_time)
+    if target_time is not None and target_lsn is not None:
+        raise RestoreError("give a target time or a target LSN, not both")
+    base = base or choose_base_backup(catalog, location, target_time, target_lsn)
     cluster = scratch.cluster
     user = cluster.user
     started = time.monotonic()
@@ -288,6 +325,8 @@ def restore_physical(
                 "recovery_target_timeline": "'latest'"}
     if target_time is not None:
         recovery["recovery_target_time"] = f"'{target_time.isoformat()}'"
+    if target_lsn is not None:
+        recovery["recovery_target_lsn"] = f"'{format_lsn(parse_lsn(target_lsn))}'"
     scratch.write_private_conf(recovery)
     # A base backup taken from a standby carries its standby.signal: a restore must end recovery.
     (cluster.data_dir / "standby.signal").unlink(missing_ok=True)
@@ -307,5 +346,6 @@ def restore_physical(
                                f"(log: {cluster.log_file})")
         time.sleep(0.2)
     scratch.timings["wal_replay"] = time.monotonic() - started
-    report(f"recovered and promoted: {'latest' if target_time is None else target_time.isoformat()}")
+    point = target_lsn if target_lsn is not None else (target_time.isoformat() if target_time else "latest")
+    report(f"recovered and promoted: {point}")
     return base

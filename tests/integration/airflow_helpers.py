@@ -13,7 +13,12 @@ def load_dag(dag_id: str):
 
     bag = DagBag(dag_folder=str(DAGS_DIR / f"{dag_id}.py"))
     assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
+    dag = bag.get_dag(dag_id)
+    # Airflow 3.3.2's dag.test() looks deadline alerts up by id from the unserialized DAG and
+    # crashes; the scheduler, which evaluates them, reads the serialized DAG. Deadlines are
+    # tested on their own (tests/integration/test_deadlines.py).
+    dag.deadline = None
+    return dag
 
 
 def task_states(dag_run) -> dict[str, str]:

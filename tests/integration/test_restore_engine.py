@@ -28,7 +28,7 @@ def _node(sandbox, name: str) -> NodeAddress:
 
 @pytest.fixture(scope="module")
 def pitr_setup(sandbox):
-    """A base backup, then commit A, a target time, commit B, and the WAL shipped."""
+    """A base backup, then commit A, a target time and WAL position, commit B, and the WAL shipped."""
     catalog = _catalog(sandbox)
     base = physical_backup(node=_node(sandbox, "sync1"), keyring=sandbox.keyring(),
                            locations=list(catalog.locations.values()), required={"primary", "dr"},
@@ -36,12 +36,13 @@ def pitr_setup(sandbox):
     with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS pitr_marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
         conn.execute("INSERT INTO pitr_marks (name) VALUES ('A')")
+        lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
         time.sleep(1.5)
         target = datetime.now(timezone.utc)
         time.sleep(1.5)
         conn.execute("INSERT INTO pitr_marks (name) VALUES ('B')")
     assert str(load_dag("dr_wal_archive").test().state) == "success"
-    return base, target
+    return base, target, lsn
 
 
 def _marks(scratch) -> set[str]:
@@ -50,7 +51,7 @@ def _marks(scratch) -> set[str]:
 
 
 def test_point_in_time_between_two_commits_restores_the_first_not_the_second(sandbox, pitr_setup) -> None:
-    base, target = pitr_setup
+    base, target, _ = pitr_setup
     catalog = _catalog(sandbox)
     with scratch_cluster(initdb=False) as scratch:
         used = restore_physical(catalog=catalog, location="dr", scratch=scratch, target_time=target)
@@ -59,6 +60,23 @@ def test_point_in_time_between_two_commits_restores_the_first_not_the_second(san
         with scratch.connect("app") as conn:
             conn.execute("INSERT INTO pitr_marks (name) VALUES ('writable')")  # promoted: accepts writes
     assert not scratch.root.exists(), "the scratch cluster is always removed"
+
+
+def test_recovery_to_a_wal_position_between_two_commits_restores_the_first_not_the_second(sandbox, pitr_setup) -> None:
+    _, _, lsn = pitr_setup
+    with scratch_cluster(initdb=False) as scratch:
+        restore_physical(catalog=_catalog(sandbox), location="dr", scratch=scratch, target_lsn=lsn)
+        assert _marks(scratch) == {"A"}
+
+
+def test_wal_position_outside_the_window_or_malformed_is_refused(sandbox, pitr_setup) -> None:
+    catalog = _catalog(sandbox)
+    with pytest.raises(RestoreError, match=r"target LSN 0/10 is outside the recovery window of location dr: [0-9A-F]+/[0-9A-F]+ to "):
+        choose_base_backup(catalog, "dr", None, "0/10")
+    with pytest.raises(RestoreError, match="'yesterday' is not a WAL position"):
+        choose_base_backup(catalog, "dr", None, "yesterday")
+    malformed = _cli(sandbox, "--lsn", "yesterday", "--to-cluster", "/tmp/continuity-never-created")
+    assert malformed.returncode == 2 and "--lsn" in malformed.stderr and "Traceback" not in malformed.stderr
 
 
 def test_latest_point_has_both_commits(sandbox, pitr_setup) -> None:
@@ -104,7 +122,7 @@ def test_cli_restores_a_point_in_time_to_a_cluster_directory(sandbox, pitr_setup
 
     from continuity.localcluster import ServiceUser
 
-    _, target = pitr_setup
+    _, target, _ = pitr_setup
     tmp_path = Path(tempfile.mkdtemp(prefix="continuity-sandbox-cli-restore-"))
     ServiceUser.detect().make_dir(tmp_path, 0o755)
     data_dir = tmp_path / "rebuilt"

@@ -1,0 +1,41 @@
+"""Deadline callbacks: what happens when a restore test or drill runs past its RTO target.
+
+Airflow's scheduler calls these (DeadlineAlert + SyncCallback) while the run is still going, so an
+operator hears that recovery would have been too slow before the run even ends. The alert goes to
+the callback's log at ERROR level and, as a JSON record, to `alerts/` in every required location,
+where audits find it next to the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ALERT_PREFIX = "alerts/"
+
+
+def rto_deadline_missed(*, dag_id: str, rto_target: str, context: dict[str, Any] | None = None, **_: Any) -> None:
+    """Raise the alert for a run still going after its RTO target; never fails the run itself."""
+    from continuity.hooks.backup import ContinuityBackupHook
+
+    dag_run = (context or {}).get("dag_run") or {}
+    run_id = dag_run.get("run_id") if isinstance(dag_run, dict) else getattr(dag_run, "run_id", None)
+    run_id = run_id or "unknown-run"
+    record = {"kind": "rto-deadline-missed", "dag_id": dag_id, "run_id": run_id, "rto_target": rto_target,
+              "raised_at": datetime.now(timezone.utc).isoformat(),
+              "message": f"{dag_id} run {run_id} is still running after its RTO target of {rto_target}: "
+                         f"a real recovery would have missed the objective"}
+    log.error("ALERT: %s", record["message"])
+    hook = ContinuityBackupHook()
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{dag_id}-{run_id}")
+    locations = hook.get_locations()
+    for location in sorted(hook.required_locations()):
+        try:
+            locations[location].put_bytes(f"{ALERT_PREFIX}{name}.json", json.dumps(record, indent=2).encode())
+        except Exception as exc:  # one unreachable location must not swallow the alert elsewhere
+            log.error("could not write the alert to location %s: %s", location, exc)
