@@ -9,7 +9,9 @@
    and measures RTO (drill start to a writable, validated database, by phase: fetch and unpack,
    WAL staging, WAL replay, validation) and RPO (the marker's commit to the last transaction
    recovered; 0 when the marker is there), compared with every business function, tier 1 and data
-   category of the policy. The JSON report goes to `reports/drill/` in every required location.
+   category of the policy. The report (JSON + Markdown) goes to `reports/drill/` in every required
+   location, also when the rebuild fails.
+4. `remove_scratch_clusters` (teardown) removes any scratch cluster the run left behind.
 
 Param `include_switchover` is refused until the failover DAG exists. A Deadline Alert fires when a
 run is still going past the tightest RTO target of the policy: the alert is logged and written to
@@ -25,6 +27,7 @@ from airflow.sdk import DAG, Param
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.deadlines import rto_deadline
 from continuity.operators.drill import RebuildAndMeasureOperator, StartDrillOperator
+from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
 
 with DAG(
@@ -47,4 +50,5 @@ with DAG(
         >> SwitchWalOperator(task_id="switch_wal")
         >> ShipWalOperator(task_id="ship_wal")
         >> RebuildAndMeasureOperator(task_id="rebuild_and_measure")
+        >> RemoveScratchClustersOperator(task_id="remove_scratch_clusters").as_teardown()
     )

@@ -5,11 +5,13 @@ Picks a logical backup from the DR region (never the primary region), at random 
 week's but the same for a given run id (a rerun tests the same backup), and restores a sample of
 tables — the policy's sample size, always including the critical tables, with their foreign-key
 parents — into a scratch PostgreSQL cluster. Great Expectations checks the exact row counts of
-the manifest, primary keys, foreign keys and freshness. The restore time is extrapolated to the
+the manifest, primary keys, foreign keys and freshness, and pg_amcheck checks the rebuilt indexes. The restore time is extrapolated to the
 full database and compared with the RTO of each business function that depends on it. A copy
 that fails authentication is reported and the restore continues from another location. The
 report (JSON + Markdown) goes to `reports/restore-test/` in every required location. A Deadline
 Alert fires (log + `alerts/` in storage) when a run is still going past the tightest RTO target.
+When the restore itself cannot run, a failure report is still written. The teardown task
+`remove_scratch_clusters` removes any scratch cluster the run left behind, whatever happened.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from airflow.sdk import DAG
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.deadlines import rto_deadline
 from continuity.operators.restore_test import SampleRestoreTestOperator
+from continuity.operators.scratch import RemoveScratchClustersOperator
 
 with DAG(
     dag_id="dr_restore_test",
@@ -35,4 +38,7 @@ with DAG(
     default_args=DEFAULT_ARGS,  # a retry restores the same backup into a fresh scratch cluster
     tags=["continuity", "restore"],
 ) as dag:
-    SampleRestoreTestOperator(task_id="sample_restore_test")
+    (
+        SampleRestoreTestOperator(task_id="sample_restore_test")
+        >> RemoveScratchClustersOperator(task_id="remove_scratch_clusters").as_teardown()
+    )

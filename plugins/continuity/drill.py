@@ -32,10 +32,13 @@ def commit_marker(app_conninfo: str, drill_id: str) -> datetime:
                             (drill_id,)).fetchone()[0]
 
 
+REPORT_PREFIX = "reports/drill/"
+
+
 def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
-              database: str, report: Callable[[str], None]) -> dict[str, Any]:
+              database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-") -> dict[str, Any]:
     location = next(loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region)
-    with scratch_cluster(initdb=False, prefix="continuity-drill-") as scratch:
+    with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
         base = restore_physical(catalog=catalog, location=location, scratch=scratch, report=report)
         started = time.monotonic()
         with scratch.connect(database) as conn:
@@ -75,3 +78,30 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         "failed_checks": [f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail]),
         "success": not failed and bool(checks) and amcheck_ok,
     }
+
+
+def failure_result(*, drill_id: str, started_at: datetime, error: str) -> dict[str, Any]:
+    """The report of a drill whose rebuild itself failed: the measured RTO is 'never'."""
+    return {"kind": "drill", "drill_id": drill_id, "started_at": started_at.isoformat(), "success": False,
+            "error": error, "failed_checks": [error]}
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    title = f"# DR drill {result['drill_id']} ({result['started_at']}): {'PASS' if result['success'] else 'FAIL'}"
+    if "error" in result:
+        return f"{title}\n\nThe rebuild failed, so the database could not be recovered from the DR region:\n\n> {result['error']}\n"
+    lines = [
+        title, "",
+        f"- rebuilt from location {result['location']}: base backup `{result['base_backup']}` + WAL",
+        f"- RTO {result['rto_seconds']} s: " + ", ".join(f"{k} {v} s" for k, v in result["phases"].items()),
+        f"- RPO {result['rpo_seconds']} s: drill marker committed {result['marker_committed_at']} "
+        f"{'recovered' if result['marker_recovered'] else 'LOST'}",
+        f"- validated against `{result['validated_against']}`: {result['checks_passed']} checks passed; {result['amcheck']}",
+    ]
+    for failed in result["failed_checks"]:
+        lines.append(f"- **failed**: {failed}")
+    lines += ["", "| objective | measured | target | maximum | verdict |", "|---|---|---|---|---|"]
+    for o in result["objectives"]:
+        verdict = "pass" if o["within_target"] else ("within maximum" if o["within_maximum"] else "FAIL")
+        lines.append(f"| {o['objective']} | {o['measured_seconds']} s | {o['target']} | {o['maximum']} | {verdict} |")
+    return "\n".join(lines) + "\n"

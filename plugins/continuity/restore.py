@@ -7,8 +7,10 @@ touched: the only inputs are backups from the catalog.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import signal
 import random
 import shutil
 import subprocess
@@ -28,7 +30,7 @@ import psycopg
 from continuity.backup import restore_copy
 from continuity.catalog import Catalog
 from continuity.dumps import find_tool
-from continuity.localcluster import ClusterError, LocalCluster, ServiceUser, find_bindir, free_port
+from continuity.localcluster import ClusterError, LocalCluster, ServiceUser, find_bindir, free_port, stop_pid
 from continuity.manifest import Manifest
 from continuity.wal import SEGMENT_SIZE, classify
 
@@ -90,6 +92,37 @@ def scratch_cluster(*, initdb: bool = True, prefix: str = "continuity-scratch-")
         except ClusterError as exc:
             log.warning("scratch cluster stop: %s", exc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def scratch_prefix(run_id: str) -> str:
+    """The temporary-directory prefix of one run's scratch clusters (short: socket paths are limited)."""
+    return f"continuity-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}-"
+
+
+def remove_scratch_clusters(prefix: str, *, parent: Path | None = None) -> list[Path]:
+    """Stop and delete every scratch cluster left under `prefix` (a worker killed mid-restore leaves
+    one running): the teardown task's guarantee when the context manager never got to clean up."""
+    removed = []
+    for root in sorted(Path(parent or tempfile.gettempdir()).glob(f"{prefix}*")):
+        pid_file = root / "data" / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        if pid and not _is_postgres(pid):
+            pid = None  # a stale pid file whose number now belongs to someone else
+        if stop_pid(pid, name=f"scratch postgres in {root}", sig=signal.SIGQUIT, timeout=10):
+            log.info("stopped the scratch cluster in %s (pid %s)", root, pid)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 # -- logical -----------------------------------------------------------------------------------

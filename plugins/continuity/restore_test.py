@@ -19,7 +19,7 @@ from continuity.catalog import Catalog
 from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
 from continuity.policy import Policy, format_duration
-from continuity.restore import RestoreError, restore_logical, sample_tables, scratch_cluster
+from continuity.restore import RestoreError, amcheck, restore_logical, sample_tables, scratch_cluster
 from continuity.storage import StorageLocation
 
 REPORT_PREFIX = "reports/restore-test/"
@@ -33,7 +33,7 @@ def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, da
 
 
 def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, report: Callable[[str], None],
-                            now: datetime | None = None) -> dict[str, Any]:
+                            now: datetime | None = None, scratch_prefix: str = "continuity-scratch-") -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
     if not dr_locations:
@@ -47,7 +47,7 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
     fallbacks = [chosen_location] + [loc.name for loc in policy.storage.locations
                                      if loc.name != chosen_location and loc.name in catalog.locations]
     corrupt: list[str] = []
-    with scratch_cluster() as scratch:
+    with scratch_cluster(prefix=scratch_prefix) as scratch:
         used = None
         for location in fallbacks:
             database = f"restored_{len(corrupt)}"
@@ -65,6 +65,10 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         restore_seconds = scratch.timings["restore"]
         checks = validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
                                    database=database, tables=tables, suite=suite)
+        # Restored indexes are rebuilt from the dumped rows: B-tree checks catch a copy whose
+        # rows violate the order or uniqueness the indexes promise.
+        amcheck_ok, amcheck_detail = amcheck(scratch)
+        report(amcheck_detail)
     counts = {k.split(".", 1)[-1]: v for k, v in manifest.details["row_counts"].items()}
     sample_rows = sum(counts[t] for t in tables)
     total_rows = sum(counts.values()) or 1
@@ -89,12 +93,23 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         "objectives": objectives,
         "checks": [{"table": c.table, "expectation": c.expectation, "success": c.success,
                     "observed": c.observed, "description": c.description} for c in checks],
-        "success": not failed and all(o["within_maximum"] for o in objectives),
-        "failed_checks": [f"{c.table}: {c.description} (observed {c.observed})" for c in failed],
+        "amcheck": amcheck_detail,
+        "success": not failed and amcheck_ok and all(o["within_maximum"] for o in objectives),
+        "failed_checks": [f"{c.table}: {c.description} (observed {c.observed})" for c in failed]
+        + ([] if amcheck_ok else [amcheck_detail]),
     }
 
 
+def failure_result(*, error: str, seed: str, now: datetime | None = None) -> dict[str, Any]:
+    """The report of a restore test that could not restore at all (no backup, no good copy, a tool failed)."""
+    return {"kind": "restore-test", "tested_at": (now or datetime.now(timezone.utc)).isoformat(), "run": seed,
+            "success": False, "error": error, "failed_checks": [error]}
+
+
 def render_markdown(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return (f"# Restore test {result['tested_at']}: FAIL\n\nThe restore itself failed, nothing was validated:\n\n"
+                f"> {result['error']}\n")
     lines = [
         f"# Restore test {result['tested_at']}: {'PASS' if result['success'] else 'FAIL'}",
         "",
@@ -103,6 +118,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- sample: {', '.join(result['tables'])} ({result['sample_rows']:,} of {result['total_rows']:,} rows)",
         f"- restore time: {result['restore_seconds']} s ({result['rows_per_second']:,} rows/s); "
         f"full restore extrapolated: {result['extrapolated_full_restore_seconds']} s",
+        f"- {result['amcheck']}",
     ]
     for corrupt in result["corrupt_copies"]:
         lines.append(f"- **corrupt copy**: {corrupt}")
@@ -116,10 +132,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def store_report(result: dict[str, Any], locations: list[StorageLocation], *, name: str) -> list[str]:
+def store_report(result: dict[str, Any], locations: list[StorageLocation], *, name: str, prefix: str = REPORT_PREFIX,
+                 render: Callable[[dict[str, Any]], str] = render_markdown) -> list[str]:
+    """Write the JSON report and its Markdown rendering to every location; returns where the JSON went."""
     keys = []
     for location in locations:
-        location.put_bytes(f"{REPORT_PREFIX}{name}.json", json.dumps(result, indent=2).encode())
-        location.put_bytes(f"{REPORT_PREFIX}{name}.md", render_markdown(result).encode())
-        keys.append(location.describe(f"{REPORT_PREFIX}{name}.json"))
+        location.put_bytes(f"{prefix}{name}.json", json.dumps(result, indent=2).encode())
+        location.put_bytes(f"{prefix}{name}.md", render(result).encode())
+        keys.append(location.describe(f"{prefix}{name}.json"))
     return keys

@@ -37,6 +37,10 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     assert objectives["RPO critical_user_data"]["within_target"] is True
     stored = json.loads(catalog.locations["primary"].get_bytes(f"reports/drill/{result['drill_id']}.json"))
     assert stored["rto_seconds"] == result["rto_seconds"]
+    md = catalog.locations["dr"].get_bytes(f"reports/drill/{result['drill_id']}.md").decode()
+    assert md.startswith(f"# DR drill {result['drill_id']}") and "PASS" in md
+    assert "| RTO tier_1_critical |" in md and "marker" in md and "recovered" in md
+    assert task_states(run)["remove_scratch_clusters"] == "success"
 
 
 def test_include_switchover_is_refused_until_failover_exists(sandbox) -> None:

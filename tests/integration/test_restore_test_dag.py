@@ -10,6 +10,7 @@ import pytest
 
 from continuity.catalog import Catalog
 from continuity.dumps import logical_backup
+from continuity.restore import scratch_prefix
 from continuity.storage import locations_from_policy
 
 from .airflow_helpers import load_dag, task_states, xcom
@@ -49,6 +50,8 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
         f"reports/restore-test/{re.sub(r'[^A-Za-z0-9._-]', '_', run.run_id)}.md").decode()
     assert md.startswith("# Restore test") and "PASS" in md and "| user_authentication | 15m | 30m |" in md
     assert xcom(run, "sample_restore_test")["backup_id"] == report["backup_id"]
+    assert report["amcheck"] == "pg_amcheck found no corruption in any database" and report["amcheck"] in md
+    assert task_states(run)["remove_scratch_clusters"] == "success"
 
 
 def test_a_corrupt_dr_copy_makes_the_test_fall_back_and_report_it(sandbox, recent_logical_backup) -> None:
@@ -105,7 +108,6 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
         source_info={"database": "app", "node": "primary"},
         details={"row_counts": promised, "foreign_keys": foreign_keys},
         report=lambda _m: None)
-    before = set(glob.glob("/tmp/continuity-scratch-*"))
 
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "failed"
@@ -114,4 +116,38 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     assert report["success"] is False
     assert any(f"users: users has exactly the {promised['public.users']:,} rows of the manifest" in f
                for f in report["failed_checks"]), report["failed_checks"]
-    assert set(glob.glob("/tmp/continuity-scratch-*")) == before, "the scratch cluster is gone"
+    assert not glob.glob(f"/tmp/{scratch_prefix(run.run_id)}*"), "the scratch cluster is gone"
+    assert task_states(run)["remove_scratch_clusters"] == "success", "the teardown ran and did not mask the failure"
+
+
+def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkeypatch, tmp_path) -> None:
+    import uuid
+
+    from continuity.policy import DEFAULT_POLICY_PATH, load_policy
+
+    prefix = f"rt-empty-{uuid.uuid4().hex[:8]}/"  # a catalog with no backup at all
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
+    locations = locations_from_policy(load_policy(policy_file), lambda loc: sandbox.s3_client(loc.region))
+    run = load_dag("dr_restore_test").test()
+    assert str(run.state) == "failed"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    report = json.loads(locations["primary"].get_bytes(f"reports/restore-test/{name}.json"))
+    assert report["success"] is False and "location dr holds no logical backup from the last 7 days" in report["error"]
+    md = locations["dr"].get_bytes(f"reports/restore-test/{name}.md").decode()
+    assert "FAIL" in md and "nothing was validated" in md
+
+
+def test_the_teardown_removes_a_scratch_cluster_a_killed_worker_left_running(tmp_path) -> None:
+    from continuity.localcluster import pid_alive
+    from continuity.restore import remove_scratch_clusters, scratch_cluster
+
+    prefix = scratch_prefix(f"manual__{time.time_ns()}")
+    abandoned = scratch_cluster(prefix=prefix)
+    scratch = abandoned.__enter__()  # never exited: as if the worker died mid-restore
+    pid = scratch.cluster.postmaster_pid()
+    assert pid_alive(pid)
+    assert remove_scratch_clusters(prefix) == [scratch.root]
+    assert not pid_alive(pid) and not scratch.root.exists()
+    assert remove_scratch_clusters(prefix) == []

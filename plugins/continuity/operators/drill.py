@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -10,12 +9,11 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.drill import commit_marker, run_drill
+from continuity.drill import REPORT_PREFIX, commit_marker, failure_result, render_markdown, run_drill
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.restore import RestoreError
-
-REPORT_PREFIX = "reports/drill/"
+from continuity.restore import RestoreError, scratch_prefix
+from continuity.restore_test import store_report
 
 
 class StartDrillOperator(ContinuityBackupOperator):
@@ -51,17 +49,20 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
         start = context["ti"].xcom_pull(task_ids="start_drill")
         hook = self.hook()
         catalog = hook.get_catalog()
+        required = [catalog.locations[n] for n in sorted(hook.required_locations())]
+        started_at = datetime.fromisoformat(start["started_at"])
         try:
-            result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start["drill_id"],
-                               started_at=datetime.fromisoformat(start["started_at"]),
+            result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start["drill_id"], started_at=started_at,
                                marker_committed_at=datetime.fromisoformat(start["marker_committed_at"]),
-                               database=start["database"], report=self.log.info)
+                               database=start["database"], report=self.log.info,
+                               scratch_prefix=scratch_prefix(context["run_id"]))
         except RestoreError as exc:
+            failed = failure_result(drill_id=start["drill_id"], started_at=started_at, error=str(exc))
+            for key in store_report(failed, required, name=start["drill_id"], prefix=REPORT_PREFIX, render=render_markdown):
+                self.log.info("failure report written to %s", key)
             raise AirflowFailException(f"drill failed: {exc}") from exc
-        for name in sorted(hook.required_locations()):
-            key = f"{REPORT_PREFIX}{start['drill_id']}.json"
-            catalog.locations[name].put_bytes(key, json.dumps(result, indent=2).encode())
-            self.log.info("report written to %s", catalog.locations[name].describe(key))
+        for key in store_report(result, required, name=start["drill_id"], prefix=REPORT_PREFIX, render=render_markdown):
+            self.log.info("report written to %s (+ .md)", key)
         self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result["rto_seconds"], result["phases"],
                       result["rpo_seconds"], "recovered" if result["marker_recovered"] else "LOST")
         for objective in result["objectives"]:

@@ -9,8 +9,8 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.restore import RestoreError
-from continuity.restore_test import run_sample_restore_test, store_report
+from continuity.restore import RestoreError, scratch_prefix
+from continuity.restore_test import failure_result, run_sample_restore_test, store_report
 
 
 class SampleRestoreTestOperator(ContinuityBackupOperator):
@@ -22,13 +22,15 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         hook = self.hook()
         catalog = hook.get_catalog()
-        try:
-            result = run_sample_restore_test(catalog=catalog, policy=hook.policy, seed=context["run_id"],
-                                             report=self.log.info)
-        except RestoreError as exc:
-            raise AirflowFailException(str(exc)) from exc
         name = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
         required = [catalog.locations[n] for n in sorted(hook.required_locations())]
+        try:
+            result = run_sample_restore_test(catalog=catalog, policy=hook.policy, seed=context["run_id"],
+                                             report=self.log.info, scratch_prefix=scratch_prefix(context["run_id"]))
+        except RestoreError as exc:
+            for key in store_report(failure_result(error=str(exc), seed=context["run_id"]), required, name=name):
+                self.log.info("failure report written to %s", key)
+            raise AirflowFailException(f"restore test failed: {exc}") from exc
         for key in store_report(result, required, name=name):
             self.log.info("report written to %s", key)
         self.log.info("backup %s restored from %s: %d tables, %s s, full restore extrapolated to %s s",
