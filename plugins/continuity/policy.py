@@ -152,6 +152,12 @@ class Topology(_Model):
     def standbys(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "standby"]
 
+    def with_primary(self, name: str) -> Topology:
+        """The same topology after `name` became the primary (a switchover or failover)."""
+        self.node(name)  # a clear KeyError for an unknown node
+        nodes = [n.model_copy(update={"role": "primary" if n.name == name else "standby"}) for n in self.nodes]
+        return self.model_copy(update={"nodes": nodes})
+
 
 class Location(_Model):
     name: Name
@@ -248,6 +254,12 @@ class Policy(_Model):
     backups: Backups
     validation: Validation
     health_monitor: HealthMonitor
+
+    def with_primary(self, name: str) -> Policy:
+        """This policy with the node roles of the persisted topology (see dr_failover)."""
+        if name == self.topology.primary.name:
+            return self
+        return self.model_copy(update={"topology": self.topology.with_primary(name)})
 
     def functions_depending_on(self, service: str) -> dict[str, BusinessFunction]:
         return {k: f for k, f in self.business_functions.items() if service in f.depends_on}

@@ -108,6 +108,7 @@ class PostgresNode:
                 autocommit=autocommit,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 row_factory=dict_row,
+                prepare_threshold=None,  # PgBouncer in transaction pooling cannot keep prepared statements
             )
         except psycopg.OperationalError as exc:
             lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
@@ -121,6 +122,15 @@ class PostgresNode:
             except psycopg.OperationalError as exc:
                 # Connection-class failures after login (a pooler whose server is gone, a shutdown).
                 raise NodeUnreachable(f"node {self.name} ({redacted(self.conninfo)}) failed mid-query: "
+                                      f"{str(exc).strip().splitlines()[0]}") from exc
+
+    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> None:
+        """Run a statement that returns no rows (CHECKPOINT, SET ...)."""
+        with self.connect() as conn:
+            try:
+                conn.execute(sql, params)
+            except psycopg.OperationalError as exc:
+                raise NodeUnreachable(f"node {self.name} ({redacted(self.conninfo)}) failed mid-statement: "
                                       f"{str(exc).strip().splitlines()[0]}") from exc
 
     def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> dict[str, Any]:

@@ -491,6 +491,7 @@ class Sandbox:
             conns[topology.entry_point.admin_conn_id] = {
                 "conn_type": "postgres", "host": "127.0.0.1", "port": self.pgbouncer_port,
                 "login": "continuity_admin", "password": self.password("continuity_admin"), "schema": "pgbouncer",
+                "extra": {"ini_path": str(self.pgbouncer_dir / "pgbouncer.ini"), "database": APP_DATABASE},
             }
         for location in self.policy.storage.locations:
             if location.kind == "s3" and location.conn_id:
@@ -602,7 +603,9 @@ auth_type = scram-sha-256
 auth_file = {directory / 'userlist.txt'}
 admin_users = continuity_admin
 stats_users = continuity_admin
-pool_mode = session
+; Transaction pooling: a switchover's PAUSE completes once in-flight transactions finish, while
+; clients stay connected and their next transaction goes to the new primary.
+pool_mode = transaction
 max_client_conn = 200
 default_pool_size = 20
 server_connect_timeout = 5

@@ -10,7 +10,8 @@ from airflow.sdk import BaseHook
 
 from continuity.catalog import Catalog
 from continuity.keys import Keyring
-from continuity.policy import Policy, load_policy
+from continuity.policy import Policy
+from continuity.topology_store import current_policy
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 
@@ -35,7 +36,7 @@ class ContinuityBackupHook(BaseHook):
     @property
     def policy(self) -> Policy:
         if self._policy is None:
-            self._policy = load_policy(self.policy_path)
+            self._policy = current_policy(self.policy_path)
         return self._policy
 
     def get_keyring(self) -> Keyring:

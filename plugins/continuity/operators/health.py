@@ -27,7 +27,8 @@ from continuity.health import (
     check_storage,
 )
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.policy import Policy, load_policy
+from continuity.policy import Policy
+from continuity.topology_store import current_policy
 from continuity.postgres import PostgresNode
 
 WAL_SPOOL_ENV_VAR = "CONTINUITY_WAL_SPOOL"
@@ -54,7 +55,7 @@ class HealthCheckOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        findings = self.checks(load_policy(self.policy_path))
+        findings = self.checks(current_policy(self.policy_path))
         for check in findings:
             (self.log.info if check.healthy else self.log.warning)("%s %s", "ok:  " if check.healthy else "FAIL:", check.reason)
         return [check.to_dict() for check in findings]
@@ -134,7 +135,7 @@ class HealthAssessmentOperator(HealthCheckOperator):
         self.check_task_ids = list(check_task_ids)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        policy = load_policy(self.policy_path)
+        policy = current_policy(self.policy_path)
         findings: list[Check] = []
         for task_id in self.check_task_ids:
             reported = context["ti"].xcom_pull(task_ids=task_id)

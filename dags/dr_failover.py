@@ -1,0 +1,92 @@
+"""
+### dr_failover — switchover or failover to a standby, triggered by an operator
+
+Trigger with params (the form shows each): `target` (the standby to promote), `mode`
+(`switchover`: the primary is alive and no committed transaction may be lost; `failover`: the
+primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) and `incident_id`.
+
+1. `preflight` validates the params and checks the target (reachable, in recovery, timeline, WAL
+   receiver, replay lag) and, for a switchover, the primary. A failed check stops the run here,
+   naming it; nothing has changed. If the target already is the primary, the run ends as a no-op.
+2. `fence`: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
+   as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
+3. `catch_up` waits (60 s) for the target to replay the final LSN (switchover) or to stop
+   receiving WAL (failover, with the data loss estimate).
+4. `promote`: pg_promote(wait => true); a new timeline is confirmed.
+5. `repoint`: PgBouncer now leads to the new primary (ini rewrite, RELOAD, RESUME); every DAG
+   follows the primary recorded in step 8.
+6. `rejoin`: other standbys follow the new primary; the old one is rewound with pg_rewind and
+   restarted as a standby (or reported as needing a rebuild).
+7. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
+   timeline.
+8. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
+   the audit (`audit/failover/<run>.json`: who, params, each step's record, unavailability, data
+   loss, outcome). `rollback` runs when a step failed: a switchover puts the old primary back; a
+   failover stops with exactly one writable primary and names it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param, TriggerRule
+
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.operators.failover import (
+    CatchUpSensor,
+    FenceOperator,
+    PreflightOperator,
+    PromoteOperator,
+    RecordOperator,
+    RejoinOperator,
+    RepointOperator,
+    RollbackOperator,
+    ValidateOperator,
+)
+from continuity.policy import load_policy
+
+_policy = load_policy()
+_nodes = [node.name for node in _policy.topology.nodes]
+_dr_standbys = [n.name for n in _policy.topology.standbys if n.region == _policy.topology.dr_region]
+
+with DAG(
+    dag_id="dr_failover",
+    description="Switchover or failover to a standby, with fencing, repointing, rejoin and audit",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=30),
+    default_args={**DEFAULT_ARGS, "retries": 0},  # no step may run twice on its own: rerun the DAG instead
+    params={
+        "target": Param(_dr_standbys[0] if _dr_standbys else _nodes[-1], type="string", title="Target",
+                        description="The standby to promote.", examples=_nodes),
+        "mode": Param("switchover", type="string", enum=["switchover", "failover"], title="Mode",
+                      description="switchover: planned, the primary is alive, no committed transaction may be lost. "
+                                  "failover: the primary is lost or unusable."),
+        "max_lag_bytes": Param(16 * 2**20, type="integer", minimum=0, title="Maximum replay lag (bytes)",
+                               description="Refuse a target further behind than this (the requirements' 16 MiB)."),
+        "force": Param(False, type="boolean", title="Force",
+                       description="Failover only: accept a target over the lag limit (recorded in the audit)."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Run every check and print the plan; change nothing."),
+        "reason": Param("", type="string", title="Reason",
+                        description="Required: why. Goes into the logs and the audit."),
+        "incident_id": Param("", type=["string", "null"], title="Incident id", description="Optional."),
+    },
+    tags=["continuity", "failover"],
+) as dag:
+    preflight = PreflightOperator(task_id="preflight")
+    fence = FenceOperator(task_id="fence")
+    catch_up = CatchUpSensor(task_id="catch_up", timeout=60)
+    promote = PromoteOperator(task_id="promote")
+    repoint = RepointOperator(task_id="repoint")
+    rejoin = RejoinOperator(task_id="rejoin")
+    validate = ValidateOperator(task_id="validate")
+    rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
+    record = RecordOperator(task_id="record", trigger_rule=TriggerRule.ALL_DONE)
+
+    preflight >> fence >> catch_up >> promote >> repoint >> rejoin >> validate
+    [fence, catch_up, promote, repoint, rejoin, validate] >> rollback >> record
+    validate >> record

@@ -1,0 +1,447 @@
+"""Switchover and failover, step by step, with a sentence for every decision.
+
+The steps are the dr_failover DAG's tasks: preflight, fence, catch up, promote, repoint, rejoin,
+validate, and (on failure) roll back. Each works on a `Cluster` (admin connections to the nodes,
+host-level `NodeControl`, the application's `Router`) and returns a JSON-able record of what it
+did; the audit is those records put together. Nothing here imports Airflow.
+
+Invariant: at every step boundary at most one node accepts writes through the entry point. A
+switchover loses no committed transaction (the target replays up to the stopped primary's final
+checkpoint before it is promoted); a failover reports the bytes it could not receive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from continuity.nodecontrol import NodeControl, NodeControlError
+from continuity.policy import Policy, parse_size
+from continuity.postgres import NodeUnreachable, PostgresNode
+from continuity.router import Endpoint, Router, RouterError
+
+DEFAULT_MAX_LAG_BYTES = 16 * 2**20
+PROBE_TABLE = "continuity_failover_probes"
+
+
+class FailoverError(RuntimeError):
+    """A step could not complete; the message says what was checked and what state the cluster is in."""
+
+
+class PreflightFailed(FailoverError):
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"preflight check {check!r} failed: {message}. Nothing was changed.")
+        self.check = check
+
+
+def lsn_to_int(lsn: str | None) -> int:
+    if not lsn:
+        return 0
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+# -- params ------------------------------------------------------------------------------------
+class FailoverParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    mode: Literal["switchover", "failover"] = "switchover"
+    max_lag_bytes: int = DEFAULT_MAX_LAG_BYTES
+    force: bool = False
+    dry_run: bool = False
+    reason: str = ""
+    incident_id: str | None = None
+
+    @field_validator("max_lag_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+
+def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
+    """Check the trigger form before anything else runs; each failure names the param."""
+    values = {k: v for k, v in raw.items() if k in FailoverParams.model_fields}
+    if values.get("incident_id") in ("", None):
+        values["incident_id"] = None
+    try:
+        params = FailoverParams(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "params"
+        raise PreflightFailed(f"param {where}", f"{first['msg']} (got {first.get('input')!r})") from None
+    nodes = [n.name for n in policy.topology.nodes]
+    if params.target not in nodes:
+        raise PreflightFailed("target is a known node",
+                              f"target {params.target!r} is not a node of the policy (nodes: {', '.join(nodes)})")
+    if not params.reason.strip():
+        raise PreflightFailed("reason given", "a non-empty reason is required: it goes into the logs and the audit")
+    return params
+
+
+# -- the cluster the steps act on --------------------------------------------------------------
+@dataclass
+class Cluster:
+    policy: Policy
+    nodes: dict[str, PostgresNode]
+    endpoints: dict[str, Endpoint]
+    control: NodeControl
+    router: Router
+    app_conninfo: str
+    report: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def probe(self, name: str) -> dict[str, Any]:
+        """Role and positions of a node, or why it cannot answer."""
+        try:
+            lsns = self.nodes[name].lsns()
+        except NodeUnreachable as exc:
+            return {"reachable": False, "error": str(exc)}
+        in_recovery = lsns["current_lsn"] is None
+        return {"reachable": True, "in_recovery": in_recovery, **{k: v for k, v in lsns.items() if k.endswith("lsn")}}
+
+    def writable_nodes(self) -> list[str]:
+        return [n for n in self.nodes if (p := self.probe(n))["reachable"] and not p["in_recovery"]]
+
+
+def current_timeline(node: PostgresNode) -> int:
+    """The timeline WAL is written (primary) or replayed (standby) on, without waiting for a checkpoint."""
+    row = node.query_one(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) "
+        "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS tli")
+    return int(row["tli"]) if row.get("tli") is not None else node.timeline()
+
+
+# -- 1. preflight ------------------------------------------------------------------------------
+def preflight(cluster: Cluster, params: FailoverParams, *, primary: str) -> dict[str, Any]:
+    """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check."""
+    report = cluster.report
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, sentence: str) -> None:
+        checks.append({"check": name, "ok": ok, "detail": sentence})
+        report(f"{'ok    ' if ok else 'FAILED'} {name}: {sentence}")
+        if not ok:
+            raise PreflightFailed(name, sentence)
+
+    target = params.target
+    report(f"{params.mode} to {target} requested: {params.reason!r}"
+           + (f" (incident {params.incident_id})" if params.incident_id else "") + (" — DRY RUN" if params.dry_run else ""))
+    base = {"params": params.model_dump(), "old_primary": primary, "target": target, "checks": checks,
+            "checked_at": now_iso()}
+    if target == primary:
+        state = cluster.probe(target)
+        report(f"{target} is already the primary (writable: {state.get('reachable') and not state.get('in_recovery')}); "
+               f"the topology is unchanged and nothing will be done")
+        return {**base, "action": "none", "topology": {"primary": primary}}
+
+    target_state = cluster.probe(target)
+    check("target reachable", target_state["reachable"],
+          f"{target} answers" if target_state["reachable"] else target_state.get("error", "unreachable"))
+    check("target in recovery", target_state["in_recovery"],
+          f"{target} is a standby" if target_state["in_recovery"] else
+          f"{target} is already writable while the topology records {primary} as primary: resolve that first")
+    primary_state = cluster.probe(primary)
+    primary_alive = primary_state["reachable"] and not primary_state.get("in_recovery", True)
+    if params.mode == "switchover":
+        check("primary healthy", primary_alive,
+              f"{primary} is writable" if primary_alive else
+              f"{primary} is not a writable primary ({primary_state.get('error') or 'in recovery'}); "
+              f"a switchover needs it, use mode=failover if it is lost")
+    else:
+        report(f"note   primary {primary} is {'still writable: it will be stopped and fenced' if primary_alive else 'down or unusable'}")
+
+    receiver = cluster.nodes[target].wal_receiver()
+    target_tli = current_timeline(cluster.nodes[target])
+    if primary_alive:
+        primary_tli = current_timeline(cluster.nodes[primary])
+        check("target on the primary's timeline", target_tli == primary_tli,
+              f"{target} is on timeline {target_tli}, {primary} on {primary_tli}")
+    if params.mode == "switchover":
+        status = receiver.status if receiver else "no WAL receiver"
+        check("target streaming", status == "streaming", f"{target}'s WAL receiver is {status}")
+    else:
+        report(f"note   {target}'s WAL receiver is {receiver.status if receiver else 'not running'}")
+
+    # How far behind: against the primary when it answers, else the most advanced node that does.
+    positions = {primary: lsn_to_int(primary_state.get("current_lsn"))} if primary_alive else {}
+    for name in cluster.nodes:
+        if name not in (primary, target):
+            state = cluster.probe(name)
+            if state["reachable"] and state.get("in_recovery"):
+                positions[name] = lsn_to_int(state.get("receive_lsn"))
+    target_received = lsn_to_int(target_state.get("receive_lsn"))
+    target_replayed = lsn_to_int(target_state.get("replay_lsn"))
+    reference = max([target_received, *positions.values()])
+    lag = max(0, reference - target_replayed)
+    within = lag <= params.max_lag_bytes
+    forced = not within and params.force and params.mode == "failover"
+    check("target lag", within or forced,
+          f"{target} has replayed to {lag:,} bytes behind the most advanced known position "
+          f"(limit {params.max_lag_bytes:,})"
+          + ("; over the limit, accepted because force=true (recorded in the audit)" if forced else "")
+          + ("" if within or forced else "; in failover mode force=true accepts it"))
+    others = [n for n in cluster.nodes if n not in (primary, target)]
+    return {**base, "action": params.mode, "dry_run": params.dry_run, "forced": forced, "lag_bytes": lag,
+            "reference_lsn_int": reference, "target_received_lsn_int": target_received, "primary_alive": primary_alive,
+            "old_timeline": target_tli, "other_standbys": others,
+            "plan": [f"pause {cluster.router.describe()}",
+                     f"{'stop' if primary_alive else 'fence'} {primary}",
+                     f"wait for {target} to {'replay the final LSN' if params.mode == 'switchover' else 'stop receiving'}",
+                     f"promote {target}", f"repoint the application to {target}",
+                     *[f"make {n} follow {target}" for n in others], f"rejoin {primary} with pg_rewind",
+                     "validate a write, replication and archiving", "record the topology and the audit"]}
+
+
+# -- 2. fence ----------------------------------------------------------------------------------
+def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float = 10) -> dict[str, Any]:
+    report = cluster.report
+    old, mode = plan["old_primary"], plan["action"]
+    record: dict[str, Any] = {"started_at": now_iso()}
+    last_known = plan.get("reference_lsn_int", 0)
+    if mode == "switchover":
+        cluster.router.pause(timeout=pause_timeout)
+        record["paused_at"] = now_iso()
+        record["paused_epoch"] = time.time()
+        report(f"{cluster.router.describe()} paused: in-flight transactions finished, new ones wait")
+        try:
+            cluster.control.stop(old, mode="fast")
+            cluster.control.fence(old)
+            final = cluster.control.checkpoint_lsn(old)
+        except (NodeControlError, OSError) as exc:
+            cluster.control.unfence(old)
+            if not cluster.control.is_running(old):
+                cluster.control.start(old)
+            cluster.router.resume()
+            raise FailoverError(f"could not stop {old} cleanly ({exc}); it was restarted if needed and the entry "
+                                f"point resumed: {old} is still the only primary") from exc
+        record["final_lsn"] = final
+        report(f"{old} stopped cleanly and fenced (it can only come back as a standby); final checkpoint at {final}")
+    else:
+        try:
+            cluster.router.pause(timeout=2)
+            record["paused_at"] = now_iso()
+            record["paused_epoch"] = time.time()
+            report(f"{cluster.router.describe()} paused so clients wait for the new primary instead of failing")
+        except RouterError as exc:
+            report(f"{cluster.router.describe()} could not be paused ({exc}); clients will see errors until the repoint")
+        state = cluster.probe(old)
+        if state["reachable"] and not state.get("in_recovery", True):
+            last_known = max(last_known, lsn_to_int(state.get("current_lsn")))
+        try:
+            if cluster.control.is_running(old):
+                cluster.control.stop(old, mode="immediate")
+                report(f"{old} was still running: stopped (immediate)")
+            cluster.control.fence(old)
+            record["old_primary_fenced"] = True
+            report(f"{old} fenced: if it comes back it starts as a standby, and the entry point will not lead to it")
+        except (NodeControlError, OSError) as exc:
+            record["old_primary_fenced"] = False
+            report(f"{old} could not be reached to stop or fence it ({exc}); the repoint keeps it away from the "
+                   f"application, and it must be rebuilt before it rejoins")
+    record["last_known_primary_lsn_int"] = last_known
+    record["finished_at"] = now_iso()
+    return record
+
+
+# -- 3. catch up -------------------------------------------------------------------------------
+def replayed_to(cluster: Cluster, target: str, final_lsn: str) -> tuple[bool, str]:
+    replay = cluster.probe(target).get("replay_lsn")
+    return lsn_to_int(replay) >= lsn_to_int(final_lsn), replay or "0/0"
+
+
+def received_position(cluster: Cluster, target: str) -> int:
+    return lsn_to_int(cluster.probe(target).get("receive_lsn"))
+
+
+# -- 4. promote --------------------------------------------------------------------------------
+def promote(cluster: Cluster, target: str, *, wait_seconds: int = 60) -> dict[str, Any]:
+    node = cluster.nodes[target]
+    before = current_timeline(node)
+    started = time.monotonic()
+    try:
+        ok = node.query_one("SELECT pg_promote(true, %s) AS ok", (wait_seconds,))["ok"]
+    except (NodeUnreachable, psycopg.Error) as exc:
+        raise FailoverError(f"promotion of {target} failed: {exc}") from exc
+    if not ok or node.is_in_recovery():
+        raise FailoverError(f"promotion of {target} did not finish within {wait_seconds}s: it is still in recovery")
+    after = current_timeline(node)
+    if after <= before:
+        raise FailoverError(f"{target} left recovery but is still on timeline {after} (was {before})")
+    cluster.report(f"{target} promoted in {time.monotonic() - started:.2f}s: writable on timeline {after} (was {before})")
+    return {"promoted_at": now_iso(), "timeline": after, "previous_timeline": before,
+            "lsn": node.lsns()["current_lsn"]}
+
+
+# -- 5. repoint --------------------------------------------------------------------------------
+def repoint(cluster: Cluster, target: str) -> dict[str, Any]:
+    endpoint = cluster.endpoints[target]
+    cluster.router.point_to(endpoint)
+    cluster.router.resume()
+    cluster.report(f"{cluster.router.describe()} now leads to {endpoint} and is resumed")
+    return {"resumed_at": now_iso(), "resumed_epoch": time.time(), "endpoint": str(endpoint)}
+
+
+# -- 6. rejoin ---------------------------------------------------------------------------------
+def rejoin(cluster: Cluster, plan: dict[str, Any], *, stream_timeout: float = 60) -> dict[str, Any]:
+    report = cluster.report
+    target, old = plan["target"], plan["old_primary"]
+    standbys = [n for n in cluster.nodes if n != target]
+    cluster.control.ensure_slots(target, standbys)
+    result: dict[str, Any] = {"following": [], "needs_rebuild": []}
+    for name in plan["other_standbys"]:
+        try:
+            cluster.control.follow(name, target)
+            result["following"].append(name)
+            report(f"{name} now follows {target} (new primary_conninfo; it follows the new timeline)")
+        except NodeControlError as exc:
+            result["needs_rebuild"].append(name)
+            report(f"{name} could not be repointed ({exc}): it needs attention")
+    try:
+        if cluster.control.is_running(old):
+            cluster.control.stop(old, mode="fast")
+        cluster.nodes[target].execute("CHECKPOINT")  # pg_rewind reads the new timeline from the control file
+        detail = cluster.control.rewind(old, target)
+        report(f"{old} rewound from {target}: {detail}")
+        cluster.control.follow(old, target)
+        cluster.control.start(old)
+        result["following"].append(old)
+        report(f"{old} restarted as a standby of {target}")
+    except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
+        result["needs_rebuild"].append(old)
+        report(f"{old} could not rejoin ({exc}); it stays stopped and fenced and needs a rebuild from {target}")
+    streaming = wait_streaming(cluster, target, result["following"], timeout=stream_timeout)
+    result["streaming"] = streaming
+    synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name in streaming]
+    if not synchronous and any(n.synchronous for n in cluster.policy.topology.nodes if n.name != target):
+        # The promoted node keeps accepting writes rather than block on a standby that is not there.
+        report("no synchronous standby streams from the new primary yet: it runs asynchronously until one does")
+    cluster.control.make_primary_settings(target, synchronous_standbys=synchronous)
+    result["synchronous_standbys"] = synchronous
+    report(f"synchronous standbys of {target}: {', '.join(synchronous) or 'none'}")
+    return result
+
+
+def wait_streaming(cluster: Cluster, primary: str, expected: list[str], *, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    streaming: list[str] = []
+    while time.monotonic() < deadline:
+        rows = cluster.nodes[primary].replication()
+        streaming = sorted(r.application_name for r in rows if r.state == "streaming" and r.application_name in expected)
+        if len(streaming) == len(set(expected)):
+            break
+        time.sleep(0.3)
+    return streaming
+
+
+# -- 7. validate -------------------------------------------------------------------------------
+def validate(cluster: Cluster, plan: dict[str, Any], *, run_id: str, following: list[str] | None = None,
+             timeout: float = 60) -> dict[str, Any]:
+    report = cluster.report
+    target = plan["target"]
+    endpoint = cluster.endpoints[target]
+    problems: list[str] = []
+    try:
+        with psycopg.connect(cluster.app_conninfo, autocommit=True, prepare_threshold=None, connect_timeout=5) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (run_id text, written_at timestamptz "
+                         f"DEFAULT clock_timestamp(), server_port int DEFAULT inet_server_port())")
+            row = conn.execute(f"INSERT INTO {PROBE_TABLE} (run_id) VALUES (%s) RETURNING server_port", (run_id,)).fetchone()
+        port = row[0] if row else None
+        if port != endpoint.port:
+            problems.append(f"the entry point wrote on port {port}, not on {endpoint}")
+        else:
+            report(f"ok     a write through the entry point landed on {target}")
+    except psycopg.Error as exc:
+        problems.append(f"a write through the entry point failed: {str(exc).strip().splitlines()[0]}")
+    expected = following if following is not None else [n for n in cluster.nodes if n != target]
+    streaming = wait_streaming(cluster, target, expected, timeout=timeout)
+    missing = sorted(set(expected) - set(streaming))
+    report(f"{'ok    ' if not missing else 'WARN  '} standbys streaming from {target}: {', '.join(streaming) or 'none'}"
+           + (f"; not streaming: {', '.join(missing)}" if missing else ""))
+    if not streaming:
+        problems.append(f"no standby streams from {target}")
+    timeline = current_timeline(cluster.nodes[target])
+    prefix = f"{timeline:08X}"
+    cluster.nodes[target].query_one("SELECT pg_switch_wal()::text AS lsn")
+    deadline = time.monotonic() + timeout
+    archived = None
+    while time.monotonic() < deadline:
+        archived = cluster.nodes[target].archiver().last_archived_wal
+        if archived and archived.startswith(prefix):
+            break
+        time.sleep(0.3)
+    if archived and archived.startswith(prefix):
+        report(f"ok     WAL archiving works on timeline {timeline}: {archived} archived")
+    else:
+        problems.append(f"no WAL of timeline {timeline} archived within {timeout:.0f}s (last: {archived})")
+    if problems:
+        raise FailoverError("validation failed: " + "; ".join(problems))
+    return {"validated_at": now_iso(), "streaming": streaming, "not_streaming": missing, "archived_wal": archived,
+            "timeline": timeline}
+
+
+# -- rollback ----------------------------------------------------------------------------------
+def rollback(cluster: Cluster, plan: dict[str, Any], *, fenced: bool, promoted: bool) -> dict[str, Any]:
+    """After a failed step: switchover puts the old primary back; failover leaves exactly one writer."""
+    report = cluster.report
+    old, target = plan["old_primary"], plan["target"]
+    if plan.get("action") not in ("switchover", "failover") or not fenced:
+        writable = cluster.writable_nodes()
+        cluster.router.resume()
+        return {"rolled_back": False, "writable": writable,
+                "message": f"nothing had changed; writable primary: {', '.join(writable) or 'none'}"}
+    if plan["action"] == "switchover":
+        if promoted and cluster.control.is_running(target):
+            cluster.control.stop(target, mode="fast")
+            cluster.control.fence(target)
+            report(f"{target} had been promoted: stopped and fenced; it needs a rebuild from {old} before it rejoins")
+        cluster.control.unfence(old)
+        cluster.control.make_primary_settings(old, synchronous_standbys=[])
+        if not cluster.control.is_running(old):
+            cluster.control.start(old)
+        cluster.router.point_to(cluster.endpoints[old])
+        cluster.router.resume()
+        writable = cluster.writable_nodes()
+        if writable != [old]:
+            raise FailoverError(f"rollback left writable nodes {writable or 'none'}; expected only {old}")
+        synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name != old]
+        streaming = wait_streaming(cluster, old, synchronous, timeout=30)
+        cluster.control.make_primary_settings(old, synchronous_standbys=streaming)
+        message = (f"switchover rolled back: the original primary {old} is serving writes again through "
+                   f"{cluster.router.describe()}")
+        report(message)
+        return {"rolled_back": True, "writable": writable, "message": message}
+    writable = cluster.writable_nodes()
+    if len(writable) > 1 and target in writable:
+        for name in writable:
+            if name != target:
+                cluster.control.stop(name, mode="immediate")
+                cluster.control.fence(name)
+                report(f"{name} was also writable: stopped and fenced")
+        writable = cluster.writable_nodes()
+    cluster.router.resume()
+    if len(writable) == 1:
+        message = f"failover stopped with exactly one writable primary: {writable[0]}"
+    else:
+        message = (f"failover stopped with no writable primary: {old} is lost and {target} was not promoted; "
+                   f"fix the cause and trigger dr_failover again")
+    report(message)
+    return {"rolled_back": False, "writable": writable, "message": message}
+
+
+# -- audit and topology ------------------------------------------------------------------------
+def topology_record(*, plan: dict[str, Any], promotion: dict[str, Any], rejoin_result: dict[str, Any] | None,
+                    run_id: str) -> dict[str, Any]:
+    return {"primary": plan["target"], "timeline": promotion["timeline"], "previous_primary": plan["old_primary"],
+            "changed_at": promotion["promoted_at"], "changed_by_run": run_id,
+            "needs_rebuild": (rejoin_result or {}).get("needs_rebuild", [plan["old_primary"]])}

@@ -1,0 +1,76 @@
+"""FailoverHook: the cluster a failover acts on, built from Airflow connections and the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from continuity.failover import Cluster
+from continuity.hooks.postgres_node import PostgresNodeHook
+from continuity.nodecontrol import NodeControl, SandboxNodeControl
+from continuity.policy import Policy
+from continuity.router import Endpoint, PgBouncerRouter, Route53Router, Router
+from continuity.topology_store import current_policy
+
+
+class FailoverHook(BaseHook):
+    """Admin connections to every node (their `conn_id`s), the entry point's router (PgBouncer's admin
+    connection with `extra.ini_path`/`extra.database`, or a Route 53 record through an AWS connection
+    with `extra.zone_id`/`extra.record_name`), and host-level node control.
+
+    :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
+    """
+
+    hook_name = "Continuity failover"
+
+    def __init__(self, *, policy_path: str | None = None) -> None:
+        super().__init__()
+        self.policy_path = policy_path
+        self._policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = current_policy(self.policy_path)
+        return self._policy
+
+    def get_router(self) -> Router:
+        entry = self.policy.topology.entry_point
+        if entry.kind == "pgbouncer":
+            if not entry.admin_conn_id:
+                raise ValueError("policy.yaml: topology.entry_point.admin_conn_id: a PgBouncer entry point needs its "
+                                 "admin connection to pause and repoint it")
+            conn = self.get_connection(entry.admin_conn_id)
+            extra = conn.extra_dejson
+            if "ini_path" not in extra:
+                raise ValueError(f"connection {entry.admin_conn_id}: extra.ini_path (PgBouncer's ini file) is required")
+            admin = PostgresNodeHook(postgres_conn_id=entry.admin_conn_id, database="pgbouncer").get_node().conninfo
+            return PgBouncerRouter(admin_conninfo=admin, ini_path=extra["ini_path"],
+                                   database=extra.get("database") or self.policy.topology.databases[0])
+        if entry.kind == "route53":
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+            conn_id = entry.admin_conn_id or entry.conn_id
+            extra = self.get_connection(conn_id).extra_dejson
+            client = AwsBaseHook(aws_conn_id=conn_id, client_type="route53").get_conn()
+            return Route53Router(client=client, zone_id=extra["zone_id"], record_name=extra["record_name"],
+                                 record_type=extra.get("record_type", "CNAME"), hostnames=extra.get("hostnames"))
+        raise ValueError(f"entry point kind {entry.kind!r} cannot be repointed automatically")
+
+    def get_cluster(self, *, report: Callable[[str], None], control: NodeControl | None = None) -> Cluster:
+        topology = self.policy.topology
+        nodes, endpoints = {}, {}
+        for node in topology.nodes:
+            hook = PostgresNodeHook(postgres_conn_id=node.conn_id, node_name=node.name)
+            nodes[node.name] = hook.get_node()
+            conn = hook.get_connection(node.conn_id)
+            endpoints[node.name] = Endpoint(node=node.name, host=conn.host or "localhost", port=conn.port or 5432)
+        app = PostgresNodeHook(postgres_conn_id=topology.entry_point.conn_id).get_node().conninfo
+        return Cluster(policy=self.policy, nodes=nodes, endpoints=endpoints,
+                       control=control or SandboxNodeControl.from_environment(), router=self.get_router(),
+                       app_conninfo=app, report=report)
+
+    def get_conn(self) -> Any:
+        return self.get_cluster(report=self.log.info)

@@ -1,0 +1,265 @@
+"""Operators and the catch-up sensor of dr_failover: thin wrappers over `continuity.failover`.
+
+Every step reads the run's params and the preflight plan from XCom, logs one sentence per decision,
+and pushes its own record (or, when it fails, `failure`) so the audit task can tell the whole story.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, BaseSensorOperator, Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from continuity import failover as steps
+from continuity.hooks.backup import ContinuityBackupHook
+from continuity.hooks.failover import FailoverHook
+from continuity.topology_store import TOPOLOGY_KEY, write_topology
+
+AUDIT_PREFIX = "audit/failover/"
+
+
+def _plan(context: Context) -> dict[str, Any]:
+    plan = context["ti"].xcom_pull(task_ids="preflight")
+    if not plan:
+        raise AirflowFailException("no preflight plan in XCom: preflight did not succeed")
+    return plan
+
+
+def _skip_unless_acting(plan: dict[str, Any]) -> None:
+    if plan["action"] == "none":
+        raise AirflowSkipException(f"{plan['target']} is already the primary: nothing to do")
+    if plan.get("dry_run"):
+        raise AirflowSkipException("dry run: checks passed, nothing changed")
+
+
+class FailoverStepOperator(BaseOperator):
+    """A step of dr_failover. Subclasses implement `step`; a failure is recorded before it propagates."""
+
+    template_fields: Sequence[str] = ("policy_path",)
+    ui_color = "#fadbd8"
+
+    def __init__(self, *, policy_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy_path = policy_path
+
+    def cluster(self) -> steps.Cluster:
+        return FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+
+    def execute(self, context: Context) -> Any:
+        started = time.time()
+        try:
+            result = self.step(context)
+        except (AirflowSkipException,):
+            raise
+        except Exception as exc:
+            context["ti"].xcom_push(key="failure", value=str(exc))
+            if isinstance(exc, steps.FailoverError | ValueError):
+                raise AirflowFailException(str(exc)) from exc
+            raise
+        if isinstance(result, dict):
+            result.setdefault("seconds", round(time.time() - started, 3))
+        return result
+
+    def step(self, context: Context) -> Any:
+        raise NotImplementedError
+
+
+class PreflightOperator(FailoverStepOperator):
+    """Validate the params and check the cluster; the plan it returns drives every later step."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        hook = FailoverHook(policy_path=self.policy_path)
+        try:
+            params = steps.validate_params(context["params"], hook.policy)
+            cluster = hook.get_cluster(report=self.log.info)
+            plan = steps.preflight(cluster, params, primary=hook.policy.topology.primary.name)
+        except steps.PreflightFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+        dag_run = context["dag_run"]
+        plan["triggered_by"] = getattr(dag_run, "triggering_user_name", None)
+        if plan["action"] != "none":
+            for line in plan["plan"]:
+                self.log.info("plan: %s", line)
+            if plan["dry_run"]:
+                self.log.info("dry run: every check passed; nothing will be changed")
+        return plan
+
+
+class FenceOperator(FailoverStepOperator):
+    """Switchover: pause the entry point, stop the primary cleanly, fence it, note its final LSN.
+    Failover: stop the old primary if it still runs and fence it."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        return steps.fence(self.cluster(), plan)
+
+
+class CatchUpSensor(BaseSensorOperator):
+    """Switchover: wait until the target has replayed the old primary's final LSN. Failover: wait until
+    the target's received WAL stops advancing, then estimate the bytes it never received."""
+
+    ui_color = "#fcf3cf"
+
+    def __init__(self, *, policy_path: str | None = None, settle_seconds: float = 2.0, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "poke")
+        kwargs.setdefault("poke_interval", 0.5)
+        super().__init__(**kwargs)
+        self.policy_path = policy_path
+        self.settle_seconds = settle_seconds
+        self._last: tuple[int, float] | None = None
+        self._cluster: steps.Cluster | None = None
+
+    def execute(self, context: Context) -> Any:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        try:
+            return super().execute(context)
+        except Exception as exc:
+            context["ti"].xcom_push(key="failure", value=f"{plan['target']} did not catch up: {exc}")
+            raise
+
+    def poke(self, context: Context) -> Any:
+        from airflow.sdk import PokeReturnValue
+
+        plan = _plan(context)
+        if self._cluster is None:
+            self._cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+        cluster, target = self._cluster, plan["target"]
+        fenced = context["ti"].xcom_pull(task_ids="fence")
+        if plan["action"] == "switchover":
+            done, replay = steps.replayed_to(cluster, target, fenced["final_lsn"])
+            self.log.info("%s replayed to %s; final LSN of %s is %s", target, replay, plan["old_primary"],
+                          fenced["final_lsn"])
+            return PokeReturnValue(is_done=done, xcom_value={"replayed_lsn": replay, "data_loss_bytes": 0})
+        received = steps.received_position(cluster, target)
+        now = time.monotonic()
+        if self._last is None or received != self._last[0]:
+            self._last = (received, now)
+            self.log.info("%s has received up to byte %s; waiting for it to stop advancing", target, f"{received:,}")
+            return False
+        if now - self._last[1] < self.settle_seconds:
+            return False
+        loss = max(0, int(fenced.get("last_known_primary_lsn_int", 0)) - received)
+        self.log.info("%s stopped receiving at byte %s; data loss estimate %s bytes (against the most advanced "
+                      "position any node reported)", target, f"{received:,}", f"{loss:,}")
+        return PokeReturnValue(is_done=True, xcom_value={"received_lsn_int": received, "data_loss_bytes": loss})
+
+
+class PromoteOperator(FailoverStepOperator):
+    """pg_promote(wait => true) on the target; confirm it left recovery on a new timeline."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        return steps.promote(self.cluster(), plan["target"])
+
+
+class RepointOperator(FailoverStepOperator):
+    """Point the application's entry point at the new primary and let clients through."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        return steps.repoint(self.cluster(), plan["target"])
+
+
+class RejoinOperator(FailoverStepOperator):
+    """Make the other standbys follow the new primary and rewind the old primary into a standby."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        return steps.rejoin(self.cluster(), plan)
+
+
+class ValidateOperator(FailoverStepOperator):
+    """A write through the entry point, standbys streaming, WAL archived on the new timeline."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        rejoined = context["ti"].xcom_pull(task_ids="rejoin") or {}
+        return steps.validate(self.cluster(), plan, run_id=context["run_id"], following=rejoined.get("following"))
+
+
+class RollbackOperator(FailoverStepOperator):
+    """Runs only when a step failed. Switchover: the old primary serves again; failover: exactly one
+    writable primary, named."""
+
+    def step(self, context: Context) -> dict[str, Any]:
+        plan = context["ti"].xcom_pull(task_ids="preflight")
+        if not plan or plan["action"] == "none" or plan.get("dry_run"):
+            raise AirflowSkipException("preflight stopped the run before anything changed: nothing to roll back")
+        fenced = context["ti"].xcom_pull(task_ids="fence") is not None
+        promoted = context["ti"].xcom_pull(task_ids="promote") is not None
+        result = steps.rollback(self.cluster(), plan, fenced=fenced, promoted=promoted)
+        self.log.warning(result["message"])
+        return result
+
+
+class RecordOperator(FailoverStepOperator):
+    """Always runs: persist the new topology (after a promotion) and write the audit record to storage
+    and the log; fail the run, naming the failed step, when any step failed."""
+
+    STEPS = ("preflight", "fence", "catch_up", "promote", "repoint", "rejoin", "validate", "rollback")
+
+    def step(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        records = {name: ti.xcom_pull(task_ids=name) for name in self.STEPS}
+        failures = {name: ti.xcom_pull(task_ids=name, key="failure") for name in self.STEPS}
+        failures = {k: v for k, v in failures.items() if v}
+        plan = records["preflight"] or {}
+        dag_run = context["dag_run"]
+        audit: dict[str, Any] = {
+            "kind": "failover-audit", "run_id": context["run_id"],
+            "triggered_by": getattr(dag_run, "triggering_user_name", None),
+            "params": dict(context["params"]), "action": plan.get("action"), "steps": records,
+            "failures": failures, "recorded_at": steps.now_iso(),
+        }
+        fenced, repointed = records["fence"] or {}, records["repoint"] or {}
+        if fenced.get("paused_epoch") and repointed.get("resumed_epoch"):
+            audit["unavailability_seconds"] = round(repointed["resumed_epoch"] - fenced["paused_epoch"], 3)
+        audit["data_loss_bytes"] = (records["catch_up"] or {}).get("data_loss_bytes")
+        promoted = records["promote"]
+        rolled_back = (records["rollback"] or {}).get("rolled_back")
+        if promoted and not rolled_back:
+            topology = steps.topology_record(plan=plan, promotion=promoted, rejoin_result=records["rejoin"],
+                                             run_id=context["run_id"])
+            write_topology(topology)
+            audit["topology"] = topology
+            self.log.info("topology recorded: primary %s on timeline %s", topology["primary"], topology["timeline"])
+        if failures:
+            first = next(name for name in self.STEPS if name in failures)
+            audit["outcome"] = f"failed at {first}: {failures[first]}" + (
+                f"; {records['rollback']['message']}" if records["rollback"] else "")
+        elif plan.get("action") == "none":
+            audit["outcome"] = f"no change: {plan['target']} already primary"
+        elif plan.get("dry_run"):
+            audit["outcome"] = "dry run: all checks passed, nothing changed"
+        else:
+            audit["outcome"] = f"{plan['action']} to {plan['target']} complete"
+        self._store(audit, topology=audit.get("topology"))
+        self.log.info("outcome: %s; unavailability %s s; data loss %s bytes", audit["outcome"],
+                      audit.get("unavailability_seconds"), audit["data_loss_bytes"])
+        if failures:
+            raise AirflowFailException(audit["outcome"])
+        return {k: audit.get(k) for k in ("outcome", "unavailability_seconds", "data_loss_bytes", "topology")}
+
+    def _store(self, audit: dict[str, Any], *, topology: dict[str, Any] | None) -> None:
+        hook = ContinuityBackupHook(policy_path=self.policy_path)
+        locations = hook.get_locations()
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", audit["run_id"])
+        for location in sorted(hook.required_locations()):
+            try:
+                locations[location].put_bytes(f"{AUDIT_PREFIX}{name}.json", json.dumps(audit, indent=2, default=str).encode())
+                if topology:
+                    locations[location].put_bytes(TOPOLOGY_KEY, json.dumps(topology, indent=2).encode())
+                self.log.info("audit written to %s", locations[location].describe(f"{AUDIT_PREFIX}{name}.json"))
+            except Exception as exc:  # the audit must reach every location that answers
+                self.log.error("could not write the audit to location %s: %s", location, exc)
