@@ -7,7 +7,8 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
 
 1. `preflight` validates the params and checks the target (reachable, in recovery, timeline, WAL
    receiver, replay lag) and, for a switchover, the primary. A failed check stops the run here,
-   naming it; nothing has changed. If the target already is the primary, the run ends as a no-op.
+   naming it; nothing has changed (a target that already is the primary is such a failure, and
+   the log shows the current topology). A rerun of a run that completed is a no-op.
 2. `fence`: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
    as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
 3. `catch_up` waits (60 s) for the target to replay the final LSN (switchover) or to stop

@@ -123,8 +123,11 @@ def current_timeline(node: PostgresNode) -> int:
 
 
 # -- 1. preflight ------------------------------------------------------------------------------
-def preflight(cluster: Cluster, params: FailoverParams, *, primary: str) -> dict[str, Any]:
-    """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check."""
+def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str = "",
+              recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check.
+
+    A rerun of a run that already completed (the recorded topology names this run) is a no-op."""
     report = cluster.report
     checks: list[dict[str, Any]] = []
 
@@ -141,9 +144,14 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str) -> dict
             "checked_at": now_iso()}
     if target == primary:
         state = cluster.probe(target)
-        report(f"{target} is already the primary (writable: {state.get('reachable') and not state.get('in_recovery')}); "
-               f"the topology is unchanged and nothing will be done")
-        return {**base, "action": "none", "topology": {"primary": primary}}
+        writable = bool(state.get("reachable") and not state.get("in_recovery"))
+        topology = (f"{target} is the primary (writable: {writable}"
+                    + (f", timeline {recorded['timeline']}, since {recorded['changed_at']} by run "
+                       f"{recorded['changed_by_run']}" if recorded else ", as the policy says") + ")")
+        if recorded and recorded.get("changed_by_run") == run_id and recorded.get("primary") == target:
+            report(f"this run already completed: {topology}; nothing will be done")
+            return {**base, "action": "none", "topology": recorded}
+        check("target is not the primary", False, f"{topology}; nothing to switch over to")
 
     target_state = cluster.probe(target)
     check("target reachable", target_state["reachable"],

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from continuity import failover as steps
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
-from continuity.topology_store import TOPOLOGY_KEY, write_topology
+from continuity.topology_store import TOPOLOGY_KEY, read_topology, write_topology
 
 AUDIT_PREFIX = "audit/failover/"
 
@@ -32,7 +32,7 @@ def _plan(context: Context) -> dict[str, Any]:
 
 def _skip_unless_acting(plan: dict[str, Any]) -> None:
     if plan["action"] == "none":
-        raise AirflowSkipException(f"{plan['target']} is already the primary: nothing to do")
+        raise AirflowSkipException(f"this run already made {plan['target']} the primary: nothing to do")
     if plan.get("dry_run"):
         raise AirflowSkipException("dry run: checks passed, nothing changed")
 
@@ -77,7 +77,8 @@ class PreflightOperator(FailoverStepOperator):
         try:
             params = steps.validate_params(context["params"], hook.policy)
             cluster = hook.get_cluster(report=self.log.info)
-            plan = steps.preflight(cluster, params, primary=hook.policy.topology.primary.name)
+            plan = steps.preflight(cluster, params, primary=hook.policy.topology.primary.name,
+                                   run_id=context["run_id"], recorded=read_topology())
         except steps.PreflightFailed as exc:
             raise AirflowFailException(str(exc)) from exc
         dag_run = context["dag_run"]
@@ -239,7 +240,7 @@ class RecordOperator(FailoverStepOperator):
             audit["outcome"] = f"failed at {first}: {failures[first]}" + (
                 f"; {records['rollback']['message']}" if records["rollback"] else "")
         elif plan.get("action") == "none":
-            audit["outcome"] = f"no change: {plan['target']} already primary"
+            audit["outcome"] = f"no change: this run already made {plan['target']} the primary"
         elif plan.get("dry_run"):
             audit["outcome"] = "dry run: all checks passed, nothing changed"
         else:

@@ -1,0 +1,74 @@
+"""A small writer that records every acknowledged commit: the yardstick of a switchover.
+
+It commits one row per transaction through the application's entry point, remembers each sequence
+number the server acknowledged and when, and reconnects after errors (counting them). Afterwards
+`missing_on(conninfo)` says which acknowledged commits a node does not have, and `longest_gap`
+is the application-visible write outage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+TABLE = "continuity_load_commits"
+
+
+@dataclass
+class CommitRecorder:
+    conninfo: str
+    table: str = TABLE
+    acknowledged: list[tuple[int, float]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> CommitRecorder:
+        with psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (seq bigint PRIMARY KEY, "
+                         f"committed_at timestamptz DEFAULT clock_timestamp())")
+            start = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {self.table}").fetchone()[0]
+        self._next = int(start) + 1
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None, connect_timeout=3)
+                seq = self._next
+                conn.execute(f"INSERT INTO {self.table} (seq) VALUES (%s)", (seq,))
+                self.acknowledged.append((seq, time.monotonic()))
+                self._next += 1
+            except psycopg.Error as exc:
+                self.errors.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                # The row may or may not have committed; a new number keeps "acknowledged" exact.
+                self._next += 1
+                time.sleep(0.05)
+            time.sleep(0.005)
+        if conn is not None:
+            conn.close()
+
+    @property
+    def longest_gap(self) -> float:
+        times = [t for _, t in self.acknowledged]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+    def missing_on(self, conninfo: str) -> list[int]:
+        with psycopg.connect(conninfo, prepare_threshold=None) as conn:
+            present = {row[0] for row in conn.execute(f"SELECT seq FROM {self.table}")}
+        return [seq for seq, _ in self.acknowledged if seq not in present]

@@ -1,0 +1,247 @@
+"""dr_failover against its own sandbox: switchover under load and back, failover after a crash, preflight
+refusals that leave the cluster untouched, dry run, rerun, and rollback of a failed promotion."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import psycopg
+import pytest
+
+from continuity import failover as failover_steps
+from continuity.loadgen import CommitRecorder
+from continuity.router import PgBouncerRouter
+from continuity.topology_store import TOPOLOGY_VARIABLE
+
+from .airflow_helpers import load_dag, task_states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def _forget_topology() -> None:
+    from airflow.models.variable import Variable
+
+    Variable.delete(TOPOLOGY_VARIABLE)
+
+
+@pytest.fixture(scope="module")
+def cluster(sandbox_factory, airflow_db):
+    """A sandbox of its own (failovers reshape it), its connections in the environment."""
+    box = sandbox_factory(scale=0.05, prefix="continuity-sandbox-failover-")
+    saved = dict(os.environ)
+    for key, value in box.environment().items():
+        if key != "AIRFLOW_HOME" and not key.startswith("AIRFLOW__CORE__"):
+            os.environ[key] = value
+    _forget_topology()
+    try:
+        yield box
+    finally:
+        _forget_topology()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run(**conf):
+    conf.setdefault("reason", "integration test")
+    return load_dag("dr_failover").test(run_conf=conf)
+
+
+def _app(box, node: str) -> str:
+    return box.node(node, user="app", dbname="app").conninfo
+
+
+def _writable(box) -> list[str]:
+    writable = []
+    for name in box.node_names:
+        try:
+            if not box.node(name).is_in_recovery():
+                writable.append(name)
+        except Exception:
+            pass
+    return writable
+
+
+def _router(box) -> PgBouncerRouter:
+    conn = box.connections()[box.policy.topology.entry_point.admin_conn_id]
+    info = (f"host=127.0.0.1 port={conn['port']} user={conn['login']} password={conn['password']} dbname=pgbouncer")
+    return PgBouncerRouter(admin_conninfo=info, ini_path=conn["extra"]["ini_path"], database="app")
+
+
+def _entry_port(box) -> int:
+    with psycopg.connect(box.app_conninfo(), prepare_threshold=None, connect_timeout=5) as conn:
+        return conn.execute("SELECT inet_server_port()").fetchone()[0]
+
+
+def _snapshot(box) -> dict:
+    router = _router(box)
+    return {"writable": _writable(box), "routes_to": router.current(), "paused": router.is_paused(),
+            "fenced": sorted(n for n in box.node_names if (box.cluster(n).data_dir / "standby.signal").exists())}
+
+
+def _audit(box, run) -> dict:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    return json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{name}.json"))
+
+
+def _wait_commits(load: CommitRecorder, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(load.acknowledged) < count:
+        assert time.monotonic() < deadline, f"the writer acknowledged {len(load.acknowledged)} commits; errors {load.errors[-3:]}"
+        time.sleep(0.05)
+
+
+def _preflight_failure(run) -> str:
+    return xcom(run, "preflight", key="failure") or ""
+
+
+# -- preflight ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("conf", "check"), [
+    ({"target": "nosuch"}, "'target is a known node' failed: target 'nosuch' is not a node of the policy"),
+    ({"target": "primary"}, "'target is not the primary' failed: primary is the primary"),
+    ({"target": "dr", "reason": "   "}, "'reason given' failed: a non-empty reason is required"),
+])
+def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(cluster, conf, check) -> None:
+    before = _snapshot(cluster)
+    run = _run(**conf)
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states["preflight"] == "failed" and states["fence"] == "upstream_failed"
+    assert check in _preflight_failure(run)
+    assert "Nothing was changed" in _preflight_failure(run)
+    assert _snapshot(cluster) == before == {**before, "writable": ["primary"], "paused": False}
+
+
+def test_a_lagging_target_is_refused_without_force(cluster) -> None:
+    dr = cluster.cluster("dr")
+    dr.psql("SELECT pg_wal_replay_pause();")
+    try:
+        with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS lag_filler AS SELECT g, repeat('x', 200) AS pad "
+                         "FROM generate_series(1, 20000) g")
+        before = _snapshot(cluster)
+        run = _run(target="dr", mode="failover", max_lag_bytes=65536)
+        assert str(run.state) == "failed"
+        failure = _preflight_failure(run)
+        assert "'target lag' failed: dr has replayed to" in failure and "in failover mode force=true accepts it" in failure
+        assert _snapshot(cluster) == before
+    finally:
+        dr.psql("SELECT pg_wal_replay_resume();")
+
+
+def test_dry_run_checks_everything_and_changes_nothing(cluster) -> None:
+    before = _snapshot(cluster)
+    run = _run(target="dr", dry_run=True)
+    assert str(run.state) == "success"
+    states = task_states(run)
+    assert states["preflight"] == "success" and states["promote"] == "skipped" and states["fence"] == "skipped"
+    plan = xcom(run, "preflight")
+    assert plan["dry_run"] and plan["plan"][0].startswith("pause PgBouncer")
+    assert {c["check"] for c in plan["checks"]} >= {"target reachable", "target in recovery", "primary healthy",
+                                                    "target streaming", "target lag"}
+    assert _snapshot(cluster) == before
+    assert _audit(cluster, run)["outcome"] == "dry run: all checks passed, nothing changed"
+
+
+# -- switchover --------------------------------------------------------------------------------
+def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cluster) -> None:
+    from airflow.models.variable import Variable
+
+    with CommitRecorder(cluster.app_conninfo()) as load:
+        _wait_commits(load, 50)
+        run = _run(target="dr", mode="switchover", reason="planned maintenance", incident_id="CHG-42")
+        _wait_commits(load, len(load.acknowledged) + 50)
+    assert str(run.state) == "success", task_states(run)
+    assert load.missing_on(_app(cluster, "dr")) == [], "every acknowledged commit is on the new primary"
+    assert _writable(cluster) == ["dr"]
+    assert _entry_port(cluster) == cluster.state["nodes"]["dr"]["port"]
+
+    audit = _audit(cluster, run)
+    assert audit["outcome"] == "switchover to dr complete" and audit["data_loss_bytes"] == 0
+    assert audit["params"]["incident_id"] == "CHG-42" and audit["params"]["reason"] == "planned maintenance"
+    assert 0 < audit["unavailability_seconds"] < 30
+    assert all(audit["steps"][s]["seconds"] >= 0 for s in ("preflight", "fence", "promote", "repoint", "rejoin", "validate"))
+    assert audit["topology"]["primary"] == "dr" and audit["topology"]["timeline"] >= 2
+    assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
+    streaming = {r.application_name: r.state for r in cluster.node("dr").replication()}
+    assert streaming.get("primary") == "streaming" and streaming.get("sync1") == "streaming"
+    print(f"switchover to dr: longest gap between acknowledged commits {load.longest_gap:.3f}s, "
+          f"{len(load.errors)} failed statements, run unavailability {audit['unavailability_seconds']}s")
+
+    with CommitRecorder(cluster.app_conninfo()) as back_load:
+        _wait_commits(back_load, 50)
+        back = _run(target="primary", mode="switchover", reason="maintenance done")
+    assert str(back.state) == "success", task_states(back)
+    assert back_load.missing_on(_app(cluster, "primary")) == []
+    assert load.missing_on(_app(cluster, "primary")) == [], "the first run's commits survived both switchovers"
+    assert _writable(cluster) == ["primary"]
+    assert {r.application_name for r in cluster.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1"}
+
+
+def test_a_rerun_of_a_completed_run_changes_nothing(cluster, monkeypatch) -> None:
+    from airflow.models.dagrun import DagRun
+
+    # dag.test() names runs after the clock; a rerun is the same run id run again.
+    monkeypatch.setattr(DagRun, "generate_run_id", staticmethod(lambda **_: "manual__rerun-test"))
+    first = _run(target="dr", reason="rerun test")
+    assert str(first.state) == "success" and first.run_id == "manual__rerun-test"
+    before = _snapshot(cluster)
+    from airflow.utils.session import create_session
+
+    with create_session() as session:  # as a cleared run: same run id, fresh task instances
+        session.query(DagRun).filter(DagRun.dag_id == "dr_failover", DagRun.run_id == first.run_id).delete()
+    again = _run(target="dr", reason="rerun test")
+    assert again.run_id == first.run_id and str(again.state) == "success", task_states(again)
+    assert task_states(again)["promote"] == "skipped"
+    assert _snapshot(cluster) == before
+    monkeypatch.undo()
+    assert str(_run(target="primary", reason="back after the rerun test").state) == "success"
+
+
+def test_a_failed_promotion_in_switchover_rolls_back_to_the_old_primary(cluster, monkeypatch) -> None:
+    real_promote = failover_steps.promote
+
+    def target_lost_before_promotion(cl, target, **kwargs):
+        cluster.cluster(target).stop(mode="immediate")
+        return real_promote(cl, target, **kwargs)
+
+    monkeypatch.setattr(failover_steps, "promote", target_lost_before_promotion)
+    run = _run(target="dr", mode="switchover", reason="rollback test")
+    monkeypatch.undo()
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states["promote"] == "failed" and states["rollback"] == "success"
+    audit = _audit(cluster, run)
+    assert "failed at promote" in audit["outcome"]
+    assert "the original primary primary is serving writes again" in audit["outcome"]
+    assert _writable(cluster) == ["primary"]
+    assert _entry_port(cluster) == cluster.state["nodes"]["primary"]["port"]
+    with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("INSERT INTO continuity_failover_probes (run_id) VALUES ('after rollback')")
+    cluster.cluster("dr").start()  # still fenced: it comes back as a standby
+    cluster.wait_streaming(timeout=60)
+
+
+# -- failover ----------------------------------------------------------------------------------
+def test_failover_after_the_primary_crashes(cluster) -> None:
+    with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS before_crash (n int)")
+        conn.execute("INSERT INTO before_crash VALUES (1)")
+    cluster.wait_streaming(timeout=30)
+    cluster.cluster("primary").kill()
+    run = _run(target="dr", mode="failover", reason="primary host lost", incident_id="INC-7")
+    assert str(run.state) == "success", task_states(run)
+    audit = _audit(cluster, run)
+    assert audit["outcome"] == "failover to dr complete"
+    assert isinstance(audit["data_loss_bytes"], int) and audit["data_loss_bytes"] >= 0
+    assert _writable(cluster) == ["dr"]
+    with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("INSERT INTO before_crash VALUES (2)")
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == cluster.state["nodes"]["dr"]["port"]
+    # The old primary, restarted, is a standby: never writable, and the entry point leads elsewhere.
+    old = cluster.cluster("primary")
+    old.stop()
+    old.start()
+    assert cluster.node("primary").is_in_recovery()
+    assert _writable(cluster) == ["dr"]
