@@ -11,11 +11,14 @@
    recovered; 0 when the marker is there), compared with every business function, tier 1 and data
    category of the policy. The report (JSON + Markdown) goes to `reports/drill/` in every required
    location, also when the rebuild fails.
-4. `remove_scratch_clusters` (teardown) removes any scratch cluster the run left behind.
+4. `live_switchover` (param `include_switchover`, default false): switches over to the DR region's
+   standby and back with dr_failover's steps while a writer commits through the entry point; the
+   report `reports/drill/<id>-switchover.json` gives the application-visible outage (longest gap
+   between acknowledged commits) and proves no acknowledged commit was lost.
+5. `remove_scratch_clusters` (teardown) removes any scratch cluster the run left behind.
 
-Param `include_switchover` is refused until the failover DAG exists. A Deadline Alert fires when a
-run is still going past the tightest RTO target of the policy: the alert is logged and written to
-`alerts/` in every required location.
+A Deadline Alert fires when a run is still going past the tightest RTO target of the policy: the
+alert is logged and written to `alerts/` in every required location.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from airflow.sdk import DAG, Param
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.deadlines import rto_deadline
-from continuity.operators.drill import RebuildAndMeasureOperator, StartDrillOperator
+from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasureOperator, StartDrillOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
 
@@ -42,7 +45,8 @@ with DAG(
     dagrun_timeout=timedelta(hours=8),
     default_args={**DEFAULT_ARGS, "retries": 0},  # a drill's timings mean nothing after a retry
     params={"include_switchover": Param(False, type="boolean", title="Include a live switchover",
-                                        description="Also switch over to the DR standby and back (needs dr_failover).")},
+                                        description="Also switch over to the DR standby and back under a "
+                                                        "writer, measuring the application-visible outage.")},
     tags=["continuity", "restore", "drill"],
 ) as dag:
     (
@@ -50,5 +54,6 @@ with DAG(
         >> SwitchWalOperator(task_id="switch_wal")
         >> ShipWalOperator(task_id="ship_wal")
         >> RebuildAndMeasureOperator(task_id="rebuild_and_measure")
+        >> LiveSwitchoverOperator(task_id="live_switchover", include_switchover="{{ params.include_switchover }}")
         >> RemoveScratchClustersOperator(task_id="remove_scratch_clusters").as_teardown()
     )

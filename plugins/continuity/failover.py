@@ -453,3 +453,54 @@ def topology_record(*, plan: dict[str, Any], promotion: dict[str, Any], rejoin_r
     return {"primary": plan["target"], "timeline": promotion["timeline"], "previous_primary": plan["old_primary"],
             "changed_at": promotion["promoted_at"], "changed_by_run": run_id,
             "needs_rebuild": (rejoin_result or {}).get("needs_rebuild", [plan["old_primary"]])}
+
+
+# -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
+def wait_caught_up(cluster: Cluster, plan: dict[str, Any], fenced: dict[str, Any], *, timeout: float = 60,
+                   settle_seconds: float = 2.0, interval: float = 0.2) -> dict[str, Any]:
+    """What the catch_up sensor does, as a loop: replay to the final LSN (switchover), or until the
+    received WAL stops advancing (failover), with the data loss estimate."""
+    target = plan["target"]
+    deadline = time.monotonic() + timeout
+    last: tuple[int, float] | None = None
+    while time.monotonic() < deadline:
+        if plan["action"] == "switchover":
+            done, replay = replayed_to(cluster, target, fenced["final_lsn"])
+            if done:
+                cluster.report(f"{target} replayed to {replay}, past the final LSN {fenced['final_lsn']}")
+                return {"replayed_lsn": replay, "data_loss_bytes": 0}
+        else:
+            received = received_position(cluster, target)
+            now = time.monotonic()
+            if last is None or received != last[0]:
+                last = (received, now)
+            elif now - last[1] >= settle_seconds:
+                loss = max(0, int(fenced.get("last_known_primary_lsn_int", 0)) - received)
+                cluster.report(f"{target} stopped receiving; data loss estimate {loss:,} bytes")
+                return {"received_lsn_int": received, "data_loss_bytes": loss}
+        time.sleep(interval)
+    raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
+
+
+def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str,
+            recorded: dict[str, Any] | None = None, catch_up_timeout: float = 60) -> dict[str, Any]:
+    """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit)."""
+    records: dict[str, Any] = {"preflight": preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)}
+    plan = records["preflight"]
+    if plan["action"] == "none" or plan.get("dry_run"):
+        return records
+    try:
+        records["fence"] = fence(cluster, plan)
+        records["catch_up"] = wait_caught_up(cluster, plan, records["fence"], timeout=catch_up_timeout)
+        records["promote"] = promote(cluster, plan["target"])
+        records["repoint"] = repoint(cluster, plan["target"])
+        records["rejoin"] = rejoin(cluster, plan)
+        records["validate"] = validate(cluster, plan, run_id=run_id, following=records["rejoin"]["following"])
+    except Exception as exc:
+        records["rollback"] = rollback(cluster, plan, fenced="fence" in records, promoted="promote" in records)
+        raise FailoverError(f"{plan['action']} to {plan['target']} failed: {exc}; {records['rollback']['message']}") from exc
+    records["unavailability_seconds"] = round(records["repoint"]["resumed_epoch"] - records["fence"]["paused_epoch"], 3) \
+        if "paused_epoch" in records["fence"] else None
+    records["topology"] = topology_record(plan=plan, promotion=records["promote"], rejoin_result=records["rejoin"],
+                                          run_id=run_id)
+    return records

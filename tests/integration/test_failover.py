@@ -223,6 +223,28 @@ def test_a_failed_promotion_in_switchover_rolls_back_to_the_old_primary(cluster,
     cluster.wait_streaming(timeout=60)
 
 
+# -- the drill's live switchover ---------------------------------------------------------------------
+def test_drill_with_include_switchover_measures_the_outage_and_loses_nothing(cluster) -> None:
+    from continuity.dumps import logical_backup, physical_backup
+
+    catalog = cluster.catalog()
+    for name, make in (("sync1", physical_backup), ("primary", logical_backup)):
+        extra = {"database": "app"} if make is logical_backup else {}
+        make(node=cluster.backup_node(name), keyring=cluster.keyring(), locations=list(catalog.locations.values()),
+             required={"primary", "dr"}, backup_id=f"{'logical-app' if extra else 'physical-sync1'}-fo-drill-{time.time_ns()}",
+             report=lambda _m: None, **extra)
+    run = load_dag("dr_drill").test(run_conf={"include_switchover": True})
+    assert str(run.state) == "success", task_states(run)
+    result = xcom(run, "live_switchover")
+    assert result["target"] == "dr" and result["lost_commits"] == 0 and result["acknowledged_commits"] >= 40
+    assert set(result["legs"]) == {"there", "back"}
+    assert 0 < result["application_outage_seconds"] < 30
+    assert all(leg["unavailability_seconds"] > 0 for leg in result["legs"].values())
+    report = json.loads(catalog.locations["dr"].get_bytes(f"reports/drill/{result['drill_id']}-switchover.json"))
+    assert report["application_outage_seconds"] == result["application_outage_seconds"]
+    assert _writable(cluster) == ["primary"], "the drill ends with the original primary serving"
+
+
 # -- failover ----------------------------------------------------------------------------------
 def test_failover_after_the_primary_crashes(cluster) -> None:
     with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from continuity.drill import REPORT_PREFIX, commit_marker, failure_result, render_markdown, run_drill
+from continuity.failover import FailoverError, FailoverParams, run_all
+from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook
+from continuity.loadgen import CommitRecorder
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.restore import RestoreError, scratch_prefix
 from continuity.restore_test import store_report
+from continuity.topology_store import write_topology
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
 
 
 class StartDrillOperator(ContinuityBackupOperator):
@@ -26,9 +36,8 @@ class StartDrillOperator(ContinuityBackupOperator):
         self.include_switchover = include_switchover
 
     def execute(self, context: Context) -> dict[str, str]:
-        if str(self.include_switchover).lower() in ("true", "1", "yes"):
-            raise AirflowFailException("include_switchover is not available yet: the live switchover part of the "
-                                       "drill arrives with the dr_failover DAG; run the drill without it")
+        if _truthy(self.include_switchover):
+            self.log.info("include_switchover: after the rebuild, the drill switches over to the DR standby and back")
         started = datetime.now(timezone.utc)
         policy = self.hook().policy
         entry = PostgresNodeHook(postgres_conn_id=policy.topology.entry_point.conn_id)
@@ -72,3 +81,66 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
         if not result["success"]:
             raise AirflowFailException("drill validation failed: " + "; ".join(result["failed_checks"] or ["no checks ran"]))
         return result
+
+
+class LiveSwitchoverOperator(ContinuityBackupOperator):
+    """With `include_switchover`: switch over to the DR region's standby and back through the failover
+    steps, under a writer that records every acknowledged commit; measure the application-visible
+    outage (longest gap between acknowledged commits) and check no acknowledged commit was lost."""
+
+    template_fields = (*ContinuityBackupOperator.template_fields, "include_switchover")
+
+    def __init__(self, *, include_switchover: Any = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.include_switchover = include_switchover
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if not _truthy(self.include_switchover):
+            raise AirflowSkipException("include_switchover is false: no live switchover in this drill")
+        start = context["ti"].xcom_pull(task_ids="start_drill")
+        policy = FailoverHook(policy_path=self.policy_path).policy
+        original = policy.topology.primary.name
+        target = next((n.name for n in policy.topology.standbys if n.region == policy.topology.dr_region), None)
+        if target is None:
+            raise AirflowFailException(f"no standby in the DR region {policy.topology.dr_region} to switch over to")
+        legs = {}
+        cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+        with CommitRecorder(cluster.app_conninfo) as load:
+            _wait_for(load, 20)
+            for leg, (to, frm) in (("there", (target, original)), ("back", (original, target))):
+                params = FailoverParams(target=to, mode="switchover",
+                                        reason=f"DR drill {start['drill_id']}: live switchover {leg}")
+                leg_cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+                try:
+                    records = run_all(leg_cluster, params, primary=frm, run_id=f"{context['run_id']}:{leg}")
+                except FailoverError as exc:
+                    raise AirflowFailException(f"live switchover {leg} failed: {exc}") from exc
+                write_topology(records["topology"])
+                legs[leg] = {"to": to, "unavailability_seconds": records["unavailability_seconds"],
+                             "steps": {k: v.get("seconds") for k, v in records.items() if isinstance(v, dict) and "seconds" in v}}
+                self.log.info("switchover %s to %s done: entry point held for %s s", leg, to,
+                              records["unavailability_seconds"])
+            _wait_for(load, len(load.acknowledged) + 20)
+        lost = load.missing_on(cluster.app_conninfo)
+        result = {"drill_id": start["drill_id"], "target": target, "legs": legs,
+                  "acknowledged_commits": len(load.acknowledged), "failed_statements": len(load.errors),
+                  "application_outage_seconds": round(load.longest_gap, 3), "lost_commits": len(lost)}
+        hook = self.hook()
+        locations = hook.get_locations()
+        for name in sorted(hook.required_locations()):
+            key = f"{REPORT_PREFIX}{start['drill_id']}-switchover.json"
+            locations[name].put_bytes(key, json.dumps(result, indent=2).encode())
+            self.log.info("switchover report written to %s", locations[name].describe(key))
+        self.log.info("application-visible outage %.3f s over two switchovers; %d acknowledged commits, %d lost, "
+                      "%d failed statements", load.longest_gap, len(load.acknowledged), len(lost), len(load.errors))
+        if lost:
+            raise AirflowFailException(f"{len(lost)} acknowledged commits are missing after the switchovers")
+        return result
+
+
+def _wait_for(load: CommitRecorder, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(load.acknowledged) < count:
+        if time.monotonic() > deadline:
+            raise AirflowFailException(f"the drill's writer could not commit through the entry point: {load.errors[-3:]}")
+        time.sleep(0.05)
