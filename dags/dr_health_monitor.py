@@ -14,7 +14,12 @@ Every 5 minutes, checks what the requirements' failover orchestrator watches:
 
 `assess_health` sums the weights of the failing components: a score at or above the policy's
 `disaster_threshold` (3) is reported as a disaster; any failing check fails the run with a one-line
-summary naming each failing check. Nothing is ever changed on the database by this DAG.
+summary naming each failing check. The checks never change the database.
+
+`auto_failover` (off unless the policy sets `health_monitor.auto_failover: true`) counts consecutive
+disaster assessments in the Variable `continuity_disaster_streak`; when the streak reaches
+`consecutive_failures` (flap protection), it triggers dr_failover once — mode failover, target the
+DR region's healthy standby with the least lag, reason "automatic: …" — and resets the streak.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from airflow.sdk import DAG
 from airflow.sdk import TriggerRule
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.operators.auto_failover import AutoFailoverOperator
 from continuity.operators.health import (
     ArchiverHealthOperator,
     ConfigurationDriftOperator,
@@ -60,3 +66,5 @@ with DAG(
         trigger_rule=TriggerRule.ALL_DONE,
     )
     checks >> assessment
+    # A teardown so that it never decides the run's state: the assessment's verdict does.
+    assessment >> AutoFailoverOperator(task_id="auto_failover").as_teardown()

@@ -245,8 +245,64 @@ def test_drill_with_include_switchover_measures_the_outage_and_loses_nothing(clu
     assert _writable(cluster) == ["primary"], "the drill ends with the original primary serving"
 
 
+# -- automatic trigger ----------------------------------------------------------------------------
+def _automatic_failover_runs() -> list:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        runs = session.query(DagRun).filter(DagRun.dag_id == "dr_failover").all()
+        return [dict(r.conf or {}) for r in runs if str((r.conf or {}).get("reason", "")).startswith("automatic:")]
+
+
+def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_blip(cluster, monkeypatch, tmp_path) -> None:
+    from airflow.models.variable import Variable
+
+    from continuity.operators.auto_failover import STREAK_VARIABLE
+    from continuity.policy import DEFAULT_POLICY_PATH
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace("auto_failover: false", "auto_failover: true"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
+    Variable.delete(STREAK_VARIABLE)
+    monitor = load_dag("dr_health_monitor")
+    primary = cluster.cluster("primary")
+
+    def check() -> dict:
+        run = monitor.test()
+        return {"auto_failover": task_states(run)["auto_failover"]}
+
+    try:
+        primary.stop(mode="immediate")  # a blip: one disaster, then healthy again
+        assert check() == {"auto_failover": "skipped"}
+        assert json.loads(Variable.get(STREAK_VARIABLE))["count"] == 1
+        primary.start()
+        cluster.wait_streaming(timeout=60)
+        assert check() == {"auto_failover": "skipped"}
+        assert json.loads(Variable.get(STREAK_VARIABLE))["count"] == 0
+        assert _automatic_failover_runs() == []
+
+        primary.stop(mode="immediate")  # a lasting disaster: three checks in a row (the policy's N)
+        assert check() == {"auto_failover": "skipped"}
+        assert check() == {"auto_failover": "skipped"}
+        assert _automatic_failover_runs() == []
+        assert check() == {"auto_failover": "success"}
+        assert check() == {"auto_failover": "skipped"}, "the streak starts again after a trigger"
+        triggered = _automatic_failover_runs()
+        assert len(triggered) == 1
+        assert triggered[0]["target"] == "dr" and triggered[0]["mode"] == "failover"
+        assert "disaster threshold held for 3 consecutive checks" in triggered[0]["reason"]
+    finally:
+        Variable.delete(STREAK_VARIABLE)
+        if not primary.running:
+            primary.start()
+        cluster.wait_streaming(timeout=60)
+        cluster.wait_entry_point()
+
+
 # -- failover ----------------------------------------------------------------------------------
 def test_failover_after_the_primary_crashes(cluster) -> None:
+    cluster.wait_entry_point()
     with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS before_crash (n int)")
         conn.execute("INSERT INTO before_crash VALUES (1)")

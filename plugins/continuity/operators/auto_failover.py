@@ -1,0 +1,85 @@
+"""AutoFailoverOperator: dr_health_monitor's automatic trigger of dr_failover, with flap protection."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Context, Variable
+from airflow.sdk.exceptions import AirflowSkipException
+
+from continuity.failover import lsn_to_int
+from continuity.hooks.postgres_node import PostgresNodeHook
+from continuity.postgres import NodeUnreachable
+from continuity.topology_store import current_policy
+
+STREAK_VARIABLE = "continuity_disaster_streak"
+
+
+def choose_target(candidates: dict[str, dict[str, Any]]) -> str | None:
+    """The healthy standby (reachable, in recovery) that has received the most WAL."""
+    healthy = {name: state for name, state in candidates.items() if state.get("reachable") and state.get("in_recovery")}
+    if not healthy:
+        return None
+    return max(sorted(healthy), key=lambda name: lsn_to_int(healthy[name].get("receive_lsn")))
+
+
+class AutoFailoverOperator(TriggerDagRunOperator):
+    """Count consecutive disaster assessments (Variable `continuity_disaster_streak`); when the policy
+    sets `health_monitor.auto_failover` and the streak reaches `consecutive_failures`, trigger
+    dr_failover in failover mode to the DR region's healthiest standby, once, and reset the streak.
+    Skips otherwise, saying why. Run it with trigger_rule ALL_DONE after the assessment."""
+
+    def __init__(self, *, assessment_task_id: str = "assess_health", policy_path: str | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_dag_id", "dr_failover")
+        kwargs.setdefault("wait_for_completion", False)
+        super().__init__(**kwargs)
+        self.assessment_task_id = assessment_task_id
+        self.policy_path = policy_path
+
+    def execute(self, context: Context) -> Any:
+        policy = current_policy(self.policy_path)
+        settings = policy.health_monitor
+        assessment = context["ti"].xcom_pull(task_ids=self.assessment_task_id, key="assessment")
+        if not settings.auto_failover:
+            raise AirflowSkipException("automatic failover is off (health_monitor.auto_failover: false)")
+        if assessment is None:
+            raise AirflowSkipException("the assessment did not report: no automatic decision this time")
+        streak = json.loads(Variable.get(STREAK_VARIABLE, default=None) or '{"count": 0}')
+        if not assessment.get("disaster"):
+            if streak.get("count"):
+                self.log.info("no disaster this check: the streak of %s ends", streak["count"])
+            Variable.set(STREAK_VARIABLE, json.dumps({"count": 0}))
+            raise AirflowSkipException("no disaster: nothing to do")
+        streak = {"count": int(streak.get("count", 0)) + 1, "last_run": context["run_id"],
+                  "since": streak.get("since") or context["run_id"]}
+        needed = settings.consecutive_failures
+        if streak["count"] < needed:
+            Variable.set(STREAK_VARIABLE, json.dumps(streak))
+            raise AirflowSkipException(f"disaster threshold reached {streak['count']} time(s) in a row; automatic "
+                                       f"failover waits for {needed} (flap protection)")
+        candidates = {}
+        for node in policy.topology.standbys:
+            if node.region != policy.topology.dr_region:
+                continue
+            try:
+                lsns = PostgresNodeHook(postgres_conn_id=node.conn_id, node_name=node.name).get_node().lsns()
+                candidates[node.name] = {"reachable": True, "in_recovery": lsns["current_lsn"] is None,
+                                         "receive_lsn": lsns["receive_lsn"]}
+            except NodeUnreachable as exc:
+                candidates[node.name] = {"reachable": False, "error": str(exc)}
+        target = choose_target(candidates)
+        if target is None:
+            Variable.set(STREAK_VARIABLE, json.dumps(streak))
+            raise AirflowSkipException(f"disaster for {streak['count']} checks but no healthy standby in the DR "
+                                       f"region {policy.topology.dr_region} to fail over to: {candidates}")
+        Variable.set(STREAK_VARIABLE, json.dumps({"count": 0, "triggered_by": context["run_id"]}))
+        self.conf = {"target": target, "mode": "failover", "max_lag_bytes": settings.max_lag_bytes, "force": False,
+                     "dry_run": False, "incident_id": "",
+                     "reason": f"automatic: disaster threshold held for {streak['count']} consecutive checks "
+                               f"({assessment.get('summary', '')})"[:500]}
+        self.log.warning("triggering dr_failover: failover to %s after %s consecutive disaster checks",
+                         target, streak["count"])
+        return super().execute(context)
