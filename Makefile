@@ -21,6 +21,7 @@ test-fast: bootstrap
 bench: bootstrap
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/switchover.py
 
 sandbox-up: bootstrap
 	$(BIN)/continuity sandbox up

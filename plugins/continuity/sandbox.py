@@ -431,6 +431,23 @@ class Sandbox:
             aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=self.password("s3_secret_key"),
         )
 
+    def failover_cluster(self, report: Any = log.info) -> Any:
+        """The cluster dr_failover's steps act on, wired to this sandbox without Airflow (bench, CLI)."""
+        from continuity.failover import Cluster
+        from continuity.nodecontrol import SandboxNodeControl
+        from continuity.router import Endpoint, PgBouncerRouter
+
+        admin = self.connections()[self.policy.topology.entry_point.admin_conn_id or "continuity_pgbouncer_admin"]
+        router = PgBouncerRouter(
+            admin_conninfo=conninfo(host="127.0.0.1", port=self.pgbouncer_port, user=admin["login"],
+                                    password=admin["password"], dbname="pgbouncer"),
+            ini_path=admin["extra"]["ini_path"], database=admin["extra"]["database"])
+        return Cluster(policy=self.policy.with_primary(self.current_primary()),
+                       nodes={name: self.node(name) for name in self.node_names},
+                       endpoints={name: Endpoint(node=name, host="127.0.0.1", port=self.state["nodes"][name]["port"])
+                                  for name in self.node_names},
+                       control=SandboxNodeControl(self), router=router, app_conninfo=self.app_conninfo(), report=report)
+
     def storage_locations(self) -> dict[str, Any]:
         """The policy's storage locations, reached through this sandbox's S3 endpoint."""
         from continuity.storage import locations_from_policy
