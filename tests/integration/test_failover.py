@@ -166,6 +166,13 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
     streaming = {r.application_name: r.state for r in cluster.node("dr").replication()}
     assert streaming.get("primary") == "streaming" and streaming.get("sync1") == "streaming"
+    # Every DAG follows the recorded primary without a policy edit: WAL is switched on dr's new
+    # timeline, and the health monitor finds dr writable and both standbys streaming from it.
+    wal_run = load_dag("dr_wal_archive").test()
+    assert str(wal_run.state) == "success", task_states(wal_run)
+    assert xcom(wal_run, "switch_wal").startswith(f"{audit['topology']['timeline']:08X}")
+    health_run = load_dag("dr_health_monitor").test()
+    assert str(health_run.state) == "success", task_states(health_run)
     print(f"switchover to dr: longest gap between acknowledged commits {load.longest_gap:.3f}s, "
           f"{len(load.errors)} failed statements, run unavailability {audit['unavailability_seconds']}s")
 
