@@ -5,7 +5,8 @@ Picks a logical backup from the DR region (never the primary region), at random 
 week's but the same for a given run id (a rerun tests the same backup), and restores a sample of
 tables — the policy's sample size, always including the critical tables, with their foreign-key
 parents — into a scratch PostgreSQL cluster. Great Expectations checks the exact row counts of
-the manifest, primary keys, foreign keys and freshness, and pg_amcheck checks the rebuilt indexes. The restore time is extrapolated to the
+the manifest, each sampled table's schema (columns and constraints), primary keys, foreign keys and
+freshness, and pg_amcheck checks the rebuilt indexes. The restore time is extrapolated to the
 full database and compared with the RTO of each business function that depends on it. A copy
 that fails authentication is reported and the restore continues from another location. The
 report (JSON + Markdown) goes to `reports/restore-test/` in every required location. A Deadline

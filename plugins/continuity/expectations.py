@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import yaml
 
-from continuity.dumps import schema_fingerprint
+from continuity.dumps import schema_fingerprint, table_fingerprints
 from continuity.manifest import Manifest
 from continuity.policy import PROJECT_ROOT, parse_duration
 
@@ -80,6 +80,14 @@ def validate_restored(
             expected = manifest.details.get("schema_fingerprint")
             results.append(CheckResult("(schema)", "schema_fingerprint_matches", fingerprint == expected,
                                        fingerprint[:16], f"schema fingerprint equals the manifest's {str(expected)[:16]}…"))
+        elif tables is not None and exact and manifest.details.get("table_fingerprints"):
+            # A sample holds only some tables: compare each one's columns and constraints.
+            restored = {k.split(".", 1)[-1]: v for k, v in table_fingerprints(conn).items()}
+            expected_by_table = {k.split(".", 1)[-1]: v for k, v in manifest.details["table_fingerprints"].items()}
+            for table in tables:
+                got, want = restored.get(table, "(missing)"), expected_by_table.get(table)
+                results.append(CheckResult(table, "table_schema_matches", got == want, got[:16],
+                                           f"{table}'s columns and constraints match the manifest's schema"))
     context = gx.get_context(mode="ephemeral")
     source = context.data_sources.add_sql(
         name="restored", connection_string=f"postgresql+psycopg://postgres@/{database}?host={socket_dir}&port={port}")

@@ -217,6 +217,14 @@ def test_sample_restore_takes_foreign_key_parents_and_validates(sandbox) -> None
                                    database=database, tables=detections_sample)
         assert checks and all(c.success for c in checks), [c for c in checks if not c.success]
         assert any("detections_video_id_fkey" in c.description for c in checks)
+        schema_checks = {c.table for c in checks if c.expectation == "table_schema_matches" and c.success}
+        assert schema_checks == set(detections_sample), "each sampled table's schema matches the manifest"
+        with scratch.connect(database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE users ALTER COLUMN email DROP NOT NULL")
+        drifted = validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
+                                    database=database, tables=detections_sample)
+        failed = [(c.table, c.expectation) for c in drifted if not c.success]
+        assert failed == [("users", "table_schema_matches")]
 
 
 def test_amcheck_passes_on_a_clean_cluster_and_catches_a_corrupted_page() -> None:

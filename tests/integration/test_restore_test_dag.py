@@ -46,6 +46,7 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     assert report["restore_seconds"] > 0 and report["extrapolated_full_restore_seconds"] >= report["restore_seconds"]
     assert {o["function"] for o in report["objectives"]} >= {"user_authentication", "reporting_analytics"}
     assert all(c["success"] for c in report["checks"]) and report["success"]
+    assert {c["table"] for c in report["checks"] if c["expectation"] == "table_schema_matches"} == set(report["tables"])
     md = _catalog(sandbox).locations["primary"].get_bytes(
         f"reports/restore-test/{re.sub(r'[^A-Za-z0-9._-]', '_', run.run_id)}.md").decode()
     assert md.startswith("# Restore test") and "PASS" in md and "| user_authentication | 15m | 30m |" in md
