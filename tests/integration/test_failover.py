@@ -161,7 +161,10 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert audit["outcome"] == "switchover to dr complete" and audit["data_loss_bytes"] == 0
     assert audit["params"]["incident_id"] == "CHG-42" and audit["params"]["reason"] == "planned maintenance"
     assert 0 < audit["unavailability_seconds"] < 30
-    assert all(audit["steps"][s]["seconds"] >= 0 for s in ("preflight", "fence", "promote", "repoint", "rejoin", "validate"))
+    for step in ("preflight", "fence", "catch_up", "promote", "repoint", "rejoin", "validate"):
+        record = audit["steps"][step]
+        assert record["seconds"] >= 0 and record["step_started_at"] <= record["step_finished_at"], step
+    assert audit["triggered_by"] == "dag_test"
     assert audit["topology"]["primary"] == "dr" and audit["topology"]["timeline"] >= 2
     assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
     streaming = {r.application_name: r.state for r in cluster.node("dr").replication()}

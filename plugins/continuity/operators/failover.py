@@ -51,7 +51,7 @@ class FailoverStepOperator(BaseOperator):
         return FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
 
     def execute(self, context: Context) -> Any:
-        started = time.time()
+        started, started_at = time.time(), steps.now_iso()
         try:
             result = self.step(context)
         except (AirflowSkipException,):
@@ -63,6 +63,8 @@ class FailoverStepOperator(BaseOperator):
             raise
         if isinstance(result, dict):
             result.setdefault("seconds", round(time.time() - started, 3))
+            result.setdefault("step_started_at", started_at)
+            result.setdefault("step_finished_at", steps.now_iso())
         return result
 
     def step(self, context: Context) -> Any:
@@ -115,10 +117,12 @@ class CatchUpSensor(BaseSensorOperator):
         self.settle_seconds = settle_seconds
         self._last: tuple[int, float] | None = None
         self._cluster: steps.Cluster | None = None
+        self._started, self._started_at = time.time(), ""
 
     def execute(self, context: Context) -> Any:
         plan = _plan(context)
         _skip_unless_acting(plan)
+        self._started, self._started_at = time.time(), steps.now_iso()
         try:
             return super().execute(context)
         except Exception as exc:
@@ -137,7 +141,8 @@ class CatchUpSensor(BaseSensorOperator):
             done, replay = steps.replayed_to(cluster, target, fenced["final_lsn"])
             self.log.info("%s replayed to %s; final LSN of %s is %s", target, replay, plan["old_primary"],
                           fenced["final_lsn"])
-            return PokeReturnValue(is_done=done, xcom_value={"replayed_lsn": replay, "data_loss_bytes": 0})
+            return PokeReturnValue(is_done=done, xcom_value={"replayed_lsn": replay, "data_loss_bytes": 0,
+                                                             **self._timing()})
         received = steps.received_position(cluster, target)
         now = time.monotonic()
         if self._last is None or received != self._last[0]:
@@ -149,7 +154,12 @@ class CatchUpSensor(BaseSensorOperator):
         loss = max(0, int(fenced.get("last_known_primary_lsn_int", 0)) - received)
         self.log.info("%s stopped receiving at byte %s; data loss estimate %s bytes (against the most advanced "
                       "position any node reported)", target, f"{received:,}", f"{loss:,}")
-        return PokeReturnValue(is_done=True, xcom_value={"received_lsn_int": received, "data_loss_bytes": loss})
+        return PokeReturnValue(is_done=True, xcom_value={"received_lsn_int": received, "data_loss_bytes": loss,
+                                                         **self._timing()})
+
+    def _timing(self) -> dict[str, Any]:
+        return {"seconds": round(time.time() - self._started, 3), "step_started_at": self._started_at,
+                "step_finished_at": steps.now_iso()}
 
 
 class PromoteOperator(FailoverStepOperator):
