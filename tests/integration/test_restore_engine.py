@@ -104,6 +104,11 @@ def test_logical_restore_into_scratch_has_the_manifest_counts(sandbox) -> None:
         database = restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch)
         with scratch.connect(database) as conn:
             assert row_counts(conn) == manifest.details["row_counts"]
+        # Parallel jobs read a decrypted file in the scratch directory, removed afterwards.
+        parallel = restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch, database="parallel", jobs=2)
+        with scratch.connect(parallel) as conn:
+            assert row_counts(conn) == manifest.details["row_counts"]
+        assert not (scratch.root / "restore.dump").exists()
 
 
 def _cli(sandbox, *args: str):
