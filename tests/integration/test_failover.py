@@ -165,6 +165,9 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
         record = audit["steps"][step]
         assert record["seconds"] >= 0 and record["step_started_at"] <= record["step_finished_at"], step
     assert audit["triggered_by"] == "dag_test"
+    audit_text = json.dumps(audit)
+    assert not [name for name, secret in cluster.state["secrets"].items() if secret in audit_text], \
+        "no password reaches the audit"
     assert audit["topology"]["primary"] == "dr" and audit["topology"]["timeline"] >= 2
     assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
     streaming = {r.application_name: r.state for r in cluster.node("dr").replication()}
