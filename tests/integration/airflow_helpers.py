@@ -16,7 +16,7 @@ def load_dag(dag_id: str):
     dag = bag.get_dag(dag_id)
     # Airflow 3.3.2's dag.test() looks deadline alerts up by id from the unserialized DAG and
     # crashes; the scheduler, which evaluates them, reads the serialized DAG. Deadlines are
-    # tested on their own (tests/integration/test_deadlines.py).
+    # tested on their own (tests/integration/test_deadlines.py, and under the scheduler in test_run.py).
     dag.deadline = None
     return dag
 

@@ -35,7 +35,7 @@ def test_restore_dags_alert_past_the_tightest_rto_target(dag_id: str) -> None:
 def test_a_missed_deadline_is_logged_and_recorded_in_every_required_location(sandbox, caplog) -> None:
     run_id = "scheduled__2026-11-01T06:00:00+00:00"
     with caplog.at_level(logging.ERROR, logger="continuity.callbacks"):
-        rto_deadline_missed(dag_id="dr_drill", rto_target="15m", context={"dag_run": {"run_id": run_id}})
+        rto_deadline_missed(dag_id="dr_drill", rto_target="15m", context={"dag_run": {"dag_run_id": run_id}})
     assert "ALERT: dr_drill run scheduled__2026-11-01T06:00:00+00:00 is still running after its RTO target of 15m" \
         in caplog.text
     key = f"{ALERT_PREFIX}dr_drill-scheduled__2026-11-01T06_00_00_00_00.json"

@@ -1,9 +1,11 @@
-"""`continuity run` (what `make run` does): sandbox + airflow standalone with every DAG; Ctrl-C stops all."""
+"""`continuity run` (what `make run` does): sandbox + airflow standalone with every DAG; a restore test run
+past its RTO target raises the Deadline Alert under the real scheduler; Ctrl-C stops all."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from continuity.localcluster import free_port, pid_alive
+from continuity.policy import DEFAULT_POLICY_PATH, load_policy
+from continuity.sandbox import Sandbox
 
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
 
@@ -43,6 +47,13 @@ def _run_and_interrupt(root: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env |= {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+    # An RTO target of 2 s, so the restore test's Deadline Alert fires while the scheduler runs it.
+    policy_file = root / "policy-tight-rto.yaml"
+    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace(
+        "    rto: {target: 15m, maximum: 30m}\n    rpo: {target: 5m, maximum: 15m}",
+        "    rto: {target: 2s, maximum: 30m}\n    rpo: {target: 5m, maximum: 15m}", 1))
+    assert "target: 2s" in policy_file.read_text()
+    env["CONTINUITY_POLICY"] = str(policy_file)
     process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
                                 "--scale", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)
@@ -73,6 +84,20 @@ def _run_and_interrupt(root: Path) -> None:
         assert sorted(listed) == DAG_IDS
         assert _api(port, "/api/v2/importErrors", token)["total_entries"] == 0
         state = json.loads((root / "state.json").read_text())
+
+        triggered = _api(port, "/api/v2/dags/dr_restore_test/dagRuns", token, body={"logical_date": None})
+        run_id = triggered["dag_run_id"]
+        alerts = Sandbox(root=root, policy=load_policy(policy_file)).storage_locations()["dr"]
+        key = "alerts/dr_restore_test-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".json"
+        deadline = time.monotonic() + 120
+        record = None
+        while time.monotonic() < deadline and record is None:
+            try:
+                record = json.loads(alerts.get_bytes(key))
+            except Exception:
+                time.sleep(2)
+        assert record is not None, f"no deadline alert at {key}"
+        assert record["kind"] == "rto-deadline-missed" and record["rto_target"] == "2s" and record["run_id"] == run_id
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         remaining, _ = process.communicate(timeout=120)

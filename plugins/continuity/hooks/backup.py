@@ -10,7 +10,7 @@ from airflow.sdk import BaseHook
 
 from continuity.catalog import Catalog
 from continuity.keys import Keyring
-from continuity.policy import Policy
+from continuity.policy import Policy, load_policy
 from continuity.topology_store import current_policy
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
@@ -21,22 +21,26 @@ class ContinuityBackupHook(BaseHook):
     :param keyring_conn_id: connection holding the keyring (password: keyring JSON or one base64
         key whose id is the login; or extra ``kms_key_id`` + ``aws_conn_id`` for AWS KMS).
     :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
+    :param follow_topology: apply the topology dr_failover recorded (a Variable) to the policy; off
+        where Variables are not readable (deadline callbacks) and only storage is needed.
     """
 
     conn_name_attr = "keyring_conn_id"
     default_conn_name = "continuity_keyring"
     hook_name = "Continuity backups"
 
-    def __init__(self, *, keyring_conn_id: str = default_conn_name, policy_path: str | None = None) -> None:
+    def __init__(self, *, keyring_conn_id: str = default_conn_name, policy_path: str | None = None,
+                 follow_topology: bool = True) -> None:
         super().__init__()
         self.keyring_conn_id = keyring_conn_id
         self.policy_path = policy_path
+        self.follow_topology = follow_topology
         self._policy: Policy | None = None
 
     @property
     def policy(self) -> Policy:
         if self._policy is None:
-            self._policy = current_policy(self.policy_path)
+            self._policy = current_policy(self.policy_path) if self.follow_topology else load_policy(self.policy_path)
         return self._policy
 
     def get_keyring(self) -> Keyring:
