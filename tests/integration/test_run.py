@@ -83,7 +83,7 @@ def _run_and_interrupt(root: Path) -> None:
             time.sleep(2)
         assert sorted(listed) == DAG_IDS
         assert _api(port, "/api/v2/importErrors", token)["total_entries"] == 0
-        state = json.loads((root / "state.json").read_text())
+        sandbox_state = json.loads((root / "state.json").read_text())
 
         triggered = _api(port, "/api/v2/dags/dr_restore_test/dagRuns", token, body={"logical_date": None})
         run_id = triggered["dag_run_id"]
@@ -98,12 +98,26 @@ def _run_and_interrupt(root: Path) -> None:
                 time.sleep(2)
         assert record is not None, f"no deadline alert at {key}"
         assert record["kind"] == "rto-deadline-missed" and record["rto_target"] == "2s" and record["run_id"] == run_id
+
+        # dr_failover through the REST API and the scheduler: params from the trigger form, a dry run.
+        failover = _api(port, "/api/v2/dags/dr_failover/dagRuns", token, body={
+            "logical_date": None, "conf": {"target": "dr", "mode": "switchover", "dry_run": True,
+                                           "reason": "scheduler smoke test", "incident_id": None}})
+        deadline = time.monotonic() + 120
+        state = "queued"
+        while time.monotonic() < deadline and state not in ("success", "failed"):
+            time.sleep(2)
+            state = _api(port, f"/api/v2/dags/dr_failover/dagRuns/{failover['dag_run_id']}", token)["state"]
+        assert state == "success"
+        tasks = _api(port, f"/api/v2/dags/dr_failover/dagRuns/{failover['dag_run_id']}/taskInstances", token)
+        states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
+        assert states["preflight"] == "success" and states["promote"] == "skipped" and states["record"] == "success"
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         remaining, _ = process.communicate(timeout=120)
     assert process.returncode == 0, remaining[-2000:]
     assert "stopped: s3 endpoint, pgbouncer, postgres dr, postgres sync1, postgres primary" in remaining
-    assert not pid_alive(state["s3"]["pid"])
+    assert not pid_alive(sandbox_state["s3"]["pid"])
     leftovers = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
