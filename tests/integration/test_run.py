@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,8 +27,16 @@ def _api(port: int, path: str, token: str | None = None, body: dict | None = Non
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body else None,
                                      headers={"Content-Type": "application/json",
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            # standalone keeps its metadata in SQLite: a write racing the scheduler's can get a 500.
+            if exc.code < 500 or attempt == 4:
+                raise AssertionError(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
