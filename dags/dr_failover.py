@@ -11,7 +11,7 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
    the log shows the current topology). A rerun of a run that completed is a no-op.
 2. `fence`: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
    as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
-3. `catch_up` waits (60 s) for the target to replay the final LSN (switchover) or to stop
+3. `catch_up` waits (the policy's `failover.catch_up_timeout`, 60 s) for the target to replay the final LSN (switchover) or to stop
    receiving WAL (failover, with the data loss estimate).
 4. `promote`: pg_promote(wait => true); a new timeline is confirmed.
 5. `repoint`: PgBouncer now leads to the new primary (ini rewrite, RELOAD, RESUME); every DAG
@@ -80,7 +80,7 @@ with DAG(
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
     fence = FenceOperator(task_id="fence")
-    catch_up = CatchUpSensor(task_id="catch_up", timeout=60)
+    catch_up = CatchUpSensor(task_id="catch_up", timeout=_policy.failover.catch_up_timeout.total_seconds())
     promote = PromoteOperator(task_id="promote")
     repoint = RepointOperator(task_id="repoint")
     rejoin = RejoinOperator(task_id="rejoin")

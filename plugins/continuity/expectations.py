@@ -80,7 +80,10 @@ def validate_restored(
             expected = manifest.details.get("schema_fingerprint")
             results.append(CheckResult("(schema)", "schema_fingerprint_matches", fingerprint == expected,
                                        fingerprint[:16], f"schema fingerprint equals the manifest's {str(expected)[:16]}…"))
-        elif tables is not None and exact and manifest.details.get("table_fingerprints"):
+        elif tables is not None and exact and not manifest.details.get("table_fingerprints"):
+            log.warning("backup %s predates per-table schema fingerprints: the sample's schema is not compared",
+                        manifest.backup_id)
+        elif tables is not None and exact:
             # A sample holds only some tables: compare each one's columns and constraints.
             restored = {k.split(".", 1)[-1]: v for k, v in table_fingerprints(conn).items()}
             expected_by_table = {k.split(".", 1)[-1]: v for k, v in manifest.details["table_fingerprints"].items()}

@@ -212,8 +212,10 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id:
 
 
 # -- 2. fence ----------------------------------------------------------------------------------
-def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float = 10) -> dict[str, Any]:
+def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float | None = None) -> dict[str, Any]:
     report = cluster.report
+    if pause_timeout is None:
+        pause_timeout = cluster.policy.failover.pause_timeout.total_seconds()
     old, mode = plan["old_primary"], plan["action"]
     record: dict[str, Any] = {"started_at": now_iso()}
     last_known = plan.get("reference_lsn_int", 0)
@@ -488,7 +490,7 @@ def wait_caught_up(cluster: Cluster, plan: dict[str, Any], fenced: dict[str, Any
 
 
 def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str,
-            recorded: dict[str, Any] | None = None, catch_up_timeout: float = 60) -> dict[str, Any]:
+            recorded: dict[str, Any] | None = None, catch_up_timeout: float | None = None) -> dict[str, Any]:
     """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit)."""
     records: dict[str, Any] = {"preflight": preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)}
     plan = records["preflight"]
@@ -496,7 +498,8 @@ def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: s
         return records
     try:
         records["fence"] = fence(cluster, plan)
-        records["catch_up"] = wait_caught_up(cluster, plan, records["fence"], timeout=catch_up_timeout)
+        timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
+        records["catch_up"] = wait_caught_up(cluster, plan, records["fence"], timeout=timeout)
         records["promote"] = promote(cluster, plan["target"])
         records["repoint"] = repoint(cluster, plan["target"])
         records["rejoin"] = rejoin(cluster, plan)

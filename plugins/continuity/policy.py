@@ -243,6 +243,13 @@ class HealthMonitor(_Model):
     min_wal_senders: int = Field(ge=1)
 
 
+class Failover(_Model):
+    """dr_failover's limits (section 3.2: 60 s for a standby to catch up, 16 MB of lag)."""
+
+    catch_up_timeout: Duration = timedelta(seconds=60)
+    pause_timeout: Duration = timedelta(seconds=10)
+
+
 class Policy(_Model):
     version: Literal[1]
     business_functions: dict[Name, BusinessFunction]
@@ -254,6 +261,7 @@ class Policy(_Model):
     backups: Backups
     validation: Validation
     health_monitor: HealthMonitor
+    failover: Failover = Failover()
 
     def with_primary(self, name: str) -> Policy:
         """This policy with the node roles of the persisted topology (see dr_failover)."""

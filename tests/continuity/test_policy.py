@@ -91,6 +91,8 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("    - name: primary\n      kind: s3", "    - name: primary\n      kind: tape",
          "policy.yaml: storage.locations[0].kind: input should be 's3' or 'file', got 'tape'"),
         ("version: 1", "version: 1\nbroken: [1", "policy.yaml: line"),
+        ("  catch_up_timeout: 60s", "  catch_up_timeout: forever",
+         "policy.yaml: failover.catch_up_timeout: expected a duration like '15m', got 'forever'"),
     ],
 )
 def test_broken_policy_names_file_key_and_expectation(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -108,3 +110,12 @@ def test_policy_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     path = _broken(tmp_path, "disaster_threshold: 3", "disaster_threshold: 5")
     monkeypatch.setenv("CONTINUITY_POLICY", str(path))
     assert load_policy().health_monitor.disaster_threshold == 5
+
+
+def test_failover_limits_default_to_the_requirements_when_the_section_is_absent(tmp_path: Path) -> None:
+    policy = load_policy()
+    assert policy.failover.catch_up_timeout == timedelta(seconds=60)
+    text = (Path(__file__).resolve().parents[2] / "include" / "policy.yaml").read_text()
+    without = tmp_path / "policy.yaml"
+    without.write_text(text[:text.index("# Section 3.2: dr_failover's limits")])
+    assert load_policy(without).failover.pause_timeout == timedelta(seconds=10)
