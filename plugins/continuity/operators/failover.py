@@ -54,7 +54,7 @@ class FailoverStepOperator(BaseOperator):
         started, started_at = time.time(), steps.now_iso()
         try:
             result = self.step(context)
-        except (AirflowSkipException,):
+        except AirflowSkipException:
             raise
         except Exception as exc:
             context["ti"].xcom_push(key="failure", value=str(exc))
