@@ -89,6 +89,14 @@ def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
     return params
 
 
+def choose_target(candidates: dict[str, dict[str, Any]]) -> str | None:
+    """The healthy standby (reachable, in recovery) that has received the most WAL, for an automatic failover."""
+    healthy = {name: state for name, state in candidates.items() if state.get("reachable") and state.get("in_recovery")}
+    if not healthy:
+        return None
+    return max(sorted(healthy), key=lambda name: lsn_to_int(healthy[name].get("receive_lsn")))
+
+
 # -- the cluster the steps act on --------------------------------------------------------------
 @dataclass
 class Cluster:

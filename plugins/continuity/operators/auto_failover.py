@@ -9,20 +9,12 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowSkipException
 
-from continuity.failover import lsn_to_int
+from continuity.failover import choose_target
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.postgres import NodeUnreachable
 from continuity.topology_store import current_policy
 
 STREAK_VARIABLE = "continuity_disaster_streak"
-
-
-def choose_target(candidates: dict[str, dict[str, Any]]) -> str | None:
-    """The healthy standby (reachable, in recovery) that has received the most WAL."""
-    healthy = {name: state for name, state in candidates.items() if state.get("reachable") and state.get("in_recovery")}
-    if not healthy:
-        return None
-    return max(sorted(healthy), key=lambda name: lsn_to_int(healthy[name].get("receive_lsn")))
 
 
 class AutoFailoverOperator(TriggerDagRunOperator):
