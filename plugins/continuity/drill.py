@@ -18,6 +18,7 @@ import psycopg
 from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
 from continuity.policy import Policy, format_duration
+from continuity.reports import verdict
 from continuity.restore import amcheck, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -102,6 +103,5 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"- **failed**: {failed}")
     lines += ["", "| objective | measured | target | maximum | verdict |", "|---|---|---|---|---|"]
     for o in result["objectives"]:
-        verdict = "pass" if o["within_target"] else ("within maximum" if o["within_maximum"] else "FAIL")
-        lines.append(f"| {o['objective']} | {o['measured_seconds']} s | {o['target']} | {o['maximum']} | {verdict} |")
+        lines.append(f"| {o['objective']} | {o['measured_seconds']} s | {o['target']} | {o['maximum']} | {verdict(o)} |")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,6 @@ every business function that depends on the database. The report is JSON plus Ma
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -19,8 +18,8 @@ from continuity.catalog import Catalog
 from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
 from continuity.policy import Policy, format_duration
+from continuity.reports import verdict
 from continuity.restore import RestoreError, amcheck, restore_logical, sample_tables, scratch_cluster
-from continuity.storage import StorageLocation
 
 REPORT_PREFIX = "reports/restore-test/"
 
@@ -124,20 +123,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"- **corrupt copy**: {corrupt}")
     lines += ["", "| business function | RTO target | RTO maximum | verdict |", "|---|---|---|---|"]
     for o in result["objectives"]:
-        verdict = "pass" if o["within_target"] else ("within maximum" if o["within_maximum"] else "FAIL")
-        lines.append(f"| {o['function']} | {o['rto_target']} | {o['rto_maximum']} | {verdict} |")
+        lines.append(f"| {o['function']} | {o['rto_target']} | {o['rto_maximum']} | {verdict(o)} |")
     lines += ["", "| table | check | result | observed |", "|---|---|---|---|"]
     for c in result["checks"]:
         lines.append(f"| {c['table']} | {c['description'] or c['expectation']} | {'pass' if c['success'] else 'FAIL'} | {c['observed']} |")
     return "\n".join(lines) + "\n"
-
-
-def store_report(result: dict[str, Any], locations: list[StorageLocation], *, name: str, prefix: str = REPORT_PREFIX,
-                 render: Callable[[dict[str, Any]], str] = render_markdown) -> list[str]:
-    """Write the JSON report and its Markdown rendering to every location; returns where the JSON went."""
-    keys = []
-    for location in locations:
-        location.put_bytes(f"{prefix}{name}.json", json.dumps(result, indent=2).encode())
-        location.put_bytes(f"{prefix}{name}.md", render(result).encode())
-        keys.append(location.describe(f"{prefix}{name}.json"))
-    return keys

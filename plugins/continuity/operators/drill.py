@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +17,7 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.loadgen import CommitRecorder
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.restore import RestoreError, scratch_prefix
-from continuity.restore_test import store_report
+from continuity.reports import store_report, verdict
 from continuity.topology_store import write_topology
 
 
@@ -75,9 +74,8 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
         self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result["rto_seconds"], result["phases"],
                       result["rpo_seconds"], "recovered" if result["marker_recovered"] else "LOST")
         for objective in result["objectives"]:
-            verdict = "pass" if objective["within_target"] else ("within maximum" if objective["within_maximum"] else "FAIL")
             self.log.info("%s: %.1f s against target %s: %s", objective["objective"], objective["measured_seconds"],
-                          objective["target"], verdict)
+                          objective["target"], verdict(objective))
         if not result["success"]:
             raise AirflowFailException("drill validation failed: " + "; ".join(result["failed_checks"] or ["no checks ran"]))
         return result
@@ -138,9 +136,6 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
         return result
 
 
-def _wait_for(load: CommitRecorder, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(load.acknowledged) < count:
-        if time.monotonic() > deadline:
-            raise AirflowFailException(f"the drill's writer could not commit through the entry point: {load.errors[-3:]}")
-        time.sleep(0.05)
+def _wait_for(load: CommitRecorder, count: int) -> None:
+    if not load.wait_for(count):
+        raise AirflowFailException(f"the drill's writer could not commit through the entry point: {load.errors[-3:]}")

@@ -10,7 +10,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.restore import RestoreError, scratch_prefix
-from continuity.restore_test import failure_result, run_sample_restore_test, store_report
+from continuity.reports import store_report
+from continuity.restore_test import REPORT_PREFIX, failure_result, render_markdown, run_sample_restore_test
 
 
 class SampleRestoreTestOperator(ContinuityBackupOperator):
@@ -28,10 +29,11 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
             result = run_sample_restore_test(catalog=catalog, policy=hook.policy, seed=context["run_id"],
                                              report=self.log.info, scratch_prefix=scratch_prefix(context["run_id"]))
         except RestoreError as exc:
-            for key in store_report(failure_result(error=str(exc), seed=context["run_id"]), required, name=name):
+            for key in store_report(failure_result(error=str(exc), seed=context["run_id"]), required, name=name,
+                                    prefix=REPORT_PREFIX, render=render_markdown):
                 self.log.info("failure report written to %s", key)
             raise AirflowFailException(f"restore test failed: {exc}") from exc
-        for key in store_report(result, required, name=name):
+        for key in store_report(result, required, name=name, prefix=REPORT_PREFIX, render=render_markdown):
             self.log.info("report written to %s", key)
         self.log.info("backup %s restored from %s: %d tables, %s s, full restore extrapolated to %s s",
                       result["backup_id"], result["restored_from"], len(result["tables"]), result["restore_seconds"],
