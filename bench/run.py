@@ -17,6 +17,7 @@ import psycopg
 from continuity import health, sampledata
 from continuity.policy import load_policy
 from continuity.sandbox import Sandbox
+from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, list[float]]:
@@ -60,9 +61,7 @@ def main() -> int:
             rows.append((f"{name} (median of 20)", f"{median * 1000:.1f} ms"))
     finally:
         sandbox.down(purge=True)
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_table(rows)
     return 0
 
 

@@ -19,12 +19,7 @@ from pathlib import Path
 from continuity.failover import FailoverParams, run_all
 from continuity.loadgen import CommitRecorder
 from continuity.sandbox import Sandbox
-
-
-def _commits_after(load: CommitRecorder, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(load.acknowledged) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
+from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 
 def main() -> int:
@@ -38,14 +33,14 @@ def main() -> int:
         for number, (target, source) in enumerate((("dr", "primary"), ("primary", "dr"), ("dr", "primary"),
                                                    ("primary", "dr")), start=1):
             with CommitRecorder(sandbox.app_conninfo()) as load:
-                _commits_after(load, 100)
+                load.wait_for(100)
                 window_start = len(load.acknowledged)
                 started = time.perf_counter()
                 records = run_all(sandbox.failover_cluster(report=quiet),
                                   FailoverParams(target=target, mode="switchover", reason="benchmark"),
                                   primary=source, run_id=f"bench-{number}")
                 total = time.perf_counter() - started
-                _commits_after(load, len(load.acknowledged) + 100)
+                load.wait_for(len(load.acknowledged) + 100)
             lost = load.missing_on(sandbox.app_conninfo())
             times = [t for _, t in load.acknowledged[max(window_start - 1, 0):]]
             gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
@@ -54,7 +49,7 @@ def main() -> int:
                          f"entry point paused {records['unavailability_seconds']:.2f} s, all steps {total:.2f} s"))
 
         with CommitRecorder(sandbox.app_conninfo()) as load:
-            _commits_after(load, 100)
+            load.wait_for(100)
             sandbox.cluster("primary").kill()
             killed = time.monotonic()
             started = time.perf_counter()
@@ -63,7 +58,7 @@ def main() -> int:
                               primary="primary", run_id="bench-failover")
             total = time.perf_counter() - started
             before = len(load.acknowledged)
-            _commits_after(load, before + 1)
+            load.wait_for(before + 1)
             first = next((t for _, t in load.acknowledged[before:]), None)
         loss = records["catch_up"]["data_loss_bytes"]
         rows.append(("failover after SIGKILL of the primary",
@@ -71,9 +66,7 @@ def main() -> int:
                      f"data loss estimate {loss:,} bytes" if first else f"no commit after the failover ({load.errors[-1:]})"))
     finally:
         sandbox.down(purge=True)
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_table(rows)
     return 0
 
 

@@ -63,6 +63,15 @@ class CommitRecorder:
         if conn is not None:
             conn.close()
 
+    def wait_for(self, count: int, *, timeout: float = 60) -> bool:
+        """Wait until `count` commits are acknowledged in all; False if the timeout came first."""
+        deadline = time.monotonic() + timeout
+        while len(self.acknowledged) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     @property
     def longest_gap(self) -> float:
         times = [t for _, t in self.acknowledged]

@@ -85,11 +85,8 @@ def _audit(box, run) -> dict:
     return json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{name}.json"))
 
 
-def _wait_commits(load: CommitRecorder, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(load.acknowledged) < count:
-        assert time.monotonic() < deadline, f"the writer acknowledged {len(load.acknowledged)} commits; errors {load.errors[-3:]}"
-        time.sleep(0.05)
+def _wait_commits(load: CommitRecorder, count: int) -> None:
+    assert load.wait_for(count), f"the writer acknowledged {len(load.acknowledged)} commits; errors {load.errors[-3:]}"
 
 
 def _preflight_failure(run) -> str:
