@@ -126,7 +126,10 @@ def create_backup(
     try:
         for location in locations:
             try:
-                writers[location.name] = location.open_writer(data_key_object, metadata={"backup-id": backup_id})
+                # exclusive: a concurrent writer of the same backup id (two WAL shippers) can never
+                # replace the object the other one committed.
+                writers[location.name] = location.open_writer(data_key_object, metadata={"backup-id": backup_id},
+                                                              exclusive=True)
             except StorageError as exc:
                 if location.name in required:
                     raise
@@ -155,7 +158,7 @@ def create_backup(
                 if location.name in required:
                     raise IntegrityError(message)
                 log.warning("%s; leaving optional %s out", message, location.name)
-                location.delete(data_key_object)
+                _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
                 committed.remove(location)
                 continue
             copies[location.name] = LocationCopy(key=data_key_object, stored_bytes=size, checksum=checksums[location.name],
@@ -172,24 +175,25 @@ def create_backup(
             details=final_details, depends_on=list(depends_on),
             locations=copies,
         ), data_key)
-        written: list[StorageLocation] = []
+        written: dict[str, str] = {}
         try:
             for location in committed:
                 try:
-                    location.put_bytes(manifest_key_name(backup_id), manifest.to_json())
-                    written.append(location)
+                    written[location.name] = location.put_bytes(manifest_key_name(backup_id), manifest.to_json(),
+                                                                exclusive=True)
                 except StorageError:
                     if location.name in required:
                         raise
         except BaseException:
-            for location in written:
-                _quietly(location.delete, manifest_key_name(backup_id))
+            for name, checksum in written.items():
+                _quietly(by_name[name].delete, manifest_key_name(backup_id), if_checksum=checksum)
             raise
     except BaseException as exc:
         for writer in writers.values():
             writer.abort()
+        # Only the objects this call committed, and only while they are still the ones it wrote.
         for location in committed:
-            _quietly(location.delete, data_key_object)
+            _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
         if not isinstance(exc, (StorageError, IntegrityError)) and isinstance(exc, Exception):
             log.error("backup %s failed; nothing was kept in any location", backup_id)
         raise
@@ -199,9 +203,9 @@ def create_backup(
     return manifest
 
 
-def _quietly(fn: Callable[[str], None], key: str) -> None:
+def _quietly(fn: Callable[..., None], key: str, **kwargs: Any) -> None:
     try:
-        fn(key)
+        fn(key, **kwargs)
     except Exception as exc:  # cleanup after a failure must not hide the failure
         log.warning("cleanup of %s failed: %s", key, exc)
 

@@ -120,6 +120,22 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
+    """Migrate the metadata DB and create the pools the DAGs need before the scheduler starts.
+
+    A task naming a pool that does not exist is never scheduled, so the pools must exist first.
+    """
+    from continuity.dag_defaults import POOLS
+
+    for argv in ([str(airflow), "db", "migrate"],
+                 *([str(airflow), "pools", "set", name, str(slots), description]
+                   for name, (slots, description) in POOLS.items())):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"`airflow {' '.join(argv[1:3])}` failed: {(done.stderr or done.stdout).strip()[-500:]}"
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Sandbox up, then `airflow standalone` in the foreground; Ctrl-C stops both."""
     sandbox = _sandbox(args)
@@ -135,6 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     airflow = Path(sys.executable).with_name("airflow")
     # standalone starts its components as `airflow ...` subprocesses found on PATH.
     env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
+    problem = _prepare_airflow(airflow, env)
+    if problem:
+        sandbox.down()
+        return _fail(problem, f"AIRFLOW_HOME ({airflow_home}) must be writable; the sandbox was stopped", EXIT_FAILURE)
     print(f"starting Airflow (AIRFLOW_HOME={airflow_home}); logs in {airflow_home / 'standalone.log'}", flush=True)
     with open(airflow_home / "standalone.log", "ab") as log_file:
         process = subprocess.Popen([str(airflow), "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT,

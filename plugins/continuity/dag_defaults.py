@@ -14,3 +14,11 @@ DEFAULT_ARGS = {
     "retries": 1,
     "retry_delay": timedelta(minutes=1),
 }
+
+# Airflow pools the DAGs rely on; `continuity run` and the compose init create them. One slot for
+# the WAL spool: two shippers on one spool raced (one failed on a vanished file). The core's
+# spool lock covers callers outside Airflow.
+WAL_SPOOL_POOL = "continuity_wal_spool"
+POOLS: dict[str, tuple[int, str]] = {
+    WAL_SPOOL_POOL: (1, "one WAL shipper at a time per archive spool"),
+}

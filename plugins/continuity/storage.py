@@ -23,6 +23,10 @@ class StorageError(Exception):
     """A location failed; the message names the location, and the key when there is one."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write or delete found another state than expected (another writer got there first)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -37,19 +41,36 @@ class ObjectWriter(Protocol):
     def abort(self) -> None: ...
 
 
+# Conditions of writes and deletes. Backups never overwrite and never delete what another writer
+# committed, so every write of a final name says what it expects to find there:
+#   exclusive=True       -> the key must not exist (S3 If-None-Match: *; files: a no-clobber link);
+#   if_checksum="<sum>"  -> the key must still hold that object (S3 If-Match on the ETag).
+# A failed condition raises PreconditionFailed and changes nothing.
+
+
 class StorageLocation(Protocol):
     name: str
     region: str
 
     def describe(self, key: str = "") -> str: ...
-    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None) -> ObjectWriter: ...
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None,
+                    exclusive: bool = False) -> ObjectWriter: ...
     def open_reader(self, key: str) -> BinaryIO: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
-    def delete(self, key: str) -> None: ...
-    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str: ...
+    def delete(self, key: str, *, if_checksum: str | None = None) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
+                  exclusive: bool = False, if_checksum: str | None = None) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
     def copy_from(self, other: StorageLocation, key: str) -> None: ...
+
+
+def _is_precondition_failure(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    return response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") \
+        or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
 
 
 def read_back_sha256(location: StorageLocation, key: str) -> tuple[int, str]:
@@ -106,10 +127,22 @@ class S3Location:
         return args
 
     def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
+        if _is_precondition_failure(exc):
+            return PreconditionFailed(f"{self.describe(key)}: {action} refused: the object is not in the state "
+                                      f"this writer expected (another writer changed it first)")
         return StorageError(f"{self.describe(key)}: {action} failed: {type(exc).__name__}: {exc}")
 
-    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None) -> ObjectWriter:
-        return _S3Writer(self, key, metadata)
+    @staticmethod
+    def _conditions(exclusive: bool, if_checksum: str | None) -> dict[str, str]:
+        if exclusive:
+            return {"IfNoneMatch": "*"}
+        if if_checksum:
+            return {"IfMatch": f'"{if_checksum}"'}
+        return {}
+
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None,
+                    exclusive: bool = False) -> ObjectWriter:
+        return _S3Writer(self, key, metadata, exclusive=exclusive)
 
     def open_reader(self, key: str) -> BinaryIO:
         try:
@@ -138,15 +171,17 @@ class S3Location:
         except Exception as exc:
             raise self._fail("list", prefix, exc) from exc
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_checksum: str | None = None) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), **self._conditions(False, if_checksum))
         except Exception as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str:
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
+                  exclusive: bool = False, if_checksum: str | None = None) -> str:
         try:
-            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._put_args(metadata))
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                              **self._put_args(metadata), **self._conditions(exclusive, if_checksum))
         except Exception as exc:
             raise self._fail("write", key, exc) from exc
         return response["ETag"].strip('"')
@@ -170,10 +205,11 @@ class S3Location:
 class _S3Writer:
     """A multipart upload: invisible until commit(), aborted on abort() or any failure."""
 
-    def __init__(self, location: S3Location, key: str, metadata: dict[str, str] | None) -> None:
+    def __init__(self, location: S3Location, key: str, metadata: dict[str, str] | None, *, exclusive: bool) -> None:
         self.location = location
         self.key = key
         self.metadata = metadata
+        self.exclusive = exclusive
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
@@ -203,7 +239,7 @@ class _S3Writer:
     def commit(self) -> str:
         loc = self.location
         if self.upload_id is None:
-            etag = loc.put_bytes(self.key, bytes(self.buffer), metadata=self.metadata)
+            etag = loc.put_bytes(self.key, bytes(self.buffer), metadata=self.metadata, exclusive=self.exclusive)
             self.closed = True
             return etag
         if self.buffer:
@@ -211,7 +247,8 @@ class _S3Writer:
             self.buffer.clear()
         try:
             response = loc.client.complete_multipart_upload(Bucket=loc.bucket, Key=loc._key(self.key),
-                                                            UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+                                                            UploadId=self.upload_id, MultipartUpload={"Parts": self.parts},
+                                                            **loc._conditions(self.exclusive, None))
         except Exception as exc:
             self.abort()
             raise loc._fail("completing the upload", self.key, exc) from exc
@@ -249,8 +286,9 @@ class FileLocation:
             raise StorageError(f"{self.describe(key)}: key escapes the location")
         return path
 
-    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None) -> ObjectWriter:
-        return _FileWriter(self, key, metadata or {})
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None,
+                    exclusive: bool = False) -> ObjectWriter:
+        return _FileWriter(self, key, metadata or {}, exclusive=exclusive)
 
     def open_reader(self, key: str) -> BinaryIO:
         try:
@@ -277,13 +315,24 @@ class FileLocation:
                 if key.startswith(prefix):
                     yield key
 
-    def delete(self, key: str) -> None:
+    def _check_holds(self, key: str, checksum: str, action: str) -> None:
+        info = self.head(key)
+        if info is None or info.checksum != checksum:
+            raise PreconditionFailed(f"{self.describe(key)}: {action} refused: the object is not in the state this "
+                                     f"writer expected (another writer changed it first)")
+
+    def delete(self, key: str, *, if_checksum: str | None = None) -> None:
         path = self._path(key)
+        if if_checksum is not None:
+            self._check_holds(key, if_checksum, "delete")
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".meta").unlink(missing_ok=True)
 
-    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str:
-        writer = self.open_writer(key, metadata=metadata)
+    def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
+                  exclusive: bool = False, if_checksum: str | None = None) -> str:
+        if if_checksum is not None:
+            self._check_holds(key, if_checksum, "write")
+        writer = self.open_writer(key, metadata=metadata, exclusive=exclusive)
         try:
             writer.write(data)
             return writer.commit()
@@ -300,10 +349,11 @@ class FileLocation:
 
 
 class _FileWriter:
-    def __init__(self, location: FileLocation, key: str, metadata: dict[str, str]) -> None:
+    def __init__(self, location: FileLocation, key: str, metadata: dict[str, str], *, exclusive: bool) -> None:
         self.location = location
         self.key = key
         self.metadata = metadata
+        self.exclusive = exclusive
         self.final = location._path(key)
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -329,8 +379,21 @@ class _FileWriter:
             os.fsync(self.handle.fileno())
             self.handle.close()
             meta = self.final.with_name(self.final.name + ".meta")
-            meta.write_text(json.dumps({**self.metadata, "sha256": checksum}))
-            os.replace(self.tmp, self.final)
+            if self.exclusive:
+                # link() refuses an existing name, so a concurrent writer's object is never replaced.
+                try:
+                    os.link(self.tmp, self.final)
+                except FileExistsError:
+                    self.abort()
+                    raise PreconditionFailed(f"{self.location.describe(self.key)}: write refused: the object "
+                                             f"already exists (another writer committed it first)") from None
+                self.tmp.unlink()
+                meta_tmp = meta.with_name(f".{meta.name}.{secrets.token_hex(4)}.tmp")
+                meta_tmp.write_text(json.dumps({**self.metadata, "sha256": checksum}))
+                os.replace(meta_tmp, meta)
+            else:
+                meta.write_text(json.dumps({**self.metadata, "sha256": checksum}))
+                os.replace(self.tmp, self.final)
             dir_fd = os.open(self.final.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)

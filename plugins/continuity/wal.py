@@ -3,22 +3,29 @@
 Each spool file (segment, `.history`, `.backup`, `.partial`) becomes backup `wal-<file name>`, so a
 restore finds WAL by name. A spool file is removed only when every required location holds a
 verified copy. A name already shipped with different contents is an alarm, never an overwrite.
+One shipper works on a spool at a time (`spool_lock`), and data objects are created exclusively, so
+two shippers never replace or delete each other's copies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from continuity.backup import create_backup, load_manifest, replicate_copy
-from continuity.keys import Keyring
+from continuity.archive import IntegrityError
+from continuity.backup import create_backup, load_manifest, replicate_copy, verify_copy
+from continuity.keys import Keyring, KeyringError
 from continuity.manifest import Manifest, manifest_key_name
-from continuity.storage import StorageLocation
+from continuity.storage import PreconditionFailed, StorageError, StorageLocation
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,41 @@ def spool_files(spool_dir: Path) -> list[WalFile]:
     return sorted(files, key=lambda w: (w.kind != "history", w.name))
 
 
+SPOOL_LOCK_NAME = ".continuity-ship.lock"
+
+
+class SpoolBusy(RuntimeError):
+    """Another shipper held the spool for longer than this one would wait."""
+
+
+@contextmanager
+def spool_lock(spool_dir: Path, *, timeout: float = 600, report: Callable[[str], None] = log.info) -> Iterator[None]:
+    """Hold the spool for one shipper at a time, whoever runs it (a DAG task, the CLI, a test).
+
+    An flock on a file inside the spool: the kernel releases it when the holder dies, so a killed
+    worker never leaves the spool locked.
+    """
+    fd = os.open(spool_dir / SPOOL_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    report(f"another shipper is working on the spool {spool_dir}: waiting for it to finish")
+                    told = True
+                if time.monotonic() > deadline:
+                    raise SpoolBusy(f"the spool {spool_dir} stayed locked by another shipper for {timeout:.0f}s; "
+                                    f"nothing was shipped by this one") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
 def ship_spool(
     spool_dir: Path,
     *,
@@ -101,35 +143,49 @@ def ship_spool(
     locations: Mapping[str, StorageLocation],
     required: set[str],
     report: Callable[[str], None] = log.info,
+    lock_timeout: float = 600,
 ) -> ShipResult:
     """Ship every completed spool file to every location; remove each once all required copies are verified."""
-    result = ShipResult()
-    for wal in spool_files(spool_dir):
-        path = spool_dir / wal.name
+    with spool_lock(spool_dir, timeout=lock_timeout, report=report):
+        result = ShipResult()
+        for wal in spool_files(spool_dir):
+            _ship_one(spool_dir / wal.name, wal, keyring=keyring, locations=locations, required=required,
+                      result=result, report=report)
+        return result
+
+
+def _ship_one(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
+              required: set[str], result: ShipResult, report: Callable[[str], None]) -> None:
+    try:
         local_sha = _sha256(path)
-        key = manifest_key_name(wal.backup_id)
-        holding = {name for name, loc in locations.items() if loc.head(key) is not None}
-        if holding:
-            source_name = sorted(holding & required or holding)[0]
-            manifest = load_manifest(locations[source_name], wal.backup_id, keyring)
-            if manifest.plaintext_sha256 != local_sha:
-                raise WalConflict(
-                    f"WAL file {wal.name} in the spool differs from the copy already shipped to location "
-                    f"{source_name} (spool sha256 {local_sha[:16]}…, shipped {manifest.plaintext_sha256[:16]}…): "
-                    f"two servers archived different WAL under one name (a split brain, or a reused archive)? "
-                    f"Nothing was overwritten; the spool file is kept for investigation"
-                )
-            missing = sorted(set(locations) - holding)
-            for name in missing:
-                try:
-                    replicate_copy(manifest, locations[source_name], locations[name], keyring)
-                    result.replicated.append(f"{wal.name} -> {name}")
-                except Exception as exc:
-                    if name in required:
-                        raise
-                    log.warning("optional location %s did not take %s: %s", name, wal.name, exc)
-            result.already_shipped.append(wal.name)
-        else:
+    except FileNotFoundError:
+        # Gone since the listing: only another shipper removes spool files, and only after every
+        # required location verified its copy. Storage decides, not the missing file.
+        manifest = _verified_everywhere(wal, keyring=keyring, locations=locations, required=required)
+        if manifest is None:
+            raise WalGap(f"WAL file {wal.name} left the spool but no required location holds a verified copy "
+                         f"of it: it may be lost; check the archive") from None
+        result.already_shipped.append(wal.name)
+        _note_newest(result, wal, manifest)
+        report(f"{wal.name}: shipped by another shipper meanwhile; every required location holds it")
+        return
+    key = manifest_key_name(wal.backup_id)
+    holding = {name for name, loc in locations.items() if _holds(loc, key, required=name in required)}
+    if holding:
+        manifest = _check_same(wal, local_sha, holding, keyring=keyring, locations=locations, required=required)
+        for name in sorted(set(locations) - holding):
+            try:
+                # deep: a WAL copy counts only once it is decrypted end to end in its new location.
+                replicate_copy(manifest, locations[manifest_source(holding, required)], locations[name], keyring,
+                               deep=True)
+                result.replicated.append(f"{wal.name} -> {name}")
+            except Exception as exc:
+                if name in required:
+                    raise
+                report(f"optional location {name} did not take {wal.name} and is left out: {exc}")
+        result.already_shipped.append(wal.name)
+    else:
+        try:
             with open(path, "rb") as handle:
                 manifest = create_backup(
                     handle, kind="wal", keyring=keyring, locations=list(locations.values()), required=required,
@@ -137,13 +193,74 @@ def ship_spool(
                     source_info={"timeline": wal.timeline, "wal_file": wal.name},
                     details={"wal_kind": wal.kind, "segno": wal.segno},
                 )
-            result.shipped.append(wal.name)
-        if wal.kind != "history" and (result.newest is None or wal.name > result.newest.source.get("wal_file", "")):
-            result.newest = manifest
-        path.unlink()
-        result.removed.append(wal.name)
-        report(f"{wal.name}: {'already in every location' if holding else 'shipped'}; removed from the spool")
-    return result
+        except PreconditionFailed:
+            # Another writer (a shipper on another machine) committed this name first: its copy is
+            # checked like any other before the spool file may go.
+            report(f"{wal.name}: another writer is storing it; waiting for its copies to be complete")
+            deadline = time.monotonic() + 60
+            while _verified_everywhere(wal, keyring=keyring, locations=locations, required=required) is None:
+                if time.monotonic() > deadline:
+                    raise StorageError(f"WAL file {wal.name}: another writer began storing it and did not finish "
+                                       f"within 60s; the spool file is kept and a retry checks again") from None
+                time.sleep(1)
+            return _ship_one(path, wal, keyring=keyring, locations=locations, required=required,
+                             result=result, report=report)
+        result.shipped.append(wal.name)
+    if _verified_everywhere(wal, keyring=keyring, locations=locations, required=required) is None:
+        raise WalGap(f"WAL file {wal.name}: not every required location ({', '.join(sorted(required))}) holds a "
+                     f"verified copy; the spool file is kept")
+    _note_newest(result, wal, manifest)
+    path.unlink(missing_ok=True)
+    result.removed.append(wal.name)
+    report(f"{wal.name}: {'already in every location' if holding else 'shipped'}; removed from the spool")
+
+
+def manifest_source(holding: set[str], required: set[str]) -> str:
+    """Prefer a required location: it is the copy the policy vouches for."""
+    return sorted(holding & required or holding)[0]
+
+
+def _holds(location: StorageLocation, key: str, *, required: bool) -> bool:
+    try:
+        return location.head(key) is not None
+    except StorageError:
+        if required:
+            raise
+        return False  # an optional location that cannot answer is treated as not holding it
+
+
+def _check_same(wal: WalFile, local_sha: str, holding: set[str], *, keyring: Keyring,
+                locations: Mapping[str, StorageLocation], required: set[str]) -> Manifest:
+    source_name = manifest_source(holding, required)
+    manifest = load_manifest(locations[source_name], wal.backup_id, keyring)
+    if manifest.plaintext_sha256 != local_sha:
+        raise WalConflict(
+            f"WAL file {wal.name} in the spool differs from the copy already shipped to location "
+            f"{source_name} (spool sha256 {local_sha[:16]}…, shipped {manifest.plaintext_sha256[:16]}…): "
+            f"two servers archived different WAL under one name (a split brain, or a reused archive)? "
+            f"Nothing was overwritten; the spool file is kept for investigation"
+        )
+    return manifest
+
+
+def _verified_everywhere(wal: WalFile, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
+                         required: set[str]) -> Manifest | None:
+    """The manifest when every required location holds an authentic manifest and a data object matching it."""
+    manifest = None
+    for name in sorted(required):
+        location = locations[name]
+        try:
+            manifest = load_manifest(location, wal.backup_id, keyring)
+        except (StorageError, IntegrityError, KeyringError):
+            return None
+        if not verify_copy(manifest, location, keyring).ok:
+            return None
+    return manifest
+
+
+def _note_newest(result: ShipResult, wal: WalFile, manifest: Manifest) -> None:
+    if wal.kind != "history" and (result.newest is None or wal.name > result.newest.source.get("wal_file", "")):
+        result.newest = manifest
 
 
 def find_gaps(names: Iterable[str], *, since: str | None = None) -> list[str]:

@@ -122,3 +122,106 @@ def test_a_failing_archiver_fails_the_run_with_its_reason(sandbox, capfd: pytest
     while primary.archiver().failing and time.monotonic() < deadline:
         time.sleep(0.5)
     assert str(load_dag("dr_wal_archive").test().state) == "success"
+
+
+def _fill_spool(sandbox, segments: int) -> list[str]:
+    """Close `segments` WAL segments on the primary and wait until the archiver has spooled them."""
+    import time
+
+    primary = sandbox.node("primary")
+    closed = []
+    for _ in range(segments):
+        _write(sandbox, rows=200)
+        with primary.connect() as conn:
+            closed.append(conn.execute("SELECT pg_walfile_name(pg_switch_wal()) AS name").fetchone()["name"])
+    deadline = time.monotonic() + 30
+    while (primary.archiver().last_archived_wal or "")[:24] < closed[-1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return closed
+
+
+def test_two_shippers_on_one_spool_both_succeed_and_store_each_segment_once(sandbox) -> None:
+    import threading
+
+    from continuity.backup import verify_copy
+    from continuity.wal import ship_spool, spool_files
+
+    closed = _fill_spool(sandbox, 3)
+    waiting = [w.name for w in spool_files(sandbox.spool_dir)]
+    assert set(closed) <= set(waiting)
+    keyring = sandbox.keyring()
+    required = {loc.name for loc in sandbox.policy.storage.locations if loc.required}
+    results: dict[str, object] = {}
+
+    def shipper(name: str) -> None:
+        try:
+            results[name] = ship_spool(sandbox.spool_dir, keyring=keyring, locations=sandbox.storage_locations(),
+                                       required=required)
+        except BaseException as exc:  # recorded, asserted below
+            results[name] = exc
+
+    threads = [threading.Thread(target=shipper, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    shipped = [name for r in results.values() for name in r.shipped]
+    assert sorted(shipped) == sorted(set(shipped)), "no file was shipped twice"
+    assert set(waiting) <= set(shipped) | {n for r in results.values() for n in r.already_shipped}
+    assert not [w for w in spool_files(sandbox.spool_dir) if w.name in waiting]
+
+    catalog = sandbox.catalog()
+    for location_name, location in catalog.locations.items():
+        for name in waiting:
+            manifest = catalog.get(f"wal-{name}", location=location_name)[0]
+            assert verify_copy(manifest, location, keyring, deep=True).ok, (location_name, name)
+    # Exactly one stored version of each data object: nobody wrote over (or deleted) another's copy.
+    policy_location = next(loc for loc in sandbox.policy.storage.locations if loc.name == "dr")
+    client = sandbox.s3_client(policy_location.region)
+    for name in waiting:
+        key = policy_location.prefix + data_key_name("wal", f"wal-{name}")
+        listed = client.list_object_versions(Bucket=policy_location.bucket, Prefix=key)
+        assert len(listed.get("Versions", [])) == 1 and not listed.get("DeleteMarkers"), (name, listed)
+
+
+def test_a_spool_file_shipped_by_another_shipper_meanwhile_is_not_an_error(sandbox) -> None:
+    from continuity.wal import ShipResult, _ship_one, classify, ship_spool
+
+    _fill_spool(sandbox, 1)
+    keyring = sandbox.keyring()
+    required = {loc.name for loc in sandbox.policy.storage.locations if loc.required}
+    locations = sandbox.storage_locations()
+    first = ship_spool(sandbox.spool_dir, keyring=keyring, locations=locations, required=required)
+    gone = (first.shipped or first.already_shipped)[-1]
+    late = ShipResult()
+    _ship_one(sandbox.spool_dir / gone, classify(gone), keyring=keyring, locations=locations, required=required,
+              result=late, report=print)
+    assert late.already_shipped == [gone] and not late.shipped
+
+
+def test_a_spool_file_stays_until_every_required_copy_verifies(sandbox) -> None:
+    from continuity.wal import WalGap, ship_spool, spool_files
+
+    _fill_spool(sandbox, 1)
+    keyring = sandbox.keyring()
+    required = {loc.name for loc in sandbox.policy.storage.locations if loc.required}
+    locations = sandbox.storage_locations()
+    name = spool_files(sandbox.spool_dir)[-1].name
+    # Another shipper stored this file, but the dr copy of its data went bad before we got here.
+    from continuity.backup import create_backup
+
+    with open(sandbox.spool_dir / name, "rb") as handle:
+        create_backup(handle, kind="wal", keyring=keyring, locations=list(locations.values()), required=required,
+                      backup_id=f"wal-{name}", source_info={"timeline": 1, "wal_file": name})
+    data = data_key_name("wal", f"wal-{name}")
+    good = locations["dr"].get_bytes(data)
+    locations["dr"].put_bytes(data, good[:-1] + bytes([good[-1] ^ 1]))
+    try:
+        with pytest.raises(WalGap, match=f"WAL file {name}: not every required location"):
+            ship_spool(sandbox.spool_dir, keyring=keyring, locations=locations, required=required)
+        assert name in [w.name for w in spool_files(sandbox.spool_dir)], "the only good copy stays in the spool"
+    finally:
+        locations["dr"].put_bytes(data, good)
+    ship_spool(sandbox.spool_dir, keyring=keyring, locations=locations, required=required)
+    assert name not in [w.name for w in spool_files(sandbox.spool_dir)]

@@ -11,12 +11,13 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from continuity.dag_defaults import WAL_SPOOL_POOL
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.health import WAL_SPOOL_ENV_VAR
 from continuity.policy import format_duration
-from continuity.wal import WalConflict, archive_lag, find_gaps, ship_spool
+from continuity.wal import SpoolBusy, WalConflict, archive_lag, find_gaps, ship_spool
 
 
 class SwitchWalOperator(BaseOperator):
@@ -62,6 +63,7 @@ class ShipWalOperator(ContinuityBackupOperator):
     ui_color = "#fdebd0"
 
     def __init__(self, *, spool_dir: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("pool", WAL_SPOOL_POOL)
         super().__init__(**kwargs)
         self.spool_dir = spool_dir
 
