@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from continuity.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
 from continuity.keys import Keyring
 from continuity.manifest import LocationCopy, Manifest, data_key_name, manifest_key_name, open_manifest, seal
-from continuity.storage import ObjectWriter, StorageError, StorageLocation, read_back_sha256
+from continuity.storage import ObjectWriter, PreconditionFailed, StorageError, StorageLocation, read_back_sha256
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,11 @@ class Progress:
 class _FanOut:
     """Writes each block to every location; an optional location that fails is dropped, a required one aborts."""
 
-    def __init__(self, writers: dict[str, ObjectWriter], required: set[str]) -> None:
+    def __init__(self, writers: dict[str, ObjectWriter], required: set[str],
+                 leave_out: Callable[[str, str], None]) -> None:
         self.writers = writers
         self.required = required
-        self.dropped: dict[str, str] = {}
+        self.leave_out = leave_out
 
     def write(self, data: bytes) -> None:
         for name, writer in list(self.writers.items()):
@@ -76,8 +77,7 @@ class _FanOut:
             except StorageError as exc:
                 if name in self.required:
                     raise
-                log.warning("optional %s failed and is left out of this backup: %s", name, exc)
-                self.dropped[name] = str(exc)
+                self.leave_out(name, str(exc))
                 writer.abort()
                 del self.writers[name]
 
@@ -113,9 +113,24 @@ def create_backup(
     backup_id = backup_id or new_backup_id(kind)
     report = report or log.info
     data_key_object = data_key_name(kind, backup_id)
+    left_out: dict[str, str] = {}  # optional locations this backup could not reach, with why
+
+    def leave_out(name: str, reason: str) -> None:
+        log.warning("optional location %s is left out of backup %s: %s", name, backup_id, reason)
+        left_out[name] = reason
+
+    reachable: list[StorageLocation] = []
     for location in locations:
-        if location.head(manifest_key_name(backup_id)) is not None:
+        try:
+            exists = location.head(manifest_key_name(backup_id)) is not None
+        except StorageError as exc:
+            if location.name in required:
+                raise
+            leave_out(location.name, str(exc))
+            continue
+        if exists:
             raise StorageError(f"{location.describe(manifest_key_name(backup_id))}: backup {backup_id} already exists")
+        reachable.append(location)
 
     data_key, wrapped = keyring.new_data_key(backup_id)
     started = datetime.now(timezone.utc)
@@ -124,7 +139,7 @@ def create_backup(
     checksums: dict[str, str] = {}
     by_name = {loc.name: loc for loc in locations}
     try:
-        for location in locations:
+        for location in reachable:
             try:
                 # exclusive: a concurrent writer of the same backup id (two WAL shippers) can never
                 # replace the object the other one committed.
@@ -133,31 +148,40 @@ def create_backup(
             except StorageError as exc:
                 if location.name in required:
                     raise
-                log.warning("optional %s is left out of this backup: %s", location.name, exc)
-        fan_out = _FanOut(writers, required)
+                leave_out(location.name, str(exc))
+        fan_out = _FanOut(writers, required, leave_out)
         result = write_archive(source, fan_out, archive_id=backup_id, data_key=data_key, wrapped_key=wrapped,
                                chunk_size=chunk_size, progress=Progress(report, what=f"backup {backup_id}"))
         for name, writer in list(fan_out.writers.items()):
             try:
                 checksums[name] = writer.commit()
-            except StorageError:
+            except StorageError as exc:
                 if name in required:
                     raise
+                leave_out(name, str(exc))
                 del fan_out.writers[name]
                 continue
             committed.append(by_name[name])
         # Read-back: every copy is checked byte for byte before the backup is declared complete.
         copies: dict[str, LocationCopy] = {}
         for location in list(committed):
-            size, digest = read_back_sha256(location, data_key_object)
-            info = location.head(data_key_object)
+            try:
+                size, digest = read_back_sha256(location, data_key_object)
+                info = location.head(data_key_object)
+            except StorageError as exc:
+                if location.name in required:
+                    raise
+                leave_out(location.name, f"read-back failed: {exc}")
+                _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
+                committed.remove(location)
+                continue
             if size != result.stored_bytes or digest != result.stored_sha256 or info is None \
                     or info.checksum != checksums[location.name]:
                 message = (f"{location.describe(data_key_object)}: read-back mismatch: stored {size} bytes "
                            f"sha256 {digest[:16]}…, sent {result.stored_bytes} bytes sha256 {result.stored_sha256[:16]}…")
                 if location.name in required:
                     raise IntegrityError(message)
-                log.warning("%s; leaving optional %s out", message, location.name)
+                leave_out(location.name, message)
                 _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
                 committed.remove(location)
                 continue
@@ -165,6 +189,8 @@ def create_backup(
                                                  verified_at=datetime.now(timezone.utc),
                                                  verify_result="ok: read-back after upload", verify_depth="shallow")
         final_details = dict(details() if callable(details) else details or {})
+        if left_out:
+            final_details["left_out_locations"] = dict(left_out)
         final_source = dict(source_info() if callable(source_info) else source_info or {})
         manifest = seal(Manifest(
             backup_id=backup_id, kind=kind, label=label, source=final_source, started_at=started,
@@ -181,9 +207,12 @@ def create_backup(
                 try:
                     written[location.name] = location.put_bytes(manifest_key_name(backup_id), manifest.to_json(),
                                                                 exclusive=True)
-                except StorageError:
+                except StorageError as exc:
                     if location.name in required:
                         raise
+                    log.warning("optional location %s did not take the manifest of %s and holds no usable copy: %s",
+                                location.name, backup_id, exc)
+                    _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
         except BaseException:
             for name, checksum in written.items():
                 _quietly(by_name[name].delete, manifest_key_name(backup_id), if_checksum=checksum)
@@ -199,7 +228,8 @@ def create_backup(
         raise
     rate = result.plaintext_bytes / max((manifest.finished_at - started).total_seconds(), 1e-9) / 2**20
     report(f"backup {backup_id} ({kind}) complete: {result.plaintext_bytes:,} bytes → {result.stored_bytes:,} stored "
-           f"in {', '.join(copies)} ({rate:,.1f} MiB/s), read-back verified")
+           f"in {', '.join(copies)} ({rate:,.1f} MiB/s), read-back verified"
+           + (f"; optional {', '.join(sorted(left_out))} left out" if left_out else ""))
     return manifest
 
 
@@ -257,19 +287,45 @@ def verify_copy(manifest: Manifest, location: StorageLocation, keyring: Keyring,
                         f"{read.plaintext_bytes:,} plaintext bytes match SHA-256 {manifest.plaintext_sha256[:16]}…")
 
 
+def update_manifest(location: StorageLocation, backup_id: str, keyring: Keyring,
+                    change: Callable[[Manifest, bytes], Manifest], *, attempts: int = 5) -> Manifest:
+    """Apply `change(current, data_key)` to the manifest stored now and write it back, re-sealed.
+
+    Compare-and-swap: the write is conditional on the object read, and a lost race re-reads and
+    re-applies. A caller's older copy is never written back, so a key rotation that re-wrapped the
+    manifest meanwhile is never undone (that would make the backup unreadable once the old KEK retires).
+    """
+    key = manifest_key_name(backup_id)
+    for _ in range(attempts):
+        info = location.head(key)
+        if info is None:
+            raise StorageError(f"{location.describe(key)}: no backup {backup_id} in this location")
+        current, data_key = open_manifest(location.get_bytes(key), keyring, where=location.describe(key),
+                                          expected_id=backup_id)
+        updated = seal(change(current, data_key), data_key)
+        try:
+            location.put_bytes(key, updated.to_json(), if_checksum=info.checksum)
+            return updated
+        except PreconditionFailed:
+            log.info("%s changed while it was being updated; re-reading it", location.describe(key))
+    raise StorageError(f"{location.describe(key)}: the manifest kept changing under {attempts} update attempts")
+
+
 def record_verification(manifest: Manifest, location: StorageLocation, keyring: Keyring, verification: Verification) -> Manifest:
-    """Note the result in that location's copy of the manifest (re-sealed)."""
-    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
-    copies = dict(manifest.locations)
-    previous = copies.get(location.name)
-    copies[location.name] = LocationCopy(
-        key=manifest.data_key_name, stored_bytes=previous.stored_bytes if previous else manifest.stored_bytes,
-        checksum=previous.checksum if previous else None,
-        verified_at=datetime.now(timezone.utc), verify_result=("ok: " if verification.ok else "FAILED: ") + verification.reason,
-        verify_depth=verification.depth)  # type: ignore[arg-type]
-    updated = seal(manifest.model_copy(update={"locations": copies}), data_key)
-    location.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
-    return updated
+    """Note the result in that location's copy of the manifest (re-read, then re-sealed)."""
+
+    def note(current: Manifest, _data_key: bytes) -> Manifest:
+        copies = dict(current.locations)
+        previous = copies.get(location.name)
+        copies[location.name] = LocationCopy(
+            key=current.data_key_name, stored_bytes=previous.stored_bytes if previous else current.stored_bytes,
+            checksum=previous.checksum if previous else None,
+            verified_at=datetime.now(timezone.utc),
+            verify_result=("ok: " if verification.ok else "FAILED: ") + verification.reason,
+            verify_depth=verification.depth)  # type: ignore[arg-type]
+        return current.model_copy(update={"locations": copies})
+
+    return update_manifest(location, manifest.backup_id, keyring, note)
 
 
 # -- restore ---------------------------------------------------------------------------------
@@ -295,16 +351,17 @@ def load_manifest(location: StorageLocation, backup_id: str, keyring: Keyring) -
     key = manifest_key_name(backup_id)
     if location.head(key) is None:
         raise StorageError(f"{location.describe(key)}: no backup {backup_id} in this location")
-    return open_manifest(location.get_bytes(key), keyring, where=location.describe(key))[0]
+    return open_manifest(location.get_bytes(key), keyring, where=location.describe(key), expected_id=backup_id)[0]
 
 
 def rewrap(manifest: Manifest, location: StorageLocation, keyring: Keyring, *, to_kek: str) -> Manifest:
     """Key rotation for one manifest copy: unwrap under its KEK, wrap under `to_kek`, re-seal."""
-    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
-    wrapped = keyring.wrap(data_key, archive_id=manifest.backup_id, kek_id=to_kek)
-    updated = seal(manifest.model_copy(update={"key": wrapped.to_dict()}), data_key)
-    location.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
-    return updated
+
+    def wrap_anew(current: Manifest, data_key: bytes) -> Manifest:
+        wrapped = keyring.wrap(data_key, archive_id=current.backup_id, kek_id=to_kek)
+        return current.model_copy(update={"key": wrapped.to_dict()})
+
+    return update_manifest(location, manifest.backup_id, keyring, wrap_anew)
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -384,12 +441,14 @@ def replicate_copy(manifest: Manifest, source: StorageLocation, target: StorageL
     if info is None or info.size != manifest.stored_bytes:
         target.delete(key)
         raise StorageError(f"{target.describe(key)}: the copy from {source.name} has the wrong size")
-    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
-    copies = dict(manifest.locations)
+    # The source's manifest as stored now, not the caller's older read: a rotation meanwhile re-wrapped it.
+    current = load_manifest(source, manifest.backup_id, keyring)
+    data_key = keyring.unwrap(current.wrapped_key, archive_id=current.backup_id)
+    copies = dict(current.locations)
     copies[target.name] = LocationCopy(key=key, stored_bytes=info.size, checksum=info.checksum,
                                        verified_at=datetime.now(timezone.utc),
                                        verify_result=f"ok: copied from {source.name}", verify_depth="shallow")
-    updated = seal(manifest.model_copy(update={"locations": copies}), data_key)
+    updated = seal(current.model_copy(update={"locations": copies}), data_key)
     if deep:
         check = verify_copy(updated, target, keyring, deep=True)
         if not check.ok:

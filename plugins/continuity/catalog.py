@@ -12,7 +12,7 @@ from datetime import datetime
 
 from continuity.archive import IntegrityError
 from continuity.keys import Keyring, KeyringError
-from continuity.manifest import Manifest, manifest_key_name, open_manifest
+from continuity.manifest import Manifest, backup_id_of_key, manifest_key_name, open_manifest
 from continuity.storage import StorageError, StorageLocation
 
 MANIFEST_PREFIX = "manifests/"
@@ -36,11 +36,14 @@ class Catalog:
         location = self._location(location_name)
         found: list[Manifest] = []
         for key in location.list(MANIFEST_PREFIX):
-            if not key.endswith(".json"):
+            backup_id = backup_id_of_key(key)
+            if backup_id is None:
                 continue
             try:
-                manifest, _ = open_manifest(location.get_bytes(key), self.keyring, where=location.describe(key))
-            except (IntegrityError, KeyringError) as exc:
+                manifest, _ = open_manifest(location.get_bytes(key), self.keyring, where=location.describe(key),
+                                            expected_id=backup_id)
+            except (IntegrityError, KeyringError, StorageError) as exc:
+                # One bad manifest is a problem to show, never a reason to hide every other backup.
                 self.problems.append(str(exc))
                 continue
             found.append(manifest)
@@ -78,7 +81,8 @@ class Catalog:
                 if loc.head(key) is None:
                     errors.append(f"{loc.describe(key)}: not there")
                     continue
-                return open_manifest(loc.get_bytes(key), self.keyring, where=loc.describe(key))[0], name
+                return open_manifest(loc.get_bytes(key), self.keyring, where=loc.describe(key),
+                                     expected_id=backup_id)[0], name
             except (StorageError, IntegrityError) as exc:
                 if isinstance(exc, IntegrityError) and location:
                     raise

@@ -11,7 +11,7 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,7 +60,8 @@ def _aad(kek_id: str, archive_id: str) -> bytes:
 class Keyring:
     """KEKs by id plus the active id. `kms_client` (boto3 KMS) serves ids starting with `kms:`."""
 
-    def __init__(self, *, keys: Mapping[str, bytes], active: str, kms_client: Any = None) -> None:
+    def __init__(self, *, keys: Mapping[str, bytes], active: str, kms_client: Any = None,
+                 kms_keys: Sequence[str] = ()) -> None:
         for kek_id, key in keys.items():
             if len(key) != 32:
                 raise ValueError(f"KEK {kek_id!r} must be 32 bytes (AES-256), got {len(key)}")
@@ -69,6 +70,11 @@ class Keyring:
         self.keys = dict(keys)
         self.active = active
         self.kms_client = kms_client
+        # The KMS keys this keyring trusts to unwrap (the active one, and earlier ones kept for
+        # reading): a manifest naming any other KMS key is refused before KMS is asked.
+        self.kms_keys = {k if k.startswith(KMS_PREFIX) else KMS_PREFIX + k for k in kms_keys}
+        if active.startswith(KMS_PREFIX):
+            self.kms_keys.add(active)
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -92,7 +98,8 @@ class Keyring:
         or extra.kms_key_id for AWS KMS (the key never leaves KMS)."""
         if extra.get("kms_key_id"):
             local = cls.from_json(password, where=f"connection {conn_id}").keys if password else {}
-            return cls(keys=local, active=KMS_PREFIX + extra["kms_key_id"], kms_client=kms_client)
+            return cls(keys=local, active=KMS_PREFIX + extra["kms_key_id"], kms_client=kms_client,
+                       kms_keys=extra.get("previous_kms_key_ids", []))
         if not password:
             raise MissingKeyError(f"connection {conn_id} holds no key (its password is empty)")
         ring = cls.from_json(password, where=f"connection {conn_id}")
@@ -135,13 +142,14 @@ class Keyring:
         kek_id = kek_id or "kek-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         if kek_id in self.keys:
             raise ValueError(f"the keyring already has a KEK {kek_id!r}")
-        return Keyring(keys={**self.keys, kek_id: secrets.token_bytes(32)}, active=kek_id, kms_client=self.kms_client)
+        return Keyring(keys={**self.keys, kek_id: secrets.token_bytes(32)}, active=kek_id, kms_client=self.kms_client,
+                       kms_keys=sorted(self.kms_keys))
 
     def without(self, kek_id: str) -> Keyring:
         if kek_id == self.active:
             raise ValueError(f"KEK {kek_id!r} is the active key; activate another one before retiring it")
         return Keyring(keys={k: v for k, v in self.keys.items() if k != kek_id}, active=self.active,
-                       kms_client=self.kms_client)
+                       kms_client=self.kms_client, kms_keys=sorted(self.kms_keys - {kek_id}))
 
     # -- the envelope ----------------------------------------------------------------------
     def new_data_key(self, archive_id: str) -> tuple[bytes, WrappedKey]:
@@ -170,8 +178,15 @@ class Keyring:
         except (ValueError, TypeError):
             raise WrongKeyError(f"archive {archive_id}: the wrapped data key is corrupt (not base64)") from None
         if wrapped.alg == "aws-kms":
+            if wrapped.kek_id not in self.kms_keys:
+                raise MissingKeyError(
+                    f"archive {archive_id} names KMS key {wrapped.kek_id!r}, which this keyring does not trust "
+                    f"(it trusts: {', '.join(sorted(self.kms_keys)) or 'no KMS key'}); a backup planted under "
+                    f"another key is never unwrapped")
             try:
-                return self._kms().decrypt(CiphertextBlob=blob, EncryptionContext={"archive_id": archive_id})["Plaintext"]
+                # KeyId pins the key: KMS refuses a blob made under any other key the role may use.
+                return self._kms().decrypt(CiphertextBlob=blob, KeyId=wrapped.kek_id[len(KMS_PREFIX):],
+                                           EncryptionContext={"archive_id": archive_id})["Plaintext"]
             except Exception as exc:
                 raise WrongKeyError(f"AWS KMS could not unwrap the data key of archive {archive_id} "
                                     f"(KEK {wrapped.kek_id}): {exc}") from exc

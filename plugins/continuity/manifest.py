@@ -95,13 +95,33 @@ def seal(manifest: Manifest, data_key: bytes) -> Manifest:
     return manifest.model_copy(update={"mac": mac})
 
 
-def open_manifest(raw: bytes, keyring: Keyring, *, where: str) -> tuple[Manifest, bytes]:
-    """Parse and authenticate a stored manifest; returns it with its (unwrapped) data key."""
+def backup_id_of_key(key: str) -> str | None:
+    """The backup id a manifest key names (`manifests/<id>.json`), or None for another key."""
+    if key.startswith("manifests/") and key.endswith(".json"):
+        return key[len("manifests/"):-len(".json")]
+    return None
+
+
+def open_manifest(raw: bytes, keyring: Keyring, *, where: str, expected_id: str) -> tuple[Manifest, bytes]:
+    """Parse and authenticate a stored manifest; returns it with its (unwrapped) data key.
+
+    `expected_id` is the backup id of the name it is stored under: a manifest authentic for
+    backup A but stored as B is refused, so restoring B can never return A's bytes.
+    """
     try:
         manifest = Manifest.model_validate_json(raw)
-    except ValueError as exc:
-        raise IntegrityError(f"{where}: not a valid manifest: {str(exc).splitlines()[0]}") from None
-    data_key = keyring.unwrap(manifest.wrapped_key, archive_id=manifest.backup_id)
+        wrapped = manifest.wrapped_key
+    except (ValueError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IntegrityError(f"{where}: not a valid manifest: {first}") from None
+    if manifest.backup_id != expected_id:
+        raise IntegrityError(f"{where}: holds the manifest of backup {manifest.backup_id}, not of {expected_id} "
+                             f"(copied or renamed in storage): it is not trusted")
+    try:
+        data_key = keyring.unwrap(wrapped, archive_id=manifest.backup_id)
+    except (ValueError, TypeError) as exc:  # a malformed wrapped key (bad base64, wrong length)
+        raise IntegrityError(f"{where}: manifest of backup {manifest.backup_id} has an unreadable wrapped key: "
+                             f"{exc}") from None
     expected = hmac.new(_mac_key(data_key), manifest.canonical(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, manifest.mac):
         raise IntegrityError(f"{where}: manifest of backup {manifest.backup_id} failed authentication "

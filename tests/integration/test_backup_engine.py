@@ -214,6 +214,81 @@ def test_kms_wraps_data_keys_on_the_local_endpoint(locations, sandbox) -> None:
     assert out.getvalue() == data
 
 
+def test_kms_unwraps_only_under_the_key_the_keyring_trusts(locations, sandbox) -> None:
+    from continuity.keys import WrappedKey, WrongKeyError
+
+    kms = boto3.client("kms", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
+                       aws_access_key_id="continuity-sandbox", aws_secret_access_key="x")
+    ours = kms.create_key(Description="continuity KEK")["KeyMetadata"]["KeyId"]
+    other = kms.create_key(Description="another key the same role may use")["KeyMetadata"]["KeyId"]
+    keyring = Keyring(keys={}, active=f"kms:{ours}", kms_client=kms)
+    planter = Keyring(keys={}, active=f"kms:{other}", kms_client=kms)
+    planted = create_backup(io.BytesIO(b"planted"), kind="adhoc", keyring=planter, locations=[locations["dr"]])
+    with pytest.raises(MissingKeyError, match=f"names KMS key 'kms:{other}', which this keyring does not trust"):
+        load_manifest(locations["dr"], planted.backup_id, keyring)
+    # The same blob relabelled as ours: KMS itself refuses it once the expected KeyId is passed.
+    _, wrapped = planter.new_data_key("archive-x")
+    relabelled = WrappedKey(f"kms:{ours}", "aws-kms", wrapped.wrapped)
+    with pytest.raises(WrongKeyError, match="could not unwrap"):
+        keyring.unwrap(relabelled, archive_id="archive-x")
+    # And the encryption context binds it to its archive.
+    _, mine = keyring.new_data_key("archive-y")
+    with pytest.raises(WrongKeyError):
+        keyring.unwrap(mine, archive_id="archive-z")
+    assert len(keyring.unwrap(mine, archive_id="archive-y")) == 32
+
+
+def test_a_manifest_is_bound_to_the_name_it_is_stored_under(locations, keyring) -> None:
+    first = create_backup(io.BytesIO(b"A" * 1000), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
+    second = create_backup(io.BytesIO(b"B" * 1000), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
+    dr = locations["dr"]
+    dr.put_bytes(manifest_key_name(second.backup_id), dr.get_bytes(manifest_key_name(first.backup_id)))
+    with pytest.raises(IntegrityError, match=f"holds the manifest of backup {first.backup_id}, not of {second.backup_id}"):
+        load_manifest(dr, second.backup_id, keyring)
+    catalog = Catalog({"dr": dr}, keyring)
+    with pytest.raises(StorageError, match=f"not of {second.backup_id}"):
+        catalog.get(second.backup_id)
+    listed = [m.backup_id for m in catalog.list(location="dr")]
+    assert second.backup_id not in listed and first.backup_id in listed
+    assert any(manifest_key_name(second.backup_id) in p for p in catalog.problems)
+
+
+def test_a_malformed_manifest_is_a_problem_not_a_broken_listing(locations, keyring) -> None:
+    good = create_backup(io.BytesIO(b"good"), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
+    dr = locations["dr"]
+    for name, body in (("junk", b"{not json"), ("no-key", b'{"backup_id": "no-key"}'),
+                       ("bad-wrap", good.model_copy(update={"backup_id": "bad-wrap",
+                                                            "key": {"kek_id": "kek-1"}}).to_json())):
+        dr.put_bytes(manifest_key_name(name), body)
+    try:
+        catalog = Catalog({"dr": dr}, keyring)
+        assert good.backup_id in [m.backup_id for m in catalog.list(location="dr")]
+        for name in ("junk", "no-key", "bad-wrap"):
+            assert any(manifest_key_name(name) in p for p in catalog.problems), (name, catalog.problems)
+    finally:
+        for name in ("junk", "no-key", "bad-wrap"):
+            dr.delete(manifest_key_name(name))
+
+
+def test_a_manifest_update_never_undoes_a_rotation_that_happened_meanwhile(locations, keyring) -> None:
+    from continuity.backup import Verification, record_verification
+
+    data = os.urandom(20_000)
+    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
+    dr = locations["dr"]
+    validator_view = load_manifest(dr, manifest.backup_id, keyring)  # validation read it ...
+    check = verify_copy(validator_view, dr, keyring)
+    rotated = keyring.with_new_key("kek-2")  # ... then the key was rotated and the old KEK retired ...
+    rewrap(load_manifest(dr, manifest.backup_id, rotated), dr, rotated, to_kek="kek-2")
+    new_only = rotated.without("kek-1")
+    record_verification(validator_view, dr, rotated, check)  # ... and validation writes its result.
+    reloaded = load_manifest(dr, manifest.backup_id, new_only)
+    assert reloaded.key["kek_id"] == "kek-2" and reloaded.locations["dr"].verify_result.startswith("ok")
+    out = io.BytesIO()
+    restore_copy(reloaded, dr, new_only, out)
+    assert out.getvalue() == data
+
+
 def test_catalog_queries(locations, keyring) -> None:
     base = create_backup(io.BytesIO(b"base"), kind="physical", keyring=keyring, locations=[locations["dr"]])
     time.sleep(0.01)

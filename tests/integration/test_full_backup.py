@@ -137,3 +137,27 @@ def test_primary_killed_mid_dump_fails_cleanly_and_the_retry_succeeds(sandbox) -
     with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
         conn.execute("DROP TABLE bulk")
     time.sleep(0)
+
+
+def test_an_unreachable_optional_location_is_left_out_not_fatal(sandbox, monkeypatch, tmp_path) -> None:
+    """The eu-west-1 archive bucket gone: full, config and WAL backups still succeed everywhere else."""
+    from continuity.policy import DEFAULT_POLICY_PATH
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("bucket: continuity-archive-eu-west-1",
+                                                              "bucket: continuity-archive-gone"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    with psycopg.connect(sandbox.app_conninfo()) as conn:
+        conn.execute("UPDATE videos SET status = 'processed' WHERE id % 5 = 0")
+    runs = {dag_id: load_dag(dag_id).test(logical_date=datetime(2026, 11, 21, 2, 0, tzinfo=timezone.utc))
+            for dag_id in ("dr_full_backup", "dr_config_backup", "dr_wal_archive")}
+    for dag_id, run in runs.items():
+        assert str(run.state) == "success", (dag_id, task_states(run))
+    catalog = sandbox.catalog()
+    made = [catalog.get(backup_id, location="dr")[0]
+            for backup_id in [*xcom(runs["dr_full_backup"], "logical_backup"),
+                              xcom(runs["dr_full_backup"], "physical_backup")]]
+    made.append(catalog.latest("config", location="dr"))
+    for manifest in made:
+        assert set(manifest.locations) == {"primary", "dr"}, manifest.backup_id
+        assert "continuity-archive-gone" in manifest.details["left_out_locations"]["archive"], manifest.details
