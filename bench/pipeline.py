@@ -10,7 +10,9 @@ not inflate the next.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
+import json
 import os
 import random
 import shutil
@@ -134,6 +136,17 @@ def main() -> int:
             rss_mib = int(out.stdout.strip().splitlines()[-1]) / 1024
             print(f"peak RSS, full backup of {label:8}: {rss_mib:8.1f} MiB (aim < 150 MiB; must not grow with size)")
             shutil.rmtree(target, ignore_errors=True)
+
+        # Worst case for restore memory: 1 GiB of zeros (a 1 MiB chunk of zstd expands ~30,000-fold).
+        zeros = workdir / "zeros"
+        zeros.mkdir()
+        (zeros / "key").write_text(base64.b64encode(os.urandom(32)).decode())
+        probe = Path(__file__).with_name("memory_probe.py")
+        for phase in ("backup", "restore", "verify"):
+            out = subprocess.run([sys.executable, str(probe), phase, str(zeros), str(2**30)],
+                                 capture_output=True, text=True, check=True)
+            rss_mib = json.loads(out.stdout.strip().splitlines()[-1])["peak_kib"] / 1024
+            print(f"peak RSS, 1 GiB of zeros, {phase:8}: {rss_mib:8.1f} MiB (aim < 150 MiB)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import zstandard
+from backports.zstd import ZstdDecompressor
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -36,6 +37,7 @@ ZSTD_LEVEL = 3
 # using about two cores at most whatever the machine.
 ZSTD_WORKERS = 1
 READ_SIZE = 1024 * 1024
+OUTPUT_BLOCK = 1024 * 1024  # the most plaintext a restore holds at once
 _PREFIX = struct.Struct(">8sHI")
 _RECORD = struct.Struct(">I")
 TAG_BYTES = 16
@@ -234,7 +236,9 @@ def read_archive(
         raise IntegrityError(f"{where}: holds archive {header.archive_id}, expected {expected_archive_id}")
     header_digest = hashlib.sha256(encoded).digest()
     aead = AESGCM(data_key_for(header))
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    # Output is taken OUTPUT_BLOCK bytes at a time: one authenticated chunk of zstd can expand
+    # ~30,000-fold (zeros), so decompressing a chunk in one call is unbounded memory.
+    decompressor = ZstdDecompressor()
     plain_sha = hashlib.sha256()
     plain_size = 0
     index = 0
@@ -256,20 +260,31 @@ def read_archive(
                                      f"the archive is truncated after chunk {index}, or chunk {index} is corrupt") from None
             raise IntegrityError(f"{name}: chunk {index} failed authentication (corrupt, tampered, reordered, "
                                  f"duplicated or from another archive)") from None
-        data = decompressor.decompress(chunk)
-        if data:
-            plain_sha.update(data)
-            plain_size += len(data)
-            if sink is not None:
-                sink.write(data)
-            if progress:
-                progress(plain_size)
+        if decompressor.eof:
+            if chunk:
+                raise IntegrityError(f"{name}: chunk {index} carries data after the end of the compressed stream")
+        else:
+            pending = chunk
+            while True:
+                data = decompressor.decompress(pending, max_length=OUTPUT_BLOCK)
+                pending = b""
+                if data:
+                    plain_sha.update(data)
+                    plain_size += len(data)
+                    if sink is not None:
+                        sink.write(data)
+                    if progress:
+                        progress(plain_size)
+                if decompressor.eof or decompressor.needs_input:
+                    break
         index += 1
         if final:
             break
         record = following
     if not decompressor.eof:
         raise IntegrityError(f"{name}: the compressed stream ends early after {index} authenticated chunks")
+    if decompressor.unused_data:
+        raise IntegrityError(f"{name}: {len(decompressor.unused_data)} bytes follow the end of the compressed stream")
     return ReadResult(plaintext_bytes=plain_size, plaintext_sha256=plain_sha.hexdigest(),
                       stored_bytes=stored_size, stored_sha256=stored.hexdigest(), chunks=index)
 
