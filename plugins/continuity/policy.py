@@ -217,6 +217,8 @@ class Backups(_Model):
     incremental: IncrementalBackups
     point_in_time_recovery: PointInTimeRecovery
     configuration: ConfigurationBackups
+    # How late a scheduled backup may be before dr_backup_validation alarms (its period plus this).
+    freshness_grace: Duration = timedelta(hours=2)
 
 
 class RestoreTest(_Model):

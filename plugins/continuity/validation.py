@@ -138,6 +138,47 @@ def stale_categories(policy: Policy, manifests: list[Manifest], *, now: datetime
     return alarms
 
 
+def backup_schedules(policy: Policy) -> dict[str, tuple[timedelta, str]]:
+    """Each scheduled backup kind: how often it is taken, and where the policy says so."""
+    full = policy.backups.full.schedule
+    return {
+        "logical": (cron_period(full), f"backups.full.schedule {full!r}"),
+        "physical": (cron_period(full), f"backups.full.schedule {full!r}"),
+        "wal": (policy.backups.incremental.frequency, "backups.incremental.frequency"),
+        "config": (policy.backups.configuration.frequency, "backups.configuration.frequency"),
+    }
+
+
+def cron_period(expression: str) -> timedelta:
+    """The longest gap between consecutive runs of a cron schedule (over its next 30 runs)."""
+    from croniter import croniter
+
+    runs = croniter(expression, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    times = [runs.get_next(datetime) for _ in range(31)]
+    return max(later - earlier for earlier, later in zip(times, times[1:]))
+
+
+def stale_backup_kinds(policy: Policy, manifests: list[Manifest], *, now: datetime | None = None) -> list[str]:
+    """Scheduled backup kinds whose newest backup is older than their period plus the policy's grace."""
+    now = now or datetime.now(timezone.utc)
+    grace = policy.backups.freshness_grace
+    alarms = []
+    for kind, (period, source) in backup_schedules(policy).items():
+        limit = period + grace
+        relevant = [m for m in manifests if m.kind == kind]
+        if not relevant:
+            alarms.append(f"backup kind {kind}: no backup at all (scheduled every {format_duration(period)} by "
+                          f"{source})")
+            continue
+        newest = max(relevant, key=lambda m: m.finished_at)
+        age = now - newest.finished_at
+        if age > limit:
+            alarms.append(f"backup kind {kind}: newest backup {newest.backup_id} is "
+                          f"{format_duration(timedelta(seconds=int(age.total_seconds())))} old, over its period of "
+                          f"{format_duration(period)} ({source}) plus the grace of {format_duration(grace)}")
+    return alarms
+
+
 # -- retention ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Decision:

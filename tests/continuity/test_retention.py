@@ -123,3 +123,22 @@ def test_dry_run_deletes_nothing_and_a_real_run_deletes_manifest_and_data(tmp_pa
     assert location.head(manifest_key_name("logical-old")) is None
     assert location.head(data_key_name("logical", "logical-old")) is None
     assert location.head(manifest_key_name("logical-new-0")) is not None
+
+
+def test_every_scheduled_backup_kind_has_a_freshness_alarm() -> None:
+    from continuity.validation import backup_schedules, stale_backup_kinds
+
+    assert backup_schedules(POLICY)["logical"][0] == timedelta(days=1)
+    assert backup_schedules(POLICY)["wal"][0] == timedelta(hours=4)
+    fresh = [_manifest("logical-a", "logical", timedelta(hours=20)), _manifest("physical-a", "physical", timedelta(hours=20)),
+             _manifest("wal-a", "wal", timedelta(hours=1)), _manifest("config-a", "config", timedelta(hours=3))]
+    assert stale_backup_kinds(POLICY, fresh, now=NOW) == []
+    # Daily full backups stopped 27 h ago: over 1 day + the 2 h grace, although WAL and config are fresh.
+    stopped = [_manifest("logical-a", "logical", timedelta(hours=27)), _manifest("physical-a", "physical", timedelta(hours=25, minutes=59)),
+               *fresh[2:]]
+    alarms = stale_backup_kinds(POLICY, stopped, now=NOW)
+    assert alarms == ["backup kind logical: newest backup logical-a is 27h old, over its period of 1d "
+                      "(backups.full.schedule '0 2 * * *') plus the grace of 2h"]
+    assert stale_categories(POLICY, stopped, now=NOW) == [], "the category alarm alone would have missed it"
+    assert stale_backup_kinds(POLICY, fresh[:3], now=NOW) == [
+        "backup kind config: no backup at all (scheduled every 1d by backups.configuration.frequency)"]

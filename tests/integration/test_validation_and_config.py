@@ -89,6 +89,31 @@ def test_config_backup_then_no_stale_alarm(sandbox) -> None:
         assert connections["continuity_app"]["password"] == sandbox.password("app")
         assert "SHA256SUMS" in archive.getnames()
 
+    if not catalog.list(kind="physical", location="dr"):
+        assert str(load_dag("dr_full_backup").test().state) == "success"
     _shipped_segments(sandbox, 1)
     validation = load_dag("dr_backup_validation").test()
-    assert task_states(validation)["stale_backup_alarm"] == "success", "fresh WAL and config: no alarm"
+    assert task_states(validation)["stale_backup_alarm"] == "success", "fresh full, WAL and config: no alarm"
+
+
+def test_full_backups_older_than_their_schedule_fail_validation_naming_the_kind(
+        sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path, capfd: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    catalog, _ = _catalog(sandbox)
+    newest = catalog.latest("logical", location="dr")
+    if newest is None:
+        assert str(load_dag("dr_full_backup").test().state) == "success"
+        newest = sandbox.catalog().latest("logical", location="dr")
+    # Full backups every minute with a 1 s grace: the newest is late once it is 61 s old.
+    age = (datetime.now(timezone.utc) - newest.finished_at).total_seconds()
+    time.sleep(max(0.0, 62 - age))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace('schedule: "0 2 * * *"', 'schedule: "* * * * *"')
+                      .replace("freshness_grace: 2h", "freshness_grace: 1s"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    run = load_dag("dr_backup_validation").test()
+    assert task_states(run)["stale_backup_alarm"] == "failed"
+    out = capfd.readouterr().out
+    assert "STALE BACKUPS: " in out and "backup kind logical: newest backup" in out
+    assert "over its period of 1m (backups.full.schedule '* * * * *') plus the grace of 1s" in out

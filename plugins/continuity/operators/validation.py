@@ -9,7 +9,9 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.validation import apply_retention, deep_sample, plan_retention, read_holds, stale_categories, validate_copies
+from continuity.policy import format_duration
+from continuity.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,
+                                   stale_backup_kinds, stale_categories, validate_copies)
 
 
 class VerifyAndRepairOperator(ContinuityBackupOperator):
@@ -30,14 +32,18 @@ class VerifyAndRepairOperator(ContinuityBackupOperator):
 
 
 class StaleBackupAlarmOperator(ContinuityBackupOperator):
-    """Fail when the newest backup proving a data category is older than that category's RPO maximum."""
+    """Fail when the newest backup proving a data category is older than that category's RPO maximum,
+    or when a scheduled backup kind's newest backup is older than its period plus the policy's grace."""
 
     def execute(self, context: Context) -> list[str]:
         hook = self.hook()
-        alarms = stale_categories(hook.policy, hook.get_catalog().list())
+        manifests = hook.get_catalog().list()
+        alarms = [*stale_categories(hook.policy, manifests), *stale_backup_kinds(hook.policy, manifests)]
         if alarms:
             raise AirflowFailException("STALE BACKUPS: " + "; ".join(alarms))
-        self.log.info("every data category has a backup within its RPO maximum")
+        self.log.info("every data category has a backup within its RPO maximum and every scheduled backup kind "
+                      "(%s) is within its period plus %s", ", ".join(backup_schedules(hook.policy)),
+                      format_duration(hook.policy.backups.freshness_grace))
         return alarms
 
 
