@@ -347,6 +347,37 @@ def restore_copy(manifest: Manifest, location: StorageLocation, keyring: Keyring
     return read.plaintext_bytes
 
 
+def restore_to_path(manifest: Manifest, candidates: Sequence[StorageLocation], keyring: Keyring, target: Path,
+                    *, report: Callable[[str], None] | None = None) -> tuple[str, int]:
+    """Restore into `target` from the first candidate location whose copy streams through intact.
+
+    The plaintext goes to a hidden 0600 file beside `target`, fsynced, then renamed: a failed or
+    interrupted attempt (integrity, storage, network) leaves nothing behind and the next location
+    is tried. Returns the location used and the bytes written.
+    """
+    report = report or log.info
+    tmp = target.with_name(f".{target.name}.restoring")
+    failures = []
+    for location in candidates:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as sink:
+                size = restore_copy(manifest, location, keyring, sink, report=report)
+                sink.flush()
+                os.fsync(sink.fileno())
+        except (IntegrityError, StorageError) as exc:
+            tmp.unlink(missing_ok=True)
+            failures.append(f"{location.name}: {exc}")
+            report(f"copy in location {location.name} failed: {exc}; trying the next location")
+            continue
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, target)
+        return location.name, size
+    raise IntegrityError(f"backup {manifest.backup_id}: no location holds a good copy: " + "; ".join(failures))
+
+
 def load_manifest(location: StorageLocation, backup_id: str, keyring: Keyring) -> Manifest:
     key = manifest_key_name(backup_id)
     if location.head(key) is None:

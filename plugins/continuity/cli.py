@@ -312,8 +312,7 @@ def cmd_backups_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from continuity.archive import IntegrityError
-    from continuity.backup import restore_copy
+    from continuity.backup import restore_copy, restore_to_path
 
     if args.to_cluster:
         return _restore_to_cluster(args)
@@ -334,48 +333,44 @@ def cmd_restore(args: argparse.Namespace) -> int:
     target = Path(args.to)
     if target.exists() and (not target.is_file() or target.stat().st_size > 0):
         raise UsageError(f"--to {target}: exists and is not empty; refusing to overwrite it")
-    tmp = target.with_name(f".{target.name}.restoring")
-    failures = []
-    for name in order:
-        try:
-            with open(tmp, "wb") as sink:
-                size = restore_copy(manifest, ctx.locations[name], ctx.keyring, sink, report=report)
-                sink.flush()
-                os.fsync(sink.fileno())
-        except (IntegrityError, StorageError) as exc:
-            tmp.unlink(missing_ok=True)
-            failures.append(f"{name}: {exc}")
-            print(f"copy in location {name} failed: {exc}; trying the next location", file=sys.stderr)
-            continue
-        os.replace(tmp, target)
-        print(f"restored backup {manifest.backup_id} from location {name}: {size:,} bytes to {target}", file=sys.stderr)
-        return EXIT_OK
-    raise IntegrityError(f"backup {manifest.backup_id}: no location holds a good copy: " + "; ".join(failures))
+    name, size = restore_to_path(manifest, [ctx.locations[n] for n in order], ctx.keyring, target, report=report)
+    print(f"restored backup {manifest.backup_id} from location {name}: {size:,} bytes to {target}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _restore_to_database(ctx, manifest, location: str, dsn: str) -> int:
+    import tempfile
+
     import psycopg
 
-    from continuity.dumps import find_tool
     from continuity.backup import restore_copy
+    from continuity.dumps import find_tool
+    from psycopg.conninfo import conninfo_to_dict
 
     if manifest.kind != "logical":
         raise UsageError(f"backup {manifest.backup_id} is {manifest.kind}; --to-database takes a logical backup")
+    if "password" in conninfo_to_dict(dsn):
+        raise UsageError("--to-database: the connection string carries a password, which any user of this machine "
+                         "can read in `ps`; give it through PGPASSWORD or a ~/.pgpass / PGPASSFILE entry instead")
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
                               "'information_schema')").fetchone()[0]
     if tables:
         raise UsageError(f"--to-database: the target already holds {tables} tables; refusing to restore over them")
-    process = subprocess.Popen([find_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", dsn],
-                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdin is not None
-    try:
-        restore_copy(manifest, ctx.locations[location], ctx.keyring, process.stdin)
-    finally:
-        process.stdin.close()
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if process.wait() != 0:
-        raise UsageError(f"pg_restore failed: {stderr.strip().splitlines()[-1] if stderr.strip() else process.returncode}")
+    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: a chatty pg_restore cannot block
+        process = subprocess.Popen([find_tool("pg_restore"), "--no-owner", "--exit-on-error", "--no-password",
+                                    "--dbname", dsn],
+                                   stdin=subprocess.PIPE, stderr=stderr_file)
+        assert process.stdin is not None
+        try:
+            restore_copy(manifest, ctx.locations[location], ctx.keyring, process.stdin)
+        finally:
+            process.stdin.close()
+        code = process.wait()
+        stderr_file.seek(0)
+        stderr = stderr_file.read()[-8000:].decode(errors="replace")
+    if code != 0:
+        raise UsageError(f"pg_restore failed: {stderr.strip().splitlines()[-1] if stderr.strip() else code}")
     counts = manifest.details.get("row_counts", {})
     print(f"restored {manifest.backup_id} from location {location}: {len(counts)} tables, "
           f"{sum(counts.values()):,} rows expected per the manifest", file=sys.stderr)
@@ -607,6 +602,8 @@ def main(args: Sequence[str] | None = None) -> int:
         format="%(message)s" if not parsed.verbose else "%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    import psycopg
+
     from continuity.dumps import DumpFailed
     from continuity.restore import RestoreError
     from continuity.sandbox import SandboxError
@@ -625,6 +622,10 @@ def main(args: Sequence[str] | None = None) -> int:
         return _fail(str(exc), "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
     except (BotoCoreError, ClientError) as exc:
         return _fail(f"storage request failed: {exc}", "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
+    except psycopg.OperationalError as exc:
+        return _fail(f"database connection failed: {str(exc).strip().splitlines()[0]}",
+                     "is the database running and reachable, and is the password in PGPASSWORD or ~/.pgpass?",
+                     EXIT_UNREACHABLE)
     except NodeUnreachable as exc:
         return _fail(str(exc), "is the node running? `continuity sandbox status` shows the sandbox", EXIT_UNREACHABLE)
     except (SandboxError, ClusterError, RestoreError, DumpFailed) as exc:

@@ -146,9 +146,10 @@ class S3Location:
 
     def open_reader(self, key: str) -> BinaryIO:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except Exception as exc:
             raise self._fail("read", key, exc) from exc
+        return _S3Reader(self, key, body)  # type: ignore[return-value]
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -200,6 +201,31 @@ class S3Location:
             except Exception as exc:
                 raise self._fail(f"server-side copy from {other.name}", key, exc) from exc
         streamed_copy(other, self, key)
+
+
+class _S3Reader:
+    """A response body whose mid-stream failures (reset, timeout, short read) are StorageErrors,
+    so callers fall back to another location instead of dying on a botocore exception."""
+
+    def __init__(self, location: S3Location, key: str, body: Any) -> None:
+        self.location = location
+        self.key = key
+        self.body = body
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.body.read(size if size >= 0 else None)
+        except Exception as exc:
+            raise self.location._fail("read", self.key, exc) from exc
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self) -> _S3Reader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class _S3Writer:

@@ -271,7 +271,7 @@ def test_a_malformed_manifest_is_a_problem_not_a_broken_listing(locations, keyri
 
 
 def test_a_manifest_update_never_undoes_a_rotation_that_happened_meanwhile(locations, keyring) -> None:
-    from continuity.backup import Verification, record_verification
+    from continuity.backup import record_verification
 
     data = os.urandom(20_000)
     manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
@@ -324,3 +324,36 @@ def test_server_side_encryption_on_top(locations, keyring, sandbox) -> None:
     manifest = create_backup(io.BytesIO(os.urandom(10 * 2**20)), kind="adhoc", keyring=keyring, locations=[sse])
     head = dr.client.head_object(Bucket=dr.bucket, Key="sse/" + manifest.data_key_name)
     assert head["ServerSideEncryption"] == "AES256"
+
+
+def test_a_network_cut_mid_restore_falls_back_and_leaves_no_plaintext(locations, keyring, sandbox, tmp_path) -> None:
+    from urllib.parse import urlparse
+
+    from botocore.config import Config
+
+    from continuity.backup import restore_to_path
+    from continuity.sandbox import S3_ACCESS_KEY
+
+    from .netfault import CuttingProxy
+
+    data = os.urandom(3 * 2**20)
+    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=list(locations.values()))
+    proxy = CuttingProxy(upstream_port=urlparse(sandbox.s3_endpoint).port, limit=200_000)
+    try:
+        primary = locations["primary"]
+        cut_client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
+                                  aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=sandbox.password("s3_secret_key"),
+                                  config=Config(retries={"max_attempts": 1}))
+        flaky = S3Location(name="primary", region="us-east-1", client=cut_client, bucket=primary.bucket,
+                           prefix=primary.prefix)
+        target = tmp_path / "restored.bin"
+        with pytest.raises(IntegrityError, match="no location holds a good copy: primary: location primary"):
+            restore_to_path(manifest, [flaky], keyring, target, report=print)
+        assert proxy.cuts >= 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], "no partial plaintext left behind"
+        used, size = restore_to_path(manifest, [flaky, locations["dr"]], keyring, target, report=print)
+        assert (used, size) == ("dr", len(data))
+        assert target.read_bytes() == data
+        assert target.stat().st_mode & 0o777 == 0o600, "plaintext is private to its owner"
+    finally:
+        proxy.close()

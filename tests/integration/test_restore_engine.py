@@ -250,3 +250,48 @@ def test_amcheck_passes_on_a_clean_cluster_and_catches_a_corrupted_page() -> Non
         scratch.cluster.start()
         ok, detail = amcheck(scratch)
         assert not ok and "pg_amcheck exited" in detail
+
+
+def test_cli_never_puts_a_database_password_in_argv(sandbox) -> None:
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    catalog = _catalog(sandbox)
+    manifest = logical_backup(node=_node(sandbox, "primary"), database="app", keyring=sandbox.keyring(),
+                              locations=list(catalog.locations.values()), required={"primary", "dr"},
+                              backup_id=f"logical-app-argv-{time.time_ns()}", report=lambda _m: None)
+    password = "pw-" + secrets.token_hex(8)
+    with scratch_cluster() as scratch:
+        scratch.cluster.psql(f"CREATE ROLE restorer LOGIN PASSWORD '{password}'; "
+                             f"CREATE DATABASE target OWNER restorer;")
+        scratch.write_private_conf({"listen_addresses": "'127.0.0.1'"})  # TCP: scram, so the password is needed
+        scratch.cluster.stop()
+        scratch.cluster.start()
+        over_tcp = f"host=127.0.0.1 port={scratch.cluster.port} user=restorer dbname=target"
+        refused = _cli(sandbox, manifest.backup_id, "--to-database", f"{over_tcp} password={password}")
+        assert refused.returncode == 2 and "carries a password" in refused.stderr
+        assert password not in refused.stderr
+
+        process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "restore", manifest.backup_id,
+                                    "--to-database", over_tcp, "--root", str(sandbox.root)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PGPASSWORD": password})
+        seen: list[str] = []
+        while process.poll() is None:  # every command line on the machine while the restore runs
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+                    except OSError:
+                        continue
+                    if "pg_restore" in cmdline or "continuity.cli" in cmdline:
+                        seen.append(cmdline)
+            time.sleep(0.005)
+        _, stderr = process.communicate()
+        assert process.returncode == 0, stderr
+        assert any("pg_restore" in c for c in seen), "the restore's pg_restore was observed"
+        assert not [c for c in seen if password in c]
+        with scratch.connect("target") as conn:
+            assert row_counts(conn) == manifest.details["row_counts"]

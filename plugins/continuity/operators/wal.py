@@ -17,7 +17,7 @@ from continuity.operators.base import ContinuityBackupOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.health import WAL_SPOOL_ENV_VAR
 from continuity.policy import format_duration
-from continuity.wal import SpoolBusy, WalConflict, archive_lag, find_gaps, ship_spool
+from continuity.wal import WalConflict, archive_lag, find_gaps, ship_spool
 
 
 class SwitchWalOperator(BaseOperator):
