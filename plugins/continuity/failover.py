@@ -7,7 +7,9 @@ did; the audit is those records put together. Nothing here imports Airflow.
 
 Invariant: at every step boundary at most one node accepts writes through the entry point. A
 switchover loses no committed transaction (the target replays up to the stopped primary's final
-checkpoint before it is promoted); a failover reports the bytes it could not receive.
+checkpoint before it is promoted); a failover reports the bytes it could not receive. Once the
+application has been repointed a failure never rolls back (clients may have committed on the new
+primary): it fails forward and says what is left to do.
 """
 
 from __future__ import annotations
@@ -161,6 +163,16 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id:
             return {**base, "action": "none", "topology": recorded}
         check("target is not the primary", False, f"{topology}; nothing to switch over to")
 
+    writable = cluster.writable_nodes()
+    check("at most one writable node", len(writable) <= 1,
+          f"writable now: {', '.join(writable) or 'none'}" if len(writable) <= 1 else
+          f"{' and '.join(writable)} all accept writes (a split brain): fence all but one by hand before any "
+          f"switchover or failover")
+    if writable:
+        check("topology matches the cluster", writable == [primary],
+              f"{primary} is the writable node, as recorded" if writable == [primary] else
+              f"the recorded topology names {primary} as primary but {writable[0]} is the writable node; "
+              f"correct the Variable continuity_topology (or the policy) to what is true first")
     target_state = cluster.probe(target)
     check("target reachable", target_state["reachable"],
           f"{target} answers" if target_state["reachable"] else target_state.get("error", "unreachable"))
@@ -270,8 +282,23 @@ def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float | None
             report(f"{old} fenced: if it comes back it starts as a standby, and the entry point will not lead to it")
         except (NodeControlError, OSError) as exc:
             record["old_primary_fenced"] = False
-            report(f"{old} could not be reached to stop or fence it ({exc}); the repoint keeps it away from the "
-                   f"application, and it must be rebuilt before it rejoins")
+            still = cluster.probe(old)
+            if still["reachable"] and not still.get("in_recovery", True):
+                forced = bool(plan.get("params", {}).get("force"))
+                if not forced:
+                    cluster.router.resume()
+                    raise FailoverError(
+                        f"refusing to promote {plan['target']}: {old} still accepts writes and could not be stopped "
+                        f"or fenced ({exc}); promoting now would make two writable primaries. Stop {old} by hand, "
+                        f"or trigger again with force=true (recorded in the audit). {old} is still the only "
+                        f"primary") from exc
+                record["forced_with_writable_old_primary"] = True
+                report(f"WARNING {old} still accepts writes and could not be fenced ({exc}); force=true: promoting "
+                       f"anyway; the repoint keeps the application away from {old}, which must be stopped by hand")
+            else:
+                report(f"{old} could not be reached to stop or fence it ({exc}); it does not answer as a writable "
+                       f"primary, the repoint keeps it away from the application, and it must be rebuilt before it "
+                       f"rejoins")
     record["last_known_primary_lsn_int"] = last_known
     record["finished_at"] = now_iso()
     return record
@@ -288,8 +315,18 @@ def received_position(cluster: Cluster, target: str) -> int:
 
 
 # -- 4. promote --------------------------------------------------------------------------------
-def promote(cluster: Cluster, target: str, *, wait_seconds: int = 60) -> dict[str, Any]:
+def promote(cluster: Cluster, target: str, *, wait_seconds: int = 60,
+            previous_timeline: int | None = None) -> dict[str, Any]:
     node = cluster.nodes[target]
+    state = cluster.probe(target)
+    if previous_timeline is not None and state.get("reachable") and not state.get("in_recovery"):
+        # A cleared and re-run task: the cluster, not the stale plan, says what is left to do.
+        timeline = current_timeline(node)
+        if timeline > previous_timeline:
+            cluster.report(f"{target} is already writable on timeline {timeline} (was {previous_timeline}): "
+                           f"an earlier attempt promoted it; nothing to do")
+            return {"promoted_at": now_iso(), "timeline": timeline, "previous_timeline": previous_timeline,
+                    "lsn": node.lsns()["current_lsn"], "already_promoted": True}
     before = current_timeline(node)
     started = time.monotonic()
     try:
@@ -414,10 +451,14 @@ def validate(cluster: Cluster, plan: dict[str, Any], *, run_id: str, following: 
 
 
 # -- rollback ----------------------------------------------------------------------------------
-def rollback(cluster: Cluster, plan: dict[str, Any], *, fenced: bool, promoted: bool) -> dict[str, Any]:
-    """After a failed step: switchover puts the old primary back; failover leaves exactly one writer."""
+def rollback(cluster: Cluster, plan: dict[str, Any], *, fenced: bool, promoted: bool,
+             repointed: bool = False, failed_step: str | None = None) -> dict[str, Any]:
+    """After a failed step: before the repoint, a switchover puts the old primary back and a failover
+    leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
     report = cluster.report
     old, target = plan["old_primary"], plan["target"]
+    if repointed and promoted:
+        return _fail_forward(cluster, plan, failed_step=failed_step)
     if plan.get("action") not in ("switchover", "failover") or not fenced:
         writable = cluster.writable_nodes()
         cluster.router.resume()
@@ -462,6 +503,30 @@ def rollback(cluster: Cluster, plan: dict[str, Any], *, fenced: bool, promoted: 
     return {"rolled_back": False, "writable": writable, "message": message}
 
 
+def _fail_forward(cluster: Cluster, plan: dict[str, Any], *, failed_step: str | None) -> dict[str, Any]:
+    """Keep the new primary: rolling back would throw away what clients committed on it since the repoint."""
+    old, target = plan["old_primary"], plan["target"]
+    writable = cluster.writable_nodes()
+    for name in writable:
+        if name != target:
+            cluster.control.stop(name, mode="immediate")
+            cluster.control.fence(name)
+            cluster.report(f"{name} was also writable: stopped and fenced")
+    writable = cluster.writable_nodes()
+    cluster.router.resume()
+    step = failed_step or "a step after the repoint"
+    if writable == [target]:
+        message = (f"failing forward: {step} failed after the application was repointed to {target}, which may "
+                   f"already hold new commits, so it stays the primary (nothing was rolled back); fix what "
+                   f"{step} reported, then make the other nodes follow {target} ({old} needs pg_rewind or a "
+                   f"rebuild from {target} before it rejoins)")
+    else:
+        message = (f"failing forward after {step}: expected {target} to be the only writable node but found "
+                   f"{', '.join(writable) or 'none'}; the entry point leads to {target}: check it by hand")
+    cluster.report(message)
+    return {"rolled_back": False, "failed_forward": True, "writable": writable, "message": message}
+
+
 # -- audit and topology ------------------------------------------------------------------------
 def topology_record(*, plan: dict[str, Any], promotion: dict[str, Any], rejoin_result: dict[str, Any] | None,
                     run_id: str) -> dict[str, Any]:
@@ -504,16 +569,23 @@ def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: s
     plan = records["preflight"]
     if plan["action"] == "none" or plan.get("dry_run"):
         return records
+    step = "fence"
     try:
         records["fence"] = fence(cluster, plan)
+        step = "catch_up"
         timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
         records["catch_up"] = wait_caught_up(cluster, plan, records["fence"], timeout=timeout)
-        records["promote"] = promote(cluster, plan["target"])
+        step = "promote"
+        records["promote"] = promote(cluster, plan["target"], previous_timeline=plan.get("old_timeline"))
+        step = "repoint"
         records["repoint"] = repoint(cluster, plan["target"])
+        step = "rejoin"
         records["rejoin"] = rejoin(cluster, plan)
+        step = "validate"
         records["validate"] = validate(cluster, plan, run_id=run_id, following=records["rejoin"]["following"])
     except Exception as exc:
-        records["rollback"] = rollback(cluster, plan, fenced="fence" in records, promoted="promote" in records)
+        records["rollback"] = rollback(cluster, plan, fenced="fence" in records, promoted="promote" in records,
+                                       repointed="repoint" in records, failed_step=step)
         raise FailoverError(f"{plan['action']} to {plan['target']} failed: {exc}; {records['rollback']['message']}") from exc
     records["unavailability_seconds"] = round(records["repoint"]["resumed_epoch"] - records["fence"]["paused_epoch"], 3) \
         if "paused_epoch" in records["fence"] else None

@@ -56,6 +56,19 @@ def find_pgbouncer() -> Path:
     raise ClusterError("pgbouncer not found on PATH or in /usr/sbin. HINT: install the Debian package 'pgbouncer'.")
 
 
+# What a PostgreSQL server or client tool may inherit from the process that starts it. Everything
+# else (AIRFLOW_CONN_*, keyrings, AWS credentials) stays behind: code that arrives inside a backup
+# runs in these processes and must find no secret there.
+INHERITED_ENV_KEYS = ("PATH", "LANG", "LANGUAGE", "TZ", "PGTZ", "TMPDIR")
+
+
+def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment for server processes and tools, plus `extra` (e.g. PGPASSWORD)."""
+    kept = {key: value for key, value in os.environ.items() if key in INHERITED_ENV_KEYS or key.startswith("LC_")}
+    kept.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return {**kept, **(extra or {})}
+
+
 @dataclass(frozen=True)
 class ServiceUser:
     """The OS user the servers run as: `postgres` when we are root, else ourselves."""
@@ -113,7 +126,7 @@ class ServiceUser:
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a server-side tool as this user; on failure raise ClusterError quoting stderr."""
-        full_env = {**os.environ, **(env or {})}
+        full_env = scrubbed_environment(env)
         try:
             result = subprocess.run(
                 self.command(argv),

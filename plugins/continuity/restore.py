@@ -30,7 +30,8 @@ import psycopg
 from continuity.backup import restore_copy
 from continuity.catalog import Catalog
 from continuity.dumps import find_tool
-from continuity.localcluster import ClusterError, LocalCluster, ServiceUser, find_bindir, free_port, stop_pid
+from continuity.localcluster import (ClusterError, LocalCluster, ServiceUser, find_bindir, free_port,
+                                    scrubbed_environment, stop_pid)
 from continuity.manifest import Manifest
 from continuity.wal import SEGMENT_SIZE, classify
 
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 
 class RestoreError(RuntimeError):
     """A restore could not be done; the message says which backup, where, and why."""
+
+
+# Logical restores load data that came from the application: functions inside a dump (a CHECK
+# constraint, a trigger, a default) run as whoever restores it. This role is no superuser and
+# holds no pg_execute_server_program / pg_read_server_files, so such code cannot run a program
+# or read the server's files; the server itself runs with a scrubbed environment.
+RESTORE_ROLE = "continuity_restore"
 
 
 @dataclass
@@ -85,6 +93,7 @@ def scratch_cluster(*, initdb: bool = True, prefix: str = "continuity-scratch-")
                 conf.write("\ninclude_if_exists = 'node.conf'\n")
             scratch.write_private_conf()
             cluster.start()
+            cluster.psql(f"CREATE ROLE {RESTORE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;")
         yield scratch
     finally:
         try:
@@ -183,9 +192,9 @@ def restore_logical(manifest: Manifest, *, catalog: Catalog, location: str, scra
     jobs = restore_jobs(manifest, tables) if jobs is None else jobs
     cluster = scratch.cluster
     pg_restore = find_tool("pg_restore")
-    cluster.psql(f'CREATE DATABASE "{database}";')
+    cluster.psql(f'CREATE DATABASE "{database}" OWNER {RESTORE_ROLE};')
     argv = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
-            "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres", "-d", database]
+            "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", RESTORE_ROLE, "-d", database]
     started = time.monotonic()
     if tables:
         # The custom format starts with its table of contents: list it, keep the sample's entries.
@@ -202,13 +211,12 @@ def restore_logical(manifest: Manifest, *, catalog: Catalog, location: str, scra
             os.chown(dump, cluster.user.uid, cluster.user.gid)
         try:
             result = subprocess.run(cluster.user.command([*argv, f"--jobs={jobs}", str(dump)]),
-                                    capture_output=True, text=True, check=False)
+                                    capture_output=True, text=True, check=False, env=scrubbed_environment())
         finally:
             dump.unlink(missing_ok=True)
         if result.returncode != 0:
-            last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode
             raise RestoreError(f"pg_restore --jobs={jobs} of backup {manifest.backup_id} from location {location} "
-                               f"failed: {last}")
+                               f"failed: {tool_error(result.stderr) or result.returncode}")
     else:
         _stream_into(argv, manifest, catalog, location, user=cluster.user)
     scratch.timings["restore"] = time.monotonic() - started
@@ -219,7 +227,7 @@ def _stream_into(argv: list[str], manifest: Manifest, catalog: Catalog, location
                  *, user: ServiceUser | None) -> str:
     """Decrypt a backup into a tool's stdin; returns its stdout. A tool that stops reading early is fine."""
     process = subprocess.Popen(user.command(argv) if user else argv, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=scrubbed_environment())
     assert process.stdin is not None and process.stdout is not None
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
@@ -238,8 +246,17 @@ def _stream_into(argv: list[str], manifest: Manifest, catalog: Catalog, location
     if process.wait() != 0:
         name = Path(argv[0]).name
         raise RestoreError(f"{name} of backup {manifest.backup_id} from location {location} failed: "
-                           f"{stderr.strip().splitlines()[-1] if stderr.strip() else process.returncode}")
+                           f"{tool_error(stderr) or process.returncode}")
     return b"".join(output).decode(errors="replace")
+
+
+def tool_error(stderr: str) -> str:
+    """The server's ERROR (what was refused, and why) with the tool's last word, from a client tool's stderr."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR:" in line]
+    if errors and errors[0] != lines[-1]:
+        return f"{errors[0]} ({lines[-1]})"
+    return lines[-1] if lines else ""
 
 
 def amcheck(scratch: ScratchCluster) -> tuple[bool, str]:
@@ -248,7 +265,7 @@ def amcheck(scratch: ScratchCluster) -> tuple[bool, str]:
     result = subprocess.run(
         cluster.user.command([find_tool("pg_amcheck"), "--install-missing", "--all", "--heapallindexed",
                               "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres"]),
-        capture_output=True, text=True, timeout=3600, check=False)
+        capture_output=True, text=True, timeout=3600, check=False, env=scrubbed_environment())
     detail = (result.stdout + result.stderr).strip()
     if result.returncode == 0:
         return True, "pg_amcheck found no corruption in any database"

@@ -233,6 +233,113 @@ def test_a_failed_promotion_in_switchover_rolls_back_to_the_old_primary(cluster,
     cluster.wait_streaming(timeout=60)
 
 
+# -- never two writable primaries, never a rollback after clients wrote -----------------------------
+def test_preflight_refuses_when_the_recorded_topology_disagrees_with_the_cluster(cluster) -> None:
+    from airflow.models.variable import Variable
+
+    Variable.set(TOPOLOGY_VARIABLE, json.dumps({"primary": "dr", "timeline": 9, "changed_by_run": "someone"}))
+    try:
+        before = _snapshot(cluster)
+        run = _run(target="sync1", mode="failover")
+        assert str(run.state) == "failed"
+        assert ("'topology matches the cluster' failed: the recorded topology names dr as primary but primary is "
+                "the writable node") in _preflight_failure(run)
+        assert _snapshot(cluster) == before
+    finally:
+        _forget_topology()
+
+
+def test_preflight_refuses_two_writable_nodes(cluster) -> None:
+    control = cluster.failover_cluster().control
+    cluster.node("sync1").query_one("SELECT pg_promote(true, 60) AS ok")
+    try:
+        assert sorted(_writable(cluster)) == ["primary", "sync1"]
+        before = _snapshot(cluster)
+        run = _run(target="dr", mode="failover")
+        assert str(run.state) == "failed"
+        assert ("'at most one writable node' failed: primary and sync1 all accept writes (a split brain)"
+                in _preflight_failure(run))
+        assert _snapshot(cluster) == before, "nothing was changed"
+    finally:
+        control.stop("sync1", mode="fast")
+        cluster.node("primary").execute("CHECKPOINT")
+        control.rewind("sync1", "primary")
+        control.follow("sync1", "primary")
+        control.start("sync1")
+        cluster.wait_streaming(timeout=60)
+    assert _writable(cluster) == ["primary"]
+
+
+def test_failover_refuses_to_promote_while_the_old_primary_is_writable_and_cannot_be_fenced(cluster, monkeypatch) -> None:
+    from continuity.nodecontrol import NodeControlError, SandboxNodeControl
+
+    def host_unreachable(self, name, *args, **kwargs):
+        raise NodeControlError(f"host of node {name}: connection timed out")
+
+    # The database port answers but the host cannot be controlled (a partition between the control
+    # plane's SSH and the host): the old primary can neither be stopped nor fenced.
+    for method in ("is_running", "stop", "fence"):
+        monkeypatch.setattr(SandboxNodeControl, method, host_unreachable)
+    run = _run(target="dr", mode="failover", reason="split brain test")
+    monkeypatch.undo()
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states["fence"] == "failed" and states["promote"] == "upstream_failed"
+    audit = _audit(cluster, run)
+    assert "refusing to promote dr: primary still accepts writes and could not be stopped or fenced" in audit["outcome"]
+    assert "force=true" in audit["outcome"]
+    assert _writable(cluster) == ["primary"], "never two writable primaries"
+    assert _snapshot(cluster)["paused"] is False
+    assert _entry_port(cluster) == cluster.state["nodes"]["primary"]["port"]
+
+
+def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluster, monkeypatch) -> None:
+    from airflow.models.variable import Variable
+
+    with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {failover_steps.PROBE_TABLE} (run_id text, written_at timestamptz "
+                     f"DEFAULT clock_timestamp(), server_port int DEFAULT inet_server_port())")
+        conn.execute("CREATE OR REPLACE FUNCTION refuse_probe() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$BEGIN RAISE EXCEPTION 'probe writes refused by the test'; END$$")
+        conn.execute(f"CREATE TRIGGER refuse_probe BEFORE INSERT ON {failover_steps.PROBE_TABLE} "
+                     f"FOR EACH ROW EXECUTE FUNCTION refuse_probe()")
+    recorded_before_repoint: list = []
+    real_repoint = failover_steps.repoint
+
+    def watching_repoint(cl, target):
+        recorded_before_repoint.append(json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"])
+        return real_repoint(cl, target)
+
+    monkeypatch.setattr(failover_steps, "repoint", watching_repoint)
+    try:
+        with CommitRecorder(cluster.app_conninfo()) as load:
+            _wait_commits(load, 50)
+            run = _run(target="dr", mode="switchover", reason="fail forward test")
+            _wait_commits(load, len(load.acknowledged) + 50)
+    finally:
+        monkeypatch.undo()
+        with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+            conn.execute(f"DROP TRIGGER IF EXISTS refuse_probe ON {failover_steps.PROBE_TABLE}")
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states["validate"] == "failed" and states["rollback"] == "success"
+    assert recorded_before_repoint == ["dr"], "the topology was recorded as soon as the promotion succeeded"
+    audit = _audit(cluster, run)
+    assert "failed at validate" in audit["outcome"] and "failing forward" in audit["outcome"]
+    assert "dr, which may already hold new commits, so it stays the primary" in audit["outcome"]
+    assert _writable(cluster) == ["dr"], "no rollback once clients may have written to dr"
+    assert _entry_port(cluster) == cluster.state["nodes"]["dr"]["port"]
+    assert load.missing_on(cluster.app_conninfo()) == [], "every acknowledged commit is readable through the entry point"
+    assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
+
+    # A cleared and re-run promote re-reads the cluster: dr is already promoted, nothing is done.
+    again = failover_steps.promote(cluster.failover_cluster(), "dr", previous_timeline=audit["steps"]["preflight"]["old_timeline"])
+    assert again["already_promoted"] is True and again["timeline"] == audit["steps"]["promote"]["timeline"]
+    back = _run(target="primary", mode="switchover", reason="back after the fail-forward test")
+    assert str(back.state) == "success", task_states(back)
+    assert _writable(cluster) == ["primary"]
+
+
 # -- the drill's live switchover ---------------------------------------------------------------------
 def test_drill_with_include_switchover_measures_the_outage_and_loses_nothing(cluster) -> None:
     from continuity.dumps import logical_backup, physical_backup

@@ -163,12 +163,18 @@ class CatchUpSensor(BaseSensorOperator):
 
 
 class PromoteOperator(FailoverStepOperator):
-    """pg_promote(wait => true) on the target; confirm it left recovery on a new timeline."""
+    """pg_promote(wait => true) on the target; confirm it left recovery on a new timeline; record the
+    new topology at once, so a worker killed before the last task never leaves the old primary recorded."""
 
     def step(self, context: Context) -> dict[str, Any]:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        return steps.promote(self.cluster(), plan["target"])
+        promotion = steps.promote(self.cluster(), plan["target"], previous_timeline=plan.get("old_timeline"))
+        topology = steps.topology_record(plan=plan, promotion=promotion, rejoin_result=None, run_id=context["run_id"])
+        write_topology(topology)
+        self.log.info("topology recorded: %s is the primary on timeline %s (before the repoint, so every DAG "
+                      "follows it even if this run stops here)", topology["primary"], topology["timeline"])
+        return promotion
 
 
 class RepointOperator(FailoverStepOperator):
@@ -207,9 +213,13 @@ class RollbackOperator(FailoverStepOperator):
         plan = context["ti"].xcom_pull(task_ids="preflight")
         if not plan or plan["action"] == "none" or plan.get("dry_run"):
             raise AirflowSkipException("preflight stopped the run before anything changed: nothing to roll back")
-        fenced = context["ti"].xcom_pull(task_ids="fence") is not None
-        promoted = context["ti"].xcom_pull(task_ids="promote") is not None
-        result = steps.rollback(self.cluster(), plan, fenced=fenced, promoted=promoted)
+        ti = context["ti"]
+        fenced = ti.xcom_pull(task_ids="fence") is not None
+        promoted = ti.xcom_pull(task_ids="promote") is not None
+        repointed = ti.xcom_pull(task_ids="repoint") is not None
+        failed_step = next((name for name in RecordOperator.STEPS if ti.xcom_pull(task_ids=name, key="failure")), None)
+        result = steps.rollback(self.cluster(), plan, fenced=fenced, promoted=promoted, repointed=repointed,
+                                failed_step=failed_step)
         self.log.warning(result["message"])
         return result
 
