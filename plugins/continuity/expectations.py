@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 import yaml
 
 from continuity.dumps import schema_fingerprint, table_fingerprints
@@ -57,7 +58,7 @@ def load_suite(database: str) -> dict[str, Any]:
 
 def validate_restored(
     *, manifest: Manifest, socket_dir: Path, port: int, database: str, tables: list[str] | None = None,
-    suite: dict[str, Any] | None = None, exact: bool = True,
+    suite: dict[str, Any] | None = None, exact: bool = True, user: str = "postgres",
 ) -> list[CheckResult]:
     """Run the checks on the restored `database`; returns one result per expectation (failures included).
 
@@ -71,7 +72,7 @@ def validate_restored(
     counts: dict[str, int] = {k.split(".", 1)[-1]: v for k, v in manifest.details.get("row_counts", {}).items()}
     wanted = tables or sorted(counts)
     results: list[CheckResult] = []
-    conninfo = f"host={socket_dir} port={port} user=postgres dbname={database}"
+    conninfo = f"host={socket_dir} port={port} user={user} dbname={database}"
     with psycopg.connect(conninfo) as conn:
         keys = conn.execute(_PRIMARY_KEYS).fetchall()
         foreign = conn.execute(_FOREIGN_KEYS).fetchall()
@@ -93,7 +94,7 @@ def validate_restored(
                                            f"{table}'s columns and constraints match the manifest's schema"))
     context = gx.get_context(mode="ephemeral")
     source = context.data_sources.add_sql(
-        name="restored", connection_string=f"postgresql+psycopg://postgres@/{database}?host={socket_dir}&port={port}")
+        name="restored", connection_string=f"postgresql+psycopg://{user}@/{database}?host={socket_dir}&port={port}")
     backup_time: datetime = manifest.finished_at
     for table in wanted:
         expectations: list[Any] = [gx.expectations.ExpectTableRowCountToEqual(
@@ -109,8 +110,10 @@ def validate_restored(
             if fk_table == table and (tables is None or ref_table in wanted):
                 expectations.append(gx.expectations.UnexpectedRowsExpectation(
                     # {batch} is already an aliased subquery; NOT IN is safe as the referenced key is never null.
-                    unexpected_rows_query=(f"SELECT {column} FROM {{batch}} WHERE {column} IS NOT NULL AND {column} "
-                                           f"NOT IN (SELECT {ref_column} FROM public.{ref_table})"),
+                    # Names come from the restored catalog (data of the application): always quoted.
+                    unexpected_rows_query=(f"SELECT {_ident(column)} FROM {{batch}} WHERE {_ident(column)} IS NOT NULL "
+                                           f"AND {_ident(column)} NOT IN (SELECT {_ident(ref_column)} FROM "
+                                           f"public.{_ident(ref_table)})"),
                     description=f"foreign key {name}: every {table}.{column} resolves to {ref_table}.{ref_column}"))
         fresh = suite.get("freshness", {}).get(table)
         if fresh:
@@ -132,6 +135,10 @@ def validate_restored(
                 description += " (the check itself raised an error)"
             results.append(CheckResult(table, config.type, bool(result.success), _plain(observed), description))
     return results
+
+
+def _ident(name: str) -> str:
+    return sql.Identifier(name).as_string()
 
 
 def _plain(value: Any) -> Any:

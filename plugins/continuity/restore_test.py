@@ -19,7 +19,7 @@ from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
 from continuity.policy import Policy, format_duration
 from continuity.reports import verdict
-from continuity.restore import RestoreError, amcheck, restore_logical, sample_tables, scratch_cluster
+from continuity.restore import RESTORE_ROLE, RestoreError, amcheck, restore_logical, sample_tables, scratch_cluster
 
 REPORT_PREFIX = "reports/restore-test/"
 
@@ -63,7 +63,7 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
             raise RestoreError(f"no location holds a good copy of {manifest.backup_id}: " + "; ".join(corrupt))
         restore_seconds = scratch.timings["restore"]
         checks = validate_restored(manifest=manifest, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
-                                   database=database, tables=tables, suite=suite)
+                                   database=database, tables=tables, suite=suite, user=RESTORE_ROLE)
         # Restored indexes are rebuilt from the dumped rows: B-tree checks catch a copy whose
         # rows violate the order or uniqueness the indexes promise.
         amcheck_ok, amcheck_detail = amcheck(scratch)

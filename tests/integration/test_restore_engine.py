@@ -295,3 +295,44 @@ def test_cli_never_puts_a_database_password_in_argv(sandbox) -> None:
         assert not [c for c in seen if password in c]
         with scratch.connect("target") as conn:
             assert row_counts(conn) == manifest.details["row_counts"]
+
+
+def test_a_hostile_dump_restores_without_running_a_program_or_seeing_a_secret(sandbox, monkeypatch, tmp_path) -> None:
+    import os
+
+    from continuity.backup import backup_from_command
+    from continuity.dumps import find_tool
+
+    monkeypatch.setenv("AIRFLOW_CONN_CANARY", "postgres://u:canary-secret-in-env@h/db")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    drop.chmod(0o777)
+    leaked = drop / "leaked-environment.txt"
+    catalog = _catalog(sandbox)
+    with scratch_cluster() as source:
+        # A CHECK constraint whose function, once restored elsewhere, runs a program that dumps the
+        # server's environment (harmless where it was written: it only acts on another port).
+        source.cluster.psql("CREATE DATABASE hostile;")
+        source.cluster.psql(f"""
+            CREATE FUNCTION looks_fine(v int) RETURNS boolean LANGUAGE plpgsql AS $f$
+            BEGIN
+              IF current_setting('port')::int <> {source.port} THEN
+                EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'env > {leaked}');
+              END IF;
+              RETURN true;
+            END $f$;
+            CREATE TABLE notes (id int PRIMARY KEY, body text, CHECK (looks_fine(id)));
+            INSERT INTO notes VALUES (1, 'hello');""", dbname="hostile")
+        manifest = backup_from_command(
+            [find_tool("pg_dump"), "--format=custom", "-h", str(source.cluster.socket_dir), "-p", str(source.port),
+             "-U", "postgres", "hostile"],
+            kind="logical", keyring=sandbox.keyring(), locations=list(catalog.locations.values()),
+            required={"primary", "dr"}, backup_id=f"logical-hostile-{time.time_ns()}", report=lambda _m: None,
+            source_info={"database": "hostile"}, details={"row_counts": {"public.notes": 1}})
+    with scratch_cluster() as scratch:
+        environ = open(f"/proc/{scratch.cluster.postmaster_pid()}/environ", "rb").read()
+        assert b"canary-secret-in-env" not in environ and b"AIRFLOW_CONN_" not in environ, \
+            "the scratch server starts with a scrubbed environment"
+        with pytest.raises(RestoreError, match="must be superuser or have privileges of the pg_execute_server_program role"):
+            restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch)
+    assert not leaked.exists(), "no program ran and nothing of the environment left the server"
