@@ -250,3 +250,31 @@ def assess(policy: Policy, checks: list[Check]) -> Assessment:
     failing_components = {c.component for c in failing}
     score = sum(weights.get(component, 0) for component in failing_components)  # type: ignore[call-overload]
     return Assessment(score=score, threshold=policy.health_monitor.disaster_threshold, failing=failing, checks=checks)
+
+
+# A standby whose WAL receiver heard from the primary this recently still has a working path to it
+# (the walreceiver drops a silent connection after wal_receiver_timeout, 60 s by default).
+PRIMARY_ALIVE_WITHIN_SECONDS = 60.0
+
+
+def primary_failing(assessment: Mapping[str, Any]) -> bool:
+    """Whether the primary itself failed its check: the only ground for an automatic promotion."""
+    return any(c["component"] == "database" and str(c["subject"]).startswith("primary ")
+               for c in assessment.get("failing", []))
+
+
+def primary_seen_alive(standbys: Mapping[str, PostgresNode]) -> str | None:
+    """A second opinion from paths the monitor does not share: the reason a standby still hears
+    from the primary, or None when none does (the loss is confirmed)."""
+    for name, node in standbys.items():
+        try:
+            receiver = node.wal_receiver()
+        except NodeUnreachable:
+            continue
+        if receiver is None or receiver.status != "streaming":
+            continue
+        age = receiver.last_message_age_seconds
+        if age is not None and age <= PRIMARY_ALIVE_WITHIN_SECONDS:
+            return (f"standby {name} still streams from the primary (last message {age:.1f}s ago): the primary is "
+                    f"alive from there, so the monitor's own path to it is failing, not the primary")
+    return None

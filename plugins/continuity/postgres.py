@@ -64,6 +64,7 @@ class WalReceiver:
     sender_host: str | None
     sender_port: int | None
     slot_name: str | None
+    last_message_age_seconds: float | None = None  # since the sender's last message (WAL or keepalive)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class PostgresNode:
         row = self.query_one(
             """
             SELECT status, received_tli, flushed_lsn::text AS flushed_lsn,
-                   sender_host, sender_port, slot_name
+                   sender_host, sender_port, slot_name,
+                   EXTRACT(EPOCH FROM now() - last_msg_receipt_time)::float8 AS last_message_age_seconds
             FROM pg_stat_wal_receiver
             """
         )

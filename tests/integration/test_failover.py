@@ -417,6 +417,67 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
         cluster.wait_entry_point()
 
 
+def _auto_policy(tmp_path, *replacements: tuple[str, str]):
+    from continuity.policy import DEFAULT_POLICY_PATH
+
+    text = DEFAULT_POLICY_PATH.read_text().replace("auto_failover: false", "auto_failover: true") \
+        .replace("consecutive_failures: 3", "consecutive_failures: 1")
+    for old, new in replacements:
+        text = text.replace(old, new)
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(cluster, monkeypatch, tmp_path, capfd) -> None:
+    from airflow.models.variable import Variable
+
+    from continuity.localcluster import free_port
+    from continuity.operators.auto_failover import STREAK_VARIABLE
+
+    monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
+    # The monitor's own path to the primary is broken (its connection leads nowhere); the primary is fine.
+    conn = json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_PG_PRIMARY"])
+    monkeypatch.setenv("AIRFLOW_CONN_CONTINUITY_PG_PRIMARY", json.dumps({**conn, "port": free_port()}))
+    Variable.delete(STREAK_VARIABLE)
+    triggered_before = len(_automatic_failover_runs())
+    run = load_dag("dr_health_monitor").test()
+    assessment = xcom(run, "assess_health", "assessment")
+    assert assessment["disaster"] is True and "primary primary" in assessment["summary"]
+    assert task_states(run)["auto_failover"] == "skipped"
+    out = capfd.readouterr().out
+    assert "no automatic failover: standby" in out and "still streams from the primary" in out
+    assert len(_automatic_failover_runs()) == triggered_before
+    assert _writable(cluster) == ["primary"]
+
+
+def test_a_disaster_without_the_primary_failing_alerts_and_never_promotes(cluster, monkeypatch, tmp_path, capfd) -> None:
+    from airflow.models.variable import Variable
+
+    from continuity.operators.auto_failover import STREAK_VARIABLE
+
+    # dr down (network, weight 2) and a bucket gone (storage, weight 1): score 3, the primary healthy.
+    monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(
+        tmp_path, ("bucket: continuity-backups-us-west-2", "bucket: continuity-backups-gone"))))
+    Variable.delete(STREAK_VARIABLE)
+    triggered_before = len(_automatic_failover_runs())
+    dr = cluster.cluster("dr")
+    dr.stop()
+    try:
+        run = load_dag("dr_health_monitor").test()
+        assessment = xcom(run, "assess_health", "assessment")
+        assert assessment["disaster"] is True and assessment["score"] == 3, assessment["summary"]
+        assert task_states(run)["auto_failover"] == "skipped"
+        out = capfd.readouterr().out
+        assert "disaster alert without promotion: the primary itself answers and accepts writes" in out
+        assert "ALERT: disaster threshold reached" in out
+        assert len(_automatic_failover_runs()) == triggered_before
+        assert _writable(cluster) == ["primary"]
+    finally:
+        dr.start()
+        cluster.wait_streaming(timeout=60)
+
+
 # -- failover ----------------------------------------------------------------------------------
 def test_failover_after_the_primary_crashes(cluster) -> None:
     cluster.wait_entry_point()

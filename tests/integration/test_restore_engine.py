@@ -298,7 +298,6 @@ def test_cli_never_puts_a_database_password_in_argv(sandbox) -> None:
 
 
 def test_a_hostile_dump_restores_without_running_a_program_or_seeing_a_secret(sandbox, monkeypatch, tmp_path) -> None:
-    import os
 
     from continuity.backup import backup_from_command
     from continuity.dumps import find_tool

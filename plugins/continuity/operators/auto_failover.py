@@ -10,6 +10,7 @@ from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowSkipException
 
 from continuity.failover import choose_target
+from continuity.health import primary_failing, primary_seen_alive
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.postgres import NodeUnreachable
 from continuity.topology_store import current_policy
@@ -18,10 +19,12 @@ STREAK_VARIABLE = "continuity_disaster_streak"
 
 
 class AutoFailoverOperator(TriggerDagRunOperator):
-    """Count consecutive disaster assessments (Variable `continuity_disaster_streak`); when the policy
-    sets `health_monitor.auto_failover` and the streak reaches `consecutive_failures`, trigger
-    dr_failover in failover mode to the DR region's healthiest standby, once, and reset the streak.
-    Skips otherwise, saying why. Run it with trigger_rule ALL_DONE after the assessment."""
+    """Count consecutive disaster assessments in which the primary itself fails (Variable
+    `continuity_disaster_streak`); when the policy sets `health_monitor.auto_failover` and the streak
+    reaches `consecutive_failures`, and no standby still hears from the primary (a second opinion from
+    a path the monitor does not share), trigger dr_failover in failover mode to the DR region's
+    healthiest standby, once, and reset the streak. A disaster score without the primary failing is an
+    alert, never a promotion. Skips otherwise, saying why. Run it with trigger_rule ALL_DONE."""
 
     def __init__(self, *, assessment_task_id: str = "assess_health", policy_path: str | None = None,
                  **kwargs: Any) -> None:
@@ -45,6 +48,14 @@ class AutoFailoverOperator(TriggerDagRunOperator):
                 self.log.info("no disaster this check: the streak of %s ends", streak["count"])
             Variable.set(STREAK_VARIABLE, json.dumps({"count": 0}))
             raise AirflowSkipException("no disaster: nothing to do")
+        if not primary_failing(assessment):
+            # e.g. a standby down (network, 2) plus a bucket gone (storage, 1): a disaster to alert on,
+            # but promoting a standby while the primary accepts writes would make two primaries.
+            Variable.set(STREAK_VARIABLE, json.dumps({"count": 0}))
+            self.log.error("ALERT: disaster threshold reached (%s) while the primary itself passes its check",
+                           assessment.get("summary", ""))
+            raise AirflowSkipException("disaster alert without promotion: the primary itself answers and accepts "
+                                       "writes; automatic failover needs the primary failing")
         streak = {"count": int(streak.get("count", 0)) + 1, "last_run": context["run_id"],
                   "since": streak.get("since") or context["run_id"]}
         needed = settings.consecutive_failures
@@ -67,6 +78,14 @@ class AutoFailoverOperator(TriggerDagRunOperator):
             Variable.set(STREAK_VARIABLE, json.dumps(streak))
             raise AirflowSkipException(f"disaster for {streak['count']} checks but no healthy standby in the DR "
                                        f"region {policy.topology.dr_region} to fail over to: {candidates}")
+        standbys = {node.name: PostgresNodeHook(postgres_conn_id=node.conn_id, node_name=node.name).get_node()
+                    for node in policy.topology.standbys}
+        alive = primary_seen_alive(standbys)
+        if alive:
+            Variable.set(STREAK_VARIABLE, json.dumps({"count": 0}))
+            self.log.error("ALERT: the monitor cannot reach the primary, but %s", alive)
+            raise AirflowSkipException(f"no automatic failover: {alive}")
+        self.log.info("confirmed from the standbys' side: none of %s hears from the primary", ", ".join(standbys))
         Variable.set(STREAK_VARIABLE, json.dumps({"count": 0, "triggered_by": context["run_id"]}))
         self.conf = {"target": target, "mode": "failover", "max_lag_bytes": settings.max_lag_bytes, "force": False,
                      "dry_run": False, "incident_id": "",
