@@ -140,6 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Sandbox up, then `airflow standalone` in the foreground; Ctrl-C stops both."""
     sandbox = _sandbox(args)
     sandbox.up(scale=args.scale)
+    try:
+        # Protected from the first minute, and the first scheduled runs find backups to work on.
+        taken = sandbox.take_first_backups(report=lambda message: print(message, flush=True))
+    except BaseException:
+        sandbox.down()
+        raise
+    if taken:
+        print(f"first backups taken: {len(taken)}", flush=True)
     env = {**os.environ, **sandbox.environment()}
     airflow_home = Path(env["AIRFLOW_HOME"])
     airflow_home.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ import psycopg
 
 from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
-from continuity.policy import Policy, format_duration
-from continuity.reports import verdict
+from continuity.policy import Policy
+from continuity.reports import function_rto_objectives, objective, verdict
 from continuity.restore import amcheck, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -55,19 +55,23 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         timings = dict(scratch.timings)
     rto = (writable_at - started_at).total_seconds()
     rpo = 0.0 if row else max(0.0, (marker_committed_at - (last or base.finished_at)).total_seconds())
+    rebuilt = f"database rebuilt in location {location} from base backup {base.backup_id} + WAL"
+    objectives = function_rto_objectives(policy, measured_seconds=rto, source=rebuilt)
     tier = policy.tiers["tier_1_critical"]
-    objectives = [{"objective": f"RTO {name}", "measured_seconds": round(rto, 1),
-                   "target": format_duration(f.rto.target), "maximum": format_duration(f.rto.maximum),
-                   "within_target": rto <= f.rto.target.total_seconds(), "within_maximum": rto <= f.rto.maximum.total_seconds()}
-                  for name, f in sorted(policy.functions_depending_on("database").items())]
-    objectives.append({"objective": "RTO tier_1_critical", "measured_seconds": round(rto, 1),
-                       "target": format_duration(tier.target), "maximum": format_duration(tier.maximum),
-                       "within_target": rto <= tier.target.total_seconds(), "within_maximum": rto <= tier.maximum.total_seconds()})
+    objectives.append(objective("RTO tier_1_critical", measured_seconds=rto, target=tier.target,
+                                maximum=tier.maximum, source=rebuilt))
+    newest_config = catalog.latest("config", location=location)
     for name, category in sorted(policy.data_categories.items()):
-        objectives.append({"objective": f"RPO {name}", "measured_seconds": round(rpo, 1),
-                           "target": format_duration(category.rpo.target), "maximum": format_duration(category.rpo.maximum),
-                           "within_target": rpo <= category.rpo.target.total_seconds(),
-                           "within_maximum": rpo <= category.rpo.maximum.total_seconds()})
+        if category.measured_by == "database":
+            measured, source = rpo, f"drill marker committed {marker_committed_at.isoformat()}, " \
+                                    f"{'recovered' if row else 'LOST'} in the rebuilt database"
+        elif category.measured_by == "config_backup" and newest_config is not None:
+            measured = max(0.0, (started_at - newest_config.finished_at).total_seconds())
+            source = f"age of the newest config backup {newest_config.backup_id} in location {location}"
+        else:
+            measured, source = None, None
+        objectives.append(objective(f"RPO {name}", measured_seconds=measured, target=category.rpo.target,
+                                    maximum=category.rpo.maximum, source=source))
     failed = [c for c in checks if not c.success]
     return {
         "kind": "drill", "drill_id": drill_id, "started_at": started_at.isoformat(), "location": location,
@@ -101,7 +105,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     for failed in result["failed_checks"]:
         lines.append(f"- **failed**: {failed}")
-    lines += ["", "| objective | measured | target | maximum | verdict |", "|---|---|---|---|---|"]
+    lines += ["", "| objective | measured | target | maximum | verdict | measured from |", "|---|---|---|---|---|---|"]
     for o in result["objectives"]:
-        lines.append(f"| {o['objective']} | {o['measured_seconds']} s | {o['target']} | {o['maximum']} | {verdict(o)} |")
+        measured = "—" if o.get("measured_seconds") is None else f"{o['measured_seconds']} s"
+        source = o.get("source") or "nothing measures it yet"
+        if o.get("not_measured"):
+            source += f" (not measured: {', '.join(o['not_measured'])})"
+        lines.append(f"| {o['objective']} | {measured} | {o['target']} | {o['maximum']} | {verdict(o)} | {source} |")
     return "\n".join(lines) + "\n"

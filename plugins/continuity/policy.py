@@ -113,6 +113,9 @@ class DataCategory(_Model):
     backup_frequency: Frequency
     method: str
     backup_kinds: list[Literal["logical", "physical", "wal", "config", "objects"]] = []
+    # What a drill measures this category's RPO from: the database's recovered marker, or the age of
+    # the newest config backup. Absent: nothing measures it yet, and reports say `not measured`.
+    measured_by: Literal["database", "config_backup"] | None = None
 
 
 class Node(_Model):
@@ -264,6 +267,9 @@ class Policy(_Model):
     validation: Validation
     health_monitor: HealthMonitor
     failover: Failover = Failover()
+    # The services of business functions that live in the PostgreSQL database (restores and drills
+    # measure them); any other dependency is reported `not measured` until something measures it.
+    database_services: list[str] = ["database"]
 
     def with_primary(self, name: str) -> Policy:
         """This policy with the node roles of the persisted topology (see dr_failover)."""
@@ -273,6 +279,14 @@ class Policy(_Model):
 
     def functions_depending_on(self, service: str) -> dict[str, BusinessFunction]:
         return {k: f for k, f in self.business_functions.items() if service in f.depends_on}
+
+    def functions_on_the_database(self) -> dict[str, BusinessFunction]:
+        """Business functions with at least one dependency the database holds."""
+        return {k: f for k, f in self.business_functions.items() if set(f.depends_on) & set(self.database_services)}
+
+    def unmeasured_dependencies(self, function: str) -> list[str]:
+        """What a database restore or drill does not measure of a business function."""
+        return [d for d in self.business_functions[function].depends_on if d not in self.database_services]
 
 
 def _describe_error(error: dict[str, Any]) -> str:

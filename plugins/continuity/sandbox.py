@@ -466,6 +466,57 @@ class Sandbox:
         return NodeAddress(name=name, host="127.0.0.1", port=self.state["nodes"][name]["port"],
                            user="continuity_backup", password=self.password("continuity_backup"))
 
+    def take_first_backups(self, *, report: Any = log.info) -> list[str]:
+        """A fresh install starts protected: one backup of each scheduled kind (logical, physical, config,
+        WAL) that the catalog does not hold yet, so the first scheduled runs find something to verify,
+        restore and drill. Returns the ids taken (empty when every kind exists)."""
+        import io
+
+        from continuity.backup import create_backup
+        from continuity.configbackup import collect
+        from continuity.dumps import logical_backup, physical_backup
+        from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
+        from continuity.wal import ship_spool
+
+        catalog = self.catalog()
+        present = {m.kind for m in catalog.list()}
+        locations = list(catalog.locations.values())
+        required = {loc.name for loc in self.policy.storage.locations if loc.required}
+        keyring = self.keyring()
+        stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-first"
+        primary = self.current_primary()
+        common = {"keyring": keyring, "locations": locations, "required": required, "report": lambda _m: None}
+        taken: list[str] = []
+        if "logical" not in present:
+            for database in self.policy.topology.databases:
+                report(f"first backup: logical dump of {database}")
+                taken.append(logical_backup(node=self.backup_node(primary), database=database,
+                                            backup_id=f"logical-{database}-{stamp}", **common).backup_id)
+        if "physical" not in present:
+            source = self.policy.backups.full.backup_from_standby or primary
+            report(f"first backup: base backup from {source}")
+            taken.append(physical_backup(node=self.backup_node(source), backup_id=f"physical-{source}-{stamp}",
+                                         **common).backup_id)
+        if "config" not in present:
+            report("first backup: configuration")
+            policy_file = Path(os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
+            bundle = collect(policy_path=policy_file, airflow=None, environ=self.environment(),
+                             state_files=self.policy.backups.configuration.infrastructure_state_files)
+            taken.append(create_backup(io.BytesIO(bundle.tar()), kind="config", backup_id=f"config-{stamp}",
+                                       details={"files": sorted(bundle.files)}, **common).backup_id)
+        if "wal" not in present or taken:
+            # Close the current segment so the base backup's WAL is in the spool, then ship it all.
+            node = self.node(primary)
+            closed = node.query_one("SELECT pg_walfile_name(pg_switch_wal()) AS name")["name"]
+            deadline = time.monotonic() + 60
+            while (node.archiver().last_archived_wal or "")[:24] < closed and time.monotonic() < deadline:
+                time.sleep(0.2)
+            shipped = ship_spool(self.spool_dir, keyring=keyring, locations=catalog.locations, required=required,
+                                 report=lambda _m: None)
+            report(f"first backup: {len(shipped.shipped)} WAL files shipped")
+            taken.extend(f"wal-{name}" for name in shipped.shipped)
+        return taken
+
     def _create_buckets(self) -> None:
         for location in self.policy.storage.locations:
             if location.kind == "file":

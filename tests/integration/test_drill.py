@@ -35,10 +35,24 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     objectives = {o["objective"]: o for o in result["objectives"]}
     assert objectives["RTO tier_1_critical"]["target"] == "15m"
     assert objectives["RPO critical_user_data"]["within_target"] is True
+    # Every business function and data category of the policy, each measured or `not measured`.
+    policy = sandbox.policy
+    assert {f"RTO {name}" for name in policy.business_functions} <= set(objectives)
+    assert {f"RPO {name}" for name in policy.data_categories} <= set(objectives)
+    for name in ("video_processing", "annotation_system"):  # detection_/annotation_database: in the database
+        line = objectives[f"RTO {name}"]
+        assert line["measured_seconds"] == round(result["rto_seconds"], 3) and line["verdict"] == "pass"
+        assert "database rebuilt in location dr" in line["source"] and line["not_measured"], line
+    video = objectives["RPO video_content"]
+    assert video["verdict"] == "not measured" and video["measured_seconds"] is None and video["within_target"] is None
+    assert objectives["RPO configuration_data"]["source"].startswith("age of the newest config backup") \
+        if catalog.latest("config", location="dr") else objectives["RPO configuration_data"]["verdict"] == "not measured"
+    assert not [o for o in result["objectives"] if o["verdict"] == "pass" and not o["source"]], "no pass without a source"
     stored = json.loads(catalog.locations["primary"].get_bytes(f"reports/drill/{result['drill_id']}.json"))
     assert stored["rto_seconds"] == result["rto_seconds"]
     md = catalog.locations["dr"].get_bytes(f"reports/drill/{result['drill_id']}.md").decode()
     assert md.startswith(f"# DR drill {result['drill_id']}") and "PASS" in md
     assert "| RTO tier_1_critical |" in md and "marker" in md and "recovered" in md
+    assert "| RPO video_content | — | 15m | 1h | not measured | nothing measures it yet |" in md
     assert task_states(run)["remove_scratch_clusters"] == "success"
     assert task_states(run)["live_switchover"] == "skipped", "no switchover unless include_switchover"

@@ -44,12 +44,15 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     assert report["chosen_location"] == "dr" and report["restored_from"] == "dr"
     assert "users" in report["tables"]
     assert report["restore_seconds"] > 0 and report["extrapolated_full_restore_seconds"] >= report["restore_seconds"]
-    assert {o["function"] for o in report["objectives"]} >= {"user_authentication", "reporting_analytics"}
+    assert {o["function"] for o in report["objectives"]} == set(sandbox.policy.business_functions)
+    by_function = {o["function"]: o for o in report["objectives"]}
+    assert by_function["video_processing"]["verdict"] == "pass" and "extrapolated" in by_function["video_processing"]["source"]
+    assert by_function["user_authentication"]["not_measured"] == ["authentication_service"]
     assert all(c["success"] for c in report["checks"]) and report["success"]
     assert {c["table"] for c in report["checks"] if c["expectation"] == "table_schema_matches"} == set(report["tables"])
     md = _catalog(sandbox).locations["primary"].get_bytes(
         f"reports/restore-test/{re.sub(r'[^A-Za-z0-9._-]', '_', run.run_id)}.md").decode()
-    assert md.startswith("# Restore test") and "PASS" in md and "| user_authentication | 15m | 30m |" in md
+    assert md.startswith("# Restore test") and "PASS" in md and "| user_authentication | 15m | 30m | pass | authentication_service |" in md
     assert xcom(run, "sample_restore_test")["backup_id"] == report["backup_id"]
     assert report["amcheck"] == "pg_amcheck found no corruption in any database" and report["amcheck"] in md
     assert task_states(run)["remove_scratch_clusters"] == "success"

@@ -1,5 +1,6 @@
-"""`continuity run` (what `make run` does): sandbox + airflow standalone with every DAG; a restore test run
-past its RTO target raises the Deadline Alert under the real scheduler; Ctrl-C stops all."""
+"""`continuity run` (what `make run` does): sandbox + airflow standalone with every DAG; the first backups are
+taken at bring-up and every run the scheduler starts by itself succeeds; a restore test run past its RTO
+target raises the Deadline Alert under the real scheduler; Ctrl-C stops all."""
 
 from __future__ import annotations
 
@@ -121,6 +122,24 @@ def _run_and_interrupt(root: Path) -> None:
         tasks = _api(port, f"/api/v2/dags/dr_failover/dagRuns/{failover['dag_run_id']}/taskInstances", token)
         states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
         assert states["preflight"] == "success" and states["promote"] == "skipped" and states["record"] == "success"
+
+        # A fresh install is green: every run the scheduler started by itself (each scheduled DAG's
+        # newest interval, all at once) succeeds within the first minutes.
+        scheduled_dags = sorted(set(DAG_IDS) - {"dr_failover"})
+        deadline = time.monotonic() + 300
+        runs: list[dict] = []
+        while time.monotonic() < deadline:
+            runs = [r for r in _api(port, "/api/v2/dags/~/dagRuns?limit=100", token)["dag_runs"]
+                    if r["run_type"] == "scheduled"]
+            started = {r["dag_id"] for r in runs}
+            if started >= set(scheduled_dags) and all(r["state"] in ("success", "failed") for r in runs):
+                break
+            time.sleep(5)
+        assert {r["dag_id"] for r in runs} >= set(scheduled_dags), runs
+        failed = {r["dag_id"]: [t["task_id"] for t in _api(
+            port, f"/api/v2/dags/{r['dag_id']}/dagRuns/{r['dag_run_id']}/taskInstances", token)["task_instances"]
+            if t["state"] not in ("success", "skipped")] for r in runs if r["state"] != "success"}
+        assert failed == {}, f"scheduled runs not green: {failed}"
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         remaining, _ = process.communicate(timeout=120)

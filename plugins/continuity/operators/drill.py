@@ -74,8 +74,11 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
         self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result["rto_seconds"], result["phases"],
                       result["rpo_seconds"], "recovered" if result["marker_recovered"] else "LOST")
         for objective in result["objectives"]:
-            self.log.info("%s: %.1f s against target %s: %s", objective["objective"], objective["measured_seconds"],
-                          objective["target"], verdict(objective))
+            if objective["measured_seconds"] is None:
+                self.log.info("%s: not measured (target %s)", objective["objective"], objective["target"])
+            else:
+                self.log.info("%s: %.1f s against target %s: %s (from: %s)", objective["objective"],
+                              objective["measured_seconds"], objective["target"], verdict(objective), objective["source"])
         if not result["success"]:
             raise AirflowFailException("drill validation failed: " + "; ".join(result["failed_checks"] or ["no checks ran"]))
         return result

@@ -9,8 +9,8 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.operators.base import ContinuityBackupOperator
+from continuity.reports import store_report, verdict
 from continuity.restore import RestoreError, scratch_prefix
-from continuity.reports import store_report
 from continuity.restore_test import REPORT_PREFIX, failure_result, render_markdown, run_sample_restore_test
 
 
@@ -39,8 +39,8 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
                       result["backup_id"], result["restored_from"], len(result["tables"]), result["restore_seconds"],
                       result["extrapolated_full_restore_seconds"])
         for objective in result["objectives"]:
-            self.log.info("%s: RTO target %s %s", objective["function"], objective["rto_target"],
-                          "met" if objective["within_target"] else "MISSED")
+            self.log.info("%s: RTO target %s: %s%s", objective["function"], objective["target"], verdict(objective),
+                          f" (not measured: {', '.join(objective['not_measured'])})" if objective["not_measured"] else "")
         if not result["success"]:
             raise AirflowFailException("restore test failed: " + "; ".join(result["failed_checks"] or ["RTO maximum exceeded"]))
         return {k: result[k] for k in ("backup_id", "restored_from", "corrupt_copies", "tables", "restore_seconds",

@@ -1,0 +1,32 @@
+"""Every DAG through `airflow dags test`, the command the README shows, with the sandbox's environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Backups first, so validation, the restore test and the drill have something to work on.
+ORDER = ["dr_full_backup", "dr_config_backup", "dr_wal_archive", "dr_backup_validation", "dr_restore_test",
+         "dr_drill", "dr_health_monitor", "dr_failover"]
+CONF = {"dr_failover": {"target": "dr", "mode": "switchover", "dry_run": True, "reason": "airflow dags test"}}
+DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
+
+
+def test_the_order_names_every_dag() -> None:
+    assert sorted(ORDER) == DAG_IDS
+
+
+@pytest.mark.parametrize("dag_id", ORDER)
+def test_dag_runs_under_airflow_dags_test(sandbox, airflow_db, dag_id: str) -> None:
+    airflow = Path(sys.executable).with_name("airflow")
+    argv = [str(airflow), "dags", "test", dag_id, *(["-c", json.dumps(CONF[dag_id])] if dag_id in CONF else [])]
+    result = subprocess.run(argv, env={**os.environ, "PATH": f"{airflow.parent}:{os.environ['PATH']}"},
+                            capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback" not in output, output[-4000:]
+    assert "DagRun Finished" in output and "state=success" in output, output[-4000:]
