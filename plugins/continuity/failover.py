@@ -238,6 +238,12 @@ def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float | None
         pause_timeout = cluster.policy.failover.pause_timeout.total_seconds()
     old, mode = plan["old_primary"], plan["action"]
     record: dict[str, Any] = {"started_at": now_iso()}
+    target_state = cluster.probe(plan["target"])
+    if target_state.get("reachable") and not target_state.get("in_recovery"):
+        # A cleared and re-run task: the cluster, not the stale plan, says what is left to do.
+        report(f"{plan['target']} already accepts writes: an earlier attempt got past this step; nothing to fence")
+        return {**record, "already_done": True, "finished_at": now_iso(),
+                "last_known_primary_lsn_int": plan.get("reference_lsn_int", 0)}
     last_known = plan.get("reference_lsn_int", 0)
     if mode == "switchover":
         cluster.router.pause(timeout=pause_timeout)

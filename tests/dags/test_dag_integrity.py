@@ -77,3 +77,15 @@ def test_full_backup_schedule_is_the_policys() -> None:
 
     dag = _load(DAGS_DIR / "dr_full_backup.py").dags["dr_full_backup"]
     assert dag.timetable.expression == load_policy().backups.full.schedule
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_every_task_that_ships_the_wal_spool_takes_its_pool(path: Path) -> None:
+    from continuity.dag_defaults import POOLS, WAL_SPOOL_POOL
+    from continuity.operators.wal import ShipWalOperator
+
+    assert POOLS[WAL_SPOOL_POOL][0] == 1
+    for dag in _load(path).dags.values():
+        for task in dag.tasks:
+            if isinstance(task, ShipWalOperator):
+                assert task.pool == WAL_SPOOL_POOL, f"{dag.dag_id}.{task.task_id} ships the spool outside its pool"

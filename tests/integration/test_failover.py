@@ -332,9 +332,13 @@ def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluste
     assert load.missing_on(cluster.app_conninfo()) == [], "every acknowledged commit is readable through the entry point"
     assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
 
-    # A cleared and re-run promote re-reads the cluster: dr is already promoted, nothing is done.
-    again = failover_steps.promote(cluster.failover_cluster(), "dr", previous_timeline=audit["steps"]["preflight"]["old_timeline"])
+    # A cleared and re-run fence or promote re-reads the cluster: dr is already promoted, nothing is done.
+    before = _snapshot(cluster)
+    stale_plan = audit["steps"]["preflight"]
+    assert failover_steps.fence(cluster.failover_cluster(), stale_plan)["already_done"] is True
+    again = failover_steps.promote(cluster.failover_cluster(), "dr", previous_timeline=stale_plan["old_timeline"])
     assert again["already_promoted"] is True and again["timeline"] == audit["steps"]["promote"]["timeline"]
+    assert _snapshot(cluster) == before
     back = _run(target="primary", mode="switchover", reason="back after the fail-forward test")
     assert str(back.state) == "success", task_states(back)
     assert _writable(cluster) == ["primary"]

@@ -307,7 +307,11 @@ def test_a_hostile_dump_restores_without_running_a_program_or_seeing_a_secret(sa
     drop.mkdir()
     drop.chmod(0o777)
     leaked = drop / "leaked-environment.txt"
-    catalog = _catalog(sandbox)
+    # Under a prefix of its own: this hostile dump must never be the newest logical backup others test.
+    locations = sandbox.storage_locations()
+    for location in locations.values():
+        location.prefix = "hostile-tests/"
+    catalog = Catalog(locations, sandbox.keyring())
     with scratch_cluster() as source:
         # A CHECK constraint whose function, once restored elsewhere, runs a program that dumps the
         # server's environment (harmless where it was written: it only acts on another port).
