@@ -11,7 +11,7 @@
 Nothing is staged on local disk; progress is logged. Ids carry the logical date, so a rerun for
 the same date is a no-op. A node lost mid-backup fails the task naming it, leaves no manifest, and
 the retry starts clean. Each run publishes the `continuity://backups/logical` and
-`continuity://backups/physical` assets, which restore tests follow.
+`continuity://backups/physical` assets (lineage in the UI; restore tests and drills run on cron).
 """
 
 from __future__ import annotations

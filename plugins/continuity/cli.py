@@ -1,4 +1,4 @@
-"""The `continuity` command: the sandbox, the policy, and (later) backups and restores without Airflow.
+"""The `continuity` command: the sandbox, the policy, backups, restores and keys without Airflow.
 
 Errors are one line on stderr with a `HINT:` where there is one; details go to the debug log
 (`-v`). Exit codes are distinct per failure class so scripts can tell them apart.

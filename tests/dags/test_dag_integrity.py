@@ -89,3 +89,11 @@ def test_every_task_that_ships_the_wal_spool_takes_its_pool(path: Path) -> None:
         for task in dag.tasks:
             if isinstance(task, ShipWalOperator):
                 assert task.pool == WAL_SPOOL_POOL, f"{dag.dag_id}.{task.task_id} ships the spool outside its pool"
+
+
+def test_airflow_does_not_load_the_package_as_top_level_plugin_modules() -> None:
+    from airflow._shared.module_loading import find_path_from_directory
+
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    loaded = [p for p in find_path_from_directory(str(plugins), ".airflowignore", "glob") if p.endswith(".py")]
+    assert loaded == [], f"Airflow would import these as top-level plugin modules: {loaded[:5]}"

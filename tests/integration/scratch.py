@@ -1,4 +1,4 @@
-"""Scratch PostgreSQL clusters for restore checks in tests (the restore engine proper is issue 5)."""
+"""Scratch PostgreSQL clusters for restore checks in tests (built from base backups by hand, apart from the restore engine)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The restore engine (issue 5 foundation): logical restore, physical restore, point-in-time recovery,
+"""The restore engine: logical restore, physical restore, point-in-time recovery,
 all from the DR region's copies alone, into scratch clusters that are always removed."""
 
 from __future__ import annotations
