@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from continuity.archive import ArchiveError
 from continuity.keys import KeyringError
+from continuity.kinds import BACKUP_KINDS
 from continuity.localcluster import ClusterError
 from continuity.policy import PolicyError, load_policy
 from continuity.postgres import NodeUnreachable
@@ -347,38 +348,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore_to_database(ctx, manifest, location: str, dsn: str) -> int:
-    import tempfile
+    from continuity.restore import RestoreRefused, restore_into_database
 
-    import psycopg
-
-    from continuity.backup import restore_copy
-    from continuity.dumps import find_tool
-    from psycopg.conninfo import conninfo_to_dict
-
-    if manifest.kind != "logical":
-        raise UsageError(f"backup {manifest.backup_id} is {manifest.kind}; --to-database takes a logical backup")
-    if "password" in conninfo_to_dict(dsn):
-        raise UsageError("--to-database: the connection string carries a password, which any user of this machine "
-                         "can read in `ps`; give it through PGPASSWORD or a ~/.pgpass / PGPASSFILE entry instead")
-    with psycopg.connect(dsn, connect_timeout=10) as conn:
-        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
-                              "'information_schema')").fetchone()[0]
-    if tables:
-        raise UsageError(f"--to-database: the target already holds {tables} tables; refusing to restore over them")
-    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: a chatty pg_restore cannot block
-        process = subprocess.Popen([find_tool("pg_restore"), "--no-owner", "--exit-on-error", "--no-password",
-                                    "--dbname", dsn],
-                                   stdin=subprocess.PIPE, stderr=stderr_file)
-        assert process.stdin is not None
-        try:
-            restore_copy(manifest, ctx.locations[location], ctx.keyring, process.stdin)
-        finally:
-            process.stdin.close()
-        code = process.wait()
-        stderr_file.seek(0)
-        stderr = stderr_file.read()[-8000:].decode(errors="replace")
-    if code != 0:
-        raise UsageError(f"pg_restore failed: {stderr.strip().splitlines()[-1] if stderr.strip() else code}")
+    try:
+        restore_into_database(manifest, ctx.locations[location], ctx.keyring, dsn)
+    except RestoreRefused as exc:
+        raise UsageError(f"--to-database: {exc}") from None
     counts = manifest.details.get("row_counts", {})
     print(f"restored {manifest.backup_id} from location {location}: {len(counts)} tables, "
           f"{sum(counts.values()):,} rows expected per the manifest", file=sys.stderr)
@@ -389,7 +364,8 @@ def _restore_to_cluster(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from continuity.localcluster import LocalCluster, ServiceUser, find_bindir, free_port
-    from continuity.restore import RestoreError, ScratchCluster, choose_base_backup, parse_lsn, restore_physical
+    from continuity.postgres import InvalidLsn, parse_lsn
+    from continuity.restore import ScratchCluster, choose_base_backup, restore_physical
 
     target = Path(args.to_cluster).absolute()
     if target.exists() and any(target.iterdir()):
@@ -406,7 +382,7 @@ def _restore_to_cluster(args: argparse.Namespace) -> int:
             raise UsageError("--time and --lsn: give one recovery target, not both")
         try:
             parse_lsn(args.lsn)
-        except RestoreError as exc:
+        except InvalidLsn as exc:
             raise UsageError(f"--lsn: {exc}") from None
     user = ServiceUser.detect()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -551,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backups = sub.add_parser("backups", help="backups in storage").add_subparsers(dest="action", required=True)
     create = with_storage(backups.add_parser("create", help="an ad-hoc backup of a file or stdin"))
-    create.add_argument("--kind", default="adhoc", choices=["adhoc", "logical", "physical", "wal", "config", "objects"])
+    create.add_argument("--kind", default="adhoc", choices=BACKUP_KINDS)
     create.add_argument("--from", dest="source", required=True, help="FILE, or - for stdin")
     create.add_argument("--label")
     create.add_argument("--id", help="backup id (default: KIND-TIMESTAMP-RANDOM)")

@@ -11,15 +11,11 @@ Neither stages the backup on local disk.
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -27,7 +23,9 @@ from psycopg import sql
 
 from continuity.backup import CommandSource, SourceCommandFailed, backup_from_command
 from continuity.keys import Keyring
+from continuity.localcluster import find_tool
 from continuity.manifest import Manifest
+from continuity.postgres import lsn_to_int
 from continuity.storage import StorageLocation
 from continuity.wal import SEGMENT_SIZE, segment_name
 
@@ -55,27 +53,10 @@ class NodeAddress:
         return {"PGPASSWORD": self.password} if self.password else {}
 
 
-def find_tool(name: str) -> str:
-    """A PostgreSQL client tool: $PG_BINDIR, the newest /usr/lib/postgresql/*/bin, then PATH."""
-    candidates = [os.environ.get("PG_BINDIR", "")]
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
-    for directory in candidates:
-        if directory and (Path(directory) / name).exists():
-            return str(Path(directory) / name)
-    found = shutil.which(name)
-    if not found:
-        raise DumpFailed(f"{name} not found in $PG_BINDIR, /usr/lib/postgresql/*/bin or PATH "
-                         f"(install the PostgreSQL client matching the server)")
-    return found
-
-
 def tool_version(path: str) -> str:
     return subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def lsn_to_int(lsn: str) -> int:
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 def wal_file_for(lsn: str, timeline: int, *, segment_size: int = SEGMENT_SIZE) -> str:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from continuity.nodecontrol import NodeControl, NodeControlError
 from continuity.policy import Policy, parse_size
-from continuity.postgres import NodeUnreachable, PostgresNode
+from continuity.postgres import NodeUnreachable, PostgresNode, lsn_to_int
 from continuity.router import Endpoint, Router, RouterError
 
 DEFAULT_MAX_LAG_BYTES = 16 * 2**20
@@ -40,13 +40,6 @@ class PreflightFailed(FailoverError):
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"preflight check {check!r} failed: {message}. Nothing was changed.")
         self.check = check
-
-
-def lsn_to_int(lsn: str | None) -> int:
-    if not lsn:
-        return 0
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def now_iso() -> str:

@@ -29,8 +29,8 @@ class ClusterError(RuntimeError):
     """A local cluster command failed; the message names the node and quotes the tool's error."""
 
 
-def find_bindir() -> Path:
-    """The PostgreSQL server binaries: $PG_BINDIR, then the newest /usr/lib/postgresql/*/bin, then pg_config."""
+def _bindir_candidates() -> list[Path]:
+    """Where PostgreSQL's binaries may be: $PG_BINDIR, the newest /usr/lib/postgresql/*/bin, pg_config's."""
     candidates: list[Path] = []
     if os.environ.get("PG_BINDIR"):
         candidates.append(Path(os.environ["PG_BINDIR"]))
@@ -40,13 +40,30 @@ def find_bindir() -> Path:
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
         if out:
             candidates.append(Path(out))
-    for candidate in candidates:
+    return candidates
+
+
+def find_bindir() -> Path:
+    """The PostgreSQL server binaries (initdb and postgres side by side)."""
+    for candidate in _bindir_candidates():
         if (candidate / "initdb").exists() and (candidate / "postgres").exists():
             return candidate
     raise ClusterError(
         "PostgreSQL server binaries (initdb, postgres) not found in $PG_BINDIR, /usr/lib/postgresql/*/bin "
         "or pg_config --bindir. HINT: install the Debian package 'postgresql' (make run does it as root)."
     )
+
+
+def find_tool(name: str) -> str:
+    """A PostgreSQL client tool (pg_dump, pg_restore, ...) from the same places, then PATH."""
+    for candidate in _bindir_candidates():
+        if (candidate / name).exists():
+            return str(candidate / name)
+    found = shutil.which(name)
+    if not found:
+        raise ClusterError(f"{name} not found in $PG_BINDIR, /usr/lib/postgresql/*/bin, pg_config --bindir or PATH. "
+                           f"HINT: install the PostgreSQL client matching the server")
+    return found
 
 
 def find_pgbouncer() -> Path:

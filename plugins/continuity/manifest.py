@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from continuity.archive import IntegrityError
 from continuity.keys import Keyring, WrappedKey
+from continuity.kinds import Kind
 
 MANIFEST_FORMAT = "continuity-manifest/1"
-Kind = Literal["logical", "physical", "wal", "config", "objects", "adhoc"]
 
 
 class LocationCopy(BaseModel):

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 
+from continuity.kinds import ProvingKind
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY_PATH = PROJECT_ROOT / "include" / "policy.yaml"
 POLICY_ENV_VAR = "CONTINUITY_POLICY"
@@ -112,7 +114,7 @@ class DataCategory(_Model):
     rpo: Objective
     backup_frequency: Frequency
     method: str
-    backup_kinds: list[Literal["logical", "physical", "wal", "config", "objects"]] = []
+    backup_kinds: list[ProvingKind] = []
     # What a drill measures this category's RPO from: the database's recovered marker, or the age of
     # the newest config backup. Absent: nothing measures it yet, and reports say `not measured`.
     measured_by: Literal["database", "config_backup"] | None = None

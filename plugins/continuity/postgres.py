@@ -21,6 +21,28 @@ class NodeUnreachable(ConnectionError):
     """The node did not accept a connection; the message names it and says why."""
 
 
+class InvalidLsn(ValueError):
+    """Text that is not a WAL position."""
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> its 64-bit position; a clear error for anything else."""
+    try:
+        high, low = text.strip().split("/")
+        return (int(high, 16) << 32) | int(low, 16)
+    except (ValueError, AttributeError):
+        raise InvalidLsn(f"{text!r} is not a WAL position (LSN); expected the form 16/B374D848") from None
+
+
+def lsn_to_int(lsn: str | None) -> int:
+    """A position PostgreSQL reported, where None (not known, e.g. no WAL receiver) counts as 0."""
+    return 0 if not lsn else parse_lsn(lsn)
+
+
+def format_lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
 def conninfo(*, host: str, port: int, user: str, password: str | None, dbname: str, **extra: Any) -> str:
     return make_conninfo(host=host, port=port, user=user, password=password or None, dbname=dbname, **extra)
 

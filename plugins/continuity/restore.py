@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from continuity.backup import restore_copy
 from continuity.catalog import Catalog
-from continuity.dumps import find_tool
-from continuity.localcluster import (ClusterError, LocalCluster, ServiceUser, find_bindir, free_port,
+from continuity.keys import Keyring
+from continuity.localcluster import (ClusterError, LocalCluster, ServiceUser, find_bindir, find_tool, free_port,
                                     scrubbed_environment, stop_pid)
 from continuity.manifest import Manifest
+from continuity.postgres import InvalidLsn, format_lsn, parse_lsn
+from continuity.storage import StorageLocation
 from continuity.wal import SEGMENT_SIZE, classify
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 
 class RestoreError(RuntimeError):
     """A restore could not be done; the message says which backup, where, and why."""
+
+
+class RestoreRefused(RestoreError):
+    """The request itself is wrong (wrong kind of backup, a non-empty target, a password in argv): nothing ran."""
 
 
 # Logical restores load data that came from the application: functions inside a dump (a CHECK
@@ -225,29 +232,63 @@ def restore_logical(manifest: Manifest, *, catalog: Catalog, location: str, scra
 
 def _stream_into(argv: list[str], manifest: Manifest, catalog: Catalog, location: str,
                  *, user: ServiceUser | None) -> str:
-    """Decrypt a backup into a tool's stdin; returns its stdout. A tool that stops reading early is fine."""
-    process = subprocess.Popen(user.command(argv) if user else argv, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=scrubbed_environment())
-    assert process.stdin is not None and process.stdout is not None
-    output: list[bytes] = []
-    reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
-    reader.start()
-    try:
-        restore_copy(manifest, catalog.locations[location], catalog.keyring, process.stdin)
-    except BrokenPipeError:
-        pass
-    finally:
+    return stream_into_tool(argv, manifest, catalog.locations[location], catalog.keyring, user=user)
+
+
+def stream_into_tool(argv: list[str], manifest: Manifest, location: StorageLocation, keyring: Keyring,
+                     *, user: ServiceUser | None = None, env: dict[str, str] | None = None) -> str:
+    """Decrypt a backup into a tool's stdin; returns its stdout. A tool that stops reading early is fine.
+
+    stdout is drained by a thread and stderr goes to a temporary file (not a pipe read at the end),
+    so a chatty tool can never block the stream. The tool gets a scrubbed environment (+ `env`).
+    """
+    with tempfile.TemporaryFile() as stderr_file:
+        process = subprocess.Popen(user.command(argv) if user else argv, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=stderr_file, env=scrubbed_environment(env))
+        assert process.stdin is not None and process.stdout is not None
+        output: list[bytes] = []
+        reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
+        reader.start()
         try:
-            process.stdin.close()
+            restore_copy(manifest, location, keyring, process.stdin)
         except BrokenPipeError:
             pass
-    reader.join()
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if process.wait() != 0:
+        finally:
+            try:
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+        reader.join()
+        code = process.wait()
+        stderr_file.seek(0)
+        stderr = stderr_file.read()[-64_000:].decode(errors="replace")
+    if code != 0:
         name = Path(argv[0]).name
-        raise RestoreError(f"{name} of backup {manifest.backup_id} from location {location} failed: "
-                           f"{tool_error(stderr) or process.returncode}")
+        raise RestoreError(f"{name} of backup {manifest.backup_id} from location {location.name} failed: "
+                           f"{tool_error(stderr) or code}")
     return b"".join(output).decode(errors="replace")
+
+
+def restore_into_database(manifest: Manifest, location: StorageLocation, keyring: Keyring, dsn: str) -> None:
+    """A logical backup into an existing, empty database (the emergency CLI's `--to-database`).
+
+    The connection string may carry no password (argv is public): PGPASSWORD or ~/.pgpass supply it.
+    """
+    if manifest.kind != "logical":
+        raise RestoreRefused(f"backup {manifest.backup_id} is {manifest.kind}; only a logical backup restores into a "
+                           f"database")
+    if "password" in conninfo_to_dict(dsn):
+        raise RestoreRefused("the connection string carries a password, which any user of this machine can read in "
+                           "`ps`; give it through PGPASSWORD or a ~/.pgpass / PGPASSFILE entry instead")
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+                              "'information_schema')").fetchone()[0]
+    if tables:
+        raise RestoreRefused(f"the target database already holds {tables} tables; refusing to restore over them")
+    password = {"PGPASSWORD": os.environ["PGPASSWORD"]} if os.environ.get("PGPASSWORD") else {}
+    passfile = {k: os.environ[k] for k in ("PGPASSFILE", "HOME") if os.environ.get(k)}
+    stream_into_tool([find_tool("pg_restore"), "--no-owner", "--exit-on-error", "--no-password", "--dbname", dsn],
+                     manifest, location, keyring, env={**password, **passfile})
 
 
 def tool_error(stderr: str) -> str:
@@ -291,18 +332,6 @@ def recovery_window(catalog: Catalog, location: str) -> RecoveryWindow:
     return RecoveryWindow(start=bases[0].finished_at, end=end)
 
 
-def parse_lsn(text: str) -> int:
-    """'16/B374D848' -> its 64-bit position; a clear error for anything else."""
-    try:
-        high, low = text.strip().split("/")
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise RestoreError(f"{text!r} is not a WAL position (LSN); expected the form 16/B374D848") from None
-
-
-def format_lsn(position: int) -> str:
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-
 
 def lsn_window(catalog: Catalog, location: str) -> tuple[int, int]:
     """From the first base backup's end to the end of the newest archived WAL segment."""
@@ -322,7 +351,10 @@ def choose_base_backup(catalog: Catalog, location: str, target_time: datetime | 
     """The newest base backup that ended before the target; refuse a target outside the window."""
     bases = catalog.list(kind="physical", location=location)
     if target_lsn is not None:
-        position = parse_lsn(target_lsn)
+        try:
+            position = parse_lsn(target_lsn)
+        except InvalidLsn as exc:
+            raise RestoreError(str(exc)) from None
         start, end = lsn_window(catalog, location)
         if not start <= position <= end:
             raise RestoreError(f"target LSN {target_lsn} is outside the recovery window of location {location}: "

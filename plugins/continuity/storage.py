@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ class StorageLocation(Protocol):
                   exclusive: bool = False, if_checksum: str | None = None) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
     def copy_from(self, other: StorageLocation, key: str) -> None: ...
+
+
+def key_safe(text: str) -> str:
+    """A run id (or any text) as one storage key segment: what is not [A-Za-z0-9._-] becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def _is_precondition_failure(exc: Exception) -> bool:

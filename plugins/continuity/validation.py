@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from continuity.archive import IntegrityError
 from continuity.backup import record_verification, replicate_copy, verify_copy
 from continuity.catalog import Catalog
+from continuity.kinds import KEPT_NEWEST_KINDS
 from continuity.manifest import Manifest, data_key_name, manifest_key_name
 from continuity.policy import Policy, format_duration
 from continuity.storage import StorageError, StorageLocation
@@ -214,7 +215,7 @@ def plan_retention(policy: Policy, manifests: list[Manifest], *, offsite: bool, 
     pitr_from = window_base.source.get("start_wal_file") if window_base else None
 
     newest_by_kind: dict[str, list[str]] = {}
-    for kind in ("logical", "physical", "config"):
+    for kind in KEPT_NEWEST_KINDS:
         ordered = sorted((m for m in manifests if m.kind == kind), key=lambda m: m.finished_at, reverse=True)
         newest_by_kind[kind] = [m.backup_id for m in ordered[: policy.backups.full.keep_last]]
 

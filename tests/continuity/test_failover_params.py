@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from continuity.failover import PreflightFailed, choose_target, lsn_to_int, validate_params
+from continuity.failover import PreflightFailed, choose_target, validate_params
+from continuity.postgres import lsn_to_int
 from continuity.policy import load_policy
 
 

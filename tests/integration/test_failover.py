@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import psycopg
 import pytest
@@ -13,7 +12,8 @@ import pytest
 from continuity import failover as failover_steps
 from continuity.loadgen import CommitRecorder
 from continuity.router import PgBouncerRouter
-from continuity.topology_store import TOPOLOGY_VARIABLE
+from continuity.hooks.topology import TOPOLOGY_VARIABLE
+from continuity.storage import key_safe
 
 from .airflow_helpers import load_dag, task_states, xcom
 
@@ -81,7 +81,7 @@ def _snapshot(box) -> dict:
 
 
 def _audit(box, run) -> dict:
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    name = key_safe(run.run_id)
     return json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{name}.json"))
 
 

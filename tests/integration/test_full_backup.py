@@ -13,7 +13,8 @@ import pytest
 
 from continuity.backup import restore_copy
 
-from continuity.dumps import DumpFailed, find_tool, logical_backup, row_counts, schema_fingerprint
+from continuity.dumps import DumpFailed, logical_backup, row_counts, schema_fingerprint
+from continuity.localcluster import find_tool
 from continuity.manifest import manifest_key_name
 
 from .airflow_helpers import load_dag, task_states, xcom

@@ -300,7 +300,7 @@ def test_cli_never_puts_a_database_password_in_argv(sandbox) -> None:
 def test_a_hostile_dump_restores_without_running_a_program_or_seeing_a_secret(sandbox, monkeypatch, tmp_path) -> None:
 
     from continuity.backup import backup_from_command
-    from continuity.dumps import find_tool
+    from continuity.localcluster import find_tool
 
     monkeypatch.setenv("AIRFLOW_CONN_CANARY", "postgres://u:canary-secret-in-env@h/db")
     drop = tmp_path / "drop"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from continuity.catalog import Catalog
 from continuity.dumps import logical_backup
 from continuity.restore import scratch_prefix
 from continuity.storage import locations_from_policy
+from continuity.storage import key_safe
 
 from .airflow_helpers import load_dag, task_states, xcom
 
@@ -32,7 +32,7 @@ def recent_logical_backup(sandbox):
 
 
 def _report(sandbox, run) -> dict:
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    name = key_safe(run.run_id)
     dr = _catalog(sandbox).locations["dr"]
     return json.loads(dr.get_bytes(f"reports/restore-test/{name}.json"))
 
@@ -51,7 +51,7 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     assert all(c["success"] for c in report["checks"]) and report["success"]
     assert {c["table"] for c in report["checks"] if c["expectation"] == "table_schema_matches"} == set(report["tables"])
     md = _catalog(sandbox).locations["primary"].get_bytes(
-        f"reports/restore-test/{re.sub(r'[^A-Za-z0-9._-]', '_', run.run_id)}.md").decode()
+        f"reports/restore-test/{key_safe(run.run_id)}.md").decode()
     assert md.startswith("# Restore test") and "PASS" in md and "| user_authentication | 15m | 30m | pass | authentication_service |" in md
     assert xcom(run, "sample_restore_test")["backup_id"] == report["backup_id"]
     assert report["amcheck"] == "pg_amcheck found no corruption in any database" and report["amcheck"] in md
@@ -86,7 +86,8 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     import uuid
 
     from continuity.backup import backup_from_command
-    from continuity.dumps import _FOREIGN_KEY_COLUMNS, find_tool
+    from continuity.dumps import _FOREIGN_KEY_COLUMNS
+    from continuity.localcluster import find_tool
     from continuity.policy import DEFAULT_POLICY_PATH, load_policy
 
     prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
@@ -115,7 +116,7 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
 
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "failed"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    name = key_safe(run.run_id)
     report = json.loads(locations["dr"].get_bytes(f"reports/restore-test/{name}.json"))
     assert report["success"] is False
     assert any(f"users: users has exactly the {promised['public.users']:,} rows of the manifest" in f
@@ -136,7 +137,7 @@ def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkey
     locations = locations_from_policy(load_policy(policy_file), lambda loc: sandbox.s3_client(loc.region))
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "failed"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", run.run_id)
+    name = key_safe(run.run_id)
     report = json.loads(locations["primary"].get_bytes(f"reports/restore-test/{name}.json"))
     assert report["success"] is False and "location dr holds no logical backup from the last 7 days" in report["error"]
     md = locations["dr"].get_bytes(f"reports/restore-test/{name}.md").decode()

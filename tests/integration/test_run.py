@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from continuity.localcluster import free_port, pid_alive
 from continuity.policy import DEFAULT_POLICY_PATH, load_policy
 from continuity.sandbox import Sandbox
+from continuity.storage import key_safe
 
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
 
@@ -98,7 +98,7 @@ def _run_and_interrupt(root: Path) -> None:
         triggered = _api(port, "/api/v2/dags/dr_restore_test/dagRuns", token, body={"logical_date": None})
         run_id = triggered["dag_run_id"]
         alerts = Sandbox(root=root, policy=load_policy(policy_file)).storage_locations()["dr"]
-        key = "alerts/dr_restore_test-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".json"
+        key = "alerts/dr_restore_test-" + key_safe(run_id) + ".json"
         deadline = time.monotonic() + 120
         record = None
         while time.monotonic() < deadline and record is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +17,8 @@ from continuity.loadgen import CommitRecorder
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.restore import RestoreError, scratch_prefix
 from continuity.reports import store_report, verdict
-from continuity.topology_store import write_topology
+from continuity.hooks.topology import write_topology
+from continuity.storage import key_safe
 
 
 def _truthy(value: Any) -> bool:
@@ -42,7 +42,7 @@ class StartDrillOperator(ContinuityBackupOperator):
         entry = PostgresNodeHook(postgres_conn_id=policy.topology.entry_point.conn_id)
         conn = entry.get_connection(policy.topology.entry_point.conn_id)
         app = entry.get_node().conninfo
-        drill_id = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
+        drill_id = key_safe(context["run_id"])
         committed = commit_marker(app, drill_id)
         self.log.info("drill %s started at %s; marker committed at %s through %s", drill_id, started.isoformat(),
                       committed.isoformat(), conn.host)

@@ -7,7 +7,6 @@ and pushes its own record (or, when it fails, `failure`) so the audit task can t
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from continuity import failover as steps
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
-from continuity.topology_store import TOPOLOGY_KEY, read_topology, write_topology
+from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
+from continuity.storage import key_safe
 
 AUDIT_PREFIX = "audit/failover/"
 
@@ -275,7 +275,7 @@ class RecordOperator(FailoverStepOperator):
     def _store(self, audit: dict[str, Any], *, topology: dict[str, Any] | None) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)
         locations = hook.get_locations()
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", audit["run_id"])
+        name = key_safe(audit["run_id"])
         for location in sorted(hook.required_locations()):
             try:
                 locations[location].put_bytes(f"{AUDIT_PREFIX}{name}.json", json.dumps(audit, indent=2, default=str).encode())

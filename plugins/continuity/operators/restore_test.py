@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from airflow.sdk import Context
@@ -12,6 +11,7 @@ from continuity.operators.base import ContinuityBackupOperator
 from continuity.reports import store_report, verdict
 from continuity.restore import RestoreError, scratch_prefix
 from continuity.restore_test import REPORT_PREFIX, failure_result, render_markdown, run_sample_restore_test
+from continuity.storage import key_safe
 
 
 class SampleRestoreTestOperator(ContinuityBackupOperator):
@@ -23,7 +23,7 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         hook = self.hook()
         catalog = hook.get_catalog()
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
+        name = key_safe(context["run_id"])
         required = [catalog.locations[n] for n in sorted(hook.required_locations())]
         try:
             result = run_sample_restore_test(catalog=catalog, policy=hook.policy, seed=context["run_id"],
