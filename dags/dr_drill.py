@@ -28,7 +28,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
-from continuity.deadlines import rto_deadline
+from continuity.alerts.deadlines import rto_deadline
 from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasureOperator, StartDrillOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator

@@ -22,7 +22,7 @@ from datetime import timedelta
 from airflow.sdk import DAG
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
-from continuity.deadlines import rto_deadline
+from continuity.alerts.deadlines import rto_deadline
 from continuity.operators.restore_test import SampleRestoreTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from continuity.callbacks import ALERT_PREFIX, rto_deadline_missed
+from continuity.alerts.callbacks import ALERT_PREFIX, rto_deadline_missed
 from continuity.policy import load_policy
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -28,13 +28,13 @@ def test_restore_dags_alert_past_the_tightest_rto_target(dag_id: str) -> None:
     assert isinstance(alert, DeadlineAlert)
     tightest = min(f.rto.target for f in load_policy().functions_depending_on("database").values())
     assert alert.interval == tightest == timedelta(minutes=15)
-    assert alert.callback.path == "continuity.callbacks.rto_deadline_missed"
+    assert alert.callback.path == "continuity.alerts.callbacks.rto_deadline_missed"
     assert alert.callback.kwargs == {"dag_id": dag_id, "rto_target": "15m"}
 
 
 def test_a_missed_deadline_is_logged_and_recorded_in_every_required_location(sandbox, caplog) -> None:
     run_id = "scheduled__2026-11-01T06:00:00+00:00"
-    with caplog.at_level(logging.ERROR, logger="continuity.callbacks"):
+    with caplog.at_level(logging.ERROR, logger="continuity.alerts.callbacks"):
         rto_deadline_missed(dag_id="dr_drill", rto_target="15m", context={"dag_run": {"dag_run_id": run_id}})
     assert "ALERT: dr_drill run scheduled__2026-11-01T06:00:00+00:00 is still running after its RTO target of 15m" \
         in caplog.text

@@ -11,7 +11,7 @@ from airflow.sdk import BaseHook
 from continuity.catalog import Catalog
 from continuity.keys import Keyring
 from continuity.policy import Policy, load_policy
-from continuity.topology_store import current_policy
+from continuity.hooks.topology import current_policy
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 

@@ -12,7 +12,7 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.nodecontrol import NodeControl, SandboxNodeControl
 from continuity.policy import Policy
 from continuity.router import Endpoint, PgBouncerRouter, Route53Router, Router
-from continuity.topology_store import current_policy
+from continuity.hooks.topology import current_policy
 
 
 class FailoverHook(BaseHook):

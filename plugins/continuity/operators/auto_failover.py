@@ -13,7 +13,7 @@ from continuity.failover import choose_target
 from continuity.health import primary_failing, primary_seen_alive
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.postgres import NodeUnreachable
-from continuity.topology_store import current_policy
+from continuity.hooks.topology import current_policy
 
 STREAK_VARIABLE = "continuity_disaster_streak"
 

@@ -28,7 +28,7 @@ from continuity.health import (
 )
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.policy import Policy
-from continuity.topology_store import current_policy
+from continuity.hooks.topology import current_policy
 from continuity.postgres import PostgresNode
 
 WAL_SPOOL_ENV_VAR = "CONTINUITY_WAL_SPOOL"

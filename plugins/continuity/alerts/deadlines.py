@@ -6,8 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from airflow.sdk.definitions.callback import SyncCallback
-from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
 from continuity.policy import format_duration, load_policy
 
@@ -38,7 +37,7 @@ def rto_deadline(dag_id: str, *, service: str = "database") -> DeadlineAlert | N
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=target,
-        callback=SyncCallback("continuity.callbacks.rto_deadline_missed",
+        callback=SyncCallback("continuity.alerts.callbacks.rto_deadline_missed",
                               kwargs={"dag_id": dag_id, "rto_target": format_duration(target)}),
         name=f"{dag_id} past its RTO target",
     )

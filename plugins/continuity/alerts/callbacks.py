@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from datetime import datetime, timezone
 from typing import Any
+
+from continuity.storage import key_safe
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def rto_deadline_missed(*, dag_id: str, rto_target: str, context: dict[str, Any]
                          f"a real recovery would have missed the objective"}
     log.error("ALERT: %s", record["message"])
     hook = ContinuityBackupHook(follow_topology=False)  # callbacks may not read Variables; storage is enough
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{dag_id}-{run_id}")
+    name = key_safe(f"{dag_id}-{run_id}")
     locations = hook.get_locations()
     for location in sorted(hook.required_locations()):
         try:
