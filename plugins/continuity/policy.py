@@ -141,6 +141,9 @@ class Topology(_Model):
     databases: list[str] = Field(min_length=1)
     nodes: list[Node] = Field(min_length=1)
     entry_point: EntryPoint
+    # Host-level control of the nodes for failover (stop, fence, rewind): `sandbox` for the local
+    # sandbox; absent, dr_failover stops in preflight saying none is configured.
+    node_control: Literal["sandbox"] | None = None
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -41,6 +42,7 @@ from continuity.localcluster import (
     wait_for_port,
 )
 from continuity.keys import Keyring
+from continuity.nodecontrol import NodeControlError
 from continuity.policy import PROJECT_ROOT, Policy, load_policy
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
 
@@ -434,7 +436,6 @@ class Sandbox:
     def failover_cluster(self, report: Any = log.info) -> Any:
         """The cluster dr_failover's steps act on, wired to this sandbox without Airflow (bench, CLI)."""
         from continuity.failover import Cluster
-        from continuity.nodecontrol import SandboxNodeControl
         from continuity.router import Endpoint, PgBouncerRouter
 
         admin = self.connections()[self.policy.topology.entry_point.admin_conn_id or "continuity_pgbouncer_admin"]
@@ -719,3 +720,101 @@ def _is_our_process(pid: int | None, needle: str) -> bool:
     except OSError:
         return False
     return needle in cmdline
+
+
+class SandboxNodeControl:
+    """NodeControl over the sandbox's local data directories."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    @classmethod
+    def from_environment(cls) -> SandboxNodeControl:
+        root = os.environ.get(SANDBOX_ENV_VAR)
+        if not root:
+            raise NodeControlError(
+                f"no node control is configured: ${SANDBOX_ENV_VAR} is not set. Failover needs host-level access "
+                f"to the nodes (stop, fence, rewind); in the sandbox `continuity sandbox env` sets it")
+        return cls(Sandbox(root=root))
+
+    def _cluster(self, name: str):
+        try:
+            return self.sandbox.cluster(name)
+        except KeyError:
+            raise NodeControlError(f"node {name!r} is not part of the sandbox at {self.sandbox.root}") from None
+
+    def is_running(self, name: str) -> bool:
+        return self._cluster(name).running
+
+    def stop(self, name: str, *, mode: str = "fast") -> None:
+        try:
+            self._cluster(name).stop(mode=mode, timeout=60)
+        except ClusterError as exc:
+            raise NodeControlError(f"stopping node {name}: {exc}") from exc
+
+    def start(self, name: str) -> None:
+        try:
+            self._cluster(name).start(timeout=60)
+        except ClusterError as exc:
+            raise NodeControlError(f"starting node {name}: {exc}") from exc
+
+    def checkpoint_lsn(self, name: str) -> str:
+        cluster = self._cluster(name)
+        result = cluster.user.run([cluster.tool("pg_controldata"), "-D", str(cluster.data_dir)],
+                                  what=f"pg_controldata of node {name}")
+        match = re.search(r"^Latest checkpoint location:\s+(\S+)$", result.stdout, re.M)
+        if not match:
+            raise NodeControlError(f"pg_controldata of node {name} shows no latest checkpoint location")
+        return match.group(1)
+
+    def fence(self, name: str) -> None:
+        cluster = self._cluster(name)
+        cluster.user.write_file(cluster.data_dir / "standby.signal", "")
+
+    def unfence(self, name: str) -> None:
+        (self._cluster(name).data_dir / "standby.signal").unlink(missing_ok=True)
+
+    def is_fenced(self, name: str) -> bool:
+        return (self._cluster(name).data_dir / "standby.signal").exists()
+
+    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str]) -> None:
+        self.sandbox._write_node_conf(name, synchronous_names=",".join(synchronous_standbys))
+        if self.is_running(name):
+            self._cluster(name).psql("SELECT pg_reload_conf();")
+
+    def follow(self, name: str, upstream: str) -> None:
+        self.sandbox._write_node_conf(name, upstream=upstream)
+        self.fence(name)
+        if self.is_running(name):
+            # primary_conninfo is reloadable (PostgreSQL 13+): the WAL receiver restarts on the new upstream.
+            self._cluster(name).psql("SELECT pg_reload_conf();")
+
+    def ensure_slots(self, name: str, slots: list[str]) -> None:
+        statements = "".join(
+            f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
+            f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}');\n" for slot in slots
+            if re.fullmatch(r"[a-z0-9_]+", slot))
+        if statements:
+            self._cluster(name).psql(statements)
+
+    def rewind(self, name: str, source: str) -> str:
+        cluster = self._cluster(name)
+        port = self.sandbox.state["nodes"][source]["port"]
+        source_info = (f"host=127.0.0.1 port={port} user=continuity_admin dbname=postgres "
+                       f"application_name=continuity-rewind-{name}")
+        # A crashed former primary is first recovered in single-user mode, which refuses standby mode:
+        # lift the fence for the rewind (the server is stopped throughout) and put it back after.
+        self.unfence(name)
+        try:
+            result = cluster.user.run(
+                [cluster.tool("pg_rewind"), "--target-pgdata", str(cluster.data_dir), "--source-server", source_info,
+                 "--progress"],
+                what=f"pg_rewind of node {name} from {source}",
+                env={"PGPASSWORD": self.sandbox.password("continuity_admin")}, timeout=900)
+        except ClusterError as exc:
+            raise NodeControlError(str(exc)) from exc
+        finally:
+            self.fence(name)
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        return lines[-1] if lines else "pg_rewind finished"
+

@@ -110,6 +110,20 @@ def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(clu
     assert _snapshot(cluster) == before == {**before, "writable": ["primary"], "paused": False}
 
 
+def test_without_a_configured_node_control_preflight_stops_saying_so(cluster, monkeypatch, tmp_path) -> None:
+    from continuity.policy import DEFAULT_POLICY_PATH
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("  node_control: sandbox\n", ""))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    before = _snapshot(cluster)
+    run = _run(target="dr")
+    assert str(run.state) == "failed"
+    assert ("preflight check 'node control configured' failed: no node control is configured: set "
+            "topology.node_control in the policy") in _preflight_failure(run)
+    assert _snapshot(cluster) == before
+
+
 def test_a_lagging_target_is_refused_without_force(cluster) -> None:
     dr = cluster.cluster("dr")
     dr.psql("SELECT pg_wal_replay_pause();")
@@ -271,7 +285,8 @@ def test_preflight_refuses_two_writable_nodes(cluster) -> None:
 
 
 def test_failover_refuses_to_promote_while_the_old_primary_is_writable_and_cannot_be_fenced(cluster, monkeypatch) -> None:
-    from continuity.nodecontrol import NodeControlError, SandboxNodeControl
+    from continuity.nodecontrol import NodeControlError
+    from continuity.sandbox import SandboxNodeControl
 
     def host_unreachable(self, name, *args, **kwargs):
         raise NodeControlError(f"host of node {name}: connection timed out")

@@ -9,7 +9,7 @@ from airflow.sdk import BaseHook
 
 from continuity.failover import Cluster
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.nodecontrol import NodeControl, SandboxNodeControl
+from continuity.nodecontrol import NodeControl, node_control_for
 from continuity.policy import Policy
 from continuity.router import Endpoint, PgBouncerRouter, Route53Router, Router
 from continuity.hooks.topology import current_policy
@@ -69,7 +69,7 @@ class FailoverHook(BaseHook):
             endpoints[node.name] = Endpoint(node=node.name, host=conn.host or "localhost", port=conn.port or 5432)
         app = PostgresNodeHook(postgres_conn_id=topology.entry_point.conn_id).get_node().conninfo
         return Cluster(policy=self.policy, nodes=nodes, endpoints=endpoints,
-                       control=control or SandboxNodeControl.from_environment(), router=self.get_router(),
+                       control=control or node_control_for(self.policy), router=self.get_router(),
                        app_conninfo=app, report=report)
 
     def get_conn(self) -> Any:

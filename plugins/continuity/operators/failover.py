@@ -18,6 +18,7 @@ from continuity import failover as steps
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
+from continuity.nodecontrol import NodeControlError
 from continuity.storage import key_safe
 
 AUDIT_PREFIX = "audit/failover/"
@@ -78,7 +79,10 @@ class PreflightOperator(FailoverStepOperator):
         hook = FailoverHook(policy_path=self.policy_path)
         try:
             params = steps.validate_params(context["params"], hook.policy)
-            cluster = hook.get_cluster(report=self.log.info)
+            try:
+                cluster = hook.get_cluster(report=self.log.info)
+            except NodeControlError as exc:
+                raise steps.PreflightFailed("node control configured", str(exc)) from None
             plan = steps.preflight(cluster, params, primary=hook.policy.topology.primary.name,
                                    run_id=context["run_id"], recorded=read_topology())
         except steps.PreflightFailed as exc:
