@@ -66,10 +66,14 @@ def test_dag_conventions(path: Path) -> None:
         assert dag.doc_md and dag_id in dag.doc_md, f"{dag_id}: doc_md=__doc__ with a title naming the DAG"
         assert dag.catchup is False, f"{dag_id}: catchup=False"
         assert dag.max_active_runs == 1, f"{dag_id}: one run at a time"
+        assert "retries" in dag.default_args, f"{dag_id}: retries must be decided explicitly in default_args"
         for task in dag.tasks:
             assert task.owner == "continuity", f"{dag_id}.{task.task_id}: owner"
-            assert "retries" in dag.default_args, f"{dag_id}: retries must be decided explicitly in default_args"
-            assert task.retries == dag.default_args["retries"] or task.retries is not None
+            # One decision per DAG: a task retrying on its own would rerun a step the DAG said must not be.
+            assert task.retries == dag.default_args["retries"], \
+                f"{dag_id}.{task.task_id}: retries {task.retries}, the DAG decided {dag.default_args['retries']}"
+    if path.stem == "dr_failover":
+        assert all(task.retries == 0 for task in _load(path).dags["dr_failover"].tasks), "no failover step retries"
 
 
 def test_full_backup_schedule_is_the_policys() -> None:
