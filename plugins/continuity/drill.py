@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Literal
 
 import psycopg
+from pydantic import BaseModel, ConfigDict
 
 from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
 from continuity.policy import Policy
-from continuity.reports import function_rto_objectives, objective, verdict
+from continuity.reports import Objective, function_rto_objectives, objective
 from continuity.restore import amcheck, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -36,8 +37,33 @@ def commit_marker(app_conninfo: str, drill_id: str) -> datetime:
 REPORT_PREFIX = "reports/drill/"
 
 
+class DrillResult(BaseModel):
+    """A drill's report (JSON in storage, XCom): what was rebuilt, measured and checked. A drill whose
+    rebuild failed has `error` and no measurements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["drill"] = "drill"
+    drill_id: str
+    started_at: str
+    success: bool
+    failed_checks: list[str]
+    error: str | None = None
+    location: str | None = None
+    base_backup: str | None = None
+    marker_committed_at: str | None = None
+    marker_recovered: bool | None = None
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    phases: dict[str, float] = {}
+    objectives: list[Objective] = []
+    validated_against: str | None = None
+    checks_passed: int = 0
+    amcheck: str | None = None
+
+
 def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
-              database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-") -> dict[str, Any]:
+              database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-") -> DrillResult:
     location = next(loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region)
     with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
         base = restore_physical(catalog=catalog, location=location, scratch=scratch, report=report)
@@ -73,43 +99,42 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         objectives.append(objective(f"RPO {name}", measured_seconds=measured, target=category.rpo.target,
                                     maximum=category.rpo.maximum, source=source))
     failed = [c for c in checks if not c.success]
-    return {
-        "kind": "drill", "drill_id": drill_id, "started_at": started_at.isoformat(), "location": location,
-        "base_backup": base.backup_id, "marker_committed_at": marker_committed_at.isoformat(),
-        "marker_recovered": bool(row), "rto_seconds": round(rto, 3), "rpo_seconds": round(rpo, 3),
-        "phases": {k: round(v, 3) for k, v in timings.items()},
-        "objectives": objectives, "validated_against": logical.backup_id if logical else None,
-        "checks_passed": len(checks) - len(failed), "amcheck": amcheck_detail,
-        "failed_checks": [f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail]),
-        "success": not failed and bool(checks) and amcheck_ok,
-    }
+    return DrillResult(
+        drill_id=drill_id, started_at=started_at.isoformat(), location=location, base_backup=base.backup_id,
+        marker_committed_at=marker_committed_at.isoformat(), marker_recovered=bool(row),
+        rto_seconds=round(rto, 3), rpo_seconds=round(rpo, 3), phases={k: round(v, 3) for k, v in timings.items()},
+        objectives=objectives, validated_against=logical.backup_id if logical else None,
+        checks_passed=len(checks) - len(failed), amcheck=amcheck_detail,
+        failed_checks=[f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail]),
+        success=not failed and bool(checks) and amcheck_ok,
+    )
 
 
-def failure_result(*, drill_id: str, started_at: datetime, error: str) -> dict[str, Any]:
+def failure_result(*, drill_id: str, started_at: datetime, error: str) -> DrillResult:
     """The report of a drill whose rebuild itself failed: the measured RTO is 'never'."""
-    return {"kind": "drill", "drill_id": drill_id, "started_at": started_at.isoformat(), "success": False,
-            "error": error, "failed_checks": [error]}
+    return DrillResult(drill_id=drill_id, started_at=started_at.isoformat(), success=False, error=error,
+                       failed_checks=[error])
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    title = f"# DR drill {result['drill_id']} ({result['started_at']}): {'PASS' if result['success'] else 'FAIL'}"
-    if "error" in result:
-        return f"{title}\n\nThe rebuild failed, so the database could not be recovered from the DR region:\n\n> {result['error']}\n"
+def render_markdown(result: DrillResult) -> str:
+    title = f"# DR drill {result.drill_id} ({result.started_at}): {'PASS' if result.success else 'FAIL'}"
+    if result.error is not None:
+        return f"{title}\n\nThe rebuild failed, so the database could not be recovered from the DR region:\n\n> {result.error}\n"
     lines = [
         title, "",
-        f"- rebuilt from location {result['location']}: base backup `{result['base_backup']}` + WAL",
-        f"- RTO {result['rto_seconds']} s: " + ", ".join(f"{k} {v} s" for k, v in result["phases"].items()),
-        f"- RPO {result['rpo_seconds']} s: drill marker committed {result['marker_committed_at']} "
-        f"{'recovered' if result['marker_recovered'] else 'LOST'}",
-        f"- validated against `{result['validated_against']}`: {result['checks_passed']} checks passed; {result['amcheck']}",
+        f"- rebuilt from location {result.location}: base backup `{result.base_backup}` + WAL",
+        f"- RTO {result.rto_seconds} s: " + ", ".join(f"{k} {v} s" for k, v in result.phases.items()),
+        f"- RPO {result.rpo_seconds} s: drill marker committed {result.marker_committed_at} "
+        f"{'recovered' if result.marker_recovered else 'LOST'}",
+        f"- validated against `{result.validated_against}`: {result.checks_passed} checks passed; {result.amcheck}",
     ]
-    for failed in result["failed_checks"]:
+    for failed in result.failed_checks:
         lines.append(f"- **failed**: {failed}")
     lines += ["", "| objective | measured | target | maximum | verdict | measured from |", "|---|---|---|---|---|---|"]
-    for o in result["objectives"]:
-        measured = "—" if o.get("measured_seconds") is None else f"{o['measured_seconds']} s"
-        source = o.get("source") or "nothing measures it yet"
-        if o.get("not_measured"):
-            source += f" (not measured: {', '.join(o['not_measured'])})"
-        lines.append(f"| {o['objective']} | {measured} | {o['target']} | {o['maximum']} | {verdict(o)} | {source} |")
+    for o in result.objectives:
+        measured = "—" if o.measured_seconds is None else f"{o.measured_seconds} s"
+        source = o.source or "nothing measures it yet"
+        if o.not_measured:
+            source += f" (not measured: {', '.join(o.not_measured)})"
+        lines.append(f"| {o.objective} | {measured} | {o.target} | {o.maximum} | {o.verdict} | {source} |")
     return "\n".join(lines) + "\n"

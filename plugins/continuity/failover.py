@@ -64,6 +64,39 @@ class FailoverParams(BaseModel):
         return parse_size(value)
 
 
+class PreflightCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    check: str
+    ok: bool
+    detail: str
+
+
+class FailoverPlan(BaseModel):
+    """What preflight decided, the contract every later step (and the audit) reads: XCom carries
+    `model_dump(mode="json")`, steps take `FailoverPlan.model_validate(...)`, a missing field fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: FailoverParams
+    old_primary: str
+    target: str
+    checks: list[PreflightCheck]
+    checked_at: str
+    action: Literal["switchover", "failover", "none"]
+    dry_run: bool = False
+    forced: bool = False
+    lag_bytes: int = 0
+    reference_lsn_int: int = 0
+    target_received_lsn_int: int = 0
+    primary_alive: bool = False
+    old_timeline: int | None = None
+    other_standbys: list[str] = []
+    plan: list[str] = []  # the steps to come, one sentence each
+    topology: dict[str, Any] | None = None  # the recorded topology, when this run already completed
+    triggered_by: str | None = None
+
+
 def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
     """Check the trigger form before anything else runs; each failure names the param."""
     values = {k: v for k, v in raw.items() if k in FailoverParams.model_fields}
@@ -127,7 +160,7 @@ def current_timeline(node: PostgresNode) -> int:
 
 # -- 1. preflight ------------------------------------------------------------------------------
 def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str = "",
-              recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+              recorded: dict[str, Any] | None = None) -> FailoverPlan:
     """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check.
 
     A rerun of a run that already completed (the recorded topology names this run) is a no-op."""
@@ -143,8 +176,7 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id:
     target = params.target
     report(f"{params.mode} to {target} requested: {params.reason!r}"
            + (f" (incident {params.incident_id})" if params.incident_id else "") + (" — DRY RUN" if params.dry_run else ""))
-    base = {"params": params.model_dump(), "old_primary": primary, "target": target, "checks": checks,
-            "checked_at": now_iso()}
+    base = {"params": params, "old_primary": primary, "target": target, "checks": checks, "checked_at": now_iso()}
     if target == primary:
         state = cluster.probe(target)
         writable = bool(state.get("reachable") and not state.get("in_recovery"))
@@ -153,7 +185,7 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id:
                        f"{recorded['changed_by_run']}" if recorded else ", as the policy says") + ")")
         if recorded and recorded.get("changed_by_run") == run_id and recorded.get("primary") == target:
             report(f"this run already completed: {topology}; nothing will be done")
-            return {**base, "action": "none", "topology": recorded}
+            return FailoverPlan(**base, action="none", topology=recorded)
         check("target is not the primary", False, f"{topology}; nothing to switch over to")
 
     writable = cluster.writable_nodes()
@@ -213,31 +245,31 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id:
           + ("; over the limit, accepted because force=true (recorded in the audit)" if forced else "")
           + ("" if within or forced else "; in failover mode force=true accepts it"))
     others = [n for n in cluster.nodes if n not in (primary, target)]
-    return {**base, "action": params.mode, "dry_run": params.dry_run, "forced": forced, "lag_bytes": lag,
-            "reference_lsn_int": reference, "target_received_lsn_int": target_received, "primary_alive": primary_alive,
-            "old_timeline": target_tli, "other_standbys": others,
-            "plan": [f"pause {cluster.router.describe()}",
+    return FailoverPlan(**base, action=params.mode, dry_run=params.dry_run, forced=forced, lag_bytes=lag,
+            reference_lsn_int=reference, target_received_lsn_int=target_received, primary_alive=primary_alive,
+            old_timeline=target_tli, other_standbys=others,
+            plan=[f"pause {cluster.router.describe()}",
                      f"{'stop' if primary_alive else 'fence'} {primary}",
                      f"wait for {target} to {'replay the final LSN' if params.mode == 'switchover' else 'stop receiving'}",
                      f"promote {target}", f"repoint the application to {target}",
                      *[f"make {n} follow {target}" for n in others], f"rejoin {primary} with pg_rewind",
-                     "validate a write, replication and archiving", "record the topology and the audit"]}
+                     "validate a write, replication and archiving", "record the topology and the audit"])
 
 
 # -- 2. fence ----------------------------------------------------------------------------------
-def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float | None = None) -> dict[str, Any]:
+def fence(cluster: Cluster, plan: FailoverPlan, *, pause_timeout: float | None = None) -> dict[str, Any]:
     report = cluster.report
     if pause_timeout is None:
         pause_timeout = cluster.policy.failover.pause_timeout.total_seconds()
-    old, mode = plan["old_primary"], plan["action"]
+    old, mode = plan.old_primary, plan.action
     record: dict[str, Any] = {"started_at": now_iso()}
-    target_state = cluster.probe(plan["target"])
+    target_state = cluster.probe(plan.target)
     if target_state.get("reachable") and not target_state.get("in_recovery"):
         # A cleared and re-run task: the cluster, not the stale plan, says what is left to do.
-        report(f"{plan['target']} already accepts writes: an earlier attempt got past this step; nothing to fence")
+        report(f"{plan.target} already accepts writes: an earlier attempt got past this step; nothing to fence")
         return {**record, "already_done": True, "finished_at": now_iso(),
-                "last_known_primary_lsn_int": plan.get("reference_lsn_int", 0)}
-    last_known = plan.get("reference_lsn_int", 0)
+                "last_known_primary_lsn_int": plan.reference_lsn_int}
+    last_known = plan.reference_lsn_int
     if mode == "switchover":
         cluster.router.pause(timeout=pause_timeout)
         record["paused_at"] = now_iso()
@@ -283,11 +315,11 @@ def fence(cluster: Cluster, plan: dict[str, Any], *, pause_timeout: float | None
             record["old_primary_fenced"] = False
             still = cluster.probe(old)
             if still["reachable"] and not still.get("in_recovery", True):
-                forced = bool(plan.get("params", {}).get("force"))
+                forced = plan.params.force
                 if not forced:
                     cluster.router.resume()
                     raise FailoverError(
-                        f"refusing to promote {plan['target']}: {old} still accepts writes and could not be stopped "
+                        f"refusing to promote {plan.target}: {old} still accepts writes and could not be stopped "
                         f"or fenced ({exc}); promoting now would make two writable primaries. Stop {old} by hand, "
                         f"or trigger again with force=true (recorded in the audit). {old} is still the only "
                         f"primary") from exc
@@ -352,13 +384,13 @@ def repoint(cluster: Cluster, target: str) -> dict[str, Any]:
 
 
 # -- 6. rejoin ---------------------------------------------------------------------------------
-def rejoin(cluster: Cluster, plan: dict[str, Any], *, stream_timeout: float = 60) -> dict[str, Any]:
+def rejoin(cluster: Cluster, plan: FailoverPlan, *, stream_timeout: float = 60) -> dict[str, Any]:
     report = cluster.report
-    target, old = plan["target"], plan["old_primary"]
+    target, old = plan.target, plan.old_primary
     standbys = [n for n in cluster.nodes if n != target]
     cluster.control.ensure_slots(target, standbys)
     result: dict[str, Any] = {"following": [], "needs_rebuild": []}
-    for name in plan["other_standbys"]:
+    for name in plan.other_standbys:
         try:
             cluster.control.follow(name, target)
             result["following"].append(name)
@@ -404,10 +436,10 @@ def wait_streaming(cluster: Cluster, primary: str, expected: list[str], *, timeo
 
 
 # -- 7. validate -------------------------------------------------------------------------------
-def validate(cluster: Cluster, plan: dict[str, Any], *, run_id: str, following: list[str] | None = None,
+def validate(cluster: Cluster, plan: FailoverPlan, *, run_id: str, following: list[str] | None = None,
              timeout: float = 60) -> dict[str, Any]:
     report = cluster.report
-    target = plan["target"]
+    target = plan.target
     endpoint = cluster.endpoints[target]
     problems: list[str] = []
     try:
@@ -450,20 +482,20 @@ def validate(cluster: Cluster, plan: dict[str, Any], *, run_id: str, following: 
 
 
 # -- rollback ----------------------------------------------------------------------------------
-def rollback(cluster: Cluster, plan: dict[str, Any], *, fenced: bool, promoted: bool,
+def rollback(cluster: Cluster, plan: FailoverPlan, *, fenced: bool, promoted: bool,
              repointed: bool = False, failed_step: str | None = None) -> dict[str, Any]:
     """After a failed step: before the repoint, a switchover puts the old primary back and a failover
     leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
     report = cluster.report
-    old, target = plan["old_primary"], plan["target"]
+    old, target = plan.old_primary, plan.target
     if repointed and promoted:
         return _fail_forward(cluster, plan, failed_step=failed_step)
-    if plan.get("action") not in ("switchover", "failover") or not fenced:
+    if plan.action not in ("switchover", "failover") or not fenced:
         writable = cluster.writable_nodes()
         cluster.router.resume()
         return {"rolled_back": False, "writable": writable,
                 "message": f"nothing had changed; writable primary: {', '.join(writable) or 'none'}"}
-    if plan["action"] == "switchover":
+    if plan.action == "switchover":
         if promoted and cluster.control.is_running(target):
             cluster.control.stop(target, mode="fast")
             cluster.control.fence(target)
@@ -502,9 +534,9 @@ def rollback(cluster: Cluster, plan: dict[str, Any], *, fenced: bool, promoted: 
     return {"rolled_back": False, "writable": writable, "message": message}
 
 
-def _fail_forward(cluster: Cluster, plan: dict[str, Any], *, failed_step: str | None) -> dict[str, Any]:
+def _fail_forward(cluster: Cluster, plan: FailoverPlan, *, failed_step: str | None) -> dict[str, Any]:
     """Keep the new primary: rolling back would throw away what clients committed on it since the repoint."""
-    old, target = plan["old_primary"], plan["target"]
+    old, target = plan.old_primary, plan.target
     writable = cluster.writable_nodes()
     for name in writable:
         if name != target:
@@ -527,23 +559,23 @@ def _fail_forward(cluster: Cluster, plan: dict[str, Any], *, failed_step: str | 
 
 
 # -- audit and topology ------------------------------------------------------------------------
-def topology_record(*, plan: dict[str, Any], promotion: dict[str, Any], rejoin_result: dict[str, Any] | None,
+def topology_record(*, plan: FailoverPlan, promotion: dict[str, Any], rejoin_result: dict[str, Any] | None,
                     run_id: str) -> dict[str, Any]:
-    return {"primary": plan["target"], "timeline": promotion["timeline"], "previous_primary": plan["old_primary"],
+    return {"primary": plan.target, "timeline": promotion["timeline"], "previous_primary": plan.old_primary,
             "changed_at": promotion["promoted_at"], "changed_by_run": run_id,
-            "needs_rebuild": (rejoin_result or {}).get("needs_rebuild", [plan["old_primary"]])}
+            "needs_rebuild": (rejoin_result or {}).get("needs_rebuild", [plan.old_primary])}
 
 
 # -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
-def wait_caught_up(cluster: Cluster, plan: dict[str, Any], fenced: dict[str, Any], *, timeout: float = 60,
+def wait_caught_up(cluster: Cluster, plan: FailoverPlan, fenced: dict[str, Any], *, timeout: float = 60,
                    settle_seconds: float = 2.0, interval: float = 0.2) -> dict[str, Any]:
     """What the catch_up sensor does, as a loop: replay to the final LSN (switchover), or until the
     received WAL stops advancing (failover), with the data loss estimate."""
-    target = plan["target"]
+    target = plan.target
     deadline = time.monotonic() + timeout
     last: tuple[int, float] | None = None
     while time.monotonic() < deadline:
-        if plan["action"] == "switchover":
+        if plan.action == "switchover":
             done, replay = replayed_to(cluster, target, fenced["final_lsn"])
             if done:
                 cluster.report(f"{target} replayed to {replay}, past the final LSN {fenced['final_lsn']}")
@@ -564,9 +596,9 @@ def wait_caught_up(cluster: Cluster, plan: dict[str, Any], fenced: dict[str, Any
 def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str,
             recorded: dict[str, Any] | None = None, catch_up_timeout: float | None = None) -> dict[str, Any]:
     """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit)."""
-    records: dict[str, Any] = {"preflight": preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)}
-    plan = records["preflight"]
-    if plan["action"] == "none" or plan.get("dry_run"):
+    plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)
+    records: dict[str, Any] = {"preflight": plan.model_dump(mode="json")}
+    if plan.action == "none" or plan.dry_run:
         return records
     step = "fence"
     try:
@@ -575,9 +607,9 @@ def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: s
         timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
         records["catch_up"] = wait_caught_up(cluster, plan, records["fence"], timeout=timeout)
         step = "promote"
-        records["promote"] = promote(cluster, plan["target"], previous_timeline=plan.get("old_timeline"))
+        records["promote"] = promote(cluster, plan.target, previous_timeline=plan.old_timeline)
         step = "repoint"
-        records["repoint"] = repoint(cluster, plan["target"])
+        records["repoint"] = repoint(cluster, plan.target)
         step = "rejoin"
         records["rejoin"] = rejoin(cluster, plan)
         step = "validate"
@@ -585,7 +617,7 @@ def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: s
     except Exception as exc:
         records["rollback"] = rollback(cluster, plan, fenced="fence" in records, promoted="promote" in records,
                                        repointed="repoint" in records, failed_step=step)
-        raise FailoverError(f"{plan['action']} to {plan['target']} failed: {exc}; {records['rollback']['message']}") from exc
+        raise FailoverError(f"{plan.action} to {plan.target} failed: {exc}; {records['rollback']['message']}") from exc
     records["unavailability_seconds"] = round(records["repoint"]["resumed_epoch"] - records["fence"]["paused_epoch"], 3) \
         if "paused_epoch" in records["fence"] else None
     records["topology"] = topology_record(plan=plan, promotion=records["promote"], rejoin_result=records["rejoin"],

@@ -2,70 +2,83 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from continuity.policy import Policy, format_duration
 from continuity.storage import StorageLocation
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 
 NOT_MEASURED = "not measured"
 
 
-def verdict(objective: dict[str, Any]) -> str:
+class Objective(BaseModel):
+    """One line of a report: what was measured, from where, against which target; or `not measured`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: str
+    function: str | None = None
+    measured_seconds: float | None
+    target: str
+    maximum: str
+    within_target: bool | None
+    within_maximum: bool | None
+    source: str | None
+    not_measured: list[str] = []
+    verdict: str
+
+
+def verdict(within_target: bool | None, within_maximum: bool | None) -> str:
     """'pass' within the target, 'within maximum' past it but inside the tolerated maximum, 'FAIL'
     past both; 'not measured' when nothing measured it (never a pass)."""
-    if objective.get("within_target") is None:
+    if within_target is None:
         return NOT_MEASURED
-    if objective["within_target"]:
+    if within_target:
         return "pass"
-    return "within maximum" if objective["within_maximum"] else "FAIL"
+    return "within maximum" if within_maximum else "FAIL"
 
 
 def objective(name: str, *, measured_seconds: float | None, target: timedelta, maximum: timedelta,
-              source: str | None, not_measured: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """One line of a report: what was measured, from where, against which target; or `not measured`."""
+              source: str | None, not_measured: list[str] | None = None, function: str | None = None) -> Objective:
     measured = measured_seconds is not None and source is not None
-    return {
-        "objective": name, **extra,
-        "measured_seconds": round(measured_seconds, 3) if measured else None,
-        "target": format_duration(target), "maximum": format_duration(maximum),
-        "within_target": measured_seconds <= target.total_seconds() if measured else None,
-        "within_maximum": measured_seconds <= maximum.total_seconds() if measured else None,
-        "source": source if measured else None,
-        "not_measured": list(not_measured or []),
-        "verdict": verdict({"within_target": measured_seconds <= target.total_seconds(),
-                            "within_maximum": measured_seconds <= maximum.total_seconds()}) if measured else NOT_MEASURED,
-    }
+    within_target = measured_seconds <= target.total_seconds() if measured else None
+    within_maximum = measured_seconds <= maximum.total_seconds() if measured else None
+    return Objective(objective=name, function=function,
+                     measured_seconds=round(measured_seconds, 3) if measured else None,
+                     target=format_duration(target), maximum=format_duration(maximum),
+                     within_target=within_target, within_maximum=within_maximum,
+                     source=source if measured else None, not_measured=list(not_measured or []),
+                     verdict=verdict(within_target, within_maximum))
 
 
-def function_rto_objectives(policy: Policy, *, measured_seconds: float | None, source: str,
-                            **extra: Any) -> list[dict[str, Any]]:
+def function_rto_objectives(policy: Policy, *, measured_seconds: float | None, source: str) -> list[Objective]:
     """Every business function of the policy: the database's measured recovery for those that depend on
     it (naming the dependencies it does not cover), `not measured` for the rest."""
     on_database = policy.functions_on_the_database()
-    lines = []
-    for name, function in sorted(policy.business_functions.items()):
-        lines.append(objective(f"RTO {name}", function=name, measured_seconds=measured_seconds if name in on_database
-                               else None, target=function.rto.target, maximum=function.rto.maximum,
-                               source=source if name in on_database else None,
-                               not_measured=policy.unmeasured_dependencies(name), **extra))
-    return lines
+    return [objective(f"RTO {name}", function=name, measured_seconds=measured_seconds if name in on_database else None,
+                      target=function.rto.target, maximum=function.rto.maximum,
+                      source=source if name in on_database else None,
+                      not_measured=policy.unmeasured_dependencies(name))
+            for name, function in sorted(policy.business_functions.items())]
 
 
-def failing_objectives(objectives: list[dict[str, Any]]) -> list[str]:
+def failing_objectives(objectives: list[Objective]) -> list[str]:
     """Measured objectives past their maximum (a `not measured` line never fails and never passes)."""
-    return [o["objective"] for o in objectives if o["within_maximum"] is False]
+    return [o.objective for o in objectives if o.within_maximum is False]
 
 
-def store_report(result: dict[str, Any], locations: list[StorageLocation], *, name: str, prefix: str,
-                 render: Callable[[dict[str, Any]], str]) -> list[str]:
+def store_report(result: ResultT, locations: list[StorageLocation], *, name: str, prefix: str,
+                 render: Callable[[ResultT], str]) -> list[str]:
     """Write the JSON report and its Markdown rendering to every location; returns where the JSON went."""
     keys = []
     for location in locations:
-        location.put_bytes(f"{prefix}{name}.json", json.dumps(result, indent=2).encode())
+        location.put_bytes(f"{prefix}{name}.json", result.model_dump_json(indent=2).encode())
         location.put_bytes(f"{prefix}{name}.md", render(result).encode())
         keys.append(location.describe(f"{prefix}{name}.json"))
     return keys

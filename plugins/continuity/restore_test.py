@@ -11,17 +11,57 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from continuity.archive import IntegrityError
 from continuity.catalog import Catalog
 from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
 from continuity.policy import Policy
-from continuity.reports import failing_objectives, function_rto_objectives, verdict
+from continuity.reports import Objective, failing_objectives, function_rto_objectives
 from continuity.restore import RESTORE_ROLE, RestoreError, amcheck, restore_logical, sample_tables, scratch_cluster
 
 REPORT_PREFIX = "reports/restore-test/"
+
+
+class CheckRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    table: str
+    expectation: str
+    success: bool
+    observed: Any = None
+    description: str = ""
+
+
+class RestoreTestResult(BaseModel):
+    """A restore test's report (JSON in storage; XCom carries a summary). A test that could not restore
+    at all has `error` and no measurements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["restore-test"] = "restore-test"
+    tested_at: str
+    success: bool
+    failed_checks: list[str]
+    error: str | None = None
+    run: str | None = None
+    backup_id: str | None = None
+    backup_finished_at: str | None = None
+    chosen_location: str | None = None
+    restored_from: str | None = None
+    corrupt_copies: list[str] = []
+    tables: list[str] = []
+    sample_rows: int = 0
+    total_rows: int = 0
+    restore_seconds: float | None = None
+    rows_per_second: int | None = None
+    extrapolated_full_restore_seconds: float | None = None
+    objectives: list[Objective] = []
+    checks: list[CheckRecord] = []
+    amcheck: str | None = None
 
 
 def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, days: int = 7) -> Manifest:
@@ -32,7 +72,7 @@ def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, da
 
 
 def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, report: Callable[[str], None],
-                            now: datetime | None = None, scratch_prefix: str = "continuity-scratch-") -> dict[str, Any]:
+                            now: datetime | None = None, scratch_prefix: str = "continuity-scratch-") -> RestoreTestResult:
     now = now or datetime.now(timezone.utc)
     dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
     if not dr_locations:
@@ -77,51 +117,47 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         source=f"restore of {sample_rows:,} sampled rows in {restore_seconds:.3f} s, extrapolated to all "
                f"{total_rows:,} rows of backup {manifest.backup_id}")
     failed = [c for c in checks if not c.success]
-    return {
-        "kind": "restore-test", "tested_at": now.isoformat(), "backup_id": manifest.backup_id,
-        "backup_finished_at": manifest.finished_at.isoformat(), "chosen_location": chosen_location,
-        "restored_from": used, "corrupt_copies": corrupt, "tables": tables,
-        "sample_rows": sample_rows, "total_rows": total_rows,
-        "restore_seconds": round(restore_seconds, 3),
-        "rows_per_second": round(sample_rows / max(restore_seconds, 1e-9)),
-        "extrapolated_full_restore_seconds": round(extrapolated, 3),
-        "objectives": objectives,
-        "checks": [{"table": c.table, "expectation": c.expectation, "success": c.success,
-                    "observed": c.observed, "description": c.description} for c in checks],
-        "amcheck": amcheck_detail,
-        "success": not failed and amcheck_ok and not failing_objectives(objectives),
-        "failed_checks": [f"{c.table}: {c.description} (observed {c.observed})" for c in failed]
+    return RestoreTestResult(
+        tested_at=now.isoformat(), backup_id=manifest.backup_id, backup_finished_at=manifest.finished_at.isoformat(),
+        chosen_location=chosen_location, restored_from=used, corrupt_copies=corrupt, tables=tables,
+        sample_rows=sample_rows, total_rows=total_rows, restore_seconds=round(restore_seconds, 3),
+        rows_per_second=round(sample_rows / max(restore_seconds, 1e-9)),
+        extrapolated_full_restore_seconds=round(extrapolated, 3), objectives=objectives,
+        checks=[CheckRecord(table=c.table, expectation=c.expectation, success=c.success, observed=c.observed,
+                            description=c.description) for c in checks],
+        amcheck=amcheck_detail,
+        success=not failed and amcheck_ok and not failing_objectives(objectives),
+        failed_checks=[f"{c.table}: {c.description} (observed {c.observed})" for c in failed]
         + ([] if amcheck_ok else [amcheck_detail]),
-    }
+    )
 
 
-def failure_result(*, error: str, seed: str, now: datetime | None = None) -> dict[str, Any]:
+def failure_result(*, error: str, seed: str, now: datetime | None = None) -> RestoreTestResult:
     """The report of a restore test that could not restore at all (no backup, no good copy, a tool failed)."""
-    return {"kind": "restore-test", "tested_at": (now or datetime.now(timezone.utc)).isoformat(), "run": seed,
-            "success": False, "error": error, "failed_checks": [error]}
+    return RestoreTestResult(tested_at=(now or datetime.now(timezone.utc)).isoformat(), run=seed, success=False,
+                             error=error, failed_checks=[error])
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    if "error" in result:
-        return (f"# Restore test {result['tested_at']}: FAIL\n\nThe restore itself failed, nothing was validated:\n\n"
-                f"> {result['error']}\n")
+def render_markdown(result: RestoreTestResult) -> str:
+    if result.error is not None:
+        return (f"# Restore test {result.tested_at}: FAIL\n\nThe restore itself failed, nothing was validated:\n\n"
+                f"> {result.error}\n")
     lines = [
-        f"# Restore test {result['tested_at']}: {'PASS' if result['success'] else 'FAIL'}",
+        f"# Restore test {result.tested_at}: {'PASS' if result.success else 'FAIL'}",
         "",
-        f"- backup: `{result['backup_id']}` (finished {result['backup_finished_at']})",
-        f"- chosen location: {result['chosen_location']}; restored from: {result['restored_from']}",
-        f"- sample: {', '.join(result['tables'])} ({result['sample_rows']:,} of {result['total_rows']:,} rows)",
-        f"- restore time: {result['restore_seconds']} s ({result['rows_per_second']:,} rows/s); "
-        f"full restore extrapolated: {result['extrapolated_full_restore_seconds']} s",
-        f"- {result['amcheck']}",
+        f"- backup: `{result.backup_id}` (finished {result.backup_finished_at})",
+        f"- chosen location: {result.chosen_location}; restored from: {result.restored_from}",
+        f"- sample: {', '.join(result.tables)} ({result.sample_rows:,} of {result.total_rows:,} rows)",
+        f"- restore time: {result.restore_seconds} s ({result.rows_per_second:,} rows/s); "
+        f"full restore extrapolated: {result.extrapolated_full_restore_seconds} s",
+        f"- {result.amcheck}",
     ]
-    for corrupt in result["corrupt_copies"]:
+    for corrupt in result.corrupt_copies:
         lines.append(f"- **corrupt copy**: {corrupt}")
     lines += ["", "| business function | RTO target | RTO maximum | verdict | not measured |", "|---|---|---|---|---|"]
-    for o in result["objectives"]:
-        lines.append(f"| {o['function']} | {o['target']} | {o['maximum']} | {verdict(o)} | "
-                     f"{', '.join(o['not_measured']) or '—'} |")
+    for o in result.objectives:
+        lines.append(f"| {o.function} | {o.target} | {o.maximum} | {o.verdict} | {', '.join(o.not_measured) or '—'} |")
     lines += ["", "| table | check | result | observed |", "|---|---|---|---|"]
-    for c in result["checks"]:
-        lines.append(f"| {c['table']} | {c['description'] or c['expectation']} | {'pass' if c['success'] else 'FAIL'} | {c['observed']} |")
+    for c in result.checks:
+        lines.append(f"| {c.table} | {c.description or c.expectation} | {'pass' if c.success else 'FAIL'} | {c.observed} |")
     return "\n".join(lines) + "\n"

@@ -45,8 +45,9 @@ def test_preflight_refuses_a_recorded_primary_that_is_not_the_writable_one() -> 
 def test_a_healthy_switchover_plan_names_every_step() -> None:
     cluster, _, _ = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary")
-    assert plan["action"] == "switchover" and plan["lag_bytes"] == 0
-    assert [c["check"] for c in plan["checks"]][:2] == ["at most one writable node", "topology matches the cluster"]
+    assert plan.action == "switchover" and plan.lag_bytes == 0
+    assert [c.check for c in plan.checks][:2] == ["at most one writable node", "topology matches the cluster"]
+    assert failover.FailoverPlan.model_validate(plan.model_dump(mode="json")) == plan, "the XCom contract round-trips"
 
 
 def test_failover_refuses_to_promote_while_the_old_primary_writes_and_cannot_be_fenced() -> None:
@@ -56,7 +57,7 @@ def test_failover_refuses_to_promote_while_the_old_primary_writes_and_cannot_be_
     with pytest.raises(failover.FailoverError, match="refusing to promote dr: primary still accepts writes"):
         failover.fence(cluster, plan)
     assert router.paused is False, "the entry point is resumed: the primary keeps serving"
-    forced = {**plan, "params": {**plan["params"], "force": True}}
+    forced = plan.model_copy(update={"params": plan.params.model_copy(update={"force": True})})
     record = failover.fence(cluster, forced)
     assert record["forced_with_writable_old_primary"] is True and record["old_primary_fenced"] is False
 

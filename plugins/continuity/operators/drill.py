@@ -16,7 +16,7 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.loadgen import CommitRecorder
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.restore import RestoreError, scratch_prefix
-from continuity.reports import store_report, verdict
+from continuity.reports import store_report
 from continuity.hooks.topology import write_topology
 from continuity.storage import key_safe
 
@@ -71,17 +71,17 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
             raise AirflowFailException(f"drill failed: {exc}") from exc
         for key in store_report(result, required, name=start["drill_id"], prefix=REPORT_PREFIX, render=render_markdown):
             self.log.info("report written to %s (+ .md)", key)
-        self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result["rto_seconds"], result["phases"],
-                      result["rpo_seconds"], "recovered" if result["marker_recovered"] else "LOST")
-        for objective in result["objectives"]:
-            if objective["measured_seconds"] is None:
-                self.log.info("%s: not measured (target %s)", objective["objective"], objective["target"])
+        self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result.rto_seconds, result.phases,
+                      result.rpo_seconds, "recovered" if result.marker_recovered else "LOST")
+        for objective in result.objectives:
+            if objective.measured_seconds is None:
+                self.log.info("%s: not measured (target %s)", objective.objective, objective.target)
             else:
-                self.log.info("%s: %.1f s against target %s: %s (from: %s)", objective["objective"],
-                              objective["measured_seconds"], objective["target"], verdict(objective), objective["source"])
-        if not result["success"]:
-            raise AirflowFailException("drill validation failed: " + "; ".join(result["failed_checks"] or ["no checks ran"]))
-        return result
+                self.log.info("%s: %.1f s against target %s: %s (from: %s)", objective.objective,
+                              objective.measured_seconds, objective.target, objective.verdict, objective.source)
+        if not result.success:
+            raise AirflowFailException("drill validation failed: " + "; ".join(result.failed_checks or ["no checks ran"]))
+        return result.model_dump(mode="json")
 
 
 class LiveSwitchoverOperator(ContinuityBackupOperator):

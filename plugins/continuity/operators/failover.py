@@ -24,17 +24,17 @@ from continuity.storage import key_safe
 AUDIT_PREFIX = "audit/failover/"
 
 
-def _plan(context: Context) -> dict[str, Any]:
+def _plan(context: Context) -> steps.FailoverPlan:
     plan = context["ti"].xcom_pull(task_ids="preflight")
     if not plan:
         raise AirflowFailException("no preflight plan in XCom: preflight did not succeed")
-    return plan
+    return steps.FailoverPlan.model_validate(plan)
 
 
-def _skip_unless_acting(plan: dict[str, Any]) -> None:
-    if plan["action"] == "none":
-        raise AirflowSkipException(f"this run already made {plan['target']} the primary: nothing to do")
-    if plan.get("dry_run"):
+def _skip_unless_acting(plan: steps.FailoverPlan) -> None:
+    if plan.action == "none":
+        raise AirflowSkipException(f"this run already made {plan.target} the primary: nothing to do")
+    if plan.dry_run:
         raise AirflowSkipException("dry run: checks passed, nothing changed")
 
 
@@ -88,13 +88,13 @@ class PreflightOperator(FailoverStepOperator):
         except steps.PreflightFailed as exc:
             raise AirflowFailException(str(exc)) from exc
         dag_run = context["dag_run"]
-        plan["triggered_by"] = getattr(dag_run, "triggering_user_name", None)
-        if plan["action"] != "none":
-            for line in plan["plan"]:
+        plan = plan.model_copy(update={"triggered_by": getattr(dag_run, "triggering_user_name", None)})
+        if plan.action != "none":
+            for line in plan.plan:
                 self.log.info("plan: %s", line)
-            if plan["dry_run"]:
+            if plan.dry_run:
                 self.log.info("dry run: every check passed; nothing will be changed")
-        return plan
+        return plan.model_dump(mode="json")
 
 
 class FenceOperator(FailoverStepOperator):
@@ -130,7 +130,7 @@ class CatchUpSensor(BaseSensorOperator):
         try:
             return super().execute(context)
         except Exception as exc:
-            context["ti"].xcom_push(key="failure", value=f"{plan['target']} did not catch up: {exc}")
+            context["ti"].xcom_push(key="failure", value=f"{plan.target} did not catch up: {exc}")
             raise
 
     def poke(self, context: Context) -> Any:
@@ -139,11 +139,11 @@ class CatchUpSensor(BaseSensorOperator):
         plan = _plan(context)
         if self._cluster is None:
             self._cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
-        cluster, target = self._cluster, plan["target"]
+        cluster, target = self._cluster, plan.target
         fenced = context["ti"].xcom_pull(task_ids="fence")
-        if plan["action"] == "switchover":
+        if plan.action == "switchover":
             done, replay = steps.replayed_to(cluster, target, fenced["final_lsn"])
-            self.log.info("%s replayed to %s; final LSN of %s is %s", target, replay, plan["old_primary"],
+            self.log.info("%s replayed to %s; final LSN of %s is %s", target, replay, plan.old_primary,
                           fenced["final_lsn"])
             return PokeReturnValue(is_done=done, xcom_value={"replayed_lsn": replay, "data_loss_bytes": 0,
                                                              **self._timing()})
@@ -173,7 +173,7 @@ class PromoteOperator(FailoverStepOperator):
     def step(self, context: Context) -> dict[str, Any]:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        promotion = steps.promote(self.cluster(), plan["target"], previous_timeline=plan.get("old_timeline"))
+        promotion = steps.promote(self.cluster(), plan.target, previous_timeline=plan.old_timeline)
         topology = steps.topology_record(plan=plan, promotion=promotion, rejoin_result=None, run_id=context["run_id"])
         write_topology(topology)
         self.log.info("topology recorded: %s is the primary on timeline %s (before the repoint, so every DAG "
@@ -187,7 +187,7 @@ class RepointOperator(FailoverStepOperator):
     def step(self, context: Context) -> dict[str, Any]:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        return steps.repoint(self.cluster(), plan["target"])
+        return steps.repoint(self.cluster(), plan.target)
 
 
 class RejoinOperator(FailoverStepOperator):
@@ -214,8 +214,9 @@ class RollbackOperator(FailoverStepOperator):
     writable primary, named."""
 
     def step(self, context: Context) -> dict[str, Any]:
-        plan = context["ti"].xcom_pull(task_ids="preflight")
-        if not plan or plan["action"] == "none" or plan.get("dry_run"):
+        raw = context["ti"].xcom_pull(task_ids="preflight")
+        plan = steps.FailoverPlan.model_validate(raw) if raw else None
+        if plan is None or plan.action == "none" or plan.dry_run:
             raise AirflowSkipException("preflight stopped the run before anything changed: nothing to roll back")
         ti = context["ti"]
         fenced = ti.xcom_pull(task_ids="fence") is not None
@@ -239,12 +240,12 @@ class RecordOperator(FailoverStepOperator):
         records = {name: ti.xcom_pull(task_ids=name) for name in self.STEPS}
         failures = {name: ti.xcom_pull(task_ids=name, key="failure") for name in self.STEPS}
         failures = {k: v for k, v in failures.items() if v}
-        plan = records["preflight"] or {}
+        plan = steps.FailoverPlan.model_validate(records["preflight"]) if records["preflight"] else None
         dag_run = context["dag_run"]
         audit: dict[str, Any] = {
             "kind": "failover-audit", "run_id": context["run_id"],
             "triggered_by": getattr(dag_run, "triggering_user_name", None),
-            "params": dict(context["params"]), "action": plan.get("action"), "steps": records,
+            "params": dict(context["params"]), "action": plan.action if plan else None, "steps": records,
             "failures": failures, "recorded_at": steps.now_iso(),
         }
         fenced, repointed = records["fence"] or {}, records["repoint"] or {}
@@ -263,12 +264,12 @@ class RecordOperator(FailoverStepOperator):
             first = next(name for name in self.STEPS if name in failures)
             audit["outcome"] = f"failed at {first}: {failures[first]}" + (
                 f"; {records['rollback']['message']}" if records["rollback"] else "")
-        elif plan.get("action") == "none":
-            audit["outcome"] = f"no change: this run already made {plan['target']} the primary"
-        elif plan.get("dry_run"):
+        elif plan is not None and plan.action == "none":
+            audit["outcome"] = f"no change: this run already made {plan.target} the primary"
+        elif plan is not None and plan.dry_run:
             audit["outcome"] = "dry run: all checks passed, nothing changed"
         else:
-            audit["outcome"] = f"{plan['action']} to {plan['target']} complete"
+            audit["outcome"] = f"{plan.action} to {plan.target} complete" if plan else "no plan"
         self._store(audit, topology=audit.get("topology"))
         self.log.info("outcome: %s; unavailability %s s; data loss %s bytes", audit["outcome"],
                       audit.get("unavailability_seconds"), audit["data_loss_bytes"])

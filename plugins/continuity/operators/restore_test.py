@@ -8,7 +8,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.reports import store_report, verdict
+from continuity.reports import store_report
 from continuity.restore import RestoreError, scratch_prefix
 from continuity.restore_test import REPORT_PREFIX, failure_result, render_markdown, run_sample_restore_test
 from continuity.storage import key_safe
@@ -36,12 +36,12 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
         for key in store_report(result, required, name=name, prefix=REPORT_PREFIX, render=render_markdown):
             self.log.info("report written to %s", key)
         self.log.info("backup %s restored from %s: %d tables, %s s, full restore extrapolated to %s s",
-                      result["backup_id"], result["restored_from"], len(result["tables"]), result["restore_seconds"],
-                      result["extrapolated_full_restore_seconds"])
-        for objective in result["objectives"]:
-            self.log.info("%s: RTO target %s: %s%s", objective["function"], objective["target"], verdict(objective),
-                          f" (not measured: {', '.join(objective['not_measured'])})" if objective["not_measured"] else "")
-        if not result["success"]:
-            raise AirflowFailException("restore test failed: " + "; ".join(result["failed_checks"] or ["RTO maximum exceeded"]))
-        return {k: result[k] for k in ("backup_id", "restored_from", "corrupt_copies", "tables", "restore_seconds",
-                                       "extrapolated_full_restore_seconds", "success")}
+                      result.backup_id, result.restored_from, len(result.tables), result.restore_seconds,
+                      result.extrapolated_full_restore_seconds)
+        for objective in result.objectives:
+            self.log.info("%s: RTO target %s: %s%s", objective.function, objective.target, objective.verdict,
+                          f" (not measured: {', '.join(objective.not_measured)})" if objective.not_measured else "")
+        if not result.success:
+            raise AirflowFailException("restore test failed: " + "; ".join(result.failed_checks or ["RTO maximum exceeded"]))
+        return result.model_dump(mode="json", include={"backup_id", "restored_from", "corrupt_copies", "tables",
+                                                       "restore_seconds", "extrapolated_full_restore_seconds", "success"})
