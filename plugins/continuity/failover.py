@@ -95,6 +95,10 @@ class FailoverPlan(BaseModel):
     plan: list[str] = []  # the steps to come, one sentence each
     topology: dict[str, Any] | None = None  # the recorded topology, when this run already completed
     triggered_by: str | None = None
+    # the preflight task's own timing, as every step record carries (FailoverStepOperator adds them)
+    seconds: float | None = None
+    step_started_at: str | None = None
+    step_finished_at: str | None = None
 
 
 def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:

@@ -63,9 +63,9 @@ class FailoverStepOperator(BaseOperator):
                 raise AirflowFailException(str(exc)) from exc
             raise
         if isinstance(result, dict):
-            result.setdefault("seconds", round(time.time() - started, 3))
-            result.setdefault("step_started_at", started_at)
-            result.setdefault("step_finished_at", steps.now_iso())
+            timing = {"seconds": round(time.time() - started, 3), "step_started_at": started_at,
+                      "step_finished_at": steps.now_iso()}
+            result.update({k: v for k, v in timing.items() if result.get(k) is None})
         return result
 
     def step(self, context: Context) -> Any:
