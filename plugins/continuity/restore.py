@@ -291,6 +291,28 @@ def restore_into_database(manifest: Manifest, location: StorageLocation, keyring
                      manifest, location, keyring, env={**password, **passfile})
 
 
+def restore_to_directory(*, catalog: Catalog, location: str, target: Path, base: Manifest,
+                         target_time: datetime | None, target_lsn: str | None, port: int | None,
+                         report: Callable[[str], None]) -> LocalCluster:
+    """A base backup + WAL into the new data directory `target`, recovered (to a point when asked) and
+    left running on `port` (default: a free one): the emergency CLI's `--to-cluster`."""
+    if base.kind != "physical":
+        raise RestoreRefused(f"backup {base.backup_id} is {base.kind}; a cluster is restored from a physical backup")
+    user = ServiceUser.detect()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if user.is_other and subprocess.run(user.command(["test", "-w", str(target.parent), "-a", "-x", str(target.parent)]),
+                                        check=False).returncode != 0:
+        raise RestoreRefused(f"the OS user {user.name!r}, which PostgreSQL runs as, cannot write in {target.parent}; "
+                             f"choose a directory it can reach (e.g. under /var/lib/postgresql or /tmp)")
+    work = user.make_dir(target.parent / f".{target.name}.continuity", 0o755)
+    cluster = LocalCluster(name=target.name, data_dir=target, port=port or free_port(),
+                           socket_dir=user.make_dir(work / "run", 0o755), log_file=work / "postgres.log",
+                           user=user, bindir=find_bindir())
+    restore_physical(catalog=catalog, location=location, scratch=ScratchCluster(root=work, cluster=cluster),
+                     base=base, target_time=target_time, target_lsn=target_lsn, report=report)
+    return cluster
+
+
 def tool_error(stderr: str) -> str:
     """The server's ERROR (what was refused, and why) with the tool's last word, from a client tool's stderr."""
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]

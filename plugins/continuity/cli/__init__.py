@@ -1,0 +1,171 @@
+"""The `continuity` command: the sandbox, the policy, backups, restores and keys without Airflow.
+
+Errors are one line on stderr with a `HINT:` where there is one; details go to the debug log
+(`-v`). Exit codes are distinct per failure class so scripts can tell them apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from continuity.archive import ArchiveError
+from continuity.cli.backups import cmd_backups_create, cmd_backups_list, cmd_backups_show, cmd_backups_verify
+from continuity.cli.common import (EXIT_FAILURE, EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_MISSING_KEY, EXIT_OK,
+                                   EXIT_POLICY, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, _fail)
+from continuity.cli.keys import cmd_keys_list, cmd_keys_new, cmd_keys_retire, cmd_keys_rotate
+from continuity.cli.restore import cmd_restore
+from continuity.cli.run import cmd_run
+from continuity.cli.sandbox import (cmd_policy_check, cmd_sandbox_down, cmd_sandbox_env, cmd_sandbox_seed,
+                                    cmd_sandbox_status, cmd_sandbox_up)
+from continuity.keys import KeyringError
+from continuity.kinds import BACKUP_KINDS
+from continuity.localcluster import ClusterError
+from continuity.policy import PolicyError
+from continuity.postgres import NodeUnreachable
+from continuity.storage import StorageError
+
+# Scripts and tests import the exit codes from here.
+__all__ = ["EXIT_FAILURE", "EXIT_INTEGRITY", "EXIT_INTERRUPTED", "EXIT_MISSING_KEY", "EXIT_OK", "EXIT_POLICY",
+           "EXIT_UNREACHABLE", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+
+
+log = logging.getLogger("continuity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="continuity", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (debug level)")
+    parser.add_argument("--policy", help="policy file (default: $CONTINUITY_POLICY or include/policy.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_root(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--root", help="sandbox directory (default: $CONTINUITY_SANDBOX or .sandbox)")
+        return p
+
+    sandbox = sub.add_parser("sandbox", help="the local DR sandbox").add_subparsers(dest="action", required=True)
+    up = with_root(sandbox.add_parser("up", help="start (first time: build) the sandbox"))
+    up.add_argument("--scale", type=float, default=1.0, help="sample data size multiplier (default 1)")
+    up.set_defaults(func=cmd_sandbox_up)
+    down = with_root(sandbox.add_parser("down", help="stop every process `up` started"))
+    down.add_argument("--purge", action="store_true", help="also delete the sandbox's data, key and state")
+    down.set_defaults(func=cmd_sandbox_down)
+    status = with_root(sandbox.add_parser("status", help="roles, ports, replication and lag"))
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_sandbox_status)
+    with_root(sandbox.add_parser("env", help="shell exports for Airflow against the sandbox")).set_defaults(func=cmd_sandbox_env)
+    seed = with_root(sandbox.add_parser("seed", help="fill the empty sample application database"))
+    seed.add_argument("--scale", type=float, default=1.0)
+    seed.add_argument("--seed", type=int, default=42)
+    seed.set_defaults(func=cmd_sandbox_seed)
+
+    policy = sub.add_parser("policy", help="the policy file").add_subparsers(dest="action", required=True)
+    policy.add_parser("check", help="validate the policy file").set_defaults(func=cmd_policy_check)
+
+    def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        with_root(p)
+        p.add_argument("--key-file", help="keyring file (default: $CONTINUITY_KEYRING_FILE, $CONTINUITY_KEYRING, the sandbox's)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    backups = sub.add_parser("backups", help="backups in storage").add_subparsers(dest="action", required=True)
+    create = with_storage(backups.add_parser("create", help="an ad-hoc backup of a file or stdin"))
+    create.add_argument("--kind", default="adhoc", choices=BACKUP_KINDS)
+    create.add_argument("--from", dest="source", required=True, help="FILE, or - for stdin")
+    create.add_argument("--label")
+    create.add_argument("--id", help="backup id (default: KIND-TIMESTAMP-RANDOM)")
+    create.set_defaults(func=cmd_backups_create)
+    listing = with_storage(backups.add_parser("list", help="backups, oldest first"))
+    listing.add_argument("--kind")
+    listing.add_argument("--location")
+    listing.set_defaults(func=cmd_backups_list)
+    show = with_storage(backups.add_parser("show", help="one backup's manifest"))
+    show.add_argument("backup_id")
+    show.add_argument("--location")
+    show.set_defaults(func=cmd_backups_show)
+    verify = with_storage(backups.add_parser("verify", help="check copies (shallow, or --deep: decrypt every chunk)"))
+    verify.add_argument("backup_id")
+    verify.add_argument("--deep", action="store_true")
+    verify.add_argument("--location")
+    verify.set_defaults(func=cmd_backups_verify)
+
+    restore = with_storage(sub.add_parser("restore", help="restore a backup: its bytes, a database, or a cluster"))
+    restore.add_argument("backup_id", nargs="?", help="the backup (physical restores may give --time instead)")
+    target = restore.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", help="PATH (must not exist or be empty), or - for stdout: the backup's bytes")
+    target.add_argument("--to-database", metavar="DSN", help="an empty database: pg_restore a logical backup into it")
+    target.add_argument("--to-cluster", metavar="DIR", help="a new data directory: base backup + WAL, recovered and started")
+    restore.add_argument("--time", help="with --to-cluster: recover to this point in time (ISO 8601, UTC if no zone)")
+    restore.add_argument("--lsn", help="with --to-cluster: recover to this WAL position (e.g. 0/3000060)")
+    restore.add_argument("--port", type=int, help="with --to-cluster: port to start it on (default: a free one)")
+    restore.add_argument("--location", help="read this location first")
+    restore.set_defaults(func=cmd_restore)
+
+    keys = sub.add_parser("keys", help="key-encryption keys").add_subparsers(dest="action", required=True)
+    with_storage(keys.add_parser("list", help="KEKs and how many backups use each")).set_defaults(func=cmd_keys_list)
+    new = with_storage(keys.add_parser("new", help="add a fresh KEK and make it active"))
+    new.add_argument("--id")
+    new.set_defaults(func=cmd_keys_new)
+    rotate = with_storage(keys.add_parser("rotate", help="re-wrap every backup's data key under the active KEK"))
+    rotate.add_argument("--apply", action="store_true", help="do it (default: dry run)")
+    rotate.set_defaults(func=cmd_keys_rotate)
+    retire = with_storage(keys.add_parser("retire", help="remove a KEK no kept backup needs"))
+    retire.add_argument("kek_id")
+    retire.add_argument("--apply", action="store_true")
+    retire.set_defaults(func=cmd_keys_retire)
+
+    run = with_root(sub.add_parser("run", help="sandbox + airflow standalone (what `make run` does)"))
+    run.add_argument("--scale", type=float, default=1.0)
+    run.add_argument("--port", type=int, default=8080)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    parsed = parser.parse_args(args)
+    logging.basicConfig(
+        level=logging.DEBUG if parsed.verbose else logging.INFO,
+        format="%(message)s" if not parsed.verbose else "%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    import psycopg
+
+    from continuity.dumps import DumpFailed
+    from continuity.restore import RestoreError
+    from continuity.sandbox import SandboxError
+
+    try:
+        return parsed.func(parsed)
+    except PolicyError as exc:
+        return _fail(str(exc), "fix the policy file; `continuity policy check` validates it", EXIT_POLICY)
+    except UsageError as exc:
+        return _fail(str(exc), None, EXIT_USAGE)
+    except ArchiveError as exc:
+        return _fail(str(exc), "another location may hold a good copy: `continuity backups verify ID --deep`", EXIT_INTEGRITY)
+    except KeyringError as exc:
+        return _fail(str(exc), "pass the keyring that holds that KEK with --key-file or $CONTINUITY_KEYRING_FILE", EXIT_MISSING_KEY)
+    except StorageError as exc:
+        return _fail(str(exc), "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
+    except (BotoCoreError, ClientError) as exc:
+        return _fail(f"storage request failed: {exc}", "is the storage endpoint reachable and are the credentials right?", EXIT_UNREACHABLE)
+    except psycopg.OperationalError as exc:
+        return _fail(f"database connection failed: {str(exc).strip().splitlines()[0]}",
+                     "is the database running and reachable, and is the password in PGPASSWORD or ~/.pgpass?",
+                     EXIT_UNREACHABLE)
+    except NodeUnreachable as exc:
+        return _fail(str(exc), "is the node running? `continuity sandbox status` shows the sandbox", EXIT_UNREACHABLE)
+    except (SandboxError, ClusterError, RestoreError, DumpFailed) as exc:
+        return _fail(str(exc), None, EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`continuity restore`: a backup's bytes, a logical backup into a database, or a cluster to a point in time.
+
+The restore logic itself lives in `continuity.restore` and `continuity.backup`; this module parses and reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from continuity.cli.common import EXIT_OK, UsageError, _context
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from continuity.backup import restore_copy, restore_to_path
+
+    if args.to_cluster:
+        return _restore_to_cluster(args)
+    if args.backup_id is None:
+        raise UsageError("a backup id is needed (only --to-cluster can choose one from --time or --lsn)")
+    if args.time or args.lsn or args.port:
+        raise UsageError("--time, --lsn and --port go with --to-cluster")
+    ctx = _context(args)
+    manifest, first = ctx.catalog.get(args.backup_id, location=args.location)
+    order = [args.location or first] + [n for n in ctx.locations if n != (args.location or first)]
+    report = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.to_database:
+        return _restore_to_database(ctx, manifest, order[0], args.to_database)
+    if args.to == "-":
+        restore_copy(manifest, ctx.locations[order[0]], ctx.keyring, sys.stdout.buffer, report=report)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = Path(args.to)
+    if target.exists() and (not target.is_file() or target.stat().st_size > 0):
+        raise UsageError(f"--to {target}: exists and is not empty; refusing to overwrite it")
+    name, size = restore_to_path(manifest, [ctx.locations[n] for n in order], ctx.keyring, target, report=report)
+    print(f"restored backup {manifest.backup_id} from location {name}: {size:,} bytes to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _restore_to_database(ctx, manifest, location: str, dsn: str) -> int:
+    from continuity.restore import RestoreRefused, restore_into_database
+
+    try:
+        restore_into_database(manifest, ctx.locations[location], ctx.keyring, dsn)
+    except RestoreRefused as exc:
+        raise UsageError(f"--to-database: {exc}") from None
+    counts = manifest.details.get("row_counts", {})
+    print(f"restored {manifest.backup_id} from location {location}: {len(counts)} tables, "
+          f"{sum(counts.values()):,} rows expected per the manifest", file=sys.stderr)
+    return EXIT_OK
+
+
+def _restore_to_cluster(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from continuity.postgres import InvalidLsn, parse_lsn
+    from continuity.restore import RestoreRefused, choose_base_backup, restore_to_directory
+
+    target = Path(args.to_cluster).absolute()
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"--to-cluster {target}: exists and is not empty; refusing to overwrite it")
+    when = None
+    if args.time:
+        try:
+            when = datetime.fromisoformat(args.time)
+        except ValueError:
+            raise UsageError(f"--time {args.time!r}: expected ISO 8601, e.g. 2026-11-26T03:15:00Z") from None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    if args.lsn:
+        if when is not None:
+            raise UsageError("--time and --lsn: give one recovery target, not both")
+        try:
+            parse_lsn(args.lsn)
+        except InvalidLsn as exc:
+            raise UsageError(f"--lsn: {exc}") from None
+    ctx = _context(args)
+    location = args.location or sorted(ctx.required)[0]
+    base = ctx.catalog.get(args.backup_id, location=location)[0] if args.backup_id else \
+        choose_base_backup(ctx.catalog, location, when, args.lsn)
+    try:
+        cluster = restore_to_directory(catalog=ctx.catalog, location=location, target=target, base=base,
+                                       target_time=when, target_lsn=args.lsn, port=args.port,
+                                       report=lambda m: print(m, file=sys.stderr))
+    except RestoreRefused as exc:
+        raise UsageError(f"--to-cluster {target}: {exc}") from None
+    print(f"cluster {target} recovered from {base.backup_id} (location {location}) and running on port {cluster.port}; "
+          f"connect: psql -h {cluster.socket_dir} -p {cluster.port} -U postgres; "
+          f"stop: pg_ctl -D {target} stop")
+    return EXIT_OK

@@ -1,0 +1,118 @@
+"""`continuity run` (what `make run` does): the sandbox, its first backups, then `airflow standalone`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from continuity.cli.common import EXIT_FAILURE, EXIT_OK, _fail, _sandbox
+
+
+def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
+    """Migrate the metadata DB and create the pools the DAGs need before the scheduler starts.
+
+    A task naming a pool that does not exist is never scheduled, so the pools must exist first.
+    """
+    from continuity.dag_defaults import POOLS
+
+    for argv in ([str(airflow), "db", "migrate"],
+                 *([str(airflow), "pools", "set", name, str(slots), description]
+                   for name, (slots, description) in POOLS.items())):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"`airflow {' '.join(argv[1:3])}` failed: {(done.stderr or done.stdout).strip()[-500:]}"
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Sandbox up, then `airflow standalone` in the foreground; Ctrl-C stops both."""
+    sandbox = _sandbox(args)
+    sandbox.up(scale=args.scale)
+    try:
+        # Protected from the first minute, and the first scheduled runs find backups to work on.
+        taken = sandbox.take_first_backups(report=lambda message: print(message, flush=True))
+    except BaseException:
+        sandbox.down()
+        raise
+    if taken:
+        print(f"first backups taken: {len(taken)}", flush=True)
+    env = {**os.environ, **sandbox.environment()}
+    airflow_home = Path(env["AIRFLOW_HOME"])
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    env["AIRFLOW__API__PORT"] = str(args.port)
+    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{args.port}/execution/"
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    airflow = Path(sys.executable).with_name("airflow")
+    # standalone starts its components as `airflow ...` subprocesses found on PATH.
+    env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
+    problem = _prepare_airflow(airflow, env)
+    if problem:
+        sandbox.down()
+        return _fail(problem, f"AIRFLOW_HOME ({airflow_home}) must be writable; the sandbox was stopped", EXIT_FAILURE)
+    print(f"starting Airflow (AIRFLOW_HOME={airflow_home}); logs in {airflow_home / 'standalone.log'}", flush=True)
+    with open(airflow_home / "standalone.log", "ab") as log_file:
+        process = subprocess.Popen([str(airflow), "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    password_file = airflow_home / "simple_auth_manager_passwords.json.generated"
+    announced = False
+    try:
+        while not stopping and process.poll() is None:
+            if not announced and _port_open(args.port) and password_file.exists():
+                print(
+                    f"\nAirflow UI: http://localhost:{args.port}\n"
+                    f"log in as admin with the password in {password_file} "
+                    f"(`jq -r .admin {password_file}`)\n"
+                    f"every DAG of dags/ is loaded; connections point at the sandbox.\n"
+                    f"Ctrl-C stops Airflow and the sandbox.",
+                    flush=True,
+                )
+                announced = True
+            time.sleep(1)
+    finally:
+        if process.poll() is None:
+            print("\nstopping Airflow ...", flush=True)
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _kill_process_group(process.pid)
+        print("stopping the sandbox ...", flush=True)
+        stopped = sandbox.down()
+        print(f"stopped: {', '.join(stopped) or 'nothing'}")
+    if not stopping and process.returncode:
+        print(f"airflow standalone exited with code {process.returncode}; see {airflow_home / 'standalone.log'}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _kill_process_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
