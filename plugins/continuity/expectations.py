@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 import yaml
 
-from continuity.dumps import schema_fingerprint, table_fingerprints
+from continuity.full_backup import schema_fingerprint, table_fingerprints
 from continuity.manifest import Manifest
 from continuity.policy import PROJECT_ROOT, parse_duration
 

@@ -1,7 +1,7 @@
 """Switchover and failover, step by step, with a sentence for every decision.
 
 The steps are the dr_failover DAG's tasks: preflight, fence, catch up, promote, repoint, rejoin,
-validate, and (on failure) roll back. Each works on a `Cluster` (admin connections to the nodes,
+validate, and (on failure) roll back. Each works on a `ReplicationGroup` (admin connections to the nodes,
 host-level `NodeControl`, the application's `Router`) and returns a JSON-able record of what it
 did; the audit is those records put together. Nothing here imports Airflow.
 
@@ -129,9 +129,13 @@ def choose_target(candidates: dict[str, dict[str, Any]]) -> str | None:
     return max(sorted(healthy), key=lambda name: lsn_to_int(healthy[name].get("receive_lsn")))
 
 
-# -- the cluster the steps act on --------------------------------------------------------------
+# -- what the steps act on --------------------------------------------------------------------
 @dataclass
-class Cluster:
+class ReplicationGroup:
+    """The primary and its standbys (admin connections), their host-level control and the entry point.
+
+    ("Cluster" is kept for one PostgreSQL instance, as PostgreSQL itself uses it: LocalCluster.)"""
+
     policy: Policy
     nodes: dict[str, PostgresNode]
     endpoints: dict[str, Endpoint]
@@ -163,7 +167,7 @@ def current_timeline(node: PostgresNode) -> int:
 
 
 # -- 1. preflight ------------------------------------------------------------------------------
-def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str = "",
+def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str = "",
               recorded: dict[str, Any] | None = None) -> FailoverPlan:
     """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check.
 
@@ -261,7 +265,7 @@ def preflight(cluster: Cluster, params: FailoverParams, *, primary: str, run_id:
 
 
 # -- 2. fence ----------------------------------------------------------------------------------
-def fence(cluster: Cluster, plan: FailoverPlan, *, pause_timeout: float | None = None) -> dict[str, Any]:
+def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float | None = None) -> dict[str, Any]:
     report = cluster.report
     if pause_timeout is None:
         pause_timeout = cluster.policy.failover.pause_timeout.total_seconds()
@@ -340,17 +344,17 @@ def fence(cluster: Cluster, plan: FailoverPlan, *, pause_timeout: float | None =
 
 
 # -- 3. catch up -------------------------------------------------------------------------------
-def replayed_to(cluster: Cluster, target: str, final_lsn: str) -> tuple[bool, str]:
+def replayed_to(cluster: ReplicationGroup, target: str, final_lsn: str) -> tuple[bool, str]:
     replay = cluster.probe(target).get("replay_lsn")
     return lsn_to_int(replay) >= lsn_to_int(final_lsn), replay or "0/0"
 
 
-def received_position(cluster: Cluster, target: str) -> int:
+def received_position(cluster: ReplicationGroup, target: str) -> int:
     return lsn_to_int(cluster.probe(target).get("receive_lsn"))
 
 
 # -- 4. promote --------------------------------------------------------------------------------
-def promote(cluster: Cluster, target: str, *, wait_seconds: int = 60,
+def promote(cluster: ReplicationGroup, target: str, *, wait_seconds: int = 60,
             previous_timeline: int | None = None) -> dict[str, Any]:
     node = cluster.nodes[target]
     state = cluster.probe(target)
@@ -379,7 +383,7 @@ def promote(cluster: Cluster, target: str, *, wait_seconds: int = 60,
 
 
 # -- 5. repoint --------------------------------------------------------------------------------
-def repoint(cluster: Cluster, target: str) -> dict[str, Any]:
+def repoint(cluster: ReplicationGroup, target: str) -> dict[str, Any]:
     endpoint = cluster.endpoints[target]
     cluster.router.point_to(endpoint)
     cluster.router.resume()
@@ -388,7 +392,7 @@ def repoint(cluster: Cluster, target: str) -> dict[str, Any]:
 
 
 # -- 6. rejoin ---------------------------------------------------------------------------------
-def rejoin(cluster: Cluster, plan: FailoverPlan, *, stream_timeout: float = 60) -> dict[str, Any]:
+def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: float = 60) -> dict[str, Any]:
     report = cluster.report
     target, old = plan.target, plan.old_primary
     standbys = [n for n in cluster.nodes if n != target]
@@ -427,7 +431,7 @@ def rejoin(cluster: Cluster, plan: FailoverPlan, *, stream_timeout: float = 60) 
     return result
 
 
-def wait_streaming(cluster: Cluster, primary: str, expected: list[str], *, timeout: float) -> list[str]:
+def wait_streaming(cluster: ReplicationGroup, primary: str, expected: list[str], *, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
     streaming: list[str] = []
     while time.monotonic() < deadline:
@@ -440,7 +444,7 @@ def wait_streaming(cluster: Cluster, primary: str, expected: list[str], *, timeo
 
 
 # -- 7. validate -------------------------------------------------------------------------------
-def validate(cluster: Cluster, plan: FailoverPlan, *, run_id: str, following: list[str] | None = None,
+def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, following: list[str] | None = None,
              timeout: float = 60) -> dict[str, Any]:
     report = cluster.report
     target = plan.target
@@ -486,7 +490,7 @@ def validate(cluster: Cluster, plan: FailoverPlan, *, run_id: str, following: li
 
 
 # -- rollback ----------------------------------------------------------------------------------
-def rollback(cluster: Cluster, plan: FailoverPlan, *, fenced: bool, promoted: bool,
+def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, promoted: bool,
              repointed: bool = False, failed_step: str | None = None) -> dict[str, Any]:
     """After a failed step: before the repoint, a switchover puts the old primary back and a failover
     leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
@@ -538,7 +542,7 @@ def rollback(cluster: Cluster, plan: FailoverPlan, *, fenced: bool, promoted: bo
     return {"rolled_back": False, "writable": writable, "message": message}
 
 
-def _fail_forward(cluster: Cluster, plan: FailoverPlan, *, failed_step: str | None) -> dict[str, Any]:
+def _fail_forward(cluster: ReplicationGroup, plan: FailoverPlan, *, failed_step: str | None) -> dict[str, Any]:
     """Keep the new primary: rolling back would throw away what clients committed on it since the repoint."""
     old, target = plan.old_primary, plan.target
     writable = cluster.writable_nodes()
@@ -571,7 +575,7 @@ def topology_record(*, plan: FailoverPlan, promotion: dict[str, Any], rejoin_res
 
 
 # -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
-def wait_caught_up(cluster: Cluster, plan: FailoverPlan, fenced: dict[str, Any], *, timeout: float = 60,
+def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: dict[str, Any], *, timeout: float = 60,
                    settle_seconds: float = 2.0, interval: float = 0.2) -> dict[str, Any]:
     """What the catch_up sensor does, as a loop: replay to the final LSN (switchover), or until the
     received WAL stops advancing (failover), with the data loss estimate."""
@@ -597,7 +601,7 @@ def wait_caught_up(cluster: Cluster, plan: FailoverPlan, fenced: dict[str, Any],
     raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
 
 
-def run_all(cluster: Cluster, params: FailoverParams, *, primary: str, run_id: str,
+def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str,
             recorded: dict[str, Any] | None = None, catch_up_timeout: float | None = None) -> dict[str, Any]:
     """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit)."""
     plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)

@@ -435,7 +435,7 @@ class Sandbox:
 
     def failover_cluster(self, report: Any = log.info) -> Any:
         """The cluster dr_failover's steps act on, wired to this sandbox without Airflow (bench, CLI)."""
-        from continuity.failover import Cluster
+        from continuity.failover import ReplicationGroup
         from continuity.router import Endpoint, PgBouncerRouter
 
         admin = self.connections()[self.policy.topology.entry_point.admin_conn_id or "continuity_pgbouncer_admin"]
@@ -443,7 +443,7 @@ class Sandbox:
             admin_conninfo=conninfo(host="127.0.0.1", port=self.pgbouncer_port, user=admin["login"],
                                     password=admin["password"], dbname="pgbouncer"),
             ini_path=admin["extra"]["ini_path"], database=admin["extra"]["database"])
-        return Cluster(policy=self.policy.with_primary(self.current_primary()),
+        return ReplicationGroup(policy=self.policy.with_primary(self.current_primary()),
                        nodes={name: self.node(name) for name in self.node_names},
                        endpoints={name: Endpoint(node=name, host="127.0.0.1", port=self.state["nodes"][name]["port"])
                                   for name in self.node_names},
@@ -462,7 +462,7 @@ class Sandbox:
 
     def backup_node(self, name: str) -> Any:
         """Where and as whom backups connect to node `name` (the continuity_backup role)."""
-        from continuity.dumps import NodeAddress
+        from continuity.full_backup import NodeAddress
 
         return NodeAddress(name=name, host="127.0.0.1", port=self.state["nodes"][name]["port"],
                            user="continuity_backup", password=self.password("continuity_backup"))
@@ -474,8 +474,8 @@ class Sandbox:
         import io
 
         from continuity.backup import create_backup
-        from continuity.configbackup import collect
-        from continuity.dumps import logical_backup, physical_backup
+        from continuity.config_backup import collect
+        from continuity.full_backup import logical_backup, physical_backup
         from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
         from continuity.wal import ship_spool
 

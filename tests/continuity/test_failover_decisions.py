@@ -13,13 +13,13 @@ from tests.fakes import FakeNode, FakeNodeControl, FakeRouter
 POLICY = load_policy()
 
 
-def _cluster(**states: dict) -> tuple[failover.Cluster, FakeNodeControl, FakeRouter]:
+def _cluster(**states: dict) -> tuple[failover.ReplicationGroup, FakeNodeControl, FakeRouter]:
     nodes = {name: FakeNode(name=name, **states.get(name, {})) for name in ("primary", "sync1", "dr")}
     nodes["primary"].writable = states.get("primary", {}).get("writable", True)
     endpoints = {name: Endpoint(node=name, host="127.0.0.1", port=5432 + i) for i, name in enumerate(nodes)}
     control = FakeNodeControl(nodes)
     router = FakeRouter(routes_to=endpoints["primary"])
-    cluster = failover.Cluster(policy=POLICY, nodes=nodes, endpoints=endpoints, control=control,  # type: ignore[arg-type]
+    cluster = failover.ReplicationGroup(policy=POLICY, nodes=nodes, endpoints=endpoints, control=control,  # type: ignore[arg-type]
                                router=router, app_conninfo="(fake)", report=lambda _m: None)
     return cluster, control, router
 

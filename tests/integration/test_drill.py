@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from continuity.dumps import logical_backup, physical_backup
+from continuity.full_backup import logical_backup, physical_backup
 
 from .airflow_helpers import load_dag, task_states, xcom
 

@@ -361,7 +361,7 @@ def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluste
 
 # -- the drill's live switchover ---------------------------------------------------------------------
 def test_drill_with_include_switchover_measures_the_outage_and_loses_nothing(cluster) -> None:
-    from continuity.dumps import logical_backup, physical_backup
+    from continuity.full_backup import logical_backup, physical_backup
 
     catalog = cluster.catalog()
     for name, make in (("sync1", physical_backup), ("primary", logical_backup)):

@@ -13,7 +13,7 @@ import pytest
 
 from continuity.backup import restore_copy
 
-from continuity.dumps import DumpFailed, logical_backup, row_counts, schema_fingerprint
+from continuity.full_backup import DumpFailed, logical_backup, row_counts, schema_fingerprint
 from continuity.localcluster import find_tool
 from continuity.manifest import manifest_key_name
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from continuity.catalog import Catalog
-from continuity.dumps import NodeAddress, logical_backup, physical_backup, row_counts
+from continuity.full_backup import NodeAddress, logical_backup, physical_backup, row_counts
 from continuity.restore import RestoreError, choose_base_backup, restore_logical, restore_physical, scratch_cluster
 
 from .airflow_helpers import load_dag

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from continuity.catalog import Catalog
-from continuity.dumps import logical_backup
+from continuity.full_backup import logical_backup
 from continuity.restore import scratch_prefix
 from continuity.storage import locations_from_policy
 from continuity.storage import key_safe
@@ -86,7 +86,7 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     import uuid
 
     from continuity.backup import backup_from_command
-    from continuity.dumps import _FOREIGN_KEY_COLUMNS
+    from continuity.full_backup import _FOREIGN_KEY_COLUMNS
     from continuity.localcluster import find_tool
     from continuity.policy import DEFAULT_POLICY_PATH, load_policy
 

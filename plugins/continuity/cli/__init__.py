@@ -135,7 +135,7 @@ def main(args: Sequence[str] | None = None) -> int:
     )
     import psycopg
 
-    from continuity.dumps import DumpFailed
+    from continuity.full_backup import DumpFailed
     from continuity.restore import RestoreError
     from continuity.sandbox import SandboxError
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from continuity.failover import Cluster
+from continuity.failover import ReplicationGroup
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.nodecontrol import NodeControl, node_control_for
 from continuity.policy import Policy
@@ -59,7 +59,7 @@ class FailoverHook(BaseHook):
                                  record_type=extra.get("record_type", "CNAME"), hostnames=extra.get("hostnames"))
         raise ValueError(f"entry point kind {entry.kind!r} cannot be repointed automatically")
 
-    def get_cluster(self, *, report: Callable[[str], None], control: NodeControl | None = None) -> Cluster:
+    def get_cluster(self, *, report: Callable[[str], None], control: NodeControl | None = None) -> ReplicationGroup:
         topology = self.policy.topology
         nodes, endpoints = {}, {}
         for node in topology.nodes:
@@ -68,7 +68,7 @@ class FailoverHook(BaseHook):
             conn = hook.get_connection(node.conn_id)
             endpoints[node.name] = Endpoint(node=node.name, host=conn.host or "localhost", port=conn.port or 5432)
         app = PostgresNodeHook(postgres_conn_id=topology.entry_point.conn_id).get_node().conninfo
-        return Cluster(policy=self.policy, nodes=nodes, endpoints=endpoints,
+        return ReplicationGroup(policy=self.policy, nodes=nodes, endpoints=endpoints,
                        control=control or node_control_for(self.policy), router=self.get_router(),
                        app_conninfo=app, report=report)
 

@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from continuity.backup import create_backup
-from continuity.configbackup import collect
+from continuity.config_backup import collect
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
 

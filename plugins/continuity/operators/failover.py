@@ -48,7 +48,7 @@ class FailoverStepOperator(BaseOperator):
         super().__init__(**kwargs)
         self.policy_path = policy_path
 
-    def cluster(self) -> steps.Cluster:
+    def cluster(self) -> steps.ReplicationGroup:
         return FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
 
     def execute(self, context: Context) -> Any:
@@ -120,7 +120,7 @@ class CatchUpSensor(BaseSensorOperator):
         self.policy_path = policy_path
         self.settle_seconds = settle_seconds
         self._last: tuple[int, float] | None = None
-        self._cluster: steps.Cluster | None = None
+        self._cluster: steps.ReplicationGroup | None = None
         self._started, self._started_at = time.time(), ""
 
     def execute(self, context: Context) -> Any:

@@ -7,7 +7,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.archive import ArchiveError
-from continuity.dumps import NodeAddress, logical_backup, physical_backup
+from continuity.full_backup import NodeAddress, logical_backup, physical_backup
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.keys import KeyringError
