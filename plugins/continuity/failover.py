@@ -27,6 +27,7 @@ from continuity.nodecontrol import NodeControl, NodeControlError
 from continuity.policy import Policy, parse_size
 from continuity.postgres import NodeUnreachable, PostgresNode, lsn_to_int
 from continuity.router import Endpoint, Router, RouterError
+from continuity.waiting import poll
 
 DEFAULT_MAX_LAG_BYTES = 16 * 2**20
 PROBE_TABLE = "continuity_failover_probes"
@@ -432,14 +433,15 @@ def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: flo
 
 
 def wait_streaming(cluster: ReplicationGroup, primary: str, expected: list[str], *, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
     streaming: list[str] = []
-    while time.monotonic() < deadline:
+
+    def all_streaming() -> bool:
         rows = cluster.nodes[primary].replication()
-        streaming = sorted(r.application_name for r in rows if r.state == "streaming" and r.application_name in expected)
-        if len(streaming) == len(set(expected)):
-            break
-        time.sleep(0.3)
+        streaming[:] = sorted(r.application_name for r in rows
+                              if r.state == "streaming" and r.application_name in expected)
+        return len(streaming) == len(set(expected))
+
+    poll(all_streaming, timeout=timeout, interval=0.3)
     return streaming
 
 
@@ -472,13 +474,12 @@ def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, foll
     timeline = current_timeline(cluster.nodes[target])
     prefix = f"{timeline:08X}"
     cluster.nodes[target].query_one("SELECT pg_switch_wal()::text AS lsn")
-    deadline = time.monotonic() + timeout
-    archived = None
-    while time.monotonic() < deadline:
-        archived = cluster.nodes[target].archiver().last_archived_wal
-        if archived and archived.startswith(prefix):
-            break
-        time.sleep(0.3)
+    def archived_on_timeline() -> str | None:
+        last = cluster.nodes[target].archiver().last_archived_wal
+        return last if last and last.startswith(prefix) else None
+
+    archived = poll(archived_on_timeline, timeout=timeout, interval=0.3) \
+        or cluster.nodes[target].archiver().last_archived_wal
     if archived and archived.startswith(prefix):
         report(f"ok     WAL archiving works on timeline {timeline}: {archived} archived")
     else:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from continuity.waiting import poll
+
 TABLE = "continuity_load_commits"
 
 
@@ -65,12 +67,7 @@ class CommitRecorder:
 
     def wait_for(self, count: int, *, timeout: float = 60) -> bool:
         """Wait until `count` commits are acknowledged in all; False if the timeout came first."""
-        deadline = time.monotonic() + timeout
-        while len(self.acknowledged) < count:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        return poll(lambda: len(self.acknowledged) >= count, timeout=timeout, interval=0.02)
 
     @property
     def longest_gap(self) -> float:

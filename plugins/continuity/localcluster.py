@@ -16,9 +16,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from continuity.waiting import poll
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +220,8 @@ def stop_pid(pid: int | None, *, name: str, sig: int = signal.SIGTERM, timeout: 
         return False
     assert pid is not None
     os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.1)
+    if poll(lambda: not pid_alive(pid), timeout=timeout, interval=0.1):
+        return True
     log.warning("%s (pid %s) ignored signal %s for %.0fs; killing it", name, pid, sig, timeout)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -233,13 +231,13 @@ def stop_pid(pid: int | None, *, name: str, sig: int = signal.SIGTERM, timeout: 
 
 
 def wait_for_port(port: int, *, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    if poll(listening, timeout=timeout, interval=0.1):
+        return
     raise ClusterError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
@@ -329,10 +327,7 @@ class LocalCluster:
                 os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
-        while any(pid_alive(v) for v in victims) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not any(pid_alive(v) for v in victims):
+        if poll(lambda: not any(pid_alive(v) for v in victims), timeout=10, interval=0.05):
             # As after a machine restart: the dead postmaster may linger as an unreaped zombie, whose pid
             # would make the next start refuse; its lock file is stale now that every process is gone.
             (self.data_dir / "postmaster.pid").unlink(missing_ok=True)

@@ -45,6 +45,7 @@ from continuity.keys import Keyring
 from continuity.nodecontrol import NodeControlError
 from continuity.policy import PROJECT_ROOT, Policy, load_policy
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
+from continuity.waiting import poll
 
 log = logging.getLogger(__name__)
 
@@ -355,13 +356,15 @@ class Sandbox:
         """Wait until every standby of the topology streams from the current primary."""
         primary = self.node(self.current_primary())
         expected = {n for n in self.node_names if n != primary.name}
-        deadline = time.monotonic() + timeout
         seen: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            seen = {r.application_name: r.state for r in primary.replication()}
-            if all(seen.get(name) == "streaming" for name in expected):
-                return
-            time.sleep(0.2)
+
+        def all_streaming() -> bool:
+            seen.clear()
+            seen.update({r.application_name: r.state for r in primary.replication()})
+            return all(seen.get(name) == "streaming" for name in expected)
+
+        if poll(all_streaming, timeout=timeout):
+            return
         raise SandboxError(f"standbys not streaming from {primary.name} after {timeout:.0f}s: expected {sorted(expected)}, saw {seen}")
 
     def wait_entry_point(self, *, timeout: float = 30) -> None:
@@ -509,9 +512,7 @@ class Sandbox:
             # Close the current segment so the base backup's WAL is in the spool, then ship it all.
             node = self.node(primary)
             closed = node.query_one("SELECT pg_walfile_name(pg_switch_wal()) AS name")["name"]
-            deadline = time.monotonic() + 60
-            while (node.archiver().last_archived_wal or "")[:24] < closed and time.monotonic() < deadline:
-                time.sleep(0.2)
+            poll(lambda: (node.archiver().last_archived_wal or "")[:24] >= closed, timeout=60)
             shipped = ship_spool(self.spool_dir, keyring=keyring, locations=catalog.locations, required=required,
                                  report=lambda _m: None)
             report(f"first backup: {len(shipped.shipped)} WAL files shipped")

@@ -26,6 +26,7 @@ from continuity.backup import create_backup, load_manifest, replicate_copy, veri
 from continuity.keys import Keyring, KeyringError
 from continuity.manifest import Manifest, manifest_key_name
 from continuity.storage import PreconditionFailed, StorageError, StorageLocation
+from continuity.waiting import poll
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,10 @@ def _ship_one(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
             # Another writer (a shipper on another machine) committed this name first: its copy is
             # checked like any other before the spool file may go.
             report(f"{wal.name}: another writer is storing it; waiting for its copies to be complete")
-            deadline = time.monotonic() + 60
-            while _verified_everywhere(wal, keyring=keyring, locations=locations, required=required) is None:
-                if time.monotonic() > deadline:
-                    raise StorageError(f"WAL file {wal.name}: another writer began storing it and did not finish "
-                                       f"within 60s; the spool file is kept and a retry checks again") from None
-                time.sleep(1)
+            if poll(lambda: _verified_everywhere(wal, keyring=keyring, locations=locations, required=required),
+                    timeout=60, interval=1) is None:
+                raise StorageError(f"WAL file {wal.name}: another writer began storing it and did not finish "
+                                   f"within 60s; the spool file is kept and a retry checks again") from None
             return _ship_one(path, wal, keyring=keyring, locations=locations, required=required,
                              result=result, report=report)
         result.shipped.append(wal.name)
