@@ -36,6 +36,7 @@ from continuity.localcluster import (ClusterError, LocalCluster, ServiceUser, fi
 from continuity.manifest import Manifest
 from continuity.postgres import InvalidLsn, format_lsn, parse_lsn
 from continuity.storage import StorageLocation
+from continuity.waiting import poll
 from continuity.wal import SEGMENT_SIZE, classify
 
 log = logging.getLogger(__name__)
@@ -467,18 +468,17 @@ def restore_physical(
     user.write_file(cluster.data_dir / "recovery.signal", "")
     started = time.monotonic()
     cluster.start(timeout=int(timeout))
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def promoted() -> bool:
         try:
             with scratch.connect() as conn:
-                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    break
+                return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         except psycopg.OperationalError:
-            pass
-        if time.monotonic() > deadline:
-            raise RestoreError(f"recovery of {base.backup_id} did not finish within {timeout:.0f}s "
-                               f"(log: {cluster.log_file})")
-        time.sleep(0.2)
+            return False  # still starting up or replaying: not accepting connections yet
+
+    if not poll(promoted, timeout=timeout):
+        raise RestoreError(f"recovery of {base.backup_id} did not finish within {timeout:.0f}s "
+                           f"(log: {cluster.log_file})")
     scratch.timings["wal_replay"] = time.monotonic() - started
     point = target_lsn if target_lsn is not None else (target_time.isoformat() if target_time else "latest")
     report(f"recovered and promoted: {point}")

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -369,18 +368,21 @@ class Sandbox:
 
     def wait_entry_point(self, *, timeout: float = 30) -> None:
         """Wait until the application can write through PgBouncer again (after a restart)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
+        last = [""]
+
+        def serves_writes() -> bool:
             try:
                 with psycopg.connect(self.app_conninfo(), connect_timeout=2) as conn:
                     if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        return
-                    last = "it leads to a node in recovery"
+                        return True
+                    last[0] = "it leads to a node in recovery"
             except psycopg.Error as exc:
-                last = str(exc).strip().splitlines()[0]
-            time.sleep(0.2)
-        raise SandboxError(f"PgBouncer on port {self.pgbouncer_port} did not serve writes within {timeout:.0f}s: {last}")
+                last[0] = str(exc).strip().splitlines()[0]
+            return False
+
+        if poll(serves_writes, timeout=timeout):
+            return
+        raise SandboxError(f"PgBouncer on port {self.pgbouncer_port} did not serve writes within {timeout:.0f}s: {last[0]}")
 
     # -- PgBouncer ---------------------------------------------------------------------------
     def _start_pgbouncer(self, started: list[str]) -> None:
