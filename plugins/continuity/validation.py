@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -118,6 +118,15 @@ def validate_copies(
     return result
 
 
+def _newest(manifests: list[Manifest], kinds: Collection[str]) -> Manifest | None:
+    return max((m for m in manifests if m.kind in kinds), key=lambda m: m.finished_at, default=None)
+
+
+def _age(now: datetime, manifest: Manifest) -> tuple[timedelta, str]:
+    age = now - manifest.finished_at
+    return age, format_duration(timedelta(seconds=int(age.total_seconds())))
+
+
 def stale_categories(policy: Policy, manifests: list[Manifest], *, now: datetime | None = None) -> list[str]:
     """Data categories whose newest backup (of the kinds that prove them) is older than their RPO maximum."""
     now = now or datetime.now(timezone.utc)
@@ -125,26 +134,25 @@ def stale_categories(policy: Policy, manifests: list[Manifest], *, now: datetime
     for name, category in policy.data_categories.items():
         if not category.backup_kinds:
             continue
-        relevant = [m for m in manifests if m.kind in category.backup_kinds]
-        if not relevant:
+        newest = _newest(manifests, category.backup_kinds)
+        if newest is None:
             alarms.append(f"data category {name}: no backup of kind {'/'.join(category.backup_kinds)} at all "
                           f"(RPO maximum {format_duration(category.rpo.maximum)})")
             continue
-        newest = max(relevant, key=lambda m: m.finished_at)
-        age = now - newest.finished_at
+        age, age_text = _age(now, newest)
         if age > category.rpo.maximum:
-            alarms.append(f"data category {name}: newest {newest.kind} backup {newest.backup_id} is "
-                          f"{format_duration(timedelta(seconds=int(age.total_seconds())))} old, over its RPO maximum "
-                          f"of {format_duration(category.rpo.maximum)}")
+            alarms.append(f"data category {name}: newest {newest.kind} backup {newest.backup_id} is {age_text} old, "
+                          f"over its RPO maximum of {format_duration(category.rpo.maximum)}")
     return alarms
 
 
 def backup_schedules(policy: Policy) -> dict[str, tuple[timedelta, str]]:
     """Each scheduled backup kind: how often it is taken, and where the policy says so."""
     full = policy.backups.full.schedule
+    full_period = cron_period(full)
     return {
-        "logical": (cron_period(full), f"backups.full.schedule {full!r}"),
-        "physical": (cron_period(full), f"backups.full.schedule {full!r}"),
+        "logical": (full_period, f"backups.full.schedule {full!r}"),
+        "physical": (full_period, f"backups.full.schedule {full!r}"),
         "wal": (policy.backups.incremental.frequency, "backups.incremental.frequency"),
         "config": (policy.backups.configuration.frequency, "backups.configuration.frequency"),
     }
@@ -165,18 +173,15 @@ def stale_backup_kinds(policy: Policy, manifests: list[Manifest], *, now: dateti
     grace = policy.backups.freshness_grace
     alarms = []
     for kind, (period, source) in backup_schedules(policy).items():
-        limit = period + grace
-        relevant = [m for m in manifests if m.kind == kind]
-        if not relevant:
+        newest = _newest(manifests, {kind})
+        if newest is None:
             alarms.append(f"backup kind {kind}: no backup at all (scheduled every {format_duration(period)} by "
                           f"{source})")
             continue
-        newest = max(relevant, key=lambda m: m.finished_at)
-        age = now - newest.finished_at
-        if age > limit:
-            alarms.append(f"backup kind {kind}: newest backup {newest.backup_id} is "
-                          f"{format_duration(timedelta(seconds=int(age.total_seconds())))} old, over its period of "
-                          f"{format_duration(period)} ({source}) plus the grace of {format_duration(grace)}")
+        age, age_text = _age(now, newest)
+        if age > period + grace:
+            alarms.append(f"backup kind {kind}: newest backup {newest.backup_id} is {age_text} old, over its period "
+                          f"of {format_duration(period)} ({source}) plus the grace of {format_duration(grace)}")
     return alarms
 
 
