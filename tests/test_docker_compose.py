@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -14,6 +15,7 @@ from continuity.policy import load_policy
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
+LIBPQ_KEYWORDS = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"]
 
 
@@ -58,7 +60,8 @@ def test_airflow_services_mount_the_project_and_define_every_connection(name: st
     assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
     policy = load_policy()
     needed = {n.conn_id for n in policy.topology.nodes} | {n.backup_conn_id for n in policy.topology.nodes}
-    needed |= {policy.topology.entry_point.conn_id, policy.topology.entry_point.admin_conn_id}
+    entry = policy.topology.entry_point
+    needed |= {entry.conn_id, entry.admin_conn_id, entry.config_conn_id}
     needed |= {loc.conn_id for loc in policy.storage.locations if loc.conn_id}
     needed.add("continuity_keyring")
     env = service["environment"]
@@ -70,6 +73,8 @@ def test_airflow_services_mount_the_project_and_define_every_connection(name: st
         assert conn["conn_type"] in {"postgres", "aws", "generic"}
         if conn["conn_type"] == "postgres":
             assert conn["host"] in SERVICES, f"{conn_id} points at unknown service {conn['host']}"
+            # The provider hands every extra to libpq, which refuses keys it does not know.
+            assert set(conn.get("extra", {})) <= LIBPQ_KEYWORDS, f"{conn_id}: extras libpq rejects"
         if conn["conn_type"] == "aws":
             host = re.match(r"http://([^:]+):", conn["extra"]["endpoint_url"]).group(1)
             assert host in SERVICES

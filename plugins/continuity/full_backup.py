@@ -15,17 +15,18 @@ import hashlib
 import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from continuity.backup import CommandSource, SourceCommandFailed, backup_from_command
 from continuity.keys import Keyring
 from continuity.localcluster import find_tool
 from continuity.manifest import Manifest
-from continuity.postgres import lsn_to_int
+from continuity.postgres import conninfo, lsn_to_int, tool_connection
 from continuity.storage import StorageLocation
 from continuity.wal import SEGMENT_SIZE, segment_name
 
@@ -43,14 +44,23 @@ class NodeAddress:
     port: int
     user: str
     password: str | None
+    # The connection's further libpq parameters (sslmode, sslrootcert, options, target_session_attrs...).
+    params: Mapping[str, str] = field(default_factory=dict)
 
     def conninfo(self, dbname: str) -> str:
-        from continuity.postgres import conninfo
-
-        return conninfo(host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname)
+        return conninfo(host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname,
+                        **self.params)
 
     def tool_env(self) -> dict[str, str]:
-        return {"PGPASSWORD": self.password} if self.password else {}
+        environment, _ = tool_connection({"password": self.password, **self.params})
+        return environment
+
+    def tool_dbname(self, dbname: str | None = None) -> str | None:
+        """The tool's --dbname: the database, as a conninfo when some parameter has no environment variable."""
+        _, rest = tool_connection(self.params)
+        if not rest:
+            return dbname
+        return make_conninfo(**({"dbname": dbname} if dbname else {}), **rest)
 
 
 def tool_version(path: str) -> str:
@@ -156,7 +166,8 @@ def logical_backup(
             report(f"{where}: snapshot {snapshot} at LSN {position[0]}; {len(counts)} tables, "
                    f"{sum(counts.values()):,} rows counted in that snapshot")
             argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom", "--no-password",
-                    f"--host={node.host}", f"--port={node.port}", f"--username={node.user}", f"--dbname={database}"]
+                    f"--host={node.host}", f"--port={node.port}", f"--username={node.user}",
+                    f"--dbname={node.tool_dbname(database)}"]
             manifest = backup_from_command(
                 argv, env=node.tool_env(), kind="logical", keyring=keyring, locations=locations, required=required,
                 backup_id=backup_id, report=report, versions={"pg_dump": tool_version(pg_dump), "server": position[2]},
@@ -194,6 +205,8 @@ def physical_backup(
     argv = [pg_basebackup, "--pgdata=-", "--format=tar", "--wal-method=fetch", "--checkpoint=fast", "--verbose",
             "--manifest-checksums=SHA256", "--no-password", f"--host={node.host}", f"--port={node.port}",
             f"--username={node.user}", f"--label=continuity {backup_id}"]
+    if (connection := node.tool_dbname()) is not None:
+        argv.append(f"--dbname={connection}")
     positions: dict[str, Any] = {}
 
     def parse(source: CommandSource) -> Mapping[str, Any]:

@@ -133,6 +133,11 @@ class EntryPoint(_Model):
     kind: Literal["pgbouncer", "route53", "direct"]
     conn_id: str
     admin_conn_id: str | None = None
+    # PgBouncer: a generic connection whose extra.ini_path names the ini file failover rewrites (not a
+    # libpq setting, so it stays off the Postgres connections), and the [databases] entry it repoints
+    # (default: the first of topology.databases).
+    config_conn_id: str | None = None
+    database: str | None = None
 
 
 class Topology(_Model):

@@ -6,6 +6,8 @@ the CLI from the sandbox state or flags. Every method runs one short read-only q
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -45,6 +47,40 @@ def format_lsn(position: int) -> str:
 
 def conninfo(*, host: str, port: int, user: str, password: str | None, dbname: str, **extra: Any) -> str:
     return make_conninfo(host=host, port=port, user=user, password=password or None, dbname=dbname, **extra)
+
+
+# Values that are secrets: they never go on a command line, which every local user can read in `ps`.
+SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"})
+
+
+@functools.cache
+def _environment_variables() -> dict[str, str]:
+    """libpq's own map from connection keywords to the environment variables it reads (PGSSLMODE, ...)."""
+    return {option.keyword.decode(): option.envvar.decode()
+            for option in psycopg.pq.Conninfo.get_defaults() if option.envvar}
+
+
+def tool_connection(params: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """How a libpq client tool (pg_dump, pg_basebackup) gets connection parameters with no secret in its argv.
+
+    Returns (environment, conninfo keywords): every keyword libpq reads from an environment variable
+    goes there; the rest (keepalives, ...) must go in the tool's ``--dbname`` conninfo.
+    """
+    known = _environment_variables()
+    environment: dict[str, str] = {}
+    in_conninfo: dict[str, str] = {}
+    for keyword, value in params.items():
+        if value is None:
+            continue
+        if keyword in known:
+            environment[known[keyword]] = str(value)
+        elif keyword in SECRET_PARAMETERS:
+            raise ValueError(f"connection parameter {keyword} is a secret libpq reads from no environment variable, so "
+                             f"a client tool could only get it on its command line; HINT: use a key file or "
+                             f"a ~/.pgpass entry instead")
+        else:
+            in_conninfo[keyword] = str(value)
+    return environment, in_conninfo
 
 
 def redacted(info: str) -> str:

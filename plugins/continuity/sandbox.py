@@ -158,6 +158,10 @@ class Sandbox:
     def pgbouncer_port(self) -> int:
         return self.state["pgbouncer"]["port"]
 
+    @property
+    def pgbouncer_ini(self) -> Path:
+        return self.pgbouncer_dir / "pgbouncer.ini"
+
     def app_conninfo(self, *, through_pgbouncer: bool = True) -> str:
         port = self.pgbouncer_port if through_pgbouncer else self.state["nodes"][self.current_primary()]["port"]
         return conninfo(host="127.0.0.1", port=port, user="app", password=self.password("app"), dbname=APP_DATABASE)
@@ -393,7 +397,7 @@ class Sandbox:
         if not port_is_free(port):
             raise SandboxError(f"PgBouncer's port {port} is taken by another process")
         primary_port = self.state["nodes"][self.current_primary()]["port"]
-        ini = self.pgbouncer_dir / "pgbouncer.ini"
+        ini = self.pgbouncer_ini
         if not ini.exists():
             self.user.write_file(ini, _pgbouncer_ini(
                 port=port, primary_port=primary_port, directory=self.pgbouncer_dir,
@@ -443,11 +447,12 @@ class Sandbox:
         from continuity.failover import ReplicationGroup
         from continuity.router import Endpoint, PgBouncerRouter
 
-        admin = self.connections()[self.policy.topology.entry_point.admin_conn_id or "continuity_pgbouncer_admin"]
+        entry = self.policy.topology.entry_point
+        admin = self.connections()[entry.admin_conn_id or "continuity_pgbouncer_admin"]
         router = PgBouncerRouter(
             admin_conninfo=conninfo(host="127.0.0.1", port=self.pgbouncer_port, user=admin["login"],
                                     password=admin["password"], dbname="pgbouncer"),
-            ini_path=admin["extra"]["ini_path"], database=admin["extra"]["database"])
+            ini_path=self.pgbouncer_ini, database=entry.database or self.policy.topology.databases[0])
         return ReplicationGroup(policy=self.policy.with_primary(self.current_primary()),
                        nodes={name: self.node(name) for name in self.node_names},
                        endpoints={name: Endpoint(node=name, host="127.0.0.1", port=self.state["nodes"][name]["port"])
@@ -547,13 +552,12 @@ class Sandbox:
             conns[node.conn_id] = {
                 "conn_type": "postgres", "host": "127.0.0.1", "port": self.state["nodes"][node.name]["port"],
                 "login": "continuity_admin", "password": self.password("continuity_admin"), "schema": "postgres",
-                "extra": {"node": node.name},
             }
             if node.backup_conn_id:
                 conns[node.backup_conn_id] = {
                     "conn_type": "postgres", "host": "127.0.0.1", "port": self.state["nodes"][node.name]["port"],
                     "login": "continuity_backup", "password": self.password("continuity_backup"),
-                    "schema": "postgres", "extra": {"node": node.name},
+                    "schema": "postgres",
                 }
         conns[topology.entry_point.conn_id] = {
             "conn_type": "postgres", "host": "127.0.0.1", "port": self.pgbouncer_port,
@@ -563,7 +567,10 @@ class Sandbox:
             conns[topology.entry_point.admin_conn_id] = {
                 "conn_type": "postgres", "host": "127.0.0.1", "port": self.pgbouncer_port,
                 "login": "continuity_admin", "password": self.password("continuity_admin"), "schema": "pgbouncer",
-                "extra": {"ini_path": str(self.pgbouncer_dir / "pgbouncer.ini"), "database": APP_DATABASE},
+            }
+        if topology.entry_point.config_conn_id:
+            conns[topology.entry_point.config_conn_id] = {
+                "conn_type": "generic", "extra": {"ini_path": str(self.pgbouncer_ini)},
             }
         for location in self.policy.storage.locations:
             if location.kind == "s3" and location.conn_id:

@@ -66,7 +66,7 @@ def _writable(box) -> list[str]:
 def _router(box) -> PgBouncerRouter:
     conn = box.connections()[box.policy.topology.entry_point.admin_conn_id]
     info = (f"host=127.0.0.1 port={conn['port']} user={conn['login']} password={conn['password']} dbname=pgbouncer")
-    return PgBouncerRouter(admin_conninfo=info, ini_path=conn["extra"]["ini_path"], database="app")
+    return PgBouncerRouter(admin_conninfo=info, ini_path=box.pgbouncer_ini, database="app")
 
 
 def _entry_port(box) -> int:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 def _pgbouncer(sandbox) -> PgBouncerRouter:
     conn = sandbox.connections()["continuity_pgbouncer_admin"]
     info = f"host=127.0.0.1 port={conn['port']} user={conn['login']} password={conn['password']} dbname=pgbouncer"
-    return PgBouncerRouter(admin_conninfo=info, ini_path=conn["extra"]["ini_path"], database="app")
+    return PgBouncerRouter(admin_conninfo=info, ini_path=sandbox.pgbouncer_ini, database="app")
 
 
 def test_pgbouncer_pause_gives_up_and_resumes_when_a_transaction_will_not_finish(sandbox) -> None:

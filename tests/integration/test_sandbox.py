@@ -136,3 +136,16 @@ def test_cli_status_json(sandbox) -> None:
     assert status["pgbouncer"]["running"] and status["s3"]["running"]
     for secret in sandbox.state["secrets"].values():
         assert secret not in result.stdout + result.stderr
+
+
+def test_the_providers_own_hook_connects_with_every_postgres_connection(sandbox, monkeypatch) -> None:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    postgres = {conn_id: conn for conn_id, conn in sandbox.connections().items() if conn["conn_type"] == "postgres"}
+    assert len(postgres) >= 5
+    for conn_id, conn in postgres.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        with PostgresHook(postgres_conn_id=conn_id).get_conn() as connection:
+            connection.autocommit = True  # PgBouncer's admin console knows no BEGIN
+            command = "SHOW VERSION" if conn.get("schema") == "pgbouncer" else "SELECT 1"
+            assert connection.execute(command).fetchone(), conn_id

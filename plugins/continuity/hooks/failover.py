@@ -17,8 +17,8 @@ from continuity.hooks.topology import current_policy
 
 class FailoverHook(BaseHook):
     """Admin connections to every node (their `conn_id`s), the entry point's router (PgBouncer's admin
-    connection with `extra.ini_path`/`extra.database`, or a Route 53 record through an AWS connection
-    with `extra.zone_id`/`extra.record_name`), and host-level node control.
+    connection plus a generic connection with `extra.ini_path`, or a Route 53 record through an AWS
+    connection with `extra.zone_id`/`extra.record_name`), and host-level node control.
 
     :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
     """
@@ -39,16 +39,16 @@ class FailoverHook(BaseHook):
     def get_router(self) -> Router:
         entry = self.policy.topology.entry_point
         if entry.kind == "pgbouncer":
-            if not entry.admin_conn_id:
-                raise ValueError("policy.yaml: topology.entry_point.admin_conn_id: a PgBouncer entry point needs its "
-                                 "admin connection to pause and repoint it")
-            conn = self.get_connection(entry.admin_conn_id)
-            extra = conn.extra_dejson
-            if "ini_path" not in extra:
-                raise ValueError(f"connection {entry.admin_conn_id}: extra.ini_path (PgBouncer's ini file) is required")
+            if not entry.admin_conn_id or not entry.config_conn_id:
+                raise ValueError("policy.yaml: topology.entry_point: a PgBouncer entry point needs admin_conn_id (its "
+                                 "admin console, to pause and reload it) and config_conn_id (a generic connection "
+                                 "whose extra.ini_path names its ini file) to be repointed")
+            ini_path = self.get_connection(entry.config_conn_id).extra_dejson.get("ini_path")
+            if not ini_path:
+                raise ValueError(f"connection {entry.config_conn_id}: extra.ini_path (PgBouncer's ini file) is required")
             admin = PostgresNodeHook(postgres_conn_id=entry.admin_conn_id, database="pgbouncer").get_node().conninfo
-            return PgBouncerRouter(admin_conninfo=admin, ini_path=extra["ini_path"],
-                                   database=extra.get("database") or self.policy.topology.databases[0])
+            return PgBouncerRouter(admin_conninfo=admin, ini_path=ini_path,
+                                   database=entry.database or self.policy.topology.databases[0])
         if entry.kind == "route53":
             from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 

@@ -6,13 +6,15 @@ from typing import Any
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+from psycopg.conninfo import make_conninfo
+
+from continuity.full_backup import NodeAddress
 from continuity.postgres import (
     ArchiverStatus,
     PostgresNode,
     ReplicationSlot,
     StandbyReplication,
     WalReceiver,
-    conninfo,
 )
 
 
@@ -20,10 +22,12 @@ class PostgresNodeHook(PostgresHook):
     """A PostgresHook that also answers role, timeline, LSN, replication and archiver questions.
 
     The queries live in the Airflow-free core (:class:`continuity.postgres.PostgresNode`); this hook
-    only turns an Airflow connection into the node's conninfo.
+    only hands it the parameters the provider's own ``get_conn()`` connects with, so everything the
+    provider supports on a connection (SSL files, ``options``, ``target_session_attrs``, IAM tokens)
+    holds for the DR DAGs too.
 
     :param postgres_conn_id: the connection of the node (see the policy's ``topology.nodes``).
-    :param node_name: the name used in messages; defaults to the connection's ``extra.node`` or id.
+    :param node_name: the name used in messages; defaults to the connection id.
     """
 
     hook_name = "Continuity PostgreSQL node"
@@ -31,19 +35,37 @@ class PostgresNodeHook(PostgresHook):
     def __init__(self, *args: Any, node_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._node_name = node_name
+        self._describing = False
+
+    def _create_connection(self, conn_args: dict[str, Any]) -> Any:
+        # get_conn() resolves the connection (IAM token, extras) and ends here; while describing, the
+        # arguments are the answer and no connection is opened.
+        if self._describing:
+            return dict(conn_args)
+        return super()._create_connection(conn_args)
+
+    def connection_params(self) -> dict[str, str]:
+        """The libpq parameters the provider's ``get_conn()`` would connect with, without connecting."""
+        self._describing = True
+        try:
+            conn_args = self.get_conn()
+        finally:
+            self._describing = False
+            self.conn = None
+        # A cursor factory is psycopg's business, not a libpq parameter.
+        return {key: str(value) for key, value in conn_args.items()
+                if value is not None and key not in ("cursor_factory", "row_factory")}
 
     def get_node(self) -> PostgresNode:
-        conn = self.get_connection(self.get_conn_id())
-        extra = conn.extra_dejson
-        info = conninfo(
-            host=conn.host or "localhost",
-            port=conn.port or 5432,
-            user=conn.login or "postgres",
-            password=conn.password,
-            dbname=self.database or conn.schema or "postgres",
-            **({"sslmode": extra["sslmode"]} if "sslmode" in extra else {}),
-        )
-        return PostgresNode(name=self._node_name or extra.get("node") or self.get_conn_id(), conninfo=info)
+        return PostgresNode(name=self._node_name or self.get_conn_id(),
+                            conninfo=make_conninfo(**self.connection_params()))
+
+    def get_node_address(self, name: str) -> NodeAddress:
+        """Where and as whom a backup tool connects (the password goes to its environment only)."""
+        params = self.connection_params()
+        return NodeAddress(name=name, host=params.pop("host", "localhost"), port=int(params.pop("port", 5432)),
+                           user=params.pop("user", "postgres"), password=params.pop("password", None),
+                           params={k: v for k, v in params.items() if k != "dbname"})
 
     def is_in_recovery(self) -> bool:
         return self.get_node().is_in_recovery()

@@ -15,10 +15,7 @@ from continuity.policy import Node
 
 
 def node_address(node: Node) -> NodeAddress:
-    conn_id = node.backup_conn_id or node.conn_id
-    conn = PostgresNodeHook(postgres_conn_id=conn_id).get_connection(conn_id)
-    return NodeAddress(name=node.name, host=conn.host or "localhost", port=conn.port or 5432,
-                       user=conn.login or "postgres", password=conn.password)
+    return PostgresNodeHook(postgres_conn_id=node.backup_conn_id or node.conn_id).get_node_address(node.name)
 
 
 class _FullBackupOperator(ContinuityBackupOperator):
