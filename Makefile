@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Where the policy, include/ and the default sandbox are (see plugins/continuity/project.py).
+export CONTINUITY_PROJECT ?= $(CURDIR)
 
 .PHONY: bootstrap run test test-fast bench sandbox-up sandbox-down sandbox-status clean
 

@@ -28,6 +28,8 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
 ])
 os.environ.pop("CONTINUITY_SANDBOX", None)
 os.environ.pop("CONTINUITY_POLICY", None)
+os.environ.pop("CONTINUITY_INCLUDE", None)
+os.environ["CONTINUITY_PROJECT"] = str(PROJECT_ROOT)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from continuity.catalog import Catalog
 from continuity.keys import Keyring, MissingKeyError
 from continuity.policy import Policy
 from continuity.storage import StorageLocation, locations_from_policy
+
+
+class LocalDeployment(Protocol):
+    """A deployment on this machine that hands out its keyring and storage (the sandbox is one)."""
+
+    key_file: Path
+
+    def keyring(self) -> Keyring: ...
+
+    def storage_locations(self) -> dict[str, StorageLocation]: ...
+
+    def write_connections(self) -> None: ...
 
 
 @dataclass
@@ -23,7 +35,7 @@ class Context:
     keyring: Keyring
     keyring_file: Path | None
     locations: dict[str, StorageLocation]
-    sandbox: Any = None
+    sandbox: LocalDeployment | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -34,12 +46,8 @@ class Context:
         return {loc.name for loc in self.policy.storage.locations if loc.required}
 
 
-def build_context(*, policy: Policy, sandbox_root: str | None, key_file: str | None) -> Context:
-    from continuity.sandbox import Sandbox
-
-    sandbox = Sandbox(root=sandbox_root, policy=policy)
-    sandbox = sandbox if sandbox.exists else None
-
+def build_context(*, policy: Policy, key_file: str | None, sandbox: LocalDeployment | None = None) -> Context:
+    """The CLI's context; `sandbox`, when the caller found one, supplies what flags do not."""
     keyring_file: Path | None = None
     if key_file:
         keyring_file = Path(key_file)

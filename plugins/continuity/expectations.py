@@ -20,10 +20,10 @@ import yaml
 
 from continuity.full_backup import schema_fingerprint, table_fingerprints
 from continuity.manifest import Manifest
-from continuity.policy import PROJECT_ROOT, parse_duration
+from continuity.policy import parse_duration
+from continuity.project import include_dir
 
 log = logging.getLogger(__name__)
-SUITES_DIR = PROJECT_ROOT / "include" / "expectations"
 
 _PRIMARY_KEYS = """
     SELECT c.relname, a.attname FROM pg_index i
@@ -52,7 +52,7 @@ class CheckResult:
 
 
 def load_suite(database: str) -> dict[str, Any]:
-    path = SUITES_DIR / f"{database}.yaml"
+    path = include_dir() / "expectations" / f"{database}.yaml"
     return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 

@@ -17,10 +17,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 
 from continuity.kinds import ProvingKind
+from continuity.project import policy_path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_POLICY_PATH = PROJECT_ROOT / "include" / "policy.yaml"
-POLICY_ENV_VAR = "CONTINUITY_POLICY"
 
 
 class PolicyError(ValueError):
@@ -382,7 +380,7 @@ def _check_references(policy: Policy) -> list[str]:
 
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     """Read and validate a policy file; the default is $CONTINUITY_POLICY or include/policy.yaml."""
-    path = Path(path or os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
+    path = Path(path) if path else policy_path()
     label = path.name
     try:
         text = path.read_text()

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import psycopg
 
-from continuity.policy import PROJECT_ROOT
+from continuity.project import include_dir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_PATH = PROJECT_ROOT / "include" / "sql" / "app_schema.sql"
 TABLES = ("users", "projects", "videos", "annotations", "detections")
 ROWS_PER_SCALE = {"users": 200, "projects": 40, "videos": 1_000, "annotations": 5_000, "detections": 20_000}
 
@@ -31,8 +30,8 @@ _LABELS = ["pedestrian", "cyclist", "car", "truck", "traffic_light", "stop_sign"
 _MODELS = ["yolov8n", "yolov8m", "detr-r50", "rtdetr-l"]
 
 
-def apply_schema(conn: psycopg.Connection, schema_path: Path = SCHEMA_PATH) -> None:
-    conn.execute(schema_path.read_text())
+def apply_schema(conn: psycopg.Connection, schema_path: Path | None = None) -> None:
+    conn.execute((schema_path or include_dir() / "sql" / "app_schema.sql").read_text())
 
 
 def _rows(table: str, count: int, counts: dict[str, int], rng: random.Random, epoch: datetime) -> Iterator[tuple]:

@@ -42,15 +42,16 @@ from continuity.localcluster import (
 )
 from continuity.keys import Keyring
 from continuity.nodecontrol import NodeControlError
-from continuity.policy import PROJECT_ROOT, Policy, load_policy
+from continuity.policy import Policy, load_policy
+from continuity.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, include_dir, policy_path,
+                                project_dir)
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
 from continuity.waiting import poll
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = PROJECT_ROOT / ".sandbox"
 SANDBOX_ENV_VAR = "CONTINUITY_SANDBOX"
-ARCHIVE_SCRIPT = PROJECT_ROOT / "include" / "scripts" / "archive-wal.sh"
+
 ROLES = ("replicator", "continuity_backup", "continuity_admin", "app")
 APP_DATABASE = "app"
 S3_ACCESS_KEY = "continuity-sandbox"
@@ -82,13 +83,18 @@ host    all          all                127.0.0.1/32  scram-sha-256
 """
 
 
+def archive_script_source() -> Path:
+    """The archive_command script the sandbox installs (include/scripts/archive-wal.sh)."""
+    return include_dir() / "scripts" / "archive-wal.sh"
+
+
 class SandboxError(RuntimeError):
     """The sandbox cannot do what was asked; the message says what and where, with a HINT."""
 
 
 class Sandbox:
     def __init__(self, *, root: Path | str | None = None, policy: Policy | None = None) -> None:
-        self.root = Path(root or os.environ.get(SANDBOX_ENV_VAR) or DEFAULT_ROOT).absolute()
+        self.root = Path(root or os.environ.get(SANDBOX_ENV_VAR) or project_dir() / ".sandbox").absolute()
         self.policy = policy or load_policy()
         self.state_file = self.root / "state.json"
         self.connections_file = self.root / "connections.env"
@@ -249,7 +255,7 @@ class Sandbox:
                                 (self.root / "pg", 0o755), (self.pgbouncer_dir, 0o700), (self.root / "bin", 0o755)):
             self.user.make_dir(directory, mode)
         archive_script = self.root / "bin" / "archive-wal.sh"
-        shutil.copyfile(ARCHIVE_SCRIPT, archive_script)
+        shutil.copyfile(archive_script_source(), archive_script)
         archive_script.chmod(0o755)
 
         primary_name = self.policy.topology.primary.name
@@ -486,7 +492,6 @@ class Sandbox:
         from continuity.backup import create_backup
         from continuity.config_backup import collect
         from continuity.full_backup import logical_backup, physical_backup
-        from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
         from continuity.wal import ship_spool
 
         catalog = self.catalog()
@@ -510,7 +515,7 @@ class Sandbox:
                                          **common).backup_id)
         if "config" not in present:
             report("first backup: configuration")
-            policy_file = Path(os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
+            policy_file = policy_path()
             bundle = collect(policy_path=policy_file, airflow=None, environ=self.environment(),
                              state_files=self.policy.backups.configuration.infrastructure_state_files)
             taken.append(create_backup(io.BytesIO(bundle.tar()), kind="config", backup_id=f"config-{stamp}",
@@ -595,12 +600,14 @@ class Sandbox:
     def public_environment(self) -> dict[str, str]:
         return {
             "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(project_dir() / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(project_dir() / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             SANDBOX_ENV_VAR: str(self.root),
             "CONTINUITY_WAL_SPOOL": str(self.spool_dir),
-            "CONTINUITY_POLICY": os.environ.get("CONTINUITY_POLICY", str(PROJECT_ROOT / "include" / "policy.yaml")),
+            PROJECT_ENV_VAR: str(project_dir()),
+            INCLUDE_ENV_VAR: str(include_dir()),
+            POLICY_ENV_VAR: str(policy_path().absolute()),
         }
 
     def write_connections(self) -> None:

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from continuity.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy, parse_duration, parse_size
+from continuity.project import default_policy_path
+from continuity.policy import PolicyError, load_policy, parse_duration, parse_size
 
-SEED = DEFAULT_POLICY_PATH.read_text()
+SEED = default_policy_path().read_text()
 
 
 def test_seed_numbers_from_the_requirements() -> None:

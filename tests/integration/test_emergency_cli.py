@@ -15,14 +15,14 @@ import pytest
 from continuity.cli import EXIT_INTEGRITY, EXIT_MISSING_KEY, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from continuity.keys import Keyring
 from continuity.localcluster import free_port
-from continuity.policy import DEFAULT_POLICY_PATH
+from continuity.project import default_policy_path
 
 
 @pytest.fixture
 def cli(sandbox, tmp_path: Path):
     """Runs `continuity` against the sandbox's S3 endpoint, under a prefix of its own and a keyring copy."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("prefix: continuity/", f"prefix: cli-{uuid.uuid4().hex[:8]}/"))
+    policy.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: cli-{uuid.uuid4().hex[:8]}/"))
     key_file = tmp_path / "keyring.json"
     shutil.copyfile(sandbox.key_file, key_file)
 

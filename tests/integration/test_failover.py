@@ -111,10 +111,10 @@ def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(clu
 
 
 def test_without_a_configured_node_control_preflight_stops_saying_so(cluster, monkeypatch, tmp_path) -> None:
-    from continuity.policy import DEFAULT_POLICY_PATH
+    from continuity.project import default_policy_path
 
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("  node_control: sandbox\n", ""))
+    policy.write_text(default_policy_path().read_text().replace("  node_control: sandbox\n", ""))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
     before = _snapshot(cluster)
     run = _run(target="dr")
@@ -395,10 +395,10 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
     from airflow.models.variable import Variable
 
     from continuity.operators.auto_failover import STREAK_VARIABLE
-    from continuity.policy import DEFAULT_POLICY_PATH
+    from continuity.project import default_policy_path
 
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace("auto_failover: false", "auto_failover: true"))
+    policy_file.write_text(default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true"))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
     Variable.delete(STREAK_VARIABLE)
     monitor = load_dag("dr_health_monitor")
@@ -437,9 +437,9 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
 
 
 def _auto_policy(tmp_path, *replacements: tuple[str, str]):
-    from continuity.policy import DEFAULT_POLICY_PATH
+    from continuity.project import default_policy_path
 
-    text = DEFAULT_POLICY_PATH.read_text().replace("auto_failover: false", "auto_failover: true") \
+    text = default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true") \
         .replace("consecutive_failures: 3", "consecutive_failures: 1")
     for old, new in replacements:
         text = text.replace(old, new)

@@ -142,10 +142,10 @@ def test_primary_killed_mid_dump_fails_cleanly_and_the_retry_succeeds(sandbox) -
 
 def test_an_unreachable_optional_location_is_left_out_not_fatal(sandbox, monkeypatch, tmp_path) -> None:
     """The eu-west-1 archive bucket gone: full, config and WAL backups still succeed everywhere else."""
-    from continuity.policy import DEFAULT_POLICY_PATH
+    from continuity.project import default_policy_path
 
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("bucket: continuity-archive-eu-west-1",
+    policy.write_text(default_policy_path().read_text().replace("bucket: continuity-archive-eu-west-1",
                                                               "bucket: continuity-archive-gone"))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
     with psycopg.connect(sandbox.app_conninfo()) as conn:

@@ -88,11 +88,12 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     from continuity.backup import backup_from_command
     from continuity.full_backup import _FOREIGN_KEY_COLUMNS
     from continuity.localcluster import find_tool
-    from continuity.policy import DEFAULT_POLICY_PATH, load_policy
+    from continuity.project import default_policy_path
+    from continuity.policy import load_policy
 
     prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
+    policy_file.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
     policy = load_policy(policy_file)
     locations = locations_from_policy(policy, lambda loc: sandbox.s3_client(loc.region))
@@ -128,11 +129,12 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
 def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkeypatch, tmp_path) -> None:
     import uuid
 
-    from continuity.policy import DEFAULT_POLICY_PATH, load_policy
+    from continuity.project import default_policy_path
+    from continuity.policy import load_policy
 
     prefix = f"rt-empty-{uuid.uuid4().hex[:8]}/"  # a catalog with no backup at all
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
+    policy_file.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
     locations = locations_from_policy(load_policy(policy_file), lambda loc: sandbox.s3_client(loc.region))
     run = load_dag("dr_restore_test").test()

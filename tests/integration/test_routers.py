@@ -60,7 +60,7 @@ def test_route53_record_is_repointed_through_the_amazon_provider_connection(sand
     import boto3
 
     from continuity.hooks.failover import FailoverHook
-    from continuity.policy import DEFAULT_POLICY_PATH
+    from continuity.project import default_policy_path
     from continuity.router import Route53Router
     from continuity.sandbox import S3_ACCESS_KEY
 
@@ -75,7 +75,7 @@ def test_route53_record_is_repointed_through_the_amazon_provider_connection(sand
                   "record_name": "primary.db.example.internal",
                   "hostnames": {"dr": "pg-dr.us-west-2.example.internal"}}}))
     policy_file = tmp_path / "policy.yaml"
-    text = DEFAULT_POLICY_PATH.read_text()
+    text = default_policy_path().read_text()
     assert "    kind: pgbouncer\n    conn_id: continuity_app\n    admin_conn_id: continuity_pgbouncer_admin\n" in text
     policy_file.write_text(text.replace(
         "    kind: pgbouncer\n    conn_id: continuity_app\n    admin_conn_id: continuity_pgbouncer_admin\n",

@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from continuity.localcluster import free_port, pid_alive
-from continuity.policy import DEFAULT_POLICY_PATH, load_policy
+from continuity.project import default_policy_path
+from continuity.policy import load_policy
 from continuity.sandbox import Sandbox
 from continuity.storage import key_safe
 
@@ -59,7 +60,7 @@ def _run_and_interrupt(root: Path) -> None:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
     # An RTO target of 2 s, so the restore test's Deadline Alert fires while the scheduler runs it.
     policy_file = root / "policy-tight-rto.yaml"
-    policy_file.write_text(DEFAULT_POLICY_PATH.read_text().replace(
+    policy_file.write_text(default_policy_path().read_text().replace(
         "    rto: {target: 15m, maximum: 30m}\n    rpo: {target: 5m, maximum: 15m}",
         "    rto: {target: 2s, maximum: 30m}\n    rpo: {target: 5m, maximum: 15m}", 1))
     assert "target: 2s" in policy_file.read_text()

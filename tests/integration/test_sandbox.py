@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from continuity.sandbox import ARCHIVE_SCRIPT
+from continuity.sandbox import archive_script_source
 
 
 def _wait_for(predicate, *, timeout: float = 20, what: str) -> None:
@@ -77,7 +77,7 @@ def test_archive_script_is_atomic_idempotent_and_never_overwrites(tmp_path: Path
     source.write_bytes(b"wal" * 1000)
 
     def archive(path: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["sh", str(ARCHIVE_SCRIPT), str(spool), str(path), source.name],
+        return subprocess.run(["sh", str(archive_script_source()), str(spool), str(path), source.name],
                               capture_output=True, text=True)
 
     assert archive(source).returncode == 0

@@ -14,7 +14,7 @@ import pytest
 from continuity.backup import restore_copy, verify_copy
 
 from continuity.manifest import data_key_name, manifest_key_name
-from continuity.policy import DEFAULT_POLICY_PATH
+from continuity.project import default_policy_path
 
 from continuity.wal import classify
 
@@ -84,7 +84,7 @@ def test_config_backup_then_no_stale_alarm(sandbox) -> None:
     out = io.BytesIO()
     restore_copy(manifest, locations["dr"], sandbox.keyring(), out)
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as archive:
-        assert archive.extractfile("policy.yaml").read() == DEFAULT_POLICY_PATH.read_bytes()
+        assert archive.extractfile("policy.yaml").read() == default_policy_path().read_bytes()
         connections = json.loads(archive.extractfile("airflow/connections.json").read())
         assert connections["continuity_app"]["password"] == sandbox.password("app")
         assert "SHA256SUMS" in archive.getnames()
@@ -109,7 +109,7 @@ def test_full_backups_older_than_their_schedule_fail_validation_naming_the_kind(
     age = (datetime.now(timezone.utc) - newest.finished_at).total_seconds()
     time.sleep(max(0.0, 62 - age))
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace('schedule: "0 2 * * *"', 'schedule: "* * * * *"')
+    policy.write_text(default_policy_path().read_text().replace('schedule: "0 2 * * *"', 'schedule: "* * * * *"')
                       .replace("freshness_grace: 2h", "freshness_grace: 1s"))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
     run = load_dag("dr_backup_validation").test()

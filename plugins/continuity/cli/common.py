@@ -22,10 +22,14 @@ EXIT_INTERRUPTED = 130
 
 
 def _context(args: argparse.Namespace):
+    """The emergency context, composed here: a sandbox on this machine, when there is one, fills in the flags."""
     from continuity.emergency import build_context
+    from continuity.sandbox import Sandbox
 
-    return build_context(policy=load_policy(args.policy), sandbox_root=getattr(args, "root", None),
-                         key_file=getattr(args, "key_file", None))
+    policy = load_policy(args.policy)
+    sandbox = Sandbox(root=getattr(args, "root", None), policy=policy)
+    return build_context(policy=policy, key_file=getattr(args, "key_file", None),
+                         sandbox=sandbox if sandbox.exists else None)
 
 
 def _manifest_summary(manifest) -> dict:

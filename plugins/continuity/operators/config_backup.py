@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from airflow.sdk import Context
 from continuity.backup import create_backup
 from continuity.config_backup import collect
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.policy import DEFAULT_POLICY_PATH, POLICY_ENV_VAR
+from continuity.project import policy_path
 
 
 class ConfigBackupOperator(ContinuityBackupOperator):
@@ -27,7 +26,7 @@ class ConfigBackupOperator(ContinuityBackupOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         hook = self.hook()
-        policy_file = Path(self.policy_path or os.environ.get(POLICY_ENV_VAR) or DEFAULT_POLICY_PATH)
+        policy_file = Path(self.policy_path) if self.policy_path else policy_path()
         airflow = shutil.which("airflow") or str(Path(sys.executable).with_name("airflow"))
         bundle = collect(policy_path=policy_file, airflow=airflow if Path(airflow).exists() else None,
                          state_files=hook.policy.backups.configuration.infrastructure_state_files)
