@@ -36,9 +36,9 @@ def main() -> int:
                 load.wait_for(100)
                 window_start = len(load.acknowledged)
                 started = time.perf_counter()
-                records = run_all(sandbox.failover_cluster(report=quiet),
-                                  FailoverParams(target=target, mode="switchover", reason="benchmark"),
-                                  primary=source, run_id=f"bench-{number}")
+                done = run_all(sandbox.failover_cluster(report=quiet),
+                               FailoverParams(target=target, mode="switchover", reason="benchmark"),
+                               primary=source, run_id=f"bench-{number}")
                 total = time.perf_counter() - started
                 load.wait_for(len(load.acknowledged) + 100)
             lost = load.missing_on(sandbox.app_conninfo())
@@ -46,21 +46,21 @@ def main() -> int:
             gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
             rows.append((f"switchover {number}: {source} -> {target}",
                          f"outage {gap:.2f} s, {len(load.errors)} failed statements, {len(lost)} lost commits, "
-                         f"entry point paused {records['unavailability_seconds']:.2f} s, all steps {total:.2f} s"))
+                         f"entry point paused {done.unavailability_seconds:.2f} s, all steps {total:.2f} s"))
 
         with CommitRecorder(sandbox.app_conninfo()) as load:
             load.wait_for(100)
             sandbox.cluster("primary").kill()
             killed = time.monotonic()
             started = time.perf_counter()
-            records = run_all(sandbox.failover_cluster(report=quiet),
-                              FailoverParams(target="dr", mode="failover", reason="benchmark: primary killed"),
-                              primary="primary", run_id="bench-failover")
+            done = run_all(sandbox.failover_cluster(report=quiet),
+                           FailoverParams(target="dr", mode="failover", reason="benchmark: primary killed"),
+                           primary="primary", run_id="bench-failover")
             total = time.perf_counter() - started
             before = len(load.acknowledged)
             load.wait_for(before + 1)
             first = next((t for _, t in load.acknowledged[before:]), None)
-        loss = records["catch_up"]["data_loss_bytes"]
+        loss = done.records.catch_up.data_loss_bytes if done.records.catch_up else 0
         rows.append(("failover after SIGKILL of the primary",
                      f"kill to first commit on dr {first - killed:.2f} s, all steps {total:.2f} s, "
                      f"data loss estimate {loss:,} bytes" if first else f"no commit after the failover ({load.errors[-1:]})"))

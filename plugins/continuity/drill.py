@@ -37,6 +37,39 @@ def commit_marker(app_conninfo: str, drill_id: str) -> datetime:
 REPORT_PREFIX = "reports/drill/"
 
 
+class DrillStart(BaseModel):
+    """What start_drill hands the later tasks: the drill's id, when it began, the marker it committed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drill_id: str
+    started_at: datetime
+    marker_committed_at: datetime
+    database: str
+
+
+class SwitchoverLeg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str
+    unavailability_seconds: float | None  # the entry point held, from pause to resume
+    steps: dict[str, float | None]  # each failover step's seconds
+
+
+class LiveSwitchoverResult(BaseModel):
+    """The live switchover there and back: the outage clients saw and whether any commit was lost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drill_id: str
+    target: str
+    legs: dict[str, SwitchoverLeg]
+    acknowledged_commits: int
+    failed_statements: int
+    application_outage_seconds: float  # the longest gap between acknowledged commits
+    lost_commits: int
+
+
 class DrillResult(BaseModel):
     """A drill's report (JSON in storage, XCom): what was rebuilt, measured and checked. A drill whose
     rebuild failed has `error` and no measurements."""

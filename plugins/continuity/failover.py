@@ -2,8 +2,9 @@
 
 The steps are the dr_failover DAG's tasks: preflight, fence, catch up, promote, repoint, rejoin,
 validate, and (on failure) roll back. Each works on a `ReplicationGroup` (admin connections to the nodes,
-host-level `NodeControl`, the application's `Router`) and returns a JSON-able record of what it
-did; the audit is those records put together. Nothing here imports Airflow.
+host-level `NodeControl`, the application's `Router`) and returns a record of what it did, a pydantic
+model (XCom carries `model_dump(mode="json")`, readers `model_validate` it back); the audit is those
+records put together. Nothing here imports Airflow.
 
 Invariant: at every step boundary at most one node accepts writes through the entry point. A
 switchover loses no committed transaction (the target replays up to the stopped primary's final
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from continuity.nodecontrol import NodeControl, NodeControlError
 from continuity.policy import Policy, parse_size
@@ -65,6 +66,83 @@ class FailoverParams(BaseModel):
         return parse_size(value)
 
 
+class StepRecord(BaseModel):
+    """What every step records; the operator running it adds its timing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float | None = None
+    step_started_at: str | None = None
+    step_finished_at: str | None = None
+
+
+class TopologyRecord(BaseModel):
+    """Who is primary now, as dr_failover records it (the Variable continuity_topology, topology/current.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    primary: str
+    timeline: int
+    previous_primary: str
+    changed_at: str
+    changed_by_run: str
+    needs_rebuild: list[str] = []
+
+
+class FenceRecord(StepRecord):
+    started_at: str
+    finished_at: str | None = None
+    last_known_primary_lsn_int: int = 0
+    paused_at: str | None = None
+    paused_epoch: float | None = None
+    final_lsn: str | None = None  # switchover: the stopped primary's final checkpoint
+    old_primary_fenced: bool | None = None  # failover: whether fencing succeeded
+    forced_with_writable_old_primary: bool = False
+    already_done: bool = False
+
+
+class CatchUpRecord(StepRecord):
+    data_loss_bytes: int
+    replayed_lsn: str | None = None  # switchover
+    received_lsn_int: int | None = None  # failover
+
+
+class PromotionRecord(StepRecord):
+    promoted_at: str
+    timeline: int
+    previous_timeline: int | None
+    lsn: str | None
+    already_promoted: bool = False
+
+
+class RepointRecord(StepRecord):
+    resumed_at: str
+    resumed_epoch: float
+    endpoint: str
+
+
+class RejoinRecord(StepRecord):
+    following: list[str] = []
+    needs_rebuild: list[str] = []
+    streaming: list[str] = []
+    synchronous_standbys: list[str] = []
+
+
+class ValidationRecord(StepRecord):
+    validated_at: str
+    streaming: list[str]
+    not_streaming: list[str]
+    archived_wal: str | None
+    timeline: int
+
+
+class RollbackRecord(StepRecord):
+    rolled_back: bool
+    writable: list[str]
+    message: str
+    failed_forward: bool = False
+
+
 class PreflightCheck(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,7 +151,7 @@ class PreflightCheck(BaseModel):
     detail: str
 
 
-class FailoverPlan(BaseModel):
+class FailoverPlan(StepRecord):
     """What preflight decided, the contract every later step (and the audit) reads: XCom carries
     `model_dump(mode="json")`, steps take `FailoverPlan.model_validate(...)`, a missing field fails loudly."""
 
@@ -94,12 +172,8 @@ class FailoverPlan(BaseModel):
     old_timeline: int | None = None
     other_standbys: list[str] = []
     plan: list[str] = []  # the steps to come, one sentence each
-    topology: dict[str, Any] | None = None  # the recorded topology, when this run already completed
+    topology: TopologyRecord | None = None  # the recorded topology, when this run already completed
     triggered_by: str | None = None
-    # the preflight task's own timing, as every step record carries (FailoverStepOperator adds them)
-    seconds: float | None = None
-    step_started_at: str | None = None
-    step_finished_at: str | None = None
 
 
 def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
@@ -169,15 +243,15 @@ def current_timeline(node: PostgresNode) -> int:
 
 # -- 1. preflight ------------------------------------------------------------------------------
 def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str = "",
-              recorded: dict[str, Any] | None = None) -> FailoverPlan:
+              recorded: TopologyRecord | None = None) -> FailoverPlan:
     """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check.
 
     A rerun of a run that already completed (the recorded topology names this run) is a no-op."""
     report = cluster.report
-    checks: list[dict[str, Any]] = []
+    checks: list[PreflightCheck] = []
 
     def check(name: str, ok: bool, sentence: str) -> None:
-        checks.append({"check": name, "ok": ok, "detail": sentence})
+        checks.append(PreflightCheck(check=name, ok=ok, detail=sentence))
         report(f"{'ok    ' if ok else 'FAILED'} {name}: {sentence}")
         if not ok:
             raise PreflightFailed(name, sentence)
@@ -190,9 +264,9 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
         state = cluster.probe(target)
         writable = bool(state.get("reachable") and not state.get("in_recovery"))
         topology = (f"{target} is the primary (writable: {writable}"
-                    + (f", timeline {recorded['timeline']}, since {recorded['changed_at']} by run "
-                       f"{recorded['changed_by_run']}" if recorded else ", as the policy says") + ")")
-        if recorded and recorded.get("changed_by_run") == run_id and recorded.get("primary") == target:
+                    + (f", timeline {recorded.timeline}, since {recorded.changed_at} by run "
+                       f"{recorded.changed_by_run}" if recorded else ", as the policy says") + ")")
+        if recorded and recorded.changed_by_run == run_id and recorded.primary == target:
             report(f"this run already completed: {topology}; nothing will be done")
             return FailoverPlan(**base, action="none", topology=recorded)
         check("target is not the primary", False, f"{topology}; nothing to switch over to")
@@ -266,23 +340,22 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
 
 
 # -- 2. fence ----------------------------------------------------------------------------------
-def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float | None = None) -> dict[str, Any]:
+def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float | None = None) -> FenceRecord:
     report = cluster.report
     if pause_timeout is None:
         pause_timeout = cluster.policy.failover.pause_timeout.total_seconds()
     old, mode = plan.old_primary, plan.action
-    record: dict[str, Any] = {"started_at": now_iso()}
+    record = FenceRecord(started_at=now_iso())
     target_state = cluster.probe(plan.target)
     if target_state.get("reachable") and not target_state.get("in_recovery"):
         # A cleared and re-run task: the cluster, not the stale plan, says what is left to do.
         report(f"{plan.target} already accepts writes: an earlier attempt got past this step; nothing to fence")
-        return {**record, "already_done": True, "finished_at": now_iso(),
-                "last_known_primary_lsn_int": plan.reference_lsn_int}
+        return record.model_copy(update={"already_done": True, "finished_at": now_iso(),
+                                         "last_known_primary_lsn_int": plan.reference_lsn_int})
     last_known = plan.reference_lsn_int
     if mode == "switchover":
         cluster.router.pause(timeout=pause_timeout)
-        record["paused_at"] = now_iso()
-        record["paused_epoch"] = time.time()
+        record.paused_at, record.paused_epoch = now_iso(), time.time()
         report(f"{cluster.router.describe()} paused: in-flight transactions finished, new ones wait")
         try:
             cluster.control.stop(old, mode="fast")
@@ -295,13 +368,12 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
             cluster.router.resume()
             raise FailoverError(f"could not stop {old} cleanly ({exc}); it was restarted if needed and the entry "
                                 f"point resumed: {old} is still the only primary") from exc
-        record["final_lsn"] = final
+        record.final_lsn = final
         report(f"{old} stopped cleanly and fenced (it can only come back as a standby); final checkpoint at {final}")
     else:
         try:
             cluster.router.pause(timeout=2)
-            record["paused_at"] = now_iso()
-            record["paused_epoch"] = time.time()
+            record.paused_at, record.paused_epoch = now_iso(), time.time()
             report(f"{cluster.router.describe()} paused so clients wait for the new primary instead of failing")
         except RouterError as exc:
             report(f"{cluster.router.describe()} could not be paused ({exc}); clients will see errors until the repoint")
@@ -318,10 +390,10 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
                     cluster.control.stop(old, mode="immediate")
                     report(f"{old} did not stop cleanly ({exc}): stopped (immediate)")
             cluster.control.fence(old)
-            record["old_primary_fenced"] = True
+            record.old_primary_fenced = True
             report(f"{old} fenced: if it comes back it starts as a standby, and the entry point will not lead to it")
         except (NodeControlError, OSError) as exc:
-            record["old_primary_fenced"] = False
+            record.old_primary_fenced = False
             still = cluster.probe(old)
             if still["reachable"] and not still.get("in_recovery", True):
                 forced = plan.params.force
@@ -332,15 +404,15 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
                         f"or fenced ({exc}); promoting now would make two writable primaries. Stop {old} by hand, "
                         f"or trigger again with force=true (recorded in the audit). {old} is still the only "
                         f"primary") from exc
-                record["forced_with_writable_old_primary"] = True
+                record.forced_with_writable_old_primary = True
                 report(f"WARNING {old} still accepts writes and could not be fenced ({exc}); force=true: promoting "
                        f"anyway; the repoint keeps the application away from {old}, which must be stopped by hand")
             else:
                 report(f"{old} could not be reached to stop or fence it ({exc}); it does not answer as a writable "
                        f"primary, the repoint keeps it away from the application, and it must be rebuilt before it "
                        f"rejoins")
-    record["last_known_primary_lsn_int"] = last_known
-    record["finished_at"] = now_iso()
+    record.last_known_primary_lsn_int = last_known
+    record.finished_at = now_iso()
     return record
 
 
@@ -356,7 +428,7 @@ def received_position(cluster: ReplicationGroup, target: str) -> int:
 
 # -- 4. promote --------------------------------------------------------------------------------
 def promote(cluster: ReplicationGroup, target: str, *, wait_seconds: int = 60,
-            previous_timeline: int | None = None) -> dict[str, Any]:
+            previous_timeline: int | None = None) -> PromotionRecord:
     node = cluster.nodes[target]
     state = cluster.probe(target)
     if previous_timeline is not None and state.get("reachable") and not state.get("in_recovery"):
@@ -365,8 +437,8 @@ def promote(cluster: ReplicationGroup, target: str, *, wait_seconds: int = 60,
         if timeline > previous_timeline:
             cluster.report(f"{target} is already writable on timeline {timeline} (was {previous_timeline}): "
                            f"an earlier attempt promoted it; nothing to do")
-            return {"promoted_at": now_iso(), "timeline": timeline, "previous_timeline": previous_timeline,
-                    "lsn": node.lsns()["current_lsn"], "already_promoted": True}
+            return PromotionRecord(promoted_at=now_iso(), timeline=timeline, previous_timeline=previous_timeline,
+                                   lsn=node.lsns()["current_lsn"], already_promoted=True)
     before = current_timeline(node)
     started = time.monotonic()
     try:
@@ -379,33 +451,33 @@ def promote(cluster: ReplicationGroup, target: str, *, wait_seconds: int = 60,
     if after <= before:
         raise FailoverError(f"{target} left recovery but is still on timeline {after} (was {before})")
     cluster.report(f"{target} promoted in {time.monotonic() - started:.2f}s: writable on timeline {after} (was {before})")
-    return {"promoted_at": now_iso(), "timeline": after, "previous_timeline": before,
-            "lsn": node.lsns()["current_lsn"]}
+    return PromotionRecord(promoted_at=now_iso(), timeline=after, previous_timeline=before,
+                           lsn=node.lsns()["current_lsn"])
 
 
 # -- 5. repoint --------------------------------------------------------------------------------
-def repoint(cluster: ReplicationGroup, target: str) -> dict[str, Any]:
+def repoint(cluster: ReplicationGroup, target: str) -> RepointRecord:
     endpoint = cluster.endpoints[target]
     cluster.router.point_to(endpoint)
     cluster.router.resume()
     cluster.report(f"{cluster.router.describe()} now leads to {endpoint} and is resumed")
-    return {"resumed_at": now_iso(), "resumed_epoch": time.time(), "endpoint": str(endpoint)}
+    return RepointRecord(resumed_at=now_iso(), resumed_epoch=time.time(), endpoint=str(endpoint))
 
 
 # -- 6. rejoin ---------------------------------------------------------------------------------
-def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: float = 60) -> dict[str, Any]:
+def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: float = 60) -> RejoinRecord:
     report = cluster.report
     target, old = plan.target, plan.old_primary
     standbys = [n for n in cluster.nodes if n != target]
     cluster.control.ensure_slots(target, standbys)
-    result: dict[str, Any] = {"following": [], "needs_rebuild": []}
+    result = RejoinRecord()
     for name in plan.other_standbys:
         try:
             cluster.control.follow(name, target)
-            result["following"].append(name)
+            result.following.append(name)
             report(f"{name} now follows {target} (new primary_conninfo; it follows the new timeline)")
         except NodeControlError as exc:
-            result["needs_rebuild"].append(name)
+            result.needs_rebuild.append(name)
             report(f"{name} could not be repointed ({exc}): it needs attention")
     try:
         if cluster.control.is_running(old):
@@ -415,19 +487,19 @@ def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: flo
         report(f"{old} rewound from {target}: {detail}")
         cluster.control.follow(old, target)
         cluster.control.start(old)
-        result["following"].append(old)
+        result.following.append(old)
         report(f"{old} restarted as a standby of {target}")
     except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
-        result["needs_rebuild"].append(old)
+        result.needs_rebuild.append(old)
         report(f"{old} could not rejoin ({exc}); it stays stopped and fenced and needs a rebuild from {target}")
-    streaming = wait_streaming(cluster, target, result["following"], timeout=stream_timeout)
-    result["streaming"] = streaming
+    streaming = wait_streaming(cluster, target, result.following, timeout=stream_timeout)
+    result.streaming = streaming
     synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name in streaming]
     if not synchronous and any(n.synchronous for n in cluster.policy.topology.nodes if n.name != target):
         # The promoted node keeps accepting writes rather than block on a standby that is not there.
         report("no synchronous standby streams from the new primary yet: it runs asynchronously until one does")
     cluster.control.make_primary_settings(target, synchronous_standbys=synchronous)
-    result["synchronous_standbys"] = synchronous
+    result.synchronous_standbys = synchronous
     report(f"synchronous standbys of {target}: {', '.join(synchronous) or 'none'}")
     return result
 
@@ -447,7 +519,7 @@ def wait_streaming(cluster: ReplicationGroup, primary: str, expected: list[str],
 
 # -- 7. validate -------------------------------------------------------------------------------
 def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, following: list[str] | None = None,
-             timeout: float = 60) -> dict[str, Any]:
+             timeout: float = 60) -> ValidationRecord:
     report = cluster.report
     target = plan.target
     endpoint = cluster.endpoints[target]
@@ -486,13 +558,13 @@ def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, foll
         problems.append(f"no WAL of timeline {timeline} archived within {timeout:.0f}s (last: {archived})")
     if problems:
         raise FailoverError("validation failed: " + "; ".join(problems))
-    return {"validated_at": now_iso(), "streaming": streaming, "not_streaming": missing, "archived_wal": archived,
-            "timeline": timeline}
+    return ValidationRecord(validated_at=now_iso(), streaming=streaming, not_streaming=missing, archived_wal=archived,
+                            timeline=timeline)
 
 
 # -- rollback ----------------------------------------------------------------------------------
 def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, promoted: bool,
-             repointed: bool = False, failed_step: str | None = None) -> dict[str, Any]:
+             repointed: bool = False, failed_step: str | None = None) -> RollbackRecord:
     """After a failed step: before the repoint, a switchover puts the old primary back and a failover
     leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
     report = cluster.report
@@ -502,8 +574,8 @@ def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, pro
     if plan.action not in ("switchover", "failover") or not fenced:
         writable = cluster.writable_nodes()
         cluster.router.resume()
-        return {"rolled_back": False, "writable": writable,
-                "message": f"nothing had changed; writable primary: {', '.join(writable) or 'none'}"}
+        return RollbackRecord(rolled_back=False, writable=writable,
+                              message=f"nothing had changed; writable primary: {', '.join(writable) or 'none'}")
     if plan.action == "switchover":
         if promoted and cluster.control.is_running(target):
             cluster.control.stop(target, mode="fast")
@@ -524,7 +596,7 @@ def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, pro
         message = (f"switchover rolled back: the original primary {old} is serving writes again through "
                    f"{cluster.router.describe()}")
         report(message)
-        return {"rolled_back": True, "writable": writable, "message": message}
+        return RollbackRecord(rolled_back=True, writable=writable, message=message)
     writable = cluster.writable_nodes()
     if len(writable) > 1 and target in writable:
         for name in writable:
@@ -540,10 +612,10 @@ def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, pro
         message = (f"failover stopped with no writable primary: {old} is lost and {target} was not promoted; "
                    f"fix the cause and trigger dr_failover again")
     report(message)
-    return {"rolled_back": False, "writable": writable, "message": message}
+    return RollbackRecord(rolled_back=False, writable=writable, message=message)
 
 
-def _fail_forward(cluster: ReplicationGroup, plan: FailoverPlan, *, failed_step: str | None) -> dict[str, Any]:
+def _fail_forward(cluster: ReplicationGroup, plan: FailoverPlan, *, failed_step: str | None) -> RollbackRecord:
     """Keep the new primary: rolling back would throw away what clients committed on it since the repoint."""
     old, target = plan.old_primary, plan.target
     writable = cluster.writable_nodes()
@@ -564,20 +636,103 @@ def _fail_forward(cluster: ReplicationGroup, plan: FailoverPlan, *, failed_step:
         message = (f"failing forward after {step}: expected {target} to be the only writable node but found "
                    f"{', '.join(writable) or 'none'}; the entry point leads to {target}: check it by hand")
     cluster.report(message)
-    return {"rolled_back": False, "failed_forward": True, "writable": writable, "message": message}
+    return RollbackRecord(rolled_back=False, failed_forward=True, writable=writable, message=message)
 
 
 # -- audit and topology ------------------------------------------------------------------------
-def topology_record(*, plan: FailoverPlan, promotion: dict[str, Any], rejoin_result: dict[str, Any] | None,
-                    run_id: str) -> dict[str, Any]:
-    return {"primary": plan.target, "timeline": promotion["timeline"], "previous_primary": plan.old_primary,
-            "changed_at": promotion["promoted_at"], "changed_by_run": run_id,
-            "needs_rebuild": (rejoin_result or {}).get("needs_rebuild", [plan.old_primary])}
+def topology_record(*, plan: FailoverPlan, promotion: PromotionRecord, rejoin_result: RejoinRecord | None,
+                    run_id: str) -> TopologyRecord:
+    return TopologyRecord(primary=plan.target, timeline=promotion.timeline, previous_primary=plan.old_primary,
+                          changed_at=promotion.promoted_at, changed_by_run=run_id,
+                          needs_rebuild=rejoin_result.needs_rebuild if rejoin_result else [plan.old_primary])
+
+
+def unavailability_seconds(fenced: FenceRecord | None, repointed: RepointRecord | None) -> float | None:
+    """How long the entry point held clients: from its pause (fence) to its resume (repoint)."""
+    if fenced is None or repointed is None or fenced.paused_epoch is None:
+        return None
+    return round(repointed.resumed_epoch - fenced.paused_epoch, 3)
+
+
+class FailoverRecords(BaseModel):
+    """Every step's record of one switchover or failover, in order: the audit's `steps` (keyed by task id)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    preflight: FailoverPlan | None = None
+    fence: FenceRecord | None = None
+    catch_up: CatchUpRecord | None = None
+    promote: PromotionRecord | None = None
+    repoint: RepointRecord | None = None
+    rejoin: RejoinRecord | None = None
+    validation: ValidationRecord | None = Field(default=None, alias="validate")  # task id `validate`
+    rollback: RollbackRecord | None = None
+
+    @property
+    def unavailability_seconds(self) -> float | None:
+        return unavailability_seconds(self.fence, self.repoint)
+
+    def step_seconds(self) -> dict[str, float | None]:
+        return {name: getattr(self, attribute).seconds for name, attribute in _STEP_ATTRIBUTES.items()
+                if getattr(self, attribute) is not None}
+
+
+# The task ids of dr_failover, in order, and the record attribute of each.
+_STEP_ATTRIBUTES = {"preflight": "preflight", "fence": "fence", "catch_up": "catch_up", "promote": "promote",
+                    "repoint": "repoint", "rejoin": "rejoin", "validate": "validation", "rollback": "rollback"}
+STEP_NAMES = tuple(_STEP_ATTRIBUTES)
+
+
+class FailoverAudit(BaseModel):
+    """The audit record of one dr_failover run: who, why, every step's record, the outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["failover-audit"] = "failover-audit"
+    run_id: str
+    triggered_by: str | None
+    params: dict[str, Any]
+    action: str | None
+    steps: FailoverRecords
+    failures: dict[str, str]
+    recorded_at: str
+    unavailability_seconds: float | None
+    data_loss_bytes: int | None
+    topology: TopologyRecord | None
+    outcome: str
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include={"outcome", "unavailability_seconds", "data_loss_bytes", "topology"})
+
+
+def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str, Any], records: FailoverRecords,
+                  failures: Mapping[str, str]) -> FailoverAudit:
+    """Put the steps' records together; the new topology only when a promotion stood (not rolled back)."""
+    plan = records.preflight
+    topology = None
+    if records.promote is not None and plan is not None and not (records.rollback and records.rollback.rolled_back):
+        topology = topology_record(plan=plan, promotion=records.promote, rejoin_result=records.rejoin, run_id=run_id)
+    if failures:
+        first = next(name for name in STEP_NAMES if name in failures)
+        outcome = f"failed at {first}: {failures[first]}" + (f"; {records.rollback.message}" if records.rollback else "")
+    elif plan is None:
+        outcome = "no plan"
+    elif plan.action == "none":
+        outcome = f"no change: this run already made {plan.target} the primary"
+    elif plan.dry_run:
+        outcome = "dry run: all checks passed, nothing changed"
+    else:
+        outcome = f"{plan.action} to {plan.target} complete"
+    return FailoverAudit(run_id=run_id, triggered_by=triggered_by, params=dict(params),
+                         action=plan.action if plan else None, steps=records, failures=dict(failures),
+                         recorded_at=now_iso(), unavailability_seconds=records.unavailability_seconds,
+                         data_loss_bytes=records.catch_up.data_loss_bytes if records.catch_up else None,
+                         topology=topology, outcome=outcome)
 
 
 # -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
-def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: dict[str, Any], *, timeout: float = 60,
-                   settle_seconds: float = 2.0, interval: float = 0.2) -> dict[str, Any]:
+def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: FenceRecord, *, timeout: float = 60,
+                   settle_seconds: float = 2.0, interval: float = 0.2) -> CatchUpRecord:
     """What the catch_up sensor does, as a loop: replay to the final LSN (switchover), or until the
     received WAL stops advancing (failover), with the data loss estimate."""
     target = plan.target
@@ -585,50 +740,60 @@ def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: dict[s
     last: tuple[int, float] | None = None
     while time.monotonic() < deadline:
         if plan.action == "switchover":
-            done, replay = replayed_to(cluster, target, fenced["final_lsn"])
+            done, replay = replayed_to(cluster, target, fenced.final_lsn or "0/0")
             if done:
-                cluster.report(f"{target} replayed to {replay}, past the final LSN {fenced['final_lsn']}")
-                return {"replayed_lsn": replay, "data_loss_bytes": 0}
+                cluster.report(f"{target} replayed to {replay}, past the final LSN {fenced.final_lsn}")
+                return CatchUpRecord(replayed_lsn=replay, data_loss_bytes=0)
         else:
             received = received_position(cluster, target)
             now = time.monotonic()
             if last is None or received != last[0]:
                 last = (received, now)
             elif now - last[1] >= settle_seconds:
-                loss = max(0, int(fenced.get("last_known_primary_lsn_int", 0)) - received)
+                loss = max(0, fenced.last_known_primary_lsn_int - received)
                 cluster.report(f"{target} stopped receiving; data loss estimate {loss:,} bytes")
-                return {"received_lsn_int": received, "data_loss_bytes": loss}
+                return CatchUpRecord(received_lsn_int=received, data_loss_bytes=loss)
         time.sleep(interval)
     raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
 
 
+@dataclass
+class Completed:
+    """What run_all did: every step's record and, after a promotion, the new topology."""
+
+    records: FailoverRecords
+    topology: TopologyRecord | None = None
+
+    @property
+    def unavailability_seconds(self) -> float | None:
+        return self.records.unavailability_seconds
+
+
 def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str,
-            recorded: dict[str, Any] | None = None, catch_up_timeout: float | None = None) -> dict[str, Any]:
+            recorded: TopologyRecord | None = None, catch_up_timeout: float | None = None) -> Completed:
     """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit)."""
     plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)
-    records: dict[str, Any] = {"preflight": plan.model_dump(mode="json")}
+    records = FailoverRecords(preflight=plan)
     if plan.action == "none" or plan.dry_run:
-        return records
+        return Completed(records=records)
     step = "fence"
     try:
-        records["fence"] = fence(cluster, plan)
+        records.fence = fence(cluster, plan)
         step = "catch_up"
         timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
-        records["catch_up"] = wait_caught_up(cluster, plan, records["fence"], timeout=timeout)
+        records.catch_up = wait_caught_up(cluster, plan, records.fence, timeout=timeout)
         step = "promote"
-        records["promote"] = promote(cluster, plan.target, previous_timeline=plan.old_timeline)
+        records.promote = promote(cluster, plan.target, previous_timeline=plan.old_timeline)
         step = "repoint"
-        records["repoint"] = repoint(cluster, plan.target)
+        records.repoint = repoint(cluster, plan.target)
         step = "rejoin"
-        records["rejoin"] = rejoin(cluster, plan)
+        records.rejoin = rejoin(cluster, plan)
         step = "validate"
-        records["validate"] = validate(cluster, plan, run_id=run_id, following=records["rejoin"]["following"])
+        records.validation = validate(cluster, plan, run_id=run_id, following=records.rejoin.following)
     except Exception as exc:
-        records["rollback"] = rollback(cluster, plan, fenced="fence" in records, promoted="promote" in records,
-                                       repointed="repoint" in records, failed_step=step)
-        raise FailoverError(f"{plan.action} to {plan.target} failed: {exc}; {records['rollback']['message']}") from exc
-    records["unavailability_seconds"] = round(records["repoint"]["resumed_epoch"] - records["fence"]["paused_epoch"], 3) \
-        if "paused_epoch" in records["fence"] else None
-    records["topology"] = topology_record(plan=plan, promotion=records["promote"], rejoin_result=records["rejoin"],
-                                          run_id=run_id)
-    return records
+        records.rollback = rollback(cluster, plan, fenced=records.fence is not None,
+                                    promoted=records.promote is not None, repointed=records.repoint is not None,
+                                    failed_step=step)
+        raise FailoverError(f"{plan.action} to {plan.target} failed: {exc}; {records.rollback.message}") from exc
+    return Completed(records=records, topology=topology_record(plan=plan, promotion=records.promote,
+                                                               rejoin_result=records.rejoin, run_id=run_id))

@@ -59,7 +59,7 @@ def test_failover_refuses_to_promote_while_the_old_primary_writes_and_cannot_be_
     assert router.paused is False, "the entry point is resumed: the primary keeps serving"
     forced = plan.model_copy(update={"params": plan.params.model_copy(update={"force": True})})
     record = failover.fence(cluster, forced)
-    assert record["forced_with_writable_old_primary"] is True and record["old_primary_fenced"] is False
+    assert record.forced_with_writable_old_primary is True and record.old_primary_fenced is False
 
 
 def test_rollback_after_the_repoint_fails_forward() -> None:
@@ -68,9 +68,9 @@ def test_rollback_after_the_repoint_fails_forward() -> None:
     cluster.nodes["primary"].writable, cluster.nodes["dr"].writable = False, True  # promoted, then repointed
     router.point_to(cluster.endpoints["dr"])
     result = failover.rollback(cluster, plan, fenced=True, promoted=True, repointed=True, failed_step="validate")
-    assert result["failed_forward"] is True and result["rolled_back"] is False
-    assert result["writable"] == ["dr"] and router.routes_to.node == "dr"
-    assert "validate failed after the application was repointed to dr" in result["message"]
+    assert result.failed_forward is True and result.rolled_back is False
+    assert result.writable == ["dr"] and router.routes_to.node == "dr"
+    assert "validate failed after the application was repointed to dr" in result.message
     assert not [a for a in control.actions if a.startswith(("unfence", "start"))], "nothing goes back"
 
 
@@ -79,7 +79,7 @@ def test_rollback_after_the_repoint_fences_a_second_writer() -> None:
     plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
     cluster.nodes["dr"].writable = True  # promoted while the old primary still writes
     result = failover.rollback(cluster, plan, fenced=True, promoted=True, repointed=True, failed_step="rejoin")
-    assert result["writable"] == ["dr"]
+    assert result.writable == ["dr"]
     assert "stop(immediate) primary" in control.actions and "fence primary" in control.actions
 
 
@@ -87,5 +87,5 @@ def test_a_rerun_fence_after_promotion_does_nothing() -> None:
     cluster, control, router = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary")
     cluster.nodes["primary"].writable, cluster.nodes["dr"].writable = False, True
-    assert failover.fence(cluster, plan)["already_done"] is True
+    assert failover.fence(cluster, plan).already_done is True
     assert control.actions == [] and router.actions == []

@@ -350,9 +350,9 @@ def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluste
     # A cleared and re-run fence or promote re-reads the cluster: dr is already promoted, nothing is done.
     before = _snapshot(cluster)
     stale_plan = failover_steps.FailoverPlan.model_validate(audit["steps"]["preflight"])
-    assert failover_steps.fence(cluster.failover_cluster(), stale_plan)["already_done"] is True
+    assert failover_steps.fence(cluster.failover_cluster(), stale_plan).already_done is True
     again = failover_steps.promote(cluster.failover_cluster(), "dr", previous_timeline=stale_plan.old_timeline)
-    assert again["already_promoted"] is True and again["timeline"] == audit["steps"]["promote"]["timeline"]
+    assert again.already_promoted is True and again.timeline == audit["steps"]["promote"]["timeline"]
     assert _snapshot(cluster) == before
     back = _run(target="primary", mode="switchover", reason="back after the fail-forward test")
     assert str(back.state) == "success", task_states(back)

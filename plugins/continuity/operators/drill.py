@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.drill import REPORT_PREFIX, commit_marker, failure_result, render_markdown, run_drill
+from continuity.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
+                              failure_result, render_markdown, run_drill)
 from continuity.failover import FailoverError, FailoverParams, run_all
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook
@@ -34,7 +34,7 @@ class StartDrillOperator(ContinuityBackupOperator):
         super().__init__(**kwargs)
         self.include_switchover = include_switchover
 
-    def execute(self, context: Context) -> dict[str, str]:
+    def execute(self, context: Context) -> dict[str, Any]:
         if _truthy(self.include_switchover):
             self.log.info("include_switchover: after the rebuild, the drill switches over to the DR standby and back")
         started = datetime.now(timezone.utc)
@@ -46,30 +46,29 @@ class StartDrillOperator(ContinuityBackupOperator):
         committed = commit_marker(app, drill_id)
         self.log.info("drill %s started at %s; marker committed at %s through %s", drill_id, started.isoformat(),
                       committed.isoformat(), conn.host)
-        return {"drill_id": drill_id, "started_at": started.isoformat(), "marker_committed_at": committed.isoformat(),
-                "database": conn.schema or policy.topology.databases[0]}
+        return DrillStart(drill_id=drill_id, started_at=started, marker_committed_at=committed,
+                          database=conn.schema or policy.topology.databases[0]).model_dump(mode="json")
 
 
 class RebuildAndMeasureOperator(ContinuityBackupOperator):
     """Rebuild from DR-region backups alone, validate, measure RTO/RPO per phase, write the report."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        start = context["ti"].xcom_pull(task_ids="start_drill")
+        start = _drill_start(context)
         hook = self.hook()
         catalog = hook.get_catalog()
         required = [catalog.locations[n] for n in sorted(hook.required_locations())]
-        started_at = datetime.fromisoformat(start["started_at"])
         try:
-            result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start["drill_id"], started_at=started_at,
-                               marker_committed_at=datetime.fromisoformat(start["marker_committed_at"]),
-                               database=start["database"], report=self.log.info,
+            result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start.drill_id, started_at=start.started_at,
+                               marker_committed_at=start.marker_committed_at,
+                               database=start.database, report=self.log.info,
                                scratch_prefix=scratch_prefix(context["run_id"]))
         except RestoreError as exc:
-            failed = failure_result(drill_id=start["drill_id"], started_at=started_at, error=str(exc))
-            for key in store_report(failed, required, name=start["drill_id"], prefix=REPORT_PREFIX, render=render_markdown):
+            failed = failure_result(drill_id=start.drill_id, started_at=start.started_at, error=str(exc))
+            for key in store_report(failed, required, name=start.drill_id, prefix=REPORT_PREFIX, render=render_markdown):
                 self.log.info("failure report written to %s", key)
             raise AirflowFailException(f"drill failed: {exc}") from exc
-        for key in store_report(result, required, name=start["drill_id"], prefix=REPORT_PREFIX, render=render_markdown):
+        for key in store_report(result, required, name=start.drill_id, prefix=REPORT_PREFIX, render=render_markdown):
             self.log.info("report written to %s (+ .md)", key)
         self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result.rto_seconds, result.phases,
                       result.rpo_seconds, "recovered" if result.marker_recovered else "LOST")
@@ -98,7 +97,7 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if not _truthy(self.include_switchover):
             raise AirflowSkipException("include_switchover is false: no live switchover in this drill")
-        start = context["ti"].xcom_pull(task_ids="start_drill")
+        start = _drill_start(context)
         policy = FailoverHook(policy_path=self.policy_path).policy
         original = policy.topology.primary.name
         target = next((n.name for n in policy.topology.standbys if n.region == policy.topology.dr_region), None)
@@ -110,33 +109,41 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
             _wait_for(load, 20)
             for leg, (to, frm) in (("there", (target, original)), ("back", (original, target))):
                 params = FailoverParams(target=to, mode="switchover",
-                                        reason=f"DR drill {start['drill_id']}: live switchover {leg}")
+                                        reason=f"DR drill {start.drill_id}: live switchover {leg}")
                 leg_cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
                 try:
-                    records = run_all(leg_cluster, params, primary=frm, run_id=f"{context['run_id']}:{leg}")
+                    done = run_all(leg_cluster, params, primary=frm, run_id=f"{context['run_id']}:{leg}")
                 except FailoverError as exc:
                     raise AirflowFailException(f"live switchover {leg} failed: {exc}") from exc
-                write_topology(records["topology"])
-                legs[leg] = {"to": to, "unavailability_seconds": records["unavailability_seconds"],
-                             "steps": {k: v.get("seconds") for k, v in records.items() if isinstance(v, dict) and "seconds" in v}}
+                if done.topology is not None:
+                    write_topology(done.topology)
+                legs[leg] = SwitchoverLeg(to=to, unavailability_seconds=done.unavailability_seconds,
+                                          steps=done.records.step_seconds())
                 self.log.info("switchover %s to %s done: entry point held for %s s", leg, to,
-                              records["unavailability_seconds"])
+                              done.unavailability_seconds)
             _wait_for(load, len(load.acknowledged) + 20)
         lost = load.missing_on(cluster.app_conninfo)
-        result = {"drill_id": start["drill_id"], "target": target, "legs": legs,
-                  "acknowledged_commits": len(load.acknowledged), "failed_statements": len(load.errors),
-                  "application_outage_seconds": round(load.longest_gap, 3), "lost_commits": len(lost)}
+        result = LiveSwitchoverResult(drill_id=start.drill_id, target=target, legs=legs,
+                                      acknowledged_commits=len(load.acknowledged), failed_statements=len(load.errors),
+                                      application_outage_seconds=round(load.longest_gap, 3), lost_commits=len(lost))
         hook = self.hook()
         locations = hook.get_locations()
         for name in sorted(hook.required_locations()):
-            key = f"{REPORT_PREFIX}{start['drill_id']}-switchover.json"
-            locations[name].put_bytes(key, json.dumps(result, indent=2).encode())
+            key = f"{REPORT_PREFIX}{start.drill_id}-switchover.json"
+            locations[name].put_bytes(key, result.model_dump_json(indent=2).encode())
             self.log.info("switchover report written to %s", locations[name].describe(key))
         self.log.info("application-visible outage %.3f s over two switchovers; %d acknowledged commits, %d lost, "
                       "%d failed statements", load.longest_gap, len(load.acknowledged), len(lost), len(load.errors))
         if lost:
             raise AirflowFailException(f"{len(lost)} acknowledged commits are missing after the switchovers")
-        return result
+        return result.model_dump(mode="json")
+
+
+def _drill_start(context: Context) -> DrillStart:
+    raw = context["ti"].xcom_pull(task_ids="start_drill")
+    if not raw:
+        raise AirflowFailException("no drill start in XCom: start_drill did not succeed")
+    return DrillStart.model_validate(raw)
 
 
 def _wait_for(load: CommitRecorder, count: int) -> None:

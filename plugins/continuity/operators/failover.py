@@ -2,17 +2,18 @@
 
 Every step reads the run's params and the preflight plan from XCom, logs one sentence per decision,
 and pushes its own record (or, when it fails, `failure`) so the audit task can tell the whole story.
+Records are the core's pydantic models: `model_dump(mode="json")` into XCom, `model_validate` out.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from pydantic import BaseModel
 
 from continuity import failover as steps
 from continuity.hooks.backup import ContinuityBackupHook
@@ -29,6 +30,12 @@ def _plan(context: Context) -> steps.FailoverPlan:
     if not plan:
         raise AirflowFailException("no preflight plan in XCom: preflight did not succeed")
     return steps.FailoverPlan.model_validate(plan)
+
+
+def _record(context: Context, task_id: str, model: type[steps.StepRecord]) -> Any:
+    """A step's record from XCom, validated against its model (None when the step did not run)."""
+    raw = context["ti"].xcom_pull(task_ids=task_id)
+    return model.model_validate(raw) if raw else None
 
 
 def _skip_unless_acting(plan: steps.FailoverPlan) -> None:
@@ -62,20 +69,19 @@ class FailoverStepOperator(BaseOperator):
             if isinstance(exc, steps.FailoverError | ValueError):
                 raise AirflowFailException(str(exc)) from exc
             raise
-        if isinstance(result, dict):
-            timing = {"seconds": round(time.time() - started, 3), "step_started_at": started_at,
-                      "step_finished_at": steps.now_iso()}
-            result.update({k: v for k, v in timing.items() if result.get(k) is None})
-        return result
+        if isinstance(result, steps.StepRecord):
+            result = result.model_copy(update={"seconds": round(time.time() - started, 3),
+                                               "step_started_at": started_at, "step_finished_at": steps.now_iso()})
+        return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
 
-    def step(self, context: Context) -> Any:
+    def step(self, context: Context) -> BaseModel | dict[str, Any]:
         raise NotImplementedError
 
 
 class PreflightOperator(FailoverStepOperator):
     """Validate the params and check the cluster; the plan it returns drives every later step."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.FailoverPlan:
         hook = FailoverHook(policy_path=self.policy_path)
         try:
             params = steps.validate_params(context["params"], hook.policy)
@@ -94,14 +100,14 @@ class PreflightOperator(FailoverStepOperator):
                 self.log.info("plan: %s", line)
             if plan.dry_run:
                 self.log.info("dry run: every check passed; nothing will be changed")
-        return plan.model_dump(mode="json")
+        return plan
 
 
 class FenceOperator(FailoverStepOperator):
     """Switchover: pause the entry point, stop the primary cleanly, fence it, note its final LSN.
     Failover: stop the old primary if it still runs and fence it."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.FenceRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
         return steps.fence(self.cluster(), plan)
@@ -140,13 +146,14 @@ class CatchUpSensor(BaseSensorOperator):
         if self._cluster is None:
             self._cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
         cluster, target = self._cluster, plan.target
-        fenced = context["ti"].xcom_pull(task_ids="fence")
+        fenced = _record(context, "fence", steps.FenceRecord)
+        if fenced is None:
+            raise AirflowFailException("no fence record in XCom: fence did not succeed")
         if plan.action == "switchover":
-            done, replay = steps.replayed_to(cluster, target, fenced["final_lsn"])
+            done, replay = steps.replayed_to(cluster, target, fenced.final_lsn or "0/0")
             self.log.info("%s replayed to %s; final LSN of %s is %s", target, replay, plan.old_primary,
-                          fenced["final_lsn"])
-            return PokeReturnValue(is_done=done, xcom_value={"replayed_lsn": replay, "data_loss_bytes": 0,
-                                                             **self._timing()})
+                          fenced.final_lsn)
+            return PokeReturnValue(is_done=done, xcom_value=self._record(replayed_lsn=replay, data_loss_bytes=0))
         received = steps.received_position(cluster, target)
         now = time.monotonic()
         if self._last is None or received != self._last[0]:
@@ -155,36 +162,36 @@ class CatchUpSensor(BaseSensorOperator):
             return False
         if now - self._last[1] < self.settle_seconds:
             return False
-        loss = max(0, int(fenced.get("last_known_primary_lsn_int", 0)) - received)
+        loss = max(0, fenced.last_known_primary_lsn_int - received)
         self.log.info("%s stopped receiving at byte %s; data loss estimate %s bytes (against the most advanced "
                       "position any node reported)", target, f"{received:,}", f"{loss:,}")
-        return PokeReturnValue(is_done=True, xcom_value={"received_lsn_int": received, "data_loss_bytes": loss,
-                                                         **self._timing()})
+        return PokeReturnValue(is_done=True, xcom_value=self._record(received_lsn_int=received, data_loss_bytes=loss))
 
-    def _timing(self) -> dict[str, Any]:
-        return {"seconds": round(time.time() - self._started, 3), "step_started_at": self._started_at,
-                "step_finished_at": steps.now_iso()}
+    def _record(self, **fields: Any) -> dict[str, Any]:
+        return steps.CatchUpRecord(**fields, seconds=round(time.time() - self._started, 3),
+                                   step_started_at=self._started_at,
+                                   step_finished_at=steps.now_iso()).model_dump(mode="json")
 
 
 class PromoteOperator(FailoverStepOperator):
     """pg_promote(wait => true) on the target; confirm it left recovery on a new timeline; record the
     new topology at once, so a worker killed before the last task never leaves the old primary recorded."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.PromotionRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
         promotion = steps.promote(self.cluster(), plan.target, previous_timeline=plan.old_timeline)
         topology = steps.topology_record(plan=plan, promotion=promotion, rejoin_result=None, run_id=context["run_id"])
         write_topology(topology)
         self.log.info("topology recorded: %s is the primary on timeline %s (before the repoint, so every DAG "
-                      "follows it even if this run stops here)", topology["primary"], topology["timeline"])
+                      "follows it even if this run stops here)", topology.primary, topology.timeline)
         return promotion
 
 
 class RepointOperator(FailoverStepOperator):
     """Point the application's entry point at the new primary and let clients through."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.RepointRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
         return steps.repoint(self.cluster(), plan.target)
@@ -193,7 +200,7 @@ class RepointOperator(FailoverStepOperator):
 class RejoinOperator(FailoverStepOperator):
     """Make the other standbys follow the new primary and rewind the old primary into a standby."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.RejoinRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
         return steps.rejoin(self.cluster(), plan)
@@ -202,18 +209,19 @@ class RejoinOperator(FailoverStepOperator):
 class ValidateOperator(FailoverStepOperator):
     """A write through the entry point, standbys streaming, WAL archived on the new timeline."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.ValidationRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        rejoined = context["ti"].xcom_pull(task_ids="rejoin") or {}
-        return steps.validate(self.cluster(), plan, run_id=context["run_id"], following=rejoined.get("following"))
+        rejoined = _record(context, "rejoin", steps.RejoinRecord)
+        return steps.validate(self.cluster(), plan, run_id=context["run_id"],
+                              following=rejoined.following if rejoined else None)
 
 
 class RollbackOperator(FailoverStepOperator):
     """Runs only when a step failed. Switchover: the old primary serves again; failover: exactly one
     writable primary, named."""
 
-    def step(self, context: Context) -> dict[str, Any]:
+    def step(self, context: Context) -> steps.RollbackRecord:
         raw = context["ti"].xcom_pull(task_ids="preflight")
         plan = steps.FailoverPlan.model_validate(raw) if raw else None
         if plan is None or plan.action == "none" or plan.dry_run:
@@ -225,7 +233,7 @@ class RollbackOperator(FailoverStepOperator):
         failed_step = next((name for name in RecordOperator.STEPS if ti.xcom_pull(task_ids=name, key="failure")), None)
         result = steps.rollback(self.cluster(), plan, fenced=fenced, promoted=promoted, repointed=repointed,
                                 failed_step=failed_step)
-        self.log.warning(result["message"])
+        self.log.warning(result.message)
         return result
 
 
@@ -233,59 +241,35 @@ class RecordOperator(FailoverStepOperator):
     """Always runs: persist the new topology (after a promotion) and write the audit record to storage
     and the log; fail the run, naming the failed step, when any step failed."""
 
-    STEPS = ("preflight", "fence", "catch_up", "promote", "repoint", "rejoin", "validate", "rollback")
+    STEPS = steps.STEP_NAMES
 
     def step(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        records = {name: ti.xcom_pull(task_ids=name) for name in self.STEPS}
-        failures = {name: ti.xcom_pull(task_ids=name, key="failure") for name in self.STEPS}
-        failures = {k: v for k, v in failures.items() if v}
-        plan = steps.FailoverPlan.model_validate(records["preflight"]) if records["preflight"] else None
-        dag_run = context["dag_run"]
-        audit: dict[str, Any] = {
-            "kind": "failover-audit", "run_id": context["run_id"],
-            "triggered_by": getattr(dag_run, "triggering_user_name", None),
-            "params": dict(context["params"]), "action": plan.action if plan else None, "steps": records,
-            "failures": failures, "recorded_at": steps.now_iso(),
-        }
-        fenced, repointed = records["fence"] or {}, records["repoint"] or {}
-        if fenced.get("paused_epoch") and repointed.get("resumed_epoch"):
-            audit["unavailability_seconds"] = round(repointed["resumed_epoch"] - fenced["paused_epoch"], 3)
-        audit["data_loss_bytes"] = (records["catch_up"] or {}).get("data_loss_bytes")
-        promoted = records["promote"]
-        rolled_back = (records["rollback"] or {}).get("rolled_back")
-        if promoted and not rolled_back:
-            topology = steps.topology_record(plan=plan, promotion=promoted, rejoin_result=records["rejoin"],
-                                             run_id=context["run_id"])
-            write_topology(topology)
-            audit["topology"] = topology
-            self.log.info("topology recorded: primary %s on timeline %s", topology["primary"], topology["timeline"])
+        records = steps.FailoverRecords.model_validate({name: ti.xcom_pull(task_ids=name) for name in self.STEPS})
+        failures = {name: failure for name in self.STEPS if (failure := ti.xcom_pull(task_ids=name, key="failure"))}
+        audit = steps.compose_audit(run_id=context["run_id"],
+                                    triggered_by=getattr(context["dag_run"], "triggering_user_name", None),
+                                    params=context["params"], records=records, failures=failures)
+        if audit.topology is not None:
+            write_topology(audit.topology)
+            self.log.info("topology recorded: primary %s on timeline %s", audit.topology.primary,
+                          audit.topology.timeline)
+        self._store(audit)
+        self.log.info("outcome: %s; unavailability %s s; data loss %s bytes", audit.outcome,
+                      audit.unavailability_seconds, audit.data_loss_bytes)
         if failures:
-            first = next(name for name in self.STEPS if name in failures)
-            audit["outcome"] = f"failed at {first}: {failures[first]}" + (
-                f"; {records['rollback']['message']}" if records["rollback"] else "")
-        elif plan is not None and plan.action == "none":
-            audit["outcome"] = f"no change: this run already made {plan.target} the primary"
-        elif plan is not None and plan.dry_run:
-            audit["outcome"] = "dry run: all checks passed, nothing changed"
-        else:
-            audit["outcome"] = f"{plan.action} to {plan.target} complete" if plan else "no plan"
-        self._store(audit, topology=audit.get("topology"))
-        self.log.info("outcome: %s; unavailability %s s; data loss %s bytes", audit["outcome"],
-                      audit.get("unavailability_seconds"), audit["data_loss_bytes"])
-        if failures:
-            raise AirflowFailException(audit["outcome"])
-        return {k: audit.get(k) for k in ("outcome", "unavailability_seconds", "data_loss_bytes", "topology")}
+            raise AirflowFailException(audit.outcome)
+        return audit.summary()
 
-    def _store(self, audit: dict[str, Any], *, topology: dict[str, Any] | None) -> None:
+    def _store(self, audit: steps.FailoverAudit) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)
         locations = hook.get_locations()
-        name = key_safe(audit["run_id"])
+        key = f"{AUDIT_PREFIX}{key_safe(audit.run_id)}.json"
         for location in sorted(hook.required_locations()):
             try:
-                locations[location].put_bytes(f"{AUDIT_PREFIX}{name}.json", json.dumps(audit, indent=2, default=str).encode())
-                if topology:
-                    locations[location].put_bytes(TOPOLOGY_KEY, json.dumps(topology, indent=2).encode())
-                self.log.info("audit written to %s", locations[location].describe(f"{AUDIT_PREFIX}{name}.json"))
+                locations[location].put_bytes(key, audit.model_dump_json(indent=2).encode())
+                if audit.topology:
+                    locations[location].put_bytes(TOPOLOGY_KEY, audit.topology.model_dump_json(indent=2).encode())
+                self.log.info("audit written to %s", locations[location].describe(key))
             except Exception as exc:  # the audit must reach every location that answers
                 self.log.error("could not write the audit to location %s: %s", location, exc)
