@@ -89,3 +89,55 @@ def test_a_rerun_fence_after_promotion_does_nothing() -> None:
     cluster.nodes["primary"].writable, cluster.nodes["dr"].writable = False, True
     assert failover.fence(cluster, plan).already_done is True
     assert control.actions == [] and router.actions == []
+
+
+# -- the audit ---------------------------------------------------------------------------------------
+def _completed_switchover() -> failover.FailoverRecords:
+    cluster, _, _ = _cluster()
+    plan = failover.preflight(cluster, _params(), primary="primary", run_id="manual__1")
+    fence = failover.fence(cluster, plan)
+    return failover.FailoverRecords(
+        preflight=plan, fence=fence,
+        catch_up=failover.CatchUpRecord(replayed_lsn=fence.final_lsn, data_loss_bytes=0),
+        promote=failover.PromotionRecord(promoted_at=failover.now_iso(), timeline=2, previous_timeline=1, lsn="0/3000100"),
+        repoint=failover.RepointRecord(resumed_at=failover.now_iso(), resumed_epoch=fence.paused_epoch + 1.25,
+                                       endpoint="127.0.0.1:5434"),
+        rejoin=failover.RejoinRecord(following=["sync1", "primary"], streaming=["primary", "sync1"]))
+
+
+def test_the_audit_of_a_completed_switchover_names_the_new_topology_and_the_outage() -> None:
+    records = _completed_switchover()
+    audit = failover.compose_audit(run_id="manual__1", triggered_by="oncall", params={"target": "dr"},
+                                   records=records, failures={})
+    assert audit.outcome == "switchover to dr complete" and audit.action == "switchover"
+    assert audit.unavailability_seconds == 1.25 and audit.data_loss_bytes == 0
+    assert audit.topology == failover.TopologyRecord(primary="dr", timeline=2, previous_primary="primary",
+                                                     changed_at=records.promote.promoted_at,
+                                                     changed_by_run="manual__1", needs_rebuild=[])
+    stored = audit.model_dump(mode="json")
+    assert set(stored["steps"]) == set(failover.STEP_NAMES), "the audit's steps are keyed by task id"
+    assert failover.FailoverAudit.model_validate(stored) == audit, "the stored audit reads back"
+
+
+def test_the_audit_of_a_failed_run_names_the_first_failed_step_and_what_rollback_left() -> None:
+    records = _completed_switchover()
+    records.rollback = failover.RollbackRecord(rolled_back=True, writable=["primary"],
+                                               message="switchover rolled back: primary serves again")
+    audit = failover.compose_audit(run_id="manual__2", triggered_by=None, params={}, records=records,
+                                   failures={"validate": "no standby streams", "rejoin": "sync1 not repointed"})
+    assert audit.outcome == ("failed at rejoin: sync1 not repointed; switchover rolled back: primary serves again")
+    assert audit.topology is None, "a promotion that was rolled back is not the topology"
+
+
+def test_the_audit_of_a_dry_run_and_of_a_rerun_changes_nothing() -> None:
+    cluster, _, _ = _cluster()
+    plan = failover.preflight(cluster, _params(dry_run=True), primary="primary")
+    audit = failover.compose_audit(run_id="r", triggered_by=None, params={}, failures={},
+                                   records=failover.FailoverRecords(preflight=plan))
+    assert audit.outcome == "dry run: all checks passed, nothing changed" and audit.topology is None
+    assert audit.unavailability_seconds is None and audit.data_loss_bytes is None
+
+
+def test_a_record_missing_a_field_fails_loudly() -> None:
+    with pytest.raises(ValueError, match="timeline"):
+        failover.FailoverRecords.model_validate({"promote": {"promoted_at": "x", "previous_timeline": 1, "lsn": None}})

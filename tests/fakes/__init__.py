@@ -21,6 +21,8 @@ class FakeNode:
     fenced: bool = False
     timeline: int = 1
     position: int = 0x3000000
+    receiver_status: str = "streaming"  # a standby's WAL receiver ("stopped" once the primary is gone)
+    last_message_age_seconds: float = 0.5
 
     def _check(self) -> None:
         if not (self.reachable and self.running):
@@ -47,8 +49,9 @@ class FakeNode:
         self._check()
         if self.writable:
             return None
-        return WalReceiver(status="streaming", received_tli=self.timeline, flushed_lsn=None, sender_host="127.0.0.1",
-                           sender_port=5432, slot_name=self.name, last_message_age_seconds=0.5)
+        return WalReceiver(status=self.receiver_status, received_tli=self.timeline, flushed_lsn=None,
+                           sender_host="127.0.0.1", sender_port=5432, slot_name=self.name,
+                           last_message_age_seconds=self.last_message_age_seconds)
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""AutoFailoverOperator, provider-style: `op.execute(context)` with the Variable store, the node hooks and
+the trigger replaced, so each decision of the flap protection is checked in milliseconds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from continuity.operators import auto_failover
+from continuity.policy import load_policy
+from tests.fakes import FakeNode
+
+DISASTER = {"disaster": True, "summary": "score 5 >= 4",
+            "failing": [{"component": "database", "subject": "primary primary"}]}
+STANDBY_DOWN = {"disaster": True, "summary": "score 4 >= 4",
+                "failing": [{"component": "network", "subject": "standby sync1"},
+                            {"component": "storage", "subject": "bucket continuity-backups-us-west-2"}]}
+HEALTHY = {"disaster": False, "summary": "score 0", "failing": []}
+
+
+class FakeTaskInstance:
+    def __init__(self, assessment: dict[str, Any] | None) -> None:
+        self.assessment = assessment
+
+    def xcom_pull(self, *, task_ids: str, key: str = "return_value") -> Any:
+        assert (task_ids, key) == ("assess_health", "assessment")
+        return self.assessment
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Variables in a dict, nodes as fakes, the trigger recorded instead of sent; the policy with auto_failover on."""
+    policy = load_policy()
+    policy = policy.model_copy(update={"health_monitor": policy.health_monitor.model_copy(update={"auto_failover": True})})
+    state: dict[str, Any] = {"variables": {}, "triggered": [], "policy": policy,
+                             "nodes": {"sync1": FakeNode(name="sync1", receiver_status="stopped"),
+                                       "dr": FakeNode(name="dr", receiver_status="stopped")}}
+
+    class Variables:
+        @staticmethod
+        def get(key: str, default: Any = None) -> Any:
+            return state["variables"].get(key, default)
+
+        @staticmethod
+        def set(key: str, value: Any, **_: Any) -> None:
+            state["variables"][key] = value
+
+    class NodeHooks:
+        def __init__(self, *, postgres_conn_id: str, node_name: str) -> None:
+            self.node_name = node_name
+
+        def get_node(self) -> FakeNode:
+            return state["nodes"][self.node_name]
+
+    def trigger(self: TriggerDagRunOperator, context: Any) -> None:
+        state["triggered"].append(dict(self.conf))
+
+    monkeypatch.setattr(auto_failover, "Variable", Variables)
+    monkeypatch.setattr(auto_failover, "PostgresNodeHook", NodeHooks)
+    monkeypatch.setattr(auto_failover, "current_policy", lambda _path=None: state["policy"])
+    monkeypatch.setattr(TriggerDagRunOperator, "execute", trigger)
+    return state
+
+
+def _check(assessment: dict[str, Any] | None, run: int) -> str:
+    op = auto_failover.AutoFailoverOperator(task_id="auto_failover")
+    try:
+        op.execute({"ti": FakeTaskInstance(assessment), "run_id": f"scheduled__{run}"})
+    except AirflowSkipException as skipped:
+        return str(skipped)
+    return "triggered"
+
+
+def _streak(world: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(world["variables"][auto_failover.STREAK_VARIABLE])
+
+
+def test_three_disasters_in_a_row_trigger_one_failover_to_the_dr_standby(world: dict[str, Any]) -> None:
+    assert "waits for 3 (flap protection)" in _check(DISASTER, 1)
+    assert "reached 2 time(s) in a row" in _check(DISASTER, 2)
+    assert _streak(world) == {"count": 2, "last_run": "scheduled__2", "since": "scheduled__1"}
+    assert world["triggered"] == []
+    assert _check(DISASTER, 3) == "triggered"
+    [conf] = world["triggered"]
+    assert conf["target"] == "dr" and conf["mode"] == "failover" and conf["force"] is False
+    assert conf["reason"].startswith("automatic: disaster threshold held for 3 consecutive checks")
+    assert _streak(world) == {"count": 0, "triggered_by": "scheduled__3"}, "reset, so one failover per streak"
+
+
+def test_a_healthy_check_ends_the_streak(world: dict[str, Any]) -> None:
+    _check(DISASTER, 1)
+    _check(DISASTER, 2)
+    assert _check(HEALTHY, 3) == "no disaster: nothing to do"
+    assert _streak(world) == {"count": 0}
+    assert "reached 1 time(s)" in _check(DISASTER, 4)
+
+
+def test_a_disaster_without_the_primary_failing_alerts_and_never_promotes(world: dict[str, Any]) -> None:
+    for run in range(1, 5):
+        assert "disaster alert without promotion" in _check(STANDBY_DOWN, run)
+    assert world["triggered"] == [] and _streak(world) == {"count": 0}
+
+
+def test_a_standby_still_hearing_the_primary_vetoes_the_failover(world: dict[str, Any]) -> None:
+    world["nodes"]["sync1"].receiver_status = "streaming"  # sync1 still streams from the primary
+    for run in (1, 2):
+        _check(DISASTER, run)
+    skipped = _check(DISASTER, 3)
+    assert skipped.startswith("no automatic failover: standby sync1 still streams from the primary")
+    assert world["triggered"] == [] and _streak(world) == {"count": 0}
+
+
+def test_no_healthy_dr_standby_keeps_the_streak_and_says_so(world: dict[str, Any]) -> None:
+    world["nodes"]["dr"].reachable = False
+    for run in (1, 2):
+        _check(DISASTER, run)
+    assert "no healthy standby in the DR region us-west-2" in _check(DISASTER, 3)
+    assert world["triggered"] == [] and _streak(world)["count"] == 3
+
+
+def test_off_by_policy_or_without_an_assessment_nothing_is_decided(world: dict[str, Any]) -> None:
+    assert "did not report" in _check(None, 1)
+    policy = world["policy"]
+    world["policy"] = policy.model_copy(update={"health_monitor": policy.health_monitor.model_copy(
+        update={"auto_failover": False})})
+    assert "automatic failover is off" in _check(DISASTER, 2)
+    assert world["variables"] == {}
