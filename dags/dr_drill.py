@@ -3,7 +3,8 @@
 
 1. `start_drill` notes the start and commits a drill marker row on the primary (through the
    application entry point).
-2. `switch_wal` and `ship_wal` get that commit's WAL to every region.
+2. `switch_wal`, `wal_archived` (deferrable: waits in the triggerer) and `ship_wal` get that
+   commit's WAL to every region.
 3. `rebuild_and_measure` rebuilds the database in a scratch cluster from the DR region's backups
    alone (newest base backup + WAL, recovered to the latest point), runs the full expectation suite,
    and measures RTO (drill start to a writable, validated database, by phase: fetch and unpack,
@@ -32,6 +33,7 @@ from continuity.alerts.deadlines import rto_deadline
 from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasureOperator, StartDrillOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
+from continuity.sensors.wal_archived import WalArchivedSensor
 
 with DAG(
     dag_id="dr_drill",
@@ -52,6 +54,7 @@ with DAG(
     (
         StartDrillOperator(task_id="start_drill", include_switchover="{{ params.include_switchover }}")
         >> SwitchWalOperator(task_id="switch_wal")
+        >> WalArchivedSensor(task_id="wal_archived", segment="{{ ti.xcom_pull(task_ids='switch_wal') }}")
         >> ShipWalOperator(task_id="ship_wal")
         >> RebuildAndMeasureOperator(task_id="rebuild_and_measure")
         >> LiveSwitchoverOperator(task_id="live_switchover", include_switchover="{{ params.include_switchover }}")

@@ -3,8 +3,9 @@
 
 Every hour:
 
-1. `switch_wal` forces a WAL switch on the primary so the hour is closed, and waits until the
-   archiver has put the segment in the spool.
+1. `switch_wal` forces a WAL switch on the primary so the hour is closed; `wal_archived` waits
+   (deferrable: in the triggerer, no worker slot) until the archiver has put the segment in the
+   spool, and fails at once, naming the file, when the archiver is failing.
 2. `ship_wal` ships every completed spool file (segments, `.history`, `.backup`) through the backup
    engine to every storage location, one archive per file named `wal-<file>`; a file leaves the
    spool only when every required location holds a verified copy. A rerun ships nothing twice; a
@@ -23,6 +24,7 @@ from airflow.sdk import DAG
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator, WalContinuityOperator
+from continuity.sensors.wal_archived import WalArchivedSensor
 
 with DAG(
     dag_id="dr_wal_archive",
@@ -36,6 +38,9 @@ with DAG(
     default_args=DEFAULT_ARGS,  # every step is idempotent: a retry re-checks before it acts
     tags=["continuity", "backup", "wal"],
 ) as dag:
-    SwitchWalOperator(task_id="switch_wal") >> ShipWalOperator(task_id="ship_wal") >> WalContinuityOperator(
-        task_id="check_wal_continuity"
+    (
+        SwitchWalOperator(task_id="switch_wal")
+        >> WalArchivedSensor(task_id="wal_archived", segment="{{ ti.xcom_pull(task_ids='switch_wal') }}")
+        >> ShipWalOperator(task_id="ship_wal")
+        >> WalContinuityOperator(task_id="check_wal_continuity")
     )

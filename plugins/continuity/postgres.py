@@ -250,14 +250,7 @@ class PostgresNode:
 
     # -- archiving and settings --------------------------------------------------------------
     def archiver(self) -> ArchiverStatus:
-        row = self.query_one(
-            """
-            SELECT archived_count, last_archived_wal, last_archived_time,
-                   failed_count, last_failed_wal, last_failed_time
-            FROM pg_stat_archiver
-            """
-        )
-        return ArchiverStatus(**row)
+        return ArchiverStatus(**self.query_one(ARCHIVER_SQL))
 
     def settings(self, names: list[str]) -> dict[str, str]:
         rows = self.query("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (names,))
@@ -278,6 +271,21 @@ async def standby_replication_async(conninfo: str, application_name: str) -> Sta
             if row["application_name"] == application_name:
                 return StandbyReplication(**row)
     return None
+
+
+ARCHIVER_SQL = """
+    SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time
+    FROM pg_stat_archiver
+"""
+
+
+async def archiver_async(conninfo: str) -> ArchiverStatus:
+    """pg_stat_archiver, for triggers that must not block the event loop."""
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, row_factory=dict_row
+    ) as conn:
+        cursor = await conn.execute(ARCHIVER_SQL)
+        return ArchiverStatus(**await cursor.fetchone())
 
 
 def as_dict(value: Any) -> Any:

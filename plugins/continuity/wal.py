@@ -25,6 +25,7 @@ from continuity.archive import IntegrityError
 from continuity.backup import create_backup, load_manifest, replicate_copy, verify_copy
 from continuity.keys import Keyring, KeyringError
 from continuity.manifest import Manifest, manifest_key_name
+from continuity.postgres import ArchiverStatus
 from continuity.storage import PreconditionFailed, StorageError, StorageLocation
 from continuity.waiting import poll
 
@@ -285,3 +286,20 @@ def archive_lag(newest_finished: datetime | None, now: datetime | None = None) -
     if newest_finished is None:
         return None
     return ((now or datetime.now(timezone.utc)) - newest_finished).total_seconds()
+
+
+class ArchiverFailing(RuntimeError):
+    """pg_stat_archiver's newest event is a failure: the segment will not arrive without a fix."""
+
+
+def segment_archived(status: ArchiverStatus, segment: str, *, node: str) -> tuple[bool, str]:
+    """Whether the archiver has archived `segment` (or a later one), with the sentence to log;
+    raises ArchiverFailing when it is failing instead."""
+    last = status.last_archived_wal
+    if last and last[:24] >= segment:
+        return True, f"segment {segment} of {node} is closed and archived (last archived: {last})"
+    if status.failing:
+        raise ArchiverFailing(f"the archiver on {node} is failing (last failure on {status.last_failed_wal} at "
+                              f"{status.last_failed_time}): segment {segment} is not archived; HINT: fix "
+                              f"archive_command (see the server log), PostgreSQL retries it")
+    return False, f"segment {segment} of {node} is not archived yet (last archived: {last or 'none'})"

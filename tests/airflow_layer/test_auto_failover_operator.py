@@ -61,7 +61,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     monkeypatch.setattr(auto_failover, "Variable", Variables)
     monkeypatch.setattr(auto_failover, "PostgresNodeHook", NodeHooks)
-    monkeypatch.setattr(auto_failover, "current_policy", lambda _path=None: state["policy"])
+    monkeypatch.setattr(auto_failover.ContinuityPolicyHook, "policy", property(lambda _hook: state["policy"]))
     monkeypatch.setattr(TriggerDagRunOperator, "execute", trigger)
     return state
 

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from continuity.wal import classify, find_gaps, segment_name
+from datetime import datetime, timedelta, timezone
+
+from continuity.postgres import ArchiverStatus
+from continuity.wal import ArchiverFailing, classify, find_gaps, segment_archived, segment_name
 
 
 @pytest.mark.parametrize(
@@ -38,3 +41,28 @@ def test_gaps_per_timeline_and_from_the_base_backup() -> None:
     assert find_gaps(names, since=segment_name(1, 1)) == [segment_name(1, 1), segment_name(1, 2), segment_name(1, 5)]
     assert find_gaps([segment_name(1, 0xFE), segment_name(1, 0x100)]) == ["0000000100000000000000FF"]
     assert find_gaps([]) == []
+
+
+def _archiver(last: str | None, *, failed: str | None = None, failed_later: bool = False) -> ArchiverStatus:
+    now = datetime.now(timezone.utc)
+    failed_at = now + timedelta(seconds=1 if failed_later else -1) if failed else None
+    return ArchiverStatus(archived_count=3, last_archived_wal=last, last_archived_time=now, failed_count=int(bool(failed)),
+                          last_failed_wal=failed, last_failed_time=failed_at)
+
+
+def test_a_segment_counts_as_archived_once_it_or_a_later_one_is() -> None:
+    segment = "000000010000000000000005"
+    assert segment_archived(_archiver(segment), segment, node="primary")[0] is True
+    assert segment_archived(_archiver("000000010000000000000007.partial"), segment, node="primary")[0] is True
+    done, reason = segment_archived(_archiver("000000010000000000000004"), segment, node="primary")
+    assert done is False and reason == (f"segment {segment} of primary is not archived yet "
+                                        f"(last archived: 000000010000000000000004)")
+    # a failure the archiver has since recovered from does not stop the wait
+    assert segment_archived(_archiver("000000010000000000000004", failed="000000010000000000000003"),
+                            segment, node="primary")[0] is False
+
+
+def test_a_failing_archiver_stops_the_wait_naming_the_file() -> None:
+    with pytest.raises(ArchiverFailing, match="archiver on primary is failing .*000000010000000000000005.*HINT"):
+        segment_archived(_archiver("000000010000000000000004", failed="000000010000000000000005", failed_later=True),
+                         "000000010000000000000005", node="primary")

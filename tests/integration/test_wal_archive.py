@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 
 from continuity.catalog import Catalog
 from continuity.manifest import data_key_name, manifest_key_name
-
+from continuity.triggers.wal_archived import WalArchivedTrigger
 from continuity.wal import classify
 
 from .airflow_helpers import load_dag, task_states, xcom
@@ -115,7 +117,13 @@ def test_a_failing_archiver_fails_the_run_with_its_reason(sandbox, capfd: pytest
         assert primary.archiver().failing
         run = load_dag("dr_wal_archive").test()
         assert str(run.state) == "failed"
+        assert task_states(run)["wal_archived"] == "failed", "the wait stops at the failure, not at its timeout"
         assert "the archiver on primary is failing" in capfd.readouterr().out
+        # The same verdict from the triggerer, where the deferred wait runs.
+        trigger = WalArchivedTrigger(conn_id="continuity_pg_primary", node="primary", segment="FFFFFFFF0000000000000000",
+                                     poll_interval=0.2)
+        event = asyncio.run(asyncio.wait_for(trigger.run().__anext__(), timeout=20))
+        assert event.payload["status"] == "failing" and "HINT: fix archive_command" in event.payload["reason"]
     finally:
         spool.chmod(0o750)
     deadline = time.monotonic() + 60  # the archiver retries on its own once it can write again

@@ -6,16 +6,14 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import BaseHook
 
 from continuity.catalog import Catalog
+from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.keys import Keyring
-from continuity.policy import Policy, load_policy
-from continuity.hooks.topology import current_policy
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 
-class ContinuityBackupHook(BaseHook):
+class ContinuityBackupHook(ContinuityPolicyHook):
     """Builds what the backup engine needs from connections.
 
     :param keyring_conn_id: connection holding the keyring (password: keyring JSON or one base64
@@ -31,17 +29,8 @@ class ContinuityBackupHook(BaseHook):
 
     def __init__(self, *, keyring_conn_id: str = default_conn_name, policy_path: str | None = None,
                  follow_topology: bool = True) -> None:
-        super().__init__()
+        super().__init__(policy_path=policy_path, follow_topology=follow_topology)
         self.keyring_conn_id = keyring_conn_id
-        self.policy_path = policy_path
-        self.follow_topology = follow_topology
-        self._policy: Policy | None = None
-
-    @property
-    def policy(self) -> Policy:
-        if self._policy is None:
-            self._policy = current_policy(self.policy_path) if self.follow_topology else load_policy(self.policy_path)
-        return self._policy
 
     def get_keyring(self) -> Keyring:
         conn = self.get_connection(self.keyring_conn_id)

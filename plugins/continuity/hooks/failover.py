@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from airflow.sdk import BaseHook
-
 from continuity.failover import ReplicationGroup
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.nodecontrol import NodeControl, node_control_for
-from continuity.policy import Policy
 from continuity.router import Endpoint, PgBouncerRouter, Route53Router, Router
-from continuity.hooks.topology import current_policy
+from continuity.hooks.topology import ContinuityPolicyHook
 
 
-class FailoverHook(BaseHook):
+class FailoverHook(ContinuityPolicyHook):
     """Admin connections to every node (their `conn_id`s), the entry point's router (PgBouncer's admin
     connection plus a generic connection with `extra.ini_path`, or a Route 53 record through an AWS
     connection with `extra.zone_id`/`extra.record_name`), and host-level node control.
@@ -26,15 +23,7 @@ class FailoverHook(BaseHook):
     hook_name = "Continuity failover"
 
     def __init__(self, *, policy_path: str | None = None) -> None:
-        super().__init__()
-        self.policy_path = policy_path
-        self._policy: Policy | None = None
-
-    @property
-    def policy(self) -> Policy:
-        if self._policy is None:
-            self._policy = current_policy(self.policy_path)
-        return self._policy
+        super().__init__(policy_path=policy_path)
 
     def get_router(self) -> Router:
         entry = self.policy.topology.entry_point

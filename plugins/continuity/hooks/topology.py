@@ -5,6 +5,9 @@ primary now (`continuity_topology`: primary, timeline, when, by which run). Ever
 takes its policy through `current_policy()`, so backups and health checks follow the new primary
 without anyone editing the policy. A copy goes to `topology/current.json` in storage for tools that
 run without Airflow.
+
+Operators and hooks take the policy one way: `ContinuityPolicyHook(...).policy` (the Continuity hooks
+extend it; operators reach it through their hook).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
-from airflow.sdk import Variable
+from airflow.sdk import BaseHook, Variable
 from pydantic import ValidationError
 
 from continuity.failover import TopologyRecord
@@ -53,3 +56,29 @@ def current_policy(path: str | None = None) -> Policy:
             raise ValueError(f"Variable {TOPOLOGY_VARIABLE} names primary {record.primary!r}, which the policy "
                              f"does not know: {exc}") from None
     return policy
+
+
+class ContinuityPolicyHook(BaseHook):
+    """The policy as it stands now: the file, with the primary dr_failover recorded.
+
+    :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
+    :param follow_topology: apply the recorded topology (a Variable); off where Variables are not
+        readable (deadline callbacks) and only storage is needed.
+    """
+
+    hook_name = "Continuity policy"
+
+    def __init__(self, *, policy_path: str | None = None, follow_topology: bool = True) -> None:
+        super().__init__()
+        self.policy_path = policy_path
+        self.follow_topology = follow_topology
+        self._policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = current_policy(self.policy_path) if self.follow_topology else load_policy(self.policy_path)
+        return self._policy
+
+    def get_conn(self) -> Policy:
+        return self.policy

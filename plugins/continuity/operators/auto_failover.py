@@ -13,7 +13,7 @@ from continuity.failover import choose_target
 from continuity.health import primary_failing, primary_seen_alive
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.postgres import NodeUnreachable
-from continuity.hooks.topology import current_policy
+from continuity.hooks.topology import ContinuityPolicyHook
 
 STREAK_VARIABLE = "continuity_disaster_streak"
 
@@ -35,7 +35,7 @@ class AutoFailoverOperator(TriggerDagRunOperator):
         self.policy_path = policy_path
 
     def execute(self, context: Context) -> Any:
-        policy = current_policy(self.policy_path)
+        policy = ContinuityPolicyHook(policy_path=self.policy_path).policy
         settings = policy.health_monitor
         assessment = context["ti"].xcom_pull(task_ids=self.assessment_task_id, key="assessment")
         if not settings.auto_failover:

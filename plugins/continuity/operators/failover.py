@@ -8,10 +8,9 @@ Records are the core's pydantic models: `model_dump(mode="json")` into XCom, `mo
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, BaseSensorOperator, Context
+from airflow.sdk import BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pydantic import BaseModel
 
@@ -20,6 +19,7 @@ from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
 from continuity.nodecontrol import NodeControlError
+from continuity.operators.base import ContinuityOperator
 from continuity.storage import key_safe
 
 AUDIT_PREFIX = "audit/failover/"
@@ -45,18 +45,16 @@ def _skip_unless_acting(plan: steps.FailoverPlan) -> None:
         raise AirflowSkipException("dry run: checks passed, nothing changed")
 
 
-class FailoverStepOperator(BaseOperator):
+class FailoverStepOperator(ContinuityOperator):
     """A step of dr_failover. Subclasses implement `step`; a failure is recorded before it propagates."""
 
-    template_fields: Sequence[str] = ("policy_path",)
     ui_color = "#fadbd8"
 
-    def __init__(self, *, policy_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.policy_path = policy_path
+    def hook(self) -> FailoverHook:
+        return FailoverHook(policy_path=self.policy_path)
 
     def cluster(self) -> steps.ReplicationGroup:
-        return FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+        return self.hook().get_cluster(report=self.log.info)
 
     def execute(self, context: Context) -> Any:
         started, started_at = time.time(), steps.now_iso()
@@ -82,7 +80,7 @@ class PreflightOperator(FailoverStepOperator):
     """Validate the params and check the cluster; the plan it returns drives every later step."""
 
     def step(self, context: Context) -> steps.FailoverPlan:
-        hook = FailoverHook(policy_path=self.policy_path)
+        hook = self.hook()
         try:
             params = steps.validate_params(context["params"], hook.policy)
             try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.health import (
@@ -28,7 +28,7 @@ from continuity.health import (
 )
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.policy import Policy
-from continuity.hooks.topology import current_policy
+from continuity.operators.base import ContinuityOperator
 from continuity.postgres import PostgresNode
 
 WAL_SPOOL_ENV_VAR = "CONTINUITY_WAL_SPOOL"
@@ -38,24 +38,19 @@ def node_for(conn_id: str, name: str) -> PostgresNode:
     return PostgresNodeHook(postgres_conn_id=conn_id, node_name=name).get_node()
 
 
-class HealthCheckOperator(BaseOperator):
+class HealthCheckOperator(ContinuityOperator):
     """Base of the check operators: load the policy, run `checks()`, log and return the findings.
 
     :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
     """
 
-    template_fields: Sequence[str] = ("policy_path",)
     ui_color = "#e8f6f3"
-
-    def __init__(self, *, policy_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.policy_path = policy_path
 
     def checks(self, policy: Policy) -> list[Check]:
         raise NotImplementedError
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        findings = self.checks(current_policy(self.policy_path))
+        findings = self.checks(self.policy)
         for check in findings:
             (self.log.info if check.healthy else self.log.warning)("%s %s", "ok:  " if check.healthy else "FAIL:", check.reason)
         return [check.to_dict() for check in findings]
@@ -135,7 +130,7 @@ class HealthAssessmentOperator(HealthCheckOperator):
         self.check_task_ids = list(check_task_ids)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        policy = current_policy(self.policy_path)
+        policy = self.policy
         findings: list[Check] = []
         for task_id in self.check_task_ids:
             reported = context["ti"].xcom_pull(task_ids=task_id)

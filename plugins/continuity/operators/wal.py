@@ -3,54 +3,31 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.dag_defaults import WAL_SPOOL_POOL
-from continuity.hooks.backup import ContinuityBackupHook
-from continuity.operators.base import ContinuityBackupOperator
+from continuity.operators.base import ContinuityBackupOperator, ContinuityOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.health import WAL_SPOOL_ENV_VAR
 from continuity.policy import format_duration
 from continuity.wal import WalConflict, archive_lag, find_gaps, ship_spool
 
 
-class SwitchWalOperator(BaseOperator):
-    """Force a WAL switch on the primary so the period is closed, and wait until it is archived.
-
-    :param timeout: seconds to wait for the archiver to report the closed segment.
-    """
-
-    template_fields: Sequence[str] = ("policy_path",)
-
-    def __init__(self, *, policy_path: str | None = None, timeout: float = 60, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.policy_path = policy_path
-        self.timeout = timeout
+class SwitchWalOperator(ContinuityOperator):
+    """Force a WAL switch on the primary so the period is closed; returns the closed segment's name
+    (a `WalArchivedSensor` then waits for the archiver without holding a worker slot)."""
 
     def execute(self, context: Context) -> str:
-        policy = ContinuityBackupHook(policy_path=self.policy_path).policy
-        primary = PostgresNodeHook(postgres_conn_id=policy.topology.primary.conn_id,
-                                   node_name=policy.topology.primary.name).get_node()
-        closed = primary.query_one("SELECT pg_walfile_name(pg_switch_wal()) AS name")["name"]
-        deadline = time.monotonic() + self.timeout
-        while True:
-            archiver = primary.archiver()
-            if archiver.last_archived_wal and archiver.last_archived_wal[:24] >= closed:
-                self.log.info("switched WAL on %s: segment %s is closed and archived", primary.name, closed)
-                return closed
-            if archiver.failing:
-                raise AirflowFailException(f"the archiver on {primary.name} is failing (last failure on "
-                                           f"{archiver.last_failed_wal}): segment {closed} is not archived")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"segment {closed} was not archived by {primary.name} within {self.timeout:.0f}s "
-                                   f"(last archived: {archiver.last_archived_wal})")
-            time.sleep(0.5)
+        primary = self.policy.topology.primary
+        node = PostgresNodeHook(postgres_conn_id=primary.conn_id, node_name=primary.name).get_node()
+        closed = node.query_one("SELECT pg_walfile_name(pg_switch_wal()) AS name")["name"]
+        self.log.info("switched WAL on %s: segment %s is closed", primary.name, closed)
+        return closed
 
 
 class ShipWalOperator(ContinuityBackupOperator):
