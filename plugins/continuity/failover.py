@@ -733,28 +733,32 @@ def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str,
 # -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
 def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: FenceRecord, *, timeout: float = 60,
                    settle_seconds: float = 2.0, interval: float = 0.2) -> CatchUpRecord:
-    """What the catch_up sensor does, as a loop: replay to the final LSN (switchover), or until the
+    """What the catch_up sensor does, polled here: replay to the final LSN (switchover), or until the
     received WAL stops advancing (failover), with the data loss estimate."""
     target = plan.target
-    deadline = time.monotonic() + timeout
-    last: tuple[int, float] | None = None
-    while time.monotonic() < deadline:
+    last: list[tuple[int, float]] = []  # the received position and when it last moved
+
+    def caught_up() -> CatchUpRecord | None:
         if plan.action == "switchover":
             done, replay = replayed_to(cluster, target, fenced.final_lsn or "0/0")
             if done:
                 cluster.report(f"{target} replayed to {replay}, past the final LSN {fenced.final_lsn}")
                 return CatchUpRecord(replayed_lsn=replay, data_loss_bytes=0)
-        else:
-            received = received_position(cluster, target)
-            now = time.monotonic()
-            if last is None or received != last[0]:
-                last = (received, now)
-            elif now - last[1] >= settle_seconds:
-                loss = max(0, fenced.last_known_primary_lsn_int - received)
-                cluster.report(f"{target} stopped receiving; data loss estimate {loss:,} bytes")
-                return CatchUpRecord(received_lsn_int=received, data_loss_bytes=loss)
-        time.sleep(interval)
-    raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
+            return None
+        received, now = received_position(cluster, target), time.monotonic()
+        if not last or received != last[0][0]:
+            last[:] = [(received, now)]
+            return None
+        if now - last[0][1] < settle_seconds:
+            return None
+        loss = max(0, fenced.last_known_primary_lsn_int - received)
+        cluster.report(f"{target} stopped receiving; data loss estimate {loss:,} bytes")
+        return CatchUpRecord(received_lsn_int=received, data_loss_bytes=loss)
+
+    record = poll(caught_up, timeout=timeout, interval=interval)
+    if record is None:
+        raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
+    return record
 
 
 @dataclass

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,20 +118,18 @@ def spool_lock(spool_dir: Path, *, timeout: float = 600, report: Callable[[str],
     """
     fd = os.open(spool_dir / SPOOL_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
+        def acquired() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if not told:
-                    report(f"another shipper is working on the spool {spool_dir}: waiting for it to finish")
-                    told = True
-                if time.monotonic() > deadline:
-                    raise SpoolBusy(f"the spool {spool_dir} stayed locked by another shipper for {timeout:.0f}s; "
-                                    f"nothing was shipped by this one") from None
-                time.sleep(0.2)
+                return False
+
+        if not acquired():
+            report(f"another shipper is working on the spool {spool_dir}: waiting for it to finish")
+            if not poll(acquired, timeout=timeout, interval=0.2):
+                raise SpoolBusy(f"the spool {spool_dir} stayed locked by another shipper for {timeout:.0f}s; "
+                                f"nothing was shipped by this one")
         yield
     finally:
         os.close(fd)

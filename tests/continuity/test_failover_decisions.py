@@ -141,3 +141,19 @@ def test_the_audit_of_a_dry_run_and_of_a_rerun_changes_nothing() -> None:
 def test_a_record_missing_a_field_fails_loudly() -> None:
     with pytest.raises(ValueError, match="timeline"):
         failover.FailoverRecords.model_validate({"promote": {"promoted_at": "x", "previous_timeline": 1, "lsn": None}})
+
+
+def test_catching_up_in_a_failover_waits_for_the_received_wal_to_settle_and_counts_the_loss() -> None:
+    cluster, _, _ = _cluster(primary={"reachable": False, "writable": False})
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    fenced = failover.FenceRecord(started_at="t", last_known_primary_lsn_int=cluster.nodes["dr"].position + 4096)
+    record = failover.wait_caught_up(cluster, plan, fenced, timeout=5, settle_seconds=0.2, interval=0.05)
+    assert record.data_loss_bytes == 4096 and record.received_lsn_int == cluster.nodes["dr"].position
+
+
+def test_catching_up_that_never_ends_is_a_failover_error() -> None:
+    cluster, _, _ = _cluster()
+    plan = failover.preflight(cluster, _params(), primary="primary")
+    fenced = failover.FenceRecord(started_at="t", final_lsn="FF/0")
+    with pytest.raises(failover.FailoverError, match="dr did not catch up within 0s"):
+        failover.wait_caught_up(cluster, plan, fenced, timeout=0.3, interval=0.05)

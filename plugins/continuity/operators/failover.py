@@ -118,6 +118,8 @@ class CatchUpSensor(BaseSensorOperator):
     ui_color = "#fcf3cf"
 
     def __init__(self, *, policy_path: str | None = None, settle_seconds: float = 2.0, **kwargs: Any) -> None:
+        # Poke, not reschedule or defer: the entry point is paused while this waits, so every second of
+        # scheduler or triggerer round trip is outage; the wait is bounded by failover.catch_up_timeout.
         kwargs.setdefault("mode", "poke")
         kwargs.setdefault("poke_interval", 0.5)
         super().__init__(**kwargs)
