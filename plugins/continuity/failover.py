@@ -77,15 +77,17 @@ class StepRecord(BaseModel):
 
 
 class TopologyRecord(BaseModel):
-    """Who is primary now, as dr_failover records it (the Variable continuity_topology, topology/current.json)."""
+    """Who is primary now, as dr_failover records it (the Variable continuity_topology, topology/current.json).
+
+    Only `primary` is required: an operator correcting the Variable by hand may write just that."""
 
     model_config = ConfigDict(extra="forbid")
 
     primary: str
-    timeline: int
-    previous_primary: str
-    changed_at: str
-    changed_by_run: str
+    timeline: int | None = None
+    previous_primary: str | None = None
+    changed_at: str | None = None
+    changed_by_run: str | None = None
     needs_rebuild: list[str] = []
 
 
