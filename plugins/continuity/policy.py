@@ -115,7 +115,7 @@ class DataCategory(_Model):
     backup_kinds: list[ProvingKind] = []
     # What a drill measures this category's RPO from: the database's recovered marker, or the age of
     # the newest config backup. Absent: nothing measures it yet, and reports say `not measured`.
-    measured_by: Literal["database", "config_backup"] | None = None
+    measured_by: Literal["database", "config_backup", "object_replication"] | None = None
 
 
 class Node(_Model):
@@ -194,6 +194,65 @@ class Storage(_Model):
                 return location
         known = ", ".join(loc.name for loc in self.locations)
         raise KeyError(f"no storage location named {name!r} in the policy (known: {known})")
+
+
+class Bucket(_Model):
+    """An S3 bucket of the application (source) or its copy (replica), reached through an AWS connection."""
+
+    region: str
+    bucket: str
+    prefix: str = ""
+    conn_id: str
+
+
+class ObjectRetention(_Model):
+    """How long replica versions live: `standard` days in the bucket's class, then `archive_class` until
+    `archive_until`; `indefinite` keeps every version forever (user uploads)."""
+
+    indefinite: bool = False
+    standard: Duration | None = None
+    archive_class: str | None = None
+    archive_until: Duration | None = None
+
+
+class ObjectDeletes(_Model):
+    """A source delete is recorded, never copied as a deletion; more than `max_per_run` in one run is an
+    alarm that stops the run (a mass delete: ransomware, a bad script)."""
+
+    max_per_run: int = Field(ge=0)
+
+
+class ObjectLock(_Model):
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    period: Duration
+
+
+class DatabaseReference(_Model):
+    """The column of the application database that holds an object's key (the consistency check)."""
+
+    database: str
+    table: Name
+    key_column: Name
+    size_column: Name | None = None
+    sha256_column: Name | None = None
+
+
+class ObjectCategory(_Model):
+    source: Bucket
+    replicas: list[Bucket] = Field(min_length=1)
+    interval: Duration
+    retention: ObjectRetention
+    deletes: ObjectDeletes
+    object_lock: ObjectLock | None = None
+    database_reference: DatabaseReference | None = None
+
+
+class Objects(_Model):
+    """Section 4.1 file_storage_backups: the application's objects, replicated by dr_object_replication."""
+
+    schedule: str
+    part_size: ByteSize = 8 * 2**20
+    categories: dict[Name, ObjectCategory]
 
 
 class FullBackups(_Model):
@@ -275,6 +334,7 @@ class Policy(_Model):
     validation: Validation
     health_monitor: HealthMonitor
     failover: Failover = Failover()
+    objects: Objects | None = None
     # The services of business functions that live in the PostgreSQL database (restores and drills
     # measure them); any other dependency is reported `not measured` until something measures it.
     database_services: list[str] = ["database"]
@@ -375,6 +435,45 @@ def _check_references(policy: Policy) -> list[str]:
             f"storage.locations: expected a required location outside the primary region "
             f"{policy.topology.primary_region} (a regional disaster would take every copy)"
         )
+    if policy.objects is not None:
+        problems += _check_objects(policy)
+    return problems
+
+
+def _check_objects(policy: Policy) -> list[str]:
+    problems: list[str] = []
+    assert policy.objects is not None
+    seen: dict[tuple[str, str], str] = {}
+    for name, category in policy.objects.categories.items():
+        where = f"objects.categories.{name}"
+        if name not in policy.data_categories:
+            problems.append(f"{where}: expected one of the data_categories {sorted(policy.data_categories)}, got {name!r}")
+        retention = category.retention
+        if not retention.indefinite and retention.standard is None:
+            problems.append(f"{where}.retention: expected 'standard' (and optionally archive_class/archive_until) "
+                            f"or 'indefinite: true'")
+        if retention.archive_class and not retention.archive_until:
+            problems.append(f"{where}.retention.archive_until: required with archive_class")
+        if retention.archive_until and retention.standard and retention.archive_until < retention.standard:
+            problems.append(f"{where}.retention.archive_until: expected at least standard "
+                            f"({format_duration(retention.standard)}), got {format_duration(retention.archive_until)}")
+        for i, bucket in enumerate([category.source, *category.replicas]):
+            label = "source" if i == 0 else f"replicas[{i - 1}]"
+            if (bucket.bucket, bucket.prefix) in seen:
+                problems.append(f"{where}.{label}: bucket {bucket.bucket!r} prefix {bucket.prefix!r} is already "
+                                f"{seen[(bucket.bucket, bucket.prefix)]}")
+            seen[(bucket.bucket, bucket.prefix)] = f"{where}.{label}"
+        if not any(r.region != category.source.region for r in category.replicas):
+            problems.append(f"{where}.replicas: expected a replica outside the source's region "
+                            f"{category.source.region} (a regional disaster would take every copy)")
+        rpo = policy.data_categories[name].rpo if name in policy.data_categories else None
+        if rpo is not None and category.interval > rpo.target:
+            problems.append(f"{where}.interval: expected at most the category's RPO target "
+                            f"({format_duration(rpo.target)}), got {format_duration(category.interval)}")
+        reference = category.database_reference
+        if reference is not None and reference.database not in policy.topology.databases:
+            problems.append(f"{where}.database_reference.database: expected one of {policy.topology.databases}, "
+                            f"got {reference.database!r}")
     return problems
 
 

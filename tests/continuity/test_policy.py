@@ -94,6 +94,22 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("version: 1", "version: 1\nbroken: [1", "policy.yaml: line"),
         ("  catch_up_timeout: 60s", "  catch_up_timeout: forever",
          "policy.yaml: failover.catch_up_timeout: expected a duration like '15m', got 'forever'"),
+        ("        - {region: us-west-2, bucket: app-videos-us-west-2,", "        - {region: us-east-1, bucket: app-videos-us-west-2,",
+         "policy.yaml: objects.categories.video_content.replicas: expected a replica outside the source's region us-east-1"),
+        ("      interval: 15m\n      retention: {standard", "      interval: 1h\n      retention: {standard",
+         "policy.yaml: objects.categories.video_content.interval: expected at most the category's RPO target (15m), got 1h"),
+        ("      retention: {standard: 90d, archive_class: DEEP_ARCHIVE, archive_until: 7y}",
+         "      retention: {standard: 90d, archive_class: DEEP_ARCHIVE}",
+         "policy.yaml: objects.categories.video_content.retention.archive_until: required with archive_class"),
+        ("      retention: {indefinite: true}", "      retention: {}",
+         "policy.yaml: objects.categories.user_uploads.retention: expected 'standard'"),
+        ("      object_lock: {mode: GOVERNANCE, period: 7d}\n      database_reference",
+         "      object_lock: {mode: FOREVER, period: 7d}\n      database_reference",
+         "policy.yaml: objects.categories.video_content.object_lock.mode: input should be 'GOVERNANCE' or 'COMPLIANCE'"),
+        ("database_reference: {database: app,", "database_reference: {database: videos,",
+         "policy.yaml: objects.categories.video_content.database_reference.database: expected one of ['app']"),
+        ("  user_uploads:\n    rpo", "  uploads_renamed:\n    rpo",
+         "policy.yaml: objects.categories.user_uploads: expected one of the data_categories"),
     ],
 )
 def test_broken_policy_names_file_key_and_expectation(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -120,3 +136,14 @@ def test_failover_limits_default_to_the_requirements_when_the_section_is_absent(
     without = tmp_path / "policy.yaml"
     without.write_text(text[:text.index("# Section 3.2: dr_failover's limits")])
     assert load_policy(without).failover.pause_timeout == timedelta(seconds=10)
+
+
+def test_objects_section_carries_the_requirements_file_storage_plan() -> None:
+    objects = load_policy().objects
+    assert objects is not None and set(objects.categories) == {"video_content", "user_uploads"}
+    video = objects.categories["video_content"]
+    assert video.interval == timedelta(minutes=15) and video.retention.standard == timedelta(days=90)
+    assert video.retention.archive_until == timedelta(days=7 * 365) and video.retention.archive_class == "DEEP_ARCHIVE"
+    assert video.database_reference is not None and video.database_reference.key_column == "s3_key"
+    assert objects.categories["user_uploads"].retention.indefinite is True
+    assert all(c.object_lock is not None for c in objects.categories.values())

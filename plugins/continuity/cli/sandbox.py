@@ -81,6 +81,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     print(
         f"policy OK: {functions} business functions, {len(policy.tiers)} tiers, "
         f"{len(policy.data_categories)} data categories, {len(policy.topology.nodes)} nodes, "
-        f"{len(policy.storage.locations)} storage locations"
+        f"{len(policy.storage.locations)} storage locations, "
+        f"{len(policy.objects.categories) if policy.objects else 0} object categories"
     )
     return EXIT_OK
