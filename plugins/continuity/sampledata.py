@@ -2,7 +2,9 @@
 
 Rows are generated deterministically from a seed (timestamps relative to the moment of
 generation) and streamed with COPY, so a given `scale` always yields the same rows and memory
-stays flat whatever the scale.
+stays flat whatever the scale. Each `videos` row names an object (`s3_key`) whose contents are
+generated from its key and size (`object_chunks`), so the sandbox can put the very bytes the row's
+size and SHA-256 describe into the application bucket, and put them back after a restart.
 """
 
 from __future__ import annotations
@@ -28,6 +30,44 @@ _FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken
 _LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Lamport"]
 _LABELS = ["pedestrian", "cyclist", "car", "truck", "traffic_light", "stop_sign", "bus", "dog"]
 _MODELS = ["yolov8n", "yolov8m", "detr-r50", "rtdetr-l"]
+VIDEO_PREFIX = "videos/"
+UPLOAD_PREFIX = "uploads/"
+UPLOADS_PER_SCALE = 100
+
+
+def object_chunks(key: str, size: int, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The sample object `key` of `size` bytes, in chunks: the same bytes every time, never all in memory."""
+    rng = random.Random(f"continuity-object:{key}:{size}")
+    remaining = size
+    while remaining:
+        n = min(chunk_size, remaining)
+        yield rng.randbytes(n)
+        remaining -= n
+
+
+def object_sha256(key: str, size: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in object_chunks(key, size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def video_size(video_id: int, rng: random.Random) -> int:
+    """A few KiB mostly, some hundreds of KiB, and every fiftieth video (1, 51, ...) over 9 MiB, so copies
+    run multipart at every scale."""
+    if video_id % 50 == 1:
+        return rng.randint(9 * 2**20, 12 * 2**20)
+    if rng.random() < 0.1:
+        return rng.randint(64 * 2**10, 1 * 2**20)
+    return rng.randint(2 * 2**10, 64 * 2**10)
+
+
+def upload_objects(scale: float, *, seed: int = 42) -> Iterator[tuple[str, int]]:
+    """The user uploads of the sample application (avatars, attachments): (key, size), deterministic."""
+    rng = random.Random(f"uploads-{seed}")
+    for i in range(1, max(1, int(UPLOADS_PER_SCALE * scale)) + 1):
+        kind = rng.choice(["avatar.png", "attachment.pdf", "notes.txt"])
+        yield f"{UPLOAD_PREFIX}user-{rng.randint(1, 10_000):05d}/{i:05d}-{kind}", rng.randint(512, 256 * 2**10)
 
 
 def apply_schema(conn: psycopg.Connection, schema_path: Path | None = None) -> None:
@@ -52,10 +92,9 @@ def _rows(table: str, count: int, counts: dict[str, int], rng: random.Random, ep
                    rng.choices(["active", "paused", "archived"], [6, 1, 2])[0], when())
     elif table == "videos":
         for i in range(1, count + 1):
-            size = rng.randint(5_000_000, 2_000_000_000)
+            size, key = video_size(i, rng), f"{VIDEO_PREFIX}{i:08d}.mp4"
             yield (i, rng.randint(1, counts["projects"]), rng.randint(1, counts["users"]),
-                   f"uploads/{i:08d}.mp4", round(rng.uniform(5, 1800), 2), size,
-                   hashlib.sha256(f"video-{i}-{size}".encode()).hexdigest(),
+                   key, round(rng.uniform(5, 1800), 2), size, object_sha256(key, size),
                    rng.choices(["uploaded", "processing", "processed", "failed"], [1, 1, 12, 1])[0], when())
     elif table == "annotations":
         for i in range(1, count + 1):

@@ -9,6 +9,7 @@ processes `up()` recorded. Secrets live only in files of mode 0600 under the san
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -19,11 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from continuity import sampledata
@@ -250,6 +253,7 @@ class Sandbox:
                 f"HINT: `continuity sandbox down --purge` removes it, then run `up` again."
             )
         self._state = self._new_state()
+        self._state["scale"] = scale
         self._ensure_key()
         for directory, mode in ((self.logs_dir, 0o755), (self.spool_dir, 0o750), (self.socket_dir, 0o700),
                                 (self.root / "pg", 0o755), (self.pgbouncer_dir, 0o700), (self.root / "bin", 0o755)):
@@ -439,6 +443,7 @@ class Sandbox:
         self._save_state()
         wait_for_port(s3["port"], what="the S3 endpoint (moto server)")
         self._create_buckets()
+        self.seed_objects()
 
     def s3_client(self, region: str = "us-east-1") -> Any:
         import boto3
@@ -547,6 +552,65 @@ class Sandbox:
                 pass
             client.put_bucket_versioning(Bucket=location.bucket, VersioningConfiguration={"Status": "Enabled"})
             log.info("bucket %s (%s, location %s) ready with versioning", location.bucket, location.region, location.name)
+        for bucket, locked in self.application_buckets():
+            client = self.s3_client(bucket.region)
+            kwargs = {"Bucket": bucket.bucket}
+            if bucket.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": bucket.region}
+            if locked:
+                # Object lock can only be switched on when a bucket is created; dr_object_replication sets
+                # its default retention and checks it on every run.
+                kwargs["ObjectLockEnabledForBucket"] = True
+            try:
+                client.create_bucket(**kwargs)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+            client.put_bucket_versioning(Bucket=bucket.bucket, VersioningConfiguration={"Status": "Enabled"})
+            log.info("application bucket %s (%s) ready with versioning%s", bucket.bucket, bucket.region,
+                     " and object lock" if locked else "")
+
+    def application_buckets(self) -> list[tuple[Any, bool]]:
+        """The application's buckets of the policy's objects section: (bucket, object-locked replica)."""
+        if self.policy.objects is None:
+            return []
+        found: list[tuple[Any, bool]] = []
+        for category in self.policy.objects.categories.values():
+            found.append((category.source, False))
+            found += [(replica, category.object_lock is not None) for replica in category.replicas]
+        return found
+
+    def seed_objects(self, *, scale: float | None = None) -> dict[str, int]:
+        """Put the sample application's objects into its source buckets: one per `videos` row (the bytes
+        its size and SHA-256 describe) and the user uploads. Only into an empty prefix (the endpoint
+        keeps nothing across restarts, so a restart seeds again); returns the objects put per category."""
+        from boto3.s3.transfer import TransferConfig
+
+        if self.policy.objects is None:
+            return {}
+        scale = scale if scale is not None else self.state.get("scale", 1.0)
+        put: dict[str, int] = {}
+        transfer = TransferConfig(multipart_threshold=self.policy.objects.part_size,
+                                  multipart_chunksize=self.policy.objects.part_size, max_concurrency=2)
+        for name, category in self.policy.objects.categories.items():
+            source = category.source
+            client = self.s3_client(source.region)
+            if client.list_objects_v2(Bucket=source.bucket, Prefix=source.prefix, MaxKeys=1).get("KeyCount"):
+                continue
+            if category.database_reference is not None:
+                reference = category.database_reference
+                with psycopg.connect(self.app_conninfo(through_pgbouncer=False)) as conn:
+                    rows = conn.execute(sql.SQL("SELECT {}, {} FROM {} ORDER BY 1").format(
+                        sql.Identifier(reference.key_column),
+                        sql.Identifier(reference.size_column or "size_bytes"),
+                        sql.Identifier(reference.table))).fetchall()
+            else:
+                rows = list(sampledata.upload_objects(scale))
+            for key, size in rows:
+                client.upload_fileobj(_ChunkReader(sampledata.object_chunks(key, size)), source.bucket, key,
+                                      Config=transfer)
+            put[name] = len(rows)
+            log.info("seeded %d objects of %s into %s/%s", len(rows), name, source.bucket, source.prefix)
+        return put
 
     # -- Airflow connections -----------------------------------------------------------------
     def connections(self) -> dict[str, dict[str, Any]]:
@@ -672,7 +736,34 @@ class Sandbox:
                 entry["lag_bytes"] = row["lag_bytes"] if row else None
         result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(_read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
         result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid"))}
+        result["application_buckets"] = [
+            {"category": name, "role": role, "bucket": bucket.bucket, "prefix": bucket.prefix, "region": bucket.region,
+             "object_lock": role == "replica" and category.object_lock is not None}
+            for name, category in (self.policy.objects.categories.items() if self.policy.objects else [])
+            for role, bucket in [("source", category.source), *(("replica", r) for r in category.replicas)]
+        ]
         return result
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (for upload_fileobj without the whole object in memory)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._pending, self._offset = chunks, memoryview(b""), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._offset >= len(self._pending):
+            try:
+                self._pending, self._offset = memoryview(next(self._chunks)), 0
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:n] = self._pending[self._offset:self._offset + n]
+        self._offset += n
+        return n
 
 
 def _pgbouncer_ini(*, port: int, primary_port: int, directory: Path, log_file: Path) -> str:

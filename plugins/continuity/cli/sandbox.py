@@ -52,6 +52,8 @@ def cmd_sandbox_seed(args: argparse.Namespace) -> int:
         counts = sampledata.generate(conn, scale=args.scale, seed=args.seed)
     for table, count in counts.items():
         print(f"{table:12} {count:>10,} rows")
+    for category, count in sandbox.seed_objects(scale=args.scale).items():
+        print(f"{category:12} {count:>10,} objects")
     return EXIT_OK
 
 
@@ -73,6 +75,9 @@ def _print_status(status: dict, *, as_json: bool) -> None:
     print(f"pgbouncer  127.0.0.1:{bouncer['port']} ({'running' if bouncer['running'] else 'stopped'})")
     s3 = status["s3"]
     print(f"s3         {s3['endpoint']} ({'running' if s3['running'] else 'stopped'})")
+    for bucket in status.get("application_buckets", []):
+        print(f"  {bucket['category']:14} {bucket['role']:8} s3://{bucket['bucket']}/{bucket['prefix']} ({bucket['region']}"
+              f"{', object lock' if bucket['object_lock'] else ''})")
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
