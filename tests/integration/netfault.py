@@ -1,5 +1,6 @@
-"""A TCP proxy on loopback that cuts every connection after the upstream has sent `limit` bytes:
-a real network failure in the middle of a response, for the paths that must survive one."""
+"""A TCP proxy on loopback that cuts every connection after the upstream has sent `limit` bytes (a
+real network failure in the middle of a response), or after the client has sent `request_limit`
+bytes (in the middle of an upload), for the paths that must survive one."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from continuity.localcluster import free_port
 
 
 class CuttingProxy:
-    def __init__(self, *, upstream_port: int, limit: int) -> None:
+    def __init__(self, *, upstream_port: int, limit: int | None = None, request_limit: int | None = None) -> None:
         self.upstream_port = upstream_port
         self.limit = limit
+        self.request_limit = request_limit
         self.port = free_port()
         self.cuts = 0
         self._server = socket.create_server(("127.0.0.1", self.port))
@@ -32,7 +34,7 @@ class CuttingProxy:
             except TimeoutError:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, self.request_limit), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, self.limit), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:

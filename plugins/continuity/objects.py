@@ -1,0 +1,667 @@
+"""The application's objects: incremental, verified replication of every version to the DR region.
+
+One `ObjectCategory` of the policy (video content, user uploads) has a versioned source bucket and
+one or more replica buckets. A run lists the source's versions and delete markers modified since
+the stored checkpoint (minus a lookback, for multipart uploads whose Last-Modified is their start),
+copies each new version to every replica and appends one ledger line per version or delete:
+
+- streamed (GET by version id, PUT or multipart upload in `part_size` parts, SHA-256 computed on
+  the way and sent as the S3 additional checksum, so the endpoint refuses a corrupted part), or
+  server-side (CopyObject) when source and replica share an endpoint and the replica accepts it;
+- verified: the SHA-256 of the whole content is recorded in the ledger at copy time, compared with
+  the source's own checksum or MD5 ETag when it has one, and with the replica's stored checksum;
+  never by a multipart ETag, which is not a digest of the content;
+- deletes are recorded, never copied as deletions: the replica keeps every version, object-locked;
+- the ledger (`.continuity/ledger/<category>/` in each replica bucket, JSON lines, one object per
+  run) says which replica version held which source version from when: it is what a point-in-time
+  restore reads, so restores need the replica alone.
+
+A multipart upload that fails is aborted, so no partial object ever appears under its name; a
+version that failed stops the checkpoint from moving past it, so the next run copies it again.
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from continuity.policy import ObjectCategory, Policy, format_duration
+from continuity.storage import StorageError, StorageLocation, key_safe
+
+log = logging.getLogger(__name__)
+
+INTERNAL_PREFIX = ".continuity/"
+HEARTBEAT_NAME = ".continuity-heartbeat"
+METADATA_SOURCE_VERSION = "continuity-source-version"
+METADATA_SOURCE_MODIFIED = "continuity-source-modified"
+METADATA_SHA256 = "continuity-sha256"
+# A multipart upload's Last-Modified is when it started, so a version can appear "in the past":
+# each run looks back this far before its checkpoint (versions already copied are remembered).
+LOOKBACK = timedelta(hours=2)
+MAX_PASSES = 3
+CHECKPOINT_EVERY = 50  # copies between checkpoint saves (a killed run resumes from the last save)
+
+
+class ReplicationError(RuntimeError):
+    """The run could not do its work (a bucket unreachable, the checkpoint unreadable)."""
+
+
+class ReplicationAlarm(RuntimeError):
+    """Something a person must look at: a mass delete, a replica's protection drifting from the policy,
+    the lag past the category's RPO maximum. The message names what and where."""
+
+
+# -- where objects are ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObjectStore:
+    """A bucket and prefix of the application, with the S3 client that reaches it."""
+
+    client: Any
+    bucket: str
+    prefix: str
+    region: str
+
+    def describe(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
+
+def is_internal(key: str, prefix: str) -> bool:
+    """Continuity's own objects among the application's: the heartbeat and the ledger."""
+    rest = key[len(prefix):] if key.startswith(prefix) else key
+    return rest.startswith(HEARTBEAT_NAME) or key.startswith(INTERNAL_PREFIX)
+
+
+class SourceVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    version_id: str
+    last_modified: datetime
+    size: int = 0
+    etag: str | None = None
+    delete_marker: bool = False
+
+
+def list_versions(store: ObjectStore, *, since: datetime | None) -> Iterator[SourceVersion]:
+    """Every version and delete marker under the store's prefix modified at or after `since`."""
+    paginator = store.client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=store.bucket, Prefix=store.prefix):
+        for entry in page.get("Versions", []):
+            if since is None or entry["LastModified"] >= since:
+                yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"], last_modified=entry["LastModified"],
+                                    size=entry["Size"], etag=entry.get("ETag", "").strip('"') or None)
+        for entry in page.get("DeleteMarkers", []):
+            if since is None or entry["LastModified"] >= since:
+                yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"],
+                                    last_modified=entry["LastModified"], delete_marker=True)
+
+
+# -- records -------------------------------------------------------------------------------------
+class LedgerEntry(BaseModel):
+    """One line of a replica's ledger: a source version (or delete marker) and where the replica holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["version", "delete"]
+    key: str
+    source_version_id: str
+    source_last_modified: datetime
+    replica_version_id: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    method: Literal["streamed", "server-side"] | None = None
+    copied_at: datetime
+
+
+class Checkpoint(BaseModel):
+    """How far a category's replication got: versions older than `high_water` minus the lookback are
+    done; `recent` names the versions copied inside the lookback, so none is copied twice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    high_water: datetime | None = None
+    recent: dict[str, datetime] = {}
+    protected: list[str] = []  # replica buckets whose protection was applied from the policy
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class CopyFailure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    version_id: str
+    replica: str
+    error: str
+
+
+class ReplicationRun(BaseModel):
+    """What one run of one category did: the record in XCom and in storage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    since: datetime | None = None
+    copied: int = 0
+    copied_bytes: int = 0
+    skipped: int = 0
+    changed_during_run: list[str] = []
+    deletes: list[str] = []
+    failed: list[CopyFailure] = []
+    methods: dict[str, int] = {}
+    ledger_keys: list[str] = []
+    heartbeat_written_at: datetime | None = None
+    lag_seconds: float | None = None
+    lag_source: str | None = None
+    protection: list[str] = []  # one sentence per replica bucket
+    alarms: list[str] = []
+
+
+# -- checkpoint ----------------------------------------------------------------------------------
+def checkpoint_key(category: str) -> str:
+    return f"objects/{category}/checkpoint.json"
+
+
+def load_checkpoint(category: str, locations: Mapping[str, StorageLocation]) -> Checkpoint:
+    """The most cautious checkpoint among the locations (the lowest high water): copying again is harmless."""
+    found: list[Checkpoint] = []
+    for location in locations.values():
+        try:
+            if location.head(checkpoint_key(category)) is None:
+                continue
+            found.append(Checkpoint.model_validate_json(location.get_bytes(checkpoint_key(category))))
+        except StorageError as exc:
+            raise ReplicationError(f"cannot read the replication checkpoint of {category}: {exc}") from exc
+    if not found:
+        return Checkpoint(category=category)
+    return min(found, key=lambda c: c.high_water or datetime.min.replace(tzinfo=timezone.utc))
+
+
+def save_checkpoint(checkpoint: Checkpoint, locations: Mapping[str, StorageLocation]) -> None:
+    data = checkpoint.model_dump_json(indent=2).encode()
+    for location in locations.values():
+        location.put_bytes(checkpoint_key(checkpoint.category), data)
+
+
+# -- copying -------------------------------------------------------------------------------------
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _composite_sha256(part_digests: list[bytes]) -> str:
+    """S3's checksum of a multipart object: the SHA-256 of its parts' SHA-256s, then -N."""
+    return f"{_b64(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
+
+
+class ContentMismatch(RuntimeError):
+    """What was read is not what the source says it holds (it changed, or was corrupted in transit)."""
+
+
+def _metadata(version: SourceVersion, sha256: str | None = None) -> dict[str, str]:
+    meta = {METADATA_SOURCE_VERSION: version.version_id, METADATA_SOURCE_MODIFIED: version.last_modified.isoformat()}
+    if sha256:
+        meta[METADATA_SHA256] = sha256
+    return meta
+
+
+def _check_source(version: SourceVersion, response: Mapping[str, Any], whole: hashlib._Hash, md5: Any,
+                  size: int) -> None:
+    if size != response.get("ContentLength", size) or (version.size and size != version.size):
+        raise ContentMismatch(f"read {size} bytes of {version.key} version {version.version_id}, "
+                              f"the source lists {version.size}")
+    source_sum = response.get("ChecksumSHA256")
+    if source_sum and "-" not in source_sum and source_sum != _b64(whole.digest()):
+        raise ContentMismatch(f"{version.key} version {version.version_id}: the SHA-256 of what was read differs "
+                              f"from the source's own checksum")
+    etag = (response.get("ETag") or "").strip('"')
+    if md5 is not None and etag and "-" not in etag and len(etag) == 32 and etag != md5.hexdigest():
+        raise ContentMismatch(f"{version.key} version {version.version_id}: the MD5 of what was read differs "
+                              f"from the source's ETag")
+
+
+def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVersion, *,
+                  part_size: int) -> tuple[str, str, int]:
+    """GET the version, PUT it (multipart above `part_size`) with SHA-256 checksums; returns
+    (replica version id, sha256 hex, bytes). Memory: one part."""
+    response = source.client.get_object(Bucket=source.bucket, Key=version.key, VersionId=version.version_id,
+                                        ChecksumMode="ENABLED")
+    body = response["Body"]
+    whole, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    first = body.read(part_size)
+    try:
+        if len(first) < part_size:
+            whole.update(first)
+            md5.update(first)
+            _check_source(version, response, whole, md5, len(first))
+            put = replica.client.put_object(
+                Bucket=replica.bucket, Key=version.key, Body=first, ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_b64(hashlib.sha256(first).digest()),
+                Metadata=_metadata(version, whole.hexdigest()))
+            return put["VersionId"], whole.hexdigest(), len(first)
+        upload = replica.client.create_multipart_upload(Bucket=replica.bucket, Key=version.key,
+                                                        ChecksumAlgorithm="SHA256", Metadata=_metadata(version))
+        upload_id, parts, digests, size, chunk = upload["UploadId"], [], [], 0, first
+        try:
+            while chunk:
+                whole.update(chunk)
+                md5.update(chunk)
+                digest = hashlib.sha256(chunk).digest()
+                part = replica.client.upload_part(Bucket=replica.bucket, Key=version.key, UploadId=upload_id,
+                                                  PartNumber=len(parts) + 1, Body=chunk,
+                                                  ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(digest))
+                parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"], "ChecksumSHA256": _b64(digest)})
+                digests.append(digest)
+                size += len(chunk)
+                chunk = body.read(part_size)
+            _check_source(version, response, whole, md5, size)
+            done = replica.client.complete_multipart_upload(Bucket=replica.bucket, Key=version.key,
+                                                            UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            # Aborted, the parts are gone and no object ever appears under the key.
+            try:
+                replica.client.abort_multipart_upload(Bucket=replica.bucket, Key=version.key, UploadId=upload_id)
+            except Exception as exc:  # the endpoint may be what failed; its lifecycle rule aborts it later
+                log.warning("could not abort the multipart upload of %s: %s", replica.describe(version.key), exc)
+            raise
+        stored = done.get("ChecksumSHA256")
+        if stored and stored.split("-")[0] != _composite_sha256(digests).split("-")[0]:
+            raise ContentMismatch(f"{replica.describe(version.key)}: the replica's checksum is not that of the "
+                                  f"parts sent")
+        return done["VersionId"], whole.hexdigest(), size
+    finally:
+        body.close()
+
+
+class ServerSideRefused(RuntimeError):
+    """The replica would not take a CopyObject (e.g. an object-locked bucket wanting a Content-MD5)."""
+
+
+def copy_server_side(source: ObjectStore, replica: ObjectStore, version: SourceVersion) -> tuple[str, str, int]:
+    """CopyObject with a SHA-256 computed by the endpoint; returns (replica version id, sha256 hex, bytes)."""
+    try:
+        result = replica.client.copy_object(
+            Bucket=replica.bucket, Key=version.key, ChecksumAlgorithm="SHA256",
+            CopySource={"Bucket": source.bucket, "Key": version.key, "VersionId": version.version_id},
+            MetadataDirective="REPLACE", Metadata=_metadata(version))
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("MissingUploadObjectWithObjectLockHeaders", "InvalidRequest", "NotImplemented"):
+            raise ServerSideRefused(f"{replica.bucket} refused CopyObject ({code})") from exc
+        raise
+    checksum = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
+    if not checksum or "-" in checksum:
+        raise ServerSideRefused(f"{replica.bucket} returned no whole-object SHA-256 for CopyObject")
+    return result["VersionId"], base64.b64decode(checksum).hex(), version.size
+
+
+def _already_copied(replica: ObjectStore, version: SourceVersion) -> bool:
+    """The replica's newest version of the key is this source version (a rerun after a crash)."""
+    try:
+        head = replica.client.head_object(Bucket=replica.bucket, Key=version.key)
+    except Exception:
+        return False
+    return head.get("Metadata", {}).get(METADATA_SOURCE_VERSION) == version.version_id
+
+
+# -- the run -------------------------------------------------------------------------------------
+@dataclass
+class Replicator:
+    """Replicates one category from its source to its replicas (see the module docstring)."""
+
+    category: str
+    policy: ObjectCategory
+    source: ObjectStore
+    replicas: Mapping[str, ObjectStore]
+    state: Mapping[str, StorageLocation]  # where the checkpoint and run records live (required locations)
+    part_size: int
+    report: Callable[[str], None] = log.info
+    server_side: bool = True
+
+    def run(self, *, run_id: str, rpo_target: timedelta | None = None, rpo_maximum: timedelta | None = None,
+            now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> ReplicationRun:
+        started = now()
+        record = ReplicationRun(category=self.category, run_id=run_id, started_at=started)
+        checkpoint = load_checkpoint(self.category, self.state)
+        record.protection = self.protect(checkpoint, alarms=record.alarms)
+        since = checkpoint.high_water - LOOKBACK if checkpoint.high_water else None
+        record.since = since
+        self.report(f"{self.category}: {self.source.describe(self.source.prefix)} -> "
+                    f"{', '.join(r.describe(r.prefix) for r in self.replicas.values())}; "
+                    f"{'versions since ' + since.isoformat() if since else 'first run: every version'}")
+        ledgers: dict[str, list[LedgerEntry]] = {name: [] for name in self.replicas}
+        seen_this_run: set[str] = set()
+        copied_since_save = 0
+        for number in range(1, MAX_PASSES + 1):
+            candidates = sorted((v for v in list_versions(self.source, since=since)
+                                 if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run),
+                                key=lambda v: (v.last_modified, v.key, v.version_id))
+            if number > 1:
+                if not candidates:
+                    break
+                record.changed_during_run += [f"{v.key} ({v.version_id})" for v in candidates]
+                self.report(f"{len(candidates)} versions appeared while the run copied (pass {number}): copying them too")
+            deletes = [v for v in candidates if v.delete_marker]
+            for version in candidates:
+                seen_this_run.add(version.version_id)
+                if version.delete_marker:
+                    record.deletes.append(version.key)
+                    for name in self.replicas:
+                        ledgers[name].append(LedgerEntry(event="delete", key=version.key,
+                                                         source_version_id=version.version_id,
+                                                         source_last_modified=version.last_modified, copied_at=now()))
+                    self._done(checkpoint, version)
+                    continue
+                if self._copy_everywhere(version, record, ledgers, now):
+                    self._done(checkpoint, version)
+                    copied_since_save += 1
+                if copied_since_save >= CHECKPOINT_EVERY:
+                    self._save(checkpoint, record, ledgers, run_id, now)
+                    copied_since_save = 0
+            if len(deletes) > self.policy.deletes.max_per_run:
+                record.alarms.append(
+                    f"ALARM mass delete: {len(deletes)} objects deleted under {self.source.describe(self.source.prefix)} "
+                    f"since the last run (threshold {self.policy.deletes.max_per_run}); the replicas keep every "
+                    f"version and nothing was deleted there")
+        self._hold_back_for_failures(checkpoint, record)
+        heartbeat_due = self._measure_lag(record, rpo_target=rpo_target, rpo_maximum=rpo_maximum)
+        self._save(checkpoint, record, ledgers, run_id, now)
+        record.heartbeat_written_at = self._write_heartbeat(run_id, now) if heartbeat_due else None
+        record.finished_at = now()
+        self.report(f"{self.category}: copied {record.copied} versions ({record.copied_bytes / 2**20:.1f} MiB; "
+                    f"{', '.join(f'{k} {v}' for k, v in sorted(record.methods.items())) or 'none'}), skipped "
+                    f"{record.skipped}, {len(record.deletes)} deletes recorded, {len(record.failed)} failed")
+        return record
+
+    # -- steps of a run --
+    def _copy_everywhere(self, version: SourceVersion, record: ReplicationRun,
+                         ledgers: dict[str, list[LedgerEntry]], now: Callable[[], datetime]) -> bool:
+        ok = True
+        for name, replica in self.replicas.items():
+            if _already_copied(replica, version):
+                record.skipped += 1
+                continue
+            try:
+                replica_version, sha256, size, method = self._copy(replica, version)
+            except Exception as exc:
+                ok = False
+                error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                record.failed.append(CopyFailure(key=version.key, version_id=version.version_id, replica=name,
+                                                 error=error))
+                self.report(f"FAILED {version.key} ({version.version_id}) -> {replica.bucket}: {error}")
+                continue
+            ledgers[name].append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
+                                             source_last_modified=version.last_modified,
+                                             replica_version_id=replica_version, size=size, sha256=sha256,
+                                             method=method, copied_at=now()))
+            record.copied += 1
+            record.copied_bytes += size
+            record.methods[method] = record.methods.get(method, 0) + 1
+        return ok
+
+    def _copy(self, replica: ObjectStore, version: SourceVersion) -> tuple[str, str, int, str]:
+        if self.server_side and self.source.endpoint == replica.endpoint and version.size <= 5 * 2**30:
+            try:
+                return (*copy_server_side(self.source, replica, version), "server-side")
+            except ServerSideRefused as exc:
+                self.server_side = False
+                self.report(f"server-side copy refused ({exc}): streaming every copy of this run")
+        for attempt in (1, 2):
+            try:
+                return (*copy_streamed(self.source, replica, version, part_size=self.part_size), "streamed")
+            except ContentMismatch as exc:
+                if attempt == 2:
+                    raise
+                self.report(f"{exc}: copying it again")
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _done(checkpoint: Checkpoint, version: SourceVersion) -> None:
+        checkpoint.recent[version.version_id] = version.last_modified
+        if checkpoint.high_water is None or version.last_modified > checkpoint.high_water:
+            checkpoint.high_water = version.last_modified
+
+    def _hold_back_for_failures(self, checkpoint: Checkpoint, record: ReplicationRun) -> None:
+        """A version that failed must be listed again next run: keep the high water at or before it."""
+        if not record.failed:
+            return
+        failed_ids = {f.version_id for f in record.failed}
+        for version_id in failed_ids:
+            checkpoint.recent.pop(version_id, None)
+        oldest = min((v.last_modified for v in list_versions(self.source, since=None) if v.version_id in failed_ids),
+                     default=None)
+        if oldest is not None and checkpoint.high_water is not None:
+            checkpoint.high_water = min(checkpoint.high_water, oldest)
+
+    def _save(self, checkpoint: Checkpoint, record: ReplicationRun, ledgers: dict[str, list[LedgerEntry]],
+              run_id: str, now: Callable[[], datetime]) -> None:
+        """Ledger lines first, then the checkpoint: a version is never marked done without its ledger line."""
+        stamp = now().strftime("%Y%m%dT%H%M%S.%fZ")
+        for name, entries in ledgers.items():
+            if not entries:
+                continue
+            replica = self.replicas[name]
+            key = f"{INTERNAL_PREFIX}ledger/{self.category}/{stamp}-{key_safe(run_id)}.jsonl"
+            body = "".join(entry.model_dump_json() + "\n" for entry in entries).encode()
+            replica.client.put_object(Bucket=replica.bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+            record.ledger_keys.append(replica.describe(key))
+            entries.clear()
+        if checkpoint.high_water is not None:
+            horizon = checkpoint.high_water - LOOKBACK
+            checkpoint.recent = {k: v for k, v in checkpoint.recent.items() if v >= horizon}
+        checkpoint.updated_at, checkpoint.updated_by = now(), run_id
+        save_checkpoint(checkpoint, self.state)
+
+    def _write_heartbeat(self, run_id: str, now: Callable[[], datetime]) -> datetime:
+        """A write at the source after this run's listing: the next run's copy of it measures the lag."""
+        written = now()
+        body = json.dumps({"written_at": written.isoformat(), "run_id": run_id}).encode()
+        self.source.client.put_object(Bucket=self.source.bucket, Key=f"{self.source.prefix}{HEARTBEAT_NAME}",
+                                      Body=body, ChecksumAlgorithm="SHA256")
+        return written
+
+    def _measure_lag(self, record: ReplicationRun, *, rpo_target: timedelta | None,
+                     rpo_maximum: timedelta | None) -> bool:
+        """The lag of the heartbeat the previous run wrote: from its write at the source to its copy being
+        readable in every replica. Returns whether a new heartbeat should be written (always)."""
+        key = f"{self.source.prefix}{HEARTBEAT_NAME}"
+        arrivals: list[tuple[datetime, datetime]] = []
+        for replica in self.replicas.values():
+            try:
+                head = replica.client.head_object(Bucket=replica.bucket, Key=key)
+                body = json.loads(replica.client.get_object(Bucket=replica.bucket, Key=key)["Body"].read())
+            except Exception:
+                arrivals = []
+                break
+            arrivals.append((datetime.fromisoformat(body["written_at"]), head["LastModified"]))
+        if not arrivals:
+            record.lag_source = "not measured: no heartbeat has reached every replica yet (the first run writes one)"
+            self.report(f"{self.category}: replication lag not measured yet (no heartbeat copied so far)")
+            return True
+        written = min(w for w, _ in arrivals)
+        readable = max(r for _, r in arrivals)
+        lag = max(0.0, (readable - written).total_seconds())
+        record.lag_seconds = round(lag, 3)
+        record.lag_source = (f"heartbeat {key} written at the source {written.isoformat()}, readable in every replica "
+                             f"at {readable.isoformat()}")
+        verdict = ""
+        if rpo_target is not None and rpo_maximum is not None:
+            verdict = (" within the RPO target" if lag <= rpo_target.total_seconds() else
+                       " over the RPO target, within the maximum" if lag <= rpo_maximum.total_seconds() else
+                       " PAST THE RPO MAXIMUM")
+            verdict += f" ({format_duration(rpo_target)} / {format_duration(rpo_maximum)})"
+            if lag > rpo_maximum.total_seconds():
+                record.alarms.append(f"ALARM replication lag of {self.category} is {lag:.0f}s, past the RPO maximum "
+                                     f"{format_duration(rpo_maximum)} ({record.lag_source})")
+        self.report(f"{self.category}: replication lag {lag:.1f}s{verdict}; {record.lag_source}")
+        return True
+
+    # -- protection --
+    def protect(self, checkpoint: Checkpoint, *, alarms: list[str]) -> list[str]:
+        """Versioning, object lock and lifecycle of every replica as the policy says: applied the first
+        time, checked afterwards (a difference is an alarm, never silently overwritten)."""
+        sentences = []
+        for name, replica in self.replicas.items():
+            problems = replica_drift(replica, self.policy, self.category)
+            if replica.bucket not in checkpoint.protected:
+                if problems:
+                    refused = apply_protection(replica, self.policy, self.category)
+                    problems = replica_drift(replica, self.policy, self.category) + refused
+                if not problems:
+                    checkpoint.protected.append(replica.bucket)
+                    sentences.append(f"{replica.bucket}: protection applied from the policy and verified")
+                    continue
+            if problems:
+                alarms += [f"ALARM {replica.bucket}: {problem}" for problem in problems]
+                sentences.append(f"{replica.bucket}: DRIFT: {'; '.join(problems)}")
+            else:
+                sentences.append(f"{replica.bucket}: versioning, object lock and lifecycle match the policy")
+        for sentence in sentences:
+            self.report(sentence)
+        return sentences
+
+
+def lifecycle_rule(policy: ObjectCategory, category: str, prefix: str) -> dict[str, Any]:
+    """The replica's lifecycle rule from the category's retention (days, as S3 counts them)."""
+    retention = policy.retention
+    rule: dict[str, Any] = {"ID": f"continuity-{category}", "Status": "Enabled", "Filter": {"Prefix": prefix},
+                            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
+    if not retention.indefinite:
+        if retention.archive_class and retention.standard is not None:
+            rule["Transitions"] = [{"Days": retention.standard.days, "StorageClass": retention.archive_class}]
+            rule["NoncurrentVersionTransitions"] = [{"NoncurrentDays": retention.standard.days,
+                                                     "StorageClass": retention.archive_class}]
+        end = retention.archive_until or retention.standard
+        if end is not None:
+            rule["Expiration"] = {"Days": end.days}
+            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": end.days}
+    return rule
+
+
+def _lock_rule(policy: ObjectCategory) -> dict[str, Any] | None:
+    if policy.object_lock is None:
+        return None
+    return {"Mode": policy.object_lock.mode, "Days": policy.object_lock.period.days}
+
+
+def replica_drift(replica: ObjectStore, policy: ObjectCategory, category: str) -> list[str]:
+    """How the replica bucket differs from what the policy asks (empty: it matches)."""
+    problems = []
+    client = replica.client
+    status = client.get_bucket_versioning(Bucket=replica.bucket).get("Status")
+    if status != "Enabled":
+        problems.append(f"versioning is {status or 'off'}, the policy needs it Enabled")
+    wanted = _lock_rule(policy)
+    if wanted is not None:
+        try:
+            config = client.get_object_lock_configuration(Bucket=replica.bucket)["ObjectLockConfiguration"]
+        except Exception:
+            config = {}
+        retention = config.get("Rule", {}).get("DefaultRetention", {})
+        actual = {"Mode": retention.get("Mode"), "Days": retention.get("Days")} if retention else None
+        if config.get("ObjectLockEnabled") != "Enabled":
+            problems.append("object lock is not enabled on the bucket (it is enabled when a bucket is created)")
+        elif actual != wanted:
+            problems.append(f"object lock default retention is {actual or 'none'}, the policy says "
+                            f"{wanted['Mode']} {wanted['Days']} days")
+    rule = lifecycle_rule(policy, category, replica.prefix)
+    try:
+        rules = client.get_bucket_lifecycle_configuration(Bucket=replica.bucket).get("Rules", [])
+    except Exception:
+        rules = []
+    ours = next((r for r in rules if r.get("ID") == rule["ID"]), None)
+    if ours is None:
+        problems.append(f"lifecycle rule {rule['ID']} is missing")
+    else:
+        keys = ("Status", "Filter", "Transitions", "NoncurrentVersionTransitions", "Expiration",
+                "NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload")
+        differing = [k for k in keys if _normal(ours.get(k)) != _normal(rule.get(k))]
+        if differing:
+            problems.append(f"lifecycle rule {rule['ID']} differs from the policy in {', '.join(differing)} "
+                            f"(bucket: {', '.join(f'{k}={ours.get(k)}' for k in differing)})")
+    return problems
+
+
+def _normal(value: Any) -> Any:
+    """Lifecycle values as comparable data (an endpoint may add zero-valued fields)."""
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items() if v not in (0, None, "", [], {}) or k == "Days"}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def apply_protection(replica: ObjectStore, policy: ObjectCategory, category: str) -> list[str]:
+    """Set versioning, the object lock default retention and the lifecycle rule; returns what the bucket
+    refused, one sentence each."""
+    client, refused = replica.client, []
+
+    def attempt(what: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception as exc:
+            refused.append(f"could not set {what}: {str(exc).strip().splitlines()[0]}")
+
+    attempt("versioning", lambda: client.put_bucket_versioning(Bucket=replica.bucket,
+                                                               VersioningConfiguration={"Status": "Enabled"}))
+    wanted = _lock_rule(policy)
+    if wanted is not None:
+        attempt("the object lock default retention", lambda: client.put_object_lock_configuration(
+            Bucket=replica.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
+                                                            "Rule": {"DefaultRetention": wanted}}))
+    try:
+        rules = client.get_bucket_lifecycle_configuration(Bucket=replica.bucket).get("Rules", [])
+    except Exception:
+        rules = []
+    rule = lifecycle_rule(policy, category, replica.prefix)
+    rules = [r for r in rules if r.get("ID") != rule["ID"]] + [rule]
+    attempt("the lifecycle rule", lambda: client.put_bucket_lifecycle_configuration(
+        Bucket=replica.bucket, LifecycleConfiguration={"Rules": rules}))
+    return refused
+
+
+# -- wiring ----------------------------------------------------------------------------------------
+def replicator_for(policy: Policy, category: str, *, client_for: Callable[[str, str], Any],
+                   state: Mapping[str, StorageLocation], report: Callable[[str], None] = log.info) -> Replicator:
+    """The category's replicator; `client_for(conn_id, region)` gives an S3 client."""
+    if policy.objects is None or category not in policy.objects.categories:
+        known = sorted(policy.objects.categories) if policy.objects else []
+        raise ValueError(f"no object category {category!r} in the policy's objects section (known: {known})")
+    spec = policy.objects.categories[category]
+
+    def store(bucket: Any) -> ObjectStore:
+        return ObjectStore(client=client_for(bucket.conn_id, bucket.region), bucket=bucket.bucket,
+                           prefix=bucket.prefix, region=bucket.region)
+
+    return Replicator(category=category, policy=spec, source=store(spec.source),
+                      replicas={f"{r.region}:{r.bucket}": store(r) for r in spec.replicas}, state=state,
+                      part_size=policy.objects.part_size, report=report)
+
+
+def run_record_key(record: ReplicationRun) -> str:
+    return f"objects/{record.category}/runs/{record.started_at:%Y%m%dT%H%M%SZ}-{key_safe(record.run_id)}.json"
+
+
+def store_run_record(record: ReplicationRun, state: Mapping[str, StorageLocation]) -> list[str]:
+    data = record.model_dump_json(indent=2).encode()
+    written = []
+    for location in state.values():
+        location.put_bytes(run_record_key(record), data)
+        written.append(location.describe(run_record_key(record)))
+    return written
