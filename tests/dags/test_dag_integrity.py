@@ -83,6 +83,15 @@ def test_full_backup_schedule_is_the_policys() -> None:
     assert dag.timetable.expression == load_policy().backups.full.schedule
 
 
+def test_object_replication_schedule_and_tasks_are_the_policys() -> None:
+    from continuity.policy import load_policy
+
+    objects = load_policy().objects
+    dag = _load(DAGS_DIR / "dr_object_replication.py").dags["dr_object_replication"]
+    assert dag.timetable.expression == objects.schedule
+    assert sorted(t.task_id for t in dag.tasks) == sorted(f"replicate_{c}" for c in objects.categories)
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_every_task_that_ships_the_wal_spool_takes_its_pool(path: Path) -> None:
     from continuity.dag_defaults import POOLS, WAL_SPOOL_POOL

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 # Backups first, so validation, the restore test and the drill have something to work on.
-ORDER = ["dr_full_backup", "dr_config_backup", "dr_wal_archive", "dr_backup_validation", "dr_restore_test",
-         "dr_drill", "dr_health_monitor", "dr_failover"]
+ORDER = ["dr_full_backup", "dr_config_backup", "dr_wal_archive", "dr_object_replication", "dr_backup_validation",
+         "dr_restore_test", "dr_drill", "dr_health_monitor", "dr_failover"]
 CONF = {"dr_failover": {"target": "dr", "mode": "switchover", "dry_run": True, "reason": "airflow dags test"}}
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
 

@@ -10,6 +10,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from continuity.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.keys import Keyring
+from continuity.objects import Replicator, replicator_for
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 
@@ -49,6 +50,15 @@ class ContinuityBackupHook(ContinuityPolicyHook):
 
     def required_locations(self) -> set[str]:
         return {loc.name for loc in self.policy.storage.locations if loc.required}
+
+    def get_replicator(self, category: str, *, report: Any) -> Replicator:
+        """The object category's replicator: one S3 client per bucket connection, the checkpoint and run
+        records in the required locations."""
+        locations = self.get_locations()
+        state = {name: locations[name] for name in sorted(self.required_locations())}
+        return replicator_for(self.policy, category, state=state, report=report,
+                              client_for=lambda conn_id, region: S3Hook(aws_conn_id=conn_id,
+                                                                        region_name=region).get_conn())
 
     def get_catalog(self) -> Catalog:
         return Catalog(self.get_locations(), self.get_keyring())
