@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from continuity.catalog import Catalog
 from continuity.keys import Keyring, MissingKeyError
@@ -25,6 +25,8 @@ class LocalDeployment(Protocol):
     def keyring(self) -> Keyring: ...
 
     def storage_locations(self) -> dict[str, StorageLocation]: ...
+
+    def s3_client(self, region: str = ...) -> Any: ...
 
     def write_connections(self) -> None: ...
 
@@ -44,6 +46,14 @@ class Context:
     @property
     def required(self) -> set[str]:
         return {loc.name for loc in self.policy.storage.locations if loc.required}
+
+    def s3_client(self, region: str) -> Any:
+        """An S3 client for the application's buckets: the sandbox's endpoint, else the AWS credential chain."""
+        if self.sandbox is not None:
+            return self.sandbox.s3_client(region)
+        import boto3
+
+        return boto3.client("s3", region_name=region)
 
 
 def build_context(*, policy: Policy, key_file: str | None, sandbox: LocalDeployment | None = None) -> Context:

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -93,6 +94,7 @@ class SourceVersion(BaseModel):
     size: int = 0
     etag: str | None = None
     delete_marker: bool = False
+    latest: bool = False
 
 
 def list_versions(store: ObjectStore, *, since: datetime | None) -> Iterator[SourceVersion]:
@@ -102,11 +104,13 @@ def list_versions(store: ObjectStore, *, since: datetime | None) -> Iterator[Sou
         for entry in page.get("Versions", []):
             if since is None or entry["LastModified"] >= since:
                 yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"], last_modified=entry["LastModified"],
-                                    size=entry["Size"], etag=entry.get("ETag", "").strip('"') or None)
+                                    size=entry["Size"], etag=entry.get("ETag", "").strip('"') or None,
+                                    latest=entry.get("IsLatest", False))
         for entry in page.get("DeleteMarkers", []):
             if since is None or entry["LastModified"] >= since:
                 yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"],
-                                    last_modified=entry["LastModified"], delete_marker=True)
+                                    last_modified=entry["LastModified"], delete_marker=True,
+                                    latest=entry.get("IsLatest", False))
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -221,8 +225,11 @@ def _metadata(version: SourceVersion, sha256: str | None = None) -> dict[str, st
     return meta
 
 
-def _check_source(version: SourceVersion, response: Mapping[str, Any], whole: hashlib._Hash, md5: Any,
-                  size: int) -> None:
+def _check_source(version: SourceVersion, response: Mapping[str, Any], whole: Any, md5: Any,
+                  size: int, expected_sha256: str | None = None) -> None:
+    if expected_sha256 and whole.hexdigest() != expected_sha256:
+        raise ContentMismatch(f"{version.key} version {version.version_id}: its SHA-256 is not the "
+                              f"{expected_sha256[:12]}… recorded when it was copied")
     if size != response.get("ContentLength", size) or (version.size and size != version.size):
         raise ContentMismatch(f"read {size} bytes of {version.key} version {version.version_id}, "
                               f"the source lists {version.size}")
@@ -237,9 +244,11 @@ def _check_source(version: SourceVersion, response: Mapping[str, Any], whole: ha
 
 
 def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVersion, *,
-                  part_size: int) -> tuple[str, str, int]:
+                  part_size: int, expected_sha256: str | None = None, key: str | None = None) -> tuple[str, str, int]:
     """GET the version, PUT it (multipart above `part_size`) with SHA-256 checksums; returns
-    (replica version id, sha256 hex, bytes). Memory: one part."""
+    (replica version id, sha256 hex, bytes). With `expected_sha256`, content that differs is refused
+    before the object is complete; `key` names the copy (default: the source's key). Memory: one part."""
+    target = key or version.key
     response = source.client.get_object(Bucket=source.bucket, Key=version.key, VersionId=version.version_id,
                                         ChecksumMode="ENABLED")
     body = response["Body"]
@@ -249,13 +258,13 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
         if len(first) < part_size:
             whole.update(first)
             md5.update(first)
-            _check_source(version, response, whole, md5, len(first))
+            _check_source(version, response, whole, md5, len(first), expected_sha256)
             put = replica.client.put_object(
-                Bucket=replica.bucket, Key=version.key, Body=first, ChecksumAlgorithm="SHA256",
+                Bucket=replica.bucket, Key=target, Body=first, ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(hashlib.sha256(first).digest()),
                 Metadata=_metadata(version, whole.hexdigest()))
             return put["VersionId"], whole.hexdigest(), len(first)
-        upload = replica.client.create_multipart_upload(Bucket=replica.bucket, Key=version.key,
+        upload = replica.client.create_multipart_upload(Bucket=replica.bucket, Key=target,
                                                         ChecksumAlgorithm="SHA256", Metadata=_metadata(version))
         upload_id, parts, digests, size, chunk = upload["UploadId"], [], [], 0, first
         try:
@@ -263,26 +272,26 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
                 whole.update(chunk)
                 md5.update(chunk)
                 digest = hashlib.sha256(chunk).digest()
-                part = replica.client.upload_part(Bucket=replica.bucket, Key=version.key, UploadId=upload_id,
+                part = replica.client.upload_part(Bucket=replica.bucket, Key=target, UploadId=upload_id,
                                                   PartNumber=len(parts) + 1, Body=chunk,
                                                   ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(digest))
                 parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"], "ChecksumSHA256": _b64(digest)})
                 digests.append(digest)
                 size += len(chunk)
                 chunk = body.read(part_size)
-            _check_source(version, response, whole, md5, size)
-            done = replica.client.complete_multipart_upload(Bucket=replica.bucket, Key=version.key,
+            _check_source(version, response, whole, md5, size, expected_sha256)
+            done = replica.client.complete_multipart_upload(Bucket=replica.bucket, Key=target,
                                                             UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
             # Aborted, the parts are gone and no object ever appears under the key.
             try:
-                replica.client.abort_multipart_upload(Bucket=replica.bucket, Key=version.key, UploadId=upload_id)
+                replica.client.abort_multipart_upload(Bucket=replica.bucket, Key=target, UploadId=upload_id)
             except Exception as exc:  # the endpoint may be what failed; its lifecycle rule aborts it later
-                log.warning("could not abort the multipart upload of %s: %s", replica.describe(version.key), exc)
+                log.warning("could not abort the multipart upload of %s: %s", replica.describe(target), exc)
             raise
         stored = done.get("ChecksumSHA256")
         if stored and stored.split("-")[0] != _composite_sha256(digests).split("-")[0]:
-            raise ContentMismatch(f"{replica.describe(version.key)}: the replica's checksum is not that of the "
+            raise ContentMismatch(f"{replica.describe(target)}: the replica's checksum is not that of the "
                                   f"parts sent")
         return done["VersionId"], whole.hexdigest(), size
     finally:
@@ -634,6 +643,210 @@ def apply_protection(replica: ObjectStore, policy: ObjectCategory, category: str
     attempt("the lifecycle rule", lambda: client.put_bucket_lifecycle_configuration(
         Bucket=replica.bucket, LifecycleConfiguration={"Rules": rules}))
     return refused
+
+
+# -- the ledger: what a replica holds, and when it was current at the source ------------------------
+def read_ledger(replica: ObjectStore, category: str) -> Iterator[LedgerEntry]:
+    """Every line of the replica's ledger for `category`, in the order the runs wrote them."""
+    prefix = f"{INTERNAL_PREFIX}ledger/{category}/"
+    paginator = replica.client.get_paginator("list_objects_v2")
+    keys = sorted(item["Key"] for page in paginator.paginate(Bucket=replica.bucket, Prefix=prefix)
+                  for item in page.get("Contents", []))
+    for key in keys:
+        body = replica.client.get_object(Bucket=replica.bucket, Key=key)["Body"]
+        try:
+            for line in body.iter_lines():
+                if line.strip():
+                    yield LedgerEntry.model_validate_json(line)
+        finally:
+            body.close()
+
+
+def current_as_of(entries: Iterator[LedgerEntry], *, as_of: datetime, prefix: str = "") -> dict[str, LedgerEntry]:
+    """The version of every key that was current at the source at `as_of` (keys deleted by then, or
+    created after, are absent). Continuity's own objects are left out."""
+    newest: dict[str, LedgerEntry] = {}
+    for entry in entries:
+        if not entry.key.startswith(prefix) or is_internal(entry.key, prefix) or entry.source_last_modified > as_of:
+            continue
+        held = newest.get(entry.key)
+        if held is None or (entry.source_last_modified, entry.event == "version") >= \
+                (held.source_last_modified, held.event == "version"):
+            newest[entry.key] = entry
+    return {key: entry for key, entry in newest.items() if entry.event == "version"}
+
+
+class ObjectRestore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    as_of: datetime
+    replica: str
+    target: str
+    restored: int = 0
+    restored_bytes: int = 0
+    failed: list[str] = []
+
+
+def restore_as_of(replica: ObjectStore, category: str, *, as_of: datetime, prefix: str, target: ObjectStore | Path,
+                  part_size: int = 8 * 2**20, report: Callable[[str], None] = log.info) -> ObjectRestore:
+    """Put back every object as it was at `as_of`, from the replica alone (its ledger and versions), each
+    verified against the SHA-256 recorded when it was copied. To a bucket (multipart, aborted on a
+    mismatch) or a directory (a temporary file renamed once verified): nothing half-written stays."""
+    wanted = current_as_of(read_ledger(replica, category), as_of=as_of, prefix=prefix)
+    where = target.describe(target.prefix) if isinstance(target, ObjectStore) else str(target)
+    result = ObjectRestore(category=category, as_of=as_of, replica=replica.describe(replica.prefix), target=where)
+    report(f"{category}: {len(wanted)} objects were current at {as_of.isoformat()} under {prefix or '(all)'}; "
+           f"restoring them from {replica.describe(replica.prefix)} to {where}")
+    for key, entry in sorted(wanted.items()):
+        version = SourceVersion(key=key, version_id=entry.replica_version_id or "", last_modified=entry.source_last_modified,
+                                size=entry.size or 0)
+        try:
+            if isinstance(target, ObjectStore):
+                _, sha, size = copy_streamed(replica, target, version, part_size=part_size, expected_sha256=entry.sha256,
+                                             key=f"{target.prefix}{key}")
+            else:
+                sha, size = _download_verified(replica, version, target / key, expected_sha256=entry.sha256)
+        except Exception as exc:
+            result.failed.append(f"{key}: {str(exc).strip().splitlines()[0]}")
+            report(f"FAILED {key}: {exc}")
+            continue
+        result.restored += 1
+        result.restored_bytes += size
+    report(f"{category}: restored {result.restored} objects ({result.restored_bytes / 2**20:.1f} MiB), "
+           f"{len(result.failed)} failed")
+    return result
+
+
+def _download_verified(replica: ObjectStore, version: SourceVersion, path: Path, *,
+                       expected_sha256: str | None) -> tuple[str, int]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    digest, size = hashlib.sha256(), 0
+    body = replica.client.get_object(Bucket=replica.bucket, Key=version.key, VersionId=version.version_id)["Body"]
+    try:
+        with open(partial, "wb") as handle:
+            for chunk in body.iter_chunks(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                handle.write(chunk)
+        if expected_sha256 and digest.hexdigest() != expected_sha256:
+            raise ContentMismatch(f"{version.key}: the replica's copy has another SHA-256 than the one recorded "
+                                  f"when it was copied")
+        # Renamed only once complete and verified: a file under its final name is always whole.
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        body.close()
+    return digest.hexdigest(), size
+
+
+# -- inventory: does every replica hold every current source version? -----------------------------------
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    replica: str
+    source_objects: int | None = None
+    source_versions: int | None = None
+    replica_versions: int = 0
+    missing: list[str] = []
+    different: list[str] = []
+    deep_verified: int = 0
+    repaired: list[str] = []
+    source_error: str | None = None
+    lag_seconds: float | None = None
+    lag_source: str = "not measured"
+
+
+def heartbeat_lag(source: ObjectStore, replica: ObjectStore) -> tuple[float | None, str]:
+    """The heartbeat's lag (its write at the source to its copy at the replica), from the replica alone."""
+    key = f"{source.prefix}{HEARTBEAT_NAME}"
+    try:
+        response = replica.client.get_object(Bucket=replica.bucket, Key=key)
+        written = datetime.fromisoformat(json.loads(response["Body"].read())["written_at"])
+    except Exception:
+        return None, "not measured: no heartbeat in the replica yet"
+    arrived = response["LastModified"]
+    return round(max(0.0, (arrived - written).total_seconds()), 3), \
+        f"heartbeat written {written.isoformat()}, copied {arrived.isoformat()}"
+
+
+def inventory(replicator: Replicator, *, deep_sample: int = 0, seed: str = "", repair: bool = False) -> list[Inventory]:
+    """Compare every current source version with each replica: present (its ledger line, the replica
+    version) and the same size; download `deep_sample` of them to check the SHA-256; with `repair`,
+    copy again what is missing or different."""
+    import random
+
+    results = []
+    try:
+        versions = [v for v in list_versions(replicator.source, since=None)
+                    if not v.delete_marker and not is_internal(v.key, replicator.source.prefix)]
+        current, every, source_error = [v for v in versions if v.latest], len(versions), None
+    except Exception as exc:
+        current, every, source_error = [], None, f"source unreachable: {str(exc).strip().splitlines()[0]}"
+    for name, replica in replicator.replicas.items():
+        ledger = {e.source_version_id: e for e in read_ledger(replica, replicator.category) if e.event == "version"}
+        found = Inventory(category=replicator.category, replica=replica.describe(replica.prefix),
+                          source_objects=None if source_error else len(current),
+                          source_versions=every, replica_versions=len(ledger), source_error=source_error)
+        found.lag_seconds, found.lag_source = heartbeat_lag(replicator.source, replica)
+        present: list[tuple[SourceVersion, LedgerEntry]] = []
+        needs_copy: list[SourceVersion] = []
+        for version in current:
+            entry = ledger.get(version.version_id)
+            label = f"{version.key} ({version.version_id})"
+            if entry is None:
+                found.missing.append(label)
+                needs_copy.append(version)
+                continue
+            try:
+                head = replica.client.head_object(Bucket=replica.bucket, Key=version.key, VersionId=entry.replica_version_id)
+            except Exception:
+                found.missing.append(label)
+                needs_copy.append(version)
+                continue
+            if head["ContentLength"] != version.size or entry.size != version.size:
+                found.different.append(f"{label}: {head['ContentLength']} bytes in the replica, {version.size} at the source")
+                needs_copy.append(version)
+                continue
+            present.append((version, entry))
+        for version, entry in random.Random(f"{seed}:{name}").sample(present, min(deep_sample, len(present))):
+            body = replica.client.get_object(Bucket=replica.bucket, Key=version.key,
+                                             VersionId=entry.replica_version_id)["Body"]
+            digest = hashlib.sha256()
+            for chunk in body.iter_chunks(1 << 20):
+                digest.update(chunk)
+            found.deep_verified += 1
+            if digest.hexdigest() != entry.sha256:
+                found.different.append(f"{version.key} ({version.version_id}): the replica's content is not the "
+                                       f"SHA-256 recorded at copy time")
+                needs_copy.append(version)
+        if repair and needs_copy:
+            entries: list[LedgerEntry] = []
+            for version in needs_copy:
+                try:
+                    replica_version, sha, size, method = replicator._copy(replica, version)
+                except Exception as exc:
+                    replicator.report(f"FAILED to repair {version.key}: {exc}")
+                    continue
+                entries.append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
+                                           source_last_modified=version.last_modified,
+                                           replica_version_id=replica_version, size=size, sha256=sha, method=method,
+                                           copied_at=datetime.now(timezone.utc)))
+                found.repaired.append(f"{version.key} ({version.version_id})")
+            if entries:
+                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+                key = f"{INTERNAL_PREFIX}ledger/{replicator.category}/{stamp}-repair.jsonl"
+                replica.client.put_object(Bucket=replica.bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                          Body="".join(e.model_dump_json() + "\n" for e in entries).encode())
+        replicator.report(f"{replicator.category} -> {replica.bucket}: {found.source_objects} current objects, "
+                          f"{len(found.missing)} missing, {len(found.different)} different, {found.deep_verified} "
+                          f"deep-verified, {len(found.repaired)} repaired; lag {found.lag_seconds}s ({found.lag_source})")
+        results.append(found)
+    return results
 
 
 # -- wiring ----------------------------------------------------------------------------------------

@@ -289,3 +289,81 @@ def test_the_dag_puts_every_video_the_database_names_into_the_dr_region(sandbox,
     record = xcom(again, "replicate_video_content")
     assert record["copied"] == 1, "only the previous run's heartbeat is new"
     assert record["lag_seconds"] is not None
+
+
+def _cli(world: World, tmp_path: Path, *args: str, capsys) -> tuple[int, str, str]:
+    from continuity.cli import main
+
+    policy = tmp_path / "policy.yaml"
+    code = main(["--policy", str(policy), "objects", *args, "--root", str(world.sandbox.root)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_restore_as_of_brings_back_what_an_overwrite_and_a_delete_took(world: World, tmp_path: Path, capsys) -> None:
+    import time
+    from datetime import datetime, timezone
+
+    world.put("videos/a.mp4", b"the real video")
+    world.put("videos/b.mp4", b"another video")
+    world.put("videos/large.mp4", big := _blob(PART + 4321, "large-restore"))
+    world.run("before")
+    time.sleep(1.1)  # S3 times have a resolution of a second
+    before_the_attack = datetime.now(timezone.utc)
+    time.sleep(1.1)
+    world.put("videos/a.mp4", b"ENCRYPTED BY RANSOMWARE")
+    world.src.delete_object(Bucket=world.source_bucket, Key="videos/b.mp4")
+    world.run("after")
+
+    restored = tmp_path / "restored"
+    code, out, _ = _cli(world, tmp_path, "restore", "--category", "video_content", "--as-of",
+                        before_the_attack.isoformat(), "--to", str(restored), capsys=capsys)
+    assert code == 0, out
+    assert (restored / "videos/a.mp4").read_bytes() == b"the real video"
+    assert (restored / "videos/b.mp4").read_bytes() == b"another video", "the deleted object is back"
+    assert (restored / "videos/large.mp4").read_bytes() == big
+    assert not list(restored.rglob(".*partial")), "no partial file is left"
+    assert not (restored / "videos" / objects.HEARTBEAT_NAME).exists(), "Continuity's own objects stay out"
+
+    now = tmp_path / "now"
+    code, _, _ = _cli(world, tmp_path, "restore", "--category", "video_content", "--as-of",
+                      datetime.now(timezone.utc).isoformat(), "--to", str(now), capsys=capsys)
+    assert code == 0 and (now / "videos/a.mp4").read_bytes() == b"ENCRYPTED BY RANSOMWARE"
+    assert not (now / "videos/b.mp4").exists(), "deleted by then: not restored"
+
+    code, out, _ = _cli(world, tmp_path, "restore", "--category", "video_content", "--as-of",
+                        before_the_attack.isoformat(), "--to", f"s3://{world.source_bucket}", capsys=capsys)
+    assert code == 0, out
+    assert world.src.get_object(Bucket=world.source_bucket, Key="videos/a.mp4")["Body"].read() == b"the real video"
+    assert world.src.get_object(Bucket=world.source_bucket, Key="videos/b.mp4")["Body"].read() == b"another video"
+
+
+def test_restore_refuses_bad_input_before_doing_anything(world: World, tmp_path: Path, capsys) -> None:
+    from continuity.cli import EXIT_USAGE
+
+    code, _, err = _cli(world, tmp_path, "restore", "--category", "video_content", "--as-of", "yesterday-ish",
+                        "--to", str(tmp_path / "x"), capsys=capsys)
+    assert code == EXIT_USAGE and "--as-of 'yesterday-ish': expected an ISO 8601 time" in err
+    code, _, err = _cli(world, tmp_path, "restore", "--category", "video_content", "--as-of", "2026-01-01T00:00:00Z",
+                        "--to", f"s3://{world.replica_bucket}", capsys=capsys)
+    assert code == EXIT_USAGE and "that is a replica" in err
+    code, _, err = _cli(world, tmp_path, "restore", "--category", "films", "--as-of", "2026-01-01T00:00:00Z",
+                        "--to", str(tmp_path / "y"), capsys=capsys)
+    assert code == EXIT_USAGE and "no object category 'films'" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_verify_names_what_is_missing_and_the_inventory_repairs_it(world: World, tmp_path: Path, capsys) -> None:
+    world.put("videos/c.mp4", b"copied")
+    world.run("one")
+    world.put("videos/late.mp4", b"written after the run")
+    code, out, _ = _cli(world, tmp_path, "verify", "--category", "video_content", "--deep", "5", "--json",
+                        capsys=capsys)
+    [found] = json.loads(out)
+    assert code == 5 and [m.split(" ")[0] for m in found["missing"]] == ["videos/late.mp4"]
+    assert found["source_objects"] == 2 and found["different"] == [] and found["deep_verified"] == 1
+
+    [repaired] = objects.inventory(world.replicator(), deep_sample=2, seed="t", repair=True)
+    assert [r.split(" ")[0] for r in repaired.repaired] == ["videos/late.mp4"]
+    code, out, _ = _cli(world, tmp_path, "verify", "--category", "video_content", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)[0]["missing"] == []

@@ -18,6 +18,7 @@ from continuity.cli.backups import cmd_backups_create, cmd_backups_list, cmd_bac
 from continuity.cli.common import (EXIT_FAILURE, EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_MISSING_KEY, EXIT_OK,
                                    EXIT_POLICY, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, _fail)
 from continuity.cli.keys import cmd_keys_list, cmd_keys_new, cmd_keys_retire, cmd_keys_rotate
+from continuity.cli.objects import cmd_objects_restore, cmd_objects_verify
 from continuity.cli.restore import cmd_restore
 from continuity.cli.run import cmd_run
 from continuity.cli.sandbox import (cmd_policy_check, cmd_sandbox_down, cmd_sandbox_env, cmd_sandbox_seed,
@@ -104,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--port", type=int, help="with --to-cluster: port to start it on (default: a free one)")
     restore.add_argument("--location", help="read this location first")
     restore.set_defaults(func=cmd_restore)
+
+    objects = sub.add_parser("objects", help="the application's objects in the replicas").add_subparsers(
+        dest="action", required=True)
+    verify_objects = with_storage(objects.add_parser(
+        "verify", help="per category: objects, versions, missing, different, lag (exit 5 when any is missing)"))
+    verify_objects.add_argument("--category", help="one category (default: every one of the policy)")
+    verify_objects.add_argument("--deep", type=int, default=0, metavar="N",
+                                help="also download N random replica copies and check their SHA-256")
+    verify_objects.set_defaults(func=cmd_objects_verify)
+    restore_objects = with_storage(objects.add_parser(
+        "restore", help="the objects as they were at a point in time, from the replica alone"))
+    restore_objects.add_argument("--category", required=True)
+    restore_objects.add_argument("--prefix", help="only keys under this prefix (default: the category's)")
+    restore_objects.add_argument("--as-of", required=True, help="ISO 8601 time (UTC if no zone)")
+    restore_objects.add_argument("--to", required=True, help="s3://BUCKET[/PREFIX] or an empty directory")
+    restore_objects.add_argument("--replica-region", help="read the replica in this region (default: the first)")
+    restore_objects.set_defaults(func=cmd_objects_restore)
 
     keys = sub.add_parser("keys", help="key-encryption keys").add_subparsers(dest="action", required=True)
     with_storage(keys.add_parser("list", help="KEKs and how many backups use each")).set_defaults(func=cmd_keys_list)
