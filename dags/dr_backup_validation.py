@@ -8,8 +8,13 @@ Daily:
   newest backup of each kind and a random sample whose size the policy sets. A copy missing or bad
   in a required location is repaired from a healthy location, verified deep, and reported. Fails
   when anything could not be repaired.
+- `verify_objects`: the inventory diff of the application's objects (video content, user
+  uploads): every current source version must be in every replica with the same size; a random
+  sample is downloaded and checked against the SHA-256 recorded at copy time; anything missing or
+  different is copied again.
 - `stale_backup_alarm`: fails when the newest backup of the kinds that prove a data category is
-  older than that category's RPO maximum.
+  older than that category's RPO maximum, or when an object category's last complete replication
+  run (its checkpoint) is.
 - `apply_retention`: the policy's retention per kind and location; never deletes a backup under a
   hold (`holds/<backup id>` in the location), the newest `keep_last` full backups, or anything the
   point-in-time recovery window needs (its base backup and every WAL file after it). Each deletion
@@ -23,7 +28,8 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
-from continuity.operators.validation import RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator
+from continuity.operators.validation import (RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator,
+                                              VerifyObjectsOperator)
 
 with DAG(
     dag_id="dr_backup_validation",
@@ -42,3 +48,4 @@ with DAG(
     verify = VerifyAndRepairOperator(task_id="verify_and_repair")
     verify >> RetentionOperator(task_id="apply_retention", dry_run="{{ params.dry_run_retention }}")
     StaleBackupAlarmOperator(task_id="stale_backup_alarm")
+    VerifyObjectsOperator(task_id="verify_objects")

@@ -142,6 +142,7 @@ class Checkpoint(BaseModel):
     protected: list[str] = []  # replica buckets whose protection was applied from the policy
     updated_at: datetime | None = None
     updated_by: str | None = None
+    complete_at: datetime | None = None  # start of the last run after which nothing listed was left to copy
 
 
 class CopyFailure(BaseModel):
@@ -389,6 +390,8 @@ class Replicator:
                     f"since the last run (threshold {self.policy.deletes.max_per_run}); the replicas keep every "
                     f"version and nothing was deleted there")
         self._hold_back_for_failures(checkpoint, record)
+        if not record.failed:
+            checkpoint.complete_at = started
         heartbeat_due = self._measure_lag(record, rpo_target=rpo_target, rpo_maximum=rpo_maximum)
         self._save(checkpoint, record, ledgers, run_id, now)
         record.heartbeat_written_at = self._write_heartbeat(run_id, now) if heartbeat_due else None
@@ -571,11 +574,16 @@ def _lock_rule(policy: ObjectCategory) -> dict[str, Any] | None:
 
 def replica_drift(replica: ObjectStore, policy: ObjectCategory, category: str) -> list[str]:
     """How the replica bucket differs from what the policy asks (empty: it matches)."""
+    return [problem for _, problem in _drift(replica, policy, category)]
+
+
+def _drift(replica: ObjectStore, policy: ObjectCategory, category: str) -> list[tuple[str, str]]:
+    """(part, sentence) for each part (versioning, lock, lifecycle) that differs from the policy."""
     problems = []
     client = replica.client
     status = client.get_bucket_versioning(Bucket=replica.bucket).get("Status")
     if status != "Enabled":
-        problems.append(f"versioning is {status or 'off'}, the policy needs it Enabled")
+        problems.append(("versioning", f"versioning is {status or 'off'}, the policy needs it Enabled"))
     wanted = _lock_rule(policy)
     if wanted is not None:
         try:
@@ -585,10 +593,11 @@ def replica_drift(replica: ObjectStore, policy: ObjectCategory, category: str) -
         retention = config.get("Rule", {}).get("DefaultRetention", {})
         actual = {"Mode": retention.get("Mode"), "Days": retention.get("Days")} if retention else None
         if config.get("ObjectLockEnabled") != "Enabled":
-            problems.append("object lock is not enabled on the bucket (it is enabled when a bucket is created)")
+            problems.append(("lock", "object lock is not enabled on the bucket (it is enabled when a bucket is "
+                                     "created)"))
         elif actual != wanted:
-            problems.append(f"object lock default retention is {actual or 'none'}, the policy says "
-                            f"{wanted['Mode']} {wanted['Days']} days")
+            problems.append(("lock", f"object lock default retention is {actual or 'none'}, the policy says "
+                                     f"{wanted['Mode']} {wanted['Days']} days"))
     rule = lifecycle_rule(policy, category, replica.prefix)
     try:
         rules = client.get_bucket_lifecycle_configuration(Bucket=replica.bucket).get("Rules", [])
@@ -596,14 +605,15 @@ def replica_drift(replica: ObjectStore, policy: ObjectCategory, category: str) -
         rules = []
     ours = next((r for r in rules if r.get("ID") == rule["ID"]), None)
     if ours is None:
-        problems.append(f"lifecycle rule {rule['ID']} is missing")
+        problems.append(("lifecycle", f"lifecycle rule {rule['ID']} is missing"))
     else:
         keys = ("Status", "Filter", "Transitions", "NoncurrentVersionTransitions", "Expiration",
                 "NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload")
         differing = [k for k in keys if _normal(ours.get(k)) != _normal(rule.get(k))]
         if differing:
-            problems.append(f"lifecycle rule {rule['ID']} differs from the policy in {', '.join(differing)} "
-                            f"(bucket: {', '.join(f'{k}={ours.get(k)}' for k in differing)})")
+            problems.append(("lifecycle", f"lifecycle rule {rule['ID']} differs from the policy in "
+                                          f"{', '.join(differing)} (bucket: "
+                                          f"{', '.join(f'{k}={ours.get(k)}' for k in differing)})"))
     return problems
 
 
@@ -617,9 +627,10 @@ def _normal(value: Any) -> Any:
 
 
 def apply_protection(replica: ObjectStore, policy: ObjectCategory, category: str) -> list[str]:
-    """Set versioning, the object lock default retention and the lifecycle rule; returns what the bucket
-    refused, one sentence each."""
+    """Set what differs of versioning, the object lock default retention and the lifecycle rule; returns
+    what the bucket refused, one sentence each."""
     client, refused = replica.client, []
+    parts = {part for part, _ in _drift(replica, policy, category)}
 
     def attempt(what: str, call: Callable[[], Any]) -> None:
         try:
@@ -627,21 +638,23 @@ def apply_protection(replica: ObjectStore, policy: ObjectCategory, category: str
         except Exception as exc:
             refused.append(f"could not set {what}: {str(exc).strip().splitlines()[0]}")
 
-    attempt("versioning", lambda: client.put_bucket_versioning(Bucket=replica.bucket,
-                                                               VersioningConfiguration={"Status": "Enabled"}))
+    if "versioning" in parts:
+        attempt("versioning", lambda: client.put_bucket_versioning(Bucket=replica.bucket,
+                                                                   VersioningConfiguration={"Status": "Enabled"}))
     wanted = _lock_rule(policy)
-    if wanted is not None:
+    if wanted is not None and "lock" in parts:
         attempt("the object lock default retention", lambda: client.put_object_lock_configuration(
             Bucket=replica.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
                                                             "Rule": {"DefaultRetention": wanted}}))
-    try:
-        rules = client.get_bucket_lifecycle_configuration(Bucket=replica.bucket).get("Rules", [])
-    except Exception:
-        rules = []
-    rule = lifecycle_rule(policy, category, replica.prefix)
-    rules = [r for r in rules if r.get("ID") != rule["ID"]] + [rule]
-    attempt("the lifecycle rule", lambda: client.put_bucket_lifecycle_configuration(
-        Bucket=replica.bucket, LifecycleConfiguration={"Rules": rules}))
+    if "lifecycle" in parts:
+        try:
+            rules = client.get_bucket_lifecycle_configuration(Bucket=replica.bucket).get("Rules", [])
+        except Exception:
+            rules = []
+        rule = lifecycle_rule(policy, category, replica.prefix)
+        rules = [r for r in rules if r.get("ID") != rule["ID"]] + [rule]
+        attempt("the lifecycle rule", lambda: client.put_bucket_lifecycle_configuration(
+            Bucket=replica.bucket, LifecycleConfiguration={"Rules": rules}))
     return refused
 
 
@@ -756,6 +769,7 @@ class Inventory(BaseModel):
     different: list[str] = []
     deep_verified: int = 0
     repaired: list[str] = []
+    unrepaired: list[str] = []  # with repair: what could not be copied again
     source_error: str | None = None
     lag_seconds: float | None = None
     lag_source: str = "not measured"
@@ -831,6 +845,7 @@ def inventory(replicator: Replicator, *, deep_sample: int = 0, seed: str = "", r
                     replica_version, sha, size, method = replicator._copy(replica, version)
                 except Exception as exc:
                     replicator.report(f"FAILED to repair {version.key}: {exc}")
+                    found.unrepaired.append(f"{version.key} ({version.version_id}): {exc}")
                     continue
                 entries.append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
                                            source_last_modified=version.last_modified,
@@ -847,6 +862,24 @@ def inventory(replicator: Replicator, *, deep_sample: int = 0, seed: str = "", r
                           f"deep-verified, {len(found.repaired)} repaired; lag {found.lag_seconds}s ({found.lag_source})")
         results.append(found)
     return results
+
+
+# -- staleness -------------------------------------------------------------------------------------
+def stale_object_categories(policy: Policy, checkpoints: Mapping[str, Checkpoint], *,
+                            now: datetime | None = None) -> list[str]:
+    """Object categories whose last complete replication run started longer ago than their RPO maximum."""
+    now = now or datetime.now(timezone.utc)
+    alarms = []
+    for name in (policy.objects.categories if policy.objects else {}):
+        maximum = policy.data_categories[name].rpo.maximum
+        complete = checkpoints[name].complete_at if name in checkpoints else None
+        if complete is None:
+            alarms.append(f"object category {name}: never replicated completely (RPO maximum "
+                          f"{format_duration(maximum)}; see dr_object_replication)")
+        elif now - complete > maximum:
+            alarms.append(f"object category {name}: the last complete replication started "
+                          f"{format_duration(now - complete)} ago, over its RPO maximum of {format_duration(maximum)}")
+    return alarms
 
 
 # -- wiring ----------------------------------------------------------------------------------------

@@ -552,31 +552,36 @@ class Sandbox:
                 pass
             client.put_bucket_versioning(Bucket=location.bucket, VersioningConfiguration={"Status": "Enabled"})
             log.info("bucket %s (%s, location %s) ready with versioning", location.bucket, location.region, location.name)
-        for bucket, locked in self.application_buckets():
+        for bucket, lock in self.application_buckets():
             client = self.s3_client(bucket.region)
             kwargs = {"Bucket": bucket.bucket}
             if bucket.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": bucket.region}
-            if locked:
-                # Object lock can only be switched on when a bucket is created; dr_object_replication sets
-                # its default retention and checks it on every run.
+            if lock is not None:
+                # As infrastructure code creates a replica: object lock on from the start (it can only be
+                # switched on at creation) with the policy's default retention. dr_object_replication
+                # checks both on every run.
                 kwargs["ObjectLockEnabledForBucket"] = True
             try:
                 client.create_bucket(**kwargs)
             except client.exceptions.BucketAlreadyOwnedByYou:
                 pass
             client.put_bucket_versioning(Bucket=bucket.bucket, VersioningConfiguration={"Status": "Enabled"})
+            if lock is not None and not client.list_objects_v2(Bucket=bucket.bucket, MaxKeys=1).get("KeyCount"):
+                client.put_object_lock_configuration(Bucket=bucket.bucket, ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": lock.mode, "Days": lock.period.days}}})
             log.info("application bucket %s (%s) ready with versioning%s", bucket.bucket, bucket.region,
-                     " and object lock" if locked else "")
+                     " and object lock" if lock is not None else "")
 
-    def application_buckets(self) -> list[tuple[Any, bool]]:
-        """The application's buckets of the policy's objects section: (bucket, object-locked replica)."""
+    def application_buckets(self) -> list[tuple[Any, Any]]:
+        """The application's buckets of the policy's objects section: (bucket, the replica's object lock or None)."""
         if self.policy.objects is None:
             return []
-        found: list[tuple[Any, bool]] = []
+        found: list[tuple[Any, Any]] = []
         for category in self.policy.objects.categories.values():
-            found.append((category.source, False))
-            found += [(replica, category.object_lock is not None) for replica in category.replicas]
+            found.append((category.source, None))
+            found += [(replica, category.object_lock) for replica in category.replicas]
         return found
 
     def seed_objects(self, *, scale: float | None = None) -> dict[str, int]:

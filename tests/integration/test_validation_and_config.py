@@ -92,8 +92,13 @@ def test_config_backup_then_no_stale_alarm(sandbox) -> None:
     if not catalog.list(kind="physical", location="dr"):
         assert str(load_dag("dr_full_backup").test().state) == "success"
     _shipped_segments(sandbox, 1)
+    assert str(load_dag("dr_object_replication").test().state) == "success"
     validation = load_dag("dr_backup_validation").test()
-    assert task_states(validation)["stale_backup_alarm"] == "success", "fresh full, WAL and config: no alarm"
+    assert task_states(validation)["stale_backup_alarm"] == "success", "fresh full, WAL, config, objects: no alarm"
+    assert task_states(validation)["verify_objects"] == "success"
+    inventories = xcom(validation, "verify_objects")
+    assert {i["category"] for i in inventories} == {"video_content", "user_uploads"}
+    assert all(i["missing"] == [] and i["different"] == [] and i["deep_verified"] > 0 for i in inventories)
 
 
 def test_full_backups_older_than_their_schedule_fail_validation_naming_the_kind(

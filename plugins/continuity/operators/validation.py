@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from continuity.objects import inventory, load_checkpoint, stale_object_categories
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.policy import format_duration
 from continuity.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,
@@ -38,13 +39,44 @@ class StaleBackupAlarmOperator(ContinuityBackupOperator):
     def execute(self, context: Context) -> list[str]:
         hook = self.hook()
         manifests = hook.get_catalog().list()
-        alarms = [*stale_categories(hook.policy, manifests), *stale_backup_kinds(hook.policy, manifests)]
+        state = {name: loc for name, loc in hook.get_locations().items() if name in hook.required_locations()}
+        checkpoints = {name: load_checkpoint(name, state)
+                       for name in (hook.policy.objects.categories if hook.policy.objects else {})}
+        alarms = [*stale_categories(hook.policy, manifests), *stale_backup_kinds(hook.policy, manifests),
+                  *stale_object_categories(hook.policy, checkpoints)]
         if alarms:
             raise AirflowFailException("STALE BACKUPS: " + "; ".join(alarms))
         self.log.info("every data category has a backup within its RPO maximum and every scheduled backup kind "
                       "(%s) is within its period plus %s", ", ".join(backup_schedules(hook.policy)),
                       format_duration(hook.policy.backups.freshness_grace))
         return alarms
+
+
+class VerifyObjectsOperator(ContinuityBackupOperator):
+    """The daily inventory diff of the application's objects: every current source version against
+    every replica (present, same size), a random sample downloaded to check its SHA-256 (stable per
+    run), and anything missing or different copied again. Fails when something could not be repaired.
+
+    :param deep_sample: objects to download per category and replica.
+    """
+
+    def __init__(self, *, deep_sample: int = 5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deep_sample = deep_sample
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        hook = self.hook()
+        if hook.policy.objects is None:
+            raise AirflowSkipException("the policy has no objects section")
+        found = []
+        for category in hook.policy.objects.categories:
+            found += inventory(hook.get_replicator(category, report=self.log.info), deep_sample=self.deep_sample,
+                               seed=context["run_id"], repair=True)
+        unrepaired = [f"{f.category} in {f.replica}: {problem}" for f in found for problem in f.unrepaired]
+        if unrepaired:
+            raise AirflowFailException(f"{len(unrepaired)} objects are missing or different in a replica and could not "
+                                       f"be copied again: " + "; ".join(unrepaired[:5]))
+        return [f.model_dump(mode="json") for f in found]
 
 
 class RetentionOperator(ContinuityBackupOperator):
