@@ -3,21 +3,25 @@
 A marker row is committed on the primary, its WAL shipped; then a scratch cluster is rebuilt from
 the DR region's newest base backup plus WAL (recovery to the latest point), validated with the
 full expectation suite, and timed by phase. RTO is drill start to a writable validated database;
-RPO is the gap between the marker's commit and the last transaction recovered.
+RPO is the gap between the marker's commit and the last transaction recovered. The application's
+objects are measured from the DR region's replicas: the rebuilt database's references must all be
+there, and their RPO is the replication heartbeat's lag, never the database marker's.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 from pydantic import BaseModel, ConfigDict
 
 from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
+from continuity.objects import Consistency, ObjectStore, check_consistency, heartbeat_lag
 from continuity.policy import Policy
 from continuity.reports import Objective, function_rto_objectives, objective
 from continuity.restore import amcheck, restore_physical, scratch_cluster
@@ -93,10 +97,15 @@ class DrillResult(BaseModel):
     validated_against: str | None = None
     checks_passed: int = 0
     amcheck: str | None = None
+    objects: list[Consistency] = []
 
 
 def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
-              database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-") -> DrillResult:
+              database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-",
+              object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None) -> DrillResult:
+    """Rebuild from the DR region's backups alone and measure. `object_replicas`: each object category's
+    replica in the DR region (see `objects.replicas_in`): the rebuilt database's references are checked
+    against it, and the objects' RPO comes from its heartbeat lag and that check."""
     location = next(loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region)
     with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
         base = restore_physical(catalog=catalog, location=location, scratch=scratch, report=report)
@@ -109,6 +118,8 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
                                    database=database, tables=None, exact=False) if logical else []
         amcheck_ok, amcheck_detail = amcheck(scratch)
         report(amcheck_detail)
+        consistency = {name: check for name, (replica, _) in (object_replicas or {}).items()
+                       if (check := _check_objects(policy, name, replica, scratch, database, report)) is not None}
         scratch.timings["validation"] = time.monotonic() - started
         writable_at = datetime.now(timezone.utc)
         timings = dict(scratch.timings)
@@ -127,20 +138,72 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         elif category.measured_by == "config_backup" and newest_config is not None:
             measured = max(0.0, (started_at - newest_config.finished_at).total_seconds())
             source = f"age of the newest config backup {newest_config.backup_id} in location {location}"
+        elif category.measured_by == "object_replication" and name in (object_replicas or {}):
+            objectives += _object_objectives(policy, name, object_replicas[name], consistency.get(name))
+            continue
         else:
             measured, source = None, None
         objectives.append(objective(f"RPO {name}", measured_seconds=measured, target=category.rpo.target,
                                     maximum=category.rpo.maximum, source=source))
     failed = [c for c in checks if not c.success]
+    object_failures = [f"{c.category}: {len(c.missing)} objects referenced by the rebuilt database are missing from "
+                       f"{c.replica}, {len(c.mismatched)} differ" for c in consistency.values() if not c.consistent]
     return DrillResult(
         drill_id=drill_id, started_at=started_at.isoformat(), location=location, base_backup=base.backup_id,
         marker_committed_at=marker_committed_at.isoformat(), marker_recovered=bool(row),
         rto_seconds=round(rto, 3), rpo_seconds=round(rpo, 3), phases={k: round(v, 3) for k, v in timings.items()},
         objectives=objectives, validated_against=logical.backup_id if logical else None,
         checks_passed=len(checks) - len(failed), amcheck=amcheck_detail,
-        failed_checks=[f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail]),
-        success=not failed and bool(checks) and amcheck_ok,
+        failed_checks=[f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail])
+        + object_failures,
+        success=not failed and bool(checks) and amcheck_ok and not object_failures,
+        objects=list(consistency.values()),
     )
+
+
+def _check_objects(policy: Policy, category: str, replica: ObjectStore, scratch: Any, database: str,
+                   report: Callable[[str], None]) -> Consistency | None:
+    """The rebuilt database's references against the DR replica, as of now (what a restore could bring back)."""
+    spec = policy.objects.categories[category] if policy.objects else None
+    reference = spec.database_reference if spec else None
+    if reference is None or reference.database != database:
+        return None
+    columns = [sql.Identifier(reference.key_column),
+               sql.Identifier(reference.size_column) if reference.size_column else sql.NULL,
+               sql.Identifier(reference.sha256_column) if reference.sha256_column else sql.NULL]
+    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), sql.Identifier(reference.table))
+    with scratch.connect(database) as conn:
+        with conn.cursor(name="continuity_object_references") as cursor:  # server-side: rows stream
+            cursor.execute(query)
+            return check_consistency(((key, size, sha) for key, size, sha in cursor), replica=replica,
+                                     category=category, prefix=replica.prefix,
+                                     database=f"the rebuilt database {database}", as_of=datetime.now(timezone.utc),
+                                     report=report)
+
+
+def _object_objectives(policy: Policy, category: str, replica: tuple[ObjectStore, str],
+                       check: Consistency | None) -> list[Objective]:
+    """RPO of an object category and of the business functions using it: the DR replica's heartbeat lag,
+    failed when objects the rebuilt database references are missing there."""
+    store, source_prefix = replica
+    lag, lag_source = heartbeat_lag(source_prefix, store)
+    source = f"replication lag: {lag_source} ({store.describe(store.prefix)})" if lag is not None else None
+    broken = None
+    if check is not None:
+        source = (source + "; " if source else "") + \
+            f"{check.present} of {check.referenced} objects the rebuilt database references are in the replica"
+        if not check.consistent:
+            broken = (f"{len(check.missing)} referenced objects missing from the replica"
+                      + (f" (first: {', '.join(check.missing[:3])})" if check.missing else "")
+                      + (f", {len(check.mismatched)} different" if check.mismatched else ""))
+    data = policy.data_categories[category]
+    lines = [objective(f"RPO {category}", measured_seconds=lag, target=data.rpo.target, maximum=data.rpo.maximum,
+                       source=source, broken=broken)]
+    for name, function in sorted(policy.business_functions.items()):
+        if category in function.data_categories:
+            lines.append(objective(f"RPO {name}", function=name, measured_seconds=lag, target=function.rpo.target,
+                                   maximum=function.rpo.maximum, source=source, broken=broken))
+    return lines
 
 
 def failure_result(*, drill_id: str, started_at: datetime, error: str) -> DrillResult:
@@ -161,6 +224,10 @@ def render_markdown(result: DrillResult) -> str:
         f"{'recovered' if result.marker_recovered else 'LOST'}",
         f"- validated against `{result.validated_against}`: {result.checks_passed} checks passed; {result.amcheck}",
     ]
+    for check in result.objects:
+        lines.append(f"- objects {check.category}: {check.present} of {check.referenced} referenced by the rebuilt "
+                     f"database are in {check.replica}; {len(check.missing)} missing, {len(check.mismatched)} "
+                     f"different, {check.orphans} not referenced by any row")
     for failed in result.failed_checks:
         lines.append(f"- **failed**: {failed}")
     lines += ["", "| objective | measured | target | maximum | verdict | measured from |", "|---|---|---|---|---|---|"]

@@ -27,7 +27,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -775,9 +775,9 @@ class Inventory(BaseModel):
     lag_source: str = "not measured"
 
 
-def heartbeat_lag(source: ObjectStore, replica: ObjectStore) -> tuple[float | None, str]:
+def heartbeat_lag(source_prefix: str, replica: ObjectStore) -> tuple[float | None, str]:
     """The heartbeat's lag (its write at the source to its copy at the replica), from the replica alone."""
-    key = f"{source.prefix}{HEARTBEAT_NAME}"
+    key = f"{source_prefix}{HEARTBEAT_NAME}"
     try:
         response = replica.client.get_object(Bucket=replica.bucket, Key=key)
         written = datetime.fromisoformat(json.loads(response["Body"].read())["written_at"])
@@ -806,7 +806,7 @@ def inventory(replicator: Replicator, *, deep_sample: int = 0, seed: str = "", r
         found = Inventory(category=replicator.category, replica=replica.describe(replica.prefix),
                           source_objects=None if source_error else len(current),
                           source_versions=every, replica_versions=len(ledger), source_error=source_error)
-        found.lag_seconds, found.lag_source = heartbeat_lag(replicator.source, replica)
+        found.lag_seconds, found.lag_source = heartbeat_lag(replicator.source.prefix, replica)
         present: list[tuple[SourceVersion, LedgerEntry]] = []
         needs_copy: list[SourceVersion] = []
         for version in current:
@@ -864,6 +864,56 @@ def inventory(replicator: Replicator, *, deep_sample: int = 0, seed: str = "", r
     return results
 
 
+# -- database <-> objects ------------------------------------------------------------------------------
+class Consistency(BaseModel):
+    """Whether every object a database state references is in a replica (as of a time), the same size
+    and SHA-256 as the row says; and the replica's objects no row references (orphans)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    replica: str
+    database: str
+    as_of: datetime
+    referenced: int = 0
+    present: int = 0
+    missing: list[str] = []
+    mismatched: list[str] = []
+    orphans: int = 0
+    orphan_sample: list[str] = []
+
+    @property
+    def consistent(self) -> bool:
+        return self.referenced > 0 and not self.missing and not self.mismatched
+
+
+def check_consistency(rows: Iterable[tuple[str, int | None, str | None]], *, replica: ObjectStore, category: str,
+                      prefix: str, database: str, as_of: datetime, report: Callable[[str], None] = log.info,
+                      sample: int = 20) -> Consistency:
+    """`rows`: (key, size or None, sha256 or None) for every object the database references."""
+    held = current_as_of(read_ledger(replica, category), as_of=as_of, prefix=prefix)
+    result = Consistency(category=category, replica=replica.describe(replica.prefix), database=database, as_of=as_of)
+    referenced: set[str] = set()
+    for key, size, sha in rows:
+        referenced.add(key)
+        result.referenced += 1
+        entry = held.get(key)
+        if entry is None:
+            result.missing.append(key)
+        elif (size is not None and entry.size != size) or (sha and entry.sha256 and entry.sha256 != sha):
+            result.mismatched.append(f"{key}: the row says {size} bytes / {str(sha)[:12]}…, the replica holds "
+                                     f"{entry.size} bytes / {str(entry.sha256)[:12]}…")
+        else:
+            result.present += 1
+    orphans = sorted(set(held) - referenced)
+    result.orphans, result.orphan_sample = len(orphans), orphans[:sample]
+    report(f"{category}: {result.present} of {result.referenced} objects referenced by {database} are in "
+           f"{result.replica} as of {as_of.isoformat()}; {len(result.missing)} missing"
+           + (f" (first: {', '.join(result.missing[:5])})" if result.missing else "")
+           + f", {len(result.mismatched)} different, {result.orphans} not referenced by any row")
+    return result
+
+
 # -- staleness -------------------------------------------------------------------------------------
 def stale_object_categories(policy: Policy, checkpoints: Mapping[str, Checkpoint], *,
                             now: datetime | None = None) -> list[str]:
@@ -898,6 +948,19 @@ def replicator_for(policy: Policy, category: str, *, client_for: Callable[[str, 
     return Replicator(category=category, policy=spec, source=store(spec.source),
                       replicas={f"{r.region}:{r.bucket}": store(r) for r in spec.replicas}, state=state,
                       part_size=policy.objects.part_size, report=report)
+
+
+def replicas_in(policy: Policy, region: str, *, client_for: Callable[[str, str], Any]) -> dict[str, tuple[ObjectStore, str]]:
+    """Each object category's replica in `region` (a drill's or restore test's region), with the source's
+    prefix (where the heartbeat is named): {category: (replica store, source prefix)}."""
+    found = {}
+    for name, category in (policy.objects.categories.items() if policy.objects else []):
+        for bucket in category.replicas:
+            if bucket.region == region:
+                found[name] = (ObjectStore(client=client_for(bucket.conn_id, bucket.region), bucket=bucket.bucket,
+                                           prefix=bucket.prefix, region=bucket.region), category.source.prefix)
+                break
+    return found
 
 
 def run_record_key(record: ReplicationRun) -> str:

@@ -45,15 +45,21 @@ def verdict(within_target: bool | None, within_maximum: bool | None) -> str:
 
 
 def objective(name: str, *, measured_seconds: float | None, target: timedelta, maximum: timedelta,
-              source: str | None, not_measured: list[str] | None = None, function: str | None = None) -> Objective:
+              source: str | None, not_measured: list[str] | None = None, function: str | None = None,
+              broken: str | None = None) -> Objective:
+    """`broken`: a measurement that fails the objective whatever the time says (e.g. referenced objects
+    missing from the replica); it is added to the source."""
     measured = measured_seconds is not None and source is not None
     within_target = measured_seconds <= target.total_seconds() if measured else None
     within_maximum = measured_seconds <= maximum.total_seconds() if measured else None
+    if broken:
+        within_target, within_maximum = False, False
+        source = f"{source}; {broken}" if source else broken
     return Objective(objective=name, function=function,
                      measured_seconds=round(measured_seconds, 3) if measured else None,
                      target=format_duration(target), maximum=format_duration(maximum),
                      within_target=within_target, within_maximum=within_maximum,
-                     source=source if measured else None, not_measured=list(not_measured or []),
+                     source=source if measured or broken else None, not_measured=list(not_measured or []),
                      verdict=verdict(within_target, within_maximum))
 
 

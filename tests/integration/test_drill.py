@@ -23,6 +23,9 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
              backup_id=f"{'logical-app' if extra else 'physical-sync1'}-drill-{time.time_ns()}", report=lambda _m: None,
              **extra)
 
+    for _ in range(2):  # the second run copies the first's heartbeat: the lag is measured
+        assert str(load_dag("dr_object_replication").test().state) == "success"
+
     run = load_dag("dr_drill").test()
     assert str(run.state) == "success", task_states(run)
     result = xcom(run, "rebuild_and_measure")
@@ -43,8 +46,15 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
         line = objectives[f"RTO {name}"]
         assert line["measured_seconds"] == round(result["rto_seconds"], 3) and line["verdict"] == "pass"
         assert "database rebuilt in location dr" in line["source"] and line["not_measured"], line
+    # Objects: from the DR replica's heartbeat and the rebuilt database's references, never the marker.
     video = objectives["RPO video_content"]
-    assert video["verdict"] == "not measured" and video["measured_seconds"] is None and video["within_target"] is None
+    assert video["verdict"] == "pass" and video["measured_seconds"] is not None, video
+    rows = sandbox.node("primary", user="app", dbname="app").query_one("SELECT count(*) AS n FROM videos")["n"]
+    assert f"{rows} of {rows} objects the rebuilt database references are in the replica" in video["source"]
+    assert "replication lag: heartbeat written" in video["source"] and "marker" not in video["source"]
+    assert objectives["RPO video_upload"]["source"] == video["source"]
+    [objects_check] = result["objects"]
+    assert objects_check["category"] == "video_content" and objects_check["missing"] == []
     assert objectives["RPO configuration_data"]["source"].startswith("age of the newest config backup") \
         if catalog.latest("config", location="dr") else objectives["RPO configuration_data"]["verdict"] == "not measured"
     assert not [o for o in result["objectives"] if o["verdict"] == "pass" and not o["source"]], "no pass without a source"
@@ -53,6 +63,31 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     md = catalog.locations["dr"].get_bytes(f"reports/drill/{result['drill_id']}.md").decode()
     assert md.startswith(f"# DR drill {result['drill_id']}") and "PASS" in md
     assert "| RTO tier_1_critical |" in md and "marker" in md and "recovered" in md
-    assert "| RPO video_content | — | 15m | 1h | not measured | nothing measures it yet |" in md
+    assert "| RPO video_content |" in md and f"- objects video_content: {rows} of {rows} referenced" in md
     assert task_states(run)["remove_scratch_clusters"] == "success"
     assert task_states(run)["live_switchover"] == "skipped", "no switchover unless include_switchover"
+
+
+def test_a_video_whose_object_never_reached_the_replica_fails_the_drills_video_verdict(sandbox) -> None:
+    app = sandbox.node("primary", user="app", dbname="app")
+    key = f"videos/never-replicated-{time.time_ns()}.mp4"
+    app.execute("INSERT INTO videos (id, project_id, uploaded_by, s3_key, duration_seconds, size_bytes, sha256, "
+                "status, uploaded_at) SELECT max(id) + 1, 1, 1, %s, 10, 1234, repeat('0', 64), 'uploaded', now() "
+                "FROM videos", (key,))
+    try:
+        run = load_dag("dr_drill").test()
+        assert str(run.state) == "failed"
+        result = xcom(run, "rebuild_and_measure")
+        assert result is None or not result["success"]
+        catalog = sandbox.catalog()
+        drill_id = xcom(run, "start_drill")["drill_id"]
+        report = json.loads(catalog.locations["dr"].get_bytes(f"reports/drill/{drill_id}.json"))
+        objectives = {o["objective"]: o for o in report["objectives"]}
+        video = objectives["RPO video_content"]
+        assert video["verdict"] == "FAIL" and f"1 referenced objects missing from the replica (first: {key})" in video["source"]
+        assert objectives["RPO video_upload"]["verdict"] == "FAIL"
+        assert any(c.startswith("video_content: 1 objects referenced by the rebuilt database are missing") for c in
+                   report["failed_checks"])
+        assert report["objects"][0]["missing"] == [key]
+    finally:
+        app.execute("DELETE FROM videos WHERE s3_key = %s", (key,))

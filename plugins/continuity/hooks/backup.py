@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from continuity.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.keys import Keyring
-from continuity.objects import Replicator, replicator_for
+from continuity.objects import ObjectStore, Replicator, replicas_in, replicator_for
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 
@@ -59,6 +59,11 @@ class ContinuityBackupHook(ContinuityPolicyHook):
         return replicator_for(self.policy, category, state=state, report=report,
                               client_for=lambda conn_id, region: S3Hook(aws_conn_id=conn_id,
                                                                         region_name=region).get_conn())
+
+    def get_object_replicas(self, region: str) -> dict[str, tuple[ObjectStore, str]]:
+        """Each object category's replica in `region`, with its source's prefix (see `objects.replicas_in`)."""
+        return replicas_in(self.policy, region, client_for=lambda conn_id, bucket_region: S3Hook(
+            aws_conn_id=conn_id, region_name=bucket_region).get_conn())
 
     def get_catalog(self) -> Catalog:
         return Catalog(self.get_locations(), self.get_keyring())

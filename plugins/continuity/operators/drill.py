@@ -62,6 +62,7 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
             result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start.drill_id, started_at=start.started_at,
                                marker_committed_at=start.marker_committed_at,
                                database=start.database, report=self.log.info,
+                               object_replicas=hook.get_object_replicas(hook.policy.topology.dr_region),
                                scratch_prefix=scratch_prefix(context["run_id"]))
         except RestoreError as exc:
             failed = failure_result(drill_id=start.drill_id, started_at=start.started_at, error=str(exc))
