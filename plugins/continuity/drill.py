@@ -13,18 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Literal
 
 import psycopg
-from psycopg import sql
 from pydantic import BaseModel, ConfigDict
 
 from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
-from continuity.objects import Consistency, ObjectStore, check_consistency, heartbeat_lag
+from continuity.objects import Consistency, ObjectStore, heartbeat_lag
 from continuity.policy import Policy
 from continuity.reports import Objective, function_rto_objectives, objective
-from continuity.restore import amcheck, restore_physical, scratch_cluster
+from continuity.restore import amcheck, check_object_references, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
 
@@ -119,7 +118,8 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         amcheck_ok, amcheck_detail = amcheck(scratch)
         report(amcheck_detail)
         consistency = {name: check for name, (replica, _) in (object_replicas or {}).items()
-                       if (check := _check_objects(policy, name, replica, scratch, database, report)) is not None}
+                       if (check := check_object_references(policy, name, replica, scratch, database,
+                                                            report=report)) is not None}
         scratch.timings["validation"] = time.monotonic() - started
         writable_at = datetime.now(timezone.utc)
         timings = dict(scratch.timings)
@@ -159,26 +159,6 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         success=not failed and bool(checks) and amcheck_ok and not object_failures,
         objects=list(consistency.values()),
     )
-
-
-def _check_objects(policy: Policy, category: str, replica: ObjectStore, scratch: Any, database: str,
-                   report: Callable[[str], None]) -> Consistency | None:
-    """The rebuilt database's references against the DR replica, as of now (what a restore could bring back)."""
-    spec = policy.objects.categories[category] if policy.objects else None
-    reference = spec.database_reference if spec else None
-    if reference is None or reference.database != database:
-        return None
-    columns = [sql.Identifier(reference.key_column),
-               sql.Identifier(reference.size_column) if reference.size_column else sql.NULL,
-               sql.Identifier(reference.sha256_column) if reference.sha256_column else sql.NULL]
-    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), sql.Identifier(reference.table))
-    with scratch.connect(database) as conn:
-        with conn.cursor(name="continuity_object_references") as cursor:  # server-side: rows stream
-            cursor.execute(query)
-            return check_consistency(((key, size, sha) for key, size, sha in cursor), replica=replica,
-                                     category=category, prefix=replica.prefix,
-                                     database=f"the rebuilt database {database}", as_of=datetime.now(timezone.utc),
-                                     report=report)
 
 
 def _object_objectives(policy: Policy, category: str, replica: tuple[ObjectStore, str],

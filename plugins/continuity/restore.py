@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from continuity.backup import restore_copy
@@ -34,6 +35,7 @@ from continuity.keys import Keyring
 from continuity.localcluster import (ClusterError, LocalCluster, ServiceUser, find_bindir, find_tool, free_port,
                                     scrubbed_environment, stop_pid)
 from continuity.manifest import Manifest
+from continuity.objects import Consistency, ObjectStore, check_consistency
 from continuity.postgres import InvalidLsn, format_lsn, parse_lsn
 from continuity.storage import StorageLocation
 from continuity.waiting import poll
@@ -483,3 +485,26 @@ def restore_physical(
     point = target_lsn if target_lsn is not None else (target_time.isoformat() if target_time else "latest")
     report(f"recovered and promoted: {point}")
     return base
+
+
+def check_object_references(policy: Any, category: str, replica: ObjectStore, scratch: ScratchCluster, database: str,
+                            *, source_database: str | None = None,
+                            report: Callable[[str], None]) -> Consistency | None:
+    """The restored `database`'s references to `category`'s objects against a replica, as of now (what a
+    restore of the objects could bring back). `source_database`: the application database it was
+    restored from (default: the same name). None when the category references no table of it."""
+    spec = policy.objects.categories.get(category) if policy.objects else None
+    reference = spec.database_reference if spec else None
+    if reference is None or reference.database != (source_database or database):
+        return None
+    columns = [sql.Identifier(reference.key_column),
+               sql.Identifier(reference.size_column) if reference.size_column else sql.NULL,
+               sql.Identifier(reference.sha256_column) if reference.sha256_column else sql.NULL]
+    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), sql.Identifier(reference.table))
+    with scratch.connect(database) as conn:
+        with conn.cursor(name="continuity_object_references") as cursor:  # server-side: rows stream
+            cursor.execute(query)
+            return check_consistency(((key, size, sha) for key, size, sha in cursor), replica=replica,
+                                     category=category, prefix=replica.prefix,
+                                     database=f"the restored database {database}",
+                                     as_of=datetime.now(timezone.utc), report=report)

@@ -9,7 +9,7 @@ every business function that depends on the database. The report is JSON plus Ma
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -19,9 +19,11 @@ from continuity.archive import IntegrityError
 from continuity.catalog import Catalog
 from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
+from continuity.objects import Consistency, ObjectStore
 from continuity.policy import Policy
 from continuity.reports import Objective, failing_objectives, function_rto_objectives
-from continuity.restore import RESTORE_ROLE, RestoreError, amcheck, restore_logical, sample_tables, scratch_cluster
+from continuity.restore import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, restore_logical,
+                                sample_tables, scratch_cluster)
 
 REPORT_PREFIX = "reports/restore-test/"
 
@@ -62,6 +64,7 @@ class RestoreTestResult(BaseModel):
     objectives: list[Objective] = []
     checks: list[CheckRecord] = []
     amcheck: str | None = None
+    objects: list[Consistency] = []
 
 
 def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, days: int = 7) -> Manifest:
@@ -72,15 +75,24 @@ def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, da
 
 
 def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, report: Callable[[str], None],
-                            now: datetime | None = None, scratch_prefix: str = "continuity-scratch-") -> RestoreTestResult:
+                            now: datetime | None = None, scratch_prefix: str = "continuity-scratch-",
+                            object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None) -> RestoreTestResult:
+    """Restore a sample of a recent logical backup from the DR region and check it. `object_replicas`: each
+    object category's DR replica; the tables referencing objects are always in the sample and every
+    reference is checked against the replica."""
     now = now or datetime.now(timezone.utc)
     dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
     if not dr_locations:
         raise RestoreError(f"the policy has no storage location in the DR region {policy.topology.dr_region}")
     chosen_location = dr_locations[0]
     manifest = pick_backup(catalog, chosen_location, seed=seed, now=now)
-    suite = load_suite(manifest.source.get("database", "app"))
-    critical = sorted(set(policy.validation.restore_test.critical_tables) | set(suite.get("critical_tables", [])))
+    source_database = manifest.source.get("database", "app")
+    suite = load_suite(source_database)
+    referencing = {policy.objects.categories[name].database_reference.table for name in (object_replicas or {})
+                   if policy.objects and (ref := policy.objects.categories[name].database_reference) is not None
+                   and ref.database == source_database}
+    critical = sorted(set(policy.validation.restore_test.critical_tables) | set(suite.get("critical_tables", []))
+                      | referencing)
     tables = sample_tables(manifest, size=policy.validation.restore_test.sample_tables, critical=critical, seed=seed)
     report(f"testing backup {manifest.backup_id} from location {chosen_location}: sample {', '.join(tables)}")
     fallbacks = [chosen_location] + [loc.name for loc in policy.storage.locations
@@ -108,6 +120,9 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         # rows violate the order or uniqueness the indexes promise.
         amcheck_ok, amcheck_detail = amcheck(scratch)
         report(amcheck_detail)
+        consistency = [check for name, (replica, _) in (object_replicas or {}).items()
+                       if (check := check_object_references(policy, name, replica, scratch, database,
+                                                            source_database=source_database, report=report))]
     counts = {k.split(".", 1)[-1]: v for k, v in manifest.details["row_counts"].items()}
     sample_rows = sum(counts[t] for t in tables)
     total_rows = sum(counts.values()) or 1
@@ -125,10 +140,13 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         extrapolated_full_restore_seconds=round(extrapolated, 3), objectives=objectives,
         checks=[CheckRecord(table=c.table, expectation=c.expectation, success=c.success, observed=c.observed,
                             description=c.description) for c in checks],
-        amcheck=amcheck_detail,
-        success=not failed and amcheck_ok and not failing_objectives(objectives),
+        amcheck=amcheck_detail, objects=consistency,
+        success=not failed and amcheck_ok and not failing_objectives(objectives) and all(c.consistent for c in consistency),
         failed_checks=[f"{c.table}: {c.description} (observed {c.observed})" for c in failed]
-        + ([] if amcheck_ok else [amcheck_detail]),
+        + ([] if amcheck_ok else [amcheck_detail])
+        + [f"{c.category}: {len(c.missing)} objects referenced by the restored database are missing from {c.replica}"
+           f"{' (first: ' + ', '.join(c.missing[:3]) + ')' if c.missing else ''}, {len(c.mismatched)} differ"
+           for c in consistency if not c.consistent],
     )
 
 

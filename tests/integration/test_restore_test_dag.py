@@ -38,11 +38,18 @@ def _report(sandbox, run) -> dict:
 
 
 def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logical_backup) -> None:
+    assert str(load_dag("dr_object_replication").test().state) == "success"
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "success", task_states(run)
     report = _report(sandbox, run)
     assert report["chosen_location"] == "dr" and report["restored_from"] == "dr"
     assert "users" in report["tables"]
+    # The table that references objects is always restored, and every reference checked in the DR replica.
+    assert "videos" in report["tables"]
+    [objects_check] = report["objects"]
+    assert objects_check["category"] == "video_content" and objects_check["missing"] == []
+    assert objects_check["present"] == objects_check["referenced"] == recent_logical_backup.details["row_counts"][
+        "public.videos"]
     assert report["restore_seconds"] > 0 and report["extrapolated_full_restore_seconds"] >= report["restore_seconds"]
     assert {o["function"] for o in report["objectives"]} == set(sandbox.policy.business_functions)
     by_function = {o["function"]: o for o in report["objectives"]}

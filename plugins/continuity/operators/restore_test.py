@@ -27,7 +27,8 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
         required = [catalog.locations[n] for n in sorted(hook.required_locations())]
         try:
             result = run_sample_restore_test(catalog=catalog, policy=hook.policy, seed=context["run_id"],
-                                             report=self.log.info, scratch_prefix=scratch_prefix(context["run_id"]))
+                                             report=self.log.info, scratch_prefix=scratch_prefix(context["run_id"]),
+                                             object_replicas=hook.get_object_replicas(hook.policy.topology.dr_region))
         except RestoreError as exc:
             for key in store_report(failure_result(error=str(exc), seed=context["run_id"]), required, name=name,
                                     prefix=REPORT_PREFIX, render=render_markdown):
