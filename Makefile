@@ -20,10 +20,12 @@ test: bootstrap
 test-fast: bootstrap
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-bench: bootstrap
+bench:
+	@CONTINUITY_BENCH=1 scripts/bootstrap.sh
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/switchover.py
+	$(BIN)/python bench/objects.py
 
 sandbox-up: bootstrap
 	$(BIN)/continuity sandbox up

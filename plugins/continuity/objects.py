@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -143,6 +144,7 @@ class Checkpoint(BaseModel):
     updated_at: datetime | None = None
     updated_by: str | None = None
     complete_at: datetime | None = None  # start of the last run after which nothing listed was left to copy
+    running_since: datetime | None = None  # set while a run copies: still set, that run did not finish
 
 
 class CopyFailure(BaseModel):
@@ -321,13 +323,17 @@ def copy_server_side(source: ObjectStore, replica: ObjectStore, version: SourceV
     return result["VersionId"], base64.b64decode(checksum).hex(), version.size
 
 
-def _already_copied(replica: ObjectStore, version: SourceVersion) -> bool:
-    """The replica's newest version of the key is this source version (a rerun after a crash)."""
+def _already_copied(replica: ObjectStore, version: SourceVersion) -> tuple[str, str, int, str] | None:
+    """When the replica's newest version of the key is this source version with its SHA-256 recorded (a
+    run that died after copying it): (replica version, sha256, size, method) for its ledger line."""
     try:
         head = replica.client.head_object(Bucket=replica.bucket, Key=version.key)
     except Exception:
-        return False
-    return head.get("Metadata", {}).get(METADATA_SOURCE_VERSION) == version.version_id
+        return None
+    metadata = head.get("Metadata", {})
+    if metadata.get(METADATA_SOURCE_VERSION) != version.version_id or not metadata.get(METADATA_SHA256):
+        return None
+    return head["VersionId"], metadata[METADATA_SHA256], head["ContentLength"], "found"
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -343,21 +349,28 @@ class Replicator:
     part_size: int
     report: Callable[[str], None] = log.info
     server_side: bool = True
+    workers: int = 4  # copies in flight at once (boto3 clients are thread-safe)
 
     def run(self, *, run_id: str, rpo_target: timedelta | None = None, rpo_maximum: timedelta | None = None,
             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> ReplicationRun:
         started = now()
         record = ReplicationRun(category=self.category, run_id=run_id, started_at=started)
         checkpoint = load_checkpoint(self.category, self.state)
+        # A run that stopped without finishing may have copied versions after its last checkpoint save:
+        # this run looks in the replica before copying (otherwise it does not, one request less per object).
+        look_first = checkpoint.running_since is not None
         record.protection = self.protect(checkpoint, alarms=record.alarms)
         since = checkpoint.high_water - LOOKBACK if checkpoint.high_water else None
         record.since = since
         self.report(f"{self.category}: {self.source.describe(self.source.prefix)} -> "
                     f"{', '.join(r.describe(r.prefix) for r in self.replicas.values())}; "
-                    f"{'versions since ' + since.isoformat() if since else 'first run: every version'}")
+                    f"{'versions since ' + since.isoformat() if since else 'first run: every version'}"
+                    + ("; the previous run did not finish: checking the replica before each copy" if look_first else ""))
+        checkpoint.running_since = started
+        save_checkpoint(checkpoint, self.state)
         ledgers: dict[str, list[LedgerEntry]] = {name: [] for name in self.replicas}
         seen_this_run: set[str] = set()
-        copied_since_save = 0
+        unfinished: dict[str, datetime] = {}  # in flight or failed: the checkpoint must not pass them
         for number in range(1, MAX_PASSES + 1):
             candidates = sorted((v for v in list_versions(self.source, since=since)
                                  if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run),
@@ -368,32 +381,41 @@ class Replicator:
                 record.changed_during_run += [f"{v.key} ({v.version_id})" for v in candidates]
                 self.report(f"{len(candidates)} versions appeared while the run copied (pass {number}): copying them too")
             deletes = [v for v in candidates if v.delete_marker]
-            for version in candidates:
-                seen_this_run.add(version.version_id)
-                if version.delete_marker:
-                    record.deletes.append(version.key)
-                    for name in self.replicas:
-                        ledgers[name].append(LedgerEntry(event="delete", key=version.key,
-                                                         source_version_id=version.version_id,
-                                                         source_last_modified=version.last_modified, copied_at=now()))
-                    self._done(checkpoint, version)
-                    continue
-                if self._copy_everywhere(version, record, ledgers, now):
-                    self._done(checkpoint, version)
-                    copied_since_save += 1
-                if copied_since_save >= CHECKPOINT_EVERY:
-                    self._save(checkpoint, record, ledgers, run_id, now)
-                    copied_since_save = 0
+            copied_since_save = 0
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-copy") as pool:
+                futures = {}
+                for version in candidates:
+                    seen_this_run.add(version.version_id)
+                    if version.delete_marker:
+                        record.deletes.append(version.key)
+                        for name in self.replicas:
+                            ledgers[name].append(LedgerEntry(event="delete", key=version.key,
+                                                             source_version_id=version.version_id,
+                                                             source_last_modified=version.last_modified,
+                                                             copied_at=now()))
+                        self._done(checkpoint, version)
+                        continue
+                    unfinished[version.version_id] = version.last_modified
+                    futures[pool.submit(self._copy_everywhere, version, look_first)] = version
+                for future in as_completed(futures):
+                    version = futures[future]
+                    if self._record(version, future.result(), record, ledgers, now):
+                        unfinished.pop(version.version_id)
+                        self._done(checkpoint, version)
+                        copied_since_save += 1
+                    if copied_since_save >= CHECKPOINT_EVERY:
+                        self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
+                        copied_since_save = 0
             if len(deletes) > self.policy.deletes.max_per_run:
                 record.alarms.append(
                     f"ALARM mass delete: {len(deletes)} objects deleted under {self.source.describe(self.source.prefix)} "
                     f"since the last run (threshold {self.policy.deletes.max_per_run}); the replicas keep every "
                     f"version and nothing was deleted there")
-        self._hold_back_for_failures(checkpoint, record)
         if not record.failed:
             checkpoint.complete_at = started
         heartbeat_due = self._measure_lag(record, rpo_target=rpo_target, rpo_maximum=rpo_maximum)
-        self._save(checkpoint, record, ledgers, run_id, now)
+        checkpoint.running_since = None
+        self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
         record.heartbeat_written_at = self._write_heartbeat(run_id, now) if heartbeat_due else None
         record.finished_at = now()
         self.report(f"{self.category}: copied {record.copied} versions ({record.copied_bytes / 2**20:.1f} MiB; "
@@ -402,29 +424,43 @@ class Replicator:
         return record
 
     # -- steps of a run --
-    def _copy_everywhere(self, version: SourceVersion, record: ReplicationRun,
-                         ledgers: dict[str, list[LedgerEntry]], now: Callable[[], datetime]) -> bool:
-        ok = True
+    def _copy_everywhere(self, version: SourceVersion, look_first: bool) -> dict[str, Any]:
+        """In a worker thread: copy one version to every replica; {replica: (version, sha, size, method) | None
+        (already there) | the exception}. Recording happens in the calling thread."""
+        outcome: dict[str, Any] = {}
         for name, replica in self.replicas.items():
-            if _already_copied(replica, version):
-                record.skipped += 1
+            if look_first and (found := _already_copied(replica, version)) is not None:
+                outcome[name] = found
                 continue
             try:
-                replica_version, sha256, size, method = self._copy(replica, version)
+                outcome[name] = self._copy(replica, version)
             except Exception as exc:
+                outcome[name] = exc
+        return outcome
+
+    def _record(self, version: SourceVersion, outcome: dict[str, Any], record: ReplicationRun,
+                ledgers: dict[str, list[LedgerEntry]], now: Callable[[], datetime]) -> bool:
+        ok = True
+        for name, result in outcome.items():
+            if isinstance(result, Exception):
                 ok = False
-                error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                error = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
                 record.failed.append(CopyFailure(key=version.key, version_id=version.version_id, replica=name,
                                                  error=error))
-                self.report(f"FAILED {version.key} ({version.version_id}) -> {replica.bucket}: {error}")
-                continue
-            ledgers[name].append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
-                                             source_last_modified=version.last_modified,
-                                             replica_version_id=replica_version, size=size, sha256=sha256,
-                                             method=method, copied_at=now()))
-            record.copied += 1
-            record.copied_bytes += size
-            record.methods[method] = record.methods.get(method, 0) + 1
+                self.report(f"FAILED {version.key} ({version.version_id}) -> {self.replicas[name].bucket}: {error}")
+            else:
+                replica_version, sha256, size, method = result
+                ledgers[name].append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
+                                                 source_last_modified=version.last_modified,
+                                                 replica_version_id=replica_version, size=size, sha256=sha256,
+                                                 method="streamed" if method == "found" else method,
+                                                 copied_at=now()))
+                if method == "found":  # copied by a run that died before recording it
+                    record.skipped += 1
+                    continue
+                record.copied += 1
+                record.copied_bytes += size
+                record.methods[method] = record.methods.get(method, 0) + 1
         return ok
 
     def _copy(self, replica: ObjectStore, version: SourceVersion) -> tuple[str, str, int, str]:
@@ -449,21 +485,12 @@ class Replicator:
         if checkpoint.high_water is None or version.last_modified > checkpoint.high_water:
             checkpoint.high_water = version.last_modified
 
-    def _hold_back_for_failures(self, checkpoint: Checkpoint, record: ReplicationRun) -> None:
-        """A version that failed must be listed again next run: keep the high water at or before it."""
-        if not record.failed:
-            return
-        failed_ids = {f.version_id for f in record.failed}
-        for version_id in failed_ids:
-            checkpoint.recent.pop(version_id, None)
-        oldest = min((v.last_modified for v in list_versions(self.source, since=None) if v.version_id in failed_ids),
-                     default=None)
-        if oldest is not None and checkpoint.high_water is not None:
-            checkpoint.high_water = min(checkpoint.high_water, oldest)
-
     def _save(self, checkpoint: Checkpoint, record: ReplicationRun, ledgers: dict[str, list[LedgerEntry]],
-              run_id: str, now: Callable[[], datetime]) -> None:
-        """Ledger lines first, then the checkpoint: a version is never marked done without its ledger line."""
+              run_id: str, now: Callable[[], datetime], *, unfinished: Mapping[str, datetime]) -> None:
+        """Ledger lines first, then the checkpoint: a version is never marked done without its ledger line,
+        and the high water never passes a version still in flight or failed (the next run lists it again)."""
+        if unfinished and checkpoint.high_water is not None:
+            checkpoint.high_water = min(checkpoint.high_water, min(unfinished.values()))
         stamp = now().strftime("%Y%m%dT%H%M%S.%fZ")
         for name, entries in ledgers.items():
             if not entries:

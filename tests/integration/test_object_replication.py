@@ -367,3 +367,28 @@ def test_verify_names_what_is_missing_and_the_inventory_repairs_it(world: World,
     assert [r.split(" ")[0] for r in repaired.repaired] == ["videos/late.mp4"]
     code, out, _ = _cli(world, tmp_path, "verify", "--category", "video_content", "--json", capsys=capsys)
     assert code == 0 and json.loads(out)[0]["missing"] == []
+
+
+def test_a_run_that_died_midway_is_resumed_without_copying_twice(world: World) -> None:
+    from datetime import datetime, timezone
+
+    world.put("videos/first.mp4", b"first")
+    world.run("one")
+    world.put("videos/n1.mp4", b"copied before the crash")
+    world.put("videos/n2.mp4", b"not copied yet")
+    replicator = world.replicator()
+    [n1] = [v for v in list_versions(replicator.source, since=None) if v.key == "videos/n1.mp4"]
+    [replica] = replicator.replicas.values()
+    objects.copy_streamed(replicator.source, replica, n1, part_size=PART)  # what the dead run managed
+    checkpoint = objects.load_checkpoint("video_content", world.state)
+    checkpoint.running_since = datetime.now(timezone.utc)  # it never got to say it finished
+    objects.save_checkpoint(checkpoint, world.state)
+
+    resumed = world.run("resume")
+    assert resumed.skipped == 1, "n1 was found in the replica, not copied again"
+    ledger = {line["key"]: line for line in world.ledger() if line["event"] == "version"}
+    assert ledger["videos/n1.mp4"]["sha256"] == hashlib.sha256(b"copied before the crash").hexdigest(), \
+        "the copy the dead run made is in the ledger now, so a restore finds it"
+    assert "videos/n2.mp4" in ledger
+    assert len(world.replica_versions("videos/n1.mp4")) == 1 and len(world.replica_versions("videos/n2.mp4")) == 1
+    assert objects.load_checkpoint("video_content", world.state).running_since is None
