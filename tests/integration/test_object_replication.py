@@ -392,3 +392,18 @@ def test_a_run_that_died_midway_is_resumed_without_copying_twice(world: World) -
     assert "videos/n2.mp4" in ledger
     assert len(world.replica_versions("videos/n1.mp4")) == 1 and len(world.replica_versions("videos/n2.mp4")) == 1
     assert objects.load_checkpoint("video_content", world.state).running_since is None
+
+
+def test_a_lag_past_the_rpo_maximum_is_an_alarm(world: World) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    world.put("videos/l.mp4", b"l")
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    category = world.policy.data_categories["video_content"]
+    # The previous run wrote its heartbeat two hours ago (a scheduler that was down since).
+    world.replicator().run(run_id="long-ago", now=lambda: two_hours_ago)
+    late = world.run("late")
+    assert late.lag_seconds is not None and late.lag_seconds > 7000
+    assert [a for a in late.alarms if "replication lag" in a][0].startswith(
+        f"ALARM replication lag of video_content is {late.lag_seconds:.0f}s, past the RPO maximum "
+        f"{category.rpo.maximum.seconds // 3600}h")

@@ -134,8 +134,26 @@ def test_cli_status_json(sandbox) -> None:
     assert status["nodes"]["sync1"]["sync_state"] == "sync"
     assert status["nodes"]["dr"]["replication"] == "streaming"
     assert status["pgbouncer"]["running"] and status["s3"]["running"]
+    buckets = {(b["category"], b["role"]): b for b in status["application_buckets"]}
+    assert set(buckets) == {("video_content", "source"), ("video_content", "replica"),
+                            ("user_uploads", "source"), ("user_uploads", "replica")}
+    assert buckets[("video_content", "replica")]["region"] == "us-west-2" and buckets[("video_content", "replica")]["object_lock"]
     for secret in sandbox.state["secrets"].values():
         assert secret not in result.stdout + result.stderr
+
+
+def test_the_application_bucket_holds_the_object_each_videos_row_describes(sandbox) -> None:
+    import hashlib
+
+    source = sandbox.policy.objects.categories["video_content"].source
+    client = sandbox.s3_client(source.region)
+    rows = sandbox.node("primary", user="app", dbname="app").query("SELECT s3_key, size_bytes, sha256 FROM videos")
+    for row in rows:
+        body = client.get_object(Bucket=source.bucket, Key=row["s3_key"])["Body"].read()
+        assert (len(body), hashlib.sha256(body).hexdigest()) == (row["size_bytes"], row["sha256"]), row["s3_key"]
+    assert max(r["size_bytes"] for r in rows) > sandbox.policy.objects.part_size, "some copies run multipart"
+    uploads = sandbox.policy.objects.categories["user_uploads"].source
+    assert client.list_objects_v2(Bucket=uploads.bucket, Prefix=uploads.prefix)["KeyCount"] > 0
 
 
 def test_the_providers_own_hook_connects_with_every_postgres_connection(sandbox, monkeypatch) -> None:
