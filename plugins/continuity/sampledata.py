@@ -75,7 +75,11 @@ def apply_schema(conn: psycopg.Connection, schema_path: Path | None = None) -> N
 
 
 def _rows(table: str, count: int, counts: dict[str, int], rng: random.Random, epoch: datetime) -> Iterator[tuple]:
-    def when(max_days: float = 365) -> datetime:
+    def when(max_days: float = 365, *, newest: bool = False) -> datetime:
+        # The last row of a table is from the last day: a live application writes every day, whatever the
+        # scale (a restore's freshness check then means something at any size).
+        if newest:
+            return epoch + timedelta(days=365) - timedelta(seconds=rng.uniform(0, 86400))
         return epoch + timedelta(seconds=rng.uniform(0, max_days * 86400))
 
     if table == "users":
@@ -95,7 +99,8 @@ def _rows(table: str, count: int, counts: dict[str, int], rng: random.Random, ep
             size, key = video_size(i, rng), f"{VIDEO_PREFIX}{i:08d}.mp4"
             yield (i, rng.randint(1, counts["projects"]), rng.randint(1, counts["users"]),
                    key, round(rng.uniform(5, 1800), 2), size, object_sha256(key, size),
-                   rng.choices(["uploaded", "processing", "processed", "failed"], [1, 1, 12, 1])[0], when())
+                   rng.choices(["uploaded", "processing", "processed", "failed"], [1, 1, 12, 1])[0],
+                   when(newest=i == count))
     elif table == "annotations":
         for i in range(1, count + 1):
             x, y = rng.randint(0, 1800), rng.randint(0, 1000)
@@ -105,7 +110,7 @@ def _rows(table: str, count: int, counts: dict[str, int], rng: random.Random, ep
     elif table == "detections":
         for i in range(1, count + 1):
             yield (i, rng.randint(1, counts["videos"]), rng.choice(_MODELS), rng.randint(0, 50_000),
-                   rng.choice(_LABELS), round(rng.random(), 4), when())
+                   rng.choice(_LABELS), round(rng.random(), 4), when(newest=i == count))
     else:  # pragma: no cover - TABLES is the closed list
         raise ValueError(f"unknown sample table {table!r}")
 

@@ -534,7 +534,28 @@ class Sandbox:
                                  report=lambda _m: None)
             report(f"first backup: {len(shipped.shipped)} WAL files shipped")
             taken.extend(f"wal-{name}" for name in shipped.shipped)
+        taken += self.replicate_objects(report=report)
         return taken
+
+    def replicate_objects(self, *, report: Any = log.info) -> list[str]:
+        """One replication of every object category whose checkpoint says it never completed (what
+        dr_object_replication does, without Airflow): a fresh install's drill finds the objects."""
+        from continuity.objects import load_checkpoint, replicator_for
+
+        if self.policy.objects is None:
+            return []
+        locations = self.storage_locations()
+        state = {loc.name: locations[loc.name] for loc in self.policy.storage.locations if loc.required}
+        done = []
+        for category in self.policy.objects.categories:
+            if load_checkpoint(category, state).complete_at is not None:
+                continue
+            record = replicator_for(self.policy, category, state=state, report=lambda _m: None,
+                                    client_for=lambda _conn_id, region: self.s3_client(region)).run(
+                run_id=f"first-{category}")
+            report(f"first replication: {record.copied} objects of {category} in the DR region")
+            done.append(f"objects-{category}")
+        return done
 
     def _create_buckets(self) -> None:
         for location in self.policy.storage.locations:

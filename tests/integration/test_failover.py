@@ -369,6 +369,7 @@ def test_drill_with_include_switchover_measures_the_outage_and_loses_nothing(clu
         make(node=cluster.backup_node(name), keyring=cluster.keyring(), locations=list(catalog.locations.values()),
              required={"primary", "dr"}, backup_id=f"{'logical-app' if extra else 'physical-sync1'}-fo-drill-{time.time_ns()}",
              report=lambda _m: None, **extra)
+    cluster.replicate_objects()
     run = load_dag("dr_drill").test(run_conf={"include_switchover": True})
     assert str(run.state) == "success", task_states(run)
     result = xcom(run, "live_switchover")
