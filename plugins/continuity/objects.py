@@ -131,6 +131,23 @@ class LedgerEntry(BaseModel):
     copied_at: datetime
 
 
+def version_entry(version: SourceVersion, copy: tuple[str, str, int, str], *, copied_at: datetime) -> LedgerEntry:
+    """The ledger line of a copied version; `copy` as the copy functions return it."""
+    replica_version, sha256, size, method = copy
+    return LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
+                       source_last_modified=version.last_modified, replica_version_id=replica_version, size=size,
+                       sha256=sha256, method="streamed" if method == "found" else method, copied_at=copied_at)
+
+
+def write_ledger(replica: ObjectStore, category: str, entries: list[LedgerEntry], *, name: str,
+                 now: datetime) -> str:
+    """One new ledger object per write (never rewritten: the replica is object-locked); returns its key."""
+    key = f"{INTERNAL_PREFIX}ledger/{category}/{now:%Y%m%dT%H%M%S.%fZ}-{key_safe(name)}.jsonl"
+    replica.client.put_object(Bucket=replica.bucket, Key=key, ChecksumAlgorithm="SHA256",
+                              Body="".join(entry.model_dump_json() + "\n" for entry in entries).encode())
+    return key
+
+
 class Checkpoint(BaseModel):
     """How far a category's replication got: versions older than `high_water` minus the lookback are
     done; `recent` names the versions copied inside the lookback, so none is copied twice."""
@@ -433,7 +450,7 @@ class Replicator:
                 outcome[name] = found
                 continue
             try:
-                outcome[name] = self._copy(replica, version)
+                outcome[name] = self.copy_version(replica, version)
             except Exception as exc:
                 outcome[name] = exc
         return outcome
@@ -449,12 +466,8 @@ class Replicator:
                                                  error=error))
                 self.report(f"FAILED {version.key} ({version.version_id}) -> {self.replicas[name].bucket}: {error}")
             else:
-                replica_version, sha256, size, method = result
-                ledgers[name].append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
-                                                 source_last_modified=version.last_modified,
-                                                 replica_version_id=replica_version, size=size, sha256=sha256,
-                                                 method="streamed" if method == "found" else method,
-                                                 copied_at=now()))
+                _, _, size, method = result
+                ledgers[name].append(version_entry(version, result, copied_at=now()))
                 if method == "found":  # copied by a run that died before recording it
                     record.skipped += 1
                     continue
@@ -463,7 +476,9 @@ class Replicator:
                 record.methods[method] = record.methods.get(method, 0) + 1
         return ok
 
-    def _copy(self, replica: ObjectStore, version: SourceVersion) -> tuple[str, str, int, str]:
+    def copy_version(self, replica: ObjectStore, version: SourceVersion) -> tuple[str, str, int, str]:
+        """One version to one replica: server-side when the endpoint takes it, else streamed (a content
+        mismatch is retried once); (replica version id, sha256, bytes, method)."""
         if self.server_side and self.source.endpoint == replica.endpoint and version.size <= 5 * 2**30:
             try:
                 return (*copy_server_side(self.source, replica, version), "server-side")
@@ -491,14 +506,12 @@ class Replicator:
         and the high water never passes a version still in flight or failed (the next run lists it again)."""
         if unfinished and checkpoint.high_water is not None:
             checkpoint.high_water = min(checkpoint.high_water, min(unfinished.values()))
-        stamp = now().strftime("%Y%m%dT%H%M%S.%fZ")
+        written_at = now()
         for name, entries in ledgers.items():
             if not entries:
                 continue
             replica = self.replicas[name]
-            key = f"{INTERNAL_PREFIX}ledger/{self.category}/{stamp}-{key_safe(run_id)}.jsonl"
-            body = "".join(entry.model_dump_json() + "\n" for entry in entries).encode()
-            replica.client.put_object(Bucket=replica.bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+            key = write_ledger(replica, self.category, entries, name=run_id, now=written_at)
             record.ledger_keys.append(replica.describe(key))
             entries.clear()
         if checkpoint.high_water is not None:
@@ -869,21 +882,15 @@ def inventory(replicator: Replicator, *, deep_sample: int = 0, seed: str = "", r
             entries: list[LedgerEntry] = []
             for version in needs_copy:
                 try:
-                    replica_version, sha, size, method = replicator._copy(replica, version)
+                    copy = replicator.copy_version(replica, version)
                 except Exception as exc:
                     replicator.report(f"FAILED to repair {version.key}: {exc}")
                     found.unrepaired.append(f"{version.key} ({version.version_id}): {exc}")
                     continue
-                entries.append(LedgerEntry(event="version", key=version.key, source_version_id=version.version_id,
-                                           source_last_modified=version.last_modified,
-                                           replica_version_id=replica_version, size=size, sha256=sha, method=method,
-                                           copied_at=datetime.now(timezone.utc)))
+                entries.append(version_entry(version, copy, copied_at=datetime.now(timezone.utc)))
                 found.repaired.append(f"{version.key} ({version.version_id})")
             if entries:
-                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-                key = f"{INTERNAL_PREFIX}ledger/{replicator.category}/{stamp}-repair.jsonl"
-                replica.client.put_object(Bucket=replica.bucket, Key=key, ChecksumAlgorithm="SHA256",
-                                          Body="".join(e.model_dump_json() + "\n" for e in entries).encode())
+                write_ledger(replica, replicator.category, entries, name="repair", now=datetime.now(timezone.utc))
         replicator.report(f"{replicator.category} -> {replica.bucket}: {found.source_objects} current objects, "
                           f"{len(found.missing)} missing, {len(found.different)} different, {found.deep_verified} "
                           f"deep-verified, {len(found.repaired)} repaired; lag {found.lag_seconds}s ({found.lag_source})")
