@@ -27,6 +27,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ METADATA_SHA256 = "continuity-sha256"
 LOOKBACK = timedelta(hours=2)
 MAX_PASSES = 3
 CHECKPOINT_EVERY = 50  # copies between checkpoint saves (a killed run resumes from the last save)
+# After a pass, the keys copied are looked at again for versions written meanwhile: one HEAD per key up
+# to this many, one listing of the prefix above.
+RECHECK_BY_HEAD = 200
 
 
 class ReplicationError(RuntimeError):
@@ -196,6 +200,7 @@ class ReplicationRun(BaseModel):
     lag_source: str | None = None
     protection: list[str] = []  # one sentence per replica bucket
     alarms: list[str] = []
+    timings: dict[str, float] = {}  # seconds spent listing and copying
 
 
 # -- checkpoint ----------------------------------------------------------------------------------
@@ -272,17 +277,20 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
     response = source.client.get_object(Bucket=source.bucket, Key=version.key, VersionId=version.version_id,
                                         ChecksumMode="ENABLED")
     body = response["Body"]
-    whole, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    whole = hashlib.sha256()
+    # The source's ETag is the MD5 of a single-part upload: worth checking only when the source has no
+    # SHA-256 of its own to compare with (hashing costs CPU the endpoint may need).
+    md5 = None if response.get("ChecksumSHA256") else hashlib.md5(usedforsecurity=False)
     first = body.read(part_size)
     try:
         if len(first) < part_size:
             whole.update(first)
-            md5.update(first)
+            if md5 is not None:
+                md5.update(first)
             _check_source(version, response, whole, md5, len(first), expected_sha256)
             put = replica.client.put_object(
                 Bucket=replica.bucket, Key=target, Body=first, ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_b64(hashlib.sha256(first).digest()),
-                Metadata=_metadata(version, whole.hexdigest()))
+                ChecksumSHA256=_b64(whole.digest()), Metadata=_metadata(version, whole.hexdigest()))
             return put["VersionId"], whole.hexdigest(), len(first)
         upload = replica.client.create_multipart_upload(Bucket=replica.bucket, Key=target,
                                                         ChecksumAlgorithm="SHA256", Metadata=_metadata(version))
@@ -290,7 +298,8 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
         try:
             while chunk:
                 whole.update(chunk)
-                md5.update(chunk)
+                if md5 is not None:
+                    md5.update(chunk)
                 digest = hashlib.sha256(chunk).digest()
                 part = replica.client.upload_part(Bucket=replica.bucket, Key=target, UploadId=upload_id,
                                                   PartNumber=len(parts) + 1, Body=chunk,
@@ -388,10 +397,18 @@ class Replicator:
         ledgers: dict[str, list[LedgerEntry]] = {name: [] for name in self.replicas}
         seen_this_run: set[str] = set()
         unfinished: dict[str, datetime] = {}  # in flight or failed: the checkpoint must not pass them
+        copied_keys: dict[str, SourceVersion] = {}
         for number in range(1, MAX_PASSES + 1):
-            candidates = sorted((v for v in list_versions(self.source, since=since)
+            clock = time.monotonic()
+            if number == 1 or len(copied_keys) > RECHECK_BY_HEAD:
+                listed = list_versions(self.source, since=since)
+            else:
+                listed = self._newer_than_copied(copied_keys.values())
+            candidates = sorted((v for v in listed
                                  if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run),
                                 key=lambda v: (v.last_modified, v.key, v.version_id))
+            record.timings["listing"] = record.timings.get("listing", 0.0) + round(time.monotonic() - clock, 3)
+            copied_keys = {}
             if number > 1:
                 if not candidates:
                     break
@@ -399,6 +416,7 @@ class Replicator:
                 self.report(f"{len(candidates)} versions appeared while the run copied (pass {number}): copying them too")
             deletes = [v for v in candidates if v.delete_marker]
             copied_since_save = 0
+            clock = time.monotonic()
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-copy") as pool:
                 futures = {}
                 for version in candidates:
@@ -419,15 +437,19 @@ class Replicator:
                     if self._record(version, future.result(), record, ledgers, now):
                         unfinished.pop(version.version_id)
                         self._done(checkpoint, version)
+                        copied_keys[version.key] = version
                         copied_since_save += 1
                     if copied_since_save >= CHECKPOINT_EVERY:
                         self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
                         copied_since_save = 0
+            record.timings["copying"] = record.timings.get("copying", 0.0) + round(time.monotonic() - clock, 3)
             if len(deletes) > self.policy.deletes.max_per_run:
                 record.alarms.append(
                     f"ALARM mass delete: {len(deletes)} objects deleted under {self.source.describe(self.source.prefix)} "
                     f"since the last run (threshold {self.policy.deletes.max_per_run}); the replicas keep every "
                     f"version and nothing was deleted there")
+            if not copied_keys:
+                break  # nothing was copied, so nothing can have changed during a copy
         if not record.failed:
             checkpoint.complete_at = started
         heartbeat_due = self._measure_lag(record, rpo_target=rpo_target, rpo_maximum=rpo_maximum)
@@ -441,6 +463,19 @@ class Replicator:
         return record
 
     # -- steps of a run --
+    def _newer_than_copied(self, copied: Iterable[SourceVersion]) -> Iterator[SourceVersion]:
+        """For a few copied keys, one HEAD each instead of a listing: the key's newest version when it is not
+        the one copied (written while the run copied)."""
+        for version in copied:
+            try:
+                head = self.source.client.head_object(Bucket=self.source.bucket, Key=version.key)
+            except Exception:
+                continue  # deleted meanwhile: the next run lists the delete marker
+            if head.get("VersionId") and head["VersionId"] != version.version_id:
+                yield SourceVersion(key=version.key, version_id=head["VersionId"], last_modified=head["LastModified"],
+                                    size=head["ContentLength"], etag=head.get("ETag", "").strip('"') or None,
+                                    latest=True)
+
     def _copy_everywhere(self, version: SourceVersion, look_first: bool) -> dict[str, Any]:
         """In a worker thread: copy one version to every replica; {replica: (version, sha, size, method) | None
         (already there) | the exception}. Recording happens in the calling thread."""
