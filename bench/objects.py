@@ -31,6 +31,7 @@ from continuity.project import default_policy_path
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 ACCESS, SECRET = "bench", "bench-secret"
+WORKERS = int(os.environ.get("CONTINUITY_BENCH_WORKERS", "0"))  # 0: the policy's objects.copy_workers
 SMALL, LARGE = (1024, 256 * 1024), (8 * 2**20, 20 * 2**20)
 
 
@@ -58,6 +59,8 @@ def policy_file(workdir: Path, endpoint: str, *, replica: str, locked: bool) -> 
     if not locked:
         video.pop("object_lock")
     del data["objects"]["categories"]["user_uploads"]
+    if WORKERS:
+        data["objects"]["copy_workers"] = WORKERS
     for location in data["storage"]["locations"]:
         location["prefix"] = f"bench-state-{replica}/"
     path = workdir / f"policy-{replica}.yaml"

@@ -1016,7 +1016,7 @@ def replicator_for(policy: Policy, category: str, *, client_for: Callable[[str, 
 
     return Replicator(category=category, policy=spec, source=store(spec.source),
                       replicas={f"{r.region}:{r.bucket}": store(r) for r in spec.replicas}, state=state,
-                      part_size=policy.objects.part_size, report=report)
+                      part_size=policy.objects.part_size, workers=policy.objects.copy_workers, report=report)
 
 
 def replicas_in(policy: Policy, region: str, *, client_for: Callable[[str, str], Any]) -> dict[str, tuple[ObjectStore, str]]:

@@ -252,6 +252,7 @@ class Objects(_Model):
 
     schedule: str
     part_size: ByteSize = 8 * 2**20
+    copy_workers: int = Field(default=4, ge=1, le=64)  # copies in flight at once; memory: one part each
     categories: dict[Name, ObjectCategory]
 
 
