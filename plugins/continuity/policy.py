@@ -256,6 +256,45 @@ class Objects(_Model):
     categories: dict[Name, ObjectCategory]
 
 
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_ORDER: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+class Audience(_Model):
+    """Who is told of an incident, how, by when after it starts, and who must approve first."""
+
+    recipients: dict[str, list[str]] = {}  # per channel (slack, email, pagerduty, ...): addresses or channels
+    methods: list[str] = Field(min_length=1)
+    deadline: Duration | None = None  # None: "as appropriate" (the public)
+    approval: Literal["none", "approver", "ceo"] = "none"
+    external: bool = False
+
+
+class StakeholderGroup(_Model):
+    """Section 5.2: told when the incident's severity reaches the threshold; escalated when not
+    acknowledged within the escalation time."""
+
+    audience: str
+    threshold: Severity
+    escalation: Duration
+
+
+class Communication(_Model):
+    """Section 5: the communication matrix, stakeholder routing and the update interval."""
+
+    audiences: dict[Name, Audience]
+    stakeholder_groups: dict[Name, StakeholderGroup]
+    update_interval: Duration
+    status_page_url: str
+    report_due: Duration = timedelta(hours=48)
+    templates: dict[Name, str]  # template name -> file under include/templates/
+
+    def groups_for(self, severity: str) -> list[str]:
+        """The stakeholder groups an incident of `severity` reaches (severity at or above their threshold)."""
+        return [name for name, group in self.stakeholder_groups.items()
+                if SEVERITY_ORDER[severity] >= SEVERITY_ORDER[group.threshold]]
+
+
 class FullBackups(_Model):
     schedule: str
     method: str
@@ -336,6 +375,7 @@ class Policy(_Model):
     health_monitor: HealthMonitor
     failover: Failover = Failover()
     objects: Objects | None = None
+    communication: Communication | None = None
     # The services of business functions that live in the PostgreSQL database (restores and drills
     # measure them); any other dependency is reported `not measured` until something measures it.
     database_services: list[str] = ["database"]
@@ -438,6 +478,16 @@ def _check_references(policy: Policy) -> list[str]:
         )
     if policy.objects is not None:
         problems += _check_objects(policy)
+    if policy.communication is not None:
+        communication = policy.communication
+        for name, group in communication.stakeholder_groups.items():
+            if group.audience not in communication.audiences:
+                problems.append(f"communication.stakeholder_groups.{name}.audience: expected one of "
+                                f"{sorted(communication.audiences)}, got {group.audience!r}")
+        for name, audience in communication.audiences.items():
+            if audience.external and audience.approval == "none":
+                problems.append(f"communication.audiences.{name}.approval: an external audience needs approval "
+                                f"('approver' or 'ceo'), got 'none'")
     return problems
 
 
