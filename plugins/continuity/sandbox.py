@@ -40,6 +40,7 @@ from continuity.localcluster import (
     free_port,
     pid_alive,
     port_is_free,
+    scrubbed_environment,
     stop_pid,
     wait_for_port,
 )
@@ -196,6 +197,7 @@ class Sandbox:
                 self._build(scale=scale, started=started)
             self._start_pgbouncer(started)
             self._start_s3(started)
+            self._start_receivers(started)
             self.write_connections()
             self._save_state()
         except BaseException:
@@ -445,6 +447,40 @@ class Sandbox:
         self._create_buckets()
         self.seed_objects()
 
+    # -- SMTP and webhook receivers (Slack, PagerDuty, status page stand-ins) ---------------------
+    @property
+    def receivers_dir(self) -> Path:
+        return self.root / "receivers"
+
+    def _start_receivers(self, started: list[str]) -> None:
+        receivers = self.state.setdefault("receivers", {"smtp_port": free_port(), "http_port": free_port(), "pid": None})
+        for service in ("smtp", "slack", "pagerduty"):  # the credentials the stand-ins' connections carry
+            self.state["secrets"].setdefault(service, secrets.token_urlsafe(24))
+        if _is_our_process(receivers.get("pid"), "continuity.receivers"):
+            return
+        for key in ("smtp_port", "http_port"):
+            if not port_is_free(receivers[key]):
+                receivers[key] = free_port()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "receivers.log", "ab") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "continuity.receivers", "--root", str(self.receivers_dir),
+                 "--smtp-port", str(receivers["smtp_port"]), "--http-port", str(receivers["http_port"]),
+                 "--smtp-login", "continuity"],
+                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.root,  # the password goes by environment, never on the command line
+                env=scrubbed_environment({"CONTINUITY_SMTP_PASSWORD": self.password("smtp"),
+                                          **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}))
+        receivers["pid"] = process.pid
+        started.append("receivers")
+        self._save_state()
+        wait_for_port(receivers["smtp_port"], what="the SMTP receiver")
+        wait_for_port(receivers["http_port"], what="the webhook receiver")
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.state['receivers']['http_port']}"
+
     def s3_client(self, region: str = "us-east-1") -> Any:
         import boto3
 
@@ -673,6 +709,21 @@ class Sandbox:
                     "conn_type": "aws", "login": S3_ACCESS_KEY, "password": self.password("s3_secret_key"),
                     "extra": {"endpoint_url": self.s3_endpoint, "region_name": location.region},
                 }
+        if "receivers" in self.state:
+            # The providers' own connection types, pointing at the local receivers.
+            conns["continuity_smtp"] = {
+                "conn_type": "smtp", "host": "127.0.0.1", "port": self.state["receivers"]["smtp_port"],
+                "login": "continuity", "password": self.password("smtp"),
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "continuity@example.com"},
+            }
+            conns["continuity_slack"] = {
+                "conn_type": "slackwebhook", "host": f"{self.webhook_url}/slack/services",
+                "password": f"T0SANDBOX/B0SANDBOX/{self.password('slack')[:24]}",
+            }
+            conns["continuity_pagerduty"] = {
+                "conn_type": "pagerduty_events", "host": f"{self.webhook_url}/pagerduty",
+                "password": self.password("pagerduty")[:32],
+            }
         keyring = self.keyring() if self.key_file.exists() else None
         conns["continuity_keyring"] = {
             "conn_type": "generic", "login": keyring.active if keyring else None,
@@ -716,6 +767,10 @@ class Sandbox:
         stopped: list[str] = []
         if self.state_file.exists() or self._state is not None:
             state = self.state
+            receivers_pid = state.get("receivers", {}).get("pid")
+            if _is_our_process(receivers_pid, "continuity.receivers"):
+                stop_pid(receivers_pid, name="receivers", sig=signal.SIGTERM)
+                stopped.append("receivers")
             s3_pid = state.get("s3", {}).get("pid")
             if _is_our_process(s3_pid, "moto"):
                 stop_pid(s3_pid, name="S3 endpoint")
@@ -762,6 +817,11 @@ class Sandbox:
                 entry["lag_bytes"] = row["lag_bytes"] if row else None
         result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(_read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
         result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid"))}
+        receivers = self.state.get("receivers", {})
+        result["receivers"] = {"smtp": f"127.0.0.1:{receivers.get('smtp_port')}", "webhooks": self.webhook_url
+                               if receivers else None, "running": pid_alive(receivers.get("pid")),
+                               "mail_dir": str(self.receivers_dir / "mail"),
+                               "webhooks_dir": str(self.receivers_dir / "webhooks")}
         result["application_buckets"] = [
             {"category": name, "role": role, "bucket": bucket.bucket, "prefix": bucket.prefix, "region": bucket.region,
              "object_lock": role == "replica" and category.object_lock is not None}

@@ -75,6 +75,11 @@ def _print_status(status: dict, *, as_json: bool) -> None:
     print(f"pgbouncer  127.0.0.1:{bouncer['port']} ({'running' if bouncer['running'] else 'stopped'})")
     s3 = status["s3"]
     print(f"s3         {s3['endpoint']} ({'running' if s3['running'] else 'stopped'})")
+    receivers = status.get("receivers") or {}
+    if receivers:
+        print(f"receivers  smtp {receivers['smtp']}, webhooks {receivers['webhooks']} "
+              f"({'running' if receivers['running'] else 'stopped'}): mail in {receivers['mail_dir']}, requests in "
+              f"{receivers['webhooks_dir']}")
     for bucket in status.get("application_buckets", []):
         print(f"  {bucket['category']:14} {bucket['role']:8} s3://{bucket['bucket']}/{bucket['prefix']} ({bucket['region']}"
               f"{', object lock' if bucket['object_lock'] else ''})")
