@@ -83,6 +83,12 @@ class ObjectStore:
     def endpoint(self) -> str:
         return self.client.meta.endpoint_url
 
+    @classmethod
+    def for_bucket(cls, bucket: Any, client_for: Callable[[str, str], Any]) -> ObjectStore:
+        """A policy `Bucket`, with the client `client_for(conn_id, region)` gives."""
+        return cls(client=client_for(bucket.conn_id, bucket.region), bucket=bucket.bucket, prefix=bucket.prefix,
+                   region=bucket.region)
+
 
 def is_internal(key: str, prefix: str) -> bool:
     """Continuity's own objects among the application's: the heartbeat and the ledger."""
@@ -568,21 +574,13 @@ class Replicator:
         """The lag of the heartbeat the previous run wrote: from its write at the source to its copy being
         readable in every replica. Returns whether a new heartbeat should be written (always)."""
         key = f"{self.source.prefix}{HEARTBEAT_NAME}"
-        arrivals: list[tuple[datetime, datetime]] = []
-        for replica in self.replicas.values():
-            try:
-                head = replica.client.head_object(Bucket=replica.bucket, Key=key)
-                body = json.loads(replica.client.get_object(Bucket=replica.bucket, Key=key)["Body"].read())
-            except Exception:
-                arrivals = []
-                break
-            arrivals.append((datetime.fromisoformat(body["written_at"]), head["LastModified"]))
-        if not arrivals:
+        arrivals = [read_heartbeat(self.source.prefix, replica) for replica in self.replicas.values()]
+        if not arrivals or None in arrivals:
             record.lag_source = "not measured: no heartbeat has reached every replica yet (the first run writes one)"
             self.report(f"{self.category}: replication lag not measured yet (no heartbeat copied so far)")
             return True
-        written = min(w for w, _ in arrivals)
-        readable = max(r for _, r in arrivals)
+        written = min(w for w, _ in arrivals)  # type: ignore[misc]
+        readable = max(r for _, r in arrivals)  # type: ignore[misc]
         lag = max(0.0, (readable - written).total_seconds())
         record.lag_seconds = round(lag, 3)
         record.lag_source = (f"heartbeat {key} written at the source {written.isoformat()}, readable in every replica "
@@ -850,15 +848,22 @@ class Inventory(BaseModel):
     lag_source: str = "not measured"
 
 
+def read_heartbeat(source_prefix: str, replica: ObjectStore) -> tuple[datetime, datetime] | None:
+    """The replica's copy of the heartbeat: (when it was written at the source, when the copy was stored),
+    or None when no heartbeat has reached it."""
+    try:
+        response = replica.client.get_object(Bucket=replica.bucket, Key=f"{source_prefix}{HEARTBEAT_NAME}")
+        return datetime.fromisoformat(json.loads(response["Body"].read())["written_at"]), response["LastModified"]
+    except Exception:
+        return None
+
+
 def heartbeat_lag(source_prefix: str, replica: ObjectStore) -> tuple[float | None, str]:
     """The heartbeat's lag (its write at the source to its copy at the replica), from the replica alone."""
-    key = f"{source_prefix}{HEARTBEAT_NAME}"
-    try:
-        response = replica.client.get_object(Bucket=replica.bucket, Key=key)
-        written = datetime.fromisoformat(json.loads(response["Body"].read())["written_at"])
-    except Exception:
+    found = read_heartbeat(source_prefix, replica)
+    if found is None:
         return None, "not measured: no heartbeat in the replica yet"
-    arrived = response["LastModified"]
+    written, arrived = found
     return round(max(0.0, (arrived - written).total_seconds()), 3), \
         f"heartbeat written {written.isoformat()}, copied {arrived.isoformat()}"
 
@@ -1011,8 +1016,7 @@ def replicator_for(policy: Policy, category: str, *, client_for: Callable[[str, 
     spec = policy.objects.categories[category]
 
     def store(bucket: Any) -> ObjectStore:
-        return ObjectStore(client=client_for(bucket.conn_id, bucket.region), bucket=bucket.bucket,
-                           prefix=bucket.prefix, region=bucket.region)
+        return ObjectStore.for_bucket(bucket, client_for)
 
     return Replicator(category=category, policy=spec, source=store(spec.source),
                       replicas={f"{r.region}:{r.bucket}": store(r) for r in spec.replicas}, state=state,
@@ -1026,8 +1030,7 @@ def replicas_in(policy: Policy, region: str, *, client_for: Callable[[str, str],
     for name, category in (policy.objects.categories.items() if policy.objects else []):
         for bucket in category.replicas:
             if bucket.region == region:
-                found[name] = (ObjectStore(client=client_for(bucket.conn_id, bucket.region), bucket=bucket.bucket,
-                                           prefix=bucket.prefix, region=bucket.region), category.source.prefix)
+                found[name] = (ObjectStore.for_bucket(bucket, client_for), category.source.prefix)
                 break
     return found
 
