@@ -707,6 +707,9 @@ class FailoverAudit(BaseModel):
         return self.model_dump(mode="json", include={"outcome", "unavailability_seconds", "data_loss_bytes", "topology"})
 
 
+AUDIT_PREFIX = "audit/failover/"  # where dr_failover writes each run's FailoverAudit, in every required location
+
+
 def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str, Any], records: FailoverRecords,
                   failures: Mapping[str, str]) -> FailoverAudit:
     """Put the steps' records together; the new topology only when a promotion stood (not rolled back)."""

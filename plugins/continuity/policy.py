@@ -288,6 +288,17 @@ class Communication(_Model):
     status_page_url: str
     report_due: Duration = timedelta(hours=48)
     templates: dict[Name, str]  # template name -> file under include/templates/
+    from_email: str = "continuity@example.com"
+    # The providers' connections each channel goes through (Slack incoming webhook, PagerDuty Events v2, SMTP).
+    connections: dict[Literal["slack", "pagerduty", "email"], str] = {
+        "slack": "continuity_slack", "pagerduty": "continuity_pagerduty", "email": "continuity_smtp"}
+    # Where the application reads its in-app banner (`banner.json` under each bucket's prefix).
+    banners: list[Bucket] = []
+
+    def escalation(self) -> tuple[str, StakeholderGroup]:
+        """The group told when an incident is not acknowledged in time: the one with the shortest
+        escalation time (its escalation time is the acknowledgement deadline)."""
+        return min(self.stakeholder_groups.items(), key=lambda item: item[1].escalation)
 
     def groups_for(self, severity: str) -> list[str]:
         """The stakeholder groups an incident of `severity` reaches (severity at or above their threshold)."""

@@ -4,7 +4,9 @@ The real client code (the SMTP, Slack and PagerDuty providers, a status page cli
 as it would to the real services; each SMTP message is written as a file under `mail/`, each HTTP
 request as JSON under `webhooks/<service>/` (the first path segment: /slack/..., /pagerduty/...),
 so tests and people can read exactly what was sent. A file `webhooks/<service>/.fail` makes that
-service answer 500, for the delivery-failure paths.
+service answer 500, for the delivery-failure paths. The same receiver also listens over HTTPS (a
+self-signed certificate the sandbox makes, `tls_certificate`) for clients that refuse plain HTTP, as
+PagerDuty's library does.
 
 Run as `python -m continuity.receivers --root DIR --smtp-port P --http-port Q` (the sandbox does).
 """
@@ -18,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -110,8 +112,40 @@ def _authenticator(login: str, password: str) -> Any:
     return check
 
 
+def tls_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost (made once, kept): (certificate, key). The
+    certificate is its own CA, so clients trust it by naming it as their CA bundle."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    certificate, key_file = directory / "receivers-cert.pem", directory / "receivers-key.pem"
+    if certificate.exists() and key_file.exists():
+        return certificate, key_file
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "continuity sandbox receivers")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    # The key is written 0600 before the certificate: a half-made pair is never taken for a whole one.
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    _write_atomically(certificate, cert.public_bytes(serialization.Encoding.PEM))
+    return certificate, key_file
+
+
 def serve(root: Path, *, smtp_port: int, http_port: int, smtp_login: str | None = None,
-          smtp_password: str | None = None) -> None:
+          smtp_password: str | None = None, https_port: int | None = None,
+          tls: tuple[Path, Path] | None = None) -> None:
     from aiosmtpd.controller import Controller
 
     (root / "mail").mkdir(parents=True, exist_ok=True)
@@ -123,6 +157,16 @@ def serve(root: Path, *, smtp_port: int, http_port: int, smtp_login: str | None 
     smtp.start()
     http = ThreadingHTTPServer(("127.0.0.1", http_port), _webhook_handler(root / "webhooks"))
     threading.Thread(target=http.serve_forever, daemon=True).start()
+    servers = [http]
+    if https_port and tls:
+        import ssl
+
+        https = ThreadingHTTPServer(("127.0.0.1", https_port), _webhook_handler(root / "webhooks"))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile=str(tls[0]), keyfile=str(tls[1]))
+        https.socket = context.wrap_socket(https.socket, server_side=True)
+        threading.Thread(target=https.serve_forever, daemon=True).start()
+        servers.append(https)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -130,7 +174,8 @@ def serve(root: Path, *, smtp_port: int, http_port: int, smtp_login: str | None 
         while not stop.is_set():
             time.sleep(0.2)
     finally:
-        http.shutdown()
+        for server in servers:
+            server.shutdown()
         smtp.stop()
 
 
@@ -144,16 +189,32 @@ def mails(root: Path) -> list[str]:
     return [p.read_text(errors="replace") for p in sorted((root / "mail").glob("*.eml"))]
 
 
+def message_text(raw: str) -> str:
+    """A received message's headers and its text parts decoded (providers send base64 MIME parts)."""
+    import email
+    from email import policy as email_policy
+
+    message = email.message_from_string(raw, policy=email_policy.default)
+    parts = [f"{name}: {value}" for name, value in message.items()]
+    for part in message.walk():
+        if part.get_content_maintype() == "text":
+            parts.append(part.get_content())
+    return "\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--smtp-port", required=True, type=int)
     parser.add_argument("--http-port", required=True, type=int)
+    parser.add_argument("--https-port", type=int, help="also serve the webhooks over HTTPS on this port")
+    parser.add_argument("--tls-dir", type=Path, help="where the self-signed certificate is (made if absent)")
     parser.add_argument("--smtp-login", help="require SMTP AUTH with this login (password: $CONTINUITY_SMTP_PASSWORD)")
     args = parser.parse_args()
     asyncio.set_event_loop(asyncio.new_event_loop())
     serve(args.root, smtp_port=args.smtp_port, http_port=args.http_port, smtp_login=args.smtp_login,
-          smtp_password=os.environ.get("CONTINUITY_SMTP_PASSWORD"))
+          smtp_password=os.environ.get("CONTINUITY_SMTP_PASSWORD"), https_port=args.https_port,
+          tls=tls_certificate(args.tls_dir) if args.tls_dir and args.https_port else None)
 
 
 if __name__ == "__main__":

@@ -454,11 +454,12 @@ class Sandbox:
 
     def _start_receivers(self, started: list[str]) -> None:
         receivers = self.state.setdefault("receivers", {"smtp_port": free_port(), "http_port": free_port(), "pid": None})
+        receivers.setdefault("https_port", free_port())
         for service in ("smtp", "slack", "pagerduty"):  # the credentials the stand-ins' connections carry
             self.state["secrets"].setdefault(service, secrets.token_urlsafe(24))
         if _is_our_process(receivers.get("pid"), "continuity.receivers"):
             return
-        for key in ("smtp_port", "http_port"):
+        for key in ("smtp_port", "http_port", "https_port"):
             if not port_is_free(receivers[key]):
                 receivers[key] = free_port()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -466,6 +467,7 @@ class Sandbox:
             process = subprocess.Popen(
                 [sys.executable, "-m", "continuity.receivers", "--root", str(self.receivers_dir),
                  "--smtp-port", str(receivers["smtp_port"]), "--http-port", str(receivers["http_port"]),
+                 "--https-port", str(receivers["https_port"]), "--tls-dir", str(self.receivers_dir / "tls"),
                  "--smtp-login", "continuity"],
                 stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=self.root,  # the password goes by environment, never on the command line
@@ -476,6 +478,7 @@ class Sandbox:
         self._save_state()
         wait_for_port(receivers["smtp_port"], what="the SMTP receiver")
         wait_for_port(receivers["http_port"], what="the webhook receiver")
+        wait_for_port(receivers["https_port"], what="the webhook receiver's HTTPS port")
 
     @property
     def webhook_url(self) -> str:
@@ -720,9 +723,12 @@ class Sandbox:
                 "conn_type": "slackwebhook", "host": f"{self.webhook_url}/slack/services",
                 "password": f"T0SANDBOX/B0SANDBOX/{self.password('slack')[:24]}",
             }
+            # PagerDuty's client speaks HTTPS only: the receiver's TLS port, trusted through its certificate.
             conns["continuity_pagerduty"] = {
-                "conn_type": "pagerduty_events", "host": f"{self.webhook_url}/pagerduty",
+                "conn_type": "pagerduty_events",
+                "host": f"https://127.0.0.1:{self.state['receivers'].get('https_port')}/pagerduty",
                 "password": self.password("pagerduty")[:32],
+                "extra": {"ca_bundle": str(self.receivers_dir / "tls" / "receivers-cert.pem")},
             }
         keyring = self.keyring() if self.key_file.exists() else None
         conns["continuity_keyring"] = {

@@ -22,7 +22,6 @@ from continuity.nodecontrol import NodeControlError
 from continuity.operators.base import ContinuityOperator
 from continuity.storage import key_safe
 
-AUDIT_PREFIX = "audit/failover/"
 
 
 def _plan(context: Context) -> steps.FailoverPlan:
@@ -264,7 +263,7 @@ class RecordOperator(FailoverStepOperator):
     def _store(self, audit: steps.FailoverAudit) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)
         locations = hook.get_locations()
-        key = f"{AUDIT_PREFIX}{key_safe(audit.run_id)}.json"
+        key = f"{steps.AUDIT_PREFIX}{key_safe(audit.run_id)}.json"
         for location in sorted(hook.required_locations()):
             try:
                 locations[location].put_bytes(key, audit.model_dump_json(indent=2).encode())

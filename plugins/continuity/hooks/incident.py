@@ -1,0 +1,39 @@
+"""ContinuityIncidentHook: where incidents are kept, the status page written, the banner published,
+and the senders each channel goes through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+from continuity.hooks.backup import ContinuityBackupHook
+from continuity.incidents import IncidentStore, Sender
+from continuity.objects import ObjectStore
+from continuity.storage import StorageLocation
+
+
+class ContinuityIncidentHook(ContinuityBackupHook):
+    """Incidents live in every required storage location (any one region shows them all)."""
+
+    hook_name = "Continuity incidents"
+
+    def incident_locations(self) -> list[StorageLocation]:
+        locations = self.get_locations()
+        return [locations[name] for name in sorted(self.required_locations())]
+
+    def get_store(self) -> IncidentStore:
+        return IncidentStore(self.incident_locations())
+
+    def get_banners(self) -> list[ObjectStore]:
+        communication = self.policy.communication
+        return [ObjectStore.for_bucket(bucket, lambda conn_id, region: S3Hook(aws_conn_id=conn_id,
+                                                                              region_name=region).get_conn())
+                for bucket in (communication.banners if communication else [])]
+
+    def get_senders(self, context: Mapping[str, Any], store: IncidentStore) -> dict[str, Sender]:
+        from continuity.notifiers.incident import channel_senders
+
+        return channel_senders(self.policy, context, store=store, status_locations=store.locations,
+                               banners=self.get_banners())
