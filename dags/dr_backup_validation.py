@@ -27,6 +27,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.validation import (RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator,
                                               VerifyObjectsOperator)
@@ -40,7 +41,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=4),
-    default_args=DEFAULT_ARGS,  # verification and repair re-check before acting
+    # verification and repair re-check before acting
+    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task},
     params={"dry_run_retention": Param(False, type="boolean", title="Retention dry run",
                                        description="Log what retention would delete, delete nothing.")},
     tags=["continuity", "backup", "validation"],

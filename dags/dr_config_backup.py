@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.config_backup import ConfigBackupOperator
 
@@ -25,7 +26,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=1),
-    default_args=DEFAULT_ARGS,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task},
     tags=["continuity", "backup", "config"],
 ) as dag:
     ConfigBackupOperator(task_id="backup_configuration")

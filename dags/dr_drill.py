@@ -17,6 +17,9 @@
    report `reports/drill/<id>-switchover.json` gives the application-visible outage (longest gap
    between acknowledged commits) and proves no acknowledged commit was lost.
 5. `remove_scratch_clusters` (teardown) removes any scratch cluster the run left behind.
+6. `test_communication` sends a message marked as a test through every channel of every internal
+   audience of the policy (Slack, PagerDuty as a change event that pages nobody, e-mail) and checks
+   each delivery's receipt (`incidents/<id>/receipts/`); a channel that failed fails the task.
 
 A Deadline Alert fires when a run is still going past the tightest RTO target of the policy: the
 alert is logged and written to `alerts/` in every required location.
@@ -28,8 +31,10 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.alerts.deadlines import rto_deadline
+from continuity.operators.incident import CommunicationTestOperator
 from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasureOperator, StartDrillOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
@@ -45,7 +50,8 @@ with DAG(
     max_active_runs=1,
     deadline=rto_deadline("dr_drill"),
     dagrun_timeout=timedelta(hours=8),
-    default_args={**DEFAULT_ARGS, "retries": 0},  # a drill's timings mean nothing after a retry
+    # a drill's timings mean nothing after a retry
+    default_args={**DEFAULT_ARGS, "retries": 0, "on_failure_callback": report_failed_task},
     params={"include_switchover": Param(False, type="boolean", title="Include a live switchover",
                                         description="Also switch over to the DR standby and back under a "
                                                         "writer, measuring the application-visible outage.")},
@@ -60,3 +66,5 @@ with DAG(
         >> LiveSwitchoverOperator(task_id="live_switchover", include_switchover="{{ params.include_switchover }}")
         >> RemoveScratchClustersOperator(task_id="remove_scratch_clusters").as_teardown()
     )
+    # Independent of the rebuild: the people who would be told of a real disaster can be reached.
+    CommunicationTestOperator(task_id="test_communication", drill_id="{{ run_id }}")

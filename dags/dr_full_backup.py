@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.full_backup import LogicalBackupOperator, PhysicalBackupOperator
 
@@ -35,7 +36,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
-    default_args={**DEFAULT_ARGS, "retry_delay": timedelta(minutes=5)},  # a retry starts clean
+    # a retry starts clean
+    default_args={**DEFAULT_ARGS, "retry_delay": timedelta(minutes=5), "on_failure_callback": report_failed_task},
     tags=["continuity", "backup"],
 ) as dag:
     LogicalBackupOperator(task_id="logical_backup", outlets=[LOGICAL_BACKUPS])

@@ -28,6 +28,8 @@ the status page: `status/` there and at /continuity/status in the Airflow UI.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import DAG, Param
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
@@ -39,6 +41,14 @@ from continuity.policy import load_policy
 _policy = load_policy()
 _communication = _policy.communication
 _escalate_to = _communication.escalation()[1].audience if _communication else "management"
+
+
+def _approval_timeout(audience: str) -> timedelta:
+    """An approval not given by the audience's deadline (or within an update interval, for the public)
+    is late: the notice times out, publishes nothing, and the timeout is recorded."""
+    if _communication is None:
+        return timedelta(hours=1)
+    return _communication.audiences[audience].deadline or _communication.update_interval
 
 with DAG(
     dag_id="dr_incident",
@@ -81,19 +91,20 @@ with DAG(
             ("public-statement", "public", "public_statement", None, "critical")):
         _approve = ApproveNoticeOperator(task_id=f"approve_{_notice.replace('-', '_')}", notice=_notice,
                                          audience=_audience, template=_template, stakeholder_group=_group,
-                                         minimum_severity=_minimum)
+                                         minimum_severity=_minimum, response_timeout=_approval_timeout(_audience))
         alert >> _approve >> PublishNoticeOperator(task_id=f"publish_{_notice.replace('-', '_')}",
                                                    approval_task_id=_approve.task_id)
 
     update = ApproveNoticeOperator(task_id="approve_update", notice="{{ 'update-' ~ run_id }}", audience="customers",
-                                   template="status_page_update")
+                                   template="status_page_update", response_timeout=_approval_timeout("customers"))
     path >> update >> PublishNoticeOperator(task_id="publish_update", approval_task_id="approve_update")
 
     announce = ApproveNoticeOperator(task_id="approve_recovery_announcement", notice="recovery-announcement",
-                                     audience="customers", template="recovery_announcement")
-    resolve = ResolveIncidentOperator(task_id="resolve_incident")
+                                     audience="customers", template="recovery_announcement",
+                                     response_timeout=_approval_timeout("customers"))
+    # Resolved even when the announcement was rejected or timed out (that is recorded); never on the open path.
+    resolve = ResolveIncidentOperator(task_id="resolve_incident", trigger_rule="none_failed_min_one_success")
     path >> announce >> PublishNoticeOperator(task_id="publish_recovery_announcement",
-                                              approval_task_id="approve_recovery_announcement",
-                                              trigger_rule="all_done") >> resolve
+                                              approval_task_id="approve_recovery_announcement") >> resolve
     announce >> resolve
     resolve >> PostIncidentReportOperator(task_id="post_incident_report")

@@ -24,6 +24,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.objects import ReplicateObjectsOperator
 from continuity.policy import load_policy
@@ -39,7 +40,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=14),
-    default_args=DEFAULT_ARGS,  # a retry resumes from the checkpoint; copies already made are skipped
+    # a retry resumes from the checkpoint; copies already made are skipped
+    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task},
     tags=["continuity", "backup", "objects"],
 ) as dag:
     for _category in (_objects.categories if _objects else {}):

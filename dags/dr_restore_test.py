@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.alerts.deadlines import rto_deadline
 from continuity.operators.restore_test import SampleRestoreTestOperator
@@ -36,7 +37,8 @@ with DAG(
     max_active_runs=1,
     deadline=rto_deadline("dr_restore_test"),
     dagrun_timeout=timedelta(hours=4),
-    default_args=DEFAULT_ARGS,  # a retry restores the same backup into a fresh scratch cluster
+    # a retry restores the same backup into a fresh scratch cluster
+    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task},
     tags=["continuity", "restore"],
 ) as dag:
     (

@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
+from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator, WalContinuityOperator
 from continuity.sensors.wal_archived import WalArchivedSensor
@@ -35,7 +36,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=50),
-    default_args=DEFAULT_ARGS,  # every step is idempotent: a retry re-checks before it acts
+    # every step is idempotent: a retry re-checks before it acts
+    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task},
     tags=["continuity", "backup", "wal"],
 ) as dag:
     (

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -92,6 +93,7 @@ class Incident(BaseModel):
     acknowledged_by: str | None = None
     timeline: list[TimelineEvent] = []
     updates: list[TimelineEvent] = []  # approved public updates, newest last: what the status page shows
+    update_requested_at: datetime | None = None  # when the last periodic update was asked for
 
     def note(self, what: str, *, at: datetime | None = None) -> None:
         self.timeline.append(TimelineEvent(at=at or datetime.now(timezone.utc), what=what))
@@ -157,8 +159,9 @@ def split_subject(text: str, *, default: str) -> tuple[str, str]:
     return default, text
 
 
-def new_incident_id(key: str, at: datetime) -> str:
-    return f"INC-{at:%Y%m%d-%H%M%S}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+def new_incident_id(at: datetime) -> str:
+    # Random, not derived from the cause: a cause resolved and raised again in the same second is a new incident.
+    return f"INC-{at:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def check_request(policy: Policy, request: IncidentRequest) -> None:
@@ -253,11 +256,13 @@ class IncidentStore:
             if SEVERITY_ORDER[request.severity] > SEVERITY_ORDER[existing.severity]:
                 existing.note(f"severity raised from {existing.severity} to {request.severity} by {request.source}", at=now)
                 existing.severity = request.severity
+                if request.kind == "incident":  # a planned change that went wrong is an incident now
+                    existing.kind = "incident"
             existing.functions = sorted(set(existing.functions) | set(request.functions))
             existing.note(f"triggered again ({existing.triggers} triggers) by {request.source}: {request.title}", at=now)
             self.save(existing)
             return existing, True
-        incident = Incident(incident_id=request.incident_id or new_incident_id(request.key(), now),
+        incident = Incident(incident_id=request.incident_id or new_incident_id(now),
                             cause_key=request.key(), kind=request.kind, severity=request.severity, title=request.title,
                             description=request.description, functions=sorted(request.functions),
                             commander=request.commander, opened_at=now, opened_by=request.source)
@@ -285,6 +290,21 @@ class IncidentStore:
         self.save(incident)
         self._delete(f"{OPEN_INDEX}{key_safe(incident.cause_key)}.json")
         return incident
+
+    def updates_due(self, interval: timedelta, *, now: datetime | None = None) -> list[Incident]:
+        """Open incidents (not drills or planned changes) whose last update, or opening, is `interval` old;
+        each is marked as asked for now, so the next look does not ask again before another interval."""
+        now = now or datetime.now(timezone.utc)
+        due = []
+        for incident in self.open_incidents():
+            last = max([incident.opened_at, *(u.at for u in incident.updates),
+                        *([incident.update_requested_at] if incident.update_requested_at else [])])
+            if incident.kind == "incident" and now - last >= interval:
+                incident.update_requested_at = now
+                incident.note(f"status update due ({format_duration(interval)} since the last): asked for", at=now)
+                self.save(incident)
+                due.append(incident)
+        return due
 
     # -- receipts and decisions -------------------------------------------------------------------
     @staticmethod
@@ -410,3 +430,73 @@ def _send_once(store: IncidentStore, incident: Incident, *, purpose: str, audien
         log.info("%s to %s by %s delivered (%d attempt(s))%s", purpose, audience_name, method, tries,
                  f", reference {reference}" if reference else "")
     return receipt
+
+
+# -- the inbox: causes reported by anything (a failed task, an assessment, a failover) ----------------
+INBOX = f"{INCIDENT_PREFIX}inbox/"
+
+
+def report_cause(locations: Sequence[StorageLocation], request: IncidentRequest, *,
+                 now: datetime | None = None) -> str:
+    """Leave `request` in the inbox of every location (dr_incident_inbox turns it into a dr_incident run).
+    Written everywhere because the region that failed may hold one of them; one copy is enough."""
+    now = now or datetime.now(timezone.utc)
+    name = f"{now:%Y%m%dT%H%M%S%f}-{hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:8]}.json"
+    written, errors = 0, []
+    for location in locations:
+        try:
+            location.put_bytes(f"{INBOX}{name}", request.model_dump_json().encode())
+            written += 1
+        except Exception as exc:  # the others may still take it
+            errors.append(f"{location.describe(INBOX)}: {exc}")
+    if not written:
+        raise RuntimeError(f"could not report the cause {request.key()} anywhere: {'; '.join(errors)}")
+    return name
+
+
+def pending_causes(locations: Sequence[StorageLocation]) -> list[tuple[str, IncidentRequest]]:
+    """Causes waiting in the inbox of any location, oldest first, each once."""
+    found: dict[str, IncidentRequest] = {}
+    for location in locations:
+        try:
+            for key in location.list(INBOX):
+                name = key.removeprefix(INBOX)
+                if name.endswith(".json") and name not in found:
+                    found[name] = IncidentRequest.model_validate_json(location.get_bytes(key))
+        except Exception as exc:  # an unreachable region: the others hold the same causes
+            log.warning("cannot read the incident inbox at %s: %s", location.describe(INBOX), exc)
+    return sorted(found.items())
+
+
+def claim_cause(locations: Sequence[StorageLocation], name: str) -> None:
+    """A cause was handed over: gone from every inbox (a location that is down keeps its copy; handing
+    it over again only joins the open incident)."""
+    for location in locations:
+        try:
+            if location.head(f"{INBOX}{name}") is not None:
+                location.delete(f"{INBOX}{name}")
+        except Exception as exc:
+            log.warning("cannot remove %s: %s", location.describe(f"{INBOX}{name}"), exc)
+
+
+def communication_test(store: IncidentStore, policy: Policy, senders: Mapping[str, Sender], *, drill_id: str,
+                       wait_seconds: float = 1.0) -> tuple[Incident, list[Receipt]]:
+    """The drill's test of the communication system: a message marked as a test through every channel
+    of every internal audience (PagerDuty as a change event: nobody is paged), each with its receipt.
+    External audiences are never written to by a test. The test incident is resolved at once."""
+    assert policy.communication is not None
+    incident, _ = store.open_or_join(IncidentRequest(
+        severity="low", title=f"Communication test of drill {drill_id}", kind="drill",
+        cause_key=f"drill-communication:{drill_id}", source=f"drill {drill_id}"))
+    receipts: list[Receipt] = []
+    for name, audience in policy.communication.audiences.items():
+        if audience.external:
+            continue
+        receipts += deliver(store, incident, purpose="drill-test", audience_name=name, audience=audience,
+                            message=Message(subject=f"TEST of the incident channels (drill {drill_id})",
+                                            body=f"This is a test of the incident communication channels during "
+                                                 f"drill {drill_id}. No action is needed.",
+                                            severity="low", event="change", test=True),
+                            senders=senders, wait_seconds=wait_seconds)
+    store.resolve(incident.incident_id, by=f"drill {drill_id}")
+    return incident, receipts

@@ -292,6 +292,8 @@ class Communication(_Model):
     # The providers' connections each channel goes through (Slack incoming webhook, PagerDuty Events v2, SMTP).
     connections: dict[Literal["slack", "pagerduty", "email"], str] = {
         "slack": "continuity_slack", "pagerduty": "continuity_pagerduty", "email": "continuity_smtp"}
+    # Slack channel -> its incoming webhook's connection (a webhook posts to one channel); others: connections.slack.
+    slack_webhooks: dict[str, str] = {}
     # Where the application reads its in-app banner (`banner.json` under each bucket's prefix).
     banners: list[Bucket] = []
 

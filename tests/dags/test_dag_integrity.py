@@ -110,4 +110,17 @@ def test_airflow_does_not_load_the_package_as_top_level_plugin_modules() -> None
 
     plugins = Path(__file__).resolve().parents[2] / "plugins"
     loaded = [p for p in find_path_from_directory(str(plugins), ".airflowignore", "glob") if p.endswith(".py")]
-    assert loaded == [], f"Airflow would import these as top-level plugin modules: {loaded[:5]}"
+    # Only the Airflow plugin itself (the status page); the package is imported as a package.
+    assert loaded == [str(plugins / "continuity_status_page.py")], \
+        f"Airflow would import these as top-level plugin modules: {loaded[:5]}"
+
+
+def test_the_status_page_plugin_registers_its_app() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "plugins" / "continuity_status_page.py"
+    spec = importlib.util.spec_from_file_location("continuity_status_page", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    [app] = module.ContinuityStatusPagePlugin.fastapi_apps
+    assert app["url_prefix"] == "/continuity" and {r.path for r in app["app"].routes} >= {"/status", "/status.json"}

@@ -162,3 +162,20 @@ def test_the_status_page_and_banner_show_only_what_was_published(sandbox, hook) 
     page = statuspage.publish(policy, store, store.locations)
     assert not page.open_incidents and incident.incident_id in [i.incident_id for i in page.history]
     assert {c.name: c.status for c in page.components}["video_upload"] == "operational"
+
+
+def test_the_status_page_plugin_serves_the_page_from_storage(sandbox, hook) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    path = Path(__file__).resolve().parents[2] / "plugins" / "continuity_status_page.py"
+    spec = importlib.util.spec_from_file_location("continuity_status_page", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    client = TestClient(module.status_app)
+    page = client.get("/status")
+    assert page.status_code == 200 and "Service status" in page.text and "Video Upload" in page.text
+    document = client.get("/status.json").json()
+    assert {c["name"] for c in document["components"]} == set(hook.policy.business_functions)

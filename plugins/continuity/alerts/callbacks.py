@@ -42,3 +42,45 @@ def rto_deadline_missed(*, dag_id: str, rto_target: str, context: dict[str, Any]
             locations[location].put_bytes(f"{ALERT_PREFIX}{name}.json", json.dumps(record, indent=2).encode())
         except Exception as exc:  # one unreachable location must not swallow the alert elsewhere
             log.error("could not write the alert to location %s: %s", location, exc)
+    from continuity.incidents import IncidentRequest
+
+    report_cause(IncidentRequest(severity="high", title=f"{dag_id} ran past its RTO target of {rto_target}",
+                                 description=record["message"], cause_key=f"rto-missed:{dag_id}",
+                                 source=f"{dag_id} run {run_id}"))
+
+
+# -- causes for dr_incident (through the incident inbox; see dags/dr_incident_inbox.py) ----------------
+# How grave a DAG's failed step is: losing backups or replication is high, a failed test medium.
+FAILURE_SEVERITY = {"dr_full_backup": "high", "dr_wal_archive": "high", "dr_object_replication": "high",
+                    "dr_backup_validation": "medium", "dr_config_backup": "medium", "dr_restore_test": "medium",
+                    "dr_drill": "medium"}
+
+
+def report_cause(request: Any) -> bool:
+    """Leave an incident cause in the inbox; never fails the caller (a red run still shows the problem)."""
+    from continuity.hooks.incident import ContinuityIncidentHook
+    from continuity.incidents import report_cause as leave_in_inbox
+
+    try:
+        hook = ContinuityIncidentHook(follow_topology=False)
+        if hook.policy.communication is None:
+            return False
+        name = leave_in_inbox(hook.incident_locations(), request)
+        log.info("incident cause %s reported (%s): %s", request.key(), name, request.title)
+        return True
+    except Exception as exc:
+        log.error("could not report the incident cause %s: %s", request.key(), exc)
+        return False
+
+
+def report_failed_task(context: dict[str, Any]) -> None:
+    """on_failure_callback (a task failed for good, retries spent): one incident per failing step."""
+    from continuity.incidents import IncidentRequest
+
+    ti = context["ti"]
+    error = str(context.get("exception") or "see the task log").splitlines()[0][:1000] if context.get("exception") else \
+        "see the task log"
+    report_cause(IncidentRequest(
+        severity=FAILURE_SEVERITY.get(ti.dag_id, "medium"), title=f"{ti.dag_id}: {ti.task_id} failed",
+        description=f"run {context['run_id']}: {error}", cause_key=f"failed:{ti.dag_id}:{ti.task_id}",
+        source=f"{ti.dag_id} run {context['run_id']}"))

@@ -57,10 +57,13 @@ def channel_senders(policy: Policy, context: Mapping[str, Any], *, store: Incide
     connections = communication.connections
 
     def slack(recipients: list[str], message: Message, incident_id: str) -> str | None:
+        # An incoming webhook posts to the one channel it was made for: one connection per channel
+        # (communication.slack_webhooks), the default connection for channels not listed.
         prefix = "[TEST] " if message.test else ""
-        SlackWebhookNotifier(slack_webhook_conn_id=connections["slack"],
-                             text=f"*{prefix}{message.subject}*\n```\n{message.body}\n```").notify(dict(context))
-        return None
+        for channel in recipients or [""]:
+            SlackWebhookNotifier(slack_webhook_conn_id=communication.slack_webhooks.get(channel, connections["slack"]),
+                                 text=f"*{prefix}{message.subject}*\n```\n{message.body}\n```").notify(dict(context))
+        return ", ".join(recipients) or None
 
     def pagerduty(recipients: list[str], message: Message, incident_id: str) -> str | None:
         notifier = ContinuityPagerdutyNotifier(

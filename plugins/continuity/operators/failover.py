@@ -97,6 +97,8 @@ class PreflightOperator(FailoverStepOperator):
                 self.log.info("plan: %s", line)
             if plan.dry_run:
                 self.log.info("dry run: every check passed; nothing will be changed")
+            else:
+                _report_failover(hook.policy, plan, context, outcome=None)
         return plan
 
 
@@ -236,6 +238,26 @@ class RollbackOperator(FailoverStepOperator):
         return result
 
 
+def _report_failover(policy: Any, plan: steps.FailoverPlan, context: Context,
+                     outcome: steps.FailoverAudit | None) -> None:
+    """Tell dr_incident: at the start (a planned switchover pages nobody) and with the outcome, which
+    joins the same incident (cause `failover:<run id>`, or the incident the params name)."""
+    from continuity.alerts.callbacks import report_cause
+    from continuity.incidents import IncidentRequest
+
+    planned = plan.action == "switchover"
+    if outcome is None:
+        title = f"dr_failover: {plan.action} to {plan.target} started"
+    else:
+        title = (f"dr_failover: {outcome.outcome}; unavailability {outcome.unavailability_seconds} s, "
+                 f"data loss {outcome.data_loss_bytes} bytes")
+    report_cause(IncidentRequest(
+        severity="low" if planned and not (outcome and outcome.failures) else "critical", title=title,
+        description=str(context["params"].get("reason") or ""), functions=sorted(policy.functions_on_the_database()),
+        incident_id=context["params"].get("incident_id") or None, cause_key=f"failover:{context['run_id']}",
+        kind="planned" if planned else "incident", source=f"dr_failover run {context['run_id']}"))
+
+
 class RecordOperator(FailoverStepOperator):
     """Always runs: persist the new topology (after a promotion) and write the audit record to storage
     and the log; fail the run, naming the failed step, when any step failed."""
@@ -256,6 +278,8 @@ class RecordOperator(FailoverStepOperator):
         self._store(audit)
         self.log.info("outcome: %s; unavailability %s s; data loss %s bytes", audit.outcome,
                       audit.unavailability_seconds, audit.data_loss_bytes)
+        if records.preflight is not None and records.preflight.action != "none" and not records.preflight.dry_run:
+            _report_failover(self.policy, records.preflight, context, outcome=audit)
         if failures:
             raise AirflowFailException(audit.outcome)
         return audit.summary()

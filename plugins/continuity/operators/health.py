@@ -142,6 +142,14 @@ class HealthAssessmentOperator(HealthCheckOperator):
         assessment = assess(policy, findings)
         result = assessment.to_dict()
         context["ti"].xcom_push(key="assessment", value=result)
+        if assessment.disaster:
+            from continuity.alerts.callbacks import report_cause
+            from continuity.incidents import IncidentRequest
+
+            report_cause(IncidentRequest(
+                severity="critical", title=f"Disaster assessment: failure score {assessment.score}",
+                description=assessment.summary(), functions=sorted(policy.functions_on_the_database()),
+                cause_key=f"disaster:{policy.topology.primary.name}", source=f"dr_health_monitor run {context['run_id']}"))
         if not assessment.healthy:
             raise AirflowFailException(assessment.summary())
         self.log.info("%s", assessment.summary())

@@ -34,6 +34,8 @@ class IncidentRef(BaseModel):
     incident_id: str
     action: Literal["open", "update", "resolve"]
     joined: bool
+    severity: str = ""  # as it stands after this trigger
+    raised: bool = False  # this trigger raised the severity of the open incident it joined: alert again
 
 
 def _ref(context: Context) -> IncidentRef:
@@ -89,6 +91,7 @@ class OpenIncidentOperator(IncidentOperator):
                 {**{k: v for k, v in params.items() if v not in (None, "")},
                  "source": f"{params.get('source') or context['dag_run'].run_type} (run {context['run_id']})"})
             check_request(policy, request)
+            before = store.open_for(request.key()) if not request.incident_id else store.load(request.incident_id)
             incident, joined = store.open_or_join(request)
         except ValidationError as exc:
             error = exc.errors()[0]
@@ -96,13 +99,19 @@ class OpenIncidentOperator(IncidentOperator):
                                        f"no incident was opened") from None
         except IncidentError as exc:
             raise AirflowFailException(str(exc)) from exc
-        if joined:
+        raised = joined and before is not None and SEVERITY_ORDER[incident.severity] > SEVERITY_ORDER[before.severity]
+        if raised:
+            self.log.info("cause %s: open incident %s raised from %s to %s: everyone is alerted again at the new "
+                          "severity", incident.cause_key, incident.incident_id, before.severity if before else "?",
+                          incident.severity)
+        elif joined:
             self.log.info("cause %s already has open incident %s: this trigger was added to it (%d triggers); "
                           "nobody is told again", incident.cause_key, incident.incident_id, incident.triggers)
         else:
             self.log.info("opened incident %s (%s) for cause %s", incident.incident_id, incident.severity,
                           incident.cause_key)
-        return IncidentRef(incident_id=incident.incident_id, action="open", joined=joined).model_dump()
+        return IncidentRef(incident_id=incident.incident_id, action="open", joined=joined, severity=incident.severity,
+                           raised=raised).model_dump()
 
 
 class ChooseIncidentPathOperator(BaseBranchOperator):
@@ -111,7 +120,7 @@ class ChooseIncidentPathOperator(BaseBranchOperator):
     def choose_branch(self, context: Context) -> str | list[str]:
         ref = _ref(context)
         if ref.action == "open":
-            return [] if ref.joined else ["alert_internal"]
+            return ["alert_internal"] if not ref.joined or ref.raised else []
         return "approve_update" if ref.action == "update" else "approve_recovery_announcement"
 
 
@@ -160,6 +169,8 @@ class NotifyAudienceOperator(IncidentOperator):
             raise AirflowFailException(str(exc)) from exc
         if self.purpose == "escalation":
             subject = f"ESCALATION: {subject}"
+        # Receipts are per purpose: a severity raised later is a new alert, the same severity never twice.
+        purpose = f"{self.purpose}-{incident.severity}"
         event: Literal["trigger", "change"] = "change" if incident.kind in ("drill", "planned") else "trigger"
         message = Message(subject=subject, body=body, severity=incident.severity, event=event,
                           test=incident.kind == "drill")
@@ -167,11 +178,11 @@ class NotifyAudienceOperator(IncidentOperator):
         receipts = []
         for name in self.audiences:
             try:
-                receipts += deliver(store, incident, purpose=self.purpose, audience_name=name,
+                receipts += deliver(store, incident, purpose=purpose, audience_name=name,
                                     audience=policy.communication.audiences[name], message=message, senders=senders)
             except DeliveryFailed as exc:
                 raise AirflowFailException(str(exc)) from exc
-        store.add_event(incident.incident_id, f"{self.purpose} sent to {', '.join(self.audiences)} "
+        store.add_event(incident.incident_id, f"{purpose} sent to {', '.join(self.audiences)} "
                         f"({sum(r.status == 'delivered' for r in receipts)} deliveries)")
         failed = [r for r in receipts if r.status == "failed"]
         for receipt in failed:
@@ -201,6 +212,12 @@ class AcknowledgeIncidentOperator(HITLOperator):
                          body="An incident was opened and the immediate team alerted. Acknowledge to stop "
                               "escalation to management.", options=[self.ACK, self.NOT_ACK], defaults=[self.NOT_ACK],
                          **kwargs)
+
+    def execute(self, context: Context) -> Any:
+        incident = ContinuityIncidentHook().get_store().get(_ref(context).incident_id)
+        if incident.kind in ("drill", "planned"):
+            raise AirflowSkipException(f"a {incident.kind} change: nobody is paged, nothing to acknowledge")
+        return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         result = super().execute_complete(context, event)
@@ -262,7 +279,7 @@ class ApproveNoticeOperator(HITLOperator):
         extra.setdefault("statement", incident.description or incident.title)
         extra.setdefault("status", "investigating" if incident.status == "open" else "resolved")
         extra.setdefault("updated_at", f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-        extra.setdefault("message", incident.description or incident.title)
+        extra.setdefault("message", _current_state(hook, incident))
         extra.setdefault("functions", {f: "affected" for f in incident.functions})
         extra.setdefault("resolution_time", f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
         extra.setdefault("root_cause", "under investigation; the post-incident report will say")
@@ -293,6 +310,17 @@ class ApproveNoticeOperator(HITLOperator):
         store.add_event(ref.incident_id, f"{self.notice}: {outcome}" + (f" by {by}" if by else " (no answer in time)"))
         self.log.info("%s of %s: %s%s", self.notice, ref.incident_id, outcome, f" by {by}" if by else "")
         return decision.model_dump(mode="json")
+
+
+def _current_state(hook: ContinuityIncidentHook, incident: Incident) -> str:
+    """What an update says was measured since the incident opened: dr_failover's audits (outcome,
+    unavailability, data loss); what nothing measured says so."""
+    audits = incident_report.failover_audits(hook.incident_locations(), incident.opened_at, datetime.now(timezone.utc))
+    failover = ("; ".join(f"{a['outcome']} (unavailability {a.get('unavailability_seconds')} s, data loss "
+                          f"{a.get('data_loss_bytes')} bytes; audit {a['run_id']})" for a in audits)
+                if audits else "no failover run since the incident opened")
+    return (f"{incident.description or incident.title}\nFailover: {failover}.\n"
+            f"Replication lag: not measured by this update (see dr_health_monitor).")
 
 
 class PublishNoticeOperator(IncidentOperator):
@@ -395,4 +423,66 @@ def _report_due() -> timedelta:
 
 __all__ = ["AcknowledgeIncidentOperator", "ApproveNoticeOperator", "ChooseIncidentPathOperator",
            "NotifyAudienceOperator", "OpenIncidentOperator", "PostIncidentReportOperator", "PublishNoticeOperator",
-           "ResolveIncidentOperator"]
+           "ResolveIncidentOperator", "IncidentWorkOperator", "CommunicationTestOperator"]
+
+
+class IncidentWorkOperator(IncidentOperator):
+    """What dr_incident_inbox hands to dr_incident, as the conf of one run each: every cause the inbox
+    trigger delivered (this run's triggering asset events), and a status update for every open incident
+    whose update is due (the policy's update interval since the last)."""
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        confs = []
+        for events in (context.get("triggering_asset_events") or {}).values():
+            for event in events:
+                payload = (event.extra or {}).get("payload") or {}
+                if "request" in payload:
+                    request = IncidentRequest.model_validate(payload["request"])
+                    self.log.info("cause %s: %s (%s) from %s", request.key(), request.title, request.severity,
+                                  request.source)
+                    confs.append({"action": "open", **request.model_dump(mode="json")})
+        hook = self.hook()
+        communication = hook.policy.communication
+        if communication is not None:
+            for incident in hook.get_store().updates_due(communication.update_interval):
+                self.log.info("incident %s: a status update is due (every %s)", incident.incident_id,
+                              format_duration(communication.update_interval))
+                confs.append({"action": "update", "incident_id": incident.incident_id})
+        if not confs:
+            raise AirflowSkipException("no cause reported and no update due")
+        return confs
+
+
+class CommunicationTestOperator(IncidentOperator):
+    """The monthly drill's test of the communication system: a test message through every channel of every
+    internal audience, each receipt checked. Fails naming every channel that did not deliver (a fallback
+    that carried the message does not make the failed channel pass)."""
+
+    template_fields: Sequence[str] = (*ContinuityOperator.template_fields, "drill_id")
+
+    def __init__(self, *, drill_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.drill_id = drill_id
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from continuity.incidents import communication_test
+
+        hook = self.hook()
+        if hook.policy.communication is None:
+            raise AirflowSkipException("the policy has no communication section: nothing to test")
+        store = hook.get_store()
+        try:
+            incident, receipts = communication_test(store, hook.policy, hook.get_senders(context, store),
+                                                    drill_id=self.drill_id)
+        except DeliveryFailed as exc:
+            raise AirflowFailException(f"communication test: {exc}") from exc
+        for receipt in receipts:
+            self.log.info("%s %s by %s: %s%s", receipt.audience, receipt.purpose, receipt.method, receipt.status,
+                          f" ({receipt.error})" if receipt.error else "")
+        failed = [f"{r.audience}/{r.method}: {r.error}" for r in receipts if r.status == "failed"]
+        if failed:
+            raise AirflowFailException(f"communication test of incident {incident.incident_id}: "
+                                       f"{len(failed)} channel(s) failed: {'; '.join(failed)}")
+        self.log.info("communication test %s: %d test messages delivered, every receipt checked",
+                      incident.incident_id, len(receipts))
+        return [r.model_dump(mode="json") for r in receipts]

@@ -1,0 +1,45 @@
+"""IncidentInboxTrigger: an event-driven schedule for dr_incident_inbox (Airflow's AssetWatcher).
+
+Runs in the triggerer, no worker slot: polls the incident inbox in storage and yields one event per
+cause reported (a failed backup, a disaster assessment, a failover's start and outcome, a missed RTO
+deadline). A cause leaves the inbox only after its event was handed over: a triggerer that dies in
+between hands it over again, and dr_incident adds the duplicate to the same open incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from continuity.incidents import claim_cause, pending_causes
+
+
+class IncidentInboxTrigger(BaseEventTrigger):
+    """:param poll_interval: seconds between looks at the inbox."""
+
+    def __init__(self, *, poll_interval: float = 10.0) -> None:
+        super().__init__()
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", {"poll_interval": self.poll_interval}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from continuity.hooks.incident import ContinuityIncidentHook
+
+        locations = await sync_to_async(lambda: ContinuityIncidentHook(follow_topology=False).incident_locations())()
+        while True:
+            try:
+                causes = await sync_to_async(pending_causes)(locations)
+            except Exception as exc:  # storage unreachable: the next poll tries again
+                self.log.warning("cannot read the incident inbox: %s", exc)
+                causes = []
+            for name, request in causes:
+                self.log.info("cause %s (%s): %s", request.key(), request.severity, request.title)
+                yield TriggerEvent({"cause": name, "request": request.model_dump(mode="json")})
+                await sync_to_async(claim_cause)(locations, name)
+            await asyncio.sleep(self.poll_interval)

@@ -1,0 +1,155 @@
+"""`continuity run` (what `make run` does) for tests that need the real scheduler: start it, log in to
+the REST API, wait for runs and human-in-the-loop tasks, answer them, stop it with Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from continuity.localcluster import free_port
+
+TERMINAL = ("success", "failed")
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+
+
+def api(port: int, path: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body else None,
+                                     method=method, headers={"Content-Type": "application/json",
+                                                             **({"Authorization": f"Bearer {token}"} if token else {})})
+    for attempt in range(5):
+        try:
+            # The API server answers slowly while the scheduler starts every DAG's first run on 2 cores.
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            # standalone keeps its metadata in SQLite: a write racing the scheduler's can get a 500.
+            if exc.code < 500 or attempt == 4:
+                raise AssertionError(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class AirflowRun:
+    root: Path
+    port: int
+    process: subprocess.Popen
+    output: list[str] = field(default_factory=list)
+    token: str = ""
+
+    def api(self, path: str, body: dict | None = None, method: str | None = None) -> Any:
+        return api(self.port, path, self.token, body, method)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        return self.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})["dag_run_id"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tasks = self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+        return {t["task_id"]: t["state"] for t in tasks}
+
+    def wait_for_run(self, dag_id: str, run_id: str, *, timeout: float = 180) -> str:
+        deadline, state = time.monotonic() + timeout, "queued"
+        while time.monotonic() < deadline:
+            state = self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in TERMINAL:
+                return state
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s: {self.diagnose(dag_id, run_id)}")
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: tuple[str, ...], *,
+                      timeout: float = 120) -> str:
+        deadline, state = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            state = self.task_states(dag_id, run_id).get(task_id)
+            if state in states:
+                return state
+            time.sleep(1)
+        raise AssertionError(f"{dag_id}.{task_id} in {run_id}: {state} after {timeout:.0f} s, expected one of {states}; "
+                             f"{self.diagnose(dag_id, run_id)}")
+
+    def diagnose(self, dag_id: str, run_id: str) -> str:
+        """Every task's state, and the end of each attempt's log of the tasks that did not finish well."""
+        states = self.task_states(dag_id, run_id)
+        lines = [f"tasks: {states}"]
+        logs = self.root / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        for task_id, state in states.items():
+            if state not in ("success", "skipped", "upstream_failed", None):
+                for log_file in sorted((logs / f"task_id={task_id}").glob("*.log")):
+                    lines.append(f"--- {log_file.name} of {task_id}:\n" + log_file.read_text(errors="replace")[-2500:])
+        return "\n".join(lines)
+
+    def answer(self, dag_id: str, run_id: str, task_id: str, chosen: list[str],
+               params_input: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Respond to a human-in-the-loop task as the logged-in user (what the UI's form does)."""
+        self.wait_for_task(dag_id, run_id, task_id, ("awaiting_input", "deferred"))
+        # Airflow 3.3.2 race: an answer within a second of the task parking itself requeues it before the
+        # scheduler has read the parked workload's "success" from the executor, and the scheduler then
+        # marks the requeued task UP_FOR_RETRY ("finished with state success, but ... queued"). A person
+        # never answers that fast; the test waits as long as a person would at least.
+        time.sleep(5)
+        return self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                        {"chosen_options": chosen, "params_input": params_input or {}}, method="PATCH")
+
+    def interrupt(self) -> str:
+        os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        remaining, _ = self.process.communicate(timeout=120)
+        return remaining
+
+
+def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, timeout: float = 240) -> AirflowRun:
+    """`continuity run` in `root`, logged in as admin once the UI is up (the caller interrupts it)."""
+    port = free_port()
+    # As from a user's shell: none of the test session's Airflow settings (run sets its own).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env |= {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+    if policy_file is not None:
+        env["CONTINUITY_POLICY"] = str(policy_file)
+    process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
+                                "--scale", str(scale)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env, start_new_session=True)
+    run = AirflowRun(root=root, port=port, process=process)
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        run.output.append(line)
+        if line.startswith("Ctrl-C stops"):
+            break
+    text = "".join(run.output)
+    if f"Airflow UI: http://localhost:{port}" not in text:
+        run.interrupt() if process.poll() is None else None
+        raise AssertionError(f"continuity run did not come up:\n{text[-3000:]}")
+    password_file = root / "airflow" / "simple_auth_manager_passwords.json.generated"
+    run.token = api(port, "/auth/token", body={"username": "admin",
+                                                "password": json.loads(password_file.read_text())["admin"]})["access_token"]
+    wanted = sorted(p.stem for p in DAGS_DIR.glob("dr_*.py"))
+    listed: list[str] = []
+    deadline = time.monotonic() + 90  # the dag-processor parses dags/ shortly after start
+    while time.monotonic() < deadline and sorted(listed) != wanted:
+        listed = [d["dag_id"] for d in run.api("/api/v2/dags?limit=100")["dags"]]
+        time.sleep(2)
+    assert sorted(listed) == wanted, f"DAGs listed {sorted(listed)}, expected {wanted}"
+    return run
+
+
+def stop(run: AirflowRun) -> None:
+    """Ctrl-C if still running, then the sandbox down and its directory gone."""
+    import shutil
+
+    if run.process.poll() is None:
+        run.interrupt()
+    subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(run.root)],
+                   capture_output=True, check=False)
+    shutil.rmtree(run.root, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""dr_incident under the real scheduler (`continuity run`), answered through the REST API as a person
+would in the UI: alerts with the rendered template on every channel, a customer notice published only
+once approved (then on the status page, in the customers' mail and the banner), a rejected and a
+timed-out notice publishing nothing, an unacknowledged incident escalated to management, a second
+trigger of the same cause joining the open incident, and resolving: the announcement, PagerDuty
+resolved with the same dedup key, the banner cleared, the post-incident report with what was entered.
+
+The policy is the sandbox's with short deadlines so the timeouts pass while the test watches:
+acknowledgement (executive group) 20 s, partner notice approval 15 s."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from continuity.incidents import IncidentStore, pending_causes
+from continuity.policy import load_policy
+from continuity.project import default_policy_path
+from continuity.receivers import mails, message_text, received
+from continuity.sandbox import Sandbox
+from tests.integration import airflow_run
+
+DAG = "dr_incident"
+
+
+@pytest.fixture(scope="module")
+def airflow() -> airflow_run.AirflowRun:
+    root = Path(tempfile.mkdtemp(prefix="continuity-incident-run-"))
+    root.chmod(0o755)
+    policy_file = root / "policy-short-deadlines.yaml"
+    text = default_policy_path().read_text()
+    for old, new in (("executive: {audience: management, threshold: high, escalation: 30m}",
+                      "executive: {audience: management, threshold: high, escalation: 20s}"),
+                     ("      methods: [email]\n      deadline: 2h\n", "      methods: [email]\n      deadline: 15s\n")):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    policy_file.write_text(text)
+    run = airflow_run.start(root, policy_file=policy_file)
+    try:
+        yield run
+    finally:
+        airflow_run.stop(run)
+
+
+def _store(airflow: airflow_run.AirflowRun) -> IncidentStore:
+    sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
+    locations = sandbox.storage_locations()
+    return IncidentStore([locations[n] for n in sorted(l.name for l in sandbox.policy.storage.locations if l.required)])
+
+
+def _mails_about(airflow: airflow_run.AirflowRun, incident_id: str) -> list[str]:
+    return [message_text(m) for m in mails(airflow.root / "receivers") if incident_id in message_text(m)]
+
+
+def test_a_critical_incident_from_alert_to_report(airflow) -> None:
+    receivers = airflow.root / "receivers"
+    run_id = airflow.trigger(DAG, {"severity": "critical", "title": "Primary database down",
+                                   "functions": ["user_authentication", "video_upload"], "commander": "Ada",
+                                   "description": "the primary stopped answering", "cause_key": "test:primary-down"})
+    airflow.wait_for_task(DAG, run_id, "alert_internal", ("success",))
+    ref = airflow.api(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/open_incident/xcomEntries/return_value")["value"]
+    incident_id = ref["incident_id"] if isinstance(ref, dict) else json.loads(ref)["incident_id"]
+
+    # The internal alert, rendered, on every channel of the immediate team.
+    slack = [r["body"]["text"] for r in received(receivers, "slack") if incident_id in r["body"]["text"]]
+    assert len(slack) == 2, "one post per channel: #incidents-critical (immediate team), #engineering (extended)"
+    assert all("Severity: critical" in t and "User Authentication, Video Upload" in t for t in slack)
+    pages = [r["body"] for r in received(receivers, "pagerduty") if r["body"].get("dedup_key") == incident_id]
+    assert [p["event_action"] for p in pages] == ["trigger"]
+    alert_mails = _mails_about(airflow, incident_id)
+    assert any("oncall@example.com" in m and "Incident Commander: Ada" in m for m in alert_mails)
+
+    # The customer notice waits for approval: nothing published yet.
+    airflow.wait_for_task(DAG, run_id, "approve_customers_notice", ("awaiting_input", "deferred"))
+    store = _store(airflow)
+    assert not store.get(incident_id).updates
+    assert not [m for m in _mails_about(airflow, incident_id) if "customers@example.com" in m]
+    edited = ("Subject: Login and uploads disrupted\n\nEDITED BY APPROVER: logins and uploads are failing; "
+              "we are switching to our standby region.")
+    airflow.answer(DAG, run_id, "approve_customers_notice", ["Publish"], {"text": edited})
+    assert airflow.wait_for_task(DAG, run_id, "publish_customers_notice", ("success", "failed")) == "success"
+    status = json.loads(store.locations[0].get_bytes("status/status.json"))
+    [shown] = [i for i in status["open_incidents"] if i["incident_id"] == incident_id]
+    assert "EDITED BY APPROVER" in shown["updates"][0]["text"]
+    assert [m for m in _mails_about(airflow, incident_id) if "customers@example.com" in m and "EDITED BY APPROVER" in m]
+    sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
+    s3 = sandbox.s3_client("us-east-1")
+    banner = json.loads(s3.get_object(Bucket="app-uploads-us-east-1", Key="app/banner.json")["Body"].read())
+    assert banner["active"] and "EDITED BY APPROVER" in banner["text"]
+
+    # The public statement is rejected, the partner notice never answered: neither is published.
+    airflow.answer(DAG, run_id, "approve_public_statement", ["Reject"])
+    assert airflow.wait_for_task(DAG, run_id, "publish_public_statement", ("skipped", "success", "failed")) == "skipped"
+    assert airflow.wait_for_task(DAG, run_id, "publish_partners_notice", ("skipped", "success", "failed"),
+                                 timeout=120) == "skipped"
+    assert store.decision(incident_id, "public-statement").outcome == "rejected"
+    assert store.decision(incident_id, "partners-notice").outcome == "timed_out"
+    assert not [m for m in _mails_about(airflow, incident_id) if "partner1@example.com" in m]
+
+    # Nobody acknowledged within 20 s: management hears of it.
+    assert airflow.wait_for_task(DAG, run_id, "escalate_unacknowledged", ("success", "failed", "skipped"),
+                                 timeout=120) == "success"
+    assert [m for m in _mails_about(airflow, incident_id) if "cto@example.com" in m and "ESCALATION" in m]
+    assert airflow.wait_for_run(DAG, run_id) == "success"
+
+    # The same cause again: added to the open incident, nobody told twice.
+    before = len(received(receivers, "slack"))
+    again = airflow.trigger(DAG, {"severity": "critical", "title": "Primary database down",
+                                  "cause_key": "test:primary-down", "functions": ["user_authentication"]})
+    assert airflow.wait_for_run(DAG, again) == "success"
+    assert airflow.task_states(DAG, again)["alert_internal"] == "skipped"
+    assert store.get(incident_id).triggers == 2 and len(received(receivers, "slack")) == before
+    assert [i.incident_id for i in store.open_incidents()].count(incident_id) == 1
+
+    # Resolve: announcement approved, PagerDuty resolved with the same key, banner gone, report written.
+    resolve = airflow.trigger(DAG, {"action": "resolve", "incident_id": incident_id})
+    airflow.answer(DAG, resolve, "approve_recovery_announcement", ["Publish"],
+                   {"text": "Subject: Service restored\n\nAll services are back."})
+    airflow.answer(DAG, resolve, "post_incident_report", ["Write the report"],
+                   {"root_cause": "disk full on the primary", "lessons_learned": "alert on disk usage",
+                    "action_items": "add a disk alert\nrehearse failover monthly"})
+    assert airflow.wait_for_run(DAG, resolve) == "success", airflow.task_states(DAG, resolve)
+    pages = [r["body"] for r in received(receivers, "pagerduty") if r["body"].get("dedup_key") == incident_id]
+    assert [p["event_action"] for p in pages] == ["trigger", "resolve"]
+    with pytest.raises(Exception):
+        s3.get_object(Bucket="app-uploads-us-east-1", Key="app/banner.json")
+    assert [m for m in _mails_about(airflow, incident_id) if "customers@example.com" in m and "All services are back" in m]
+    assert [m for m in _mails_about(airflow, incident_id) if "cto@example.com" in m and "RESOLVED" in m]
+    report = json.loads(store.locations[0].get_bytes(f"incidents/{incident_id}/report.json"))
+    assert report["root_cause"] == "disk full on the primary"
+    assert report["action_items"] == ["add a disk alert", "rehearse failover monthly"]
+    assert {row["function"] for row in report["unavailability"]} == {"user_authentication", "video_upload"}
+    assert all(row["seconds"] and row["source"] for row in report["unavailability"])
+    assert report["deliveries"]["delivered"] >= 8
+    assert "not acknowledged in time" in json.dumps(report["timeline"])
+    markdown = store.locations[0].get_bytes(f"incidents/{incident_id}/report.md").decode()
+    assert "disk full on the primary" in markdown and "- [ ] add a disk alert" in markdown
+    assert store.get(incident_id).status == "resolved" and not store.open_for("test:primary-down")
+
+
+def test_a_stopped_primary_opens_a_critical_incident_by_itself(airflow) -> None:
+    """No one triggers dr_incident: the health monitor's disaster assessment leaves the cause in the inbox,
+    the triggerer's watcher starts dr_incident_inbox, which starts dr_incident; the team is alerted."""
+    receivers = airflow.root / "receivers"
+    sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
+    sandbox.cluster("primary").stop(mode="immediate", timeout=60)
+    try:
+        monitor = airflow.trigger("dr_health_monitor")
+        assert airflow.wait_for_run("dr_health_monitor", monitor, timeout=240) == "failed"
+        deadline, runs = time.monotonic() + 180, []
+        while time.monotonic() < deadline and not runs:
+            runs = [r for r in airflow.api(f"/api/v2/dags/{DAG}/dagRuns?limit=50")["dag_runs"]
+                    if (r.get("conf") or {}).get("cause_key") == "disaster:primary"]
+            time.sleep(3)
+        assert runs, "no dr_incident run for the disaster assessment"
+        run_id = runs[0]["dag_run_id"]
+        assert runs[0]["conf"]["severity"] == "critical"
+        airflow.wait_for_task(DAG, run_id, "alert_internal", ("success",), timeout=180)
+        store = _store(airflow)
+        incident = store.open_for("disaster:primary")
+        assert incident is not None and incident.severity == "critical"
+        assert "dr_health_monitor" in incident.timeline[0].what
+        assert [r for r in received(receivers, "slack") if incident.incident_id in r["body"]["text"]]
+        assert [r for r in received(receivers, "pagerduty") if r["body"].get("dedup_key") == incident.incident_id]
+        assert not [r for _, r in pending_causes(store.locations) if r.key() == "disaster:primary"], \
+            "the cause left the inbox once handed over"
+    finally:
+        sandbox.cluster("primary").start(timeout=60)
