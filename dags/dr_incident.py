@@ -50,6 +50,14 @@ def _approval_timeout(audience: str) -> timedelta:
         return timedelta(hours=1)
     return _communication.audiences[audience].deadline or _communication.update_interval
 
+
+def _approvers(audience: str) -> list[str]:
+    """The Airflow users the policy lets approve this audience's notices (empty: anyone with access)."""
+    if _communication is None:
+        return []
+    role = _communication.audiences[audience].approval
+    return list(_communication.approvers.get(role, [])) if role != "none" else []
+
 with DAG(
     dag_id="dr_incident",
     description="Incident: alerts with receipts, acknowledgement and escalation, approved notices, status page, report",
@@ -91,17 +99,19 @@ with DAG(
             ("public-statement", "public", "public_statement", None, "critical")):
         _approve = ApproveNoticeOperator(task_id=f"approve_{_notice.replace('-', '_')}", notice=_notice,
                                          audience=_audience, template=_template, stakeholder_group=_group,
-                                         minimum_severity=_minimum, response_timeout=_approval_timeout(_audience))
+                                         minimum_severity=_minimum, response_timeout=_approval_timeout(_audience),
+                                         approvers=_approvers(_audience))
         alert >> _approve >> PublishNoticeOperator(task_id=f"publish_{_notice.replace('-', '_')}",
                                                    approval_task_id=_approve.task_id)
 
     update = ApproveNoticeOperator(task_id="approve_update", notice="{{ 'update-' ~ run_id }}", audience="customers",
-                                   template="status_page_update", response_timeout=_approval_timeout("customers"))
+                                   template="status_page_update", response_timeout=_approval_timeout("customers"),
+                                   approvers=_approvers("customers"))
     path >> update >> PublishNoticeOperator(task_id="publish_update", approval_task_id="approve_update")
 
     announce = ApproveNoticeOperator(task_id="approve_recovery_announcement", notice="recovery-announcement",
                                      audience="customers", template="recovery_announcement",
-                                     response_timeout=_approval_timeout("customers"))
+                                     response_timeout=_approval_timeout("customers"), approvers=_approvers("customers"))
     # Resolved even when the announcement was rejected or timed out (that is recorded); never on the open path.
     resolve = ResolveIncidentOperator(task_id="resolve_incident", trigger_rule="none_failed_min_one_success")
     path >> announce >> PublishNoticeOperator(task_id="publish_recovery_announcement",

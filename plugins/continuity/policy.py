@@ -292,6 +292,9 @@ class Communication(_Model):
     # The providers' connections each channel goes through (Slack incoming webhook, PagerDuty Events v2, SMTP).
     connections: dict[Literal["slack", "pagerduty", "email"], str] = {
         "slack": "continuity_slack", "pagerduty": "continuity_pagerduty", "email": "continuity_smtp"}
+    # Who may answer an approval, per `approval` role of the audiences: Airflow user ids (the auth manager's).
+    # A role not listed: anyone allowed to answer the DAG's human-in-the-loop tasks.
+    approvers: dict[Literal["approver", "ceo"], list[str]] = {}
     # Slack channel -> its incoming webhook's connection (a webhook posts to one channel); others: connections.slack.
     slack_webhooks: dict[str, str] = {}
     # Where the application reads its in-app banner (`banner.json` under each bucket's prefix).

@@ -137,3 +137,16 @@ def test_status_page_shows_only_published_updates_and_the_report_holds_the_recor
     assert len(written) == 4
     markdown = store.locations[1].get_bytes(f"incidents/{incident.incident_id}/report.md").decode()
     assert "disk full" in markdown and "- [ ] alert on disk" in markdown and "| video_upload | 30m |" in markdown
+
+
+def test_updates_are_due_every_interval_and_asked_for_once(store) -> None:
+    incident, _ = store.open_or_join(_request())
+    drill, _ = store.open_or_join(_request(kind="drill", cause_key="drill:x"))
+    opened = incident.opened_at
+    assert store.updates_due(timedelta(minutes=30), now=opened + timedelta(minutes=29)) == []
+    due = store.updates_due(timedelta(minutes=30), now=opened + timedelta(minutes=31))
+    assert [i.incident_id for i in due] == [incident.incident_id], "drills are never updated"
+    assert store.updates_due(timedelta(minutes=30), now=opened + timedelta(minutes=40)) == [], "asked once"
+    again = store.updates_due(timedelta(minutes=30), now=opened + timedelta(minutes=62))
+    assert [i.incident_id for i in again] == [incident.incident_id]
+    assert drill.incident_id not in [i.incident_id for i in again]

@@ -46,8 +46,13 @@ class AirflowRun:
     output: list[str] = field(default_factory=list)
     token: str = ""
 
-    def api(self, path: str, body: dict | None = None, method: str | None = None) -> Any:
-        return api(self.port, path, self.token, body, method)
+    def api(self, path: str, body: dict | None = None, method: str | None = None, *, as_user: str | None = None) -> Any:
+        return api(self.port, path, self.login(as_user) if as_user else self.token, body, method)
+
+    def login(self, user: str) -> str:
+        """A token for another user of `continuity run`'s auth manager (passwords in its generated file)."""
+        passwords = json.loads((self.root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
+        return api(self.port, "/auth/token", body={"username": user, "password": passwords[user]})["access_token"]
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         return self.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})["dag_run_id"]
@@ -88,7 +93,7 @@ class AirflowRun:
         return "\n".join(lines)
 
     def answer(self, dag_id: str, run_id: str, task_id: str, chosen: list[str],
-               params_input: dict[str, Any] | None = None) -> dict[str, Any]:
+               params_input: dict[str, Any] | None = None, *, as_user: str | None = None) -> dict[str, Any]:
         """Respond to a human-in-the-loop task as the logged-in user (what the UI's form does)."""
         self.wait_for_task(dag_id, run_id, task_id, ("awaiting_input", "deferred"))
         # Airflow 3.3.2 race: an answer within a second of the task parking itself requeues it before the
@@ -97,7 +102,7 @@ class AirflowRun:
         # never answers that fast; the test waits as long as a person would at least.
         time.sleep(5)
         return self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-                        {"chosen_options": chosen, "params_input": params_input or {}}, method="PATCH")
+                        {"chosen_options": chosen, "params_input": params_input or {}}, method="PATCH", as_user=as_user)
 
     def interrupt(self) -> str:
         os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does

@@ -92,12 +92,16 @@ def test_a_critical_incident_from_alert_to_report(airflow) -> None:
     banner = json.loads(s3.get_object(Bucket="app-uploads-us-east-1", Key="app/banner.json")["Body"].read())
     assert banner["active"] and "EDITED BY APPROVER" in banner["text"]
 
-    # The public statement is rejected, the partner notice never answered: neither is published.
-    airflow.answer(DAG, run_id, "approve_public_statement", ["Reject"])
+    # Only the CEO may answer the public statement; the CEO rejects it. The partner notice is never
+    # answered. Neither is published.
+    with pytest.raises(AssertionError, match="HTTP 403"):
+        airflow.answer(DAG, run_id, "approve_public_statement", ["Publish"], {"text": "premature statement"})
+    airflow.answer(DAG, run_id, "approve_public_statement", ["Reject"], as_user="ceo")
     assert airflow.wait_for_task(DAG, run_id, "publish_public_statement", ("skipped", "success", "failed")) == "skipped"
     assert airflow.wait_for_task(DAG, run_id, "publish_partners_notice", ("skipped", "success", "failed"),
                                  timeout=120) == "skipped"
-    assert store.decision(incident_id, "public-statement").outcome == "rejected"
+    public = store.decision(incident_id, "public-statement")
+    assert public.outcome == "rejected" and public.decided_by == "ceo"
     assert store.decision(incident_id, "partners-notice").outcome == "timed_out"
     assert not [m for m in _mails_about(airflow, incident_id) if "partner1@example.com" in m]
 
@@ -115,6 +119,15 @@ def test_a_critical_incident_from_alert_to_report(airflow) -> None:
     assert airflow.task_states(DAG, again)["alert_internal"] == "skipped"
     assert store.get(incident_id).triggers == 2 and len(received(receivers, "slack")) == before
     assert [i.incident_id for i in store.open_incidents()].count(incident_id) == 1
+
+    # A status update: drafted with what was measured, approved, on the status page.
+    update = airflow.trigger(DAG, {"action": "update", "incident_id": incident_id})
+    airflow.answer(DAG, update, "approve_update", ["Publish"],
+                   {"text": "[identified] Primary database down\n\nUPDATE 2: the standby is being promoted."})
+    assert airflow.wait_for_run(DAG, update) == "success", airflow.diagnose(DAG, update)
+    status = json.loads(store.locations[0].get_bytes("status/status.json"))
+    [shown] = [i for i in status["open_incidents"] if i["incident_id"] == incident_id]
+    assert "UPDATE 2" in shown["updates"][0]["text"] and len(shown["updates"]) == 2
 
     # Resolve: announcement approved, PagerDuty resolved with the same key, banner gone, report written.
     resolve = airflow.trigger(DAG, {"action": "resolve", "incident_id": incident_id})

@@ -46,7 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     airflow_home.mkdir(parents=True, exist_ok=True)
     env["AIRFLOW__API__PORT"] = str(args.port)
     env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{args.port}/execution/"
-    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    # `ceo`: the approver the policy names for public statements (communication.approvers).
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,ceo:admin")
     # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
     airflow = Path(sys.executable).with_name("airflow")
