@@ -164,7 +164,8 @@ class NotifyAudienceOperator(IncidentOperator):
                       f"— escalated")
             store.add_event(incident.incident_id, f"not acknowledged in time: escalated to {', '.join(self.audiences)}")
         try:
-            subject, body = _draft(policy, hook, incident, self.template, current_status=status)
+            subject, body = _draft(policy, hook, incident, self.template, current_status=status,
+                                   extra={"test": incident.kind == "drill"})
         except TemplateError as exc:
             raise AirflowFailException(str(exc)) from exc
         if self.purpose == "escalation":
