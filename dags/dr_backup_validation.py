@@ -31,12 +31,13 @@ from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.validation import (RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator,
                                               VerifyObjectsOperator)
+from continuity.policy import load_policy
 
 with DAG(
     dag_id="dr_backup_validation",
     description="Verify copies in every region, repair, stale-backup alarm, retention",
     doc_md=__doc__,
-    schedule="30 4 * * *",
+    schedule=load_policy().schedule_for("dr_backup_validation"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -16,12 +16,13 @@ from airflow.sdk import DAG
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.config_backup import ConfigBackupOperator
+from continuity.policy import load_policy
 
 with DAG(
     dag_id="dr_config_backup",
     description="Airflow variables/connections, policy, infrastructure state",
     doc_md=__doc__,
-    schedule="15 3 * * *",
+    schedule=load_policy().schedule_for("dr_config_backup"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

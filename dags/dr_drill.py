@@ -32,19 +32,20 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from continuity.alerts.callbacks import report_failed_task
-from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.alerts.deadlines import rto_deadline
-from continuity.operators.incident import CommunicationTestOperator
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasureOperator, StartDrillOperator
+from continuity.operators.incident import CommunicationTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
+from continuity.policy import load_policy
 from continuity.sensors.wal_archived import WalArchivedSensor
 
 with DAG(
     dag_id="dr_drill",
     description="Full recovery drill in isolation with measured RTO/RPO",
     doc_md=__doc__,
-    schedule="0 6 1 * *",
+    schedule=load_policy().schedule_for("dr_drill"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

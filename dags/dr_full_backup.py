@@ -23,6 +23,7 @@ from airflow.sdk import DAG, Asset
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.full_backup import LogicalBackupOperator, PhysicalBackupOperator
+from continuity.policy import load_policy
 
 LOGICAL_BACKUPS = Asset("continuity://backups/logical")
 PHYSICAL_BACKUPS = Asset("continuity://backups/physical")
@@ -31,7 +32,7 @@ with DAG(
     dag_id="dr_full_backup",
     description="Snapshot-consistent logical dump and physical base backup, every region",
     doc_md=__doc__,
-    schedule="0 2 * * *",  # the policy's backups.full.schedule (a test keeps them equal)
+    schedule=load_policy().schedule_for("dr_full_backup"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -39,12 +39,13 @@ from continuity.operators.health import (
     HealthAssessmentOperator,
     StorageHealthOperator,
 )
+from continuity.policy import load_policy
 
 with DAG(
     dag_id="dr_health_monitor",
     description="Replication and node health, weighted failure score",
     doc_md=__doc__,
-    schedule=timedelta(minutes=5),
+    schedule=load_policy().schedule_for("dr_health_monitor"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -25,6 +25,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTrigg
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.incident import IncidentWorkOperator
+from continuity.policy import load_policy
 from continuity.triggers.incident_inbox import IncidentInboxTrigger
 
 INCIDENT_CAUSES = Asset("continuity-incident-causes",
@@ -34,7 +35,8 @@ with DAG(
     dag_id="dr_incident_inbox",
     description="Turn each reported cause (failed run, disaster assessment, failover) into a dr_incident run",
     doc_md=__doc__,
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("*/5 * * * *", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(load_policy().schedule_for("dr_incident_inbox"),
+                                                                timezone="UTC"),
                                  assets=[INCIDENT_CAUSES]),
     start_date=START_DATE,
     catchup=False,

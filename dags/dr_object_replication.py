@@ -35,7 +35,7 @@ with DAG(
     dag_id="dr_object_replication",
     description="Replicate video and upload objects to the DR region, verified; deletes recorded; lag measured",
     doc_md=__doc__,
-    schedule=_objects.schedule if _objects else None,
+    schedule=load_policy().schedule_for("dr_object_replication"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -22,16 +22,17 @@ from datetime import timedelta
 from airflow.sdk import DAG
 
 from continuity.alerts.callbacks import report_failed_task
-from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.alerts.deadlines import rto_deadline
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.restore_test import SampleRestoreTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
+from continuity.policy import load_policy
 
 with DAG(
     dag_id="dr_restore_test",
     description="Cross-region sample restore validated with Great Expectations",
     doc_md=__doc__,
-    schedule="0 5 * * 0",
+    schedule=load_policy().schedule_for("dr_restore_test"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

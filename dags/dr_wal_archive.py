@@ -25,13 +25,14 @@ from airflow.sdk import DAG
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator, WalContinuityOperator
+from continuity.policy import load_policy
 from continuity.sensors.wal_archived import WalArchivedSensor
 
 with DAG(
     dag_id="dr_wal_archive",
     description="Ship archived WAL to every region; archive health and continuity",
     doc_md=__doc__,
-    schedule="@hourly",
+    schedule=load_policy().schedule_for("dr_wal_archive"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

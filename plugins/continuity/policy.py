@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -395,6 +395,21 @@ class Policy(_Model):
     # The services of business functions that live in the PostgreSQL database (restores and drills
     # measure them); any other dependency is reported `not measured` until something measures it.
     database_services: list[str] = ["database"]
+    # Every recurring DAG's schedule (cron, UTC) except those another section owns: dr_full_backup
+    # (backups.full.schedule) and dr_object_replication (objects.schedule). See `schedule_for`.
+    schedules: dict[Name, str] = {}
+
+    def schedule_for(self, dag_id: str) -> str:
+        """The one schedule of a recurring DAG (its DAG file reads it; `policy check` validates it)."""
+        if dag_id == "dr_full_backup":
+            return self.backups.full.schedule
+        if dag_id == "dr_object_replication" and self.objects is not None:
+            return self.objects.schedule
+        try:
+            return self.schedules[dag_id]
+        except KeyError:
+            raise PolicyError(f"schedules.{dag_id}: required key is missing (the DAG's schedule, e.g. "
+                              f"'0 5 * * 0')") from None
 
     def with_primary(self, name: str) -> Policy:
         """This policy with the node roles of the persisted topology (see dr_failover)."""
@@ -492,6 +507,7 @@ def _check_references(policy: Policy) -> list[str]:
             f"storage.locations: expected a required location outside the primary region "
             f"{policy.topology.primary_region} (a regional disaster would take every copy)"
         )
+    problems += _check_schedules(policy)
     if policy.objects is not None:
         problems += _check_objects(policy)
     if policy.communication is not None:
@@ -504,6 +520,55 @@ def _check_references(policy: Policy) -> list[str]:
             if audience.external and audience.approval == "none":
                 problems.append(f"communication.audiences.{name}.approval: an external audience needs approval "
                                 f"('approver' or 'ceo'), got 'none'")
+    return problems
+
+
+def cron_period(expression: str) -> timedelta:
+    """The longest gap between two runs of a cron schedule (over a year of runs, from a fixed start)."""
+    from croniter import croniter
+
+    it = croniter(expression, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    previous = it.get_next(datetime)
+    longest = timedelta(0)
+    limit = previous + timedelta(days=366)
+    while previous < limit:
+        current = it.get_next(datetime)
+        longest = max(longest, current - previous)
+        previous = current
+        if longest > timedelta(days=366):
+            break
+    return longest
+
+
+# The validation cadence (section 4.1) each DAG's schedule must keep: list, item -> (DAG, longest period).
+_CADENCE = {"daily": timedelta(days=1), "weekly": timedelta(days=7), "monthly": timedelta(days=31)}
+_CADENCE_DAGS = {"database_integrity": "dr_backup_validation", "file_checksums": "dr_backup_validation",
+                 "cross_region_verification": "dr_backup_validation", "restore_test_sample": "dr_restore_test",
+                 "disaster_recovery_drill": "dr_drill"}
+
+
+def _check_schedules(policy: Policy) -> list[str]:
+    from croniter import croniter
+
+    problems: list[str] = []
+    expressions = {**policy.schedules, "dr_full_backup": policy.backups.full.schedule,
+                   **({"dr_object_replication": policy.objects.schedule} if policy.objects else {})}
+    for dag_id, expression in expressions.items():
+        where = {"dr_full_backup": "backups.full.schedule", "dr_object_replication": "objects.schedule"}.get(
+            dag_id, f"schedules.{dag_id}")
+        if not croniter.is_valid(expression):
+            problems.append(f"{where}: expected a cron expression like '0 5 * * 0', got {expression!r}")
+    for cadence, items in (("daily", policy.validation.daily), ("weekly", policy.validation.weekly),
+                           ("monthly", policy.validation.monthly)):
+        for item in items:
+            dag_id = _CADENCE_DAGS.get(item)
+            expression = expressions.get(dag_id) if dag_id else None
+            if expression is None or not croniter.is_valid(expression):
+                continue
+            period = cron_period(expression)
+            if period > _CADENCE[cadence]:
+                problems.append(f"schedules.{dag_id}: validation.{cadence} lists {item}, but {expression!r} runs only "
+                                f"every {format_duration(period)}")
     return problems
 
 

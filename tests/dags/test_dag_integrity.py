@@ -77,11 +77,33 @@ def test_dag_conventions(path: Path) -> None:
         assert all(task.retries == 0 for task in _load(path).dags["dr_failover"].tasks), "no failover step retries"
 
 
-def test_full_backup_schedule_is_the_policys() -> None:
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_every_recurring_dag_runs_on_the_policys_schedule(path: Path) -> None:
+    """One source of truth: a DAG whose cron differs from include/policy.yaml fails here."""
     from continuity.policy import load_policy
 
-    dag = _load(DAGS_DIR / "dr_full_backup.py").dags["dr_full_backup"]
-    assert dag.timetable.expression == load_policy().backups.full.schedule
+    policy = load_policy()
+    for dag_id, dag in _load(path).dags.items():
+        timetable = getattr(dag.timetable, "timetable", dag.timetable)  # an asset-or-time schedule's time part
+        expression = getattr(timetable, "expression", None) or getattr(timetable, "_expression", None)
+        if dag_id in ("dr_failover", "dr_incident"):
+            assert expression is None and dag_id not in policy.schedules, f"{dag_id} runs when triggered"
+            continue
+        assert expression == policy.schedule_for(dag_id), f"{dag_id}: {expression!r} is not the policy's schedule"
+
+
+def test_a_schedule_that_breaks_the_validation_cadence_is_refused(tmp_path: Path) -> None:
+    from continuity.policy import PolicyError, load_policy
+    from continuity.project import default_policy_path
+
+    text = default_policy_path().read_text().replace('dr_restore_test: "0 5 * * 0"', 'dr_restore_test: "0 5 1 * *"')
+    (tmp_path / "policy.yaml").write_text(text)
+    with pytest.raises(PolicyError, match=r"schedules.dr_restore_test: validation.weekly lists restore_test_sample, "
+                                          r"but '0 5 1 \* \*' runs only every 31d"):
+        load_policy(tmp_path / "policy.yaml")
+    (tmp_path / "policy.yaml").write_text(text.replace('"0 5 1 * *"', '"every sunday"'))
+    with pytest.raises(PolicyError, match="schedules.dr_restore_test: expected a cron expression"):
+        load_policy(tmp_path / "policy.yaml")
 
 
 def test_object_replication_schedule_and_tasks_are_the_policys() -> None:

@@ -17,8 +17,9 @@ from typing import Any
 
 from continuity.localcluster import free_port
 
+from .airflow_helpers import DAGS_DIR
+
 TERMINAL = ("success", "failed")
-DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 
 
 def api(port: int, path: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> Any:

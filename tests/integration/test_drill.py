@@ -91,3 +91,17 @@ def test_a_video_whose_object_never_reached_the_replica_fails_the_drills_video_v
         assert report["objects"][0]["missing"] == [key]
     finally:
         app.execute("DELETE FROM videos WHERE s3_key = %s", (key,))
+    # The communication system was tested: a message marked as a test on every internal channel, receipted.
+    receipts = xcom(run, "test_communication")
+    assert {(r["audience"], r["method"]) for r in receipts} >= {
+        ("immediate_team", "slack"), ("immediate_team", "pagerduty"), ("immediate_team", "email"),
+        ("extended_team", "email"), ("management", "email")}
+    assert all(r["status"] == "delivered" and r["test"] for r in receipts)
+    from continuity.receivers import received
+
+    incident_id = receipts[0]["incident_id"]
+    changes = [r for r in received(sandbox.receivers_dir, "pagerduty") if r["path"].endswith("/v2/change/enqueue")
+               and incident_id in json.dumps(r["body"])]
+    assert changes, "PagerDuty got a change event (nobody paged)"
+    assert [r for r in received(sandbox.receivers_dir, "slack")
+            if r["body"]["text"].startswith(f"*[TEST] TEST of the incident channels (drill {run.run_id})")]

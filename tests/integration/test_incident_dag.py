@@ -22,7 +22,7 @@ from continuity.policy import load_policy
 from continuity.project import default_policy_path
 from continuity.receivers import mails, message_text, received
 from continuity.sandbox import Sandbox
-from tests.integration import airflow_run
+from . import airflow_run
 
 DAG = "dr_incident"
 

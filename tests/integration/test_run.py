@@ -12,8 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from continuity.localcluster import free_port, pid_alive
@@ -21,24 +19,9 @@ from continuity.project import default_policy_path
 from continuity.policy import load_policy
 from continuity.sandbox import Sandbox
 from continuity.storage import key_safe
+from .airflow_run import api as _api
 
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
-
-
-def _api(port: int, path: str, token: str | None = None, body: dict | None = None) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json",
-                                              **({"Authorization": f"Bearer {token}"} if token else {})})
-    for attempt in range(5):
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            # standalone keeps its metadata in SQLite: a write racing the scheduler's can get a 500.
-            if exc.code < 500 or attempt == 4:
-                raise AssertionError(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
-            time.sleep(2)
-    raise AssertionError("unreachable")
 
 
 def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
