@@ -12,7 +12,8 @@
    recovered; 0 when the marker is there), compared with every business function, tier 1 and data
    category of the policy. The report (JSON + Markdown) goes to `reports/drill/` in every required
    location, also when the rebuild fails.
-4. `live_switchover` (param `include_switchover`, default false): switches over to the DR region's
+4. `live_switchover` (param `include_switchover`, default the policy's
+   `validation.drill.include_switchover`, on in the sandbox): switches over to the DR region's
    standby and back with dr_failover's steps while a writer commits through the entry point; the
    report `reports/drill/<id>-switchover.json` gives the application-visible outage (longest gap
    between acknowledged commits) and proves no acknowledged commit was lost.
@@ -53,7 +54,8 @@ with DAG(
     dagrun_timeout=timedelta(hours=8),
     # a drill's timings mean nothing after a retry
     default_args={**DEFAULT_ARGS, "retries": 0, "on_failure_callback": report_failed_task},
-    params={"include_switchover": Param(False, type="boolean", title="Include a live switchover",
+    params={"include_switchover": Param(load_policy().validation.drill.include_switchover, type="boolean",
+                                        title="Include a live switchover",
                                         description="Also switch over to the DR standby and back under a "
                                                         "writer, measuring the application-visible outage.")},
     tags=["continuity", "restore", "drill"],

@@ -10,6 +10,7 @@ there, and their RPO is the replication heartbeat's lag, never the database mark
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -40,6 +41,66 @@ def commit_marker(app_conninfo: str, drill_id: str) -> datetime:
 REPORT_PREFIX = "reports/drill/"
 
 
+class PitrMarkers(BaseModel):
+    """Two marker rows around a recovery target: a point-in-time recovery to `target` must hold the
+    first and not the second."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    before: str
+    before_at: datetime
+    target: datetime
+    after: str
+    after_at: datetime
+
+
+def commit_pitr_markers(app_conninfo: str, drill_id: str, *, sleep: Callable[[float], None] = time.sleep) -> PitrMarkers:
+    """Commit a marker, wait, commit another; the target is between them, at a point that varies with the
+    drill id (stable for one drill, so a rerun checks the same point)."""
+    fraction = int(hashlib.sha256(drill_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF  # 0..1, from the id
+    before = commit_marker(app_conninfo, f"{drill_id}:pitr-before")
+    sleep(1.0)
+    after = commit_marker(app_conninfo, f"{drill_id}:pitr-after")
+    # Between 25% and 75% of the gap: clear of both commit records, which carry the commit time (a few
+    # microseconds after the statement's clock_timestamp()).
+    target = before + (after - before) * (0.25 + 0.5 * fraction)
+    return PitrMarkers(before=f"{drill_id}:pitr-before", before_at=before, target=target,
+                       after=f"{drill_id}:pitr-after", after_at=after)
+
+
+class PitrCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: datetime
+    recovered_to: str  # what the restore was asked for: the target, or "latest"
+    before_recovered: bool
+    after_recovered: bool
+    passed: bool
+    seconds: float
+
+
+def check_point_in_time(*, catalog: Catalog, location: str, markers: PitrMarkers, database: str,
+                        report: Callable[[str], None], target_time: datetime | None,
+                        scratch_prefix: str = "continuity-drill-pitr-") -> PitrCheck:
+    """Recover `location`'s backups to `target_time` in a scratch cluster and look for the two markers:
+    passed only when the one committed before the target is there and the one after is not."""
+    started = time.monotonic()
+    with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
+        restore_physical(catalog=catalog, location=location, scratch=scratch, target_time=target_time, report=report)
+        with scratch.connect(database) as conn:
+            found = {row[0] for row in conn.execute(f"SELECT drill_id FROM {MARKER_TABLE} WHERE drill_id IN (%s, %s)",
+                                                    (markers.before, markers.after)).fetchall()}
+    check = PitrCheck(target=markers.target, recovered_to=target_time.isoformat() if target_time else "latest",
+                      before_recovered=markers.before in found, after_recovered=markers.after in found,
+                      passed=markers.before in found and markers.after not in found,
+                      seconds=round(time.monotonic() - started, 3))
+    report(f"point-in-time recovery to {check.recovered_to}: marker before the target "
+           f"{'recovered' if check.before_recovered else 'MISSING'}, marker after it "
+           f"{'PRESENT (recovery went past the target)' if check.after_recovered else 'absent'}: "
+           f"{'pass' if check.passed else 'FAIL'}")
+    return check
+
+
 class DrillStart(BaseModel):
     """What start_drill hands the later tasks: the drill's id, when it began, the marker it committed."""
 
@@ -49,6 +110,7 @@ class DrillStart(BaseModel):
     started_at: datetime
     marker_committed_at: datetime
     database: str
+    pitr: PitrMarkers | None = None
 
 
 class SwitchoverLeg(BaseModel):
@@ -97,11 +159,13 @@ class DrillResult(BaseModel):
     checks_passed: int = 0
     amcheck: str | None = None
     objects: list[Consistency] = []
+    pitr: PitrCheck | None = None  # the point-in-time recovery check (markers around a target)
 
 
 def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
               database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-",
-              object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None) -> DrillResult:
+              object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None,
+              pitr: PitrMarkers | None = None) -> DrillResult:
     """Rebuild from the DR region's backups alone and measure. `object_replicas`: each object category's
     replica in the DR region (see `objects.replicas_in`): the rebuilt database's references are checked
     against it, and the objects' RPO comes from its heartbeat lag and that check."""
@@ -145,6 +209,10 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
             measured, source = None, None
         objectives.append(objective(f"RPO {name}", measured_seconds=measured, target=category.rpo.target,
                                     maximum=category.rpo.maximum, source=source))
+    # After RTO is measured: the point-in-time check is a second rebuild, not part of the recovery.
+    pitr_check = check_point_in_time(catalog=catalog, location=location, markers=pitr, database=database,
+                                     report=report, target_time=pitr.target,
+                                     scratch_prefix=f"{scratch_prefix}pitr-") if pitr else None
     failed = [c for c in checks if not c.success]
     object_failures = [f"{c.category}: {len(c.missing)} objects referenced by the rebuilt database are missing from "
                        f"{c.replica}, {len(c.mismatched)} differ" for c in consistency.values() if not c.consistent]
@@ -155,9 +223,13 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         objectives=objectives, validated_against=logical.backup_id if logical else None,
         checks_passed=len(checks) - len(failed), amcheck=amcheck_detail,
         failed_checks=[f"{c.table}: {c.description}" for c in failed] + ([] if amcheck_ok else [amcheck_detail])
-        + object_failures,
-        success=not failed and bool(checks) and amcheck_ok and not object_failures,
-        objects=list(consistency.values()),
+        + object_failures
+        + ([f"point-in-time recovery to {pitr_check.target.isoformat()}: marker before the target "
+             f"{'recovered' if pitr_check.before_recovered else 'missing'}, marker after it "
+             f"{'present' if pitr_check.after_recovered else 'absent'}"] if pitr_check and not pitr_check.passed else []),
+        success=not failed and bool(checks) and amcheck_ok and not object_failures
+        and (pitr_check is None or pitr_check.passed),
+        objects=list(consistency.values()), pitr=pitr_check,
     )
 
 
@@ -203,6 +275,10 @@ def render_markdown(result: DrillResult) -> str:
         f"- RPO {result.rpo_seconds} s: drill marker committed {result.marker_committed_at} "
         f"{'recovered' if result.marker_recovered else 'LOST'}",
         f"- validated against `{result.validated_against}`: {result.checks_passed} checks passed; {result.amcheck}",
+        *([f"- point-in-time recovery to {result.pitr.target.isoformat()} (a second rebuild, {result.pitr.seconds} s): "
+           f"marker before the target {'recovered' if result.pitr.before_recovered else 'MISSING'}, marker after it "
+           f"{'PRESENT' if result.pitr.after_recovered else 'absent'}: {'pass' if result.pitr.passed else 'FAIL'}"]
+          if result.pitr else ["- point-in-time recovery: not measured"]),
     ]
     for check in result.objects:
         lines.append(f"- objects {check.category}: {check.present} of {check.referenced} referenced by the rebuilt "

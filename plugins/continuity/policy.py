@@ -350,6 +350,19 @@ class Backups(_Model):
 class RestoreTest(_Model):
     sample_tables: int = Field(ge=1)
     critical_tables: list[str]
+    # How often each storage location must be proven restorable by a restore test (the DR region's every
+    # week, the others at least monthly); a location missing here: 7d in the DR region, else 31d.
+    locations: dict[str, Duration] = {}
+    # How often a whole backup is restored and timed (validation.monthly: full_restore_test): the
+    # measurement every sample estimate is held against.
+    full_restore_every: Duration = timedelta(days=31)
+
+
+class Drill(_Model):
+    """The monthly drill: a live switchover to the DR standby and back (application outage measured,
+    no acknowledged commit lost) as well as the isolated rebuild, when `include_switchover`."""
+
+    include_switchover: bool = False
 
 
 class Validation(_Model):
@@ -358,6 +371,7 @@ class Validation(_Model):
     monthly: list[str]
     deep_verify_sample: int = Field(ge=0)
     restore_test: RestoreTest
+    drill: Drill = Drill()
 
 
 class HealthMonitor(_Model):
@@ -416,6 +430,12 @@ class Policy(_Model):
         if name == self.topology.primary.name:
             return self
         return self.model_copy(update={"topology": self.topology.with_primary(name)})
+
+    def restore_test_periods(self) -> dict[str, timedelta]:
+        """How often each storage location must be proven restorable (see RestoreTest.locations)."""
+        configured = self.validation.restore_test.locations
+        return {loc.name: configured.get(loc.name, timedelta(days=7 if loc.region == self.topology.dr_region else 31))
+                for loc in self.storage.locations}
 
     def functions_depending_on(self, service: str) -> dict[str, BusinessFunction]:
         return {k: f for k, f in self.business_functions.items() if service in f.depends_on}
@@ -508,6 +528,10 @@ def _check_references(policy: Policy) -> list[str]:
             f"{policy.topology.primary_region} (a regional disaster would take every copy)"
         )
     problems += _check_schedules(policy)
+    for name in policy.validation.restore_test.locations:
+        if name not in names:
+            problems.append(f"validation.restore_test.locations.{name}: expected one of the storage locations "
+                            f"{sorted(names)}")
     if policy.objects is not None:
         problems += _check_objects(policy)
     if policy.communication is not None:

@@ -9,7 +9,7 @@ every business function that depends on the database. The report is JSON plus Ma
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -20,10 +20,11 @@ from continuity.catalog import Catalog
 from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
 from continuity.objects import Consistency, ObjectStore
-from continuity.policy import Policy
+from continuity.policy import Policy, format_duration
 from continuity.reports import Objective, failing_objectives, function_rto_objectives
 from continuity.restore import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, restore_logical,
                                 sample_tables, scratch_cluster)
+from continuity.storage import StorageLocation
 
 REPORT_PREFIX = "reports/restore-test/"
 
@@ -65,6 +66,82 @@ class RestoreTestResult(BaseModel):
     checks: list[CheckRecord] = []
     amcheck: str | None = None
     objects: list[Consistency] = []
+    alone: bool = False  # restored from `chosen_location`'s copy only (a rotation test), no fallback
+    last_proven: dict[str, str | None] = {}  # every location: when a restore test last restored from it alone
+    full_restore: bool = False  # every table restored: restore_seconds is a measurement, not a sample
+    sample_estimate_seconds: float | None = None  # the sample's rate times all rows, before calibration
+    calibrated_by: str | None = None  # the last measured full restore the estimate was held against
+    estimate_to_measured_ratio: float | None = None  # the estimate / the last full restore scaled to this size
+
+
+def stored_results(locations: Sequence[StorageLocation]) -> list[RestoreTestResult]:
+    """Every restore test report kept (the first location that lists any), oldest first."""
+    for location in locations:
+        try:
+            keys = [k for k in location.list(REPORT_PREFIX) if k.endswith(".json")]
+        except Exception:  # unreachable: the reports are in every required location
+            continue
+        results = []
+        for key in keys:
+            try:
+                results.append(RestoreTestResult.model_validate_json(location.get_bytes(key)))
+            except ValueError:
+                continue  # a report of another version: not evidence
+        return sorted(results, key=lambda r: r.tested_at)
+    return []
+
+
+def last_full_restore(results: Sequence[RestoreTestResult]) -> RestoreTestResult | None:
+    """The newest successful restore of a whole backup: what sample estimates are held against."""
+    full = [r for r in results if r.full_restore and r.success and r.restore_seconds and r.total_rows]
+    return full[-1] if full else None
+
+
+def calibrated_estimate(sample_estimate: float, total_rows: int, last_full: RestoreTestResult | None
+                        ) -> tuple[float, str | None, float | None]:
+    """The estimate never below what was measured: the last full restore's seconds scaled to this backup's
+    rows (restore time grows at least linearly with rows), if higher than the sample's extrapolation.
+    Returns (estimate, source of the calibration, sample estimate / scaled measurement)."""
+    if last_full is None or not last_full.restore_seconds or not last_full.total_rows:
+        return sample_estimate, None, None
+    scaled = last_full.restore_seconds * total_rows / last_full.total_rows
+    source = (f"full restore of {last_full.backup_id} ({last_full.total_rows:,} rows) measured "
+              f"{last_full.restore_seconds} s on {last_full.tested_at[:10]}")
+    return max(sample_estimate, scaled), source, round(sample_estimate / scaled, 3) if scaled else None
+
+
+def last_proven(results: Sequence[RestoreTestResult]) -> dict[str, datetime]:
+    """When each location was last proven restorable: the newest successful restore test that restored
+    from it without a corrupt copy on the way."""
+    proven: dict[str, datetime] = {}
+    for result in results:
+        if result.success and result.restored_from and not result.corrupt_copies:
+            when = datetime.fromisoformat(result.tested_at)
+            if result.restored_from not in proven or when > proven[result.restored_from]:
+                proven[result.restored_from] = when
+    return proven
+
+
+def locations_due(policy: Policy, proven: Mapping[str, datetime], *, now: datetime,
+                  run_interval: timedelta) -> list[str]:
+    """The locations this run must prove: every one that would pass its period before the next run
+    (never proven: at once). The DR region's first, then the most overdue."""
+    periods = policy.restore_test_periods()
+    due = [name for name, period in periods.items()
+           if name not in proven or now - proven[name] + run_interval > period]
+    dr = {loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region}
+    return sorted(due, key=lambda n: (n not in dr, proven.get(n, datetime.min.replace(tzinfo=timezone.utc))))
+
+
+def unproven_alarms(policy: Policy, proven: Mapping[str, datetime], *, now: datetime) -> list[str]:
+    """A location not proven restorable within its period: an alarm naming it and when it last was."""
+    alarms = []
+    for name, period in policy.restore_test_periods().items():
+        when = proven.get(name)
+        if when is None or now - when > period:
+            alarms.append(f"location {name} has not been proven restorable within {format_duration(period)} "
+                          f"(last: {when.isoformat(timespec='seconds') if when else 'never'})")
+    return alarms
 
 
 def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, days: int = 7) -> Manifest:
@@ -76,15 +153,18 @@ def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, da
 
 def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, report: Callable[[str], None],
                             now: datetime | None = None, scratch_prefix: str = "continuity-scratch-",
-                            object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None) -> RestoreTestResult:
-    """Restore a sample of a recent logical backup from the DR region and check it. `object_replicas`: each
-    object category's DR replica; the tables referencing objects are always in the sample and every
-    reference is checked against the replica."""
+                            object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None,
+                            location: str | None = None, alone: bool = False, full: bool = False,
+                            last_full: RestoreTestResult | None = None) -> RestoreTestResult:
+    """Restore a sample of a recent logical backup from `location` (default: the DR region's) and check it.
+    `alone`: from that location's copy only (a corrupt copy fails the test instead of falling back to
+    another location's). `object_replicas`: each object category's DR replica; the tables referencing
+    objects are always in the sample and every reference is checked against the replica."""
     now = now or datetime.now(timezone.utc)
     dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
-    if not dr_locations:
+    if location is None and not dr_locations:
         raise RestoreError(f"the policy has no storage location in the DR region {policy.topology.dr_region}")
-    chosen_location = dr_locations[0]
+    chosen_location = location or dr_locations[0]
     manifest = pick_backup(catalog, chosen_location, seed=seed, now=now)
     source_database = manifest.source.get("database", "app")
     suite = load_suite(source_database)
@@ -93,10 +173,12 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
                    and ref.database == source_database}
     critical = sorted(set(policy.validation.restore_test.critical_tables) | set(suite.get("critical_tables", []))
                       | referencing)
-    tables = sample_tables(manifest, size=policy.validation.restore_test.sample_tables, critical=critical, seed=seed)
+    counts = {k.split(".", 1)[-1]: v for k, v in manifest.details["row_counts"].items()}
+    tables = sorted(counts) if full else sample_tables(manifest, size=policy.validation.restore_test.sample_tables,
+                                                       critical=critical, seed=seed)
     report(f"testing backup {manifest.backup_id} from location {chosen_location}: sample {', '.join(tables)}")
-    fallbacks = [chosen_location] + [loc.name for loc in policy.storage.locations
-                                     if loc.name != chosen_location and loc.name in catalog.locations]
+    fallbacks = [chosen_location] + ([] if alone else [loc.name for loc in policy.storage.locations
+                                                       if loc.name != chosen_location and loc.name in catalog.locations])
     corrupt: list[str] = []
     with scratch_cluster(prefix=scratch_prefix) as scratch:
         used = None
@@ -123,14 +205,18 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         consistency = [check for name, (replica, _) in (object_replicas or {}).items()
                        if (check := check_object_references(policy, name, replica, scratch, database,
                                                             source_database=source_database, report=report))]
-    counts = {k.split(".", 1)[-1]: v for k, v in manifest.details["row_counts"].items()}
     sample_rows = sum(counts[t] for t in tables)
     total_rows = sum(counts.values()) or 1
-    extrapolated = restore_seconds * total_rows / max(sample_rows, 1)
-    objectives = function_rto_objectives(
-        policy, measured_seconds=extrapolated,
-        source=f"restore of {sample_rows:,} sampled rows in {restore_seconds:.3f} s, extrapolated to all "
-               f"{total_rows:,} rows of backup {manifest.backup_id}")
+    sample_estimate = restore_seconds * total_rows / max(sample_rows, 1)
+    if full:
+        extrapolated, calibration, ratio = restore_seconds, None, None
+        source = f"full restore of all {total_rows:,} rows of backup {manifest.backup_id} in {restore_seconds:.3f} s"
+    else:
+        extrapolated, calibration, ratio = calibrated_estimate(sample_estimate, total_rows, last_full)
+        source = (f"restore of {sample_rows:,} sampled rows in {restore_seconds:.3f} s, extrapolated to all "
+                  f"{total_rows:,} rows of backup {manifest.backup_id} ({sample_estimate:.3f} s)"
+                  + (f", held to at least the {calibration}" if calibration else ", no full restore measured yet"))
+    objectives = function_rto_objectives(policy, measured_seconds=extrapolated, source=source)
     failed = [c for c in checks if not c.success]
     return RestoreTestResult(
         tested_at=now.isoformat(), backup_id=manifest.backup_id, backup_finished_at=manifest.finished_at.isoformat(),
@@ -140,7 +226,8 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         extrapolated_full_restore_seconds=round(extrapolated, 3), objectives=objectives,
         checks=[CheckRecord(table=c.table, expectation=c.expectation, success=c.success, observed=c.observed,
                             description=c.description) for c in checks],
-        amcheck=amcheck_detail, objects=consistency,
+        amcheck=amcheck_detail, objects=consistency, alone=alone, full_restore=full,
+        sample_estimate_seconds=round(sample_estimate, 3), calibrated_by=calibration, estimate_to_measured_ratio=ratio,
         success=not failed and amcheck_ok and not failing_objectives(objectives) and all(c.consistent for c in consistency),
         failed_checks=[f"{c.table}: {c.description} (observed {c.observed})" for c in failed]
         + ([] if amcheck_ok else [amcheck_detail])
@@ -164,10 +251,17 @@ def render_markdown(result: RestoreTestResult) -> str:
         f"# Restore test {result.tested_at}: {'PASS' if result.success else 'FAIL'}",
         "",
         f"- backup: `{result.backup_id}` (finished {result.backup_finished_at})",
-        f"- chosen location: {result.chosen_location}; restored from: {result.restored_from}",
+        f"- chosen location: {result.chosen_location}; restored from: {result.restored_from}"
+        f"{' (its own copy alone)' if result.alone else ''}",
+        *[f"- location {name} last proven restorable: {when or 'never'}" for name, when in sorted(result.last_proven.items())],
         f"- sample: {', '.join(result.tables)} ({result.sample_rows:,} of {result.total_rows:,} rows)",
-        f"- restore time: {result.restore_seconds} s ({result.rows_per_second:,} rows/s); "
-        f"full restore extrapolated: {result.extrapolated_full_restore_seconds} s",
+        (f"- full restore measured: {result.restore_seconds} s ({result.rows_per_second:,} rows/s), every table"
+         if result.full_restore else
+         f"- restore time: {result.restore_seconds} s ({result.rows_per_second:,} rows/s); "
+         f"full restore estimated: {result.extrapolated_full_restore_seconds} s (the sample alone: "
+         f"{result.sample_estimate_seconds} s" + (f"; last measured: {result.calibrated_by}, ratio "
+                                                 f"{result.estimate_to_measured_ratio}" if result.calibrated_by else
+                                                 "; no full restore measured yet") + ")"),
         f"- {result.amcheck}",
     ]
     for corrupt in result.corrupt_copies:

@@ -147,3 +147,22 @@ def test_objects_section_carries_the_requirements_file_storage_plan() -> None:
     assert video.database_reference is not None and video.database_reference.key_column == "s3_key"
     assert objects.categories["user_uploads"].retention.indefinite is True
     assert all(c.object_lock is not None for c in objects.categories.values())
+
+
+def test_restore_tests_rotate_over_every_location_and_alarm_when_one_is_overdue() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from continuity.restore_test import locations_due, unproven_alarms
+
+    policy = load_policy()
+    now = datetime(2026, 11, 27, 5, 0, tzinfo=timezone.utc)
+    week = timedelta(days=7)
+    assert policy.restore_test_periods() == {"primary": timedelta(days=31), "dr": week, "archive": timedelta(days=31)}
+    assert locations_due(policy, {}, now=now, run_interval=week) == ["dr", "primary", "archive"]
+    proven = {"dr": now - week, "primary": now - timedelta(days=3), "archive": now - timedelta(days=26)}
+    # The archive would pass its 31 days before the next weekly run: its turn is now; the primary's is not.
+    assert locations_due(policy, proven, now=now, run_interval=week) == ["dr", "archive"]
+    assert unproven_alarms(policy, proven, now=now) == []
+    late = {**proven, "archive": now - timedelta(days=40)}
+    [alarm] = unproven_alarms(policy, late, now=now)
+    assert alarm.startswith("location archive has not been proven restorable within 31d (last: 2026-10-18")

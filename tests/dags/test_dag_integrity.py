@@ -92,6 +92,13 @@ def test_every_recurring_dag_runs_on_the_policys_schedule(path: Path) -> None:
         assert expression == policy.schedule_for(dag_id), f"{dag_id}: {expression!r} is not the policy's schedule"
 
 
+def test_the_monthly_drill_switches_over_when_the_policy_says_so() -> None:
+    from continuity.policy import load_policy
+
+    dag = _load(DAGS_DIR / "dr_drill.py").dags["dr_drill"]
+    assert dag.params["include_switchover"] is load_policy().validation.drill.include_switchover is True
+
+
 def test_a_schedule_that_breaks_the_validation_cadence_is_refused(tmp_path: Path) -> None:
     from continuity.policy import PolicyError, load_policy
     from continuity.project import default_policy_path

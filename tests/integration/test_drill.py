@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from continuity.drill import DrillStart, check_point_in_time
 from continuity.full_backup import logical_backup, physical_backup
 
 from .airflow_helpers import load_dag, task_states, xcom
@@ -26,7 +27,8 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     for _ in range(2):  # the second run copies the first's heartbeat: the lag is measured
         assert str(load_dag("dr_object_replication").test().state) == "success"
 
-    run = load_dag("dr_drill").test()
+    # The live switchover (on in the sandbox's policy) is tested with its own cluster in test_failover.
+    run = load_dag("dr_drill").test(run_conf={"include_switchover": False})
     assert str(run.state) == "success", task_states(run)
     result = xcom(run, "rebuild_and_measure")
     assert result["location"] == "dr"
@@ -65,7 +67,17 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     assert "| RTO tier_1_critical |" in md and "marker" in md and "recovered" in md
     assert "| RPO video_content |" in md and f"- objects video_content: {rows} of {rows} referenced" in md
     assert task_states(run)["remove_scratch_clusters"] == "success"
-    assert task_states(run)["live_switchover"] == "skipped", "no switchover unless include_switchover"
+    assert task_states(run)["live_switchover"] == "skipped", "no switchover when the run turns it off"
+    # Point-in-time recovery: to a target between two markers, the first recovered and the second not.
+    pitr = result["pitr"]
+    assert pitr["passed"] and pitr["before_recovered"] and not pitr["after_recovered"], pitr
+    start = DrillStart.model_validate(xcom(run, "start_drill"))
+    assert start.pitr.before_at < start.pitr.target < start.pitr.after_at
+    assert "- point-in-time recovery to " in md and ": pass" in md
+    # A recovery that goes past the target (here: to the latest point) is caught.
+    past = check_point_in_time(catalog=catalog, location="dr", markers=start.pitr, database=start.database,
+                               report=lambda _m: None, target_time=None)
+    assert not past.passed and past.after_recovered and past.recovered_to == "latest"
 
 
 def test_a_video_whose_object_never_reached_the_replica_fails_the_drills_video_verdict(sandbox) -> None:

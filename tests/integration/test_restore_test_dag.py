@@ -63,6 +63,26 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     assert xcom(run, "sample_restore_test")["backup_id"] == report["backup_id"]
     assert report["amcheck"] == "pg_amcheck found no corruption in any database" and report["amcheck"] in md
     assert task_states(run)["remove_scratch_clusters"] == "success"
+    # Every location that holds backups is proven in turn: never proven before, so all of them now, the
+    # others each from its own copy alone; the report says when each was last proven.
+    summary = xcom(run, "sample_restore_test")
+    assert summary["locations"] == ["dr", "archive", "primary"] or summary["locations"] == ["dr", "primary", "archive"]
+    for location in ("primary", "archive"):
+        other = json.loads(_catalog(sandbox).locations["dr"].get_bytes(
+            f"reports/restore-test/{key_safe(run.run_id + '-' + location)}.json"))
+        assert other["success"] and other["alone"] and other["restored_from"] == other["chosen_location"] == location
+    assert set(summary["last_proven"]) == {"dr", "primary", "archive"} and all(summary["last_proven"].values())
+    assert "- location archive last proven restorable: " in md
+    # No full restore measured yet: one was made (every table, timed), and the sample's estimate is held to it.
+    full = json.loads(_catalog(sandbox).locations["dr"].get_bytes(
+        f"reports/restore-test/{key_safe(run.run_id + '-full')}.json"))
+    assert full["full_restore"] and full["success"] and full["sample_rows"] == full["total_rows"]
+    assert summary["full_restore_seconds"] == full["restore_seconds"] > 0
+    scaled = full["restore_seconds"] * report["total_rows"] / full["total_rows"]
+    assert report["calibrated_by"].startswith(f"full restore of {full['backup_id']}")
+    assert report["extrapolated_full_restore_seconds"] >= round(scaled, 3) - 0.001, "never below what was measured"
+    assert report["estimate_to_measured_ratio"] == round(report["sample_estimate_seconds"] / scaled, 3)
+    assert "last measured: full restore of" in md
 
 
 def test_a_corrupt_dr_copy_makes_the_test_fall_back_and_report_it(sandbox, recent_logical_backup) -> None:

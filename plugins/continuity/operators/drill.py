@@ -9,6 +9,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from continuity.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
+                              commit_pitr_markers,
                               failure_result, render_markdown, run_drill)
 from continuity.failover import FailoverError, FailoverParams, run_all
 from continuity.hooks.failover import FailoverHook
@@ -43,11 +44,15 @@ class StartDrillOperator(ContinuityBackupOperator):
         conn = entry.get_connection(policy.topology.entry_point.conn_id)
         app = entry.get_node().conninfo
         drill_id = key_safe(context["run_id"])
+        # The point-in-time markers first: the drill marker stays the newest row, what RPO is measured by.
+        pitr = commit_pitr_markers(app, drill_id)
+        self.log.info("point-in-time check: markers committed at %s and %s; the drill will recover to %s",
+                      pitr.before_at.isoformat(), pitr.after_at.isoformat(), pitr.target.isoformat())
         committed = commit_marker(app, drill_id)
         self.log.info("drill %s started at %s; marker committed at %s through %s", drill_id, started.isoformat(),
                       committed.isoformat(), conn.host)
         return DrillStart(drill_id=drill_id, started_at=started, marker_committed_at=committed,
-                          database=conn.schema or policy.topology.databases[0]).model_dump(mode="json")
+                          database=conn.schema or policy.topology.databases[0], pitr=pitr).model_dump(mode="json")
 
 
 class RebuildAndMeasureOperator(ContinuityBackupOperator):
@@ -63,7 +68,7 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
                                marker_committed_at=start.marker_committed_at,
                                database=start.database, report=self.log.info,
                                object_replicas=hook.get_object_replicas(hook.policy.topology.dr_region),
-                               scratch_prefix=scratch_prefix(context["run_id"]))
+                               scratch_prefix=scratch_prefix(context["run_id"]), pitr=start.pitr)
         except RestoreError as exc:
             failed = failure_result(drill_id=start.drill_id, started_at=start.started_at, error=str(exc))
             for key in store_report(failed, required, name=start.drill_id, prefix=REPORT_PREFIX, render=render_markdown):
