@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -365,6 +365,16 @@ class Drill(_Model):
     include_switchover: bool = False
 
 
+class PlanReviewPolicy(_Model):
+    """When the business impact analysis and recovery objectives were last reviewed, by whom, how often
+    they must be, and who answers dr_plan_review (Airflow user ids; empty: anyone with access)."""
+
+    last_reviewed: date | None = None
+    reviewed_by: str | None = None
+    every: Duration = timedelta(days=365)
+    owners: list[str] = []
+
+
 class Validation(_Model):
     daily: list[str]
     weekly: list[str]
@@ -406,6 +416,7 @@ class Policy(_Model):
     failover: Failover = Failover()
     objects: Objects | None = None
     communication: Communication | None = None
+    plan_review: PlanReviewPolicy | None = None
     # The services of business functions that live in the PostgreSQL database (restores and drills
     # measure them); any other dependency is reported `not measured` until something measures it.
     database_services: list[str] = ["database"]

@@ -166,3 +166,21 @@ def test_restore_tests_rotate_over_every_location_and_alarm_when_one_is_overdue(
     late = {**proven, "archive": now - timedelta(days=40)}
     [alarm] = unproven_alarms(policy, late, now=now)
     assert alarm.startswith("location archive has not been proven restorable within 31d (last: 2026-10-18")
+
+
+def test_the_plan_review_is_overdue_after_a_year_and_counts_from_the_last_answer() -> None:
+    from datetime import datetime, timezone
+
+    from continuity.plan_review import ReviewDecision, last_review, overdue_alarm
+
+    policy = load_policy()
+    assert overdue_alarm(policy, [], now=datetime(2026, 11, 27, tzinfo=timezone.utc)) is None
+    late = overdue_alarm(policy, [], now=datetime(2027, 2, 1, tzinfo=timezone.utc))
+    assert late == ("the recovery plan has not been reviewed within 1y (last: 2026-01-15 by sre-lead@example.com): "
+                    "run dr_plan_review")
+    answered = ReviewDecision(review_id="r1", outcome="confirmed", decided_by="admin",
+                              decided_at=datetime(2027, 1, 20, tzinfo=timezone.utc), changes={})
+    unanswered = answered.model_copy(update={"outcome": "not answered", "decided_by": None,
+                                             "decided_at": datetime(2027, 1, 25, tzinfo=timezone.utc)})
+    assert last_review(policy, [answered, unanswered]) == (answered.decided_at, "admin")
+    assert overdue_alarm(policy, [answered, unanswered], now=datetime(2027, 2, 1, tzinfo=timezone.utc)) is None

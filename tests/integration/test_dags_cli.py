@@ -19,8 +19,12 @@ CONF = {"dr_failover": {"target": "dr", "mode": "switchover", "dry_run": True, "
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
 
 
+# DAGs whose every path waits for a person: `airflow dags test` would wait for an answer no one gives.
+NEEDS_A_PERSON = {"dr_plan_review": "tested under the scheduler, answered through the REST API (test_plan_review)"}
+
+
 def test_the_order_names_every_dag() -> None:
-    assert sorted(ORDER) == DAG_IDS
+    assert sorted(ORDER + list(NEEDS_A_PERSON)) == DAG_IDS
 
 
 @pytest.mark.parametrize("dag_id", ORDER)

@@ -6,44 +6,22 @@ trigger of the same cause joining the open incident, and resolving: the announce
 resolved with the same dedup key, the banner cleared, the post-incident report with what was entered.
 
 The policy is the sandbox's with short deadlines so the timeouts pass while the test watches:
-acknowledgement (executive group) 20 s, partner notice approval 15 s."""
+acknowledgement (executive group) 20 s, partner notice approval 15 s (the `scheduler` fixture)."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from continuity.incidents import IncidentStore, pending_causes
 from continuity.policy import load_policy
-from continuity.project import default_policy_path
 from continuity.receivers import mails, message_text, received
 from continuity.sandbox import Sandbox
 from . import airflow_run
 
 DAG = "dr_incident"
-
-
-@pytest.fixture(scope="module")
-def airflow() -> airflow_run.AirflowRun:
-    root = Path(tempfile.mkdtemp(prefix="continuity-incident-run-"))
-    root.chmod(0o755)
-    policy_file = root / "policy-short-deadlines.yaml"
-    text = default_policy_path().read_text()
-    for old, new in (("executive: {audience: management, threshold: high, escalation: 30m}",
-                      "executive: {audience: management, threshold: high, escalation: 20s}"),
-                     ("      methods: [email]\n      deadline: 2h\n", "      methods: [email]\n      deadline: 15s\n")):
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    policy_file.write_text(text)
-    run = airflow_run.start(root, policy_file=policy_file)
-    try:
-        yield run
-    finally:
-        airflow_run.stop(run)
 
 
 def _store(airflow: airflow_run.AirflowRun) -> IncidentStore:
@@ -56,7 +34,8 @@ def _mails_about(airflow: airflow_run.AirflowRun, incident_id: str) -> list[str]
     return [message_text(m) for m in mails(airflow.root / "receivers") if incident_id in message_text(m)]
 
 
-def test_a_critical_incident_from_alert_to_report(airflow) -> None:
+def test_a_critical_incident_from_alert_to_report(scheduler) -> None:
+    airflow = scheduler
     receivers = airflow.root / "receivers"
     run_id = airflow.trigger(DAG, {"severity": "critical", "title": "Primary database down",
                                    "functions": ["user_authentication", "video_upload"], "commander": "Ada",
@@ -155,9 +134,10 @@ def test_a_critical_incident_from_alert_to_report(airflow) -> None:
     assert store.get(incident_id).status == "resolved" and not store.open_for("test:primary-down")
 
 
-def test_a_stopped_primary_opens_a_critical_incident_by_itself(airflow) -> None:
+def test_a_stopped_primary_opens_a_critical_incident_by_itself(scheduler) -> None:
     """No one triggers dr_incident: the health monitor's disaster assessment leaves the cause in the inbox,
     the triggerer's watcher starts dr_incident_inbox, which starts dr_incident; the team is alerted."""
+    airflow = scheduler
     receivers = airflow.root / "receivers"
     sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
     sandbox.cluster("primary").stop(mode="immediate", timeout=60)

@@ -109,17 +109,27 @@ def _run_and_interrupt(root: Path) -> None:
 
         # A fresh install is green: every run the scheduler started by itself (each scheduled DAG's
         # newest interval, all at once) succeeds within the first minutes.
-        scheduled_dags = sorted(set(DAG_IDS) - {"dr_failover", "dr_incident", "dr_incident_inbox"})
+        # dr_plan_review's first run waits for its owners' answer (checked below), the others finish.
+        scheduled_dags = sorted(set(DAG_IDS) - {"dr_failover", "dr_incident", "dr_incident_inbox", "dr_plan_review"})
         deadline = time.monotonic() + 300
         runs: list[dict] = []
         while time.monotonic() < deadline:
             runs = [r for r in _api(port, "/api/v2/dags/~/dagRuns?limit=100", token)["dag_runs"]
                     if r["run_type"] == "scheduled"]
             started = {r["dag_id"] for r in runs}
-            if started >= set(scheduled_dags) and all(r["state"] in ("success", "failed") for r in runs):
+            if started >= {*scheduled_dags, "dr_plan_review"} and all(r["state"] in ("success", "failed") for r in runs
+                                                                        if r["dag_id"] != "dr_plan_review"):
                 break
             time.sleep(5)
         assert {r["dag_id"] for r in runs} >= set(scheduled_dags), runs
+        [review] = [r for r in runs if r["dag_id"] == "dr_plan_review"]
+        deadline, review_tasks = time.monotonic() + 90, {}
+        while time.monotonic() < deadline and review_tasks.get("confirm_targets") != "awaiting_input":
+            review_tasks = {t["task_id"]: t["state"] for t in _api(
+                port, f"/api/v2/dags/dr_plan_review/dagRuns/{review['dag_run_id']}/taskInstances", token)["task_instances"]}
+            time.sleep(2)
+        assert review_tasks == {"draft_review": "success", "confirm_targets": "awaiting_input"}, review_tasks
+        runs = [r for r in runs if r["dag_id"] != "dr_plan_review"]
         failed = {r["dag_id"]: [t["task_id"] for t in _api(
             port, f"/api/v2/dags/{r['dag_id']}/dagRuns/{r['dag_run_id']}/taskInstances", token)["task_instances"]
             if t["state"] not in ("success", "skipped")] for r in runs if r["state"] != "success"}

@@ -1,0 +1,35 @@
+"""The real scheduler for the tests that need it (human-in-the-loop steps answered through the REST API):
+one `continuity run` for the session, started by the first test that asks for it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from continuity.project import default_policy_path
+
+from . import airflow_run
+
+
+@pytest.fixture(scope="session")
+def scheduler() -> Iterator[airflow_run.AirflowRun]:
+    """`continuity run` with the sandbox's policy made quick: acknowledgement (executive group) 20 s,
+    partner notice approval 15 s, so timeouts pass while a test watches."""
+    root = Path(tempfile.mkdtemp(prefix="continuity-scheduler-run-"))
+    root.chmod(0o755)
+    policy_file = root / "policy-short-deadlines.yaml"
+    text = default_policy_path().read_text()
+    for old, new in (("executive: {audience: management, threshold: high, escalation: 30m}",
+                      "executive: {audience: management, threshold: high, escalation: 20s}"),
+                     ("      methods: [email]\n      deadline: 2h\n", "      methods: [email]\n      deadline: 15s\n")):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    policy_file.write_text(text)
+    run = airflow_run.start(root, policy_file=policy_file)
+    try:
+        yield run
+    finally:
+        airflow_run.stop(run)
