@@ -20,12 +20,11 @@ from pydantic import BaseModel, ValidationError
 from continuity import incident_report
 from continuity.communication import TemplateError, incident_fields, latest_drill_rto, render
 from continuity.hooks.incident import ContinuityIncidentHook
-from continuity.hooks.topology import current_policy
 from continuity.incidents import (Decision, DeliveryFailed, Incident, IncidentError, IncidentRequest, IncidentStore,
                                   Message, check_request, deliver, split_subject)
 from continuity.notifiers.incident import clear_banners
 from continuity.operators.base import ContinuityOperator
-from continuity.policy import SEVERITY_ORDER, Policy, format_duration
+from continuity.policy import SEVERITY_ORDER, Policy, format_duration, load_policy
 
 
 class IncidentRef(BaseModel):
@@ -194,7 +193,7 @@ class NotifyAudienceOperator(IncidentOperator):
 
 
 def _ack_timeout() -> timedelta:
-    communication = current_policy().communication
+    communication = load_policy().communication
     return communication.escalation()[1].escalation if communication else timedelta(minutes=30)
 
 
@@ -418,7 +417,7 @@ class PostIncidentReportOperator(HITLOperator):
 
 
 def _report_due() -> timedelta:
-    communication = current_policy().communication
+    communication = load_policy().communication
     return communication.report_due if communication else timedelta(hours=48)
 
 

@@ -12,9 +12,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from continuity import plan_review
 from continuity.hooks.incident import ContinuityIncidentHook
-from continuity.hooks.topology import current_policy
 from continuity.operators.base import ContinuityOperator
-from continuity.policy import format_duration, parse_duration
+from continuity.policy import format_duration, load_policy, parse_duration
 from continuity.storage import key_safe
 
 
@@ -50,7 +49,7 @@ class DraftPlanReviewOperator(ContinuityOperator):
 
 
 def _target_params() -> dict[str, Param]:
-    policy = current_policy()
+    policy = load_policy()
     params: dict[str, Param] = {}
     for name, function in sorted(policy.business_functions.items()):
         params[f"{name}__rto_target"] = Param(format_duration(function.rto.target), type="string",
@@ -71,7 +70,7 @@ class ConfirmTargetsOperator(HITLOperator):
 
     def __init__(self, *, draft_task_id: str = "draft_review", **kwargs: Any) -> None:
         kwargs.pop("params", None)  # the DAG's params: this form has its own
-        review = current_policy().plan_review
+        review = load_policy().plan_review
         super().__init__(subject="Review the recovery plan's targets",
                          body="{{ ti.xcom_pull(task_ids='" + draft_task_id + "')['review_id'] }}",
                          options=[self.CONFIRM, self.CHANGE], defaults=[self.CONFIRM], params=_target_params(),
@@ -87,7 +86,7 @@ class ConfirmTargetsOperator(HITLOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         result = super().execute_complete(context, event)
-        policy = current_policy()
+        policy = load_policy()
         review = plan_review.PlanReview.model_validate(context["ti"].xcom_pull(task_ids=self.draft_task_id))
         answers = dict(result.get("params_input") or {})
         by = (result.get("responded_by_user") or {}).get("name")
