@@ -6,6 +6,7 @@ incident, and the status page and banner show only what was published."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -24,10 +25,11 @@ def hook(sandbox) -> ContinuityIncidentHook:
 
 
 def _open(store: IncidentStore, cause: str, severity: str = "critical") -> tuple:
+    # Each call is another trigger (source): the same source again would be a retry of one trigger.
     return store.open_or_join(IncidentRequest(severity=severity, title=f"Primary database down ({cause})",
                                               functions=["user_authentication", "video_upload"],
                                               description="the primary stopped answering", commander="Ada",
-                                              cause_key=cause, source="test"))
+                                              cause_key=cause, source=f"test trigger {uuid.uuid4().hex[:8]}"))
 
 
 def _alert(hook: ContinuityIncidentHook, store: IncidentStore, incident, *, purpose: str = "alert",

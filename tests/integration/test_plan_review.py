@@ -7,6 +7,7 @@ import json
 
 from continuity.drill import DrillResult, render_markdown as render_drill
 from continuity.policy import load_policy
+from continuity.receivers import mails, message_text
 from continuity.reports import function_rto_objectives, store_report
 from continuity.sandbox import Sandbox
 
@@ -39,6 +40,10 @@ def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(sch
     assert review["last_reviewed"] == "2026-01-15" and review["reviewed_by"] == "sre-lead@example.com"
     stored = locations["dr"].get_bytes(f"reviews/{review['review_id']}.md").decode()
     assert "| video_upload | 30m | 2400.0 s | missed |" in stored
+
+    # Management was told by e-mail that the review awaits an answer.
+    reminders = [message_text(m) for m in mails(scheduler.root / "receivers")]
+    assert [m for m in reminders if f"Recovery plan review {run_id} awaits your answer" in m and "cto@example.com" in m]
 
     # The owners answer in the UI: video upload's RTO target becomes 45m, everything else confirmed.
     form = {f"{name}__{kind}": value for name, f in rows.items()

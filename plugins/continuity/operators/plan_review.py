@@ -60,6 +60,21 @@ def _target_params() -> dict[str, Param]:
     return params
 
 
+def _reminders() -> list[Any]:
+    """The e-mail telling management (the policy's communication matrix) that the review awaits them."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    communication = load_policy().communication
+    if communication is None or "management" not in communication.audiences:
+        return []
+    recipients = communication.audiences["management"].recipients.get("email", [])
+    return [SmtpNotifier(to=recipients, from_email=communication.from_email, smtp_conn_id=communication.connections["email"],
+                         subject="Recovery plan review {{ run_id }} awaits your answer",
+                         html_content="<p>The yearly review of the recovery plan is drafted. Confirm or change each "
+                                      "business function's targets in the Airflow UI (Required Actions, DAG "
+                                      "dr_plan_review, run {{ run_id }}).</p>")] if recipients else []
+
+
 class ConfirmTargetsOperator(HITLOperator):
     """The owners confirm each business function's RTO and RPO targets or change them (the form holds
     the current ones); the answer, who gave it and the changes requested are recorded beside the draft.
@@ -74,6 +89,7 @@ class ConfirmTargetsOperator(HITLOperator):
         super().__init__(subject="Review the recovery plan's targets",
                          body="{{ ti.xcom_pull(task_ids='" + draft_task_id + "')['review_id'] }}",
                          options=[self.CONFIRM, self.CHANGE], defaults=[self.CONFIRM], params=_target_params(),
+                         notifiers=_reminders(),
                          assigned_users=[{"id": u, "name": u} for u in (review.owners if review else [])] or None,
                          response_timeout=kwargs.pop("response_timeout", None) or timedelta(days=14), **kwargs)
         self.draft_task_id = draft_task_id
