@@ -197,6 +197,7 @@ class Sandbox:
                 self._build(scale=scale, started=started)
             self._start_pgbouncer(started)
             self._start_s3(started)
+            self._start_redis(started)
             self._start_receivers(started)
             self.write_connections()
             self._save_state()
@@ -209,6 +210,7 @@ class Sandbox:
     def _check_prerequisites(self) -> None:
         find_bindir()
         find_pgbouncer()
+        find_redis_server()
         if shutil.which("runuser") is None and os.geteuid() == 0:
             raise SandboxError("running as root needs `runuser` (util-linux) to start PostgreSQL as the postgres user")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -446,6 +448,49 @@ class Sandbox:
         wait_for_port(s3["port"], what="the S3 endpoint (moto server)")
         self._create_buckets()
         self.seed_objects()
+
+    # -- Redis per region: the application's sessions, cache and processing queue -----------------
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    def _start_redis(self, started: list[str]) -> None:
+        """A Redis in the primary region and one in the DR region replicating from it (Debian's redis-server)."""
+        binary = find_redis_server()
+        redis = self.state.setdefault("redis", {})
+        password = self.state["secrets"].setdefault("redis", secrets.token_urlsafe(24))
+        topology = self.policy.topology
+        for region, role in ((topology.primary_region, "primary"), (topology.dr_region, "replica")):
+            entry = redis.setdefault(region, {"port": free_port(), "pid": None, "role": role})
+            if _is_our_process(entry.get("pid"), "redis-server"):
+                continue
+            if not port_is_free(entry["port"]):
+                entry["port"] = free_port()
+            directory = self.redis_dir / region
+            directory.mkdir(parents=True, exist_ok=True)
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            lines = [f"port {entry['port']}", "bind 127.0.0.1", f"dir {directory}", "appendonly yes",
+                     "daemonize no", f"logfile {self.logs_dir / f'redis-{region}.log'}",
+                     f"requirepass {password}", f"masterauth {password}"]
+            if entry["role"] == "replica":
+                lines.append(f"replicaof 127.0.0.1 {redis[topology.primary_region]['port']}")
+            config = directory / "redis.conf"
+            # The password is in this file (mode 0600 before it is written), never on a command line.
+            config.touch(mode=0o600)
+            config.chmod(0o600)
+            config.write_text("\n".join(lines) + "\n")
+            process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, cwd=directory)
+            entry["pid"] = process.pid
+            started.append(f"redis {region}")
+            self._save_state()
+            wait_for_port(entry["port"], what=f"Redis in {region}")
+
+    def redis_client(self, region: str) -> Any:
+        import redis as redis_py
+
+        entry = self.state["redis"][region]
+        return redis_py.Redis(host="127.0.0.1", port=entry["port"], password=self.password("redis"), socket_timeout=5)
 
     # -- SMTP and webhook receivers (Slack, PagerDuty, status page stand-ins) ---------------------
     @property
@@ -712,6 +757,11 @@ class Sandbox:
                     "conn_type": "aws", "login": S3_ACCESS_KEY, "password": self.password("s3_secret_key"),
                     "extra": {"endpoint_url": self.s3_endpoint, "region_name": location.region},
                 }
+        for region, entry in self.state.get("redis", {}).items():
+            conns[f"continuity_redis_{region.replace('-', '_')}"] = {
+                "conn_type": "redis", "host": "127.0.0.1", "port": entry["port"], "password": self.password("redis"),
+                "extra": {"db": 0, "role": entry["role"], "region": region},
+            }
         if "receivers" in self.state:
             # The providers' own connection types, pointing at the local receivers.
             conns["continuity_smtp"] = {
@@ -777,6 +827,10 @@ class Sandbox:
             if _is_our_process(receivers_pid, "continuity.receivers"):
                 stop_pid(receivers_pid, name="receivers", sig=signal.SIGTERM)
                 stopped.append("receivers")
+            for region, entry in reversed(list(state.get("redis", {}).items())):  # the replica first
+                if _is_our_process(entry.get("pid"), "redis-server"):
+                    stop_pid(entry["pid"], name=f"Redis {region}", sig=signal.SIGTERM)
+                    stopped.append(f"redis {region}")
             s3_pid = state.get("s3", {}).get("pid")
             if _is_our_process(s3_pid, "moto"):
                 stop_pid(s3_pid, name="S3 endpoint")
@@ -823,6 +877,9 @@ class Sandbox:
                 entry["lag_bytes"] = row["lag_bytes"] if row else None
         result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(_read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
         result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid"))}
+        result["redis"] = {region: {"address": f"127.0.0.1:{entry['port']}", "role": entry["role"],
+                                    "running": _is_our_process(entry.get("pid"), "redis-server")}
+                           for region, entry in self.state.get("redis", {}).items()}
         receivers = self.state.get("receivers", {})
         result["receivers"] = {"smtp": f"127.0.0.1:{receivers.get('smtp_port')}", "webhooks": self.webhook_url
                                if receivers else None, "running": pid_alive(receivers.get("pid")),
@@ -909,6 +966,14 @@ def _read_pid(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def find_redis_server() -> str:
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if binary is None:
+        raise SandboxError("redis-server is not installed (the application's cache and sessions need it); HINT: "
+                           "`make run` installs the Debian package redis-server, or: apt-get install redis-server")
+    return binary
 
 
 def _is_our_process(pid: int | None, needle: str) -> bool:
