@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="continuity-test-airflow-")
@@ -19,6 +20,9 @@ os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# One Fernet key for the session: `airflow dags test` subprocesses and this process read and write the
+# same metadata DB, and a Variable one of them encrypted must decrypt in the other.
+os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
 # The project's DAGs, plus test-only DAGs that exercise sensors and operators on their own.
 TEST_DAGS_DIR = PROJECT_ROOT / "tests" / "integration" / "dags"
 os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([

@@ -14,6 +14,8 @@ import pytest
 ORDER = ["dr_full_backup", "dr_config_backup", "dr_wal_archive", "dr_object_replication", "dr_backup_validation",
          "dr_restore_test", "dr_drill", "dr_health_monitor", "dr_failover", "dr_incident", "dr_incident_inbox"]
 CONF = {"dr_failover": {"target": "dr", "mode": "switchover", "dry_run": True, "reason": "airflow dags test"},
+        # The drill's live switchover (on in the policy) is tested in test_failover with its own cluster.
+        "dr_drill": {"include_switchover": False},
         # A communication drill: test messages on every channel, no human step (dags test answers none).
         "dr_incident": {"kind": "drill", "severity": "low", "title": "communication test (airflow dags test)"}}
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))

@@ -14,6 +14,16 @@ from continuity.sandbox import Sandbox
 DAG = "dr_plan_review"
 
 
+def _current_targets(policy) -> dict[str, str]:
+    from continuity.policy import format_duration
+
+    form = {}
+    for name, function in policy.business_functions.items():
+        form[f"{name}__rto_target"] = format_duration(function.rto.target)
+        form[f"{name}__rpo_target"] = format_duration(function.rpo.target)
+    return form | {"notes": ""}
+
+
 def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(scheduler) -> None:
     sandbox = Sandbox(root=scheduler.root, policy=load_policy(scheduler.root / "policy-short-deadlines.yaml"))
     locations = sandbox.storage_locations()
@@ -25,6 +35,13 @@ def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(sch
                         failed_checks=[], rto_seconds=2400.0, rpo_seconds=0.0,
                         objectives=function_rto_objectives(policy, measured_seconds=2400.0, source="drill rebuild"))
     store_report(drill, required, name="review-test-drill", prefix="reports/drill/", render=render_drill)
+
+    # A fresh install's first (scheduled) review waits for its owners; one run at a time: answer it first.
+    for run in scheduler.api(f"/api/v2/dags/{DAG}/dagRuns?limit=10")["dag_runs"]:
+        if run["state"] in ("queued", "running"):
+            scheduler.answer(DAG, run["dag_run_id"], "confirm_targets", ["Confirm targets"],
+                             {k: v for k, v in _current_targets(policy).items()})
+            assert scheduler.wait_for_run(DAG, run["dag_run_id"]) == "success"
 
     run_id = scheduler.trigger(DAG)
     scheduler.wait_for_task(DAG, run_id, "draft_review", ("success",), timeout=180)

@@ -37,7 +37,17 @@ def _report(sandbox, run) -> dict:
     return json.loads(dr.get_bytes(f"reports/restore-test/{name}.json"))
 
 
-def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logical_backup) -> None:
+def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logical_backup, monkeypatch,
+                                                          tmp_path) -> None:
+    from continuity.project import default_policy_path
+
+    # Every location's turn and a full restore due in this run, whatever earlier tests proved already.
+    policy_file = tmp_path / "policy.yaml"
+    text = default_policy_path().read_text()
+    assert "    locations: {dr: 7d, primary: 31d, archive: 31d}\n" in text
+    policy_file.write_text(text.replace("    locations: {dr: 7d, primary: 31d, archive: 31d}\n",
+                                        "    locations: {dr: 7d, primary: 1s, archive: 1s}\n    full_restore_every: 1s\n"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
     assert str(load_dag("dr_object_replication").test().state) == "success"
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "success", task_states(run)
@@ -63,8 +73,8 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     assert xcom(run, "sample_restore_test")["backup_id"] == report["backup_id"]
     assert report["amcheck"] == "pg_amcheck found no corruption in any database" and report["amcheck"] in md
     assert task_states(run)["remove_scratch_clusters"] == "success"
-    # Every location that holds backups is proven in turn: never proven before, so all of them now, the
-    # others each from its own copy alone; the report says when each was last proven.
+    # Every location whose turn has come is proven (here all of them), the others than the DR region's
+    # each from its own copy alone; the report says when each was last proven.
     summary = xcom(run, "sample_restore_test")
     assert summary["locations"] == ["dr", "archive", "primary"] or summary["locations"] == ["dr", "primary", "archive"]
     for location in ("primary", "archive"):
@@ -73,7 +83,7 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
         assert other["success"] and other["alone"] and other["restored_from"] == other["chosen_location"] == location
     assert set(summary["last_proven"]) == {"dr", "primary", "archive"} and all(summary["last_proven"].values())
     assert "- location archive last proven restorable: " in md
-    # No full restore measured yet: one was made (every table, timed), and the sample's estimate is held to it.
+    # A full restore was due: one was made (every table, timed), and the sample's estimate is held to it.
     full = json.loads(_catalog(sandbox).locations["dr"].get_bytes(
         f"reports/restore-test/{key_safe(run.run_id + '-full')}.json"))
     assert full["full_restore"] and full["success"] and full["sample_rows"] == full["total_rows"]
