@@ -7,7 +7,6 @@ field and the template, raised before anything is sent. Nothing here imports Air
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -19,7 +18,7 @@ from jinja2 import meta
 
 from continuity.policy import Policy, format_duration, parse_duration
 from continuity.project import include_dir
-from continuity.storage import StorageLocation
+from continuity.storage import StorageLocation, stored_documents
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +76,12 @@ DRILL_REPORT_PREFIX = "reports/drill/"
 
 def latest_drill_rto(locations: Sequence[StorageLocation]) -> tuple[float, str] | None:
     """The newest successful drill's measured RTO in seconds and its source ("drill <id> of <date>")."""
-    best: tuple[str, float, str] | None = None
-    for location in locations:
-        try:
-            keys = [k for k in location.list(DRILL_REPORT_PREFIX) if k.endswith(".json")]
-            for key in keys:
-                report = json.loads(location.get_bytes(key))
-                if report.get("success") and report.get("rto_seconds") is not None:
-                    candidate = (report["started_at"], float(report["rto_seconds"]), report["drill_id"])
-                    best = max(best, candidate) if best else candidate
-        except Exception as exc:  # an unreachable location: the others may still hold a report
-            log.warning("could not read drill reports from %s: %s", location.describe(DRILL_REPORT_PREFIX), exc)
-            continue
-        if best:
-            break
-    if best is None:
+    measured = [(r["started_at"], float(r["rto_seconds"]), r["drill_id"])
+                for r in stored_documents(locations, DRILL_REPORT_PREFIX)
+                if r.get("kind") == "drill" and r.get("success") and r.get("rto_seconds") is not None]
+    if not measured:
         return None
-    started, seconds, drill_id = best
+    started, seconds, drill_id = max(measured)
     return seconds, f"drill {drill_id} of {started[:10]}"
 
 

@@ -9,7 +9,6 @@ Nothing here imports Airflow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -19,7 +18,7 @@ from continuity.communication import downtime_cost, render
 from continuity.failover import AUDIT_PREFIX
 from continuity.incidents import Incident, IncidentStore, Receipt
 from continuity.policy import Policy, format_duration
-from continuity.storage import StorageLocation
+from continuity.storage import StorageLocation, stored_documents
 
 
 class Unavailability(BaseModel):
@@ -50,20 +49,9 @@ class PostIncidentReport(BaseModel):
 
 
 def failover_audits(locations: Sequence[StorageLocation], start: datetime, end: datetime) -> list[dict]:
-    """dr_failover's audits recorded between `start` and `end` (from the first location that lists any)."""
-    for location in locations:
-        try:
-            keys = [k for k in location.list(AUDIT_PREFIX) if k.endswith(".json")]
-        except Exception:  # an unreachable location: the next one holds the same audits
-            continue
-        found = []
-        for key in keys:
-            audit = json.loads(location.get_bytes(key))
-            recorded = datetime.fromisoformat(audit["recorded_at"])
-            if start <= recorded <= end:
-                found.append(audit)
-        return sorted(found, key=lambda a: a["recorded_at"])
-    return []
+    """dr_failover's audits recorded between `start` and `end`."""
+    return sorted((a for a in stored_documents(locations, AUDIT_PREFIX)
+                   if start <= datetime.fromisoformat(a["recorded_at"]) <= end), key=lambda a: a["recorded_at"])
 
 
 def build(policy: Policy, incident: Incident, receipts: Sequence[Receipt], *, root_cause: str, lessons_learned: str,

@@ -8,7 +8,6 @@ is recorded with who gave it; the plan counts as reviewed from then on. Nothing 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from continuity.communication import downtime_cost
 from continuity.incidents import Incident
 from continuity.policy import Policy, format_duration
-from continuity.storage import StorageLocation
+from continuity.storage import StorageLocation, stored_documents
 
 DRILL_PREFIX = "reports/drill/"
 REVIEW_PREFIX = "reviews/"
@@ -79,31 +78,15 @@ class ReviewDecision(BaseModel):
 
 
 def _drill_reports(locations: Sequence[StorageLocation], start: datetime, end: datetime) -> list[dict]:
-    for location in locations:
-        try:
-            keys = [k for k in location.list(DRILL_PREFIX) if k.endswith(".json")]
-        except Exception:  # unreachable: the reports are in every required location
-            continue
-        found = []
-        for key in keys:
-            report = json.loads(location.get_bytes(key))
-            if report.get("kind") != "drill" or "started_at" not in report:
-                continue  # the switchover leg's report has its own shape
-            if start <= datetime.fromisoformat(report["started_at"]) <= end:
-                found.append(report)
-        return sorted(found, key=lambda r: r["started_at"])
-    return []
+    # The switchover leg's report (`<id>-switchover.json`) has its own shape: only drill results count.
+    return sorted((r for r in stored_documents(locations, DRILL_PREFIX) if r.get("kind") == "drill"
+                   and "started_at" in r and start <= datetime.fromisoformat(r["started_at"]) <= end),
+                  key=lambda r: r["started_at"])
 
 
 def reviews(locations: Sequence[StorageLocation]) -> list[ReviewDecision]:
-    for location in locations:
-        try:
-            keys = [k for k in location.list(REVIEW_PREFIX) if k.endswith("-decision.json")]
-        except Exception:
-            continue
-        return sorted((ReviewDecision.model_validate_json(location.get_bytes(k)) for k in keys),
-                      key=lambda d: d.decided_at)
-    return []
+    return sorted((ReviewDecision.model_validate(d) for d in stored_documents(locations, REVIEW_PREFIX)
+                   if d.get("review_id") and "outcome" in d), key=lambda d: d.decided_at)
 
 
 def last_review(policy: Policy, decisions: Sequence[ReviewDecision]) -> tuple[datetime | None, str | None]:

@@ -24,7 +24,7 @@ from continuity.policy import Policy, format_duration
 from continuity.reports import Objective, failing_objectives, function_rto_objectives
 from continuity.restore import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, restore_logical,
                                 sample_tables, scratch_cluster)
-from continuity.storage import StorageLocation
+from continuity.storage import StorageLocation, stored_documents
 
 REPORT_PREFIX = "reports/restore-test/"
 
@@ -75,20 +75,14 @@ class RestoreTestResult(BaseModel):
 
 
 def stored_results(locations: Sequence[StorageLocation]) -> list[RestoreTestResult]:
-    """Every restore test report kept (the first location that lists any), oldest first."""
-    for location in locations:
+    """Every restore test report kept, oldest first (a report of another version is not evidence)."""
+    results = []
+    for document in stored_documents(locations, REPORT_PREFIX):
         try:
-            keys = [k for k in location.list(REPORT_PREFIX) if k.endswith(".json")]
-        except Exception:  # unreachable: the reports are in every required location
+            results.append(RestoreTestResult.model_validate(document))
+        except ValueError:
             continue
-        results = []
-        for key in keys:
-            try:
-                results.append(RestoreTestResult.model_validate_json(location.get_bytes(key)))
-            except ValueError:
-                continue  # a report of another version: not evidence
-        return sorted(results, key=lambda r: r.tested_at)
-    return []
+    return sorted(results, key=lambda r: r.tested_at)
 
 
 def last_full_restore(results: Sequence[RestoreTestResult]) -> RestoreTestResult | None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+
+log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart part size; the per-location write buffer
 
@@ -69,6 +72,18 @@ class StorageLocation(Protocol):
 def key_safe(text: str) -> str:
     """A run id (or any text) as one storage key segment: what is not [A-Za-z0-9._-] becomes '_'."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def stored_documents(locations: Sequence[StorageLocation], prefix: str) -> list[dict[str, Any]]:
+    """The JSON documents under `prefix` (reports, audits) of the first location that can list them:
+    records are written to every required location, so one that answers has them all."""
+    for location in locations:
+        try:
+            keys = [k for k in location.list(prefix) if k.endswith(".json")]
+            return [json.loads(location.get_bytes(key)) for key in sorted(keys)]
+        except Exception as exc:  # unreachable, or unreadable: the next location holds the same records
+            log.warning("cannot read %s: %s", location.describe(prefix), exc)
+    return []
 
 
 def _is_precondition_failure(exc: Exception) -> bool:
