@@ -91,7 +91,8 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     scaled = full["restore_seconds"] * report["total_rows"] / full["total_rows"]
     assert report["calibrated_by"].startswith(f"full restore of {full['backup_id']}")
     assert report["extrapolated_full_restore_seconds"] >= round(scaled, 3) - 0.001, "never below what was measured"
-    assert report["estimate_to_measured_ratio"] == round(report["sample_estimate_seconds"] / scaled, 3)
+    # (the report rounds both to milliseconds, so the ratio is checked to 2%)
+    assert report["estimate_to_measured_ratio"] == pytest.approx(report["sample_estimate_seconds"] / scaled, rel=0.02)
     assert "last measured: full restore of" in md
 
 
