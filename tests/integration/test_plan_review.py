@@ -65,7 +65,8 @@ def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(sch
     stored = locations["dr"].get_bytes(f"reviews/{review['review_id']}.md").decode()
     assert "| video_upload | 30m | 2400.0 s | missed |" in stored
 
-    # Management was told by e-mail that the review awaits an answer.
+    # Management was told by e-mail that the review awaits an answer (when the question was asked).
+    scheduler.wait_for_task(DAG, run_id, "confirm_targets", ("awaiting_input",))
     reminders = [message_text(m) for m in mails(scheduler.root / "receivers")]
     assert [m for m in reminders if f"Recovery plan review {run_id} awaits your answer" in m and "cto@example.com" in m]
 

@@ -97,7 +97,9 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
         main = next((r for r in results if not r.full_restore), None)
         full_seconds = next((r.restore_seconds for r in results if r.full_restore), None)
         return {"locations": [r.restored_from for r in results if not r.full_restore], "full_restore_seconds": full_seconds,
-                "last_proven": main.last_proven if main else {},
+                # after this run (each report says how things stood when it was written)
+                "last_proven": {n: (proven[n].isoformat(timespec="seconds") if n in proven else None)
+                                for n in policy.restore_test_periods()},
                 **(main.model_dump(mode="json", include={"backup_id", "restored_from", "corrupt_copies", "tables",
                                                          "restore_seconds", "extrapolated_full_restore_seconds",
                                                          "success"}) if main else {})}
