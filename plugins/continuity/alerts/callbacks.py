@@ -78,8 +78,8 @@ def report_failed_task(context: dict[str, Any]) -> None:
     from continuity.incidents import IncidentRequest
 
     ti = context["ti"]
-    error = str(context.get("exception") or "see the task log").splitlines()[0][:1000] if context.get("exception") else \
-        "see the task log"
+    exception = str(context.get("exception") or "")
+    error = exception.splitlines()[0][:1000] if exception else "see the task log"
     report_cause(IncidentRequest(
         severity=FAILURE_SEVERITY.get(ti.dag_id, "medium"), title=f"{ti.dag_id}: {ti.task_id} failed",
         description=f"run {context['run_id']}: {error}", cause_key=f"failed:{ti.dag_id}:{ti.task_id}",

@@ -21,7 +21,7 @@ from continuity import incident_report
 from continuity.communication import TemplateError, incident_fields, latest_drill_rto, render
 from continuity.hooks.incident import ContinuityIncidentHook
 from continuity.incidents import (Decision, DeliveryFailed, Incident, IncidentError, IncidentRequest, IncidentStore,
-                                  Message, check_request, deliver, split_subject)
+                                  Message, check_request, communication_test, deliver, split_subject)
 from continuity.notifiers.incident import clear_banners
 from continuity.operators.base import ContinuityOperator
 from continuity.policy import SEVERITY_ORDER, Policy, format_duration, load_policy
@@ -465,8 +465,6 @@ class CommunicationTestOperator(IncidentOperator):
         self.drill_id = drill_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from continuity.incidents import communication_test
-
         hook = self.hook()
         if hook.policy.communication is None:
             raise AirflowSkipException("the policy has no communication section: nothing to test")
