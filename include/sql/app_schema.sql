@@ -52,3 +52,20 @@ CREATE TABLE IF NOT EXISTS detections (
 CREATE INDEX IF NOT EXISTS videos_project_idx ON videos (project_id);
 CREATE INDEX IF NOT EXISTS annotations_video_idx ON annotations (video_id);
 CREATE INDEX IF NOT EXISTS detections_video_idx ON detections (video_id);
+
+-- The application's own writes (uploads, processing, annotations) take ids from sequences; the
+-- generator's rows carry explicit ids and move the sequences past them.
+CREATE SEQUENCE IF NOT EXISTS videos_id_seq OWNED BY videos.id;
+CREATE SEQUENCE IF NOT EXISTS annotations_id_seq OWNED BY annotations.id;
+CREATE SEQUENCE IF NOT EXISTS detections_id_seq OWNED BY detections.id;
+ALTER TABLE videos ALTER COLUMN id SET DEFAULT nextval('videos_id_seq');
+ALTER TABLE annotations ALTER COLUMN id SET DEFAULT nextval('annotations_id_seq');
+ALTER TABLE detections ALTER COLUMN id SET DEFAULT nextval('detections_id_seq');
+
+-- Logins: a scrypt hash per user who may sign in (the sample platform's synthetic transactions sign
+-- in as a probe user kept here, so a restore that lost it fails its login check).
+CREATE TABLE IF NOT EXISTS user_credentials (
+    user_id       bigint PRIMARY KEY REFERENCES users (id),
+    password_hash text NOT NULL CHECK (password_hash LIKE 'scrypt$%'),
+    updated_at    timestamptz NOT NULL
+);

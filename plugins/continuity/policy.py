@@ -402,6 +402,42 @@ class Failover(_Model):
     pause_timeout: Duration = timedelta(seconds=10)
 
 
+Transaction = Literal["login", "upload", "process", "annotate", "list_projects", "report"]
+
+
+class ApplicationRegion(_Model):
+    """The application tier in one region: `serving` runs now; `standby` is started by a failover."""
+
+    state: Literal["serving", "standby"]
+    web_instances: int = Field(ge=1)
+    workers: int = Field(ge=0)
+    conn_id: str  # an http connection: the region's base URL (a load balancer; extra `instances`: each one)
+    video_bucket: str
+    redis_conn_id: str
+
+
+class ApplicationFunction(_Model):
+    """How a business function is proven in a region: the services it needs and its synthetic transaction."""
+
+    services: list[Literal["web", "worker", "redis", "storage", "database"]] = Field(min_length=1)
+    transaction: Transaction
+
+
+class Application(_Model):
+    # How application services are started and stopped per region (`sandbox`: local processes; absent:
+    # a failover reports the DR application's start as not possible and validates what already runs).
+    service_control: Literal["sandbox"] | None = None
+    regions: dict[str, ApplicationRegion]
+    functions: dict[Name, ApplicationFunction]
+    probe_conn_id: str  # login = the probe user's e-mail, password = its password (a user of the app)
+    probe_timeout: Duration = timedelta(seconds=10)
+    processing_timeout: Duration = timedelta(seconds=30)  # upload → detections written, in a probe round
+
+    @property
+    def serving_region(self) -> str:
+        return next(r for r, spec in self.regions.items() if spec.state == "serving")
+
+
 class Policy(_Model):
     version: Literal[1]
     business_functions: dict[Name, BusinessFunction]
@@ -417,6 +453,7 @@ class Policy(_Model):
     objects: Objects | None = None
     communication: Communication | None = None
     plan_review: PlanReviewPolicy | None = None
+    application: Application | None = None
     # The services of business functions that live in the PostgreSQL database (restores and drills
     # measure them); any other dependency is reported `not measured` until something measures it.
     database_services: list[str] = ["database"]
@@ -545,6 +582,8 @@ def _check_references(policy: Policy) -> list[str]:
                             f"{sorted(names)}")
     if policy.objects is not None:
         problems += _check_objects(policy)
+    if policy.application is not None:
+        problems += _check_application(policy)
     if policy.communication is not None:
         communication = policy.communication
         for name, group in communication.stakeholder_groups.items():
@@ -644,6 +683,34 @@ def _check_objects(policy: Policy) -> list[str]:
         if reference is not None and reference.database not in policy.topology.databases:
             problems.append(f"{where}.database_reference.database: expected one of {policy.topology.databases}, "
                             f"got {reference.database!r}")
+    return problems
+
+
+def _check_application(policy: Policy) -> list[str]:
+    application = policy.application
+    assert application is not None
+    problems: list[str] = []
+    topology = policy.topology
+    for region in (topology.primary_region, topology.dr_region):
+        if region not in application.regions:
+            problems.append(f"application.regions: expected an entry for region {region} (the topology's "
+                            f"{'primary' if region == topology.primary_region else 'DR'} region)")
+    for region in application.regions:
+        if region not in (topology.primary_region, topology.dr_region):
+            problems.append(f"application.regions.{region}: expected {topology.primary_region} or {topology.dr_region}")
+    serving = [r for r, spec in application.regions.items() if spec.state == "serving"]
+    if len(serving) != 1:
+        problems.append(f"application.regions: expected exactly one region with state 'serving', got {serving}")
+    for name, function in application.functions.items():
+        if name not in policy.business_functions:
+            problems.append(f"application.functions.{name}: expected one of the business_functions "
+                            f"{sorted(policy.business_functions)}")
+        if "worker" in function.services and any(spec.workers == 0 for spec in application.regions.values()):
+            problems.append(f"application.functions.{name}.services: needs a worker, but a region has workers: 0")
+    missing = sorted(set(policy.business_functions) - set(application.functions))
+    if missing:
+        problems.append(f"application.functions: every business function needs its synthetic transaction; "
+                        f"missing {missing}")
     return problems
 
 

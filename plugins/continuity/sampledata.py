@@ -24,6 +24,7 @@ from continuity.project import include_dir
 log = logging.getLogger(__name__)
 
 TABLES = ("users", "projects", "videos", "annotations", "detections")
+SEQUENCE_TABLES = ("videos", "annotations", "detections")  # the application inserts into these
 ROWS_PER_SCALE = {"users": 200, "projects": 40, "videos": 1_000, "annotations": 5_000, "detections": 20_000}
 
 _FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie", "Margaret", "Linus"]
@@ -138,4 +139,6 @@ def generate(conn: psycopg.Connection, *, scale: float = 1.0, seed: int = 42) ->
                 for row in _rows(table, counts[table], counts, rng, epoch):
                     copy.write_row(row)
             log.info("generated %d rows in %s", counts[table], table)
+        for table in SEQUENCE_TABLES:
+            conn.execute(f"SELECT setval('{table}_id_seq', (SELECT max(id) FROM {table}))")  # noqa: S608
     return counts

@@ -198,6 +198,8 @@ class Sandbox:
             self._start_pgbouncer(started)
             self._start_s3(started)
             self._start_redis(started)
+            self._ensure_probe_user()
+            self._start_application(started)
             self._start_receivers(started)
             self.write_connections()
             self._save_state()
@@ -473,7 +475,9 @@ class Sandbox:
                      "daemonize no", f"logfile {self.logs_dir / f'redis-{region}.log'}",
                      f"requirepass {password}", f"masterauth {password}"]
             if entry["role"] == "replica":
-                lines.append(f"replicaof 127.0.0.1 {redis[topology.primary_region]['port']}")
+                # Whichever region's Redis is the primary now (a failover swaps them).
+                upstream = next((e for r, e in redis.items() if e["role"] == "primary"), redis[topology.primary_region])
+                lines.append(f"replicaof 127.0.0.1 {upstream['port']}")
             config = directory / "redis.conf"
             # The password is in this file (mode 0600 before it is written), never on a command line.
             config.touch(mode=0o600)
@@ -491,6 +495,118 @@ class Sandbox:
 
         entry = self.state["redis"][region]
         return redis_py.Redis(host="127.0.0.1", port=entry["port"], password=self.password("redis"), socket_timeout=5)
+
+    # -- the sample application: web instances and processing workers per region ------------------
+    PROBE_EMAIL = "dr-probe@continuity.invalid"
+
+    def _ensure_probe_user(self) -> None:
+        """The user the synthetic transactions log in as (its password a sandbox secret)."""
+        from continuity.sampleapp import ensure_user
+
+        password = self.state["secrets"].setdefault("app_probe", secrets.token_urlsafe(24))
+        self._save_state()
+        with psycopg.connect(self.app_conninfo(), prepare_threshold=None) as conn:
+            ensure_user(conn, email=self.PROBE_EMAIL, password=password)
+
+    def application_region(self, region: str) -> dict[str, Any]:
+        """The recorded state of `region`'s application tier (created from the policy the first time)."""
+        application = self.policy.application
+        if application is None or region not in application.regions:
+            raise SandboxError(f"the policy has no application region {region!r}")
+        regions = self.state.setdefault("application", {})
+        if region not in regions:
+            spec = application.regions[region]
+            regions[region] = {
+                "state": spec.state,
+                "web": [{"name": f"web-{region}-{i + 1}", "port": free_port(), "pid": None}
+                        for i in range(spec.web_instances)],
+                "workers": [{"name": f"worker-{region}-{i + 1}", "pid": None} for i in range(spec.workers)],
+            }
+        return regions[region]
+
+    def _application_environment(self, region: str, instance: str) -> dict[str, str]:
+        spec = self.policy.application.regions[region]
+        redis_port = self.state["redis"][region]["port"]
+        return scrubbed_environment({
+            "CONTINUITY_APP_DSN": self.app_conninfo(),
+            "CONTINUITY_APP_REDIS_URL": f"redis://:{self.password('redis')}@127.0.0.1:{redis_port}/0",
+            "CONTINUITY_APP_S3_ENDPOINT": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.password("s3_secret_key"),
+            "CONTINUITY_APP_REGION": region, "CONTINUITY_APP_VIDEO_BUCKET": spec.video_bucket,
+            "CONTINUITY_APP_INSTANCE": instance,
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+        })
+
+    def _start_application(self, started: list[str]) -> None:
+        if self.policy.application is None:
+            return
+        for region in self.policy.application.regions:
+            if self.application_region(region)["state"] == "serving":
+                started += self.start_application(region)
+
+    def start_application(self, region: str) -> list[str]:
+        """Start `region`'s web instances and workers (those not running); returns what was started."""
+        entry = self.application_region(region)
+        launched: list[str] = []
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for web in entry["web"]:
+            if _is_our_process(web.get("pid"), "continuity.sampleapp"):
+                continue
+            if not port_is_free(web["port"]):
+                web["port"] = free_port()
+            web["pid"] = self._spawn_application(region, web["name"], ["serve", "--port", str(web["port"])])
+            launched.append(web["name"])
+        for worker in entry["workers"]:
+            if not _is_our_process(worker.get("pid"), "continuity.sampleapp"):
+                worker["pid"] = self._spawn_application(region, worker["name"], ["worker"])
+                launched.append(worker["name"])
+        entry["state"] = "serving"
+        self._save_state()
+        for web in entry["web"]:
+            wait_for_port(web["port"], what=f"application instance {web['name']}")
+        if launched:
+            log.info("application in %s started: %s", region, ", ".join(launched))
+            self.write_connections()
+        return [f"application {name}" for name in launched]
+
+    def _spawn_application(self, region: str, name: str, args: list[str]) -> int:
+        with open(self.logs_dir / f"{name}.log", "ab") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "continuity.sampleapp", *args], stdout=log_handle, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root,
+                env=self._application_environment(region, name))  # secrets by environment, never argv
+        return process.pid
+
+    def stop_application(self, region: str, *, state: str = "standby") -> list[str]:
+        """Stop `region`'s web instances and workers; the region is then recorded as `state`."""
+        if region not in self.state.get("application", {}):
+            return []
+        entry = self.state["application"][region]
+        stopped = []
+        for item in [*entry["web"], *entry["workers"]]:
+            if _is_our_process(item.get("pid"), "continuity.sampleapp"):
+                stop_pid(item["pid"], name=item["name"], sig=signal.SIGTERM)
+                stopped.append(item["name"])
+            item["pid"] = None
+        entry["state"] = state
+        self._save_state()
+        return stopped
+
+    def application_running(self, region: str) -> dict[str, bool]:
+        entry = self.state.get("application", {}).get(region)
+        if entry is None:
+            return {}
+        return {item["name"]: _is_our_process(item.get("pid"), "continuity.sampleapp")
+                for item in [*entry["web"], *entry["workers"]]}
+
+    def application_urls(self, region: str) -> list[str]:
+        return [f"http://127.0.0.1:{web['port']}" for web in self.application_region(region)["web"]]
+
+    def probe_target(self, region: str) -> Any:
+        from continuity.probes import ProbeTarget
+
+        urls = self.application_urls(region)
+        return ProbeTarget(region=region, url=urls[0], instance_urls=urls)
 
     # -- SMTP and webhook receivers (Slack, PagerDuty, status page stand-ins) ---------------------
     @property
@@ -762,6 +878,15 @@ class Sandbox:
                 "conn_type": "redis", "host": "127.0.0.1", "port": entry["port"], "password": self.password("redis"),
                 "extra": {"db": 0, "role": entry["role"], "region": region},
             }
+        application = self.policy.application
+        if application is not None and "secrets" in self.state:
+            for region, spec in application.regions.items():
+                urls = self.application_urls(region)
+                conns[spec.conn_id] = {"conn_type": "http", "host": "127.0.0.1", "schema": "http",
+                                       "port": int(urls[0].rsplit(":", 1)[1]), "extra": {"instances": urls}}
+            if "app_probe" in self.state["secrets"]:
+                conns[application.probe_conn_id] = {"conn_type": "generic", "login": self.PROBE_EMAIL,
+                                                    "password": self.password("app_probe")}
         if "receivers" in self.state:
             # The providers' own connection types, pointing at the local receivers.
             conns["continuity_smtp"] = {
@@ -823,6 +948,9 @@ class Sandbox:
         stopped: list[str] = []
         if self.state_file.exists() or self._state is not None:
             state = self.state
+            for region in list(state.get("application", {})):
+                if self.stop_application(region, state=state["application"][region]["state"]):
+                    stopped.append(f"application {region}")
             receivers_pid = state.get("receivers", {}).get("pid")
             if _is_our_process(receivers_pid, "continuity.receivers"):
                 stop_pid(receivers_pid, name="receivers", sig=signal.SIGTERM)
@@ -880,6 +1008,15 @@ class Sandbox:
         result["redis"] = {region: {"address": f"127.0.0.1:{entry['port']}", "role": entry["role"],
                                     "running": _is_our_process(entry.get("pid"), "redis-server")}
                            for region, entry in self.state.get("redis", {}).items()}
+        result["application"] = {
+            region: {"state": entry["state"],
+                     "instances": [{"name": web["name"], "url": f"http://127.0.0.1:{web['port']}", "kind": "web",
+                                    "running": _is_our_process(web.get("pid"), "continuity.sampleapp")}
+                                   for web in entry["web"]]
+                     + [{"name": worker["name"], "kind": "worker",
+                         "running": _is_our_process(worker.get("pid"), "continuity.sampleapp")}
+                        for worker in entry["workers"]]}
+            for region, entry in self.state.get("application", {}).items()}
         receivers = self.state.get("receivers", {})
         result["receivers"] = {"smtp": f"127.0.0.1:{receivers.get('smtp_port')}", "webhooks": self.webhook_url
                                if receivers else None, "running": pid_alive(receivers.get("pid")),
@@ -985,6 +1122,49 @@ def _is_our_process(pid: int | None, needle: str) -> bool:
     except OSError:
         return False
     return needle in cmdline
+
+
+class SandboxServiceControl:
+    """ServiceControl over the sandbox's application processes and Redis servers."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    @classmethod
+    def from_environment(cls) -> SandboxServiceControl:
+        from continuity.servicecontrol import ServiceControlError
+
+        root = os.environ.get(SANDBOX_ENV_VAR)
+        if not root:
+            raise ServiceControlError(f"application.service_control is 'sandbox' but {SANDBOX_ENV_VAR} is not set. "
+                                      f"HINT: run under `continuity run` or source `continuity sandbox env`.")
+        return cls(Sandbox(root=root))
+
+    def start_region(self, region: str) -> list[str]:
+        return self.sandbox.start_application(region)
+
+    def stop_region(self, region: str) -> list[str]:
+        return self.sandbox.stop_application(region)
+
+    def running(self, region: str) -> dict[str, bool]:
+        return self.sandbox.application_running(region)
+
+    def promote_cache(self, region: str) -> str:
+        client = self.sandbox.redis_client(region)
+        if client.info("replication").get("role") == "master":
+            return f"Redis in {region} already a primary"
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        self.sandbox.state["redis"][region]["role"] = "primary"
+        self.sandbox._save_state()
+        return f"Redis in {region} promoted (REPLICAOF NO ONE)"
+
+    def follow_cache(self, region: str, upstream_region: str) -> str:
+        upstream_port = self.sandbox.state["redis"][upstream_region]["port"]
+        client = self.sandbox.redis_client(region)
+        client.execute_command("REPLICAOF", "127.0.0.1", str(upstream_port))
+        self.sandbox.state["redis"][region]["role"] = "replica"
+        self.sandbox._save_state()
+        return f"Redis in {region} replicates from {upstream_region}'s"
 
 
 class SandboxNodeControl:

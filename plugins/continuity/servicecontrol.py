@@ -1,0 +1,53 @@
+"""Starting and stopping the application tier of a region: what a failover needs beyond the database.
+
+The requirements' DR procedure starts the DR application services and makes the DR Redis the
+primary before it moves DNS. `ServiceControl` is that contract; the policy names the implementation
+(`application.service_control`) and `service_control_for()` builds it: `sandbox` runs the sample
+application's processes on this host; a production implementation runs a command per service and
+region over SSH or a cloud API. This module never imports the sandbox unless the policy chooses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class ServiceControlError(RuntimeError):
+    """Starting or stopping an application service failed; the message names the region and the service."""
+
+
+class ServiceControl(Protocol):
+    def start_region(self, region: str) -> list[str]:
+        """Start every application service of `region` (web instances, workers); returns what was started."""
+        ...
+
+    def stop_region(self, region: str) -> list[str]:
+        """Stop them; returns what was stopped. Stopping a stopped region is not an error."""
+        ...
+
+    def running(self, region: str) -> dict[str, bool]:
+        """Each service instance of `region` and whether it runs."""
+        ...
+
+    def promote_cache(self, region: str) -> str:
+        """Make the region's Redis a primary (it stops replicating); returns what was done."""
+        ...
+
+    def follow_cache(self, region: str, upstream_region: str) -> str:
+        """Make the region's Redis replicate from `upstream_region`'s; returns what was done."""
+        ...
+
+
+def service_control_for(policy: Any) -> ServiceControl:
+    """The service control the policy names (`application.service_control`): the one place it is chosen."""
+    application = policy.application
+    kind = application.service_control if application is not None else None
+    if kind is None:
+        raise ServiceControlError(
+            "no service control is configured: set application.service_control in the policy ('sandbox' for the "
+            "local sandbox); starting the DR application needs it")
+    if kind == "sandbox":
+        from continuity.sandbox import SandboxServiceControl  # only when the policy chooses the sandbox
+
+        return SandboxServiceControl.from_environment()
+    raise ServiceControlError(f"application.service_control {kind!r} has no implementation here")
