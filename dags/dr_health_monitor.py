@@ -8,6 +8,7 @@ Every 5 minutes, checks what the requirements' failover orchestrator watches:
 | the primary answers and accepts writes | database (3) |
 | each standby is in recovery and streams within 16 MiB and the strictest RPO | network (2) |
 | the application entry point (PgBouncer) answers and leads to a writable primary | application (2) |
+| every application instance answers; each business function's synthetic transaction succeeds | application (2) |
 | each storage location's bucket is reachable | storage (1) |
 | the archiver has no new failure and the WAL spool is not piling up | archiving (0) |
 | replication settings and slots match the policy (configuration drift) | configuration (0) |
@@ -32,6 +33,7 @@ from airflow.sdk import TriggerRule
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.auto_failover import AutoFailoverOperator
 from continuity.operators.health import (
+    ApplicationHealthOperator,
     ArchiverHealthOperator,
     ConfigurationDriftOperator,
     DatabaseHealthOperator,
@@ -57,6 +59,7 @@ with DAG(
     checks = [
         DatabaseHealthOperator(task_id="check_database"),
         EntryPointHealthOperator(task_id="check_entry_point"),
+        ApplicationHealthOperator(task_id="check_application"),
         StorageHealthOperator(task_id="check_storage"),
         ArchiverHealthOperator(task_id="check_archiver"),
         ConfigurationDriftOperator(task_id="check_configuration"),

@@ -184,6 +184,20 @@ def check_entry_point(entry: PostgresNode) -> list[Check]:
     return [Check("application", subject, True, f"{entry.name} answers and leads to a writable primary")]
 
 
+def check_application(probe: Any) -> list[Check]:
+    """A probe round (continuity.probes.ApplicationProbe) as checks: each instance, each business function."""
+    checks = [Check("application", f"application instance {i.instance or i.url}", i.ok,
+                    f"instance {i.url} in {probe.region}: {i.reason}") for i in probe.instances]
+    for t in probe.transactions:
+        if t.ok is None:
+            continue
+        checks.append(Check("application", f"function {t.function}", bool(t.ok),
+                            f"{t.function} in {probe.region}: {t.transaction} "
+                            + (f"succeeded in {t.seconds:.2f}s ({t.reason})" if t.ok else f"FAILED: {t.reason}"),
+                            {"seconds": t.seconds}))
+    return checks
+
+
 def check_storage(policy: Policy, probe: Callable[[str], None]) -> list[Check]:
     """`probe(location_name)` raises when the location is unreachable (S3 head_bucket, file access)."""
     checks: list[Check] = []

@@ -55,6 +55,25 @@ def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytes
     assert "location dr (s3 continuity-backups-gone, us-west-2) is unreachable" in assessment["summary"]
 
 
+def test_a_stopped_application_set_lowers_the_score_by_2_and_is_named(sandbox) -> None:
+    healthy = load_dag("dr_health_monitor").test()
+    findings = {f["subject"]: f for f in xcom(healthy, "check_application")}
+    assert findings["function video_upload"]["healthy"] and "read back, SHA-256 equal" in findings[
+        "function video_upload"]["reason"]
+    assert sorted(s for s in findings if s.startswith("function ")) == sorted(
+        f"function {name}" for name in sandbox.policy.business_functions)
+    sandbox.stop_application("us-east-1", state="serving")
+    try:
+        run = load_dag("dr_health_monitor").test()
+        assessment = xcom(run, "assess_health", "assessment")
+        assert str(run.state) == "failed"
+        assert assessment["score"] == 2 and assessment["disaster"] is False
+        assert "application instance http://127.0.0.1:" in assessment["summary"]
+        assert "user_authentication in us-east-1: login FAILED" in assessment["summary"]
+    finally:
+        sandbox.start_application("us-east-1")
+
+
 def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
     primary = sandbox.cluster("primary")
     primary.stop()

@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from continuity.health import (
     Check,
     assess,
+    check_application,
     check_archiver,
     check_configuration,
     check_entry_point,
@@ -91,6 +92,19 @@ class EntryPointHealthOperator(HealthCheckOperator):
     def checks(self, policy: Policy) -> list[Check]:
         entry = policy.topology.entry_point
         return check_entry_point(node_for(entry.conn_id, f"{entry.kind} ({entry.conn_id})"))
+
+
+class ApplicationHealthOperator(HealthCheckOperator):
+    """Every application instance of the serving region answers /health and each business function's
+    synthetic transaction succeeds there (the serving region: the current primary's)."""
+
+    def checks(self, policy: Policy) -> list[Check]:
+        from continuity.hooks.application import ApplicationProbeHook
+
+        if policy.application is None:
+            return []
+        region = policy.topology.primary.region
+        return check_application(ApplicationProbeHook(policy=policy, region=region).run())
 
 
 class StorageHealthOperator(HealthCheckOperator):
