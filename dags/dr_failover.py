@@ -16,10 +16,13 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
 4. `promote`: pg_promote(wait => true); a new timeline is confirmed.
 5. `repoint`: PgBouncer now leads to the new primary (ini rewrite, RELOAD, RESUME); every DAG
    follows the primary recorded in step 8.
+5b. `start_application`: when the target is in another region, that region's Redis becomes the
+   primary and its application instances and workers start (the policy's service control); the old
+   region's are stopped and its Redis follows, where it still answers.
 6. `rejoin`: other standbys follow the new primary; the old one is rewound with pg_rewind and
    restarted as a standby (or reported as needing a rebuild).
 7. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
-   timeline.
+   timeline, and every business function's synthetic transaction in the new primary's region.
 8. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
    the audit (`audit/failover/<run>.json`: who, params, each step's record, unavailability, data
    loss, outcome). `rollback` runs when a step failed: a switchover puts the old primary back; a
@@ -42,6 +45,7 @@ from continuity.operators.failover import (
     RejoinOperator,
     RepointOperator,
     RollbackOperator,
+    StartApplicationOperator,
     ValidateOperator,
 )
 from continuity.policy import load_policy
@@ -83,11 +87,12 @@ with DAG(
     catch_up = CatchUpSensor(task_id="catch_up", timeout=_policy.failover.catch_up_timeout.total_seconds())
     promote = PromoteOperator(task_id="promote")
     repoint = RepointOperator(task_id="repoint")
+    start_application = StartApplicationOperator(task_id="start_application")
     rejoin = RejoinOperator(task_id="rejoin")
     validate = ValidateOperator(task_id="validate")
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     record = RecordOperator(task_id="record", trigger_rule=TriggerRule.ALL_DONE)
 
-    preflight >> fence >> catch_up >> promote >> repoint >> rejoin >> validate
-    [fence, catch_up, promote, repoint, rejoin, validate] >> rollback >> record
+    preflight >> fence >> catch_up >> promote >> repoint >> start_application >> rejoin >> validate
+    [fence, catch_up, promote, repoint, start_application, rejoin, validate] >> rollback >> record
     validate >> record

@@ -136,6 +136,19 @@ class ValidationRecord(StepRecord):
     not_streaming: list[str]
     archived_wal: str | None
     timeline: int
+    application: dict[str, Any] | None = None  # the probe round (continuity.probes.ApplicationProbe) in the new region
+
+
+class ApplicationRecord(StepRecord):
+    """The application tier moved with the primary: started in the target's region, stopped in the old one."""
+
+    from_region: str
+    to_region: str
+    moved: bool
+    cache: str | None = None
+    started: list[str] = []
+    stopped: list[str] = []
+    notes: list[str] = []
 
 
 class RollbackRecord(StepRecord):
@@ -519,9 +532,40 @@ def wait_streaming(cluster: ReplicationGroup, primary: str, expected: list[str],
     return streaming
 
 
+# -- 5b. the application tier follows the primary ---------------------------------------------
+def move_application(control: Any, *, from_region: str, to_region: str,
+                     report: Callable[[str], None]) -> ApplicationRecord:
+    """The requirements' "start DR application services": the target region's Redis becomes the primary,
+    its web instances and workers start; then the old region's are stopped and its Redis follows — on a
+    best-effort basis, since a lost region may not answer (recorded as notes, never a failure)."""
+    if from_region == to_region:
+        report(f"the application already serves from {to_region}, the new primary's region: nothing to move")
+        return ApplicationRecord(from_region=from_region, to_region=to_region, moved=False)
+    cache = control.promote_cache(to_region)
+    report(cache)
+    started = control.start_region(to_region)
+    report(f"application in {to_region} started: {', '.join(started) or 'already running'}")
+    stopped: list[str] = []
+    notes: list[str] = []
+    try:
+        stopped = control.stop_region(from_region)
+        report(f"application in {from_region} stopped: {', '.join(stopped) or 'was not running'}")
+    except Exception as exc:  # a lost region: what could not be stopped is named, the move stands
+        notes.append(f"could not stop the application in {from_region}: {exc}")
+    try:
+        notes.append(control.follow_cache(from_region, to_region))
+    except Exception as exc:
+        notes.append(f"Redis in {from_region} not repointed (unreachable?): {exc}; it must follow {to_region}'s "
+                     f"before it serves again")
+    for note in notes:
+        report(note)
+    return ApplicationRecord(from_region=from_region, to_region=to_region, moved=True, cache=cache, started=started,
+                             stopped=stopped, notes=notes)
+
+
 # -- 7. validate -------------------------------------------------------------------------------
 def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, following: list[str] | None = None,
-             timeout: float = 60) -> ValidationRecord:
+             timeout: float = 60, probe_application: Callable[[], Any] | None = None) -> ValidationRecord:
     report = cluster.report
     target = plan.target
     endpoint = cluster.endpoints[target]
@@ -558,10 +602,18 @@ def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, foll
         report(f"ok     WAL archiving works on timeline {timeline}: {archived} archived")
     else:
         problems.append(f"no WAL of timeline {timeline} archived within {timeout:.0f}s (last: {archived})")
+    application = None
+    if probe_application is not None:
+        probe = probe_application()
+        application = probe.model_dump(mode="json")
+        report(f"{'ok    ' if probe.ok else 'FAILED'} {probe.summary()}")
+        if not probe.ok:
+            problems.append(f"the application in {probe.region} fails {', '.join(probe.failed_functions)}: "
+                            f"{probe.first_failure()}")
     if problems:
         raise FailoverError("validation failed: " + "; ".join(problems))
     return ValidationRecord(validated_at=now_iso(), streaming=streaming, not_streaming=missing, archived_wal=archived,
-                            timeline=timeline)
+                            timeline=timeline, application=application)
 
 
 # -- rollback ----------------------------------------------------------------------------------
@@ -666,6 +718,7 @@ class FailoverRecords(BaseModel):
     catch_up: CatchUpRecord | None = None
     promote: PromotionRecord | None = None
     repoint: RepointRecord | None = None
+    start_application: ApplicationRecord | None = None
     rejoin: RejoinRecord | None = None
     validation: ValidationRecord | None = Field(default=None, alias="validate")  # task id `validate`
     rollback: RollbackRecord | None = None
@@ -681,7 +734,7 @@ class FailoverRecords(BaseModel):
 
 # The task ids of dr_failover, in order, and the record attribute of each.
 _STEP_ATTRIBUTES = {"preflight": "preflight", "fence": "fence", "catch_up": "catch_up", "promote": "promote",
-                    "repoint": "repoint", "rejoin": "rejoin", "validate": "validation", "rollback": "rollback"}
+                    "repoint": "repoint", "start_application": "start_application", "rejoin": "rejoin", "validate": "validation", "rollback": "rollback"}
 STEP_NAMES = tuple(_STEP_ATTRIBUTES)
 
 
@@ -779,8 +832,12 @@ class Completed:
 
 
 def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str,
-            recorded: TopologyRecord | None = None, catch_up_timeout: float | None = None) -> Completed:
-    """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit)."""
+            recorded: TopologyRecord | None = None, catch_up_timeout: float | None = None,
+            services: Any | None = None, probe_application: Callable[[], Any] | None = None) -> Completed:
+    """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit).
+
+    `services` (a ServiceControl) moves the application tier with the primary; `probe_application`
+    runs the new region's synthetic transactions in the validation."""
     plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)
     records = FailoverRecords(preflight=plan)
     if plan.action == "none" or plan.dry_run:
@@ -795,10 +852,17 @@ def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, 
         records.promote = promote(cluster, plan.target, previous_timeline=plan.old_timeline)
         step = "repoint"
         records.repoint = repoint(cluster, plan.target)
+        if services is not None:
+            step = "start_application"
+            topology = cluster.policy.topology
+            records.start_application = move_application(
+                services, from_region=topology.node(plan.old_primary).region,
+                to_region=topology.node(plan.target).region, report=cluster.report)
         step = "rejoin"
         records.rejoin = rejoin(cluster, plan)
         step = "validate"
-        records.validation = validate(cluster, plan, run_id=run_id, following=records.rejoin.following)
+        records.validation = validate(cluster, plan, run_id=run_id, following=records.rejoin.following,
+                                      probe_application=probe_application)
     except Exception as exc:
         records.rollback = rollback(cluster, plan, fenced=records.fence is not None,
                                     promoted=records.promote is not None, repointed=records.repoint is not None,

@@ -953,6 +953,9 @@ class Consistency(BaseModel):
     present: int = 0
     missing: list[str] = []
     mismatched: list[str] = []
+    # Rows written after the newest source version the replica holds: not yet due for a copy (RPO exposure).
+    pending: list[str] = []
+    replicated_through: datetime | None = None
     orphans: int = 0
     orphan_sample: list[str] = []
 
@@ -961,18 +964,25 @@ class Consistency(BaseModel):
         return self.referenced > 0 and not self.missing and not self.mismatched
 
 
-def check_consistency(rows: Iterable[tuple[str, int | None, str | None]], *, replica: ObjectStore, category: str,
+def check_consistency(rows: Iterable[tuple[Any, ...]], *, replica: ObjectStore, category: str,
                       prefix: str, database: str, as_of: datetime, report: Callable[[str], None] = log.info,
                       sample: int = 20) -> Consistency:
-    """`rows`: (key, size or None, sha256 or None) for every object the database references."""
+    """`rows`: (key, size or None, sha256 or None[, written_at or None]) for every object the database
+    references. A row written after the newest source version the replica holds is `pending` (its copy is
+    not due yet: the category's RPO exposure); an older row whose object is absent is `missing`."""
     held = current_as_of(read_ledger(replica, category), as_of=as_of, prefix=prefix)
-    result = Consistency(category=category, replica=replica.describe(replica.prefix), database=database, as_of=as_of)
+    through = max((e.source_last_modified for e in held.values()), default=None)
+    result = Consistency(category=category, replica=replica.describe(replica.prefix), database=database, as_of=as_of,
+                         replicated_through=through)
     referenced: set[str] = set()
-    for key, size, sha in rows:
+    for key, size, sha, *rest in rows:
+        written = rest[0] if rest else None
         referenced.add(key)
         result.referenced += 1
         entry = held.get(key)
-        if entry is None:
+        if entry is None and written is not None and through is not None and written > through:
+            result.pending.append(key)
+        elif entry is None:
             result.missing.append(key)
         elif (size is not None and entry.size != size) or (sha and entry.sha256 and entry.sha256 != sha):
             result.mismatched.append(f"{key}: the row says {size} bytes / {str(sha)[:12]}…, the replica holds "
@@ -984,7 +994,10 @@ def check_consistency(rows: Iterable[tuple[str, int | None, str | None]], *, rep
     report(f"{category}: {result.present} of {result.referenced} objects referenced by {database} are in "
            f"{result.replica} as of {as_of.isoformat()}; {len(result.missing)} missing"
            + (f" (first: {', '.join(result.missing[:5])})" if result.missing else "")
-           + f", {len(result.mismatched)} different, {result.orphans} not referenced by any row")
+           + f", {len(result.mismatched)} different"
+           + (f", {len(result.pending)} written after {through.isoformat()} (the newest version copied) and not yet "
+              f"due" if result.pending and through else "")
+           + f", {result.orphans} not referenced by any row")
     return result
 
 

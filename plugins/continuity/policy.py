@@ -235,6 +235,9 @@ class DatabaseReference(_Model):
     key_column: Name
     size_column: Name | None = None
     sha256_column: Name | None = None
+    # When the row was written: a row newer than everything the replica has copied is pending replication
+    # (the category's RPO exposure), not a missing object.
+    time_column: Name | None = None
 
 
 class ObjectCategory(_Model):

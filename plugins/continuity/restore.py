@@ -163,6 +163,9 @@ def sample_tables(manifest: Manifest, *, size: int, critical: list[str], seed: s
     return sorted(chosen)
 
 
+_MULTIWORD_KINDS = ("SEQUENCE OWNED BY", "SEQUENCE SET", "TABLE DATA", "FK CONSTRAINT")
+
+
 def _toc_for(listing: str, tables: set[str]) -> str:
     """Keep the TOC entries of the chosen tables: definition, data, keys and foreign keys."""
     kept = []
@@ -171,11 +174,14 @@ def _toc_for(listing: str, tables: set[str]) -> str:
             continue
         # "ID; CLASS OID TYPE [TYPE2] schema name owner"; TYPE may be two words (TABLE DATA, FK CONSTRAINT)
         body = line.split(";", 1)[1].split()
-        kind = " ".join(body[2:4]) if body[2:4] in (["TABLE", "DATA"], ["FK", "CONSTRAINT"]) else body[2]
-        names = body[4:] if " " in kind else body[3:]
-        if kind in ("TABLE", "TABLE DATA", "CONSTRAINT", "FK CONSTRAINT") and len(names) >= 2 and names[1] in tables:
+        kind = next((k for k in _MULTIWORD_KINDS if body[2:2 + k.count(" ") + 1] == k.split()), body[2])
+        names = body[2 + kind.count(" ") + 1:]
+        if kind in ("TABLE", "TABLE DATA", "CONSTRAINT", "FK CONSTRAINT", "DEFAULT") and len(names) >= 2 \
+                and names[1] in tables:
             kept.append(line)
-        elif kind in ("SCHEMA", "EXTENSION", "TYPE", "FUNCTION", "SEQUENCE", "SEQUENCE SET", "SEQUENCE OWNED BY"):
+        elif kind in ("SCHEMA", "EXTENSION", "TYPE", "FUNCTION", "SEQUENCE", "SEQUENCE SET"):
+            # Not "SEQUENCE OWNED BY": its table may not be in the sample (the listing does not name it),
+            # and a sequence's owner is no data to verify.
             kept.append(line)
     return "\n".join(kept) + "\n"
 
@@ -499,12 +505,13 @@ def check_object_references(policy: Any, category: str, replica: ObjectStore, sc
         return None
     columns = [sql.Identifier(reference.key_column),
                sql.Identifier(reference.size_column) if reference.size_column else sql.NULL,
-               sql.Identifier(reference.sha256_column) if reference.sha256_column else sql.NULL]
+               sql.Identifier(reference.sha256_column) if reference.sha256_column else sql.NULL,
+               sql.Identifier(reference.time_column) if reference.time_column else sql.NULL]
     query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), sql.Identifier(reference.table))
     with scratch.connect(database) as conn:
         with conn.cursor(name="continuity_object_references") as cursor:  # server-side: rows stream
             cursor.execute(query)
-            return check_consistency(((key, size, sha) for key, size, sha in cursor), replica=replica,
+            return check_consistency(iter(cursor), replica=replica,
                                      category=category, prefix=replica.prefix,
                                      database=f"the restored database {database}",
                                      as_of=datetime.now(timezone.utc), report=report)

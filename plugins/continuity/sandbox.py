@@ -126,6 +126,11 @@ class Sandbox:
             self._state = json.loads(self.state_file.read_text())
         return self._state
 
+    def reload(self) -> None:
+        """Forget the cached state: another process (a DAG's service control) may have changed the file."""
+        if self.state_file.exists():
+            self._state = None
+
     def _save_state(self) -> None:
         assert self._state is not None
         _write_private(self.state_file, json.dumps(self._state, indent=2, sort_keys=True) + "\n")
@@ -546,6 +551,7 @@ class Sandbox:
 
     def start_application(self, region: str) -> list[str]:
         """Start `region`'s web instances and workers (those not running); returns what was started."""
+        self.reload()
         entry = self.application_region(region)
         launched: list[str] = []
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -579,6 +585,7 @@ class Sandbox:
 
     def stop_application(self, region: str, *, state: str = "standby") -> list[str]:
         """Stop `region`'s web instances and workers; the region is then recorded as `state`."""
+        self.reload()
         if region not in self.state.get("application", {}):
             return []
         entry = self.state["application"][region]
@@ -593,6 +600,7 @@ class Sandbox:
         return stopped
 
     def application_running(self, region: str) -> dict[str, bool]:
+        self.reload()
         entry = self.state.get("application", {}).get(region)
         if entry is None:
             return {}
@@ -945,6 +953,7 @@ class Sandbox:
     # -- down --------------------------------------------------------------------------------
     def down(self, *, purge: bool = False) -> list[str]:
         """Stop what `up` started (by recorded pid). Safe to run twice. Returns what was stopped."""
+        self.reload()
         stopped: list[str] = []
         if self.state_file.exists() or self._state is not None:
             state = self.state
@@ -981,6 +990,7 @@ class Sandbox:
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Each node's role, port, replication state and lag; PgBouncer; the S3 endpoint."""
+        self.reload()
         result: dict[str, Any] = {"root": str(self.root), "nodes": {}, "pgbouncer": {}, "s3": {}}
         primary_rows: dict[str, Any] = {}
         for name in self.node_names:
@@ -1150,6 +1160,7 @@ class SandboxServiceControl:
         return self.sandbox.application_running(region)
 
     def promote_cache(self, region: str) -> str:
+        self.sandbox.reload()
         client = self.sandbox.redis_client(region)
         if client.info("replication").get("role") == "master":
             return f"Redis in {region} already a primary"
@@ -1159,6 +1170,7 @@ class SandboxServiceControl:
         return f"Redis in {region} promoted (REPLICAOF NO ONE)"
 
     def follow_cache(self, region: str, upstream_region: str) -> str:
+        self.sandbox.reload()
         upstream_port = self.sandbox.state["redis"][upstream_region]["port"]
         client = self.sandbox.redis_client(region)
         client.execute_command("REPLICAOF", "127.0.0.1", str(upstream_port))

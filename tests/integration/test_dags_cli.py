@@ -36,5 +36,6 @@ def test_dag_runs_under_airflow_dags_test(sandbox, airflow_db, dag_id: str) -> N
     result = subprocess.run(argv, env={**os.environ, "PATH": f"{airflow.parent}:{os.environ['PATH']}"},
                             capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
-    assert result.returncode == 0 and "Traceback" not in output, output[-4000:]
+    errors = "\n".join(line[:1500] for line in output.splitlines() if "[error" in line or "Exception:" in line)
+    assert result.returncode == 0 and "Traceback" not in output, errors + "\n...\n" + output[-2000:]
     assert "DagRun Finished" in output and "state=success" in output, output[-4000:]

@@ -172,10 +172,23 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert audit["outcome"] == "switchover to dr complete" and audit["data_loss_bytes"] == 0
     assert audit["params"]["incident_id"] == "CHG-42" and audit["params"]["reason"] == "planned maintenance"
     assert 0 < audit["unavailability_seconds"] < 30
-    for step in ("preflight", "fence", "catch_up", "promote", "repoint", "rejoin", "validate"):
+    for step in ("preflight", "fence", "catch_up", "promote", "repoint", "start_application", "rejoin", "validate"):
         record = audit["steps"][step]
         assert record["seconds"] >= 0 and record["step_started_at"] <= record["step_finished_at"], step
     assert audit["triggered_by"] == "dag_test"
+    # The application tier moved with the primary: the DR region's Redis is the primary, its instances
+    # serve, the old region's are stopped, and every business function's transaction passed there.
+    moved = audit["steps"]["start_application"]
+    assert moved["moved"] and (moved["from_region"], moved["to_region"]) == ("us-east-1", "us-west-2")
+    assert moved["started"] == ["application web-us-west-2-1", "application worker-us-west-2-1"]
+    assert moved["stopped"] == ["web-us-east-1-1", "web-us-east-1-2", "worker-us-east-1-1"]
+    assert moved["cache"] == "Redis in us-west-2 promoted (REPLICAOF NO ONE)"
+    probe = audit["steps"]["validate"]["application"]
+    assert probe["region"] == "us-west-2" and {t["function"]: t["ok"] for t in probe["transactions"]} == {
+        name: True for name in cluster.policy.business_functions}
+    application = cluster.status()["application"]
+    assert application["us-west-2"]["state"] == "serving" and application["us-east-1"]["state"] == "standby"
+    assert cluster.redis_client("us-east-1").info("replication")["role"] == "slave"
     audit_text = json.dumps(audit)
     assert not [name for name, secret in cluster.state["secrets"].items() if secret in audit_text], \
         "no password reaches the audit"
@@ -201,6 +214,10 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert load.missing_on(_app(cluster, "primary")) == [], "the first run's commits survived both switchovers"
     assert _writable(cluster) == ["primary"]
     assert {r.application_name for r in cluster.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1"}
+    application = cluster.status()["application"]
+    assert application["us-east-1"]["state"] == "serving" and application["us-west-2"]["state"] == "standby"
+    assert all(i["running"] for i in application["us-east-1"]["instances"])
+    assert cluster.redis_client("us-east-1").info("replication")["role"] == "master"
 
 
 def test_a_rerun_of_a_completed_run_changes_nothing(cluster, monkeypatch) -> None:

@@ -117,8 +117,17 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
                 params = FailoverParams(target=to, mode="switchover",
                                         reason=f"DR drill {start.drill_id}: live switchover {leg}")
                 leg_cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+                services, probe = None, None
+                if policy.application is not None:  # the application tier moves with the primary, and is proven
+                    from continuity.hooks.application import ApplicationProbeHook
+                    from continuity.servicecontrol import service_control_for
+
+                    services = service_control_for(policy)
+                    probe = ApplicationProbeHook(policy=policy.with_primary(to),
+                                                 region=policy.topology.node(to).region).run
                 try:
-                    done = run_all(leg_cluster, params, primary=frm, run_id=f"{context['run_id']}:{leg}")
+                    done = run_all(leg_cluster, params, primary=frm, run_id=f"{context['run_id']}:{leg}",
+                                   services=services, probe_application=probe)
                 except FailoverError as exc:
                     raise AirflowFailException(f"live switchover {leg} failed: {exc}") from exc
                 if done.topology is not None:

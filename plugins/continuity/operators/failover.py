@@ -75,6 +75,21 @@ class FailoverStepOperator(ContinuityOperator):
         raise NotImplementedError
 
 
+def _check_service_control(policy: Any, target: str) -> None:
+    """A move to another region starts the application there: refuse before anything changes if nothing can."""
+    from continuity.servicecontrol import ServiceControlError, service_control_for
+
+    topology = policy.topology
+    if policy.application is None or target not in {n.name for n in topology.nodes}:
+        return
+    if topology.node(target).region == topology.primary.region:
+        return
+    try:
+        service_control_for(policy)
+    except ServiceControlError as exc:
+        raise steps.PreflightFailed("service control configured", str(exc)) from None
+
+
 class PreflightOperator(FailoverStepOperator):
     """Validate the params and check the cluster; the plan it returns drives every later step."""
 
@@ -86,6 +101,7 @@ class PreflightOperator(FailoverStepOperator):
                 cluster = hook.get_cluster(report=self.log.info)
             except NodeControlError as exc:
                 raise steps.PreflightFailed("node control configured", str(exc)) from None
+            _check_service_control(hook.policy, params.target)
             plan = steps.preflight(cluster, params, primary=hook.policy.topology.primary.name,
                                    run_id=context["run_id"], recorded=read_topology())
         except steps.PreflightFailed as exc:
@@ -198,6 +214,23 @@ class RepointOperator(FailoverStepOperator):
         return steps.repoint(self.cluster(), plan.target)
 
 
+class StartApplicationOperator(FailoverStepOperator):
+    """Start the application tier in the new primary's region (its Redis made primary first) and stop the
+    old region's; nothing to do when both are in one region or the policy has no application section."""
+
+    def step(self, context: Context) -> steps.ApplicationRecord:
+        from continuity.servicecontrol import service_control_for
+
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        policy = self.policy
+        if policy.application is None:
+            raise AirflowSkipException("the policy has no application section: no application tier to move")
+        topology = policy.topology
+        return steps.move_application(service_control_for(policy), from_region=topology.node(plan.old_primary).region,
+                                      to_region=topology.node(plan.target).region, report=self.log.info)
+
+
 class RejoinOperator(FailoverStepOperator):
     """Make the other standbys follow the new primary and rewind the old primary into a standby."""
 
@@ -214,8 +247,14 @@ class ValidateOperator(FailoverStepOperator):
         plan = _plan(context)
         _skip_unless_acting(plan)
         rejoined = _record(context, "rejoin", steps.RejoinRecord)
+        policy = self.policy  # after the promotion: the new primary's region serves the application
+        probe = None
+        if policy.application is not None:
+            from continuity.hooks.application import ApplicationProbeHook
+
+            probe = ApplicationProbeHook(policy=policy, region=policy.topology.node(plan.target).region).run
         return steps.validate(self.cluster(), plan, run_id=context["run_id"],
-                              following=rejoined.following if rejoined else None)
+                              following=rejoined.following if rejoined else None, probe_application=probe)
 
 
 class RollbackOperator(FailoverStepOperator):
