@@ -1,7 +1,9 @@
 """
 ### dr_health_monitor — is the DR topology ready for a disaster, right now?
 
-Every 5 minutes, checks what the requirements' failover orchestrator watches:
+Every 5 minutes, and at once when the triggerer's 30-second probe rounds see news (the first
+unhealthy round, a disaster held for `consecutive_failures` rounds, recovery), checks what the
+requirements' failover orchestrator watches:
 
 | check | component (weight) |
 |---|---|
@@ -9,7 +11,8 @@ Every 5 minutes, checks what the requirements' failover orchestrator watches:
 | each standby is in recovery and streams within 16 MiB and the strictest RPO | network (2) |
 | the application entry point (PgBouncer) answers and leads to a writable primary | application (2) |
 | every application instance answers; each business function's synthetic transaction succeeds | application (2) |
-| each storage location's bucket is reachable | storage (1) |
+| each node answers a round trip within `max_latency` (1 s) | network (2) |
+| each storage location's bucket and the serving region's application bucket are reachable | storage (1) |
 | the archiver has no new failure and the WAL spool is not piling up | archiving (0) |
 | replication settings and slots match the policy (configuration drift) | configuration (0) |
 
@@ -18,7 +21,8 @@ Every 5 minutes, checks what the requirements' failover orchestrator watches:
 summary naming each failing check. The checks never change the database.
 
 `auto_failover` (off unless the policy sets `health_monitor.auto_failover: true`) counts consecutive
-disaster assessments in the Variable `continuity_disaster_streak`; when the streak reaches
+disaster assessments in the Variable `continuity_disaster_streak` (a run started by a `disaster`
+probe-round event counts the rounds the triggerer saw); when the streak reaches
 `consecutive_failures` (flap protection), it triggers dr_failover once — mode failover, target the
 DR region's healthy standby with the least lag, reason "automatic: …" — and resets the streak.
 """
@@ -27,8 +31,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG
-from airflow.sdk import TriggerRule
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, TriggerRule
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.auto_failover import AutoFailoverOperator
@@ -42,12 +45,21 @@ from continuity.operators.health import (
     StorageHealthOperator,
 )
 from continuity.policy import load_policy
+from continuity.triggers.probe_rounds import ProbeRoundTrigger
+
+_policy = load_policy()
+# The 30-second probe rounds run in the triggerer; a round that is news (degraded, disaster held for
+# consecutive_failures rounds, recovered) starts a run of this DAG at once.
+HEALTH_ROUNDS = Asset("continuity-health-rounds", watchers=[AssetWatcher(
+    name="probe_rounds", trigger=ProbeRoundTrigger(interval=_policy.health_monitor.probe_interval.total_seconds()))])
 
 with DAG(
     dag_id="dr_health_monitor",
     description="Replication and node health, weighted failure score",
     doc_md=__doc__,
-    schedule=load_policy().schedule_for("dr_health_monitor"),  # include/policy.yaml is the one source
+    schedule=AssetOrTimeSchedule(  # include/policy.yaml is the one source of the cron schedule
+        timetable=CronTriggerTimetable(_policy.schedule_for("dr_health_monitor"), timezone="UTC"),
+        assets=[HEALTH_ROUNDS]),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

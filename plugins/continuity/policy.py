@@ -396,6 +396,9 @@ class HealthMonitor(_Model):
     consecutive_failures: int = Field(ge=1)
     required_settings: dict[str, str]
     min_wal_senders: int = Field(ge=1)
+    # The probe rounds of the triggerer (database, network, storage, application): the requirements' 30 s.
+    probe_interval: Duration = timedelta(seconds=30)
+    max_latency: Duration = timedelta(seconds=1)  # a node's round trip from the monitor, over it: network failing
 
 
 class Failover(_Model):

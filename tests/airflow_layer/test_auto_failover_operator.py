@@ -129,3 +129,27 @@ def test_off_by_policy_or_without_an_assessment_nothing_is_decided(world: dict[s
         update={"auto_failover": False})})
     assert "automatic failover is off" in _check(DISASTER, 2)
     assert world["variables"] == {}
+
+
+class _AssetEvent:
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.extra = {"from_trigger": True, "payload": payload}
+
+
+def test_a_disaster_held_for_three_probe_rounds_fails_over_on_the_first_run_it_starts(world: dict[str, Any]) -> None:
+    op = auto_failover.AutoFailoverOperator(task_id="auto_failover")
+    context = {"ti": FakeTaskInstance(DISASTER), "run_id": "asset_triggered__1",
+               "triggering_asset_events": {"continuity-health-rounds": [
+                   _AssetEvent({"kind": "disaster", "consecutive": 3, "summary": "score 7"})]}}
+    op.execute(context)
+    [conf] = world["triggered"]
+    assert conf["reason"].startswith("automatic: disaster threshold held for 3 consecutive checks")
+
+
+def test_a_degraded_round_event_counts_as_one_check(world: dict[str, Any]) -> None:
+    op = auto_failover.AutoFailoverOperator(task_id="auto_failover")
+    context = {"ti": FakeTaskInstance(DISASTER), "run_id": "asset_triggered__1",
+               "triggering_asset_events": {"continuity-health-rounds": [_AssetEvent({"kind": "degraded",
+                                                                                     "consecutive": 1})]}}
+    with pytest.raises(AirflowSkipException, match="reached 1 time"):
+        op.execute(context)

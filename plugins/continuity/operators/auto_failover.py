@@ -18,6 +18,17 @@ from continuity.hooks.topology import ContinuityPolicyHook
 STREAK_VARIABLE = "continuity_disaster_streak"
 
 
+def disaster_rounds(context: Context) -> int:
+    """Consecutive disaster rounds the triggerer saw, when a probe-round event started this run (else 0)."""
+    rounds = 0
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            payload = (getattr(event, "extra", None) or {}).get("payload") or {}
+            if payload.get("kind") == "disaster":
+                rounds = max(rounds, int(payload.get("consecutive", 0)))
+    return rounds
+
+
 class AutoFailoverOperator(TriggerDagRunOperator):
     """Count consecutive disaster assessments in which the primary itself fails (Variable
     `continuity_disaster_streak`); when the policy sets `health_monitor.auto_failover` and the streak
@@ -56,8 +67,11 @@ class AutoFailoverOperator(TriggerDagRunOperator):
                            assessment.get("summary", ""))
             raise AirflowSkipException("disaster alert without promotion: the primary itself answers and accepts "
                                        "writes; automatic failover needs the primary failing")
-        streak = {"count": int(streak.get("count", 0)) + 1, "last_run": context["run_id"],
+        rounds = disaster_rounds(context)
+        streak = {"count": max(int(streak.get("count", 0)) + 1, rounds), "last_run": context["run_id"],
                   "since": streak.get("since") or context["run_id"]}
+        if rounds:
+            self.log.info("started by the probe rounds: the disaster held for %s consecutive 30-second rounds", rounds)
         needed = settings.consecutive_failures
         if streak["count"] < needed:
             Variable.set(STREAK_VARIABLE, json.dumps(streak))

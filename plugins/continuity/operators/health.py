@@ -12,31 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.health import (
     Check,
     assess,
-    check_application,
     check_archiver,
     check_configuration,
     check_entry_point,
-    check_primary,
-    check_standbys,
-    check_storage,
 )
-from continuity.hooks.postgres_node import PostgresNodeHook
+from continuity.hooks.health import HealthProbeHook, node_for
 from continuity.policy import Policy
 from continuity.operators.base import ContinuityOperator
-from continuity.postgres import PostgresNode
 
 WAL_SPOOL_ENV_VAR = "CONTINUITY_WAL_SPOOL"
-
-
-def node_for(conn_id: str, name: str) -> PostgresNode:
-    return PostgresNodeHook(postgres_conn_id=conn_id, node_name=name).get_node()
 
 
 class HealthCheckOperator(ContinuityOperator):
@@ -58,13 +48,12 @@ class HealthCheckOperator(ContinuityOperator):
 
 
 class DatabaseHealthOperator(HealthCheckOperator):
-    """The primary accepts writes; each standby is in recovery and streams within lag and RPO limits."""
+    """The primary accepts writes; each standby is in recovery and streams within lag and RPO limits;
+    each node answers within the policy's latency limit."""
 
     def checks(self, policy: Policy) -> list[Check]:
-        topology = policy.topology
-        primary = node_for(topology.primary.conn_id, topology.primary.name)
-        standbys = {node.name: node_for(node.conn_id, node.name) for node in topology.standbys}
-        return check_primary(policy, primary) + check_standbys(policy, primary, standbys)
+        hook = HealthProbeHook(policy_path=self.policy_path)
+        return hook.database_checks(policy) + hook.latency_checks(policy)
 
 
 class ArchiverHealthOperator(HealthCheckOperator):
@@ -99,29 +88,15 @@ class ApplicationHealthOperator(HealthCheckOperator):
     synthetic transaction succeeds there (the serving region: the current primary's)."""
 
     def checks(self, policy: Policy) -> list[Check]:
-        from continuity.hooks.application import ApplicationProbeHook
-
-        if policy.application is None:
-            return []
-        region = policy.topology.primary.region
-        return check_application(ApplicationProbeHook(policy=policy, region=region).run())
+        return HealthProbeHook(policy_path=self.policy_path).application_checks(policy)
 
 
 class StorageHealthOperator(HealthCheckOperator):
-    """Every storage location of the policy is reachable (S3 bucket head, or a writable directory)."""
+    """Every storage location of the policy is reachable (S3 bucket head, or a writable directory), and the
+    serving region's application bucket."""
 
     def checks(self, policy: Policy) -> list[Check]:
-        def probe(name: str) -> None:
-            location = policy.storage.location(name)
-            if location.kind == "s3":
-                client = S3Hook(aws_conn_id=location.conn_id, region_name=location.region).get_conn()
-                client.head_bucket(Bucket=location.bucket)
-            else:
-                path = Path(location.path or "")
-                if not path.is_dir() or not os.access(path, os.W_OK):
-                    raise FileNotFoundError(f"{path} is not a writable directory")
-
-        return check_storage(policy, probe)
+        return HealthProbeHook(policy_path=self.policy_path).storage_checks(policy, application_buckets=True)
 
 
 class ConfigurationDriftOperator(HealthCheckOperator):

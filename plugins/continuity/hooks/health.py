@@ -1,0 +1,89 @@
+"""The health checks of dr_health_monitor, built from Airflow connections: one place for the operators
+(each check a task) and the triggerer's 30-second probe rounds (every check at once)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+from continuity.health import Check, check_application, check_primary, check_standbys, check_storage
+from continuity.hooks.postgres_node import PostgresNodeHook
+from continuity.hooks.topology import ContinuityPolicyHook
+from continuity.monitoring import ProbeRound, check_latency, run_round
+from continuity.policy import Policy
+from continuity.postgres import PostgresNode
+
+
+def node_for(conn_id: str, name: str) -> PostgresNode:
+    return PostgresNodeHook(postgres_conn_id=conn_id, node_name=name).get_node()
+
+
+class HealthProbeHook(ContinuityPolicyHook):
+    """Database, network, storage and application checks of the current topology (after any failover)."""
+
+    def database_checks(self, policy: Policy | None = None) -> list[Check]:
+        policy = policy or self.policy
+        topology = policy.topology
+        primary = node_for(topology.primary.conn_id, topology.primary.name)
+        standbys = {node.name: node_for(node.conn_id, node.name) for node in topology.standbys}
+        return check_primary(policy, primary) + check_standbys(policy, primary, standbys)
+
+    def latency_checks(self, policy: Policy | None = None) -> list[Check]:
+        policy = policy or self.policy
+        nodes = {node.name: node_for(node.conn_id, node.name) for node in policy.topology.nodes}
+        return check_latency(nodes, limit_seconds=policy.health_monitor.max_latency.total_seconds())
+
+    def storage_checks(self, policy: Policy | None = None, *, application_buckets: bool = False) -> list[Check]:
+        """Every storage location (S3 head_bucket, or a writable directory); with `application_buckets`,
+        the serving region's application bucket too."""
+        policy = policy or self.policy
+
+        def probe(name: str) -> None:
+            location = policy.storage.location(name)
+            if location.kind == "s3":
+                S3Hook(aws_conn_id=location.conn_id, region_name=location.region).get_conn().head_bucket(
+                    Bucket=location.bucket)
+            else:
+                path = Path(location.path or "")
+                if not path.is_dir() or not os.access(path, os.W_OK):
+                    raise FileNotFoundError(f"{path} is not a writable directory")
+
+        checks = check_storage(policy, probe)
+        if application_buckets and policy.application is not None:
+            region = policy.topology.primary.region
+            spec = policy.application.regions.get(region)
+            conn_id = next((loc.conn_id for loc in policy.storage.locations if loc.region == region and loc.conn_id),
+                           None)
+            if spec is not None and conn_id is not None:
+                subject = f"application bucket {spec.video_bucket}"
+                try:
+                    S3Hook(aws_conn_id=conn_id, region_name=region).get_conn().head_bucket(Bucket=spec.video_bucket)
+                    checks.append(Check("storage", subject, True, f"{spec.video_bucket} ({region}) is reachable"))
+                except Exception as exc:  # unreachable storage is the finding
+                    checks.append(Check("storage", subject, False,
+                                        f"{spec.video_bucket} ({region}) is unreachable: {type(exc).__name__}: {exc}"))
+        return checks
+
+    def application_checks(self, policy: Policy | None = None) -> list[Check]:
+        from continuity.hooks.application import ApplicationProbeHook
+
+        policy = policy or self.policy
+        if policy.application is None:
+            return []
+        return check_application(ApplicationProbeHook(policy=policy, region=policy.topology.primary.region).run())
+
+    def probe_round(self) -> ProbeRound:
+        """Every check once, weighed: one round of the 30-second monitor."""
+        policy = self.policy  # re-read each round: a failover changes the primary
+        groups: list[Callable[[], list[Check]]] = []
+        for name, method in (("database", self.database_checks), ("network latency", self.latency_checks),
+                             ("storage", lambda p: self.storage_checks(p, application_buckets=True)),
+                             ("application", self.application_checks)):
+            def group(method=method, policy=policy) -> list[Check]:
+                return method(policy)
+            group.__name__ = f"{name} checks"
+            groups.append(group)
+        return run_round(policy, groups)

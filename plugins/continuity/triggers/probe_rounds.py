@@ -1,0 +1,61 @@
+"""ProbeRoundTrigger: the requirements' 30-second health monitor, in the triggerer (no worker slot).
+
+Every `interval` seconds it runs one probe round (database, network latency, storage, application's
+synthetic transactions; continuity.monitoring) and logs it in one line. Rounds are news only when
+the platform changes state: the first unhealthy round, a disaster score held for the policy's
+`consecutive_failures` rounds, the first healthy round after either. Only then does it yield an
+event, which starts a dr_health_monitor run (an AssetWatcher) — so a healthy platform costs the
+scheduler nothing, and a lost primary is acted on within consecutive_failures × 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from continuity.monitoring import RoundWatch
+
+
+class ProbeRoundTrigger(BaseEventTrigger):
+    """:param interval: seconds from the start of one round to the start of the next.
+    :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml)."""
+
+    def __init__(self, *, interval: float = 30.0, policy_path: str | None = None) -> None:
+        super().__init__()
+        self.interval = interval
+        self.policy_path = policy_path
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"interval": self.interval, "policy_path": self.policy_path})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from continuity.hooks.health import HealthProbeHook
+
+        hook = HealthProbeHook(policy_path=self.policy_path)
+        watch: RoundWatch | None = None
+        while True:
+            started = time.monotonic()
+            try:
+                probe = await sync_to_async(hook.probe_round)()
+                if watch is None:
+                    consecutive = (await sync_to_async(lambda: hook.policy)()).health_monitor.consecutive_failures
+                    watch = RoundWatch(consecutive_failures=consecutive)
+            except Exception as exc:  # the policy or a connection cannot be read: say so, try next round
+                self.log.error("probe round could not run: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(self.interval)
+                continue
+            verdict = "healthy" if not probe.failing else ("DISASTER" if probe.disaster else "degraded")
+            self.log.info("probe round %s: %s, score %s of %s, %s checks in %.2fs%s", probe.at.isoformat(), verdict,
+                          probe.score, probe.threshold, probe.checks, probe.seconds,
+                          "" if not probe.failing else "; " + "; ".join(probe.failing)[:600])
+            event = watch.observe(probe)
+            if event is not None:
+                self.log.warning("probe rounds: %s — %s", event.kind, event.summary[:300])
+                yield TriggerEvent(event.model_dump(mode="json"))
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))

@@ -1,0 +1,64 @@
+"""The 30-second probe rounds of the triggerer, against the real sandbox: a healthy platform yields no
+event; a stopped application set is news at its first round (score 2, the function named) and its
+return is news too. The trigger runs as the triggerer runs it (its async generator), rounds 0.5 s apart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from continuity.triggers.probe_rounds import ProbeRoundTrigger
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+async def _next_event(trigger: ProbeRoundTrigger, timeout: float):
+    generator = trigger.run()
+    try:
+        return (await asyncio.wait_for(generator.__anext__(), timeout)).payload
+    finally:
+        await generator.aclose()
+
+
+def test_rounds_are_news_only_when_the_platform_changes(sandbox, caplog) -> None:
+    trigger = ProbeRoundTrigger(interval=0.5)
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(_next_event(trigger, 4))  # healthy: several rounds, no event
+    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("application in us-east-1")]
+    assert len(rounds) >= 2, "several rounds ran, each with the synthetic transactions"
+
+    sandbox.stop_application("us-east-1", state="serving")
+    try:
+        event = asyncio.run(_next_event(trigger, 30))
+        assert event["kind"] == "degraded" and event["round"]["score"] == 2
+        assert any(f.startswith("function user_authentication: user_authentication in us-east-1: login FAILED")
+                   for f in event["round"]["failing"]), event["round"]["failing"]
+        assert not event["round"]["disaster"]
+    finally:
+        sandbox.start_application("us-east-1")
+
+
+def test_a_lost_primary_is_a_disaster_after_consecutive_rounds(sandbox) -> None:
+    primary = sandbox.cluster("primary")
+    primary.stop(mode="immediate")
+    try:
+        trigger = ProbeRoundTrigger(interval=0.5)
+
+        async def events(n: int) -> list[dict]:
+            generator, seen = trigger.run(), []
+            try:
+                while len(seen) < n:
+                    seen.append((await asyncio.wait_for(generator.__anext__(), 60)).payload)
+            finally:
+                await generator.aclose()
+            return seen
+
+        degraded, disaster = asyncio.run(events(2))
+        assert degraded["kind"] == "degraded" and degraded["round"]["disaster"]
+        assert disaster["kind"] == "disaster" and disaster["consecutive"] == sandbox.policy.health_monitor.consecutive_failures
+        assert disaster["round"]["primary_failing"] and disaster["round"]["score"] >= 5
+    finally:
+        primary.start()
+        sandbox.wait_streaming()
+        sandbox.wait_entry_point()
