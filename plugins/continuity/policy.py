@@ -438,6 +438,8 @@ class Application(_Model):
     probe_conn_id: str  # login = the probe user's e-mail, password = its password (a user of the app)
     probe_timeout: Duration = timedelta(seconds=10)
     processing_timeout: Duration = timedelta(seconds=30)  # upload → detections written, in a probe round
+    # What the read-only transactions read: restore tests put these tables in their sample.
+    read_only_tables: list[Name] = ["users", "user_credentials", "projects", "videos", "detections"]
 
     @property
     def serving_region(self) -> str:

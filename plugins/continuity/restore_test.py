@@ -72,6 +72,7 @@ class RestoreTestResult(BaseModel):
     sample_estimate_seconds: float | None = None  # the sample's rate times all rows, before calibration
     calibrated_by: str | None = None  # the last measured full restore the estimate was held against
     estimate_to_measured_ratio: float | None = None  # the estimate / the last full restore scaled to this size
+    application: dict[str, Any] | None = None  # the read-only synthetic transactions on the restored database
 
 
 def stored_results(locations: Sequence[StorageLocation]) -> list[RestoreTestResult]:
@@ -149,11 +150,14 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
                             now: datetime | None = None, scratch_prefix: str = "continuity-scratch-",
                             object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None,
                             location: str | None = None, alone: bool = False, full: bool = False,
-                            last_full: RestoreTestResult | None = None) -> RestoreTestResult:
+                            last_full: RestoreTestResult | None = None,
+                            application_check: Callable[[str], Any] | None = None) -> RestoreTestResult:
     """Restore a sample of a recent logical backup from `location` (default: the DR region's) and check it.
     `alone`: from that location's copy only (a corrupt copy fails the test instead of falling back to
     another location's). `object_replicas`: each object category's DR replica; the tables referencing
-    objects are always in the sample and every reference is checked against the replica."""
+    objects are always in the sample and every reference is checked against the replica.
+    `application_check(dsn)`: run the read-only synthetic transactions on an application instance using the
+    restored database (its tables, `application.read_only_tables`, are always in the sample)."""
     now = now or datetime.now(timezone.utc)
     dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
     if location is None and not dr_locations:
@@ -166,7 +170,9 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
                    if policy.objects and (ref := policy.objects.categories[name].database_reference) is not None
                    and ref.database == source_database}
     critical = sorted(set(policy.validation.restore_test.critical_tables) | set(suite.get("critical_tables", []))
-                      | referencing)
+                      | referencing
+                      | (set(policy.application.read_only_tables) & set(counts_of(manifest))
+                         if application_check and policy.application else set()))
     counts = {k.split(".", 1)[-1]: v for k, v in manifest.details["row_counts"].items()}
     tables = sorted(counts) if full else sample_tables(manifest, size=policy.validation.restore_test.sample_tables,
                                                        critical=critical, seed=seed)
@@ -196,6 +202,11 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         # rows violate the order or uniqueness the indexes promise.
         amcheck_ok, amcheck_detail = amcheck(scratch)
         report(amcheck_detail)
+        application = None
+        if application_check is not None:
+            probe = application_check(scratch.conninfo(database).replace("user=postgres", f"user={RESTORE_ROLE}"))
+            application = probe.model_dump(mode="json")
+            report(probe.summary())
         consistency = [check for name, (replica, _) in (object_replicas or {}).items()
                        if (check := check_object_references(policy, name, replica, scratch, database,
                                                             source_database=source_database, report=report))]
@@ -222,13 +233,29 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
                             description=c.description) for c in checks],
         amcheck=amcheck_detail, objects=consistency, alone=alone, full_restore=full,
         sample_estimate_seconds=round(sample_estimate, 3), calibrated_by=calibration, estimate_to_measured_ratio=ratio,
-        success=not failed and amcheck_ok and not failing_objectives(objectives) and all(c.consistent for c in consistency),
+        application=application,
+        success=not failed and amcheck_ok and not failing_objectives(objectives) and all(c.consistent for c in consistency)
+        and not (application and application_failure(application)),
         failed_checks=[f"{c.table}: {c.description} (observed {c.observed})" for c in failed]
         + ([] if amcheck_ok else [amcheck_detail])
         + [f"{c.category}: {len(c.missing)} objects referenced by the restored database are missing from {c.replica}"
            f"{' (first: ' + ', '.join(c.missing[:3]) + ')' if c.missing else ''}, {len(c.mismatched)} differ"
-           for c in consistency if not c.consistent],
+           for c in consistency if not c.consistent]
+        + ([f"application on the restored database: {application_failure(application)}"]
+           if application and application_failure(application) else []),
     )
+
+
+def counts_of(manifest: Manifest) -> set[str]:
+    return {k.split(".", 1)[-1] for k in manifest.details.get("row_counts", {})}
+
+
+def application_failure(application: Mapping[str, Any]) -> str | None:
+    """The first failed transaction of a probe round's JSON (None: every transaction passed or not measured)."""
+    for t in application.get("transactions", []):
+        if t.get("ok") is False:
+            return f"{t['function']} ({t['transaction']}): {t['reason']}"
+    return None if application.get("transactions") else "no transaction ran"
 
 
 def failure_result(*, error: str, seed: str, now: datetime | None = None) -> RestoreTestResult:

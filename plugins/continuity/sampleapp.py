@@ -10,7 +10,8 @@ bucket, so a failover that forgets any of them shows up as a failing user transa
 Configuration comes from the environment (secrets never on a command line):
 CONTINUITY_APP_DSN, CONTINUITY_APP_REDIS_URL, CONTINUITY_APP_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, CONTINUITY_APP_REGION, CONTINUITY_APP_VIDEO_BUCKET, CONTINUITY_APP_INSTANCE,
-CONTINUITY_APP_READ_ONLY (restore tests: no writes to the database, sessions still in Redis).
+CONTINUITY_APP_READ_ONLY (restore tests: no writes to the database; without a Redis URL, sessions are
+kept in the process).
 
     python -m continuity.sampleapp serve --port 8001
     python -m continuity.sampleapp worker
@@ -105,16 +106,35 @@ class AppSettings:
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> AppSettings:
         env = os.environ if environ is None else environ
-        missing = [k for k in ("CONTINUITY_APP_DSN", "CONTINUITY_APP_REDIS_URL", "CONTINUITY_APP_REGION",
-                               "CONTINUITY_APP_VIDEO_BUCKET") if not env.get(k)]
+        read_only = env.get("CONTINUITY_APP_READ_ONLY", "") in ("1", "true", "yes")
+        needed = ["CONTINUITY_APP_DSN", "CONTINUITY_APP_REGION", "CONTINUITY_APP_VIDEO_BUCKET"]
+        missing = [k for k in needed + ([] if read_only else ["CONTINUITY_APP_REDIS_URL"]) if not env.get(k)]
         if missing:
             raise SystemExit(f"sample application: {', '.join(missing)} not set. HINT: the sandbox sets them; "
                              f"see `continuity sandbox status`.")
-        return cls(dsn=env["CONTINUITY_APP_DSN"], redis_url=env["CONTINUITY_APP_REDIS_URL"],
+        return cls(dsn=env["CONTINUITY_APP_DSN"], redis_url=env.get("CONTINUITY_APP_REDIS_URL", ""),
                    s3_endpoint=env.get("CONTINUITY_APP_S3_ENDPOINT") or None, region=env["CONTINUITY_APP_REGION"],
                    video_bucket=env["CONTINUITY_APP_VIDEO_BUCKET"],
                    instance=env.get("CONTINUITY_APP_INSTANCE", "app"),
-                   read_only=env.get("CONTINUITY_APP_READ_ONLY", "") in ("1", "true", "yes"))
+                   read_only=read_only)
+
+
+class MemorySessions:
+    """Sessions in the process, for a read-only verification instance (a restore test's) that has no Redis:
+    what it verifies is the restored database and the object replica, not the cache."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[bytes, float]] = {}
+
+    def set(self, key: str, value: Any, ex: int) -> None:
+        self._values[key] = (str(value).encode(), time.monotonic() + ex)
+
+    def get(self, key: str) -> bytes | None:
+        value, expires = self._values.get(key, (None, 0.0))
+        return value if value is not None and time.monotonic() < expires else None
+
+    def ping(self) -> bool:
+        return True
 
 
 class Backends:
@@ -125,7 +145,8 @@ class Backends:
         import redis
 
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.redis: Any = (redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+                           if settings.redis_url else MemorySessions())
         self.s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.region)
 
     def db(self) -> psycopg.Connection:

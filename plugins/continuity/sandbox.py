@@ -1139,6 +1139,7 @@ class SandboxServiceControl:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+        self._verification: dict[int, subprocess.Popen] = {}
 
     @classmethod
     def from_environment(cls) -> SandboxServiceControl:
@@ -1155,6 +1156,33 @@ class SandboxServiceControl:
 
     def stop_region(self, region: str) -> list[str]:
         return self.sandbox.stop_application(region)
+
+    def start_verification_instance(self, region: str, *, dsn: str) -> str:
+        port = free_port()
+        env = self.sandbox._application_environment(region, f"verify-{region}-{port}")
+        env.pop("CONTINUITY_APP_REDIS_URL")
+        env.update({"CONTINUITY_APP_DSN": dsn, "CONTINUITY_APP_READ_ONLY": "1"})
+        self.sandbox.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.sandbox.logs_dir / "verification-instances.log", "ab") as log_handle:
+            process = subprocess.Popen([sys.executable, "-m", "continuity.sampleapp", "serve", "--port", str(port)],
+                                       stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True, env=env)
+        self._verification[port] = process
+        try:
+            wait_for_port(port, what=f"the verification instance of {region}", timeout=30)
+        except Exception:
+            self.stop_verification_instance(f"http://127.0.0.1:{port}")
+            raise
+        return f"http://127.0.0.1:{port}"
+
+    def stop_verification_instance(self, url: str) -> None:
+        process = self._verification.pop(int(url.rsplit(":", 1)[1]), None)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
     def running(self, region: str) -> dict[str, bool]:
         return self.sandbox.application_running(region)

@@ -37,6 +37,13 @@ class ServiceControl(Protocol):
         """Make the region's Redis replicate from `upstream_region`'s; returns what was done."""
         ...
 
+    def start_verification_instance(self, region: str, *, dsn: str) -> str:
+        """A read-only application instance of `region` (its object bucket) on the database `dsn` (a restored
+        copy): returns its URL. Restore tests and drills run the read-only synthetic transactions on it."""
+        ...
+
+    def stop_verification_instance(self, url: str) -> None: ...
+
 
 def service_control_for(policy: Any) -> ServiceControl:
     """The service control the policy names (`application.service_control`): the one place it is chosen."""

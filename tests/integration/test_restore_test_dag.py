@@ -66,6 +66,15 @@ def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logi
     assert by_function["video_processing"]["verdict"] == "pass" and "extrapolated" in by_function["video_processing"]["source"]
     assert by_function["user_authentication"]["not_measured"] == ["authentication_service"]
     assert all(c["success"] for c in report["checks"]) and report["success"]
+    # The DR region's application served the restored database (read-only): login, projects, the newest
+    # video and its object from the DR replica; what a read-only round cannot prove says so.
+    application = report["application"]
+    assert application["read_only"] and application["region"] == "us-west-2"
+    outcome = {t["function"]: t["ok"] for t in application["transactions"]}
+    assert outcome == {**{name: True for name in sandbox.policy.business_functions}, "annotation_system": None}
+    upload = next(t for t in application["transactions"] if t["function"] == "video_upload")
+    assert upload["reason"].startswith("newest video ") and "SHA-256 equal" in upload["reason"]
+    assert set(sandbox.policy.application.read_only_tables) <= set(report["tables"])
     assert {c["table"] for c in report["checks"] if c["expectation"] == "table_schema_matches"} == set(report["tables"])
     md = _catalog(sandbox).locations["primary"].get_bytes(
         f"reports/restore-test/{key_safe(run.run_id)}.md").decode()
@@ -162,6 +171,40 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
                for f in report["failed_checks"]), report["failed_checks"]
     assert not glob.glob(f"/tmp/{scratch_prefix(run.run_id)}*"), "the scratch cluster is gone"
     assert task_states(run)["remove_scratch_clusters"] == "success", "the teardown ran and did not mask the failure"
+
+
+def test_a_restore_test_fails_when_the_restored_database_cannot_serve_a_login(sandbox, monkeypatch, tmp_path) -> None:
+    """A backup taken while the probe user had no credentials: the database restores and passes its
+    expectations, but the application on it cannot log anyone in — the report says so."""
+    import uuid
+
+    import psycopg
+
+    from continuity.policy import load_policy
+    from continuity.project import default_policy_path
+
+    prefix = f"rt-login-{uuid.uuid4().hex[:8]}/"
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
+    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
+    locations = locations_from_policy(load_policy(policy_file), lambda loc: sandbox.s3_client(loc.region))
+    with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
+        saved = conn.execute("DELETE FROM user_credentials WHERE user_id = (SELECT id FROM users WHERE email = %s) "
+                             "RETURNING user_id, password_hash, updated_at", (sandbox.PROBE_EMAIL,)).fetchone()
+    try:
+        logical_backup(node=sandbox.backup_node("primary"), database="app", keyring=sandbox.keyring(),
+                       locations=list(locations.values()), required={"primary", "dr"},
+                       backup_id=f"logical-app-nologin-{uuid.uuid4().hex[:6]}", report=lambda _m: None)
+    finally:
+        with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
+            conn.execute("INSERT INTO user_credentials VALUES (%s, %s, %s)", saved)
+    run = load_dag("dr_restore_test").test()
+    assert str(run.state) == "failed"
+    report = json.loads(locations["dr"].get_bytes(f"reports/restore-test/{key_safe(run.run_id)}.json"))
+    assert report["success"] is False
+    assert all(c["success"] for c in report["checks"]), "the data itself passes its expectations"
+    assert ("application on the restored database: user_authentication (login): POST /login: HTTP 401 "
+            "(expected 200)") in " ".join(report["failed_checks"]), report["failed_checks"]
 
 
 def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkeypatch, tmp_path) -> None:

@@ -43,3 +43,21 @@ class ApplicationProbeHook(BaseHook):
             functions={name: f.transaction for name, f in application.functions.items()}, read_only=read_only,
             timeout=application.probe_timeout.total_seconds(),
             processing_timeout=application.processing_timeout.total_seconds())
+
+    def verify_database(self, dsn: str) -> ApplicationProbe:
+        """The read-only synthetic transactions on a verification instance of this region that uses the
+        database `dsn` (a restored copy) and the region's object bucket; the instance is always stopped."""
+        from continuity.servicecontrol import service_control_for
+
+        application = self.policy.application
+        control = service_control_for(self.policy)
+        url = control.start_verification_instance(self.region, dsn=dsn)
+        try:
+            credentials = self.get_connection(application.probe_conn_id)
+            return run_synthetic_transactions(
+                ProbeTarget(region=self.region, url=url), email=credentials.login or "",
+                password=credentials.password or "",
+                functions={name: f.transaction for name, f in application.functions.items()}, read_only=True,
+                timeout=application.probe_timeout.total_seconds())
+        finally:
+            control.stop_verification_instance(url)

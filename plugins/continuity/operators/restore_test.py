@@ -44,6 +44,12 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
                       ", ".join(f"{n} {w.isoformat(timespec='seconds')}" for n, w in sorted(proven.items())) or "none")
         results: list[RestoreTestResult] = []
         dr_name = next(iter(sorted(dr)), None)
+        application_check = None
+        if policy.application is not None and policy.application.service_control is not None:
+            from continuity.hooks.application import ApplicationProbeHook
+
+            # The DR region's application, on the restored database and the DR object replica.
+            application_check = ApplicationProbeHook(policy=policy, region=policy.topology.dr_region).verify_database
         full_due = dr_name is not None and (last_full is None or now - datetime.fromisoformat(last_full.tested_at)
                                             > policy.validation.restore_test.full_restore_every)
         if full_due:
@@ -70,7 +76,8 @@ class SampleRestoreTestOperator(ContinuityBackupOperator):
                 result = run_sample_restore_test(catalog=catalog, policy=policy, seed=f"{context['run_id']}-{location}",
                                                  report=self.log.info, location=location, alone=location not in dr,
                                                  scratch_prefix=scratch_prefix(context["run_id"]), last_full=last_full,
-                                                 object_replicas=hook.get_object_replicas(policy.topology.dr_region))
+                                                 object_replicas=hook.get_object_replicas(policy.topology.dr_region),
+                                                 application_check=application_check if location in dr else None)
             except RestoreError as exc:
                 result = failure_result(error=f"location {location}: {exc}", seed=context["run_id"])
             if result.success and result.restored_from == location and not result.corrupt_copies:
