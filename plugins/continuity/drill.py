@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from pydantic import BaseModel, ConfigDict
@@ -23,7 +23,7 @@ from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
 from continuity.objects import Consistency, ObjectStore, heartbeat_lag
 from continuity.policy import Policy
-from continuity.reports import Objective, function_rto_objectives, objective
+from continuity.reports import Objective, application_line, application_rto_objectives, objective
 from continuity.restore import amcheck, check_object_references, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -160,12 +160,14 @@ class DrillResult(BaseModel):
     amcheck: str | None = None
     objects: list[Consistency] = []
     pitr: PitrCheck | None = None  # the point-in-time recovery check (markers around a target)
+    application: dict[str, Any] | None = None  # read-only synthetic transactions on the rebuilt database
 
 
 def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
               database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-",
               object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None,
-              pitr: PitrMarkers | None = None) -> DrillResult:
+              pitr: PitrMarkers | None = None,
+              application_check: Callable[[str], Any] | None = None) -> DrillResult:
     """Rebuild from the DR region's backups alone and measure. `object_replicas`: each object category's
     replica in the DR region (see `objects.replicas_in`): the rebuilt database's references are checked
     against it, and the objects' RPO comes from its heartbeat lag and that check."""
@@ -186,11 +188,20 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
                                                             report=report)) is not None}
         scratch.timings["validation"] = time.monotonic() - started
         writable_at = datetime.now(timezone.utc)
+        application = None
+        if application_check is not None:  # each function's RTO: until its transaction succeeds there
+            started = time.monotonic()
+            # As the application's own role: a physical copy keeps the source's roles and grants.
+            probe = application_check(scratch.conninfo(database).replace("user=postgres", "user=app"))
+            application = probe.model_dump(mode="json")
+            report(probe.summary())
+            scratch.timings["application"] = time.monotonic() - started
         timings = dict(scratch.timings)
     rto = (writable_at - started_at).total_seconds()
     rpo = 0.0 if row else max(0.0, (marker_committed_at - (last or base.finished_at)).total_seconds())
     rebuilt = f"database rebuilt in location {location} from base backup {base.backup_id} + WAL"
-    objectives = function_rto_objectives(policy, measured_seconds=rto, source=rebuilt)
+    objectives = application_rto_objectives(policy, started_at=started_at, probe=application, fallback_seconds=rto,
+                                            fallback_source=rebuilt)
     tier = policy.tiers["tier_1_critical"]
     objectives.append(objective("RTO tier_1_critical", measured_seconds=rto, target=tier.target,
                                 maximum=tier.maximum, source=rebuilt))
@@ -229,7 +240,7 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
              f"{'present' if pitr_check.after_recovered else 'absent'}"] if pitr_check and not pitr_check.passed else []),
         success=not failed and bool(checks) and amcheck_ok and not object_failures
         and (pitr_check is None or pitr_check.passed),
-        objects=list(consistency.values()), pitr=pitr_check,
+        objects=list(consistency.values()), pitr=pitr_check, application=application,
     )
 
 
@@ -279,6 +290,7 @@ def render_markdown(result: DrillResult) -> str:
            f"marker before the target {'recovered' if result.pitr.before_recovered else 'MISSING'}, marker after it "
            f"{'PRESENT' if result.pitr.after_recovered else 'absent'}: {'pass' if result.pitr.passed else 'FAIL'}"]
           if result.pitr else ["- point-in-time recovery: not measured"]),
+        application_line(result.application),
     ]
     for check in result.objects:
         lines.append(f"- objects {check.category}: {check.present} of {check.referenced} referenced by the rebuilt "

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -72,6 +72,39 @@ def function_rto_objectives(policy: Policy, *, measured_seconds: float | None, s
                       source=source if name in on_database else None,
                       not_measured=policy.unmeasured_dependencies(name))
             for name, function in sorted(policy.business_functions.items())]
+
+
+def application_rto_objectives(policy: Policy, *, started_at: datetime, probe: Mapping[str, Any] | None,
+                               fallback_seconds: float | None, fallback_source: str) -> list[Objective]:
+    """Every business function's RTO from the start of the event until its synthetic transaction succeeded
+    (`probe`: an ApplicationProbe as JSON). A failed transaction fails the objective, named; one the round
+    could not run (read-only) falls back to the database's recovery, naming what that does not cover."""
+    transactions = {t["function"]: t for t in (probe or {}).get("transactions", [])}
+    fallback = {o.function: o for o in function_rto_objectives(policy, measured_seconds=fallback_seconds,
+                                                               source=fallback_source)}
+    where = f"{'read-only ' if (probe or {}).get('read_only') else ''}synthetic transaction in {(probe or {}).get('region')}"
+    lines = []
+    for name, function in sorted(policy.business_functions.items()):
+        t = transactions.get(name)
+        if t is None or t.get("ok") is None:
+            lines.append(fallback[name])
+            continue
+        finished = datetime.fromisoformat(t["finished_at"]) if isinstance(t["finished_at"], str) else t["finished_at"]
+        seconds = (finished - started_at).total_seconds()
+        source = f"{name}'s {where} ({t['transaction']}) at {finished.isoformat(timespec='seconds')}: {t['reason']}"
+        lines.append(objective(f"RTO {name}", function=name, measured_seconds=seconds, target=function.rto.target,
+                               maximum=function.rto.maximum, source=source,
+                               broken=None if t["ok"] else f"the transaction FAILED: {t['reason']}"))
+    return lines
+
+
+def application_line(probe: Mapping[str, Any] | None) -> str:
+    """One Markdown line for a probe round (an ApplicationProbe as JSON)."""
+    if not probe:
+        return "- application: not measured"
+    done = ", ".join(f"{t['function']} {'ok' if t['ok'] else 'not measured' if t['ok'] is None else 'FAILED'}"
+                     for t in probe.get("transactions", []))
+    return f"- application ({'read-only, ' if probe.get('read_only') else ''}{probe.get('region')}): {done}"
 
 
 def failing_objectives(objectives: list[Objective]) -> list[str]:

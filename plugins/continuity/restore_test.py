@@ -21,7 +21,7 @@ from continuity.expectations import load_suite, validate_restored
 from continuity.manifest import Manifest
 from continuity.objects import Consistency, ObjectStore
 from continuity.policy import Policy, format_duration
-from continuity.reports import Objective, failing_objectives, function_rto_objectives
+from continuity.reports import Objective, application_line, failing_objectives, function_rto_objectives
 from continuity.restore import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, restore_logical,
                                 sample_tables, scratch_cluster)
 from continuity.storage import StorageLocation, stored_documents
@@ -284,6 +284,7 @@ def render_markdown(result: RestoreTestResult) -> str:
                                                  f"{result.estimate_to_measured_ratio}" if result.calibrated_by else
                                                  "; no full restore measured yet") + ")"),
         f"- {result.amcheck}",
+        application_line(result.application),
     ]
     for corrupt in result.corrupt_copies:
         lines.append(f"- **corrupt copy**: {corrupt}")

@@ -63,12 +63,19 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
         hook = self.hook()
         catalog = hook.get_catalog()
         required = [catalog.locations[n] for n in sorted(hook.required_locations())]
+        policy = hook.policy
+        application_check = None
+        if policy.application is not None and policy.application.service_control is not None:
+            from continuity.hooks.application import ApplicationProbeHook
+
+            application_check = ApplicationProbeHook(policy=policy, region=policy.topology.dr_region).verify_database
         try:
             result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start.drill_id, started_at=start.started_at,
                                marker_committed_at=start.marker_committed_at,
                                database=start.database, report=self.log.info,
                                object_replicas=hook.get_object_replicas(hook.policy.topology.dr_region),
-                               scratch_prefix=scratch_prefix(context["run_id"]), pitr=start.pitr)
+                               scratch_prefix=scratch_prefix(context["run_id"]), pitr=start.pitr,
+                               application_check=application_check)
         except RestoreError as exc:
             failed = failure_result(drill_id=start.drill_id, started_at=start.started_at, error=str(exc))
             for key in store_report(failed, required, name=start.drill_id, prefix=REPORT_PREFIX, render=render_markdown):
