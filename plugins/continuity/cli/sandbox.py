@@ -75,6 +75,12 @@ def _print_status(status: dict, *, as_json: bool) -> None:
     print(f"pgbouncer  127.0.0.1:{bouncer['port']} ({'running' if bouncer['running'] else 'stopped'})")
     s3 = status["s3"]
     print(f"s3         {s3['endpoint']} ({'running' if s3['running'] else 'stopped'})")
+    for region, entry in (status.get("redis") or {}).items():
+        print(f"redis      {region} {entry['address']} {entry['role']} ({'running' if entry['running'] else 'stopped'})")
+    for region, entry in (status.get("application") or {}).items():
+        instances = ", ".join(f"{i['name']} {i.get('url', '')} {'running' if i['running'] else 'stopped'}".replace("  ", " ")
+                              for i in entry["instances"])
+        print(f"app        {region} ({entry['state']}): {instances}")
     receivers = status.get("receivers") or {}
     if receivers:
         print(f"receivers  smtp {receivers['smtp']}, webhooks {receivers['webhooks']} "
