@@ -956,12 +956,30 @@ class Consistency(BaseModel):
     # Rows written after the newest source version the replica holds: not yet due for a copy (RPO exposure).
     pending: list[str] = []
     replicated_through: datetime | None = None
+    # Objects the replica's own region wrote (its application, after a failover): present, not in the ledger.
+    written_in_region: int = 0
     orphans: int = 0
     orphan_sample: list[str] = []
 
     @property
     def consistent(self) -> bool:
         return self.referenced > 0 and not self.missing and not self.mismatched
+
+
+MAX_DIRECT_LOOKUPS = 1000  # HEAD requests for keys the ledger does not know, per check (bounded time)
+
+
+def _written_in_replica_region(replica: ObjectStore, key: str, size: int | None, lookups: list[int]) -> bool:
+    """Whether the replica bucket holds `key` although no replication copied it (written there directly,
+    e.g. by the DR region's application after a failover), with the row's size when it has one."""
+    if lookups[0] >= MAX_DIRECT_LOOKUPS:
+        return False
+    lookups[0] += 1
+    try:
+        head = replica.client.head_object(Bucket=replica.bucket, Key=key)
+    except Exception:  # absent (404) or unreadable: not proven present
+        return False
+    return size is None or head.get("ContentLength") == size
 
 
 def check_consistency(rows: Iterable[tuple[Any, ...]], *, replica: ObjectStore, category: str,
@@ -975,12 +993,16 @@ def check_consistency(rows: Iterable[tuple[Any, ...]], *, replica: ObjectStore, 
     result = Consistency(category=category, replica=replica.describe(replica.prefix), database=database, as_of=as_of,
                          replicated_through=through)
     referenced: set[str] = set()
+    lookups = [0]
     for key, size, sha, *rest in rows:
         written = rest[0] if rest else None
         referenced.add(key)
         result.referenced += 1
         entry = held.get(key)
-        if entry is None and written is not None and through is not None and written > through:
+        if entry is None and _written_in_replica_region(replica, key, size, lookups):
+            result.present += 1
+            result.written_in_region += 1
+        elif entry is None and written is not None and through is not None and written > through:
             result.pending.append(key)
         elif entry is None:
             result.missing.append(key)
@@ -997,6 +1019,7 @@ def check_consistency(rows: Iterable[tuple[Any, ...]], *, replica: ObjectStore, 
            + f", {len(result.mismatched)} different"
            + (f", {len(result.pending)} written after {through.isoformat()} (the newest version copied) and not yet "
               f"due" if result.pending and through else "")
+           + (f", {result.written_in_region} written in {replica.region} directly" if result.written_in_region else "")
            + f", {result.orphans} not referenced by any row")
     return result
 

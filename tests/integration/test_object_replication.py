@@ -407,3 +407,25 @@ def test_a_lag_past_the_rpo_maximum_is_an_alarm(world: World) -> None:
     assert [a for a in late.alarms if "replication lag" in a][0].startswith(
         f"ALARM replication lag of video_content is {late.lag_seconds:.0f}s, past the RPO maximum "
         f"{category.rpo.maximum.seconds // 3600}h")
+
+
+def test_consistency_tells_missing_from_pending_and_from_written_in_the_replicas_region(world: World) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    copied = _blob(2048, "consistency-copied")
+    world.put("videos/consistency-copied.mp4", copied)
+    world.run("consistency")
+    direct = b"written by the DR application after a failover"
+    world.rep.put_object(Bucket=world.replica_bucket, Key="videos/consistency-direct.mp4", Body=direct)
+    long_ago, later = datetime(2020, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(hours=1)
+    rows = [("videos/consistency-copied.mp4", len(copied), hashlib.sha256(copied).hexdigest(), long_ago),
+            ("videos/consistency-lost.mp4", 10, None, long_ago),  # older than the newest copy: lost
+            ("videos/consistency-new.mp4", 10, None, later),  # newer than everything copied: not yet due
+            ("videos/consistency-direct.mp4", len(direct), None, later)]
+    replica = objects.ObjectStore(client=world.rep, bucket=world.replica_bucket, prefix="videos/", region="us-west-2")
+    check = objects.check_consistency(rows, replica=replica, category="video_content", prefix="videos/",
+                                      database="test", as_of=datetime.now(timezone.utc), report=world.log.append)
+    assert check.missing == ["videos/consistency-lost.mp4"] and not check.consistent
+    assert check.pending == ["videos/consistency-new.mp4"]
+    assert check.present == 2 and check.written_in_region == 1
+    assert "1 written in us-west-2 directly" in world.log[-1] and "not yet due" in world.log[-1]
