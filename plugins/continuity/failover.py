@@ -755,6 +755,9 @@ class FailoverAudit(BaseModel):
     data_loss_bytes: int | None
     topology: TopologyRecord | None
     outcome: str
+    # Each business function's RTO: from preflight until its synthetic transaction succeeded in the new
+    # primary's region (continuity.reports.Objective as JSON; `not measured` without a probe round).
+    function_rto: list[dict[str, Any]] = []
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include={"outcome", "unavailability_seconds", "data_loss_bytes", "topology"})

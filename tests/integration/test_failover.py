@@ -186,6 +186,10 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     probe = audit["steps"]["validate"]["application"]
     assert probe["region"] == "us-west-2" and {t["function"]: t["ok"] for t in probe["transactions"]} == {
         name: True for name in cluster.policy.business_functions}
+    rto = {o["function"]: o for o in audit["function_rto"]}
+    assert set(rto) == set(cluster.policy.business_functions)
+    assert all(o["verdict"] == "pass" and 0 < o["measured_seconds"] < 300 for o in rto.values()), rto
+    assert "synthetic transaction in us-west-2 (login)" in rto["user_authentication"]["source"]
     application = cluster.status()["application"]
     assert application["us-west-2"]["state"] == "serving" and application["us-east-1"]["state"] == "standby"
     assert cluster.redis_client("us-east-1").info("replication")["role"] == "slave"

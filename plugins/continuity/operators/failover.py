@@ -310,6 +310,16 @@ class RecordOperator(FailoverStepOperator):
         audit = steps.compose_audit(run_id=context["run_id"],
                                     triggered_by=getattr(context["dag_run"], "triggering_user_name", None),
                                     params=context["params"], records=records, failures=failures)
+        if records.preflight is not None and records.preflight.action in ("switchover", "failover") \
+                and not records.preflight.dry_run:
+            from datetime import datetime
+
+            from continuity.reports import application_rto_objectives
+
+            probe = records.validation.application if records.validation else None
+            audit.function_rto = [o.model_dump(mode="json") for o in application_rto_objectives(
+                self.policy, started_at=datetime.fromisoformat(records.preflight.checked_at), probe=probe,
+                fallback_seconds=None, fallback_source="")]
         if audit.topology is not None:
             write_topology(audit.topology)
             self.log.info("topology recorded: primary %s on timeline %s", audit.topology.primary,
