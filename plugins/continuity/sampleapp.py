@@ -175,6 +175,14 @@ def create_app(settings: AppSettings | None = None) -> Any:
         value = backends.redis.get(f"session:{token}")
         return int(value) if value is not None else None
 
+    def writer_refused(user_id: int | None) -> JSONResponse | None:
+        """Why a write is refused (no session, or a read-only instance), or None."""
+        if user_id is None:
+            return error(401, "not logged in")
+        if settings.read_only:
+            return error(403, "this instance is read-only (a restore test)")
+        return None
+
     def health(request: Request) -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -240,10 +248,8 @@ def create_app(settings: AppSettings | None = None) -> Any:
 
     async def upload(request: Request) -> JSONResponse:
         user_id = await run_in_threadpool(session_user, request)
-        if user_id is None:
-            return error(401, "not logged in")
-        if settings.read_only:
-            return error(403, "this instance is read-only (a restore test)")
+        if refused := writer_refused(user_id):
+            return refused
         try:
             project_id = int(request.query_params["project_id"])
         except (KeyError, ValueError):
@@ -319,10 +325,8 @@ def create_app(settings: AppSettings | None = None) -> Any:
 
     async def annotate(request: Request) -> JSONResponse:
         user_id = await run_in_threadpool(session_user, request)
-        if user_id is None:
-            return error(401, "not logged in")
-        if settings.read_only:
-            return error(403, "this instance is read-only (a restore test)")
+        if refused := writer_refused(user_id):
+            return refused
         try:
             body = await request.json()
             values = (int(body["video_id"]), user_id, int(body["frame"]), str(body["label"]), json.dumps(body["bbox"]))
