@@ -26,6 +26,8 @@ bench:
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/switchover.py
 	$(BIN)/python bench/objects.py
+	$(BIN)/python bench/detection.py --consecutive 1
+	$(BIN)/python bench/detection.py --consecutive 3
 
 sandbox-up: bootstrap
 	$(BIN)/continuity sandbox up

@@ -25,6 +25,7 @@ from continuity.postgres import NodeUnreachable, PostgresNode
 class ProbeRound(BaseModel):
     at: datetime
     seconds: float
+    cpu_seconds: float = 0.0  # this thread's CPU time for the round (the monitor's own cost)
     score: int
     threshold: int
     disaster: bool
@@ -63,7 +64,7 @@ def run_round(policy: Policy, check_groups: list[Callable[[], list[Check]]],
               clock: Callable[[], datetime] | None = None) -> ProbeRound:
     """Run each group of checks (a group that raises is one failing check, named) and weigh them."""
     started_at = (clock or (lambda: datetime.now(timezone.utc)))()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.thread_time()
     checks: list[Check] = []
     for group in check_groups:
         try:
@@ -73,7 +74,8 @@ def run_round(policy: Policy, check_groups: list[Callable[[], list[Check]]],
             checks.append(Check("configuration", name, False, f"{name} could not run: {type(exc).__name__}: {exc}"))
     assessment = assess(policy, checks)
     return ProbeRound(
-        at=started_at, seconds=round(time.monotonic() - started, 3), score=assessment.score,
+        at=started_at, seconds=round(time.monotonic() - started, 3),
+        cpu_seconds=round(time.thread_time() - cpu_started, 3), score=assessment.score,
         threshold=assessment.threshold, disaster=assessment.disaster,
         primary_failing=any(c.component == "database" and c.subject.startswith("primary ") for c in assessment.failing),
         failing=[f"{c.subject}: {c.reason}" for c in assessment.failing], checks=len(checks))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -23,6 +24,16 @@ def node_for(conn_id: str, name: str) -> PostgresNode:
 
 class HealthProbeHook(ContinuityPolicyHook):
     """Database, network, storage and application checks of the current topology (after any failover)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Kept across the triggerer's rounds: building a boto3 client costs more CPU than the request.
+        self._s3_clients: dict[tuple[str | None, str], Any] = {}
+
+    def s3_client(self, conn_id: str | None, region: str) -> Any:
+        if (conn_id, region) not in self._s3_clients:
+            self._s3_clients[(conn_id, region)] = S3Hook(aws_conn_id=conn_id, region_name=region).get_conn()
+        return self._s3_clients[(conn_id, region)]
 
     def database_checks(self, policy: Policy | None = None) -> list[Check]:
         policy = policy or self.policy
@@ -44,8 +55,7 @@ class HealthProbeHook(ContinuityPolicyHook):
         def probe(name: str) -> None:
             location = policy.storage.location(name)
             if location.kind == "s3":
-                S3Hook(aws_conn_id=location.conn_id, region_name=location.region).get_conn().head_bucket(
-                    Bucket=location.bucket)
+                self.s3_client(location.conn_id, location.region).head_bucket(Bucket=location.bucket)
             else:
                 path = Path(location.path or "")
                 if not path.is_dir() or not os.access(path, os.W_OK):
@@ -60,7 +70,7 @@ class HealthProbeHook(ContinuityPolicyHook):
             if spec is not None and conn_id is not None:
                 subject = f"application bucket {spec.video_bucket}"
                 try:
-                    S3Hook(aws_conn_id=conn_id, region_name=region).get_conn().head_bucket(Bucket=spec.video_bucket)
+                    self.s3_client(conn_id, region).head_bucket(Bucket=spec.video_bucket)
                     checks.append(Check("storage", subject, True, f"{spec.video_bucket} ({region}) is reachable"))
                 except Exception as exc:  # unreachable storage is the finding
                     checks.append(Check("storage", subject, False,

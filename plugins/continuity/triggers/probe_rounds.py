@@ -51,8 +51,8 @@ class ProbeRoundTrigger(BaseEventTrigger):
                 await asyncio.sleep(self.interval)
                 continue
             verdict = "healthy" if not probe.failing else ("DISASTER" if probe.disaster else "degraded")
-            self.log.info("probe round %s: %s, score %s of %s, %s checks in %.2fs%s", probe.at.isoformat(), verdict,
-                          probe.score, probe.threshold, probe.checks, probe.seconds,
+            self.log.info("probe round %s: %s, score %s of %s, %s checks in %.2fs (%.3fs CPU)%s", probe.at.isoformat(),
+                          verdict, probe.score, probe.threshold, probe.checks, probe.seconds, probe.cpu_seconds,
                           "" if not probe.failing else "; " + "; ".join(probe.failing)[:600])
             event = watch.observe(probe)
             if event is not None:
