@@ -92,12 +92,15 @@ def test_a_critical_incident_from_alert_to_report(scheduler) -> None:
     assert airflow.wait_for_run(DAG, run_id) == "success"
 
     # The same cause again: added to the open incident, nobody told twice.
-    before = len(received(receivers, "slack"))
+    def about_it() -> int:  # other incidents may post meanwhile (the probe rounds watch this sandbox too)
+        return len([r for r in received(receivers, "slack") if incident_id in r["body"].get("text", "")])
+
+    before = about_it()
     again = airflow.trigger(DAG, {"severity": "critical", "title": "Primary database down",
                                   "cause_key": "test:primary-down", "functions": ["user_authentication"]})
     assert airflow.wait_for_run(DAG, again) == "success"
     assert airflow.task_states(DAG, again)["alert_internal"] == "skipped"
-    assert store.get(incident_id).triggers == 2 and len(received(receivers, "slack")) == before
+    assert store.get(incident_id).triggers == 2 and about_it() == before
     assert [i.incident_id for i in store.open_incidents()].count(incident_id) == 1
 
     # A status update: drafted with what was measured, approved, on the status page.
