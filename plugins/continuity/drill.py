@@ -23,7 +23,8 @@ from continuity.catalog import Catalog
 from continuity.expectations import validate_restored
 from continuity.objects import Consistency, ObjectStore, heartbeat_lag
 from continuity.policy import Policy
-from continuity.reports import Objective, application_line, application_rto_objectives, objective
+from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
+                                rpo_objectives)
 from continuity.restore import amcheck, check_object_references, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -206,20 +207,17 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
     objectives.append(objective("RTO tier_1_critical", measured_seconds=rto, target=tier.target,
                                 maximum=tier.maximum, source=rebuilt))
     newest_config = catalog.latest("config", location=location)
+    measurements = {}
     for name, category in sorted(policy.data_categories.items()):
         if category.measured_by == "database":
-            measured, source = rpo, f"drill marker committed {marker_committed_at.isoformat()}, " \
-                                    f"{'recovered' if row else 'LOST'} in the rebuilt database"
+            measurements[name] = Measurement(
+                seconds=rpo, source=f"drill marker committed {marker_committed_at.isoformat()}, "
+                                    f"{'recovered' if row else 'LOST'} in the rebuilt database")
         elif category.measured_by == "config_backup" and newest_config is not None:
-            measured = max(0.0, (started_at - newest_config.finished_at).total_seconds())
-            source = f"age of the newest config backup {newest_config.backup_id} in location {location}"
+            measurements[name] = config_backup_age(newest_config, location=location, at=started_at)
         elif category.measured_by == "object_replication" and name in (object_replicas or {}):
-            objectives += _object_objectives(policy, name, object_replicas[name], consistency.get(name))
-            continue
-        else:
-            measured, source = None, None
-        objectives.append(objective(f"RPO {name}", measured_seconds=measured, target=category.rpo.target,
-                                    maximum=category.rpo.maximum, source=source))
+            measurements[name] = object_rpo(object_replicas[name], consistency.get(name))
+    objectives += rpo_objectives(policy, measurements)
     # After RTO is measured: the point-in-time check is a second rebuild, not part of the recovery.
     pitr_check = check_point_in_time(catalog=catalog, location=location, markers=pitr, database=database,
                                      report=report, target_time=pitr.target,
@@ -244,29 +242,27 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
     )
 
 
-def _object_objectives(policy: Policy, category: str, replica: tuple[ObjectStore, str],
-                       check: Consistency | None) -> list[Objective]:
-    """RPO of an object category and of the business functions using it: the DR replica's heartbeat lag,
-    failed when objects the rebuilt database references are missing there."""
+def object_rpo(replica: tuple[ObjectStore, str], check: Consistency | None) -> Measurement:
+    """An object category's RPO: the DR replica's heartbeat lag, broken when objects the recovered
+    database references are missing there."""
     store, source_prefix = replica
     lag, lag_source = heartbeat_lag(source_prefix, store)
     source = f"replication lag: {lag_source} ({store.describe(store.prefix)})" if lag is not None else None
     broken = None
     if check is not None:
         source = (source + "; " if source else "") + \
-            f"{check.present} of {check.referenced} objects the rebuilt database references are in the replica"
+            f"{check.present} of {check.referenced} objects the recovered database references are in the replica"
         if not check.consistent:
             broken = (f"{len(check.missing)} referenced objects missing from the replica"
                       + (f" (first: {', '.join(check.missing[:3])})" if check.missing else "")
                       + (f", {len(check.mismatched)} different" if check.mismatched else ""))
-    data = policy.data_categories[category]
-    lines = [objective(f"RPO {category}", measured_seconds=lag, target=data.rpo.target, maximum=data.rpo.maximum,
-                       source=source, broken=broken)]
-    for name, function in sorted(policy.business_functions.items()):
-        if category in function.data_categories:
-            lines.append(objective(f"RPO {name}", function=name, measured_seconds=lag, target=function.rpo.target,
-                                   maximum=function.rpo.maximum, source=source, broken=broken))
-    return lines
+    return Measurement(seconds=lag, source=source, broken=broken)
+
+
+def config_backup_age(newest: Any, *, location: str, at: datetime) -> Measurement:
+    """The configuration's RPO: how old the newest config backup in `location` was at `at`."""
+    return Measurement(seconds=max(0.0, (at - newest.finished_at).total_seconds()),
+                       source=f"age of the newest config backup {newest.backup_id} in location {location}")
 
 
 def failure_result(*, drill_id: str, started_at: datetime, error: str) -> DrillResult:

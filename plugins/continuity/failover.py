@@ -16,10 +16,10 @@ primary): it fails forward and says what is left to do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -186,6 +186,8 @@ class FailoverPlan(StepRecord):
     primary_alive: bool = False
     old_timeline: int | None = None
     other_standbys: list[str] = []
+    # Nodes of a lost region: nothing reaches them (no fence, no rewind) until they are rebuilt.
+    unreachable: list[str] = []
     plan: list[str] = []  # the steps to come, one sentence each
     topology: TopologyRecord | None = None  # the recorded topology, when this run already completed
     triggered_by: str | None = None
@@ -258,10 +260,11 @@ def current_timeline(node: PostgresNode) -> int:
 
 # -- 1. preflight ------------------------------------------------------------------------------
 def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str = "",
-              recorded: TopologyRecord | None = None) -> FailoverPlan:
+              recorded: TopologyRecord | None = None, unreachable: Collection[str] = ()) -> FailoverPlan:
     """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check.
 
-    A rerun of a run that already completed (the recorded topology names this run) is a no-op."""
+    A rerun of a run that already completed (the recorded topology names this run) is a no-op.
+    `unreachable`: nodes of a lost region, which later steps leave alone (they need a rebuild)."""
     report = cluster.report
     checks: list[PreflightCheck] = []
 
@@ -343,9 +346,14 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
           + ("; over the limit, accepted because force=true (recorded in the audit)" if forced else "")
           + ("" if within or forced else "; in failover mode force=true accepts it"))
     others = [n for n in cluster.nodes if n not in (primary, target)]
+    lost = sorted(set(unreachable) & set(cluster.nodes))
+    if target in lost:
+        check("target reachable", False, f"{target} is in the lost region")
+    if lost:
+        report(f"note   {', '.join(lost)} in the lost region: left alone until rebuilt as standbys of {target}")
     return FailoverPlan(**base, action=params.mode, dry_run=params.dry_run, forced=forced, lag_bytes=lag,
             reference_lsn_int=reference, target_received_lsn_int=target_received, primary_alive=primary_alive,
-            old_timeline=target_tli, other_standbys=others,
+            old_timeline=target_tli, other_standbys=others, unreachable=lost,
             plan=[f"pause {cluster.router.describe()}",
                      f"{'stop' if primary_alive else 'fence'} {primary}",
                      f"wait for {target} to {'replay the final LSN' if params.mode == 'switchover' else 'stop receiving'}",
@@ -396,6 +404,8 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
         if state["reachable"] and not state.get("in_recovery", True):
             last_known = max(last_known, lsn_to_int(state.get("current_lsn")))
         try:
+            if old in plan.unreachable:
+                raise NodeControlError(f"{old} is in the lost region")
             if cluster.control.is_running(old):
                 try:
                     # A clean stop sends the standbys every WAL record it wrote: less to lose.
@@ -486,7 +496,12 @@ def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: flo
     standbys = [n for n in cluster.nodes if n != target]
     cluster.control.ensure_slots(target, standbys)
     result = RejoinRecord()
+    for name in plan.unreachable:
+        result.needs_rebuild.append(name)
+        report(f"{name} is in the lost region: it rejoins when the region is back, rebuilt as a standby of {target}")
     for name in plan.other_standbys:
+        if name in plan.unreachable:
+            continue
         try:
             cluster.control.follow(name, target)
             result.following.append(name)
@@ -494,19 +509,13 @@ def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: flo
         except NodeControlError as exc:
             result.needs_rebuild.append(name)
             report(f"{name} could not be repointed ({exc}): it needs attention")
-    try:
-        if cluster.control.is_running(old):
-            cluster.control.stop(old, mode="fast")
-        cluster.nodes[target].execute("CHECKPOINT")  # pg_rewind reads the new timeline from the control file
-        detail = cluster.control.rewind(old, target)
-        report(f"{old} rewound from {target}: {detail}")
-        cluster.control.follow(old, target)
-        cluster.control.start(old)
-        result.following.append(old)
-        report(f"{old} restarted as a standby of {target}")
-    except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
-        result.needs_rebuild.append(old)
-        report(f"{old} could not rejoin ({exc}); it stays stopped and fenced and needs a rebuild from {target}")
+    if old not in plan.unreachable:
+        try:
+            rebuild_as_standby(cluster, old, target)
+            result.following.append(old)
+        except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
+            result.needs_rebuild.append(old)
+            report(f"{old} could not rejoin ({exc}); it stays stopped and fenced and needs a rebuild from {target}")
     streaming = wait_streaming(cluster, target, result.following, timeout=stream_timeout)
     result.streaming = streaming
     synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name in streaming]
@@ -516,6 +525,43 @@ def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: flo
     cluster.control.make_primary_settings(target, synchronous_standbys=synchronous)
     result.synchronous_standbys = synchronous
     report(f"synchronous standbys of {target}: {', '.join(synchronous) or 'none'}")
+    return result
+
+
+def rebuild_as_standby(cluster: ReplicationGroup, name: str, primary: str) -> str:
+    """Make `name` a standby of `primary` whatever it was: stopped, rewound onto the primary's timeline
+    (pg_rewind says when nothing diverged), pointed at it and started. Returns pg_rewind's last word."""
+    if cluster.control.is_running(name):
+        cluster.control.stop(name, mode="fast")
+    cluster.nodes[primary].execute("CHECKPOINT")  # pg_rewind reads the new timeline from the control file
+    detail = cluster.control.rewind(name, primary)
+    cluster.report(f"{name} rewound from {primary}: {detail}")
+    cluster.control.follow(name, primary)
+    cluster.control.start(name)
+    cluster.report(f"{name} restarted as a standby of {primary}")
+    return detail
+
+
+def rebuild_region(cluster: ReplicationGroup, nodes: list[str], *, primary: str,
+                   stream_timeout: float = 120) -> RejoinRecord:
+    """A lost region is back: each of its nodes rebuilt as a standby of `primary`, then the policy's
+    synchronous standbys among those streaming made synchronous again."""
+    cluster.control.ensure_slots(primary, [n for n in cluster.nodes if n != primary])
+    result = RejoinRecord()
+    for name in nodes:
+        try:
+            rebuild_as_standby(cluster, name, primary)
+            result.following.append(name)
+        except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
+            result.needs_rebuild.append(name)
+            cluster.report(f"{name} could not be rebuilt as a standby of {primary}: {exc}")
+    following = [n for n in cluster.nodes if n != primary and n not in result.needs_rebuild]
+    result.streaming = wait_streaming(cluster, primary, following, timeout=stream_timeout)
+    result.synchronous_standbys = [n.name for n in cluster.policy.topology.nodes
+                                   if n.synchronous and n.name in result.streaming]
+    cluster.control.make_primary_settings(primary, synchronous_standbys=result.synchronous_standbys)
+    cluster.report(f"streaming from {primary}: {', '.join(result.streaming) or 'none'}; synchronous: "
+                   f"{', '.join(result.synchronous_standbys) or 'none'}")
     return result
 
 
@@ -587,8 +633,10 @@ def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, foll
     missing = sorted(set(expected) - set(streaming))
     report(f"{'ok    ' if not missing else 'WARN  '} standbys streaming from {target}: {', '.join(streaming) or 'none'}"
            + (f"; not streaming: {', '.join(missing)}" if missing else ""))
-    if not streaming:
+    if not streaming and expected:
         problems.append(f"no standby streams from {target}")
+    elif not expected:  # the whole region of the other nodes is lost: the primary runs alone until it is back
+        report(f"note   no standby to stream from {target}: {', '.join(plan.unreachable) or 'none'} in the lost region")
     timeline = current_timeline(cluster.nodes[target])
     prefix = f"{timeline:08X}"
     cluster.nodes[target].query_one("SELECT pg_switch_wal()::text AS lsn")
@@ -792,6 +840,9 @@ def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str,
 
 
 # -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
+StepT = TypeVar("StepT", bound=StepRecord)
+
+
 def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: FenceRecord, *, timeout: float = 60,
                    settle_seconds: float = 2.0, interval: float = 0.2) -> CatchUpRecord:
     """What the catch_up sensor does, polled here: replay to the final LSN (switchover), or until the
@@ -836,36 +887,40 @@ class Completed:
 
 def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str,
             recorded: TopologyRecord | None = None, catch_up_timeout: float | None = None,
-            services: Any | None = None, probe_application: Callable[[], Any] | None = None) -> Completed:
+            services: Any | None = None, probe_application: Callable[[], Any] | None = None,
+            unreachable: Collection[str] = ()) -> Completed:
     """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit).
 
     `services` (a ServiceControl) moves the application tier with the primary; `probe_application`
     runs the new region's synthetic transactions in the validation."""
-    plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded)
+    plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded, unreachable=unreachable)
     records = FailoverRecords(preflight=plan)
     if plan.action == "none" or plan.dry_run:
         return Completed(records=records)
     step = "fence"
+
+    def timed(name: str, run: Callable[[], StepT]) -> StepT:
+        nonlocal step
+        step, started, began = name, now_iso(), time.monotonic()
+        record = run()
+        record.seconds = round(time.monotonic() - began, 3)  # what the DAG's operators add to each step
+        record.step_started_at, record.step_finished_at = started, now_iso()
+        return record
+
     try:
-        records.fence = fence(cluster, plan)
-        step = "catch_up"
+        records.fence = timed("fence", lambda: fence(cluster, plan))
         timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
-        records.catch_up = wait_caught_up(cluster, plan, records.fence, timeout=timeout)
-        step = "promote"
-        records.promote = promote(cluster, plan.target, previous_timeline=plan.old_timeline)
-        step = "repoint"
-        records.repoint = repoint(cluster, plan.target)
+        records.catch_up = timed("catch_up", lambda: wait_caught_up(cluster, plan, records.fence, timeout=timeout))
+        records.promote = timed("promote", lambda: promote(cluster, plan.target, previous_timeline=plan.old_timeline))
+        records.repoint = timed("repoint", lambda: repoint(cluster, plan.target))
         if services is not None:
-            step = "start_application"
             topology = cluster.policy.topology
-            records.start_application = move_application(
+            records.start_application = timed("start_application", lambda: move_application(
                 services, from_region=topology.node(plan.old_primary).region,
-                to_region=topology.node(plan.target).region, report=cluster.report)
-        step = "rejoin"
-        records.rejoin = rejoin(cluster, plan)
-        step = "validate"
-        records.validation = validate(cluster, plan, run_id=run_id, following=records.rejoin.following,
-                                      probe_application=probe_application)
+                to_region=topology.node(plan.target).region, report=cluster.report))
+        records.rejoin = timed("rejoin", lambda: rejoin(cluster, plan))
+        records.validation = timed("validate", lambda: validate(
+            cluster, plan, run_id=run_id, following=records.rejoin.following, probe_application=probe_application))
     except Exception as exc:
         records.rollback = rollback(cluster, plan, fenced=records.fence is not None,
                                     promoted=records.promote is not None, repointed=records.repoint is not None,

@@ -98,6 +98,40 @@ def application_rto_objectives(policy: Policy, *, started_at: datetime, probe: M
     return lines
 
 
+class Measurement(BaseModel):
+    """A data category's measured RPO: seconds and where they come from; `broken` fails it whatever the
+    time says (e.g. referenced objects missing from the replica). No seconds: not measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float | None = None
+    source: str | None = None
+    broken: str | None = None
+
+
+def rpo_objectives(policy: Policy, measurements: Mapping[str, Measurement]) -> list[Objective]:
+    """Each data category's RPO against its target and maximum, then each business function's: the worst
+    of its categories' (a category nothing measured is named `not measured`, never passed)."""
+    lines = []
+    for name, category in sorted(policy.data_categories.items()):
+        m = measurements.get(name) or Measurement()
+        lines.append(objective(f"RPO {name}", measured_seconds=m.seconds, target=category.rpo.target,
+                               maximum=category.rpo.maximum, source=m.source, broken=m.broken))
+    for name, function in sorted(policy.business_functions.items()):
+        measured = [(c, measurements[c]) for c in function.data_categories
+                    if c in measurements and measurements[c].seconds is not None and measurements[c].source]
+        unmeasured = [c for c in function.data_categories if c not in dict(measured)]
+        worst = max((m.seconds for _, m in measured), default=None)
+        source = "; ".join(m.source for _, m in measured) if measured else None
+        broken = "; ".join(m.broken for _, m in measured if m.broken) or None
+        lines.append(objective(f"RPO {name}", function=name, measured_seconds=worst if not unmeasured else None,
+                               target=function.rpo.target, maximum=function.rpo.maximum,
+                               source=source if not unmeasured else None,
+                               broken=broken if not unmeasured else None,
+                               not_measured=[f"data category {c}" for c in unmeasured]))
+    return lines
+
+
 def application_line(probe: Mapping[str, Any] | None) -> str:
     """One Markdown line for a probe round (an ApplicationProbe as JSON)."""
     if not probe:

@@ -493,12 +493,13 @@ def restore_physical(
     return base
 
 
-def check_object_references(policy: Any, category: str, replica: ObjectStore, scratch: ScratchCluster, database: str,
-                            *, source_database: str | None = None,
+def check_object_references(policy: Any, category: str, replica: ObjectStore, scratch: Any, database: str,
+                            *, source_database: str | None = None, describe: str | None = None,
                             report: Callable[[str], None]) -> Consistency | None:
     """The restored `database`'s references to `category`'s objects against a replica, as of now (what a
-    restore of the objects could bring back). `source_database`: the application database it was
-    restored from (default: the same name). None when the category references no table of it."""
+    restore of the objects could bring back). `scratch`: where the database is (anything with
+    `connect(database)`: a ScratchCluster, a promoted node). `source_database`: the application database
+    it was restored from (default: the same name). None when the category references no table of it."""
     spec = policy.objects.categories.get(category) if policy.objects else None
     reference = spec.database_reference if spec else None
     if reference is None or reference.database != (source_database or database):
@@ -513,5 +514,5 @@ def check_object_references(policy: Any, category: str, replica: ObjectStore, sc
             cursor.execute(query)
             return check_consistency(iter(cursor), replica=replica,
                                      category=category, prefix=replica.prefix,
-                                     database=f"the restored database {database}",
+                                     database=describe or f"the restored database {database}",
                                      as_of=datetime.now(timezone.utc), report=report)

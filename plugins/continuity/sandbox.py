@@ -169,6 +169,12 @@ class Sandbox:
     def s3_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.state['s3']['port']}"
 
+    def region_s3_endpoint(self, region: str) -> str:
+        """How `region`'s clients reach S3: through the region's gateway when it has one (the primary
+        region, which an exercise can cut off), else the endpoint itself."""
+        gateway = self.state.get("gateways", {}).get(region)
+        return f"http://127.0.0.1:{gateway['port']}" if gateway else self.s3_endpoint
+
     @property
     def pgbouncer_port(self) -> int:
         return self.state["pgbouncer"]["port"]
@@ -202,6 +208,7 @@ class Sandbox:
                 self._build(scale=scale, started=started)
             self._start_pgbouncer(started)
             self._start_s3(started)
+            self._start_gateways(started)
             self._start_redis(started)
             self._ensure_probe_user()
             self._start_application(started)
@@ -456,6 +463,73 @@ class Sandbox:
         self._create_buckets()
         self.seed_objects()
 
+    def _start_gateways(self, started: list[str]) -> None:
+        """The primary region's network edge to S3 (continuity.gateway): a region-loss exercise stops it."""
+        gateways = self.state.setdefault("gateways", {})
+        for region in (self.policy.topology.primary_region,):
+            entry = gateways.setdefault(region, {"port": free_port(), "pid": None})
+            if _is_our_process(entry.get("pid"), "continuity.gateway"):
+                continue
+            if not port_is_free(entry["port"]):
+                # Connections name this port: a new one means rewriting them (and restarting Airflow).
+                entry["port"] = free_port()
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.logs_dir / f"gateway-{region}.log", "ab") as log_handle:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "continuity.gateway", "--listen", str(entry["port"]),
+                     "--upstream", str(self.state["s3"]["port"])],
+                    stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    cwd=self.root, env=scrubbed_environment({k: v for k, v in os.environ.items() if k == "PYTHONPATH"}))
+            entry["pid"] = process.pid
+            started.append(f"s3 gateway {region}")
+            self._save_state()
+            wait_for_port(entry["port"], what=f"the S3 gateway of {region}")
+
+    def _stop_gateway(self, region: str) -> bool:
+        entry = self.state.get("gateways", {}).get(region)
+        if entry and _is_our_process(entry.get("pid"), "continuity.gateway"):
+            stop_pid(entry["pid"], name=f"S3 gateway {region}", sig=signal.SIGTERM)
+            entry["pid"] = None
+            self._save_state()
+            return True
+        return False
+
+    # -- losing a region and getting it back (dr_region_recovery) ---------------------------------
+    def isolate_region(self, region: str) -> list[str]:
+        """Lose `region` as a disaster would: its application instances, its Redis and its PostgreSQL nodes
+        killed (immediate shutdown: no clean handover), its S3 gateway down (every request refused).
+        PgBouncer, the entry point, stays: it stands for the DNS name clients use, which outlives a region."""
+        self.reload()
+        lost = [f"application {name}" for name in self.stop_application(region)]
+        redis = self.state.get("redis", {}).get(region)
+        if redis and _is_our_process(redis.get("pid"), "redis-server"):
+            stop_pid(redis["pid"], name=f"Redis {region}", sig=signal.SIGKILL)
+            redis["pid"] = None
+            lost.append(f"redis {region}")
+        if self._stop_gateway(region):
+            lost.append(f"s3 gateway {region}")
+        for node in self.policy.topology.nodes:
+            if node.region == region and self.cluster(node.name).running:
+                self.cluster(node.name).stop(mode="immediate")
+                lost.append(f"postgres {node.name}")
+        self._save_state()
+        log.info("region %s lost: %s", region, ", ".join(lost) or "nothing was running")
+        return lost
+
+    def reconnect_region(self, region: str) -> list[str]:
+        """The region is back: its S3 gateway and its Redis (a replica of the serving region's, whatever it
+        held before). Its PostgreSQL nodes stay down until they are rebuilt as standbys; its application
+        stays stopped until the primary moves back."""
+        self.reload()
+        redis = self.state.get("redis", {})
+        if region in redis and any(e["role"] == "primary" for r, e in redis.items() if r != region):
+            redis[region]["role"] = "replica"  # never two primaries: it resynchronises from the serving one
+        started: list[str] = []
+        self._start_gateways(started)
+        self._start_redis(started)
+        self._save_state()
+        return started
+
     # -- Redis per region: the application's sessions, cache and processing queue -----------------
     @property
     def redis_dir(self) -> Path:
@@ -535,7 +609,7 @@ class Sandbox:
         return scrubbed_environment({
             "CONTINUITY_APP_DSN": self.app_conninfo(),
             "CONTINUITY_APP_REDIS_URL": f"redis://:{self.password('redis')}@127.0.0.1:{redis_port}/0",
-            "CONTINUITY_APP_S3_ENDPOINT": self.s3_endpoint,
+            "CONTINUITY_APP_S3_ENDPOINT": self.region_s3_endpoint(region),
             "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.password("s3_secret_key"),
             "CONTINUITY_APP_REGION": region, "CONTINUITY_APP_VIDEO_BUCKET": spec.video_bucket,
             "CONTINUITY_APP_INSTANCE": instance,
@@ -879,7 +953,7 @@ class Sandbox:
             if location.kind == "s3" and location.conn_id:
                 conns[location.conn_id] = {
                     "conn_type": "aws", "login": S3_ACCESS_KEY, "password": self.password("s3_secret_key"),
-                    "extra": {"endpoint_url": self.s3_endpoint, "region_name": location.region},
+                    "extra": {"endpoint_url": self.region_s3_endpoint(location.region), "region_name": location.region},
                 }
         for region, entry in self.state.get("redis", {}).items():
             conns[f"continuity_redis_{region.replace('-', '_')}"] = {
@@ -968,6 +1042,9 @@ class Sandbox:
                 if _is_our_process(entry.get("pid"), "redis-server"):
                     stop_pid(entry["pid"], name=f"Redis {region}", sig=signal.SIGTERM)
                     stopped.append(f"redis {region}")
+            for region in list(state.get("gateways", {})):
+                if self._stop_gateway(region):
+                    stopped.append(f"s3 gateway {region}")
             s3_pid = state.get("s3", {}).get("pid")
             if _is_our_process(s3_pid, "moto"):
                 stop_pid(s3_pid, name="S3 endpoint")
@@ -1014,7 +1091,10 @@ class Sandbox:
                 entry["sync_state"] = row["sync_state"] if row else None
                 entry["lag_bytes"] = row["lag_bytes"] if row else None
         result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(_read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
-        result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid"))}
+        result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid")),
+                        "gateways": {region: {"endpoint": self.region_s3_endpoint(region),
+                                              "running": _is_our_process(entry.get("pid"), "continuity.gateway")}
+                                     for region, entry in self.state.get("gateways", {}).items()}}
         result["redis"] = {region: {"address": f"127.0.0.1:{entry['port']}", "role": entry["role"],
                                     "running": _is_our_process(entry.get("pid"), "redis-server")}
                            for region, entry in self.state.get("redis", {}).items()}
@@ -1186,6 +1266,12 @@ class SandboxServiceControl:
 
     def running(self, region: str) -> dict[str, bool]:
         return self.sandbox.application_running(region)
+
+    def isolate_region(self, region: str) -> list[str]:
+        return self.sandbox.isolate_region(region)
+
+    def reconnect_region(self, region: str) -> list[str]:
+        return self.sandbox.reconnect_region(region)
 
     def promote_cache(self, region: str) -> str:
         self.sandbox.reload()

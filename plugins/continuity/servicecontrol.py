@@ -44,6 +44,19 @@ class ServiceControl(Protocol):
 
     def stop_verification_instance(self, url: str) -> None: ...
 
+    # The quarterly region-loss exercise (dr_region_recovery). A production implementation may refuse
+    # (ServiceControlError): there the exercise cuts a region off by its own means (network ACLs, an
+    # AWS Fault Injection Service experiment) and these say how.
+    def isolate_region(self, region: str) -> list[str]:
+        """Lose `region` for real: every process of it stopped without a clean handover (application,
+        Redis, PostgreSQL nodes) and its object storage unreachable; returns what was lost."""
+        ...
+
+    def reconnect_region(self, region: str) -> list[str]:
+        """The lost region is back: its storage reachable and its Redis a replica of the serving region's.
+        Its database nodes stay down until they are rebuilt as standbys; returns what was started."""
+        ...
+
 
 def service_control_for(policy: Any) -> ServiceControl:
     """The service control the policy names (`application.service_control`): the one place it is chosen."""

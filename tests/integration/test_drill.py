@@ -63,7 +63,7 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     video = objectives["RPO video_content"]
     assert video["verdict"] == "pass" and video["measured_seconds"] is not None, video
     rows = sandbox.node("primary", user="app", dbname="app").query_one("SELECT count(*) AS n FROM videos")["n"]
-    assert f"{rows} of {rows} objects the rebuilt database references are in the replica" in video["source"]
+    assert f"{rows} of {rows} objects the recovered database references are in the replica" in video["source"]
     assert "replication lag: heartbeat written" in video["source"] and "marker" not in video["source"]
     assert objectives["RPO video_upload"]["source"] == video["source"]
     [objects_check] = result["objects"]
