@@ -806,9 +806,28 @@ class FailoverAudit(BaseModel):
     # Each business function's RTO: from preflight until its synthetic transaction succeeded in the new
     # primary's region (continuity.reports.Objective as JSON; `not measured` without a probe round).
     function_rto: list[dict[str, Any]] = []
+    # Each data category's and business function's RPO (see `database_loss`); `not measured` where nothing does.
+    function_rpo: list[dict[str, Any]] = []
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include={"outcome", "unavailability_seconds", "data_loss_bytes", "topology"})
+
+
+def database_loss(records: FailoverRecords) -> tuple[float | None, str | None]:
+    """The database's RPO from the steps' records, in seconds: 0 when the target replayed past the old
+    primary's final checkpoint (switchover) or received every byte it was last seen to write (failover);
+    None (not measured) when bytes were lost, since their age is not known."""
+    plan, caught = records.preflight, records.catch_up
+    if plan is None or caught is None:
+        return None, None
+    if plan.action == "switchover" and caught.replayed_lsn:
+        final = records.fence.final_lsn if records.fence else None
+        return 0.0, (f"switchover: {plan.target} replayed to {caught.replayed_lsn}, past {plan.old_primary}'s final "
+                     f"checkpoint {final}: no committed transaction lost")
+    if caught.data_loss_bytes == 0:
+        return 0.0, (f"failover: {plan.target} received every WAL byte {plan.old_primary} was last seen to have "
+                     f"written (data loss estimate 0 bytes)")
+    return None, None
 
 
 AUDIT_PREFIX = "audit/failover/"  # where dr_failover writes each run's FailoverAudit, in every required location

@@ -190,6 +190,14 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert set(rto) == set(cluster.policy.business_functions)
     assert all(o["verdict"] == "pass" and 0 < o["measured_seconds"] < 300 for o in rto.values()), rto
     assert "synthetic transaction in us-west-2 (login)" in rto["user_authentication"]["source"]
+    # And every RPO: the database's from the catch-up (0: replayed past the final checkpoint); the objects'
+    # from the DR replica's heartbeat when one was copied; nothing measures the configuration's in a failover.
+    rpo = {o["objective"]: o for o in audit["function_rpo"]}
+    assert {o["function"] for o in audit["function_rpo"] if o["function"]} == set(cluster.policy.business_functions)
+    assert rpo["RPO critical_user_data"]["measured_seconds"] == 0.0
+    assert "no committed transaction lost" in rpo["RPO critical_user_data"]["source"]
+    assert rpo["RPO user_authentication"]["verdict"] == "pass" and rpo["RPO annotation_system"]["verdict"] == "pass"
+    assert rpo["RPO configuration_data"]["verdict"] == rpo["RPO reporting_analytics"]["verdict"] == "not measured"
     application = cluster.status()["application"]
     assert application["us-west-2"]["state"] == "serving" and application["us-east-1"]["state"] == "standby"
     assert cluster.redis_client("us-east-1").info("replication")["role"] == "slave"

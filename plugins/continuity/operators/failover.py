@@ -320,6 +320,7 @@ class RecordOperator(FailoverStepOperator):
             audit.function_rto = [o.model_dump(mode="json") for o in application_rto_objectives(
                 self.policy, started_at=datetime.fromisoformat(records.preflight.checked_at), probe=probe,
                 fallback_seconds=None, fallback_source="")]
+            audit.function_rpo = [o.model_dump(mode="json") for o in self._rpo(records)]
         if audit.topology is not None:
             write_topology(audit.topology)
             self.log.info("topology recorded: primary %s on timeline %s", audit.topology.primary,
@@ -332,6 +333,28 @@ class RecordOperator(FailoverStepOperator):
         if failures:
             raise AirflowFailException(audit.outcome)
         return audit.summary()
+
+    def _rpo(self, records: steps.FailoverRecords) -> list[Any]:
+        """Every data category's and function's RPO: the database's from the catch-up, the objects' from the
+        replica the application now serves from (its heartbeat lag) when it moved region."""
+        from continuity.drill import object_rpo
+        from continuity.reports import Measurement, rpo_objectives
+
+        seconds, source = steps.database_loss(records)
+        database = Measurement(seconds=seconds, source=source)
+        moved = records.start_application
+        measurements = {}
+        replicas = ContinuityBackupHook(policy_path=self.policy_path).get_object_replicas(moved.to_region) \
+            if moved is not None and moved.moved else {}
+        for name, category in self.policy.data_categories.items():
+            if category.measured_by == "database":
+                measurements[name] = database
+            elif category.measured_by == "object_replication" and name in replicas:
+                measurements[name] = object_rpo(replicas[name], None)
+            elif category.measured_by == "object_replication" and moved is not None and not moved.moved:
+                measurements[name] = Measurement(seconds=0.0, source=f"the application still serves from "
+                                                                     f"{moved.to_region}'s bucket: no object left behind")
+        return rpo_objectives(self.policy, measurements)
 
     def _store(self, audit: steps.FailoverAudit) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)
