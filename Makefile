@@ -28,6 +28,7 @@ bench:
 	$(BIN)/python bench/objects.py
 	$(BIN)/python bench/detection.py --consecutive 1
 	$(BIN)/python bench/detection.py --consecutive 3
+	$(BIN)/python bench/region_loss.py --runs 3
 
 sandbox-up: bootstrap
 	$(BIN)/continuity sandbox up
