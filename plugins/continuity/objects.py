@@ -35,6 +35,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from continuity.policy import ObjectCategory, Policy, format_duration
@@ -1022,6 +1023,67 @@ def check_consistency(rows: Iterable[tuple[Any, ...]], *, replica: ObjectStore, 
            + (f", {result.written_in_region} written in {replica.region} directly" if result.written_in_region else "")
            + f", {result.orphans} not referenced by any row")
     return result
+
+
+# -- fail back ---------------------------------------------------------------------------------------
+class FailBack(BaseModel):
+    """Objects the recovery region's application wrote while it served, copied home before it serves from
+    home again (a switch back): without them, rows written meanwhile would name objects home does not have."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    written_in: str
+    home: str
+    since: datetime
+    copied: list[str] = []
+    already_home: int = 0
+    failed: list[str] = []
+
+
+def fail_back(*, category: str, written: ObjectStore, home: ObjectStore, since: datetime, part_size: int,
+              report: Callable[[str], None] = log.info) -> FailBack:
+    """Copy every current version `written` gained since `since` that replication did not put there (no
+    source-version metadata) to `home`, verified by SHA-256. Idempotent: a version already copied home
+    (its version id in the home object's metadata) is skipped, so it runs before and after the switch."""
+    result = FailBack(category=category, written_in=written.describe(written.prefix), home=home.describe(home.prefix),
+                      since=since)
+    for version in list_versions(written, since=since):
+        if version.delete_marker or not version.latest or is_internal(version.key, written.prefix):
+            continue
+        try:
+            head = written.client.head_object(Bucket=written.bucket, Key=version.key, VersionId=version.version_id)
+            if head.get("Metadata", {}).get(METADATA_SOURCE_VERSION):
+                continue  # a copy replication made: home has the original
+            try:
+                home_head = home.client.head_object(Bucket=home.bucket, Key=version.key)
+                if home_head.get("Metadata", {}).get(METADATA_SOURCE_VERSION) == version.version_id:
+                    result.already_home += 1
+                    continue
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+            copy_streamed(written, home, version, part_size=part_size)
+            result.copied.append(version.key)
+        except Exception as exc:  # the others still go home; the caller fails on any
+            result.failed.append(f"{version.key}: {type(exc).__name__}: {exc}")
+    report(f"{category}: {len(result.copied)} objects written in {result.written_in} since {since.isoformat()} "
+           f"copied home to {result.home} (SHA-256 verified), {result.already_home} already there, "
+           f"{len(result.failed)} failed" + (f" (first: {result.failed[0]})" if result.failed else ""))
+    return result
+
+
+def missing_from(store: ObjectStore, keys: Iterable[tuple[str, int | None]]) -> list[str]:
+    """The keys (with the size a row records, or None) `store` does not hold as recorded."""
+    missing = []
+    for key, size in keys:
+        try:
+            head = store.client.head_object(Bucket=store.bucket, Key=key)
+            if size is not None and head["ContentLength"] != size:
+                missing.append(f"{key} ({head['ContentLength']} bytes, the row says {size})")
+        except botocore.exceptions.ClientError:
+            missing.append(key)
+    return missing
 
 
 # -- staleness -------------------------------------------------------------------------------------

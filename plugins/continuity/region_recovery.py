@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from continuity.drill import MARKER_TABLE, commit_marker
 from continuity.failover import ReplicationGroup
-from continuity.objects import Consistency
+from continuity.objects import Consistency, FailBack
 from continuity.policy import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives,
                                 failing_objectives, rpo_objectives)
@@ -119,6 +119,15 @@ class WriterRecord(BaseModel):
     last_errors: list[str]
 
 
+class SwitchBack(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float
+    unavailability_seconds: float | None
+    fail_back: list[FailBack]
+    missing_home: list[str]
+
+
 class RecoveryResult(BaseModel):
     """The region-loss exercise's report: what was lost, how recovery went, each function measured."""
 
@@ -149,6 +158,8 @@ class RecoveryResult(BaseModel):
     left_as_found: bool | None = None
     differences: list[str] = []
     writes_lost_by_the_end: list[int] | None = None
+    fail_back: list[FailBack] = []  # objects the recovery region wrote, copied home before and after the switch
+    missing_home: list[str] = []  # objects named by rows written since the loss, not in their home bucket
 
     @property
     def failures(self) -> list[str]:
@@ -163,6 +174,13 @@ class RecoveryResult(BaseModel):
             said.append(f"{len(self.writes_lost_by_the_end)} acknowledged writes missing after the switch back")
         if self.marker_recovered is False:
             said.append(f"the marker committed at {self.marker_committed_at} before the loss was not recovered")
+        for copied in self.fail_back:
+            if copied.failed:
+                said.append(f"{len(copied.failed)} objects of {copied.category} written in {self.recovery_region} "
+                            f"could not be copied home (first: {copied.failed[0]})")
+        if self.missing_home:
+            said.append(f"{len(self.missing_home)} objects named by rows written since the loss are missing from their "
+                        f"home bucket after the switch back (first: {', '.join(self.missing_home[:3])})")
         if self.left_as_found is False:
             said.append("the sandbox was not left as found: " + "; ".join(self.differences))
         return said
@@ -228,6 +246,10 @@ def render_markdown(result: RecoveryResult) -> str:
         lines.append(f"- {result.region} rebuilt as standbys ({', '.join(result.rebuilt) or 'none'}), switched back in "
                      f"{result.switch_back_seconds} s (entry point held {result.switch_back_outage_seconds} s): "
                      + ("left as found" if result.left_as_found else "NOT as found: " + "; ".join(result.differences)))
+        for copied in result.fail_back:
+            lines.append(f"- objects {copied.category} written in {result.recovery_region} while it served: "
+                         f"{len(copied.copied)} copied home to {copied.home} (SHA-256 verified), {copied.already_home} "
+                         f"already there, {len(copied.failed)} failed")
     else:
         lines.append("- rebuild and switch back: not measured")
     lines += [f"- **failed**: {f}" for f in failures]

@@ -89,6 +89,10 @@ def test_region_loss_exercise_recovers_measures_every_function_and_comes_back(re
     assert writer["acknowledged"] >= 40 and writer["lost"] == [] and result["writes_lost_by_the_end"] == []
     assert result["left_as_found"] is True and result["differences"] == []
     assert result["rebuilt"] == ["primary", "sync1"]
+    # What the DR application uploaded while it served went home before the switch back: every row written
+    # since the loss names an object the us-east-1 bucket holds.
+    [videos] = [f for f in result["fail_back"] if f["category"] == "video_content"]
+    assert len(videos["copied"]) >= 1 and videos["failed"] == [] and result["missing_home"] == []
 
     objectives = {o["objective"]: o for o in result["objectives"]}
     functions = sorted(region.policy.business_functions)

@@ -17,7 +17,8 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import write_topology
 from continuity.loadgen import ApplicationWriter, missing_annotations
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, commit_loss_marker,
+from continuity.objects import FailBack, fail_back, missing_from
+from continuity.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
                                         database_rpo, differences, marker_recovered, objectives_for, observe,
                                         plan_exercise, render_markdown, writer_record)
 from continuity.reports import Measurement, store_report
@@ -225,6 +226,11 @@ class SwitchBackOperator(_ExerciseOperator):
             raise AirflowSkipException(f"{start.original_primary} is already the primary: nothing to switch back")
         services = service_control_for(policy)
         probe = ApplicationProbeHook(policy=policy.with_primary(start.original_primary), region=start.region).run
+        recovered = RecoveryResult.model_validate(context["ti"].xcom_pull(task_ids="lose_region_and_recover"))
+        since = recovered.lost_at or start.started_at
+        # What the recovery region's application wrote goes home first (the bulk, while it still serves),
+        # then again once it stopped (what it wrote in between); home must hold every object a row names.
+        before = self._fail_back(start, since)
         began = time.monotonic()
         try:
             done = run_all(self.cluster(), FailoverParams(target=start.original_primary, mode="switchover",
@@ -238,7 +244,55 @@ class SwitchBackOperator(_ExerciseOperator):
         seconds = round(time.monotonic() - began, 3)
         self.log.info("switched back to %s in %.1f s (entry point held %s s)", start.original_primary, seconds,
                       done.unavailability_seconds)
-        return {"seconds": seconds, "unavailability_seconds": done.unavailability_seconds}
+        after = self._fail_back(start, since)
+        # Both passes in one record per category; what failed the first time was retried by the second.
+        copied = [second.model_copy(update={"copied": first.copied + second.copied,
+                                            "already_home": second.already_home - len(first.copied)})
+                  for first, second in zip(before, after)]
+        missing = self._missing_home(since)
+        if missing:
+            self.log.error("%d objects named by rows written since the loss are not in the home bucket: %s",
+                           len(missing), missing[:5])
+        return SwitchBack(seconds=seconds, unavailability_seconds=done.unavailability_seconds, fail_back=copied,
+                          missing_home=missing).model_dump(mode="json")
+
+    def _fail_back(self, start: ExerciseStart, since: datetime) -> list[FailBack]:
+        hook = self.hook()
+        policy = hook.policy
+        done = []
+        for name in (policy.objects.categories if policy.objects else {}):
+            replicator = hook.get_replicator(name, report=self.log.info)
+            for written in replicator.replicas.values():
+                if written.region == start.recovery_region:
+                    done.append(fail_back(category=name, written=written, home=replicator.source, since=since,
+                                          part_size=replicator.part_size, report=self.log.info))
+        return done
+
+    def _missing_home(self, since: datetime) -> list[str]:
+        """Every object a row written since the loss names, looked for in its home (source) bucket."""
+        import psycopg
+        from psycopg import sql
+
+        hook = self.hook()
+        policy = hook.policy
+        missing: list[str] = []
+        cluster = self.cluster()
+        for name, spec in (policy.objects.categories.items() if policy.objects else []):
+            reference = spec.database_reference
+            if reference is None or not reference.time_column:
+                continue
+            query = sql.SQL("SELECT {}, {} FROM {} WHERE {} >= %s").format(
+                sql.Identifier(reference.key_column),
+                sql.Identifier(reference.size_column) if reference.size_column else sql.NULL,
+                sql.Identifier(reference.table), sql.Identifier(reference.time_column))
+            with psycopg.connect(cluster.app_conninfo, prepare_threshold=None) as conn:
+                rows = conn.execute(query, (since,)).fetchall()
+            home = hook.get_replicator(name, report=self.log.info).source
+            absent = missing_from(home, rows)
+            missing += absent
+            self.log.info("%s: %d rows written since %s; %d of their objects missing from %s", name, len(rows),
+                          since.isoformat(), len(absent), home.describe(home.prefix))
+        return missing
 
 
 class CheckLeftAsFoundOperator(_ExerciseOperator):
@@ -254,9 +308,11 @@ class CheckLeftAsFoundOperator(_ExerciseOperator):
             target=start.target, started_at=start.started_at, error="lose_region_and_recover did not report")
         rebuilt = ti.xcom_pull(task_ids="restore_region") or {}
         result.rebuilt = list(rebuilt.get("following", []))
-        back = ti.xcom_pull(task_ids="switch_back") or {}
-        result.switch_back_seconds = back.get("seconds")
-        result.switch_back_outage_seconds = back.get("unavailability_seconds")
+        raw_back = ti.xcom_pull(task_ids="switch_back")
+        if raw_back:
+            back = SwitchBack.model_validate(raw_back)
+            result.switch_back_seconds, result.switch_back_outage_seconds = back.seconds, back.unavailability_seconds
+            result.fail_back, result.missing_home = back.fail_back, back.missing_home
         policy = self.hook().policy
         cluster = self.cluster()
         now = observe(cluster, service_control_for(policy),
