@@ -149,6 +149,8 @@ class ApplicationRecord(StepRecord):
     started: list[str] = []
     stopped: list[str] = []
     notes: list[str] = []
+    # Objects the old region's application wrote, copied home (objects.FailBack as JSON, per category).
+    objects_home: list[dict[str, Any]] = []
 
 
 class RollbackRecord(StepRecord):
@@ -191,6 +193,7 @@ class FailoverPlan(StepRecord):
     plan: list[str] = []  # the steps to come, one sentence each
     topology: TopologyRecord | None = None  # the recorded topology, when this run already completed
     triggered_by: str | None = None
+    old_primary_since: str | None = None  # when the recorded topology made the old primary primary
 
 
 def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
@@ -277,7 +280,8 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
     target = params.target
     report(f"{params.mode} to {target} requested: {params.reason!r}"
            + (f" (incident {params.incident_id})" if params.incident_id else "") + (" — DRY RUN" if params.dry_run else ""))
-    base = {"params": params, "old_primary": primary, "target": target, "checks": checks, "checked_at": now_iso()}
+    base = {"params": params, "old_primary": primary, "target": target, "checks": checks, "checked_at": now_iso(),
+            "old_primary_since": recorded.changed_at if recorded and recorded.primary == primary else None}
     if target == primary:
         state = cluster.probe(target)
         writable = bool(state.get("reachable") and not state.get("in_recovery"))
@@ -579,14 +583,19 @@ def wait_streaming(cluster: ReplicationGroup, primary: str, expected: list[str],
 
 
 # -- 5b. the application tier follows the primary ---------------------------------------------
-def move_application(control: Any, *, from_region: str, to_region: str,
-                     report: Callable[[str], None]) -> ApplicationRecord:
+def move_application(control: Any, *, from_region: str, to_region: str, report: Callable[[str], None],
+                     carry_objects: Callable[[], list[Any]] | None = None) -> ApplicationRecord:
     """The requirements' "start DR application services": the target region's Redis becomes the primary,
     its web instances and workers start; then the old region's are stopped and its Redis follows — on a
-    best-effort basis, since a lost region may not answer (recorded as notes, never a failure)."""
+    best-effort basis, since a lost region may not answer (recorded as notes, never a failure).
+
+    `carry_objects` (going home after a failover): copies what the old region's application wrote to the
+    home buckets (`objects.fail_back`); run before the new region starts and again once the old one is
+    stopped, for what it wrote in between."""
     if from_region == to_region:
         report(f"the application already serves from {to_region}, the new primary's region: nothing to move")
         return ApplicationRecord(from_region=from_region, to_region=to_region, moved=False)
+    carried = carry_objects() if carry_objects is not None else []
     cache = control.promote_cache(to_region)
     report(cache)
     started = control.start_region(to_region)
@@ -603,10 +612,19 @@ def move_application(control: Any, *, from_region: str, to_region: str,
     except Exception as exc:
         notes.append(f"Redis in {from_region} not repointed (unreachable?): {exc}; it must follow {to_region}'s "
                      f"before it serves again")
+    if carry_objects is not None:
+        # Both passes in one record per category; what failed the first time was retried by the second.
+        carried = [second.model_copy(update={"copied": first.copied + second.copied,
+                                             "already_home": max(0, second.already_home - len(first.copied))})
+                   for first, second in zip(carried, carry_objects())]
+        for done in carried:
+            if done.failed:
+                notes.append(f"{len(done.failed)} objects of {done.category} written in {from_region} could not be "
+                             f"copied home: {done.failed[0]}; rows naming them fail to read until they are")
     for note in notes:
         report(note)
     return ApplicationRecord(from_region=from_region, to_region=to_region, moved=True, cache=cache, started=started,
-                             stopped=stopped, notes=notes)
+                             stopped=stopped, notes=notes, objects_home=[c.model_dump(mode="json") for c in carried])
 
 
 # -- 7. validate -------------------------------------------------------------------------------
@@ -907,7 +925,7 @@ class Completed:
 def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str,
             recorded: TopologyRecord | None = None, catch_up_timeout: float | None = None,
             services: Any | None = None, probe_application: Callable[[], Any] | None = None,
-            unreachable: Collection[str] = ()) -> Completed:
+            unreachable: Collection[str] = (), carry_objects: Callable[[], list[Any]] | None = None) -> Completed:
     """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit).
 
     `services` (a ServiceControl) moves the application tier with the primary; `probe_application`
@@ -936,7 +954,7 @@ def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, 
             topology = cluster.policy.topology
             records.start_application = timed("start_application", lambda: move_application(
                 services, from_region=topology.node(plan.old_primary).region,
-                to_region=topology.node(plan.target).region, report=cluster.report))
+                to_region=topology.node(plan.target).region, report=cluster.report, carry_objects=carry_objects))
         records.rejoin = timed("rejoin", lambda: rejoin(cluster, plan))
         records.validation = timed("validate", lambda: validate(
             cluster, plan, run_id=run_id, following=records.rejoin.following, probe_application=probe_application))

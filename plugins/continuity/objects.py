@@ -1035,13 +1035,13 @@ class FailBack(BaseModel):
     category: str
     written_in: str
     home: str
-    since: datetime
+    since: datetime | None  # None: every version was looked at
     copied: list[str] = []
     already_home: int = 0
     failed: list[str] = []
 
 
-def fail_back(*, category: str, written: ObjectStore, home: ObjectStore, since: datetime, part_size: int,
+def fail_back(*, category: str, written: ObjectStore, home: ObjectStore, since: datetime | None, part_size: int,
               report: Callable[[str], None] = log.info) -> FailBack:
     """Copy every current version `written` gained since `since` that replication did not put there (no
     source-version metadata) to `home`, verified by SHA-256. Idempotent: a version already copied home
@@ -1067,7 +1067,8 @@ def fail_back(*, category: str, written: ObjectStore, home: ObjectStore, since: 
             result.copied.append(version.key)
         except Exception as exc:  # the others still go home; the caller fails on any
             result.failed.append(f"{version.key}: {type(exc).__name__}: {exc}")
-    report(f"{category}: {len(result.copied)} objects written in {result.written_in} since {since.isoformat()} "
+    report(f"{category}: {len(result.copied)} objects written in {result.written_in} since "
+           f"{since.isoformat() if since else 'ever'} "
            f"copied home to {result.home} (SHA-256 verified), {result.already_home} already there, "
            f"{len(result.failed)} failed" + (f" (first: {result.failed[0]})" if result.failed else ""))
     return result

@@ -230,6 +230,14 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert application["us-east-1"]["state"] == "serving" and application["us-west-2"]["state"] == "standby"
     assert all(i["running"] for i in application["us-east-1"]["instances"])
     assert cluster.redis_client("us-east-1").info("replication")["role"] == "master"
+    # The video the DR site's validation uploaded in us-west-2 came home with the application, verified:
+    # us-east-1's application serves every row written while dr was the primary.
+    [videos] = [c for c in _audit(cluster, back)["steps"]["start_application"]["objects_home"]
+                if c["category"] == "video_content"]
+    assert len(videos["copied"]) >= 1 and videos["failed"] == [] and videos["since"] is not None
+    bucket = cluster.policy.application.regions["us-east-1"].video_bucket
+    for key in videos["copied"]:
+        cluster.s3_client("us-east-1").head_object(Bucket=bucket, Key=key)
 
 
 def test_a_rerun_of_a_completed_run_changes_nothing(cluster, monkeypatch) -> None:

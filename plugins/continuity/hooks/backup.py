@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
@@ -10,7 +12,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from continuity.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.keys import Keyring
-from continuity.objects import ObjectStore, Replicator, replicas_in, replicator_for
+from continuity.objects import FailBack, ObjectStore, Replicator, fail_back, replicas_in, replicator_for
 from continuity.storage import StorageError, StorageLocation, locations_from_policy
 
 
@@ -59,6 +61,29 @@ class ContinuityBackupHook(ContinuityPolicyHook):
         return replicator_for(self.policy, category, state=state, report=report,
                               client_for=lambda conn_id, region: S3Hook(aws_conn_id=conn_id,
                                                                         region_name=region).get_conn())
+
+    def objects_going_home(self, *, from_region: str, to_region: str, since: datetime | None,
+                           report: Callable[[str], None]) -> Callable[[], list[FailBack]] | None:
+        """When the application returns to the region its object categories' sources are in, from a region
+        holding their replicas: the copy home of what it wrote there since `since` (None: every version,
+        when the time it took over is not known). None when nothing goes home."""
+        policy = self.policy
+        categories = [name for name, spec in (policy.objects.categories.items() if policy.objects else [])
+                      if spec.source.region == to_region and any(r.region == from_region for r in spec.replicas)]
+        if not categories:
+            return None
+
+        def carry() -> list[FailBack]:
+            done = []
+            for name in categories:
+                replicator = self.get_replicator(name, report=report)
+                for written in replicator.replicas.values():
+                    if written.region == from_region:
+                        done.append(fail_back(category=name, written=written, home=replicator.source, since=since,
+                                              part_size=replicator.part_size, report=report))
+            return done
+
+        return carry
 
     def get_object_replicas(self, region: str) -> dict[str, tuple[ObjectStore, str]]:
         """Each object category's replica in `region`, with its source's prefix (see `objects.replicas_in`)."""

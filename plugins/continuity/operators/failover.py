@@ -8,6 +8,7 @@ Records are the core's pydantic models: `model_dump(mode="json")` into XCom, `mo
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context
@@ -227,8 +228,13 @@ class StartApplicationOperator(FailoverStepOperator):
         if policy.application is None:
             raise AirflowSkipException("the policy has no application section: no application tier to move")
         topology = policy.topology
-        return steps.move_application(service_control_for(policy), from_region=topology.node(plan.old_primary).region,
-                                      to_region=topology.node(plan.target).region, report=self.log.info)
+        from_region, to_region = topology.node(plan.old_primary).region, topology.node(plan.target).region
+        # Since when the old region served: the recorded change that made the old primary primary.
+        since = datetime.fromisoformat(plan.old_primary_since) if plan.old_primary_since else None
+        carry = ContinuityBackupHook(policy_path=self.policy_path).objects_going_home(
+            from_region=from_region, to_region=to_region, since=since, report=self.log.info)
+        return steps.move_application(service_control_for(policy), from_region=from_region, to_region=to_region,
+                                      report=self.log.info, carry_objects=carry)
 
 
 class RejoinOperator(FailoverStepOperator):
@@ -312,8 +318,6 @@ class RecordOperator(FailoverStepOperator):
                                     params=context["params"], records=records, failures=failures)
         if records.preflight is not None and records.preflight.action in ("switchover", "failover") \
                 and not records.preflight.dry_run:
-            from datetime import datetime
-
             from continuity.reports import application_rto_objectives
 
             probe = records.validation.application if records.validation else None

@@ -17,7 +17,7 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import write_topology
 from continuity.loadgen import ApplicationWriter, missing_annotations
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.objects import FailBack, fail_back, missing_from
+from continuity.objects import FailBack, missing_from
 from continuity.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
                                         database_rpo, differences, marker_recovered, objectives_for, observe,
                                         plan_exercise, render_markdown, writer_record)
@@ -221,22 +221,24 @@ class SwitchBackOperator(_ExerciseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         start = self.start(context)
-        policy = self.hook().policy
+        hook = self.hook()
+        policy = hook.policy
         if policy.topology.primary.name == start.original_primary:
             raise AirflowSkipException(f"{start.original_primary} is already the primary: nothing to switch back")
         services = service_control_for(policy)
         probe = ApplicationProbeHook(policy=policy.with_primary(start.original_primary), region=start.region).run
         recovered = RecoveryResult.model_validate(context["ti"].xcom_pull(task_ids="lose_region_and_recover"))
         since = recovered.lost_at or start.started_at
-        # What the recovery region's application wrote goes home first (the bulk, while it still serves),
-        # then again once it stopped (what it wrote in between); home must hold every object a row names.
-        before = self._fail_back(start, since)
+        # What the recovery region's application wrote goes home with it (objects.fail_back, in the step
+        # that moves the application): home must hold every object a row names.
+        carry = hook.objects_going_home(from_region=start.recovery_region, to_region=start.region, since=since,
+                                        report=self.log.info)
         began = time.monotonic()
         try:
             done = run_all(self.cluster(), FailoverParams(target=start.original_primary, mode="switchover",
                                                           reason=f"region-loss exercise {start.exercise_id}: back"),
                            primary=start.target, run_id=f"{context['run_id']}:back", services=services,
-                           probe_application=probe)
+                           probe_application=probe, carry_objects=carry)
         except FailoverError as exc:
             raise AirflowFailException(f"switch back failed: {exc}") from exc
         if done.topology is not None:
@@ -244,29 +246,14 @@ class SwitchBackOperator(_ExerciseOperator):
         seconds = round(time.monotonic() - began, 3)
         self.log.info("switched back to %s in %.1f s (entry point held %s s)", start.original_primary, seconds,
                       done.unavailability_seconds)
-        after = self._fail_back(start, since)
-        # Both passes in one record per category; what failed the first time was retried by the second.
-        copied = [second.model_copy(update={"copied": first.copied + second.copied,
-                                            "already_home": second.already_home - len(first.copied)})
-                  for first, second in zip(before, after)]
+        moved = done.records.start_application
+        copied = [FailBack.model_validate(c) for c in moved.objects_home] if moved else []
         missing = self._missing_home(since)
         if missing:
             self.log.error("%d objects named by rows written since the loss are not in the home bucket: %s",
                            len(missing), missing[:5])
         return SwitchBack(seconds=seconds, unavailability_seconds=done.unavailability_seconds, fail_back=copied,
                           missing_home=missing).model_dump(mode="json")
-
-    def _fail_back(self, start: ExerciseStart, since: datetime) -> list[FailBack]:
-        hook = self.hook()
-        policy = hook.policy
-        done = []
-        for name in (policy.objects.categories if policy.objects else {}):
-            replicator = hook.get_replicator(name, report=self.log.info)
-            for written in replicator.replicas.values():
-                if written.region == start.recovery_region:
-                    done.append(fail_back(category=name, written=written, home=replicator.source, since=since,
-                                          part_size=replicator.part_size, report=self.log.info))
-        return done
 
     def _missing_home(self, since: datetime) -> list[str]:
         """Every object a row written since the loss names, looked for in its home (source) bucket."""
