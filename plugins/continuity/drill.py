@@ -24,7 +24,7 @@ from continuity.expectations import validate_restored
 from continuity.objects import Consistency, ObjectStore, heartbeat_lag
 from continuity.policy import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
-                                rpo_objectives)
+                                price_downtime, rpo_objectives)
 from continuity.restore import amcheck, check_object_references, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -162,6 +162,8 @@ class DrillResult(BaseModel):
     objects: list[Consistency] = []
     pitr: PitrCheck | None = None  # the point-in-time recovery check (markers around a target)
     application: dict[str, Any] | None = None  # read-only synthetic transactions on the rebuilt database
+    downtime_seconds: float | None = None  # drill start until the slowest function was back
+    downtime_cost: str = "not measured"
 
 
 def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
@@ -223,6 +225,7 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
                                      report=report, target_time=pitr.target,
                                      scratch_prefix=f"{scratch_prefix}pitr-") if pitr else None
     failed = [c for c in checks if not c.success]
+    downtime_seconds, downtime = price_downtime(policy, objectives)
     object_failures = [f"{c.category}: {len(c.missing)} objects referenced by the rebuilt database are missing from "
                        f"{c.replica}, {len(c.mismatched)} differ" for c in consistency.values() if not c.consistent]
     return DrillResult(
@@ -239,6 +242,7 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         success=not failed and bool(checks) and amcheck_ok and not object_failures
         and (pitr_check is None or pitr_check.passed),
         objects=list(consistency.values()), pitr=pitr_check, application=application,
+        downtime_seconds=downtime_seconds, downtime_cost=downtime,
     )
 
 
@@ -287,6 +291,8 @@ def render_markdown(result: DrillResult) -> str:
            f"{'PRESENT' if result.pitr.after_recovered else 'absent'}: {'pass' if result.pitr.passed else 'FAIL'}"]
           if result.pitr else ["- point-in-time recovery: not measured"]),
         application_line(result.application),
+        f"- downtime until every function was back: {result.downtime_seconds} s, {result.downtime_cost}"
+        if result.downtime_seconds is not None else f"- downtime: {result.downtime_cost}",
     ]
     for check in result.objects:
         lines.append(f"- objects {check.category}: {check.present} of {check.referenced} referenced by the rebuilt "

@@ -826,6 +826,7 @@ class FailoverAudit(BaseModel):
     function_rto: list[dict[str, Any]] = []
     # Each data category's and business function's RPO (see `database_loss`); `not measured` where nothing does.
     function_rpo: list[dict[str, Any]] = []
+    downtime_cost: str = "not measured"  # the run's start until every function was back, on the policy's table
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include={"outcome", "unavailability_seconds", "data_loss_bytes", "topology"})

@@ -150,6 +150,8 @@ class RecoveryResult(BaseModel):
     writer: WriterRecord | None = None
     objects: list[Consistency] = []
     objectives: list[Objective] = []
+    downtime_seconds: float | None = None  # the loss until the slowest function was back
+    downtime_cost: str = "not measured"
     error: str | None = None
     # After the region is back: its rebuild, the switch back and whether all is as found.
     rebuilt: list[str] = []
@@ -234,6 +236,9 @@ def render_markdown(result: RecoveryResult) -> str:
         lines.append(f"- {result.target} promoted and the DR site validated{after} ({steps or 'steps not timed'}); "
                      f"data loss estimate {result.data_loss_bytes} bytes")
     lines.append(application_line(result.application))
+    lines.append("- downtime until every function was back: "
+                 + (f"{result.downtime_seconds} s, {result.downtime_cost}" if result.downtime_seconds is not None
+                    else result.downtime_cost))
     if result.writer:
         w = result.writer
         lines.append(f"- writer through the application: {w.acknowledged} annotations acknowledged, {len(w.lost)} "

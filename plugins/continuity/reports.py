@@ -132,6 +132,18 @@ def rpo_objectives(policy: Policy, measurements: Mapping[str, Measurement]) -> l
     return lines
 
 
+def price_downtime(policy: Policy, objectives: list[Objective]) -> tuple[float | None, str]:
+    """Until every function was back (the slowest RTO measured), priced with the policy's downtime table
+    (section 1.2); not measured while any function's RTO is."""
+    from continuity.communication import downtime_cost
+
+    rto = [o for o in objectives if o.objective.startswith("RTO ") and o.function]
+    if not rto or any(o.measured_seconds is None for o in rto):
+        return None, "not measured (a function's RTO was not measured)"
+    worst = max(o.measured_seconds for o in rto)
+    return worst, downtime_cost(policy, timedelta(seconds=worst))
+
+
 def application_line(probe: Mapping[str, Any] | None) -> str:
     """One Markdown line for a probe round (an ApplicationProbe as JSON)."""
     if not probe:

@@ -9,7 +9,7 @@ import pytest
 from continuity.policy import load_policy
 from continuity.region_recovery import (FoundState, RecoveryResult, WriterRecord, database_rpo, differences,
                                         objectives_for, plan_exercise, render_markdown)
-from continuity.reports import Measurement, rpo_objectives
+from continuity.reports import Measurement, price_downtime, rpo_objectives
 
 FOUND = FoundState(primary="primary", streaming=["dr", "sync1"], synchronous=["sync1"],
                    serving_regions=["us-east-1"])
@@ -84,7 +84,11 @@ def _result(probe: dict | None, **kw) -> RecoveryResult:
 
 
 def test_the_exercise_passes_only_when_every_function_is_back_within_its_maximum_and_no_write_is_lost() -> None:
-    assert _result(_probe(12.0), writer=_writer([1, 2], [])).failures == []
+    passed = _result(_probe(12.0), writer=_writer([1, 2], []))
+    assert passed.failures == []
+    seconds, cost = price_downtime(load_policy(), passed.objectives)
+    assert seconds == 12.0 and cost.startswith("$27 (")  # 12 s on the table's first hour ($8,000)
+    assert price_downtime(load_policy(), _result(None).objectives)[0] is None
     # Video processing's maximum is 2 h, user authentication's 30 min: 40 minutes fails the latter, names it.
     slow = _result(_probe(40 * 60.0)).failures
     assert "RTO user_authentication past its maximum" in slow and "RTO video_processing past its maximum" not in slow

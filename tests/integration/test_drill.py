@@ -37,6 +37,7 @@ def test_drill_rebuilds_from_the_dr_region_and_measures_rto_and_rpo(sandbox) -> 
     assert set(result["phases"]) >= {"fetch_and_unpack", "wal_staging", "wal_replay", "validation"}
     assert result["checks_passed"] > 0 and result["failed_checks"] == []
     assert result["amcheck"] == "pg_amcheck found no corruption in any database"
+    assert result["downtime_seconds"] > 0 and "on the policy's downtime table" in result["downtime_cost"]
     objectives = {o["objective"]: o for o in result["objectives"]}
     assert objectives["RTO tier_1_critical"]["target"] == "15m"
     assert objectives["RPO critical_user_data"]["within_target"] is True

@@ -198,6 +198,7 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert "no committed transaction lost" in rpo["RPO critical_user_data"]["source"]
     assert rpo["RPO user_authentication"]["verdict"] == "pass" and rpo["RPO annotation_system"]["verdict"] == "pass"
     assert rpo["RPO configuration_data"]["verdict"] == rpo["RPO reporting_analytics"]["verdict"] == "not measured"
+    assert "on the policy's downtime table" in audit["downtime_cost"]
     application = cluster.status()["application"]
     assert application["us-west-2"]["state"] == "serving" and application["us-east-1"]["state"] == "standby"
     assert cluster.redis_client("us-east-1").info("replication")["role"] == "slave"

@@ -103,6 +103,8 @@ def test_region_loss_exercise_recovers_measures_every_function_and_comes_back(re
         assert "synthetic transaction in us-west-2" in rto["source"], rto
         assert rpo["measured_seconds"] is not None and rpo["verdict"] == "pass", rpo
     assert objectives["RPO critical_user_data"]["measured_seconds"] == 0.0
+    assert result["downtime_seconds"] == max(objectives[f"RTO {name}"]["measured_seconds"] for name in functions)
+    assert result["downtime_cost"].startswith("$") and "downtime table" in result["downtime_cost"]
     assert "replication lag: heartbeat" in objectives["RPO video_content"]["source"]
     assert objectives["RPO configuration_data"]["source"].startswith("age of the newest config backup")
 

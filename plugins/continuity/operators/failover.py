@@ -318,12 +318,14 @@ class RecordOperator(FailoverStepOperator):
                                     params=context["params"], records=records, failures=failures)
         if records.preflight is not None and records.preflight.action in ("switchover", "failover") \
                 and not records.preflight.dry_run:
-            from continuity.reports import application_rto_objectives
+            from continuity.reports import application_rto_objectives, price_downtime
 
             probe = records.validation.application if records.validation else None
-            audit.function_rto = [o.model_dump(mode="json") for o in application_rto_objectives(
-                self.policy, started_at=datetime.fromisoformat(records.preflight.checked_at), probe=probe,
-                fallback_seconds=None, fallback_source="")]
+            rto = application_rto_objectives(self.policy, started_at=datetime.fromisoformat(records.preflight.checked_at),
+                                             probe=probe, fallback_seconds=None, fallback_source="")
+            audit.function_rto = [o.model_dump(mode="json") for o in rto]
+            seconds, cost = price_downtime(self.policy, rto)
+            audit.downtime_cost = f"{seconds} s: {cost}" if seconds is not None else cost
             audit.function_rpo = [o.model_dump(mode="json") for o in self._rpo(records)]
         if audit.topology is not None:
             write_topology(audit.topology)

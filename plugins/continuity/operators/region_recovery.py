@@ -21,7 +21,7 @@ from continuity.objects import FailBack, missing_from
 from continuity.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
                                         database_rpo, differences, marker_recovered, objectives_for, observe,
                                         plan_exercise, render_markdown, writer_record)
-from continuity.reports import Measurement, store_report
+from continuity.reports import Measurement, price_downtime, store_report
 from continuity.restore import check_object_references
 from continuity.servicecontrol import service_control_for
 from continuity.storage import key_safe
@@ -151,6 +151,9 @@ class LoseRegionAndRecoverOperator(_ExerciseOperator):
             result.objectives = objectives_for(policy, lost_at=result.lost_at, probe=result.application,
                                                measurements=self._measurements(start, result, newest, acknowledged_at,
                                                                                cluster.app_conninfo))
+            result.downtime_seconds, result.downtime_cost = price_downtime(policy, result.objectives)
+            self.log.info("downtime until every function was back: %s s, %s", result.downtime_seconds,
+                          result.downtime_cost)
             for objective in result.objectives:
                 self.log.info("%s: %s against target %s: %s (from: %s)", objective.objective,
                               "not measured" if objective.measured_seconds is None else f"{objective.measured_seconds} s",
