@@ -24,7 +24,7 @@ from continuity.expectations import validate_restored
 from continuity.objects import Consistency, ObjectStore, heartbeat_lag
 from continuity.policy import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
-                                price_downtime, rpo_objectives)
+                                objectives_table, price_downtime, rpo_objectives)
 from continuity.restore import amcheck, check_object_references, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
@@ -300,11 +300,5 @@ def render_markdown(result: DrillResult) -> str:
                      f"different, {check.orphans} not referenced by any row")
     for failed in result.failed_checks:
         lines.append(f"- **failed**: {failed}")
-    lines += ["", "| objective | measured | target | maximum | verdict | measured from |", "|---|---|---|---|---|---|"]
-    for o in result.objectives:
-        measured = "—" if o.measured_seconds is None else f"{o.measured_seconds} s"
-        source = o.source or "nothing measures it yet"
-        if o.not_measured:
-            source += f" (not measured: {', '.join(o.not_measured)})"
-        lines.append(f"| {o.objective} | {measured} | {o.target} | {o.maximum} | {o.verdict} | {source} |")
+    lines += ["", *objectives_table(result.objectives)]
     return "\n".join(lines) + "\n"

@@ -19,14 +19,46 @@ from continuity.waiting import poll
 TABLE = "continuity_load_commits"
 
 
-@dataclass
-class CommitRecorder:
-    conninfo: str
-    table: str = TABLE
+@dataclass(kw_only=True)
+class _Recorder:
+    """A writer thread that records every acknowledged write (an id and when) and the errors it met."""
+
     acknowledged: list[tuple[int, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def wait_for(self, count: int, *, timeout: float = 60) -> bool:
+        """Wait until `count` writes are acknowledged in all; False if the timeout came first."""
+        return poll(lambda: len(self.acknowledged) >= count, timeout=timeout, interval=0.02)
+
+    @property
+    def longest_gap(self) -> float:
+        """The application-visible write outage: the longest time between two acknowledged writes."""
+        times = [t for _, t in self.acknowledged]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for i, _ in self.acknowledged]
+
+
+@dataclass
+class CommitRecorder(_Recorder):
+    conninfo: str
+    table: str = TABLE
 
     def __enter__(self) -> CommitRecorder:
         with psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None) as conn:
@@ -34,14 +66,8 @@ class CommitRecorder:
                          f"committed_at timestamptz DEFAULT clock_timestamp())")
             start = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {self.table}").fetchone()[0]
         self._next = int(start) + 1
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         conn = None
@@ -65,15 +91,6 @@ class CommitRecorder:
         if conn is not None:
             conn.close()
 
-    def wait_for(self, count: int, *, timeout: float = 60) -> bool:
-        """Wait until `count` commits are acknowledged in all; False if the timeout came first."""
-        return poll(lambda: len(self.acknowledged) >= count, timeout=timeout, interval=0.02)
-
-    @property
-    def longest_gap(self) -> float:
-        times = [t for _, t in self.acknowledged]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
-
     def missing_on(self, conninfo: str) -> list[int]:
         with psycopg.connect(conninfo, prepare_threshold=None) as conn:
             present = {row[0] for row in conn.execute(f"SELECT seq FROM {self.table}")}
@@ -81,7 +98,7 @@ class CommitRecorder:
 
 
 @dataclass
-class ApplicationWriter:
+class ApplicationWriter(_Recorder):
     """A user writing annotations through the application, as a client that fails over by DNS would: it
     tries each region's URL in turn (the serving one first) and logs in again when its session is gone.
     Every annotation the application acknowledged (HTTP 201, the row committed) is recorded with its id."""
@@ -91,20 +108,10 @@ class ApplicationWriter:
     password: str
     label: str
     timeout: float = 5.0
-    acknowledged: list[tuple[int, float]] = field(default_factory=list)  # (annotation id, monotonic time)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
     def __enter__(self) -> ApplicationWriter:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         import httpx
@@ -137,19 +144,6 @@ class ApplicationWriter:
                     token = video_id = None
                     time.sleep(0.1)
                 time.sleep(0.01)
-
-    def wait_for(self, count: int, *, timeout: float = 60) -> bool:
-        """Wait until `count` annotations are acknowledged in all; False if the timeout came first."""
-        return poll(lambda: len(self.acknowledged) >= count, timeout=timeout, interval=0.05)
-
-    @property
-    def longest_gap(self) -> float:
-        times = [t for _, t in self.acknowledged]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
-
-    @property
-    def ids(self) -> list[int]:
-        return [i for i, _ in self.acknowledged]
 
 
 def missing_annotations(conninfo: str, ids: list[int]) -> list[int]:

@@ -29,7 +29,7 @@ from continuity.failover import ReplicationGroup
 from continuity.objects import Consistency, FailBack
 from continuity.policy import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives,
-                                failing_objectives, rpo_objectives)
+                                failing_objectives, objectives_table, rpo_objectives)
 
 REPORT_PREFIX = "reports/region-recovery/"
 
@@ -258,13 +258,7 @@ def render_markdown(result: RecoveryResult) -> str:
     else:
         lines.append("- rebuild and switch back: not measured")
     lines += [f"- **failed**: {f}" for f in failures]
-    lines += ["", "| objective | measured | target | maximum | verdict | measured from |", "|---|---|---|---|---|---|"]
-    for o in result.objectives:
-        measured = "—" if o.measured_seconds is None else f"{o.measured_seconds} s"
-        source = o.source or "nothing measured it"
-        if o.not_measured:
-            source += f" (not measured: {', '.join(o.not_measured)})"
-        lines.append(f"| {o.objective} | {measured} | {o.target} | {o.maximum} | {o.verdict} | {source} |")
+    lines += ["", *objectives_table(result.objectives)]
     return "\n".join(lines) + "\n"
 
 

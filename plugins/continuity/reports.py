@@ -153,6 +153,18 @@ def application_line(probe: Mapping[str, Any] | None) -> str:
     return f"- application ({'read-only, ' if probe.get('read_only') else ''}{probe.get('region')}): {done}"
 
 
+def objectives_table(objectives: list[Objective]) -> list[str]:
+    """A report's objectives as Markdown table lines: what was measured, from where, the verdict."""
+    lines = ["| objective | measured | target | maximum | verdict | measured from |", "|---|---|---|---|---|---|"]
+    for o in objectives:
+        measured = "—" if o.measured_seconds is None else f"{o.measured_seconds} s"
+        source = o.source or "nothing measures it yet"
+        if o.not_measured:
+            source += f" (not measured: {', '.join(o.not_measured)})"
+        lines.append(f"| {o.objective} | {measured} | {o.target} | {o.maximum} | {o.verdict} | {source} |")
+    return lines
+
+
 def failing_objectives(objectives: list[Objective]) -> list[str]:
     """Measured objectives past their maximum (a `not measured` line never fails and never passes)."""
     return [o.objective for o in objectives if o.within_maximum is False]

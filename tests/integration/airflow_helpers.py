@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,29 @@ def xcom(dag_run, task_id: str, key: str = "return_value") -> Any:
             .one_or_none()
         )
         return None if row is None else XComModel.deserialize_value(row)
+
+
+def forget_topology() -> None:
+    """Delete the recorded topology (the Variable dr_failover writes): DAGs follow the policy again."""
+    from airflow.models.variable import Variable
+
+    from continuity.hooks.topology import TOPOLOGY_VARIABLE
+
+    Variable.delete(TOPOLOGY_VARIABLE)
+
+
+@contextmanager
+def sandbox_environment(box) -> Iterator[Any]:
+    """A sandbox of a module's own (failovers reshape it) as the DAGs' world: its connections in the
+    environment and no recorded topology; both undone after."""
+    saved = dict(os.environ)
+    for key, value in box.environment().items():
+        if key != "AIRFLOW_HOME" and not key.startswith("AIRFLOW__CORE__"):
+            os.environ[key] = value
+    forget_topology()
+    try:
+        yield box
+    finally:
+        forget_topology()
+        os.environ.clear()
+        os.environ.update(saved)

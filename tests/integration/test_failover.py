@@ -15,32 +15,16 @@ from continuity.router import PgBouncerRouter
 from continuity.hooks.topology import TOPOLOGY_VARIABLE
 from continuity.storage import key_safe
 
-from .airflow_helpers import load_dag, task_states, xcom
+from .airflow_helpers import forget_topology, load_dag, sandbox_environment, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-
-
-def _forget_topology() -> None:
-    from airflow.models.variable import Variable
-
-    Variable.delete(TOPOLOGY_VARIABLE)
 
 
 @pytest.fixture(scope="module")
 def cluster(sandbox_factory, airflow_db):
     """A sandbox of its own (failovers reshape it), its connections in the environment."""
-    box = sandbox_factory(scale=0.05, prefix="continuity-sandbox-failover-")
-    saved = dict(os.environ)
-    for key, value in box.environment().items():
-        if key != "AIRFLOW_HOME" and not key.startswith("AIRFLOW__CORE__"):
-            os.environ[key] = value
-    _forget_topology()
-    try:
+    with sandbox_environment(sandbox_factory(scale=0.05, prefix="continuity-sandbox-failover-")) as box:
         yield box
-    finally:
-        _forget_topology()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _run(**conf):
@@ -298,7 +282,7 @@ def test_preflight_refuses_when_the_recorded_topology_disagrees_with_the_cluster
                 "the writable node") in _preflight_failure(run)
         assert _snapshot(cluster) == before
     finally:
-        _forget_topology()
+        forget_topology()
 
 
 def test_preflight_refuses_two_writable_nodes(cluster) -> None:

@@ -4,42 +4,24 @@ rebuilt and switched back, the sandbox left as found."""
 
 from __future__ import annotations
 
-import os
 
 import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from continuity.hooks.topology import TOPOLOGY_VARIABLE
 from continuity.waiting import poll
 
-from .airflow_helpers import load_dag, task_states, xcom
+from .airflow_helpers import load_dag, sandbox_environment, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-def _forget_topology() -> None:
-    from airflow.models.variable import Variable
-
-    Variable.delete(TOPOLOGY_VARIABLE)
-
-
 @pytest.fixture(scope="module")
 def region(sandbox_factory, airflow_db):
-    """A sandbox of its own (the exercise loses a region of it), its connections in the environment."""
-    box = sandbox_factory(scale=0.05, prefix="continuity-sandbox-region-")
-    saved = dict(os.environ)
-    for key, value in box.environment().items():
-        if key != "AIRFLOW_HOME" and not key.startswith("AIRFLOW__CORE__"):
-            os.environ[key] = value
-    _forget_topology()
-    try:
+    """A sandbox of its own: the exercise loses a region of it."""
+    with sandbox_environment(sandbox_factory(scale=0.05, prefix="continuity-sandbox-region-")) as box:
         yield box
-    finally:
-        _forget_topology()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _client(box, region: str):
