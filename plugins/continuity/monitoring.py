@@ -90,6 +90,11 @@ class RoundWatch:
         self.disasters = 0
         self.disaster_reported = False
 
+    def next_round_in(self, *, interval: float, confirm_interval: float) -> float:
+        """Seconds until the next round: sooner while a disaster is being confirmed (seen, not yet reported)."""
+        confirming = 0 < self.disasters < self.consecutive_failures and not self.disaster_reported
+        return confirm_interval if confirming else interval
+
     def observe(self, probe: ProbeRound) -> RoundEvent | None:
         if not probe.failing:
             was_unhealthy = self.unhealthy

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 from continuity.kinds import ProvingKind
 from continuity.project import policy_path
@@ -398,7 +398,17 @@ class HealthMonitor(_Model):
     min_wal_senders: int = Field(ge=1)
     # The probe rounds of the triggerer (database, network, storage, application): the requirements' 30 s.
     probe_interval: Duration = timedelta(seconds=30)
+    # Once a round sees a disaster, the rounds that confirm it come this often (Patroni's loop_wait is 10 s):
+    # a lost primary is confirmed in probe_interval + (consecutive_failures - 1) × confirm_interval at most.
+    confirm_interval: Duration = timedelta(seconds=10)
     max_latency: Duration = timedelta(seconds=1)  # a node's round trip from the monitor, over it: network failing
+
+    @model_validator(mode="after")
+    def _confirm_within_interval(self) -> HealthMonitor:
+        if self.confirm_interval > self.probe_interval:
+            raise ValueError(f"confirm_interval ({format_duration(self.confirm_interval)}) must not be longer than "
+                             f"probe_interval ({format_duration(self.probe_interval)}): confirming rounds come sooner")
+        return self
 
 
 class Failover(_Model):

@@ -33,6 +33,27 @@ def test_a_degraded_round_breaks_the_disaster_count() -> None:
     assert watch.observe(_round(5)).kind == "disaster"
 
 
+def test_rounds_come_sooner_only_while_a_disaster_is_being_confirmed() -> None:
+    watch = RoundWatch(consecutive_failures=3)
+    delays = []
+    for r in [_round(0), _round(2), _round(5, primary=True), _round(5, primary=True), _round(5, primary=True),
+              _round(5, primary=True), _round(0)]:
+        watch.observe(r)
+        delays.append(watch.next_round_in(interval=30.0, confirm_interval=10.0))
+    # healthy, degraded: 30 s; disaster seen twice: 10 s; reported (and after): 30 s again
+    assert delays == [30.0, 30.0, 10.0, 10.0, 30.0, 30.0, 30.0]
+
+
+def test_a_confirm_interval_longer_than_the_probe_interval_is_refused() -> None:
+    import pytest
+
+    from continuity.policy import HealthMonitor
+
+    settings = load_policy().health_monitor.model_dump()
+    with pytest.raises(ValueError, match=r"confirm_interval \(1m\) must not be longer than probe_interval \(30s\)"):
+        HealthMonitor.model_validate({**settings, "confirm_interval": "1m"})
+
+
 def test_a_round_weighs_the_checks_and_names_a_group_that_could_not_run() -> None:
     policy = load_policy()
 

@@ -5,7 +5,8 @@ synthetic transactions; continuity.monitoring) and logs it in one line. Rounds a
 the platform changes state: the first unhealthy round, a disaster score held for the policy's
 `consecutive_failures` rounds, the first healthy round after either. Only then does it yield an
 event, which starts a dr_health_monitor run (an AssetWatcher) — so a healthy platform costs the
-scheduler nothing, and a lost primary is acted on within consecutive_failures × 30 s.
+scheduler nothing. Once a round sees a disaster, the rounds confirming it come every
+`confirm_interval` (10 s): a lost primary is acted on within 30 s + (consecutive_failures - 1) × 10 s.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ class ProbeRoundTrigger(BaseEventTrigger):
 
         hook = HealthProbeHook(policy_path=self.policy_path)
         watch: RoundWatch | None = None
+        confirm_interval = self.interval
         while True:
             started = time.monotonic()
             try:
                 probe = await sync_to_async(hook.probe_round)()
                 if watch is None:
-                    consecutive = (await sync_to_async(lambda: hook.policy)()).health_monitor.consecutive_failures
-                    watch = RoundWatch(consecutive_failures=consecutive)
+                    settings = (await sync_to_async(lambda: hook.policy)()).health_monitor
+                    watch = RoundWatch(consecutive_failures=settings.consecutive_failures)
+                    confirm_interval = min(self.interval, settings.confirm_interval.total_seconds())
             except Exception as exc:  # the policy or a connection cannot be read: say so, try next round
                 self.log.error("probe round could not run: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(self.interval)
@@ -58,4 +61,5 @@ class ProbeRoundTrigger(BaseEventTrigger):
             if event is not None:
                 self.log.warning("probe rounds: %s — %s", event.kind, event.summary[:300])
                 yield TriggerEvent(event.model_dump(mode="json"))
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            delay = watch.next_round_in(interval=self.interval, confirm_interval=confirm_interval)
+            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
