@@ -75,6 +75,8 @@ def _print_status(status: dict, *, as_json: bool) -> None:
     print(f"pgbouncer  127.0.0.1:{bouncer['port']} ({'running' if bouncer['running'] else 'stopped'})")
     s3 = status["s3"]
     print(f"s3         {s3['endpoint']} ({'running' if s3['running'] else 'stopped'})")
+    for region, entry in (s3.get("gateways") or {}).items():
+        print(f"s3 gateway {region} {entry['endpoint']} ({'running' if entry['running'] else 'stopped: region cut off'})")
     for region, entry in (status.get("redis") or {}).items():
         print(f"redis      {region} {entry['address']} {entry['role']} ({'running' if entry['running'] else 'stopped'})")
     for region, entry in (status.get("application") or {}).items():
