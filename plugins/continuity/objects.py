@@ -3,9 +3,7 @@
 One `ObjectCategory` of the policy (video content, user uploads) has a versioned source bucket and
 one or more replica buckets. A run lists the source's versions and delete markers modified since
 the stored checkpoint (minus a lookback, for multipart uploads whose Last-Modified is their start),
-copies each new version to every replica and appends one ledger line per version or delete. Between
-full listings (`objects.full_listing_every`) it lists only the current objects and the versions of
-the keys that changed (`list_changed`), falling back to every version when keys disappeared:
+copies each new version to every replica and appends one ledger line per version or delete:
 
 - streamed (GET by version id, PUT or multipart upload in `part_size` parts, SHA-256 computed on
   the way and sent as the S3 additional checksum, so the endpoint refuses a corrupted part), or
@@ -111,70 +109,20 @@ class SourceVersion(BaseModel):
     latest: bool = False
 
 
-def list_versions(store: ObjectStore, *, since: datetime | None, key: str | None = None) -> Iterator[SourceVersion]:
-    """Every version and delete marker under the store's prefix (or of one `key`) modified at or after `since`."""
+def list_versions(store: ObjectStore, *, since: datetime | None) -> Iterator[SourceVersion]:
+    """Every version and delete marker under the store's prefix modified at or after `since`."""
     paginator = store.client.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=store.bucket, Prefix=key or store.prefix):
+    for page in paginator.paginate(Bucket=store.bucket, Prefix=store.prefix):
         for entry in page.get("Versions", []):
-            if key is not None and entry["Key"] != key:
-                continue
             if since is None or entry["LastModified"] >= since:
                 yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"], last_modified=entry["LastModified"],
                                     size=entry["Size"], etag=entry.get("ETag", "").strip('"') or None,
                                     latest=entry.get("IsLatest", False))
         for entry in page.get("DeleteMarkers", []):
-            if key is not None and entry["Key"] != key:
-                continue
             if since is None or entry["LastModified"] >= since:
                 yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"],
                                     last_modified=entry["LastModified"], delete_marker=True,
                                     latest=entry.get("IsLatest", False))
-
-
-class Listing(BaseModel):
-    """What a run listed: the versions since its `since`, and the current keys when that was counted."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    versions: list[SourceVersion]
-    current_keys: int | None = None
-    full: bool
-    reason: str
-
-
-def current_mark(etag: str | None, last_modified: datetime) -> str:
-    return f"{(etag or '').strip(chr(34))}|{last_modified.isoformat()}"
-
-
-def list_changed(store: ObjectStore, *, since: datetime, previous_keys: int, previous_listed_at: datetime,
-                 known: Mapping[str, str] | None = None) -> Listing | None:
-    """The versions since `since` without listing every version: the current objects (ListObjectsV2,
-    1,000 keys a page, far cheaper than ListObjectVersions), then every version of each key whose current
-    one is that recent and not `known` (the current version already copied, by ETag and Last-Modified).
-    None when the keys do not add up (now != before + keys first written since the
-    previous listing): something was deleted, and only a listing of every version shows delete markers."""
-    paginator = store.client.get_paginator("list_objects_v2")
-    current, changed = 0, []
-    for page in paginator.paginate(Bucket=store.bucket, Prefix=store.prefix):
-        for entry in page.get("Contents", []):
-            current += 1
-            if entry["LastModified"] >= since and (known or {}).get(entry["Key"]) != current_mark(
-                    entry.get("ETag"), entry["LastModified"]):
-                changed.append(entry["Key"])
-    versions: list[SourceVersion] = []
-    new_keys = 0
-    # Last-Modified may be whole seconds: a key first written in the second the previous listing began
-    # counts as new, and when it was in fact listed the sum is off and the run lists every version.
-    listed_second = previous_listed_at.replace(microsecond=0)
-    for key in changed:
-        every = list(list_versions(store, since=None, key=key))
-        if every and key not in (known or {}) and min(v.last_modified for v in every) >= listed_second:
-            new_keys += 1
-        versions += [v for v in every if v.last_modified >= since]
-    if current != previous_keys + new_keys:
-        return None
-    return Listing(versions=versions, current_keys=current, full=False,
-                   reason=f"{current} current keys ({new_keys} new), {len(changed)} changed since {since.isoformat()}")
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -225,13 +173,6 @@ class Checkpoint(BaseModel):
     updated_by: str | None = None
     complete_at: datetime | None = None  # start of the last run after which nothing listed was left to copy
     running_since: datetime | None = None  # set while a run copies: still set, that run did not finish
-    # The cheap listing's yardstick: how many current keys the source had when the last listing began.
-    current_keys: int | None = None
-    listed_at: datetime | None = None
-    full_listing_at: datetime | None = None  # the last run that listed every version
-    # The newest version copied of each key inside the lookback, as "<etag>|<last modified>": what the
-    # cheap listing recognises in the current objects without listing the key's versions again.
-    recent_current: dict[str, str] = {}
 
 
 class CopyFailure(BaseModel):
@@ -267,7 +208,6 @@ class ReplicationRun(BaseModel):
     protection: list[str] = []  # one sentence per replica bucket
     alarms: list[str] = []
     timings: dict[str, float] = {}  # seconds spent listing and copying
-    listing: str | None = None  # which listing the run did, and why
 
 
 # -- checkpoint ----------------------------------------------------------------------------------
@@ -443,7 +383,6 @@ class Replicator:
     report: Callable[[str], None] = log.info
     server_side: bool = True
     workers: int = 4  # copies in flight at once (boto3 clients are thread-safe)
-    full_listing_every: timedelta = timedelta(hours=1)
 
     def run(self, *, run_id: str, rpo_target: timedelta | None = None, rpo_maximum: timedelta | None = None,
             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> ReplicationRun:
@@ -468,12 +407,7 @@ class Replicator:
         copied_keys: dict[str, SourceVersion] = {}
         for number in range(1, MAX_PASSES + 1):
             clock = time.monotonic()
-            if number == 1:
-                listing = self._list(checkpoint, since=since, started=started)
-                listed = listing.versions
-                record.listing = listing.reason
-                self.report(f"{self.category}: {'full' if listing.full else 'incremental'} listing: {listing.reason}")
-            elif len(copied_keys) > RECHECK_BY_HEAD:
+            if number == 1 or len(copied_keys) > RECHECK_BY_HEAD:
                 listed = list_versions(self.source, since=since)
             else:
                 listed = self._newer_than_copied(copied_keys.values())
@@ -536,34 +470,6 @@ class Replicator:
         return record
 
     # -- steps of a run --
-    def _list(self, checkpoint: Checkpoint, *, since: datetime | None, started: datetime) -> Listing:
-        """The cheap listing (`list_changed`) when it can be trusted, else every version; either way the
-        current keys are counted and kept in the checkpoint for the next run's cheap listing."""
-        if since is None or checkpoint.current_keys is None or checkpoint.listed_at is None:
-            reason = "first run, or no key count yet"
-        elif checkpoint.full_listing_at is None or started - checkpoint.full_listing_at >= self.full_listing_every:
-            reason = f"the last full listing is older than {format_duration(self.full_listing_every)}"
-        else:
-            cheap = list_changed(self.source, since=since, previous_keys=checkpoint.current_keys,
-                                 previous_listed_at=checkpoint.listed_at, known=checkpoint.recent_current)
-            if cheap is not None:
-                checkpoint.current_keys, checkpoint.listed_at = cheap.current_keys, started
-                return cheap
-            reason = "keys disappeared since the last listing (deletes: only every version shows their markers)"
-        current = [0]
-
-        def counted() -> Iterator[SourceVersion]:
-            for version in list_versions(self.source, since=None):
-                if version.latest and not version.delete_marker:
-                    current[0] += 1
-                if since is None or version.last_modified >= since:
-                    yield version
-
-        versions = list(counted())
-        checkpoint.current_keys, checkpoint.listed_at, checkpoint.full_listing_at = current[0], started, started
-        return Listing(versions=versions, current_keys=current[0], full=True,
-                       reason=f"every version ({reason}); {current[0]} current keys")
-
     def _newer_than_copied(self, copied: Iterable[SourceVersion]) -> Iterator[SourceVersion]:
         """For a few copied keys, one HEAD each instead of a listing: the key's newest version when it is not
         the one copied (written while the run copied)."""
@@ -633,10 +539,6 @@ class Replicator:
     @staticmethod
     def _done(checkpoint: Checkpoint, version: SourceVersion) -> None:
         checkpoint.recent[version.version_id] = version.last_modified
-        if not version.delete_marker:
-            mark = checkpoint.recent_current.get(version.key)
-            if mark is None or mark.rsplit("|", 1)[1] <= version.last_modified.isoformat():
-                checkpoint.recent_current[version.key] = current_mark(version.etag, version.last_modified)
         if checkpoint.high_water is None or version.last_modified > checkpoint.high_water:
             checkpoint.high_water = version.last_modified
 
@@ -657,8 +559,6 @@ class Replicator:
         if checkpoint.high_water is not None:
             horizon = checkpoint.high_water - LOOKBACK
             checkpoint.recent = {k: v for k, v in checkpoint.recent.items() if v >= horizon}
-            checkpoint.recent_current = {k: v for k, v in checkpoint.recent_current.items()
-                                         if datetime.fromisoformat(v.rsplit("|", 1)[1]) >= horizon}
         checkpoint.updated_at, checkpoint.updated_by = now(), run_id
         save_checkpoint(checkpoint, self.state)
 
@@ -1218,7 +1118,6 @@ def replicator_for(policy: Policy, category: str, *, client_for: Callable[[str, 
         return ObjectStore.for_bucket(bucket, client_for)
 
     return Replicator(category=category, policy=spec, source=store(spec.source),
-                      full_listing_every=policy.objects.full_listing_every,
                       replicas={f"{r.region}:{r.bucket}": store(r) for r in spec.replicas}, state=state,
                       part_size=policy.objects.part_size, workers=policy.objects.copy_workers, report=report)
 

@@ -256,10 +256,6 @@ class Objects(_Model):
     schedule: str
     part_size: ByteSize = 8 * 2**20
     copy_workers: int = Field(default=4, ge=1, le=64)  # copies in flight at once; memory: one part each
-    # Between full listings of every version, a run lists current objects only (far cheaper) and the
-    # versions of the keys that changed; a full listing at least this often finds what that cannot (a
-    # version created and deleted between two runs), and whenever keys disappeared (a delete).
-    full_listing_every: Duration = timedelta(hours=1)
     categories: dict[Name, ObjectCategory]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -131,37 +130,6 @@ def test_the_first_run_copies_every_version_verified_and_the_next_only_what_is_n
     assert second.lag_seconds is not None and second.lag_seconds >= 0
     assert "heartbeat videos/.continuity-heartbeat written at the source" in second.lag_source
     assert any("replication lag" in line and "within the RPO target (15m / 1h)" in line for line in world.log)
-
-
-def test_between_full_listings_a_run_lists_current_objects_and_every_version_only_after_a_delete(world: World) -> None:
-    for i in range(5):
-        world.put(f"videos/{i}.mp4", f"video {i}".encode())
-    first = world.run("first")
-    assert first.listing.startswith("every version (first run, or no key count yet); 5 current keys")
-    # Two overwrites of one key and a new key: the current objects name them, each key's versions are listed.
-    world.put("videos/0.mp4", b"second cut")
-    world.put("videos/0.mp4", b"third cut")
-    world.put("videos/new.mp4", b"a new video")
-    second = world.run("second")
-    assert second.listing.startswith("7 current keys (2 new), 3 changed since"), second.listing  # + the heartbeat
-    assert second.copied == 4 and not second.failed  # both versions of 0.mp4, new.mp4, the first heartbeat
-    assert len(world.replica_versions("videos/0.mp4")) == 3
-    # A delete: the keys no longer add up, so the run lists every version and records the delete marker.
-    world.src.delete_object(Bucket=world.source_bucket, Key="videos/1.mp4")
-    third = world.run("third")
-    assert third.listing.startswith("every version (keys disappeared since the last listing"), third.listing
-    assert third.deletes == ["videos/1.mp4"]
-    # A key written and deleted between two runs never shows in the current objects: the next full listing
-    # (every `objects.full_listing_every`) copies its version and records its delete.
-    world.put("videos/flash.mp4", b"here for a moment")
-    world.src.delete_object(Bucket=world.source_bucket, Key="videos/flash.mp4")
-    fourth = world.run("fourth")
-    assert not fourth.listing.startswith("every version") and world.replica_versions("videos/flash.mp4") == []
-    replicator = world.replicator()
-    replicator.full_listing_every = timedelta(0)
-    fifth = replicator.run(run_id="fifth")
-    assert fifth.listing.startswith("every version (the last full listing is older than 0s)"), fifth.listing
-    assert fifth.deletes == ["videos/flash.mp4"] and len(world.replica_versions("videos/flash.mp4")) == 1
 
 
 def test_an_overwrite_keeps_both_versions_and_a_delete_keeps_the_copy(world: World) -> None:
