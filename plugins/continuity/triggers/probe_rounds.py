@@ -44,7 +44,10 @@ class ProbeRoundTrigger(BaseEventTrigger):
         while True:
             started = time.monotonic()
             try:
-                probe = await sync_to_async(hook.probe_round)()
+                # A round takes 0.3 s healthy and up to the probe timeouts when things fail: in a thread of its
+                # own, never on asgiref's one shared thread, where it would hold up every other trigger's
+                # calls (the HITL answers, the incident inbox) for as long.
+                probe = await sync_to_async(hook.probe_round, thread_sensitive=False)()
                 if watch is None:
                     settings = (await sync_to_async(lambda: hook.policy)()).health_monitor
                     watch = RoundWatch(consecutive_failures=settings.consecutive_failures)
