@@ -24,16 +24,20 @@ Nothing here imports Airflow.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
@@ -56,6 +60,9 @@ CHECKPOINT_EVERY = 50  # copies between checkpoint saves (a killed run resumes f
 # After a pass, the keys copied are looked at again for versions written meanwhile: one HEAD per key up
 # to this many, one listing of the prefix above.
 RECHECK_BY_HEAD = 200
+# Keys new, changed or gone since the last run found by one HEAD each up to this many; a listing of every
+# version above (its requests: one per thousand versions).
+CHANGES_BY_HEAD = 1000
 
 
 class ReplicationError(RuntimeError):
@@ -109,20 +116,167 @@ class SourceVersion(BaseModel):
     latest: bool = False
 
 
-def list_versions(store: ObjectStore, *, since: datetime | None) -> Iterator[SourceVersion]:
-    """Every version and delete marker under the store's prefix modified at or after `since`."""
+def all_versions(store: ObjectStore) -> Iterator[SourceVersion]:
+    """Every version and delete marker under the store's prefix, in the endpoint's (key) order."""
     paginator = store.client.get_paginator("list_object_versions")
     for page in paginator.paginate(Bucket=store.bucket, Prefix=store.prefix):
         for entry in page.get("Versions", []):
-            if since is None or entry["LastModified"] >= since:
-                yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"], last_modified=entry["LastModified"],
-                                    size=entry["Size"], etag=entry.get("ETag", "").strip('"') or None,
-                                    latest=entry.get("IsLatest", False))
+            yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"], last_modified=entry["LastModified"],
+                                size=entry["Size"], etag=entry.get("ETag", "").strip('"') or None,
+                                latest=entry.get("IsLatest", False))
         for entry in page.get("DeleteMarkers", []):
-            if since is None or entry["LastModified"] >= since:
-                yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"],
-                                    last_modified=entry["LastModified"], delete_marker=True,
-                                    latest=entry.get("IsLatest", False))
+            yield SourceVersion(key=entry["Key"], version_id=entry["VersionId"], last_modified=entry["LastModified"],
+                                delete_marker=True, latest=entry.get("IsLatest", False))
+
+
+def list_versions(store: ObjectStore, *, since: datetime | None) -> Iterator[SourceVersion]:
+    """Every version and delete marker under the store's prefix modified at or after `since`."""
+    return (v for v in all_versions(store) if since is None or v.last_modified >= since)
+
+
+# -- the current objects, listing against listing ------------------------------------------------
+# Listing every version costs as much as the history kept (uploads keep every version forever, videos
+# seven years), so between two listings of every version (`objects.every_version_listing`, at least
+# hourly) a run lists only the current objects (ListObjectsV2) and compares them, key by key, with the
+# listing the previous run stored: a key new or changed is one HEAD for its current version, a key gone
+# one HEAD for its delete marker. What only a listing of every version sees (a version overwritten
+# again, or deleted, before the next run) waits for the next one, inside the category's RPO maximum.
+class CurrentObject(NamedTuple):
+    key: str
+    last_modified: str  # ISO 8601, as the listing gave it: equal listings give equal strings
+    etag: str
+    size: int
+
+
+class ListingUnusable(RuntimeError):
+    """The stored listing cannot be compared with (missing, from another run, out of key order, damaged)."""
+
+
+def current_listing_key(category: str) -> str:
+    return f"objects/{category}/current.jsonl.gz"
+
+
+def list_current(store: ObjectStore) -> Iterator[CurrentObject]:
+    """The current objects under the store's prefix, in key order (refused otherwise: the comparison needs it)."""
+    previous = ""
+    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=store.prefix):
+        for entry in page.get("Contents", []):
+            if entry["Key"] <= previous:
+                raise ListingUnusable(f"{store.describe(store.prefix)} listed {entry['Key']!r} after {previous!r}: "
+                                      f"not in key order")
+            previous = entry["Key"]
+            yield CurrentObject(entry["Key"], entry["LastModified"].isoformat(), entry.get("ETag", "").strip('"'),
+                                entry["Size"])
+
+
+def compare_current(previous: Iterable[CurrentObject],
+                    listed: Iterable[CurrentObject]) -> Iterator[tuple[Literal["new", "changed", "gone"], CurrentObject]]:
+    """The differences between two key-ordered listings, merged in one pass (memory: one entry of each)."""
+    before, now = iter(previous), iter(listed)
+    old, new = next(before, None), next(now, None)
+    while old is not None or new is not None:
+        if new is None or (old is not None and old.key < new.key):
+            yield "gone", old  # type: ignore[misc]
+            old = next(before, None)
+        elif old is None or new.key < old.key:
+            yield "new", new
+            new = next(now, None)
+        else:
+            if new != old:
+                yield "changed", new
+            old, new = next(before, None), next(now, None)
+
+
+class CurrentListing:
+    """A key-ordered listing of the current objects, kept in a local temporary file (gzip JSON lines
+    behind a header naming when it was listed) to compare the next listing with and to store."""
+
+    def __init__(self, category: str, *, listed_at: datetime) -> None:
+        self.category, self.listed_at = category, listed_at
+        self.objects = 0
+        self.unusable: str | None = None
+        self._file = tempfile.TemporaryFile(prefix="continuity-current-")
+        self._writer: gzip.GzipFile | None = gzip.GzipFile(fileobj=self._file, mode="wb", compresslevel=3)
+        self._write({"category": category, "listed_at": listed_at.isoformat()})
+        self._last = ""
+
+    def _write(self, value: Any) -> None:
+        assert self._writer is not None
+        self._writer.write(json.dumps(value, separators=(",", ":")).encode() + b"\n")
+
+    def add(self, entry: CurrentObject) -> None:
+        if entry.key <= self._last and self.objects:
+            self.unusable = f"{entry.key!r} came after {self._last!r}: the listing is not in key order"
+        self._last = entry.key
+        self.objects += 1
+        self._write(list(entry))
+
+    def recording(self, entries: Iterable[CurrentObject]) -> Iterator[CurrentObject]:
+        """`entries`, each added on the way."""
+        for entry in entries:
+            self.add(entry)
+            yield entry
+
+    def finish(self) -> CurrentListing:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self
+
+    def __iter__(self) -> Iterator[CurrentObject]:
+        self.finish()
+        self._file.seek(0)
+        with gzip.GzipFile(fileobj=self._file, mode="rb") as lines:
+            lines.readline()
+            for line in lines:
+                yield CurrentObject(*json.loads(line))
+
+    def store(self, state: Mapping[str, StorageLocation]) -> None:
+        """Into every state location: the checkpoint names it afterwards, by its `listed_at`."""
+        self.finish()
+        for location in state.values():
+            self._file.seek(0)
+            writer = location.open_writer(current_listing_key(self.category))
+            try:
+                while chunk := self._file.read(2**20):
+                    writer.write(chunk)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._file.close()
+
+
+@contextmanager
+def stored_listing(state: Mapping[str, StorageLocation], category: str, *,
+                   listed_at: datetime) -> Iterator[Iterator[CurrentObject]]:
+    """The listing the previous run stored, from the first state location holding the one the checkpoint
+    names (by when it was listed): a location holding another run's is passed over, never used."""
+    problems = []
+    for location in state.values():
+        try:
+            reader = location.open_reader(current_listing_key(category))
+        except StorageError as exc:
+            problems.append(f"{location.name}: {str(exc).splitlines()[0]}")
+            continue
+        with reader, gzip.GzipFile(fileobj=reader, mode="rb") as lines:
+            try:
+                header = json.loads(lines.readline())
+            except (OSError, EOFError, ValueError) as exc:
+                problems.append(f"{location.name}: unreadable ({exc})")
+                continue
+            if header.get("listed_at") != listed_at.isoformat():
+                problems.append(f"{location.name}: holds the listing of {header.get('listed_at')}, "
+                                f"not {listed_at.isoformat()}")
+                continue
+            yield (CurrentObject(*json.loads(line)) for line in lines)
+            return
+    raise ListingUnusable(f"no stored listing of the current objects of {category} from {listed_at.isoformat()} "
+                          f"({'; '.join(problems) or 'no state location'})")
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -173,6 +327,12 @@ class Checkpoint(BaseModel):
     updated_by: str | None = None
     complete_at: datetime | None = None  # start of the last run after which nothing listed was left to copy
     running_since: datetime | None = None  # set while a run copies: still set, that run did not finish
+    # Start of the last run that listed every version and left nothing to retry: the next such listing
+    # goes back to it (minus the lookback), so versions only it can see are never passed over.
+    versions_listed_at: datetime | None = None
+    # When the current objects the previous run stored (`current_listing_key`) were listed: None when it
+    # stored none usable (copies failed), so the next run lists every version.
+    current_listed_at: datetime | None = None
 
 
 class CopyFailure(BaseModel):
@@ -194,6 +354,7 @@ class ReplicationRun(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     since: datetime | None = None
+    listing: str = ""  # how the run found what to copy, and why that way
     copied: int = 0
     copied_bytes: int = 0
     skipped: int = 0
@@ -383,6 +544,7 @@ class Replicator:
     report: Callable[[str], None] = log.info
     server_side: bool = True
     workers: int = 4  # copies in flight at once (boto3 clients are thread-safe)
+    every_version_listing: timedelta = timedelta(hours=1)
 
     def run(self, *, run_id: str, rpo_target: timedelta | None = None, rpo_maximum: timedelta | None = None,
             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> ReplicationRun:
@@ -393,11 +555,11 @@ class Replicator:
         # this run looks in the replica before copying (otherwise it does not, one request less per object).
         look_first = checkpoint.running_since is not None
         record.protection = self.protect(checkpoint, alarms=record.alarms)
-        since = checkpoint.high_water - LOOKBACK if checkpoint.high_water else None
+        why_every_version = self._why_every_version(checkpoint, started, look_first=look_first)
+        since = self._since(checkpoint)
         record.since = since
         self.report(f"{self.category}: {self.source.describe(self.source.prefix)} -> "
-                    f"{', '.join(r.describe(r.prefix) for r in self.replicas.values())}; "
-                    f"{'versions since ' + since.isoformat() if since else 'first run: every version'}"
+                    f"{', '.join(r.describe(r.prefix) for r in self.replicas.values())}"
                     + ("; the previous run did not finish: checking the replica before each copy" if look_first else ""))
         checkpoint.running_since = started
         save_checkpoint(checkpoint, self.state)
@@ -405,60 +567,84 @@ class Replicator:
         seen_this_run: set[str] = set()
         unfinished: dict[str, datetime] = {}  # in flight or failed: the checkpoint must not pass them
         copied_keys: dict[str, SourceVersion] = {}
-        for number in range(1, MAX_PASSES + 1):
-            clock = time.monotonic()
-            if number == 1 or len(copied_keys) > RECHECK_BY_HEAD:
-                listed = list_versions(self.source, since=since)
-            else:
-                listed = self._newer_than_copied(copied_keys.values())
-            candidates = sorted((v for v in listed
-                                 if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run),
-                                key=lambda v: (v.last_modified, v.key, v.version_id))
-            record.timings["listing"] = record.timings.get("listing", 0.0) + round(time.monotonic() - clock, 3)
-            copied_keys = {}
-            if number > 1:
-                if not candidates:
-                    break
-                record.changed_during_run += [f"{v.key} ({v.version_id})" for v in candidates]
-                self.report(f"{len(candidates)} versions appeared while the run copied (pass {number}): copying them too")
-            deletes = [v for v in candidates if v.delete_marker]
-            copied_since_save = 0
-            clock = time.monotonic()
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-copy") as pool:
-                futures = {}
-                for version in candidates:
-                    seen_this_run.add(version.version_id)
-                    if version.delete_marker:
-                        record.deletes.append(version.key)
-                        for name in self.replicas:
-                            ledgers[name].append(LedgerEntry(event="delete", key=version.key,
-                                                             source_version_id=version.version_id,
-                                                             source_last_modified=version.last_modified,
-                                                             copied_at=now()))
-                        self._done(checkpoint, version)
-                        continue
-                    unfinished[version.version_id] = version.last_modified
-                    futures[pool.submit(self._copy_everywhere, version, look_first)] = version
-                for future in as_completed(futures):
-                    version = futures[future]
-                    if self._record(version, future.result(), record, ledgers, now):
-                        unfinished.pop(version.version_id)
-                        self._done(checkpoint, version)
-                        copied_keys[version.key] = version
-                        copied_since_save += 1
-                    if copied_since_save >= CHECKPOINT_EVERY:
-                        self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
-                        copied_since_save = 0
-            record.timings["copying"] = record.timings.get("copying", 0.0) + round(time.monotonic() - clock, 3)
-            if len(deletes) > self.policy.deletes.max_per_run:
-                record.alarms.append(
-                    f"ALARM mass delete: {len(deletes)} objects deleted under {self.source.describe(self.source.prefix)} "
-                    f"since the last run (threshold {self.policy.deletes.max_per_run}); the replicas keep every "
-                    f"version and nothing was deleted there")
-            if not copied_keys:
-                break  # nothing was copied, so nothing can have changed during a copy
-        if not record.failed:
-            checkpoint.complete_at = started
+        current: CurrentListing | None = None
+        listed_every_version = False
+        try:
+            for number in range(1, MAX_PASSES + 1):
+                clock = time.monotonic()
+                if number == 1:
+                    listed, current, listed_every_version = self._first_listing(
+                        checkpoint, since, why_every_version, record, listed_at=now())
+                elif len(copied_keys) <= RECHECK_BY_HEAD:
+                    listed = list(self._newer_than_copied(copied_keys.values()))
+                else:  # many copied: one listing of the current objects against the pass's own listing
+                    assert current is not None
+                    listed, newer = self._changes(current, listed_at=now())
+                    current.close()
+                    current = newer
+                    if listed is None:
+                        listed = list(list_versions(self.source, since=since))
+                candidates = sorted((v for v in listed
+                                     if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run),
+                                    key=lambda v: (v.last_modified, v.key, v.version_id))
+                record.timings["listing"] = record.timings.get("listing", 0.0) + round(time.monotonic() - clock, 3)
+                copied_keys = {}
+                if number > 1:
+                    if not candidates:
+                        break
+                    record.changed_during_run += [f"{v.key} ({v.version_id})" for v in candidates]
+                    self.report(f"{len(candidates)} versions appeared while the run copied (pass {number}): "
+                                f"copying them too")
+                deletes = [v for v in candidates if v.delete_marker]
+                copied_since_save = 0
+                clock = time.monotonic()
+                with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-copy") as pool:
+                    futures = {}
+                    for version in candidates:
+                        seen_this_run.add(version.version_id)
+                        if version.delete_marker:
+                            record.deletes.append(version.key)
+                            for name in self.replicas:
+                                ledgers[name].append(LedgerEntry(event="delete", key=version.key,
+                                                                 source_version_id=version.version_id,
+                                                                 source_last_modified=version.last_modified,
+                                                                 copied_at=now()))
+                            self._done(checkpoint, version)
+                            continue
+                        unfinished[version.version_id] = version.last_modified
+                        futures[pool.submit(self._copy_everywhere, version, look_first)] = version
+                    for future in as_completed(futures):
+                        version = futures[future]
+                        if self._record(version, future.result(), record, ledgers, now):
+                            unfinished.pop(version.version_id)
+                            self._done(checkpoint, version)
+                            copied_keys[version.key] = version
+                            copied_since_save += 1
+                        if copied_since_save >= CHECKPOINT_EVERY:
+                            self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
+                            copied_since_save = 0
+                record.timings["copying"] = record.timings.get("copying", 0.0) + round(time.monotonic() - clock, 3)
+                if len(deletes) > self.policy.deletes.max_per_run:
+                    record.alarms.append(
+                        f"ALARM mass delete: {len(deletes)} objects deleted under "
+                        f"{self.source.describe(self.source.prefix)} since the last run (threshold "
+                        f"{self.policy.deletes.max_per_run}); the replicas keep every version and nothing was "
+                        f"deleted there")
+                if not copied_keys:
+                    break  # nothing was copied, so nothing can have changed during a copy
+            if not record.failed:
+                checkpoint.complete_at = started
+                if listed_every_version:
+                    checkpoint.versions_listed_at = started
+            # The next run compares with this listing only when nothing is left to retry: a failed copy's key
+            # would look unchanged to it. The listing is stored before the checkpoint names it.
+            checkpoint.current_listed_at = None
+            if current is not None and current.unusable is None and not record.failed and not unfinished:
+                current.store(self.state)
+                checkpoint.current_listed_at = current.listed_at
+        finally:
+            if current is not None:
+                current.close()
         heartbeat_due = self._measure_lag(record, rpo_target=rpo_target, rpo_maximum=rpo_maximum)
         checkpoint.running_since = None
         self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
@@ -469,7 +655,109 @@ class Replicator:
                     f"{record.skipped}, {len(record.deletes)} deletes recorded, {len(record.failed)} failed")
         return record
 
-    # -- steps of a run --
+    # -- finding what to copy --
+    def _why_every_version(self, checkpoint: Checkpoint, started: datetime, *, look_first: bool) -> str | None:
+        """Why this run must list every version; None when comparing the current objects with the stored
+        listing finds everything."""
+        if checkpoint.versions_listed_at is None:
+            return "no listing of every version recorded yet"
+        if look_first:
+            return "the previous run did not finish"
+        if checkpoint.current_listed_at is None:
+            return "the previous run stored no listing of the current objects (a copy failed)"
+        if started - checkpoint.versions_listed_at >= self.every_version_listing:
+            return (f"every version is listed every {format_duration(self.every_version_listing)} "
+                    f"(last {checkpoint.versions_listed_at.isoformat()}): versions overwritten or deleted between "
+                    f"two runs are found that way")
+        return None
+
+    @staticmethod
+    def _since(checkpoint: Checkpoint) -> datetime | None:
+        """Where a listing of every version starts: versions older are done (copied, or seen by the last such
+        listing), less the lookback."""
+        marks = [t for t in (checkpoint.high_water, checkpoint.versions_listed_at) if t is not None]
+        return min(marks) - LOOKBACK if checkpoint.high_water is not None and marks else None
+
+    def _first_listing(self, checkpoint: Checkpoint, since: datetime | None, why_every_version: str | None,
+                       record: ReplicationRun, *, listed_at: datetime
+                       ) -> tuple[list[SourceVersion], CurrentListing | None, bool]:
+        """(versions to consider, this run's listing of the current objects, whether every version was listed)."""
+        if why_every_version is None:
+            assert checkpoint.current_listed_at is not None
+            try:
+                with stored_listing(self.state, self.category, listed_at=checkpoint.current_listed_at) as previous:
+                    changed, current = self._changes(previous, listed_at=listed_at)
+            except (ListingUnusable, StorageError, OSError, EOFError, ValueError, TypeError) as exc:
+                why_every_version = f"the stored listing cannot be compared with: {str(exc).splitlines()[0]}"
+            else:
+                if changed is not None:
+                    record.listing = (f"current objects compared with the listing of "
+                                      f"{checkpoint.current_listed_at.isoformat()}: {len(changed)} keys new, changed "
+                                      f"or gone")
+                    self.report(f"{self.category}: {record.listing}")
+                    return changed, current, False
+                current.close()
+                why_every_version = f"more than {CHANGES_BY_HEAD} keys new, changed or gone since the last run"
+        record.listing = f"every version{' since ' + since.isoformat() if since else ''} ({why_every_version})"
+        self.report(f"{self.category}: listing {record.listing}")
+        current = CurrentListing(self.category, listed_at=listed_at)
+        versions = []
+        try:
+            for version in all_versions(self.source):
+                if version.latest and not version.delete_marker:
+                    current.add(CurrentObject(version.key, version.last_modified.isoformat(), version.etag or "",
+                                              version.size))
+                if since is None or version.last_modified >= since:
+                    versions.append(version)
+        except BaseException:
+            current.close()
+            raise
+        return versions, current.finish(), True
+
+    def _changes(self, previous: Iterable[CurrentObject], *, listed_at: datetime
+                 ) -> tuple[list[SourceVersion] | None, CurrentListing]:
+        """Lists the current objects against `previous`: the versions behind the keys that differ (a HEAD each,
+        in parallel), or None when more than CHANGES_BY_HEAD differ; and the new listing."""
+        current = CurrentListing(self.category, listed_at=listed_at)
+        differing: list[str] = []
+        count = 0
+        try:
+            for _kind, entry in compare_current(previous, current.recording(list_current(self.source))):
+                count += 1
+                if count <= CHANGES_BY_HEAD:
+                    differing.append(entry.key)
+            current.finish()
+        except BaseException:
+            current.close()
+            raise
+        if count > CHANGES_BY_HEAD:
+            return None, current
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-head") as pool:
+            found = list(pool.map(lambda key: self._current_version(key, listed_at=listed_at), differing))
+        return [version for version in found if version is not None], current
+
+    def _current_version(self, key: str, *, listed_at: datetime) -> SourceVersion | None:
+        """The key's current version, or its delete marker (S3 answers a HEAD of a deleted key 404 with the
+        marker's version id). A marker's Last-Modified comes with the 404 on AWS, not from every endpoint:
+        without it, the listing that found the key gone dates it (later than the delete, never earlier, so
+        a restore as of a time in between brings the object back rather than losing it)."""
+        try:
+            head = self.source.client.head_object(Bucket=self.source.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            if headers.get("x-amz-delete-marker") == "true" and headers.get("x-amz-version-id"):
+                modified = listed_at
+                if headers.get("last-modified"):
+                    modified = parsedate_to_datetime(headers["last-modified"])
+                return SourceVersion(key=key, version_id=headers["x-amz-version-id"], last_modified=modified,
+                                     delete_marker=True, latest=True)
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                self.report(f"{self.source.describe(key)} is gone without a delete marker: nothing to record")
+                return None
+            raise
+        return SourceVersion(key=key, version_id=head.get("VersionId") or "null", last_modified=head["LastModified"],
+                             size=head["ContentLength"], etag=head.get("ETag", "").strip('"') or None, latest=True)
+
     def _newer_than_copied(self, copied: Iterable[SourceVersion]) -> Iterator[SourceVersion]:
         """For a few copied keys, one HEAD each instead of a listing: the key's newest version when it is not
         the one copied (written while the run copied)."""
@@ -556,8 +844,7 @@ class Replicator:
             key = write_ledger(replica, self.category, entries, name=run_id, now=written_at)
             record.ledger_keys.append(replica.describe(key))
             entries.clear()
-        if checkpoint.high_water is not None:
-            horizon = checkpoint.high_water - LOOKBACK
+        if (horizon := self._since(checkpoint)) is not None:  # the next listing of every version skips these
             checkpoint.recent = {k: v for k, v in checkpoint.recent.items() if v >= horizon}
         checkpoint.updated_at, checkpoint.updated_by = now(), run_id
         save_checkpoint(checkpoint, self.state)
@@ -1119,7 +1406,8 @@ def replicator_for(policy: Policy, category: str, *, client_for: Callable[[str, 
 
     return Replicator(category=category, policy=spec, source=store(spec.source),
                       replicas={f"{r.region}:{r.bucket}": store(r) for r in spec.replicas}, state=state,
-                      part_size=policy.objects.part_size, workers=policy.objects.copy_workers, report=report)
+                      part_size=policy.objects.part_size, workers=policy.objects.copy_workers, report=report,
+                      every_version_listing=policy.objects.every_version_listing)
 
 
 def replicas_in(policy: Policy, region: str, *, client_for: Callable[[str, str], Any]) -> dict[str, tuple[ObjectStore, str]]:

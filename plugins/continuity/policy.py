@@ -256,6 +256,9 @@ class Objects(_Model):
     schedule: str
     part_size: ByteSize = 8 * 2**20
     copy_workers: int = Field(default=4, ge=1, le=64)  # copies in flight at once; memory: one part each
+    # Between listings of every version a run compares the current objects with the previous run's listing;
+    # a version overwritten or deleted before the next run waits for the next listing of every version.
+    every_version_listing: Duration = timedelta(hours=1)
     categories: dict[Name, ObjectCategory]
 
 
@@ -694,6 +697,10 @@ def _check_objects(policy: Policy) -> list[str]:
             problems.append(f"{where}.replicas: expected a replica outside the source's region "
                             f"{category.source.region} (a regional disaster would take every copy)")
         rpo = policy.data_categories[name].rpo if name in policy.data_categories else None
+        if rpo is not None and policy.objects.every_version_listing > rpo.maximum:
+            problems.append(f"objects.every_version_listing: expected at most the RPO maximum of {name} "
+                            f"({format_duration(rpo.maximum)}): versions only that listing finds would be older, "
+                            f"got {format_duration(policy.objects.every_version_listing)}")
         if rpo is not None and category.interval > rpo.target:
             problems.append(f"{where}.interval: expected at most the category's RPO target "
                             f"({format_duration(rpo.target)}), got {format_duration(category.interval)}")

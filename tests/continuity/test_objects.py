@@ -1,11 +1,12 @@
 """Object replication decisions that need no endpoint: the point-in-time view of a ledger, the
-lifecycle rule from the policy, the stale alarm from checkpoints."""
+lifecycle rule from the policy, the stale alarm from checkpoints, listing against listing."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from continuity.objects import Checkpoint, LedgerEntry, current_as_of, lifecycle_rule, stale_object_categories
+from continuity.objects import (Checkpoint, CurrentListing, CurrentObject, LedgerEntry, compare_current, current_as_of,
+                               lifecycle_rule, stale_object_categories)
 from continuity.policy import load_policy
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -60,3 +61,29 @@ def test_the_stale_alarm_reads_the_checkpoints() -> None:
     assert alarms == ["object category user_uploads: the last complete replication started 2h ago, over its RPO "
                       "maximum of 1h"]
     assert stale_object_categories(policy, {}, now=now)[0].startswith("object category video_content: never replicated")
+
+
+def _current(key: str, etag: str = "e", size: int = 1) -> CurrentObject:
+    return CurrentObject(key, T0.isoformat(), etag, size)
+
+
+def test_two_listings_compared_name_what_is_new_changed_and_gone() -> None:
+    before = [_current("a"), _current("b"), _current("c"), _current("e")]
+    after = [_current("a"), _current("b", etag="other"), _current("d"), _current("e"), _current("f")]
+    assert [(kind, entry.key) for kind, entry in compare_current(before, after)] == [
+        ("changed", "b"), ("gone", "c"), ("new", "d"), ("new", "f")]
+    assert list(compare_current([], [])) == [] and [k for k, _ in compare_current(before, [])] == ["gone"] * 4
+
+
+def test_a_listing_kept_on_disk_reads_back_and_names_a_key_out_of_order() -> None:
+    listing = CurrentListing("video_content", listed_at=T0)
+    entries = [_current(f"videos/{i:04d}.mp4", size=i) for i in range(2500)]
+    for entry in entries:
+        listing.add(entry)
+    assert list(listing) == entries and listing.unusable is None and listing.objects == 2500
+    listing.close()
+    disordered = CurrentListing("video_content", listed_at=T0)
+    disordered.add(_current("videos/b"))
+    disordered.add(_current("videos/a"))
+    assert disordered.unusable == "'videos/a' came after 'videos/b': the listing is not in key order"
+    disordered.close()

@@ -108,6 +108,9 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
          "policy.yaml: objects.categories.video_content.object_lock.mode: input should be 'GOVERNANCE' or 'COMPLIANCE'"),
         ("database_reference: {database: app,", "database_reference: {database: videos,",
          "policy.yaml: objects.categories.video_content.database_reference.database: expected one of ['app']"),
+        ("  every_version_listing: 1h", "  every_version_listing: 2h",
+         "policy.yaml: objects.every_version_listing: expected at most the RPO maximum of video_content (1h): "
+         "versions only that listing finds would be older, got 2h"),
         ("  user_uploads:\n    rpo", "  uploads_renamed:\n    rpo",
          "policy.yaml: objects.categories.user_uploads: expected one of the data_categories"),
     ],

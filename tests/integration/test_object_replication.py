@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -68,15 +69,19 @@ class World:
     def replica_bucket(self) -> str:
         return self.spec.replicas[0].bucket
 
-    def replicator(self, **overrides) -> Replicator:
+    def replicator(self, every_version_listing: timedelta | None = None, **overrides) -> Replicator:
         clients = {**self.clients, **overrides}
-        return replicator_for(self.policy, "video_content", client_for=lambda conn_id, region: clients[conn_id],
-                              state=self.state, report=self.log.append)
+        replicator = replicator_for(self.policy, "video_content", client_for=lambda conn_id, region: clients[conn_id],
+                                    state=self.state, report=self.log.append)
+        if every_version_listing is not None:
+            replicator.every_version_listing = every_version_listing
+        return replicator
 
-    def run(self, run_id: str = "run", **overrides) -> objects.ReplicationRun:
+    def run(self, run_id: str = "run", every_version_listing: timedelta | None = None,
+            **overrides) -> objects.ReplicationRun:
         category = self.policy.data_categories["video_content"]
-        return self.replicator(**overrides).run(run_id=run_id, rpo_target=category.rpo.target,
-                                                rpo_maximum=category.rpo.maximum)
+        return self.replicator(every_version_listing, **overrides).run(
+            run_id=run_id, rpo_target=category.rpo.target, rpo_maximum=category.rpo.maximum)
 
     def put(self, key: str, data: bytes) -> str:
         return self.src.put_object(Bucket=self.source_bucket, Key=key, Body=data)["VersionId"]
@@ -192,6 +197,8 @@ def test_a_version_written_while_the_run_copies_is_copied_in_the_same_run(world:
 
 
 def test_a_connection_cut_mid_copy_leaves_no_partial_object_and_the_next_run_resumes(world: World) -> None:
+    world.put("videos/before.mp4", b"copied by an earlier run")
+    world.run("before")
     big = _blob(3 * PART, "cut")
     world.put("videos/big.mp4", big)
     world.put("videos/small.mp4", b"small")
@@ -211,6 +218,8 @@ def test_a_connection_cut_mid_copy_leaves_no_partial_object_and_the_next_run_res
     uploads = world.rep.list_multipart_uploads(Bucket=world.replica_bucket).get("Uploads", [])
     assert [u for u in uploads if u["Key"] == "videos/big.mp4"] == [], "the multipart upload was aborted"
     resumed = world.run("resume")
+    assert resumed.listing.startswith("every version since") and "a copy failed" in resumed.listing, \
+        "a run that left a copy to retry stores no listing to compare with: the next lists every version"
     assert not resumed.failed and world.replica_sha("videos/big.mp4") == hashlib.sha256(big).hexdigest()
     assert [line["key"] for line in world.ledger() if line["key"] == "videos/big.mp4"] == ["videos/big.mp4"]
 
@@ -429,3 +438,47 @@ def test_consistency_tells_missing_from_pending_and_from_written_in_the_replicas
     assert check.pending == ["videos/consistency-new.mp4"]
     assert check.present == 2 and check.written_in_region == 1
     assert "1 written in us-west-2 directly" in world.log[-1] and "not yet due" in world.log[-1]
+
+
+def test_runs_between_listings_of_every_version_compare_the_current_objects(world: World) -> None:
+    """A run compares the current objects with the previous run's listing: a new key and an overwrite are one
+    HEAD each, a delete is the source's own delete marker; a version overwritten again before the next run
+    is found by the next listing of every version (hourly), so the replica ends with every version."""
+    world.put("videos/keep.mp4", b"kept")
+    first = world.put("videos/edit.mp4", b"cut one")
+    world.put("videos/gone.mp4", b"to be deleted")
+    assert world.run("full").listing == "every version (no listing of every version recorded yet)"
+
+    middle = world.put("videos/edit.mp4", b"cut two")  # overwritten twice between two runs
+    last = world.put("videos/edit.mp4", b"cut three")
+    world.put("videos/new.mp4", b"new")
+    marker = world.src.delete_object(Bucket=world.source_bucket, Key="videos/gone.mp4")["VersionId"]
+    compared = world.run("compared")
+    assert compared.listing.startswith("current objects compared with the listing of ")
+    assert compared.listing.endswith(": 4 keys new, changed or gone"), "edit, gone, new and the heartbeat"
+    assert compared.deletes == ["videos/gone.mp4"] and compared.copied == 3 and not compared.failed
+    [delete] = [line for line in world.ledger() if line["event"] == "delete"]
+    assert delete["source_version_id"] == marker, "the delete marker the source holds, found by a HEAD"
+    sources = lambda: {world.rep.head_object(Bucket=world.replica_bucket, Key="videos/edit.mp4",  # noqa: E731
+                                             VersionId=v["VersionId"])["Metadata"][objects.METADATA_SOURCE_VERSION]
+                       for v in world.replica_versions("videos/edit.mp4")}
+    assert sources() == {first, last}, "the run between listings sees the current version only"
+
+    hourly = world.run("hourly", every_version_listing=timedelta(0))
+    assert hourly.listing.startswith("every version since ") and "every version is listed every 0s" in hourly.listing
+    assert sources() == {first, middle, last} and hourly.copied == 2, "the middle version and the heartbeat"
+    assert hourly.deletes == [], "the delete marker was recorded once, by the run that found the key gone"
+    quiet = world.run("quiet")
+    assert quiet.listing.endswith(": 1 keys new, changed or gone") and quiet.copied == 1, "the heartbeat alone"
+
+
+def test_a_stored_listing_that_cannot_be_compared_with_makes_the_run_list_every_version(world: World) -> None:
+    world.put("videos/s1.mp4", b"one")
+    world.run("one")
+    world.put("videos/s2.mp4", b"two")
+    for location in world.state.values():  # damaged in every state location
+        location.put_bytes(objects.current_listing_key("video_content"), b"not gzip at all")
+    run = world.run("two")
+    assert run.listing.startswith("every version since ") and "the stored listing cannot be compared with" in run.listing
+    assert world.replica_sha("videos/s2.mp4") == hashlib.sha256(b"two").hexdigest() and not run.failed
+    assert world.run("three").listing.startswith("current objects compared"), "that run stored a good listing again"
