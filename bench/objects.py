@@ -93,13 +93,20 @@ def _high_water_kib(pid: int) -> int | None:
     return next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), None)
 
 
-def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str, float]:
     """Run a child; its wall time, its own peak RSS (KiB, VmHWM read while it runs: wait4's ru_maxrss
-    would count this process's size at the fork) and its stdout."""
+    would count this process's size at the fork), its stdout and its CPU seconds."""
     # rclone 1.60 refuses to start with AWS_CA_BUNDLE set (its HTTP transport cannot take one); the
     # endpoint here is plain HTTP, so neither tool needs it.
     environ = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     started = time.perf_counter()
+    children = os.times()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(argv, stdout=out, stderr=err, env={**environ, **(env or {})})
         peak = 0
@@ -107,11 +114,13 @@ def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
             peak = max(peak, _high_water_kib(process.pid) or 0)
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
+        after = os.times()
+        cpu = after.children_user + after.children_system - children.children_user - children.children_system
         if process.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{argv[0]} failed ({process.returncode}): {err.read().decode()[-2000:]}")
         out.seek(0)
-        return elapsed, peak, out.read().decode()
+        return elapsed, peak, out.read().decode(), cpu
 
 
 def main(count: int) -> int:
@@ -166,9 +175,11 @@ def main(count: int) -> int:
         locked = policy_file(workdir, endpoint, replica="bench-locked", locked=True)
         serverside = policy_file(workdir, endpoint, replica="bench-serverside", locked=False)
 
-        def line(label: str, seconds: float, rss_kib: int, copied: int, copied_bytes: int) -> tuple[str, str]:
+        def line(label: str, seconds: float, rss_kib: int, copied: int, copied_bytes: int, cpu: float,
+                 endpoint_cpu: float) -> tuple[str, str]:
             return (label, f"{seconds:7.2f} s  {copied / seconds:8.1f} objects/s  {copied_bytes / 2**20 / seconds:7.1f} MiB/s"
-                           f"  peak RSS {rss_kib / 1024:5.0f} MiB  ({copied:,} objects)")
+                           f"  peak RSS {rss_kib / 1024:5.0f} MiB  CPU {cpu:5.1f} s + endpoint {endpoint_cpu:5.1f} s"
+                           f"  ({copied:,} objects)")
 
         results: dict[tuple[str, str], float] = {}
         listed: dict[tuple[str, str], float] = {}
@@ -181,21 +192,29 @@ def main(count: int) -> int:
                 rows.append(("changed", f"{len(changed)} objects overwritten ({changed_bytes / 2**20:.1f} MiB)"))
             for label, policy in (("continuity streamed, locked replica", locked),
                                   ("continuity server-side copy", serverside)):
-                seconds, rss, out = measured([*me, str(policy), endpoint])
+                before = cpu_seconds(moto.pid)
+                seconds, rss, out, cpu = measured([*me, str(policy), endpoint])
+                endpoint_cpu = cpu_seconds(moto.pid) - before
                 record = json.loads(out)
                 assert record["failed"] == 0, record
                 results[(phase, label)] = seconds
                 listed[(phase, label)] = record["timings"].get("listing", 0.0)
-                rows.append(line(f"{phase:11} {label}", seconds, rss, record["copied"], record["bytes"]))
+                rows.append(line(f"{phase:11} {label}", seconds, rss, record["copied"], record["bytes"], cpu, endpoint_cpu))
                 inside = record["seconds"]
+                timings = record["timings"]
+                overlapped = (f" (listing every version {timings['listing_while_copying']:.2f} s meanwhile)"
+                              if "listing_while_copying" in timings else "")
                 rows.append(("", f"of which: process start {seconds - inside:.2f} s, listing "
-                                 f"{record['timings'].get('listing', 0):.2f} s, copying {record['timings'].get('copying', 0):.2f} s, "
-                                 f"checkpoint/protection/heartbeat {inside - sum(record['timings'].values()):.2f} s"))
-            seconds, rss, _ = measured(rclone, env)
+                                 f"{timings.get('listing', 0):.2f} s, copying {timings.get('copying', 0):.2f} s{overlapped}, "
+                                 f"checkpoint/protection/heartbeat "
+                                 f"{inside - timings.get('listing', 0) - timings.get('copying', 0):.2f} s"))
+            before = cpu_seconds(moto.pid)
+            seconds, rss, _, cpu = measured(rclone, env)
+            endpoint_cpu = cpu_seconds(moto.pid) - before
             results[(phase, "rclone")] = seconds
             copied = count if phase == "full" else len(changed)
             copied_bytes = total if phase == "full" else changed_bytes
-            rows.append(line(f"{phase:11} rclone sync --checksum", seconds, rss, copied, copied_bytes))
+            rows.append(line(f"{phase:11} rclone sync --checksum", seconds, rss, copied, copied_bytes, cpu, endpoint_cpu))
         for label in ("continuity streamed, locked replica", "continuity server-side copy"):
             full, incremental = results[("full", label)], results[("incremental", label)]
             without = (incremental - listed[("incremental", label)]) / (full - listed[("full", label)])

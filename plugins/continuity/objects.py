@@ -31,7 +31,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -368,7 +368,8 @@ class ReplicationRun(BaseModel):
     lag_source: str | None = None
     protection: list[str] = []  # one sentence per replica bucket
     alarms: list[str] = []
-    timings: dict[str, float] = {}  # seconds spent listing and copying
+    # Seconds spent listing, copying (a listing of every version runs while copying: listing_while_copying)
+    timings: dict[str, float] = {}
 
 
 # -- checkpoint ----------------------------------------------------------------------------------
@@ -446,9 +447,12 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
                                         ChecksumMode="ENABLED")
     body = response["Body"]
     whole = hashlib.sha256()
-    # The source's ETag is the MD5 of a single-part upload: worth checking only when the source has no
-    # SHA-256 of its own to compare with (hashing costs CPU the endpoint may need).
-    md5 = None if response.get("ChecksumSHA256") else hashlib.md5(usedforsecurity=False)
+    # The source's ETag is the MD5 of a single-part upload (a multipart one's is not a digest of the content):
+    # worth checking only then, and only when the source has no SHA-256 of its own to compare with (hashing
+    # costs CPU the endpoint may need).
+    etag = (response.get("ETag") or "").strip('"')
+    plain_md5 = len(etag) == 32 and "-" not in etag
+    md5 = hashlib.md5(usedforsecurity=False) if plain_md5 and not response.get("ChecksumSHA256") else None
     first = body.read(part_size)
     try:
         if len(first) < part_size:
@@ -584,49 +588,27 @@ class Replicator:
                     current = newer
                     if listed is None:
                         listed = list(list_versions(self.source, since=since))
-                candidates = sorted((v for v in listed
-                                     if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run),
-                                    key=lambda v: (v.last_modified, v.key, v.version_id))
+                fresh = (v for v in listed if v.version_id not in checkpoint.recent and v.version_id not in seen_this_run)
+                # A listing of every version is copied from as it goes (the endpoint lists while it copies);
+                # the others are short and copied oldest first.
+                streamed = number == 1 and listed_every_version
+                candidates = fresh if streamed else sorted(fresh, key=lambda v: (v.last_modified, v.key, v.version_id))
                 record.timings["listing"] = record.timings.get("listing", 0.0) + round(time.monotonic() - clock, 3)
-                copied_keys = {}
                 if number > 1:
+                    assert isinstance(candidates, list)
                     if not candidates:
                         break
                     record.changed_during_run += [f"{v.key} ({v.version_id})" for v in candidates]
                     self.report(f"{len(candidates)} versions appeared while the run copied (pass {number}): "
                                 f"copying them too")
-                deletes = [v for v in candidates if v.delete_marker]
-                copied_since_save = 0
                 clock = time.monotonic()
-                with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-copy") as pool:
-                    futures = {}
-                    for version in candidates:
-                        seen_this_run.add(version.version_id)
-                        if version.delete_marker:
-                            record.deletes.append(version.key)
-                            for name in self.replicas:
-                                ledgers[name].append(LedgerEntry(event="delete", key=version.key,
-                                                                 source_version_id=version.version_id,
-                                                                 source_last_modified=version.last_modified,
-                                                                 copied_at=now()))
-                            self._done(checkpoint, version)
-                            continue
-                        unfinished[version.version_id] = version.last_modified
-                        futures[pool.submit(self._copy_everywhere, version, look_first)] = version
-                    for future in as_completed(futures):
-                        version = futures[future]
-                        if self._record(version, future.result(), record, ledgers, now):
-                            unfinished.pop(version.version_id)
-                            self._done(checkpoint, version)
-                            copied_keys[version.key] = version
-                            copied_since_save += 1
-                        if copied_since_save >= CHECKPOINT_EVERY:
-                            self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
-                            copied_since_save = 0
+                copied_keys, deletes = self._copy_pass(
+                    candidates, hold_high_water=streamed, checkpoint=checkpoint, record=record, ledgers=ledgers,
+                    run_id=run_id, now=now, unfinished=unfinished, seen_this_run=seen_this_run, look_first=look_first)
                 record.timings["copying"] = record.timings.get("copying", 0.0) + round(time.monotonic() - clock, 3)
-                if len(deletes) > self.policy.deletes.max_per_run:
+                if deletes > self.policy.deletes.max_per_run:
                     record.alarms.append(
-                        f"ALARM mass delete: {len(deletes)} objects deleted under "
+                        f"ALARM mass delete: {deletes} objects deleted under "
                         f"{self.source.describe(self.source.prefix)} since the last run (threshold "
                         f"{self.policy.deletes.max_per_run}); the replicas keep every version and nothing was "
                         f"deleted there")
@@ -659,10 +641,10 @@ class Replicator:
     def _why_every_version(self, checkpoint: Checkpoint, started: datetime, *, look_first: bool) -> str | None:
         """Why this run must list every version; None when comparing the current objects with the stored
         listing finds everything."""
-        if checkpoint.versions_listed_at is None:
-            return "no listing of every version recorded yet"
         if look_first:
             return "the previous run did not finish"
+        if checkpoint.versions_listed_at is None:
+            return "no listing of every version recorded yet"
         if checkpoint.current_listed_at is None:
             return "the previous run stored no listing of the current objects (a copy failed)"
         if started - checkpoint.versions_listed_at >= self.every_version_listing:
@@ -680,8 +662,9 @@ class Replicator:
 
     def _first_listing(self, checkpoint: Checkpoint, since: datetime | None, why_every_version: str | None,
                        record: ReplicationRun, *, listed_at: datetime
-                       ) -> tuple[list[SourceVersion], CurrentListing | None, bool]:
-        """(versions to consider, this run's listing of the current objects, whether every version was listed)."""
+                       ) -> tuple[Iterable[SourceVersion], CurrentListing | None, bool]:
+        """(versions to consider, this run's listing of the current objects, whether every version was listed:
+        then the versions come lazily, as the endpoint lists them)."""
         if why_every_version is None:
             assert checkpoint.current_listed_at is not None
             try:
@@ -701,18 +684,23 @@ class Replicator:
         record.listing = f"every version{' since ' + since.isoformat() if since else ''} ({why_every_version})"
         self.report(f"{self.category}: listing {record.listing}")
         current = CurrentListing(self.category, listed_at=listed_at)
-        versions = []
-        try:
-            for version in all_versions(self.source):
-                if version.latest and not version.delete_marker:
-                    current.add(CurrentObject(version.key, version.last_modified.isoformat(), version.etag or "",
-                                              version.size))
-                if since is None or version.last_modified >= since:
-                    versions.append(version)
-        except BaseException:
-            current.close()
-            raise
-        return versions, current.finish(), True
+        return self._every_version(since, current, record), current, True
+
+    def _every_version(self, since: datetime | None, current: CurrentListing,
+                       record: ReplicationRun) -> Iterator[SourceVersion]:
+        """The versions modified since `since`, as the endpoint lists them; the current objects go into `current`
+        on the way (complete once this is exhausted)."""
+        clock = time.monotonic()
+        for version in all_versions(self.source):
+            if version.latest and not version.delete_marker:
+                current.add(CurrentObject(version.key, version.last_modified.isoformat(), version.etag or "",
+                                          version.size))
+            if since is None or version.last_modified >= since:
+                yield version
+        current.finish()
+        record.timings["listing_while_copying"] = round(time.monotonic() - clock, 3)
+        self.report(f"{self.category}: {current.objects} current objects listed with their versions in "
+                    f"{time.monotonic() - clock:.1f}s (copying meanwhile)")
 
     def _changes(self, previous: Iterable[CurrentObject], *, listed_at: datetime
                  ) -> tuple[list[SourceVersion] | None, CurrentListing]:
@@ -824,11 +812,67 @@ class Replicator:
                 self.report(f"{exc}: copying it again")
         raise AssertionError("unreachable")
 
+    def _copy_pass(self, candidates: Iterable[SourceVersion], *, hold_high_water: bool, checkpoint: Checkpoint,
+                   record: ReplicationRun, ledgers: dict[str, list[LedgerEntry]], run_id: str,
+                   now: Callable[[], datetime], unfinished: dict[str, datetime], seen_this_run: set[str],
+                   look_first: bool) -> tuple[dict[str, SourceVersion], int]:
+        """Copies the candidates as they come, at most two per worker in flight (memory stays bounded while a
+        listing still runs); returns (the keys copied, the deletes seen). With `hold_high_water` (candidates
+        in listing order, not by age) the high water moves only once every candidate was seen: a checkpoint
+        saved meanwhile must not pass versions the listing has not reached yet."""
+        copied_keys: dict[str, SourceVersion] = {}
+        deletes = 0
+        highest: datetime | None = None
+        copied_since_save = 0
+        in_flight: dict[Future[dict[str, Any]], SourceVersion] = {}
+
+        def settle(done: Iterable[Future[dict[str, Any]]]) -> None:
+            nonlocal highest, copied_since_save
+            for future in done:
+                version = in_flight.pop(future)
+                if self._record(version, future.result(), record, ledgers, now):
+                    unfinished.pop(version.version_id)
+                    highest = self._done(checkpoint, version, advance=not hold_high_water, highest=highest)
+                    copied_keys[version.key] = version
+                    copied_since_save += 1
+                if copied_since_save >= CHECKPOINT_EVERY:
+                    self._save(checkpoint, record, ledgers, run_id, now, unfinished=unfinished)
+                    copied_since_save = 0
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="continuity-copy") as pool:
+            for version in candidates:
+                seen_this_run.add(version.version_id)
+                if version.delete_marker:
+                    deletes += 1
+                    record.deletes.append(version.key)
+                    for name in self.replicas:
+                        ledgers[name].append(LedgerEntry(event="delete", key=version.key,
+                                                         source_version_id=version.version_id,
+                                                         source_last_modified=version.last_modified,
+                                                         copied_at=now()))
+                    highest = self._done(checkpoint, version, advance=not hold_high_water, highest=highest)
+                    continue
+                unfinished[version.version_id] = version.last_modified
+                in_flight[pool.submit(self._copy_everywhere, version, look_first)] = version
+                if len(in_flight) >= 2 * self.workers:
+                    settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+            while in_flight:
+                settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+        if highest is not None and (checkpoint.high_water is None or highest > checkpoint.high_water):
+            checkpoint.high_water = highest
+        return copied_keys, deletes
+
     @staticmethod
-    def _done(checkpoint: Checkpoint, version: SourceVersion) -> None:
+    def _done(checkpoint: Checkpoint, version: SourceVersion, *, advance: bool,
+              highest: datetime | None) -> datetime | None:
+        """Marks the version done; returns the highest Last-Modified done (moved into the checkpoint's high
+        water at once when `advance`)."""
         checkpoint.recent[version.version_id] = version.last_modified
-        if checkpoint.high_water is None or version.last_modified > checkpoint.high_water:
+        if highest is None or version.last_modified > highest:
+            highest = version.last_modified
+        if advance and (checkpoint.high_water is None or version.last_modified > checkpoint.high_water):
             checkpoint.high_water = version.last_modified
+        return highest
 
     def _save(self, checkpoint: Checkpoint, record: ReplicationRun, ledgers: dict[str, list[LedgerEntry]],
               run_id: str, now: Callable[[], datetime], *, unfinished: Mapping[str, datetime]) -> None:

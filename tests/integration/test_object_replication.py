@@ -482,3 +482,37 @@ def test_a_stored_listing_that_cannot_be_compared_with_makes_the_run_list_every_
     assert run.listing.startswith("every version since ") and "the stored listing cannot be compared with" in run.listing
     assert world.replica_sha("videos/s2.mp4") == hashlib.sha256(b"two").hexdigest() and not run.failed
     assert world.run("three").listing.startswith("current objects compared"), "that run stored a good listing again"
+
+
+class Killed(BaseException):
+    """The worker process dying mid-run: nothing after it runs, no final checkpoint."""
+
+
+def test_a_run_killed_while_listing_every_version_leaves_no_unlisted_version_behind(world: World, monkeypatch) -> None:
+    """Copies start while the listing of every version still runs, in key order, not by age: a checkpoint saved
+    meanwhile must not mark an older version, listed later, as done."""
+    import time as clock
+
+    monkeypatch.setattr(objects, "LOOKBACK", timedelta(0))  # the lookback would hide the mistake
+    world.put("videos/z-oldest.mp4", b"written first, listed last")
+    clock.sleep(1.1)  # Last-Modified has one-second resolution
+    for i in range(objects.CHECKPOINT_EVERY + 5):  # enough copies for a checkpoint save mid-run
+        world.put(f"videos/a-{i:03d}.mp4", f"newer {i}".encode())
+    real = world.src
+
+    class DiesOnTheOldest:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def get_object(self, **kwargs):
+            if kwargs["Key"] == "videos/z-oldest.mp4":
+                raise Killed()
+            return real.get_object(**kwargs)
+
+    with pytest.raises(Killed):
+        world.run("killed", continuity_s3_us_east_1=DiesOnTheOldest())
+    saved = objects.load_checkpoint("video_content", world.state)
+    assert saved.running_since is not None and len(saved.recent) >= objects.CHECKPOINT_EVERY, "saved mid-run"
+    resumed = world.run("resumed")
+    assert world.replica_sha("videos/z-oldest.mp4") == hashlib.sha256(b"written first, listed last").hexdigest()
+    assert not resumed.failed and resumed.listing.endswith("(the previous run did not finish)")
