@@ -68,10 +68,12 @@ def sandbox_factory() -> Iterator:
 
     made: list[Sandbox] = []
 
-    def make(*, scale: float = 0.2, prefix: str = "continuity-sandbox-") -> Sandbox:
+    def make(*, scale: float = 0.2, prefix: str = "continuity-sandbox-", wal_pusher: bool = False) -> Sandbox:
+        # Without the WAL pusher by default: tests that look at the spool see what archive_command queued
+        # (the pusher's own tests start it, `continuity run` always does).
         sandbox = Sandbox(root=_new_sandbox_root(prefix))
         made.append(sandbox)
-        sandbox.up(scale=scale)
+        sandbox.up(scale=scale, wal_pusher=wal_pusher)
         return sandbox
 
     try:

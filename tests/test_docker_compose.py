@@ -85,3 +85,17 @@ def test_no_secret_is_written_in_the_file() -> None:
     for key in ["CONTINUITY_PG_PASSWORD", "CONTINUITY_APP_PASSWORD", "CONTINUITY_S3_SECRET", "CONTINUITY_KEK"]:
         assert f"${{{key}:?" in text
     assert not re.search(r'"password": "(?!\$\{)', text), "passwords must come from the environment"
+
+
+def test_wal_is_queued_bounded_and_pushed_from_the_shared_spool() -> None:
+    policy = load_policy()
+    primary = " ".join(SERVICES["pg-primary"]["command"])
+    assert f"archive-wal.sh /var/lib/postgresql/wal-spool %p %f {policy.backups.incremental.max_queued}" in primary
+    assert f"archive_timeout={int(policy.backups.incremental.archive_timeout.total_seconds())}s" in primary
+    pusher = SERVICES["wal-pusher"]
+    assert "wal pusher --spool /var/lib/postgresql/wal-spool" in " ".join(pusher["command"])
+    spool_mounts = {v.split(":")[0] for v in pusher["volumes"]} & {v.split(":")[0] for v in SERVICES["pg-primary"]["volumes"]}
+    assert "wal-spool" in spool_mounts, "the pusher reads the spool the primary's archive_command writes"
+    for location in policy.storage.locations:
+        if location.kind == "s3":
+            assert f"CONTINUITY_S3_ENDPOINT_{location.region.upper().replace('-', '_')}" in pusher["environment"]

@@ -2,11 +2,14 @@
 
 With a sandbox present the CLI needs no flags (its policy, S3 endpoint and keyring are used);
 elsewhere `--policy`, `--key-file` / $CONTINUITY_KEYRING(_FILE) and the standard AWS credential
-chain (AWS_PROFILE, AWS_ENDPOINT_URL, ...) say where things are.
+chain (AWS_PROFILE, AWS_ENDPOINT_URL, ...) say where things are; an endpoint per region (one object
+store per region, as docker-compose.yaml has them) comes from $CONTINUITY_S3_ENDPOINT_<REGION>, e.g.
+CONTINUITY_S3_ENDPOINT_US_EAST_1.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,9 +54,15 @@ class Context:
         """An S3 client for the application's buckets: the sandbox's endpoint, else the AWS credential chain."""
         if self.sandbox is not None:
             return self.sandbox.s3_client(region)
-        import boto3
+        return region_s3_client(region)
 
-        return boto3.client("s3", region_name=region)
+
+def region_s3_client(region: str) -> Any:
+    """The AWS credential chain's S3 client for `region`, at $CONTINUITY_S3_ENDPOINT_<REGION> when set."""
+    import boto3
+
+    endpoint = os.environ.get(f"CONTINUITY_S3_ENDPOINT_{region.upper().replace('-', '_')}")
+    return boto3.client("s3", region_name=region, **({"endpoint_url": endpoint} if endpoint else {}))
 
 
 def build_context(*, policy: Policy, key_file: str | None, sandbox: LocalDeployment | None = None) -> Context:
@@ -78,8 +87,5 @@ def build_context(*, policy: Policy, key_file: str | None, sandbox: LocalDeploym
     if sandbox is not None:
         locations = sandbox.storage_locations()
     else:
-        import boto3
-
-        locations = locations_from_policy(policy, lambda loc: boto3.client("s3", region_name=loc.region),
-                                          base_dir=Path.cwd())
+        locations = locations_from_policy(policy, lambda loc: region_s3_client(loc.region), base_dir=Path.cwd())
     return Context(policy=policy, keyring=keyring, keyring_file=keyring_file, locations=locations, sandbox=sandbox)

@@ -331,6 +331,11 @@ class IncrementalBackups(_Model):
     frequency: Duration
     method: str
     retention: dict[str, Duration]
+    # PostgreSQL's archive_timeout: with WAL written, a segment closes (and is pushed) at least this often.
+    archive_timeout: Duration = timedelta(seconds=60)
+    # archive_command queues closed segments in the spool for the WAL pusher; with this many waiting it fails
+    # instead (PostgreSQL keeps the WAL in pg_wal and retries), so a storage outage never fills the disk.
+    max_queued: int = Field(default=256, ge=1)
 
 
 class PointInTimeRecovery(_Model):

@@ -196,8 +196,9 @@ class Sandbox:
         raise SandboxError(f"no node of the sandbox at {self.root} is configured as primary")
 
     # -- up ----------------------------------------------------------------------------------
-    def up(self, *, scale: float = 1.0) -> dict[str, Any]:
-        """Build the sandbox the first time, restart it later. Returns the state (with secrets)."""
+    def up(self, *, scale: float = 1.0, wal_pusher: bool = True) -> dict[str, Any]:
+        """Build the sandbox the first time, restart it later. Returns the state (with secrets). Without
+        `wal_pusher`, WAL waits in the spool for a shipper (dr_wal_archive, or `start_wal_pusher`)."""
         self._check_prerequisites()
         started: list[str] = []
         try:
@@ -213,6 +214,8 @@ class Sandbox:
             self._ensure_probe_user()
             self._start_application(started)
             self._start_receivers(started)
+            if wal_pusher:
+                self.start_wal_pusher(started)
             self.write_connections()
             self._save_state()
         except BaseException:
@@ -285,7 +288,10 @@ class Sandbox:
         log.info("initialising primary %s (data checksums on) in %s", primary_name, primary.data_dir)
         primary.initdb()
         settings = dict(SHARED_SETTINGS)
-        settings["archive_command"] = f"{shlex.quote(str(archive_script))} {shlex.quote(str(self.spool_dir))} %p %f"
+        incremental = self.policy.backups.incremental
+        settings["archive_command"] = (f"{shlex.quote(str(archive_script))} {shlex.quote(str(self.spool_dir))} %p %f "
+                                       f"{incremental.max_queued}")
+        settings["archive_timeout"] = f"{max(1, int(incremental.archive_timeout.total_seconds()))}s"
         conf = "\n".join(f"{k} = {conf_value(v)}" for k, v in settings.items())
         self.user.write_file(primary.data_dir / "continuity.conf", "# Written by continuity sandbox.\n" + conf + "\n")
         with open(primary.data_dir / "postgresql.conf", "a") as handle:
@@ -723,6 +729,40 @@ class Sandbox:
         wait_for_port(receivers["http_port"], what="the webhook receiver")
         wait_for_port(receivers["https_port"], what="the webhook receiver's HTTPS port")
 
+    def start_wal_pusher(self, started: list[str] | None = None) -> bool:
+        """`continuity wal pusher` on the spool: every segment archive_command queues reaches every storage
+        location within seconds. False when it already runs."""
+        entry = self.state.setdefault("wal_pusher", {"pid": None})
+        if _is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
+            return False
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "wal-pusher.log", "ab") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "continuity.cli", "wal", "pusher", "--root", str(self.root),
+                 "--spool", str(self.spool_dir)],
+                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.root, env=scrubbed_environment({
+                    POLICY_ENV_VAR: str(policy_path().absolute()),
+                    **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", PROJECT_ENV_VAR, INCLUDE_ENV_VAR)}}))
+        entry["pid"] = process.pid
+        if started is not None:
+            started.append("wal pusher")
+        self._save_state()
+        return True
+
+    def stop_wal_pusher(self) -> bool:
+        entry = self.state.get("wal_pusher", {})
+        if _is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
+            stop_pid(entry["pid"], name="WAL pusher", sig=signal.SIGTERM)
+            entry["pid"] = None
+            self._save_state()
+            return True
+        return False
+
+    @property
+    def wal_pusher_running(self) -> bool:
+        return _is_our_process(self.state.get("wal_pusher", {}).get("pid"), WAL_PUSHER_NEEDLE)
+
     @property
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.state['receivers']['http_port']}"
@@ -1034,6 +1074,8 @@ class Sandbox:
             for region in list(state.get("application", {})):
                 if self.stop_application(region, state=state["application"][region]["state"]):
                     stopped.append(f"application {region}")
+            if self.stop_wal_pusher():
+                stopped.append("wal pusher")
             receivers_pid = state.get("receivers", {}).get("pid")
             if _is_our_process(receivers_pid, "continuity.receivers"):
                 stop_pid(receivers_pid, name="receivers", sig=signal.SIGTERM)
@@ -1107,6 +1149,9 @@ class Sandbox:
                          "running": _is_our_process(worker.get("pid"), "continuity.sampleapp")}
                         for worker in entry["workers"]]}
             for region, entry in self.state.get("application", {}).items()}
+        result["wal_pusher"] = {"running": self.wal_pusher_running, "spool": str(self.spool_dir),
+                                "queued": len([p for p in self.spool_dir.iterdir() if not p.name.startswith(".")])
+                                if self.spool_dir.is_dir() else None}
         receivers = self.state.get("receivers", {})
         result["receivers"] = {"smtp": f"127.0.0.1:{receivers.get('smtp_port')}", "webhooks": self.webhook_url
                                if receivers else None, "running": pid_alive(receivers.get("pid")),
@@ -1201,6 +1246,9 @@ def find_redis_server() -> str:
         raise SandboxError("redis-server is not installed (the application's cache and sessions need it); HINT: "
                            "`make run` installs the Debian package redis-server, or: apt-get install redis-server")
     return binary
+
+
+WAL_PUSHER_NEEDLE = "wal pusher --root"
 
 
 def _is_our_process(pid: int | None, needle: str) -> bool:

@@ -14,14 +14,17 @@ import hashlib
 import logging
 import os
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from continuity.archive import IntegrityError
-from continuity.backup import create_backup, load_manifest, replicate_copy, verify_copy
+from continuity.backup import create_backup, load_manifest, replicate_copy, restore_to_path, verify_copy
 from continuity.keys import Keyring, KeyringError
 from continuity.manifest import Manifest, manifest_key_name
 from continuity.postgres import ArchiverStatus
@@ -91,6 +94,15 @@ class ShipResult:
     removed: list[str] = field(default_factory=list)
     newest: Manifest | None = None
 
+    def merge(self, other: ShipResult) -> None:
+        self.shipped += other.shipped
+        self.already_shipped += other.already_shipped
+        self.replicated += other.replicated
+        self.removed += other.removed
+        if other.newest is not None and (self.newest is None or other.newest.source.get("wal_file", "") >
+                                         self.newest.source.get("wal_file", "")):
+            self.newest = other.newest
+
 
 def spool_files(spool_dir: Path) -> list[WalFile]:
     files = []
@@ -143,14 +155,63 @@ def ship_spool(
     required: set[str],
     report: Callable[[str], None] = log.info,
     lock_timeout: float = 600,
+    workers: int = 1,
 ) -> ShipResult:
-    """Ship every completed spool file to every location; remove each once all required copies are verified."""
+    """Ship every completed spool file to every location, oldest first (`workers` at once); remove each once
+    all required copies are verified. The first failure is raised once the files in flight are done."""
     with spool_lock(spool_dir, timeout=lock_timeout, report=report):
         result = ShipResult()
-        for wal in spool_files(spool_dir):
-            _ship_one(spool_dir / wal.name, wal, keyring=keyring, locations=locations, required=required,
-                      result=result, report=report)
+        files = spool_files(spool_dir)
+        if workers <= 1 or len(files) <= 1:
+            for wal in files:
+                _ship_one(spool_dir / wal.name, wal, keyring=keyring, locations=locations, required=required,
+                          result=result, report=report)
+            return result
+        partial = [ShipResult() for _ in files]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="continuity-wal-push") as pool:
+            futures = [pool.submit(_ship_one, spool_dir / wal.name, wal, keyring=keyring, locations=locations,
+                                   required=required, result=one, report=report) for wal, one in zip(files, partial)]
+        for one in partial:
+            result.merge(one)
+        for future in futures:
+            future.result()
         return result
+
+
+def push_continuously(spool_dir: Path, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
+                      required: set[str], stop: threading.Event, interval: float = 1.0, retry: float = 5.0,
+                      workers: int = 2, report: Callable[[str], None] = log.info) -> None:
+    """The asynchronous half of archiving (archive_command queues into the spool, see archive-wal.sh): ships
+    the spool as files arrive, oldest first, until `stop` is set. A failed pass leaves its files in the
+    spool, is reported and retried after `retry` seconds; the spool's bound makes archive_command fail
+    (PostgreSQL keeps the WAL and retries) before anything could be lost."""
+    failing_since: float | None = None
+    while not stop.is_set():
+        try:
+            if spool_files(spool_dir):
+                result = ship_spool(spool_dir, keyring=keyring, locations=locations, required=required,
+                                    report=lambda _m: None, lock_timeout=interval, workers=workers)
+                if result.removed:
+                    report(f"pushed {len(result.removed)} WAL files ({result.removed[0]} .. {result.removed[-1]}) "
+                           f"to {', '.join(sorted(locations))}")
+            if failing_since is not None:
+                report(f"pushing works again after {time.monotonic() - failing_since:.0f}s")
+                failing_since = None
+        except SpoolBusy:
+            pass  # the hourly shipper holds the spool: it ships the same files
+        except WalConflict as exc:
+            report(f"ALARM: {exc}")
+            stop.wait(retry)
+            continue
+        except Exception as exc:
+            if failing_since is None:
+                failing_since = time.monotonic()
+            queued = len(spool_files(spool_dir))
+            report(f"pushing failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                   f"{queued} files wait in the spool; retrying in {retry:.0f}s")
+            stop.wait(retry)
+            continue
+        stop.wait(interval)
 
 
 def _ship_one(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
@@ -168,6 +229,22 @@ def _ship_one(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
         _note_newest(result, wal, manifest)
         report(f"{wal.name}: shipped by another shipper meanwhile; every required location holds it")
         return
+    manifest, was_there = push_file(path, wal, keyring=keyring, locations=locations, required=required,
+                                    result=result, report=report, local_sha=local_sha)
+    _note_newest(result, wal, manifest)
+    path.unlink(missing_ok=True)
+    result.removed.append(wal.name)
+    report(f"{wal.name}: {'already in every location' if was_there else 'shipped'}; removed from the spool")
+
+
+def push_file(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
+              required: set[str], result: ShipResult | None = None, report: Callable[[str], None] = log.info,
+              local_sha: str | None = None) -> tuple[Manifest, bool]:
+    """One WAL file into every location (an optional one that refuses is left out and caught up later),
+    verified in every required one; returns (its manifest, whether it was stored already). The same name
+    stored with other contents is a WalConflict, never an overwrite."""
+    result = result if result is not None else ShipResult()
+    local_sha = local_sha or _sha256(path)
     key = manifest_key_name(wal.backup_id)
     holding = {name for name, loc in locations.items() if _holds(loc, key, required=name in required)}
     if holding:
@@ -194,22 +271,51 @@ def _ship_one(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
                 )
         except PreconditionFailed:
             # Another writer (a shipper on another machine) committed this name first: its copy is
-            # checked like any other before the spool file may go.
+            # checked like any other before the file may go.
             report(f"{wal.name}: another writer is storing it; waiting for its copies to be complete")
             if poll(lambda: _verified_everywhere(wal, keyring=keyring, locations=locations, required=required),
                     timeout=60, interval=1) is None:
                 raise StorageError(f"WAL file {wal.name}: another writer began storing it and did not finish "
                                    f"within 60s; the spool file is kept and a retry checks again") from None
-            return _ship_one(path, wal, keyring=keyring, locations=locations, required=required,
-                             result=result, report=report)
+            return push_file(path, wal, keyring=keyring, locations=locations, required=required, result=result,
+                             report=report, local_sha=local_sha)
         result.shipped.append(wal.name)
     if _verified_everywhere(wal, keyring=keyring, locations=locations, required=required) is None:
         raise WalGap(f"WAL file {wal.name}: not every required location ({', '.join(sorted(required))}) holds a "
                      f"verified copy; the spool file is kept")
-    _note_newest(result, wal, manifest)
-    path.unlink(missing_ok=True)
-    result.removed.append(wal.name)
-    report(f"{wal.name}: {'already in every location' if holding else 'shipped'}; removed from the spool")
+    return manifest, bool(holding)
+
+
+class WalNotArchived(RuntimeError):
+    """restore_command asked for a file no location holds (PostgreSQL asks past the end of the archive)."""
+
+
+def fetch_file(name: str, destination: Path, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
+               report: Callable[[str], None] = log.info) -> tuple[str, int]:
+    """restore_command: the archived WAL file `name` written to `destination` (a hidden name beside it,
+    fsynced, renamed: PostgreSQL never reads half a segment) from the first location, in the given order,
+    whose manifest is authentic and whose copy streams through intact; returns (location, bytes)."""
+    wal = classify(name)
+    if wal is None:
+        raise ValueError(f"{name!r} is not a WAL file name (segment, .history, .backup or .partial)")
+    candidates, problems = [], []
+    manifest = None
+    for location_name, location in locations.items():
+        try:
+            found = load_manifest(location, wal.backup_id, keyring)
+        except StorageError as exc:
+            if "no backup" not in str(exc):
+                problems.append(f"{location_name}: {str(exc).splitlines()[0]}")
+            continue
+        except (IntegrityError, KeyringError) as exc:
+            problems.append(f"{location_name}: {exc}")
+            continue
+        manifest = manifest or found
+        candidates.append(location)
+    if manifest is None:
+        raise WalNotArchived(f"{name}: not in any location ({', '.join(locations)})"
+                             + (f"; {'; '.join(problems)}" if problems else ""))
+    return restore_to_path(manifest, candidates, keyring, destination, report=lambda _m: None)
 
 
 def manifest_source(holding: set[str], required: set[str]) -> str:

@@ -92,6 +92,26 @@ def test_archive_script_is_atomic_idempotent_and_never_overwrites(tmp_path: Path
     assert sorted(p.name for p in spool.iterdir()) == [source.name]
 
 
+def test_archive_script_refuses_a_new_file_once_the_queue_is_full(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    names = [f"0000000100000000000000{i:02X}" for i in range(1, 4)]
+
+    def archive(name: str) -> subprocess.CompletedProcess[str]:
+        source = tmp_path / name
+        source.write_bytes(name.encode() * 100)
+        return subprocess.run(["sh", str(archive_script_source()), str(spool), str(source), name, "2"],
+                              capture_output=True, text=True)
+
+    assert archive(names[0]).returncode == 0 and archive(names[1]).returncode == 0
+    full = archive(names[2])
+    assert full.returncode != 0 and "already holds 2 files (limit 2)" in full.stderr and "HINT:" in full.stderr
+    assert sorted(p.name for p in spool.iterdir()) == names[:2], "nothing half-written, nothing dropped"
+    assert archive(names[1]).returncode == 0, "a retry of a file already queued still succeeds when full"
+    (spool / names[0]).unlink()  # the pusher sent one
+    assert archive(names[2]).returncode == 0
+
+
 def test_buckets_exist_with_versioning(sandbox) -> None:
     for location in sandbox.policy.storage.locations:
         client = sandbox.s3_client(location.region)

@@ -42,6 +42,8 @@ def test_down_leaves_nothing_behind_and_up_restarts_with_the_data() -> None:
         pids = [sandbox.cluster(n).postmaster_pid() for n in sandbox.node_names]
         pids.append(int((sandbox.pgbouncer_dir / "pgbouncer.pid").read_text()))
         pids.append(sandbox.state["s3"]["pid"])
+        assert sandbox.wal_pusher_running, "`up` pushes WAL as it closes"
+        pids.append(sandbox.state["wal_pusher"]["pid"])
         assert all(pid_alive(pid) for pid in pids)
         with psycopg.connect(sandbox.app_conninfo()) as conn:
             users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
@@ -49,6 +51,7 @@ def test_down_leaves_nothing_behind_and_up_restarts_with_the_data() -> None:
         down = _cli("down", "--root", str(root))
         assert down.returncode == 0, down.stderr
         assert "postgres primary" in down.stdout and "pgbouncer" in down.stdout and "s3 endpoint" in down.stdout
+        assert "wal pusher" in down.stdout
         assert not [pid for pid in pids if pid_alive(pid)]
         assert _processes_mentioning(str(root)) == []
 

@@ -23,6 +23,7 @@ from continuity.cli.restore import cmd_restore
 from continuity.cli.run import cmd_run
 from continuity.cli.sandbox import (cmd_policy_check, cmd_sandbox_down, cmd_sandbox_env, cmd_sandbox_seed,
                                     cmd_sandbox_status, cmd_sandbox_up)
+from continuity.cli.wal import add_wal_commands
 from continuity.keys import KeyringError
 from continuity.kinds import BACKUP_KINDS
 from continuity.localcluster import ClusterError
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="the local DR sandbox").add_subparsers(dest="action", required=True)
     up = with_root(sandbox.add_parser("up", help="start (first time: build) the sandbox"))
     up.add_argument("--scale", type=float, default=1.0, help="sample data size multiplier (default 1)")
+    up.add_argument("--no-wal-pusher", dest="wal_pusher", action="store_false",
+                    help="leave WAL in the spool for dr_wal_archive instead of pushing it as it closes")
     up.set_defaults(func=cmd_sandbox_up)
     down = with_root(sandbox.add_parser("down", help="stop every process `up` started"))
     down.add_argument("--purge", action="store_true", help="also delete the sandbox's data, key and state")
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     retire.set_defaults(func=cmd_keys_retire)
 
     run = with_root(sub.add_parser("run", help="sandbox + airflow standalone (what `make run` does)"))
+    add_wal_commands(sub, with_storage)
+
     run.add_argument("--scale", type=float, default=1.0)
     run.add_argument("--port", type=int, default=8080)
     run.set_defaults(func=cmd_run)

@@ -12,7 +12,7 @@ from continuity.policy import load_policy
 
 def cmd_sandbox_up(args: argparse.Namespace) -> int:
     sandbox = _sandbox(args)
-    sandbox.up(scale=args.scale)
+    sandbox.up(scale=args.scale, wal_pusher=args.wal_pusher)
     _print_status(sandbox.status(), as_json=False)
     print(f"\nIn another terminal: eval \"$(continuity sandbox env --root {sandbox.root})\"")
     return EXIT_OK
@@ -83,6 +83,10 @@ def _print_status(status: dict, *, as_json: bool) -> None:
         instances = ", ".join(f"{i['name']} {i.get('url', '')} {'running' if i['running'] else 'stopped'}".replace("  ", " ")
                               for i in entry["instances"])
         print(f"app        {region} ({entry['state']}): {instances}")
+    pusher = status.get("wal_pusher") or {}
+    if pusher:
+        print(f"wal pusher {'running' if pusher['running'] else 'stopped'}: {pusher['queued']} files queued in "
+              f"{pusher['spool']}")
     receivers = status.get("receivers") or {}
     if receivers:
         print(f"receivers  smtp {receivers['smtp']}, webhooks {receivers['webhooks']} "
