@@ -9,21 +9,23 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
    receiver, replay lag) and, for a switchover, the primary. A failed check stops the run here,
    naming it; nothing has changed (a target that already is the primary is such a failure, and
    the log shows the current topology). A rerun of a run that completed is a no-op.
-2. `fence`: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
-   as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
-3. `catch_up` waits (the policy's `failover.catch_up_timeout`, 60 s) for the target to replay the final LSN (switchover) or to stop
-   receiving WAL (failover, with the data loss estimate).
-4. `promote`: pg_promote(wait => true); a new timeline is confirmed.
-5. `repoint`: PgBouncer now leads to the new primary (ini rewrite, RELOAD, RESUME); every DAG
-   follows the primary recorded in step 8.
-5b. `start_application`: when the target is in another region, that region's Redis becomes the
+2. `cut_over`, one task so that no scheduler round trip lengthens the outage (each step's record,
+   with its timing, is in its XCom and the audit):
+   - fence: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
+     as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
+   - catch-up: wait (the policy's `failover.catch_up_timeout`, 60 s) for the target to replay the
+     final LSN (switchover) or to stop receiving WAL (failover, with the data loss estimate).
+   - promote: pg_promote(wait => true); a new timeline is confirmed and recorded at once.
+   - repoint: PgBouncer now leads to the new primary (ini rewrite, RELOAD, RESUME); every DAG
+     follows the primary recorded in step 6.
+3. `start_application`: when the target is in another region, that region's Redis becomes the
    primary and its application instances and workers start (the policy's service control); the old
    region's are stopped and its Redis follows, where it still answers.
-6. `rejoin`: other standbys follow the new primary; the old one is rewound with pg_rewind and
+4. `rejoin`: other standbys follow the new primary; the old one is rewound with pg_rewind and
    restarted as a standby (or reported as needing a rebuild).
-7. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
+5. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
    timeline, and every business function's synthetic transaction in the new primary's region.
-8. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
+6. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
    the audit (`audit/failover/<run>.json`: who, params, each step's record, unavailability, data
    loss, outcome). `rollback` runs when a step failed: a switchover puts the old primary back; a
    failover stops with exactly one writable primary and names it.
@@ -37,13 +39,10 @@ from airflow.sdk import DAG, Param, TriggerRule
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.failover import (
-    CatchUpSensor,
-    FenceOperator,
+    CutOverOperator,
     PreflightOperator,
-    PromoteOperator,
     RecordOperator,
     RejoinOperator,
-    RepointOperator,
     RollbackOperator,
     StartApplicationOperator,
     ValidateOperator,
@@ -83,16 +82,13 @@ with DAG(
     tags=["continuity", "failover"],
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
-    fence = FenceOperator(task_id="fence")
-    catch_up = CatchUpSensor(task_id="catch_up", timeout=_policy.failover.catch_up_timeout.total_seconds())
-    promote = PromoteOperator(task_id="promote")
-    repoint = RepointOperator(task_id="repoint")
+    cut_over = CutOverOperator(task_id="cut_over")
     start_application = StartApplicationOperator(task_id="start_application")
     rejoin = RejoinOperator(task_id="rejoin")
     validate = ValidateOperator(task_id="validate")
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     record = RecordOperator(task_id="record", trigger_rule=TriggerRule.ALL_DONE)
 
-    preflight >> fence >> catch_up >> promote >> repoint >> start_application >> rejoin >> validate
-    [fence, catch_up, promote, repoint, start_application, rejoin, validate] >> rollback >> record
+    preflight >> cut_over >> start_application >> rejoin >> validate
+    [cut_over, start_application, rejoin, validate] >> rollback >> record
     validate >> record

@@ -883,8 +883,8 @@ StepT = TypeVar("StepT", bound=StepRecord)
 
 def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: FenceRecord, *, timeout: float = 60,
                    settle_seconds: float = 2.0, interval: float = 0.2) -> CatchUpRecord:
-    """What the catch_up sensor does, polled here: replay to the final LSN (switchover), or until the
-    received WAL stops advancing (failover), with the data loss estimate."""
+    """Replay to the final LSN (switchover), or until the received WAL stops advancing (failover), with the
+    data loss estimate."""
     target = plan.target
     last: list[tuple[int, float]] = []  # the received position and when it last moved
 
@@ -909,6 +909,59 @@ def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: FenceR
     if record is None:
         raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
     return record
+
+
+def timed(run: Callable[[], StepT]) -> StepT:
+    """A step's record with its duration and start and finish times."""
+    started, began = now_iso(), time.monotonic()
+    record = run()
+    record.seconds = round(time.monotonic() - began, 3)
+    record.step_started_at, record.step_finished_at = started, now_iso()
+    return record
+
+
+# The steps between the entry point's pause (in fence, for a switchover) and its resume (in repoint): one
+# task of dr_failover runs them, so no scheduler round trip lengthens the outage.
+CUT_OVER_STEPS = ("fence", "catch_up", "promote", "repoint")
+
+
+class CutOverFailed(FailoverError):
+    """A step of the cut-over failed: `step` names it; `records` holds what the steps before it did."""
+
+    def __init__(self, step: str, cause: Exception, records: FailoverRecords) -> None:
+        super().__init__(f"{step}: {cause}")
+        self.step, self.records = step, records
+
+
+def cut_over(cluster: ReplicationGroup, plan: FailoverPlan, *, catch_up_timeout: float | None = None,
+             done: Callable[[str, StepRecord], None] = lambda _step, _record: None,
+             promoted: Callable[[PromotionRecord], None] = lambda _record: None) -> FailoverRecords:
+    """Fence, catch-up, promote and repoint in one go (switchover: the entry point paused in fence, resumed in
+    repoint). `done(step, record)` after each step: the caller records it at once, so a process killed
+    midway leaves what was done known to the rollback; `promoted` right after the promotion (the new
+    topology is recorded before the repoint). Raises CutOverFailed naming the step."""
+    records = FailoverRecords(preflight=plan)
+    timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
+    step = "fence"
+
+    def run(name: str, attribute: str, action: Callable[[], StepT]) -> StepT:
+        nonlocal step
+        step = name
+        record = timed(action)
+        setattr(records, attribute, record)
+        if name == "promote":
+            promoted(record)  # type: ignore[arg-type]
+        done(name, record)
+        return record
+
+    try:
+        fenced = run("fence", "fence", lambda: fence(cluster, plan))
+        run("catch_up", "catch_up", lambda: wait_caught_up(cluster, plan, fenced, timeout=timeout))
+        run("promote", "promote", lambda: promote(cluster, plan.target, previous_timeline=plan.old_timeline))
+        run("repoint", "repoint", lambda: repoint(cluster, plan.target))
+    except Exception as exc:
+        raise CutOverFailed(step, exc, records) from exc
+    return records
 
 
 @dataclass
@@ -937,32 +990,27 @@ def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, 
         return Completed(records=records)
     step = "fence"
 
-    def timed(name: str, run: Callable[[], StepT]) -> StepT:
-        nonlocal step
-        step, started, began = name, now_iso(), time.monotonic()
-        record = run()
-        record.seconds = round(time.monotonic() - began, 3)  # what the DAG's operators add to each step
-        record.step_started_at, record.step_finished_at = started, now_iso()
-        return record
+    def keep(name: str, record: StepRecord) -> None:
+        setattr(records, _STEP_ATTRIBUTES[name], record)
 
     try:
-        records.fence = timed("fence", lambda: fence(cluster, plan))
-        timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
-        records.catch_up = timed("catch_up", lambda: wait_caught_up(cluster, plan, records.fence, timeout=timeout))
-        records.promote = timed("promote", lambda: promote(cluster, plan.target, previous_timeline=plan.old_timeline))
-        records.repoint = timed("repoint", lambda: repoint(cluster, plan.target))
+        cut_over(cluster, plan, catch_up_timeout=catch_up_timeout, done=keep)
         if services is not None:
-            topology = cluster.policy.topology
-            records.start_application = timed("start_application", lambda: move_application(
+            step, topology = "start_application", cluster.policy.topology
+            records.start_application = timed(lambda: move_application(
                 services, from_region=topology.node(plan.old_primary).region,
                 to_region=topology.node(plan.target).region, report=cluster.report, carry_objects=carry_objects))
-        records.rejoin = timed("rejoin", lambda: rejoin(cluster, plan))
-        records.validation = timed("validate", lambda: validate(
+        step = "rejoin"
+        records.rejoin = timed(lambda: rejoin(cluster, plan))
+        step = "validate"
+        records.validation = timed(lambda: validate(
             cluster, plan, run_id=run_id, following=records.rejoin.following, probe_application=probe_application))
     except Exception as exc:
+        cause = exc.__cause__ or exc if isinstance(exc, CutOverFailed) else exc
+        step = exc.step if isinstance(exc, CutOverFailed) else step
         records.rollback = rollback(cluster, plan, fenced=records.fence is not None,
                                     promoted=records.promote is not None, repointed=records.repoint is not None,
                                     failed_step=step)
-        raise FailoverError(f"{plan.action} to {plan.target} failed: {exc}; {records.rollback.message}") from exc
+        raise FailoverError(f"{plan.action} to {plan.target} failed: {cause}; {records.rollback.message}") from cause
     return Completed(records=records, topology=topology_record(plan=plan, promotion=records.promote,
                                                                rejoin_result=records.rejoin, run_id=run_id))

@@ -165,7 +165,9 @@ def logical_backup(
             foreign_keys = [list(row) for row in conn.execute(_FOREIGN_KEY_COLUMNS).fetchall()]
             report(f"{where}: snapshot {snapshot} at LSN {position[0]}; {len(counts)} tables, "
                    f"{sum(counts.values()):,} rows counted in that snapshot")
-            argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom", "--no-password",
+            # --compress=0: the engine's zstd compresses the stream once; pg_dump's own zlib would leave zstd
+            # nothing to gain and was most of the backup's CPU (1.34x a bare `pg_dump -Fc`).
+            argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom", "--compress=0", "--no-password",
                     f"--host={node.host}", f"--port={node.port}", f"--username={node.user}",
                     f"--dbname={node.tool_dbname(database)}"]
             manifest = backup_from_command(
@@ -173,7 +175,8 @@ def logical_backup(
                 backup_id=backup_id, report=report, versions={"pg_dump": tool_version(pg_dump), "server": position[2]},
                 source_info={"node": node.name, "database": database, "lsn": position[0], "timeline": position[1]},
                 details={"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint,
-                         "table_fingerprints": per_table, "foreign_keys": foreign_keys, "format": "pg_dump custom"},
+                         "table_fingerprints": per_table, "foreign_keys": foreign_keys, "format": "pg_dump custom",
+                         "pg_dump_compression": "none: the archive's zstd"},
             )
             conn.execute("COMMIT")
     except SourceCommandFailed as exc:

@@ -14,7 +14,6 @@ import signal
 import random
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -436,34 +435,41 @@ def restore_physical(
     user = cluster.user
     started = time.monotonic()
     user.make_dir(cluster.data_dir, 0o700)
-    reader, writer = os.pipe()
-    with os.fdopen(reader, "rb") as read_end, os.fdopen(writer, "wb") as write_end:
-        failure: list[BaseException] = []
-
-        def feed() -> None:
+    # GNU tar unpacks, as the OS user PostgreSQL runs as (no ownership pass afterwards), in a process of its
+    # own: download, decryption and decompression here overlap with its writes, and its memory is its own
+    # (Python's tarfile was 1.6x pgBackRest's restore time).
+    messages = tempfile.TemporaryFile()  # a file, not a pipe: tar never blocks on a full stderr while fed
+    tar = subprocess.Popen(user.command(["tar", "--extract", "--file=-", f"--directory={cluster.data_dir}"]),
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=messages)
+    assert tar.stdin is not None
+    try:
+        restore_copy(base, catalog.locations[location], catalog.keyring, tar.stdin)
+        tar.stdin.close()
+    except BrokenPipeError:
+        pass  # tar stopped reading: its exit status and message say why
+    except BaseException as exc:
+        tar.kill()
+        tar.wait()
+        raise RestoreError(f"base backup {base.backup_id} from location {location} failed: {exc}") from exc
+    finally:
+        if not tar.stdin.closed:
             try:
-                restore_copy(base, catalog.locations[location], catalog.keyring, write_end)
-            except BaseException as exc:  # reported after the extraction stops
-                failure.append(exc)
-            finally:
-                write_end.close()
-
-        thread = threading.Thread(target=feed, daemon=True)
-        thread.start()
-        with tarfile.open(fileobj=read_end, mode="r|") as archive:
-            archive.extractall(cluster.data_dir, filter="fully_trusted")
-        thread.join()
-        if failure:
-            raise RestoreError(f"base backup {base.backup_id} from location {location} failed: {failure[0]}") from failure[0]
+                tar.stdin.close()
+            except BrokenPipeError:
+                pass
+    tar.wait()
+    with messages:
+        messages.seek(0)
+        errors = messages.read().decode(errors="replace").strip()
+    if tar.returncode != 0:
+        raise RestoreError(f"unpacking base backup {base.backup_id} into {cluster.data_dir} failed (tar exit "
+                           f"{tar.returncode}): {errors.splitlines()[-1] if errors else 'no message'}")
     scratch.timings["fetch_and_unpack"] = time.monotonic() - started
     staging = user.make_dir(scratch.root / "wal", 0o700)
     started = time.monotonic()
     staged = stage_wal(catalog, location, base, staging, user=user)
     scratch.timings["wal_staging"] = time.monotonic() - started
     report(f"restoring base backup {base.backup_id} from location {location} with {staged} WAL files staged")
-    for path in [cluster.data_dir, *cluster.data_dir.rglob("*")]:
-        if user.is_other:
-            os.chown(path, user.uid, user.gid)
     recovery = {"restore_command": f"'cp {staging}/%f %p'", "recovery_target_action": "'promote'",
                 "recovery_target_timeline": "'latest'"}
     if target_time is not None:

@@ -88,7 +88,7 @@ def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(clu
     run = _run(**conf)
     assert str(run.state) == "failed"
     states = task_states(run)
-    assert states["preflight"] == "failed" and states["fence"] == "upstream_failed"
+    assert states["preflight"] == "failed" and states["cut_over"] == "upstream_failed"
     assert check in _preflight_failure(run)
     assert "Nothing was changed" in _preflight_failure(run)
     assert _snapshot(cluster) == before == {**before, "writable": ["primary"], "paused": False}
@@ -130,7 +130,7 @@ def test_dry_run_checks_everything_and_changes_nothing(cluster) -> None:
     run = _run(target="dr", dry_run=True)
     assert str(run.state) == "success"
     states = task_states(run)
-    assert states["preflight"] == "success" and states["promote"] == "skipped" and states["fence"] == "skipped"
+    assert states["preflight"] == "success" and states["cut_over"] == "skipped"
     plan = xcom(run, "preflight")
     assert plan["dry_run"] and plan["plan"][0].startswith("pause PgBouncer")
     assert {c["check"] for c in plan["checks"]} >= {"target reachable", "target in recovery", "primary healthy",
@@ -239,7 +239,7 @@ def test_a_rerun_of_a_completed_run_changes_nothing(cluster, monkeypatch) -> Non
         session.query(DagRun).filter(DagRun.dag_id == "dr_failover", DagRun.run_id == first.run_id).delete()
     again = _run(target="dr", reason="rerun test")
     assert again.run_id == first.run_id and str(again.state) == "success", task_states(again)
-    assert task_states(again)["promote"] == "skipped"
+    assert task_states(again)["cut_over"] == "skipped"
     assert _snapshot(cluster) == before
     monkeypatch.undo()
     assert str(_run(target="primary", reason="back after the rerun test").state) == "success"
@@ -257,7 +257,8 @@ def test_a_failed_promotion_in_switchover_rolls_back_to_the_old_primary(cluster,
     monkeypatch.undo()
     assert str(run.state) == "failed"
     states = task_states(run)
-    assert states["promote"] == "failed" and states["rollback"] == "success"
+    assert states["cut_over"] == "failed" and states["rollback"] == "success"
+    assert xcom(run, "cut_over", key="failed_step") == "promote" and xcom(run, "cut_over", key="fence") is not None
     audit = _audit(cluster, run)
     assert "failed at promote" in audit["outcome"]
     assert "the original primary primary is serving writes again" in audit["outcome"]
@@ -321,7 +322,8 @@ def test_failover_refuses_to_promote_while_the_old_primary_is_writable_and_canno
     monkeypatch.undo()
     assert str(run.state) == "failed"
     states = task_states(run)
-    assert states["fence"] == "failed" and states["promote"] == "upstream_failed"
+    assert states["cut_over"] == "failed" and states["start_application"] == "upstream_failed"
+    assert xcom(run, "cut_over", key="failed_step") == "fence" and xcom(run, "cut_over", key="promote") is None
     audit = _audit(cluster, run)
     assert "refusing to promote dr: primary still accepts writes and could not be stopped or fenced" in audit["outcome"]
     assert "force=true" in audit["outcome"]

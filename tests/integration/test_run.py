@@ -105,7 +105,7 @@ def _run_and_interrupt(root: Path) -> None:
         assert state == "success"
         tasks = _api(port, f"/api/v2/dags/dr_failover/dagRuns/{failover['dag_run_id']}/taskInstances", token)
         states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
-        assert states["preflight"] == "success" and states["promote"] == "skipped" and states["record"] == "success"
+        assert states["preflight"] == "success" and states["cut_over"] == "skipped" and states["record"] == "success"
 
         # A fresh install is green: every run the scheduler started by itself (each scheduled DAG's
         # newest interval, all at once) succeeds within the first minutes.
