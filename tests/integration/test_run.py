@@ -144,7 +144,7 @@ def _run_and_interrupt(root: Path) -> None:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         remaining, _ = process.communicate(timeout=120)
     assert process.returncode == 0, remaining[-2000:]
-    assert ("stopped: application us-east-1, receivers, redis us-west-2, redis us-east-1, s3 gateway us-east-1, s3 endpoint, "
+    assert ("stopped: application us-east-1, wal pusher, receivers, redis us-west-2, redis us-east-1, s3 gateway us-east-1, s3 endpoint, "
             "pgbouncer, postgres dr, postgres sync1, "
             "postgres primary") in remaining
     assert not pid_alive(sandbox_state["s3"]["pid"])

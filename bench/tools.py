@@ -1,0 +1,151 @@
+"""Backups and restores side by side with the tools people use instead (`make bench`).
+
+One throwaway PostgreSQL cluster filled by `pgbench -i -s SCALE` (scale 50: about 755 MB), one directory
+storage location on the same disk. Measured in turn, several runs each (medians), each run in a child
+process so its peak RSS (VmHWM) is its own:
+
+- logical backup: Continuity's (pg_dump custom format uncompressed into zstd + AES-256-GCM, row counts
+  and fingerprints in the same snapshot) against a bare `pg_dump -Fc > /dev/null`;
+- physical backup: Continuity's (pg_basebackup tar, compressed, encrypted, stored, read back);
+- physical restore: the base backup fetched, decrypted and unpacked (GNU tar) into a new data directory.
+
+pgBackRest is not installed by `make bench` yet: its column says so.
+
+    python bench/tools.py [--scale 50] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from continuity.backup import load_manifest, restore_copy
+from continuity.full_backup import NodeAddress, logical_backup, physical_backup
+from continuity.keys import Keyring
+from continuity.localcluster import ServiceUser, find_tool
+from continuity.restore import scratch_cluster
+from continuity.storage import FileLocation
+from table import print_table  # bench/table.py: the script's own directory is on sys.path
+
+
+def _store(root: Path) -> tuple[Keyring, FileLocation]:
+    keyring = Keyring.from_file(root / "keyring.json")
+    return keyring, FileLocation(name="bench", region="local", path=root / "store")
+
+
+def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) -> dict:
+    keyring, location = _store(Path(root))
+    node = NodeAddress(name="bench", host=socket_dir, port=int(port), user="postgres", password=None)
+    common = {"keyring": keyring, "locations": [location], "required": {"bench"}, "report": lambda _m: None}
+    started = time.perf_counter()
+    if action == "logical":
+        manifest = logical_backup(node=node, database="postgres", backup_id=backup_id, **common)
+        return {"seconds": time.perf_counter() - started, "stored": manifest.stored_bytes}
+    if action == "physical":
+        manifest = physical_backup(node=node, backup_id=backup_id, **common)
+        return {"seconds": time.perf_counter() - started, "stored": manifest.stored_bytes}
+    if action == "restore":  # what restore_physical does before the WAL: fetch, decrypt, unpack with GNU tar
+        target = Path(root) / f"restored-{backup_id}"
+        user = ServiceUser.detect()
+        user.make_dir(target, 0o700)
+        tar = subprocess.Popen(user.command(["tar", "--extract", "--file=-", f"--directory={target}"]),
+                               stdin=subprocess.PIPE)
+        assert tar.stdin is not None
+        restore_copy(load_manifest(location, backup_id, keyring), location, keyring, tar.stdin, report=lambda _m: None)
+        tar.stdin.close()
+        if tar.wait() != 0:
+            raise RuntimeError("tar failed")
+        seconds = time.perf_counter() - started
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        return {"seconds": seconds}
+    raise ValueError(action)
+
+
+def _high_water_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, _high_water_kib(process.pid))
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        if process.returncode != 0:
+            raise RuntimeError(f"{argv[:3]} failed: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
+        out.seek(0)
+        return elapsed, peak, out.read().decode()
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    rows: list[tuple[str, str]] = []
+    with scratch_cluster(prefix="continuity-bench-tools-") as scratch:
+        root = scratch.root
+        Keyring(keys={"bench": os.urandom(32)}, active="bench").save(root / "keyring.json")
+        cluster = scratch.cluster
+        socket_dir, port = str(cluster.socket_dir), str(cluster.port)
+        started = time.perf_counter()
+        subprocess.run(cluster.user.command([find_tool("pgbench"), "-i", "-q", "-s", str(args.scale), "-h", socket_dir,
+                                             "-p", port, "-U", "postgres", "postgres"]),
+                       check=True, capture_output=True)
+        size = int(cluster.psql("SELECT pg_database_size('postgres');").strip())
+        rows.append(("database", f"pgbench scale {args.scale}, {size / 2**20:,.0f} MiB (built in "
+                                 f"{time.perf_counter() - started:.0f} s)"))
+        me = [sys.executable, __file__, "--child"]
+        pg_dump = cluster.user.command([find_tool("pg_dump"), "-Fc", "-h", socket_dir, "-p", port, "-U", "postgres",
+                                        "-f", "/dev/null", "postgres"])
+        timings: dict[str, list[float]] = {}
+        peaks: dict[str, list[int]] = {}
+        for run in range(args.runs):
+            for label, argv in (("continuity logical", [*me, "logical", str(root), socket_dir, port, f"logical-{run}"]),
+                                ("pg_dump -Fc > /dev/null", pg_dump),
+                                ("continuity physical", [*me, "physical", str(root), socket_dir, port, f"physical-{run}"]),
+                                ("continuity restore", [*me, "restore", str(root), socket_dir, port, f"physical-{run}"])):
+                seconds, peak, _ = measured(argv)
+                timings.setdefault(label, []).append(seconds)
+                peaks.setdefault(label, []).append(peak)
+
+        def cell(label: str) -> str:
+            return (f"{median(timings[label]):6.2f} s  peak RSS {max(peaks[label]) / 1024:4.0f} MiB  "
+                    f"(runs: {', '.join(f'{t:.2f}' for t in timings[label])})")
+
+        rows.append(("logical backup, Continuity", cell("continuity logical")))
+        rows.append(("logical backup, bare pg_dump -Fc", cell("pg_dump -Fc > /dev/null")))
+        rows.append(("logical backup ratio", f"{median(timings['continuity logical']) / median(timings['pg_dump -Fc > /dev/null']):.2f}x "
+                                             f"the bare pg_dump's time (aim: at most 1.0x)"))
+        rows.append(("physical backup, Continuity", cell("continuity physical")))
+        rows.append(("physical restore (fetch + decrypt + unpack), Continuity", cell("continuity restore")))
+        rows.append(("pgBackRest", "not measured: not installed by make bench yet"))
+    print(f"Backups and restores side by side ({args.runs} runs each, medians)")
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(*sys.argv[2:7])))
+        sys.exit(0)
+    sys.exit(main())
