@@ -24,6 +24,7 @@ bench:
 	@CONTINUITY_BENCH=1 scripts/bootstrap.sh
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/tools.py
 	$(BIN)/python bench/switchover.py
 	$(BIN)/python bench/switchover_scheduler.py
 	$(BIN)/python bench/objects.py

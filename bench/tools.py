@@ -7,7 +7,8 @@ process so its peak RSS (VmHWM) is its own:
 - logical backup: Continuity's (pg_dump custom format uncompressed into zstd + AES-256-GCM, row counts
   and fingerprints in the same snapshot) against a bare `pg_dump -Fc > /dev/null`;
 - physical backup: Continuity's (pg_basebackup tar, compressed, encrypted, stored, read back);
-- physical restore: the base backup fetched, decrypted and unpacked (GNU tar) into a new data directory.
+- physical restore: the base backup fetched, decrypted and unpacked (GNU tar) into a new data directory,
+  and the same unpacked with Python's tarfile (how it was done before).
 
 pgBackRest is not installed by `make bench` yet: its column says so.
 
@@ -50,6 +51,29 @@ def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) ->
     if action == "physical":
         manifest = physical_backup(node=node, backup_id=backup_id, **common)
         return {"seconds": time.perf_counter() - started, "stored": manifest.stored_bytes}
+    if action == "restore-tarfile":  # how restore_physical unpacked before: Python's tarfile, streamed
+        import tarfile
+        import threading
+
+        target = Path(root) / f"restored-tarfile-{backup_id}"
+        target.mkdir(mode=0o700)
+        reader, writer = os.pipe()
+        with os.fdopen(reader, "rb") as read_end, os.fdopen(writer, "wb") as write_end:
+            def feed() -> None:
+                try:
+                    restore_copy(load_manifest(location, backup_id, keyring), location, keyring, write_end,
+                                 report=lambda _m: None)
+                finally:
+                    write_end.close()
+
+            thread = threading.Thread(target=feed, daemon=True)
+            thread.start()
+            with tarfile.open(fileobj=read_end, mode="r|") as archive:
+                archive.extractall(target, filter="fully_trusted")
+            thread.join()
+        seconds = time.perf_counter() - started
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        return {"seconds": seconds}
     if action == "restore":  # what restore_physical does before the WAL: fetch, decrypt, unpack with GNU tar
         target = Path(root) / f"restored-{backup_id}"
         user = ServiceUser.detect()
@@ -116,14 +140,16 @@ def main() -> int:
                                  f"{time.perf_counter() - started:.0f} s)"))
         me = [sys.executable, __file__, "--child"]
         pg_dump = cluster.user.command([find_tool("pg_dump"), "-Fc", "-h", socket_dir, "-p", port, "-U", "postgres",
-                                        "-f", "/dev/null", "postgres"])
+                                        "--no-sync", "-f", "/dev/null", "postgres"])
         timings: dict[str, list[float]] = {}
         peaks: dict[str, list[int]] = {}
         for run in range(args.runs):
             for label, argv in (("continuity logical", [*me, "logical", str(root), socket_dir, port, f"logical-{run}"]),
                                 ("pg_dump -Fc > /dev/null", pg_dump),
                                 ("continuity physical", [*me, "physical", str(root), socket_dir, port, f"physical-{run}"]),
-                                ("continuity restore", [*me, "restore", str(root), socket_dir, port, f"physical-{run}"])):
+                                ("continuity restore", [*me, "restore", str(root), socket_dir, port, f"physical-{run}"]),
+                                ("tarfile restore", [*me, "restore-tarfile", str(root), socket_dir, port,
+                                                     f"physical-{run}"])):
                 seconds, peak, _ = measured(argv)
                 timings.setdefault(label, []).append(seconds)
                 peaks.setdefault(label, []).append(peak)
@@ -138,6 +164,7 @@ def main() -> int:
                                              f"the bare pg_dump's time (aim: at most 1.0x)"))
         rows.append(("physical backup, Continuity", cell("continuity physical")))
         rows.append(("physical restore (fetch + decrypt + unpack), Continuity", cell("continuity restore")))
+        rows.append(("physical restore, Python's tarfile instead (before)", cell("tarfile restore")))
         rows.append(("pgBackRest", "not measured: not installed by make bench yet"))
     print(f"Backups and restores side by side ({args.runs} runs each, medians)")
     print_table(rows)
