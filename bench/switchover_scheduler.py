@@ -14,26 +14,19 @@ that pause the entry point run in one task (`cut_over`), so the pause does not w
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from psycopg.conninfo import conninfo_to_dict
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pgbench_load import start_pgbench  # noqa: E402  (bench/pgbench_load.py)
 from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
-from continuity.localcluster import find_tool  # noqa: E402
 from continuity.loadgen import CommitRecorder  # noqa: E402
 from continuity.sandbox import Sandbox  # noqa: E402
-
-PGBENCH_SCRIPT = "\\set id random(1, 1000)\nUPDATE detections SET confidence = confidence WHERE id = :id;\n"
-
 
 def _settle(run: airflow_run.AirflowRun, *, timeout: float = 300) -> None:
     """Wait until the runs the scheduler started by itself at start-up are done (they compete for 2 cores)."""
@@ -44,17 +37,6 @@ def _settle(run: airflow_run.AirflowRun, *, timeout: float = 300) -> None:
         if not [r for r in running if r["dag_id"] != "dr_plan_review"]:
             return
         time.sleep(3)
-
-
-def _pgbench(sandbox: Sandbox, workdir: Path, seconds: int) -> subprocess.Popen[str]:
-    script = workdir / "update.sql"
-    script.write_text(PGBENCH_SCRIPT)
-    info = conninfo_to_dict(sandbox.app_conninfo())
-    env = {**os.environ, "PGPASSWORD": info["password"]}
-    dsn = f"host={info['host']} port={info['port']} user={info['user']} dbname={info['dbname']}"
-    return subprocess.Popen([find_tool("pgbench"), "-M", "simple", "-n", "-c", "4", "-j", "1", "-T", str(seconds),
-                             "--progress", "1", "-f", str(script), dsn],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def main() -> int:
@@ -73,7 +55,7 @@ def main() -> int:
         for number in range(args.switchovers):
             target, source = targets[number % 2]
             with CommitRecorder(sandbox.app_conninfo()) as load:
-                bench = _pgbench(sandbox, root, seconds=45)
+                bench = start_pgbench(sandbox.app_conninfo(), root, seconds=45, progress=True)
                 load.wait_for(100)
                 window = len(load.acknowledged)
                 run_id = run.trigger("dr_failover", {"target": target, "mode": "switchover",

@@ -12,8 +12,6 @@ its commit to the segment's manifest in the DR location (HEAD every 0.2 s). Also
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,15 +19,11 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
-from continuity.localcluster import find_tool
 from continuity.manifest import manifest_key_name
 from continuity.sandbox import Sandbox
-from table import print_table  # bench/table.py: the script's own directory is on sys.path
-
-SCRIPT = "\\set id random(1, 1000)\nUPDATE detections SET confidence = confidence WHERE id = :id;\n"
-
+from pgbench_load import start_pgbench  # bench/pgbench_load.py: the script's own directory is on sys.path
+from table import print_table
 
 def _commit_marker(sandbox: Sandbox) -> tuple[str, float]:
     """One committed row; the WAL segment that holds it and when the commit returned."""
@@ -71,13 +65,7 @@ def main() -> int:
                      else "not within archive_timeout + 60 s"))
 
         before = sum(1 for _ in dr.list("manifests/wal-"))
-        info = conninfo_to_dict(sandbox.app_conninfo())
-        script = root / "update.sql"
-        script.write_text(SCRIPT)
-        bench = subprocess.Popen(
-            [find_tool("pgbench"), "-M", "simple", "-n", "-c", "4", "-j", "1", "-T", str(args.load_seconds), "-f",
-             str(script), f"host={info['host']} port={info['port']} user={info['user']} dbname={info['dbname']}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PGPASSWORD": info["password"]})
+        bench = start_pgbench(sandbox.app_conninfo(), root, seconds=args.load_seconds)
         started = time.monotonic()
         queued: dict[str, float] = {}  # segment -> when archive_command queued it (seen in the spool)
         arrived: dict[str, float] = {}

@@ -167,11 +167,12 @@ def logical_backup(
             # streams from the same snapshot: the same numbers, without adding their time to the backup's.
             counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="continuity-row-counts")
             counted = counting.submit(row_counts, conn)
+            report(f"{where}: snapshot {snapshot} at LSN {position[0]}; pg_dump streams it while its rows are "
+                   f"counted")
 
             def logical_details(_source: Any) -> dict[str, Any]:
                 counts = counted.result()
-                report(f"{where}: snapshot {snapshot} at LSN {position[0]}; {len(counts)} tables, "
-                       f"{sum(counts.values()):,} rows counted in that snapshot")
+                report(f"{where}: {len(counts)} tables, {sum(counts.values()):,} rows counted in the dump's snapshot")
                 return {"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint,
                         "table_fingerprints": per_table, "foreign_keys": foreign_keys, "format": "pg_dump custom",
                         "pg_dump_compression": "none: the archive's zstd"}
@@ -191,7 +192,11 @@ def logical_backup(
                     details=logical_details)
             finally:
                 counting.shutdown(wait=True)  # its query ends before the connection is used again
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except psycopg.OperationalError as exc:  # the backup is complete: only the snapshot's holder is gone
+                report(f"{where}: the snapshot's connection ended at the finish ({str(exc).strip().splitlines()[0]}); "
+                       f"the backup is complete")
     except SourceCommandFailed as exc:
         raise DumpFailed(f"{where}: {exc}") from exc
     except psycopg.OperationalError as exc:

@@ -322,12 +322,24 @@ class LocalCluster:
             return
         assert pid is not None
         victims = [pid, *_children(pid)]
-        for victim in victims:
-            try:
-                os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if poll(lambda: not any(pid_alive(v) for v in victims), timeout=10, interval=0.05):
+
+        def kill_all(pids: list[int]) -> None:
+            for victim in pids:
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+        def gone() -> bool:
+            # A backend forked while the list was taken escapes it (it is re-parented once the postmaster
+            # dies) and keeps the shared memory attached: every server process runs in the data directory.
+            stragglers = [p for p in _processes_in(self.data_dir) if p not in victims]
+            victims.extend(stragglers)
+            kill_all(stragglers)
+            return not any(pid_alive(v) for v in victims)
+
+        kill_all(victims)
+        if poll(gone, timeout=10, interval=0.05):
             # As after a machine restart: the dead postmaster may linger as an unreaped zombie, whose pid
             # would make the next start refuse; its lock file is stale now that every process is gone.
             (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
@@ -354,6 +366,20 @@ class LocalCluster:
             env={"PGPASSWORD": password, "PGAPPNAME": f"continuity-clone-{self.name}"},
             timeout=timeout,
         )
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Processes whose working directory is `directory` (a PostgreSQL server's processes: its data directory)."""
+    wanted = str(directory.resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd") == wanted:
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
 
 
 def _children(pid: int) -> list[int]:

@@ -7,6 +7,7 @@ go to a temporary name, are fsynced, then renamed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -40,6 +41,11 @@ class ObjectInfo:
 
 
 class ObjectWriter(Protocol):
+    # After commit: the SHA-256 (hex) of the whole object when the storage itself checked what it stored
+    # against our checksums as it was written (S3 additional checksums of every part); None when it did
+    # not, and the caller reads the object back instead.
+    stored_sha256: str | None
+
     def write(self, data: bytes) -> None: ...
     def commit(self) -> str: ...  # the stored object's checksum (see ObjectInfo.checksum)
     def abort(self) -> None: ...
@@ -92,6 +98,10 @@ def _is_precondition_failure(exc: Exception) -> bool:
         return False
     return response.get("Error", {}).get("Code") in ("PreconditionFailed", "412") \
         or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 def read_back_sha256(location: StorageLocation, key: str) -> tuple[int, str]:
@@ -260,9 +270,13 @@ class _S3Writer:
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
+        self.digests: list[bytes] = []
+        self.whole = hashlib.sha256()
+        self.stored_sha256: str | None = None
         self.closed = False
 
     def write(self, data: bytes) -> None:
+        self.whole.update(data)
         self.buffer += data
         while len(self.buffer) >= PART_SIZE:
             part = bytes(self.buffer[:PART_SIZE])
@@ -274,11 +288,16 @@ class _S3Writer:
         try:
             if self.upload_id is None:
                 self.upload_id = loc.client.create_multipart_upload(
-                    Bucket=loc.bucket, Key=loc._key(self.key), **loc._put_args(self.metadata))["UploadId"]
+                    Bucket=loc.bucket, Key=loc._key(self.key), ChecksumAlgorithm="SHA256",
+                    **loc._put_args(self.metadata))["UploadId"]
             number = len(self.parts) + 1
+            digest = hashlib.sha256(part).digest()
+            # The endpoint refuses a part whose SHA-256 is not the one sent: a corrupted part never lands.
             response = loc.client.upload_part(Bucket=loc.bucket, Key=loc._key(self.key), UploadId=self.upload_id,
-                                              PartNumber=number, Body=part)
-            self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+                                              PartNumber=number, Body=part, ChecksumAlgorithm="SHA256",
+                                              ChecksumSHA256=_b64(digest))
+            self.parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
+            self.digests.append(digest)
         except Exception as exc:
             self.abort()
             raise loc._fail(f"upload of part {len(self.parts) + 1}", self.key, exc) from exc
@@ -286,9 +305,19 @@ class _S3Writer:
     def commit(self) -> str:
         loc = self.location
         if self.upload_id is None:
-            etag = loc.put_bytes(self.key, bytes(self.buffer), metadata=self.metadata, exclusive=self.exclusive)
+            body = bytes(self.buffer)
+            checksum = _b64(hashlib.sha256(body).digest())
+            try:
+                response = loc.client.put_object(Bucket=loc.bucket, Key=loc._key(self.key), Body=body,
+                                                 ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                                                 **loc._put_args(self.metadata),
+                                                 **loc._conditions(self.exclusive, None))
+            except Exception as exc:
+                raise loc._fail("write", self.key, exc) from exc
             self.closed = True
-            return etag
+            if response.get("ChecksumSHA256") == checksum:
+                self.stored_sha256 = self.whole.hexdigest()
+            return response["ETag"].strip('"')
         if self.buffer:
             self._upload_part(bytes(self.buffer))
             self.buffer.clear()
@@ -300,6 +329,11 @@ class _S3Writer:
             self.abort()
             raise loc._fail("completing the upload", self.key, exc) from exc
         self.closed = True
+        composite = _b64(hashlib.sha256(b"".join(self.digests)).digest())
+        if (response.get("ChecksumSHA256") or "").split("-")[0] == composite:
+            # Every part checked by the endpoint against its SHA-256, the object their concatenation: the
+            # whole stream's SHA-256 is the stored object's.
+            self.stored_sha256 = self.whole.hexdigest()
         return response["ETag"].strip('"')
 
     def abort(self) -> None:
@@ -410,6 +444,9 @@ class _FileWriter:
             raise StorageError(f"{location.describe(key)}: cannot create: {exc.strerror}") from exc
         self.closed = False
         self.sha = hashlib.sha256()
+        # A file is hashed as it is written and fsynced: reading it back would come from the page cache,
+        # the same bytes, and prove nothing more.
+        self.stored_sha256: str | None = None
 
     def write(self, data: bytes) -> None:
         try:
@@ -421,6 +458,7 @@ class _FileWriter:
 
     def commit(self) -> str:
         checksum = self.sha.hexdigest()
+        self.stored_sha256 = checksum
         try:
             self.handle.flush()
             os.fsync(self.handle.fileno())
