@@ -43,7 +43,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from continuity.policy import ObjectCategory, Policy, format_duration
-from continuity.storage import StorageError, StorageLocation, key_safe
+from continuity.storage import StorageError, StorageLocation, b64, composite_sha256, key_safe
 
 log = logging.getLogger(__name__)
 
@@ -399,15 +399,6 @@ def save_checkpoint(checkpoint: Checkpoint, locations: Mapping[str, StorageLocat
 
 
 # -- copying -------------------------------------------------------------------------------------
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
-
-
-def _composite_sha256(part_digests: list[bytes]) -> str:
-    """S3's checksum of a multipart object: the SHA-256 of its parts' SHA-256s, then -N."""
-    return f"{_b64(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
-
-
 class ContentMismatch(RuntimeError):
     """What was read is not what the source says it holds (it changed, or was corrupted in transit)."""
 
@@ -428,7 +419,7 @@ def _check_source(version: SourceVersion, response: Mapping[str, Any], whole: An
         raise ContentMismatch(f"read {size} bytes of {version.key} version {version.version_id}, "
                               f"the source lists {version.size}")
     source_sum = response.get("ChecksumSHA256")
-    if source_sum and "-" not in source_sum and source_sum != _b64(whole.digest()):
+    if source_sum and "-" not in source_sum and source_sum != b64(whole.digest()):
         raise ContentMismatch(f"{version.key} version {version.version_id}: the SHA-256 of what was read differs "
                               f"from the source's own checksum")
     etag = (response.get("ETag") or "").strip('"')
@@ -462,7 +453,7 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
             _check_source(version, response, whole, md5, len(first), expected_sha256)
             put = replica.client.put_object(
                 Bucket=replica.bucket, Key=target, Body=first, ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_b64(whole.digest()), Metadata=_metadata(version, whole.hexdigest()))
+                ChecksumSHA256=b64(whole.digest()), Metadata=_metadata(version, whole.hexdigest()))
             return put["VersionId"], whole.hexdigest(), len(first)
         upload = replica.client.create_multipart_upload(Bucket=replica.bucket, Key=target,
                                                         ChecksumAlgorithm="SHA256", Metadata=_metadata(version))
@@ -475,8 +466,8 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
                 digest = hashlib.sha256(chunk).digest()
                 part = replica.client.upload_part(Bucket=replica.bucket, Key=target, UploadId=upload_id,
                                                   PartNumber=len(parts) + 1, Body=chunk,
-                                                  ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(digest))
-                parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"], "ChecksumSHA256": _b64(digest)})
+                                                  ChecksumAlgorithm="SHA256", ChecksumSHA256=b64(digest))
+                parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"], "ChecksumSHA256": b64(digest)})
                 digests.append(digest)
                 size += len(chunk)
                 chunk = body.read(part_size)
@@ -491,7 +482,7 @@ def copy_streamed(source: ObjectStore, replica: ObjectStore, version: SourceVers
                 log.warning("could not abort the multipart upload of %s: %s", replica.describe(target), exc)
             raise
         stored = done.get("ChecksumSHA256")
-        if stored and stored.split("-")[0] != _composite_sha256(digests).split("-")[0]:
+        if stored and stored.split("-")[0] != composite_sha256(digests).split("-")[0]:
             raise ContentMismatch(f"{replica.describe(target)}: the replica's checksum is not that of the "
                                   f"parts sent")
         return done["VersionId"], whole.hexdigest(), size

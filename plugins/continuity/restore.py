@@ -435,9 +435,9 @@ def restore_physical(
     user = cluster.user
     started = time.monotonic()
     user.make_dir(cluster.data_dir, 0o700)
-    # GNU tar unpacks, as the OS user PostgreSQL runs as (no ownership pass afterwards), in a process of its
-    # own: download, decryption and decompression here overlap with its writes, and its memory is its own
-    # (Python's tarfile was 1.6x pgBackRest's restore time).
+    # GNU tar unpacks as the OS user PostgreSQL runs as, so no ownership pass over every file follows, in a
+    # process of its own that writes while this one downloads and decrypts (bench/tools.py: no faster than
+    # Python's tarfile there; fetching and decrypting are the restore's cost).
     messages = tempfile.TemporaryFile()  # a file, not a pipe: tar never blocks on a full stderr while fed
     tar = subprocess.Popen(user.command(["tar", "--extract", "--file=-", f"--directory={cluster.data_dir}"]),
                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=messages)

@@ -100,8 +100,14 @@ def _is_precondition_failure(exc: Exception) -> bool:
         or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
 
 
-def _b64(digest: bytes) -> str:
+def b64(digest: bytes) -> str:
+    """A digest as S3's checksum headers carry it."""
     return base64.b64encode(digest).decode()
+
+
+def composite_sha256(part_digests: list[bytes]) -> str:
+    """S3's checksum of a multipart object: the SHA-256 of its parts' SHA-256s, then -N."""
+    return f"{b64(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
 
 
 def read_back_sha256(location: StorageLocation, key: str) -> tuple[int, str]:
@@ -295,8 +301,8 @@ class _S3Writer:
             # The endpoint refuses a part whose SHA-256 is not the one sent: a corrupted part never lands.
             response = loc.client.upload_part(Bucket=loc.bucket, Key=loc._key(self.key), UploadId=self.upload_id,
                                               PartNumber=number, Body=part, ChecksumAlgorithm="SHA256",
-                                              ChecksumSHA256=_b64(digest))
-            self.parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
+                                              ChecksumSHA256=b64(digest))
+            self.parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64(digest)})
             self.digests.append(digest)
         except Exception as exc:
             self.abort()
@@ -306,7 +312,7 @@ class _S3Writer:
         loc = self.location
         if self.upload_id is None:
             body = bytes(self.buffer)
-            checksum = _b64(hashlib.sha256(body).digest())
+            checksum = b64(hashlib.sha256(body).digest())
             try:
                 response = loc.client.put_object(Bucket=loc.bucket, Key=loc._key(self.key), Body=body,
                                                  ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
@@ -329,7 +335,7 @@ class _S3Writer:
             self.abort()
             raise loc._fail("completing the upload", self.key, exc) from exc
         self.closed = True
-        composite = _b64(hashlib.sha256(b"".join(self.digests)).digest())
+        composite = composite_sha256(self.digests).split("-")[0]
         stored = response.get("ChecksumSHA256")
         if not stored:  # some endpoints (moto) give the composite checksum only when asked for it
             try:
