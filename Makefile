@@ -29,6 +29,7 @@ bench:
 	$(BIN)/python bench/switchover_scheduler.py
 	$(BIN)/python bench/objects.py
 	$(BIN)/python bench/wal_push.py
+	$(BIN)/python bench/catalog.py
 	$(BIN)/python bench/detection.py --consecutive 1
 	$(BIN)/python bench/detection.py --consecutive 3
 	$(BIN)/python bench/region_loss.py --runs 3

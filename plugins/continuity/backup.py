@@ -24,7 +24,8 @@ from typing import Any, BinaryIO
 
 from continuity.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
 from continuity.keys import Keyring
-from continuity.manifest import LocationCopy, Manifest, data_key_name, manifest_key_name, open_manifest, seal
+from continuity.manifest import (WAL_ID_PREFIX, LocationCopy, Manifest, data_key_name, manifest_key_name, open_manifest,
+                                 seal)
 from continuity.storage import ObjectWriter, PreconditionFailed, StorageError, StorageLocation, read_back_sha256
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ def create_backup(
     if unknown:
         raise ValueError(f"required locations {sorted(unknown)} are not among the locations given")
     backup_id = backup_id or new_backup_id(kind)
+    if (kind == "wal") != backup_id.startswith(WAL_ID_PREFIX):
+        raise ValueError(f"backup id {backup_id!r} of kind {kind}: WAL backups, and only they, have ids starting "
+                         f"with {WAL_ID_PREFIX!r} (the catalog finds each kind by that prefix)")
     report = report or log.info
     data_key_object = data_key_name(kind, backup_id)
     left_out: dict[str, str] = {}  # optional locations this backup could not reach, with why

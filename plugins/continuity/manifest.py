@@ -22,6 +22,9 @@ from continuity.keys import Keyring, WrappedKey
 from continuity.kinds import Kind
 
 MANIFEST_FORMAT = "continuity-manifest/1"
+# WAL backups, and only they, have ids starting with this (`wal-<WAL file name>`): the catalog lists them,
+# or everything but them, by key prefix without reading a manifest of the other kinds.
+WAL_ID_PREFIX = "wal-"
 
 
 class LocationCopy(BaseModel):

@@ -26,7 +26,7 @@ from pathlib import Path
 from continuity.archive import IntegrityError
 from continuity.backup import create_backup, load_manifest, replicate_copy, restore_to_path, verify_copy
 from continuity.keys import Keyring, KeyringError
-from continuity.manifest import Manifest, manifest_key_name
+from continuity.manifest import WAL_ID_PREFIX, Manifest, manifest_key_name
 from continuity.postgres import ArchiverStatus
 from continuity.storage import PreconditionFailed, StorageError, StorageLocation
 from continuity.waiting import poll
@@ -57,7 +57,7 @@ class WalFile:
 
     @property
     def backup_id(self) -> str:
-        return f"wal-{self.name}"
+        return f"{WAL_ID_PREFIX}{self.name}"
 
 
 def classify(name: str, *, segment_size: int = SEGMENT_SIZE) -> WalFile | None:
