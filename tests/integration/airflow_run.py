@@ -95,15 +95,40 @@ class AirflowRun:
 
     def answer(self, dag_id: str, run_id: str, task_id: str, chosen: list[str],
                params_input: dict[str, Any] | None = None, *, as_user: str | None = None) -> dict[str, Any]:
-        """Respond to a human-in-the-loop task as the logged-in user (what the UI's form does)."""
+        """Respond to a human-in-the-loop task as the logged-in user (what the UI's form does), and see the
+        answer taken: the task resumes, or Airflow asks again and is answered again."""
         self.wait_for_task(dag_id, run_id, task_id, ("awaiting_input", "deferred"))
-        # Airflow 3.3.2 race: an answer within a second of the task parking itself requeues it before the
-        # scheduler has read the parked workload's "success" from the executor, and the scheduler then
-        # marks the requeued task UP_FOR_RETRY ("finished with state success, but ... queued"). A person
-        # never answers that fast; the test waits as long as a person would at least.
-        time.sleep(5)
-        return self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-                        {"chosen_options": chosen, "params_input": params_input or {}}, method="PATCH", as_user=as_user)
+        # Airflow 3.3.2 race: an answer before the scheduler has read the parked workload's "success" from
+        # the executor requeues the task first, and the scheduler then marks it UP_FOR_RETRY ("finished
+        # with state success, but ... queued"): the next try asks again. A person waits at least this long
+        # and, on a loaded machine, may still meet the race; like a person, the test answers the new ask.
+        for _ in range(3):
+            time.sleep(5)
+            asked = self._task_instance(dag_id, run_id, task_id)["try_number"]
+            response = self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                                {"chosen_options": chosen, "params_input": params_input or {}}, method="PATCH",
+                                as_user=as_user)
+            if not self._asked_again(dag_id, run_id, task_id, asked):
+                return response
+        raise AssertionError(f"{dag_id}.{task_id} in {run_id} asked again after three answers: "
+                             f"{self.diagnose(dag_id, run_id)}")
+
+    def _task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+
+    def _asked_again(self, dag_id: str, run_id: str, task_id: str, asked: int, *, timeout: float = 240) -> bool:
+        """Whether the answered try went to a retry that now waits for input again (False once it finished:
+        "running" is no proof, the race marks a running resume UP_FOR_RETRY too)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            instance = self._task_instance(dag_id, run_id, task_id)
+            if instance["try_number"] > asked and instance["state"] in ("awaiting_input", "deferred"):
+                return True
+            if instance["try_number"] == asked and instance["state"] in ("success", "failed", "skipped"):
+                return False
+            time.sleep(1)
+        raise AssertionError(f"{dag_id}.{task_id} in {run_id} neither resumed nor asked again within {timeout:.0f} s: "
+                             f"{self.diagnose(dag_id, run_id)}")
 
     def interrupt(self) -> str:
         os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
