@@ -12,7 +12,10 @@ Every hour:
    name already shipped with different contents stops the run as an alarm. Fails when
    `pg_stat_archiver` shows a new failure or the spool keeps growing; logs archive lag against the
    RPO of each data category.
-3. `check_wal_continuity` proves, per required location and timeline, that no segment is missing
+3. `refresh_wal_index` compares every location's WAL index with its manifests, checksum by checksum,
+   and rewrites the packs that differ, so a restore finds its WAL in a few reads among tens of
+   thousands of segments; an unauthentic manifest or pack fails it.
+4. `check_wal_continuity` proves, per required location and timeline, that no segment is missing
    from the start of the oldest kept base backup to the newest segment.
 """
 
@@ -24,7 +27,8 @@ from airflow.sdk import DAG
 
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
-from continuity.operators.wal import ShipWalOperator, SwitchWalOperator, WalContinuityOperator
+from continuity.operators.wal import (RefreshWalIndexOperator, ShipWalOperator, SwitchWalOperator,
+                                      WalContinuityOperator)
 from continuity.policy import load_policy
 from continuity.sensors.wal_archived import WalArchivedSensor
 
@@ -45,5 +49,6 @@ with DAG(
         SwitchWalOperator(task_id="switch_wal")
         >> WalArchivedSensor(task_id="wal_archived", segment="{{ ti.xcom_pull(task_ids='switch_wal') }}")
         >> ShipWalOperator(task_id="ship_wal")
+        >> RefreshWalIndexOperator(task_id="refresh_wal_index")
         >> WalContinuityOperator(task_id="check_wal_continuity")
     )

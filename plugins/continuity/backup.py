@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from continuity import walindex
 from continuity.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
 from continuity.keys import Keyring
 from continuity.manifest import (WAL_ID_PREFIX, LocationCopy, Manifest, data_key_name, manifest_key_name, open_manifest,
@@ -242,6 +243,9 @@ def create_backup(
         if not isinstance(exc, (StorageError, IntegrityError)) and isinstance(exc, Exception):
             log.error("backup %s failed; nothing was kept in any location", backup_id)
         raise
+    if kind == "wal":
+        for name in written:
+            _mark_if_late(by_name[name], backup_id)
     rate = result.plaintext_bytes / max((manifest.finished_at - started).total_seconds(), 1e-9) / 2**20
     report(f"backup {backup_id} ({kind}) complete: {result.plaintext_bytes:,} bytes → {result.stored_bytes:,} stored "
            f"in {', '.join(copies)} ({rate:,.1f} MiB/s), {' / '.join(sorted(proofs))}"
@@ -502,4 +506,17 @@ def replicate_copy(manifest: Manifest, source: StorageLocation, target: StorageL
             target.delete(key)
             raise IntegrityError(f"copy of {manifest.backup_id} to {target.name} failed deep verification: {check.reason}")
     target.put_bytes(manifest_key_name(manifest.backup_id), updated.to_json())
+    _mark_if_late(target, manifest.backup_id)
     return updated
+
+
+def _mark_if_late(location: StorageLocation, backup_id: str) -> None:
+    """A WAL manifest written below the location's WAL index boundary is marked for readers; failing to
+    mark only delays it until the hourly refresh of the index, which lists every manifest."""
+    try:
+        if walindex.mark_if_late(location, backup_id):
+            log.info("%s: %s is older than the WAL index's newest pack: marked late for readers",
+                     location.name, backup_id)
+    except StorageError as exc:
+        log.warning("%s: could not mark %s for the WAL index (the next refresh adds it): %s",
+                    location.name, backup_id, exc)

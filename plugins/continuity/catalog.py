@@ -6,14 +6,17 @@ are listed in `problems` so an operator sees them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from continuity import walindex
 from continuity.archive import IntegrityError
 from continuity.keys import Keyring, KeyringError
 from continuity.manifest import WAL_ID_PREFIX, Manifest, backup_id_of_key, manifest_key_name, open_manifest
 from continuity.storage import StorageError, StorageLocation
+from continuity.walindex import WAL_MANIFESTS
 
 MANIFEST_PREFIX = "manifests/"
 
@@ -31,16 +34,34 @@ class Catalog:
         except KeyError:
             raise StorageError(f"no storage location named {name!r} (known: {', '.join(self.locations)})") from None
 
-    def manifests_in(self, location_name: str, *, kind: str | None = None) -> list[Manifest]:
-        """Every authentic manifest of one location (of one kind), oldest first. WAL manifests, one per
-        segment and by far the most, are told apart by their key, so listing either side reads no
-        manifest of the other (a restore's base backup is found without reading 40,000 WAL manifests)."""
+    def manifests_in(self, location_name: str, *, kind: str | None = None, indexed: bool = True) -> list[Manifest]:
+        """Every authentic manifest of one location (of one kind), oldest first.
+
+        WAL manifests, one per segment and by far the most, are told apart by their key: listing another
+        kind pages through none of them, and WAL manifests come from the location's WAL index (a few
+        authenticated packs, then the manifests after them) unless `indexed` is False, when each is read
+        (what key rotation and retirement do, to see every manifest as stored now)."""
         location = self._location(location_name)
         found: list[Manifest] = []
-        wal_keys = MANIFEST_PREFIX + WAL_ID_PREFIX
-        for key in location.list(wal_keys if kind == "wal" else MANIFEST_PREFIX):
+        if kind in (None, "wal"):
+            wal = walindex.indexed_wal_manifests(location, self.keyring, self.problems) if indexed else None
+            if wal is None:
+                found.extend(self._read_each(location, location.list(WAL_MANIFESTS)))
+            else:
+                found.extend(wal)
+        if kind != "wal":
+            # Every manifest key before the WAL ones, then every one after them ("manifests/wal-..." sorts
+            # below "manifests/wal.").
+            before = itertools.takewhile(lambda key: key < WAL_MANIFESTS, location.list(MANIFEST_PREFIX))
+            after = location.list(MANIFEST_PREFIX, start_after=MANIFEST_PREFIX + WAL_ID_PREFIX[:-1] + ".")
+            found.extend(m for m in self._read_each(location, itertools.chain(before, after))
+                         if kind is None or m.kind == kind)
+        return sorted(found, key=lambda m: (m.finished_at, m.backup_id))
+
+    def _read_each(self, location: StorageLocation, keys: Iterable[str]) -> Iterator[Manifest]:
+        for key in keys:
             backup_id = backup_id_of_key(key)
-            if backup_id is None or (kind not in (None, "wal") and key.startswith(wal_keys)):
+            if backup_id is None:
                 continue
             try:
                 manifest, _ = open_manifest(location.get_bytes(key), self.keyring, where=location.describe(key),
@@ -49,9 +70,7 @@ class Catalog:
                 # One bad manifest is a problem to show, never a reason to hide every other backup.
                 self.problems.append(str(exc))
                 continue
-            if kind is None or manifest.kind == kind:
-                found.append(manifest)
-        return sorted(found, key=lambda m: (m.finished_at, m.backup_id))
+            yield manifest
 
     def list(self, *, kind: str | None = None, location: str | None = None,
              since: datetime | None = None, until: datetime | None = None) -> list[Manifest]:

@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from continuity.backup import restore_copy
 from continuity.catalog import Catalog
-from continuity.keys import Keyring
+from continuity.keys import Keyring, KeyringError
 from continuity.localcluster import (ClusterError, LocalCluster, ServiceUser, find_bindir, find_tool, free_port,
                                     scrubbed_environment, stop_pid)
 from continuity.manifest import Manifest
@@ -409,7 +409,15 @@ def stage_wal(catalog: Catalog, location: str, base: Manifest, staging: Path, *,
             continue
         target = staging / wal.name
         with open(target, "wb") as handle:
-            restore_copy(manifest, catalog.locations[location], catalog.keyring, handle)
+            try:
+                restore_copy(manifest, catalog.locations[location], catalog.keyring, handle)
+            except KeyringError:
+                # The WAL index's copy of the manifest predates a key rotation whose old KEK is retired:
+                # the manifest as stored now holds the re-wrapped key.
+                handle.seek(0)
+                handle.truncate()
+                current, _ = catalog.get(manifest.backup_id, location=location)
+                restore_copy(current, catalog.locations[location], catalog.keyring, handle)
         if user.is_other:
             os.chown(target, user.uid, user.gid)
         count += 1

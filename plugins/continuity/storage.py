@@ -67,7 +67,10 @@ class StorageLocation(Protocol):
                     exclusive: bool = False) -> ObjectWriter: ...
     def open_reader(self, key: str) -> BinaryIO: ...
     def head(self, key: str) -> ObjectInfo | None: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
+    # Keys in key order; `start_after` skips to the keys after it (S3 StartAfter), so a caller that knows
+    # where its interest starts pays for no page before it.
+    def list(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]: ...
+    def list_info(self, prefix: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str, *, if_checksum: str | None = None) -> None: ...
     def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
                   exclusive: bool = False, if_checksum: str | None = None) -> str: ...
@@ -200,12 +203,19 @@ class S3Location:
         return ObjectInfo(key=key, size=response["ContentLength"], metadata=response.get("Metadata", {}),
                           checksum=response.get("ETag", "").strip('"') or None)
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def list(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        for info in self.list_info(prefix, start_after=start_after):
+            yield info.key
+
+    def list_info(self, prefix: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Key, size and ETag of each object, from the listing alone (no HEAD)."""
+        extra = {"StartAfter": self._key(start_after)} if start_after else {}
         try:
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix), **extra):
                 for item in page.get("Contents", []):
-                    yield item["Key"][len(self.prefix):]
+                    yield ObjectInfo(key=item["Key"][len(self.prefix):], size=item["Size"],
+                                     checksum=item.get("ETag", "").strip('"') or None)
         except Exception as exc:
             raise self._fail("list", prefix, exc) from exc
 
@@ -401,14 +411,24 @@ class FileLocation:
             metadata = json.loads(meta_path.read_text())
         return ObjectInfo(key=key, size=path.stat().st_size, metadata=metadata, checksum=metadata.pop("sha256", None))
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def list(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
         if not self.root.is_dir():
             raise StorageError(f"{self.describe()}: not a directory")
-        for path in sorted(self.root.rglob("*")):
+        # Walk only the directory the prefix names (a prefix ending mid-name walks its parent).
+        base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
+        keys = []
+        for path in base.rglob("*") if base.is_dir() else ():
             if path.is_file() and not path.name.endswith((".meta", ".tmp")) and not path.name.startswith("."):
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    yield key
+                if key.startswith(prefix) and (start_after is None or key > start_after):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def list_info(self, prefix: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        for key in self.list(prefix, start_after=start_after):
+            info = self.head(key)
+            if info is not None:  # deleted since it was listed
+                yield info
 
     def _check_holds(self, key: str, checksum: str, action: str) -> None:
         info = self.head(key)

@@ -10,9 +10,11 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from continuity import walindex
 from continuity.archive import IntegrityError
 from continuity.backup import record_verification, replicate_copy, verify_copy
 from continuity.catalog import Catalog
+from continuity.keys import Keyring
 from continuity.kinds import KEPT_NEWEST_KINDS
 from continuity.manifest import Manifest, data_key_name, manifest_key_name
 from continuity.policy import Policy, format_duration
@@ -75,6 +77,9 @@ def validate_copies(
     holders: dict[str, dict[str, Manifest]] = {}
     for name in locations:
         try:
+            # Every copy as stored now: the WAL index first catches up with deletes and changes since its
+            # last refresh (a copy it still listed but storage lost would fail to record its verification).
+            walindex.refresh_index(locations[name], keyring, report=report)
             for manifest in catalog.manifests_in(name):
                 holders.setdefault(manifest.backup_id, {})[name] = manifest
         except StorageError as exc:
@@ -262,8 +267,9 @@ def read_holds(location: StorageLocation) -> set[str]:
 
 
 def apply_retention(location: StorageLocation, decisions: list[Decision], *, dry_run: bool,
-                    report: Callable[[str], None] = log.info) -> list[str]:
-    """Delete what the plan says (manifest first, so a half-deleted backup is never listed)."""
+                    keyring: Keyring | None = None, report: Callable[[str], None] = log.info) -> list[str]:
+    """Delete what the plan says (manifest first, so a half-deleted backup is never listed), then drop the
+    deleted WAL from the location's WAL index (with `keyring`; else the next refresh drops them)."""
     deleted = []
     for decision in decisions:
         if decision.keep:
@@ -274,5 +280,7 @@ def apply_retention(location: StorageLocation, decisions: list[Decision], *, dry
             location.delete(manifest_key_name(decision.backup_id))
             location.delete(data_key_name(decision.kind, decision.backup_id))
         deleted.append(decision.backup_id)
+    if keyring is not None and not dry_run and (packs := walindex.forget(location, keyring, deleted)):
+        report(f"{packs} WAL index packs of {location.name} rewritten without the deleted WAL")
     return deleted
 

@@ -19,6 +19,7 @@ from continuity.keys import Keyring, MissingKeyError
 from continuity.localcluster import free_port, stop_pid, wait_for_port
 from continuity.manifest import manifest_key_name
 from continuity.storage import FileLocation, S3Location, StorageError, locations_from_policy
+from continuity.walindex import refresh_index
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +358,36 @@ def test_a_network_cut_mid_restore_falls_back_and_leaves_no_plaintext(locations,
         assert target.stat().st_mode & 0o777 == 0o600, "plaintext is private to its owner"
     finally:
         proxy.close()
+
+
+def test_the_wal_index_on_s3_reads_packs_then_lists_after_them(locations, keyring) -> None:
+    """On the S3 endpoint: the refresh compares ETags from the listing, the catalog lists with StartAfter
+    past the packs, and a pack edited in the bucket is refused (every manifest is read instead)."""
+    dr = locations["dr"]
+    assert isinstance(dr, S3Location)
+    location = S3Location(name="dr", region=dr.region, client=dr.client, bucket=dr.bucket,
+                          prefix=f"walindex-tests-{os.urandom(4).hex()}/")
+
+    def wal(segno: int) -> str:
+        name = f"000000010000000000000{segno:03X}"
+        create_backup(io.BytesIO(name.encode()), kind="wal", backup_id=f"wal-{name}", keyring=keyring,
+                      locations=[location], source_info={"timeline": 1, "wal_file": name})
+        return f"wal-{name}"
+
+    packed = [wal(n) for n in (1, 2, 3, 5)]
+    built = refresh_index(location, keyring)
+    assert (built.added, built.packs_written) == (4, 1)
+    assert refresh_index(location, keyring).kept == 4, "unchanged ETags: nothing read again"
+    later = [wal(6), wal(4)]  # 4 arrives late, below the pack's last segment
+    reads: list[str] = []
+    get_bytes = location.get_bytes
+    location.get_bytes = lambda key: reads.append(key) or get_bytes(key)  # type: ignore[method-assign]
+    catalog = Catalog({"dr": location}, keyring)
+    assert sorted(m.backup_id for m in catalog.list(kind="wal")) == sorted(packed + later)
+    assert not [k for k in reads if k in {manifest_key_name(i) for i in packed}], "packed manifests not read"
+
+    [pack] = list(location.list("index/wal/"))
+    location.put_bytes(pack, get_bytes(pack)[:-9] + b"\0" * 9)
+    catalog = Catalog({"dr": location}, keyring)
+    assert sorted(m.backup_id for m in catalog.list(kind="wal")) == sorted(packed + later)
+    assert any("reading every WAL manifest instead" in p for p in catalog.problems), catalog.problems

@@ -41,13 +41,14 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from continuity.backup import rewrap
+    from continuity.walindex import refresh_index
 
     ctx = _context(args)
     target = ctx.keyring.active
     catalog = ctx.catalog
     pending = 0
     for name, location in ctx.locations.items():
-        for manifest in catalog.manifests_in(name):
+        for manifest in catalog.manifests_in(name, indexed=False):
             if manifest.key["kek_id"] == target:
                 continue
             pending += 1
@@ -56,6 +57,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
                 print(f"re-wrapped {manifest.backup_id} in {name}: {manifest.key['kek_id']} -> {target}")
             else:
                 print(f"would re-wrap {manifest.backup_id} in {name}: {manifest.key['kek_id']} -> {target}")
+    if args.apply:
+        for location in ctx.locations.values():
+            # The index holds copies of the manifests just re-wrapped, and its packs' own keys: rewrite both.
+            refresh_index(location, ctx.keyring, report=print)
     for problem in catalog.problems:
         print(f"PROBLEM: {problem}", file=sys.stderr)
     verb = "re-wrapped" if args.apply else "to re-wrap (dry run; --apply to do it)"
@@ -64,12 +69,18 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
+    from continuity.walindex import read_index
+
     ctx = _context(args)
     if ctx.keyring_file is None:
         raise UsageError("keys retire edits a keyring file: pass --key-file")
     catalog = ctx.catalog
-    blockers = sorted({f"{m.backup_id} ({name})" for name in ctx.locations for m in catalog.manifests_in(name)
-                       if m.key["kek_id"] == args.kek_id})
+    blockers = sorted({f"{m.backup_id} ({name})" for name in ctx.locations
+                       for m in catalog.manifests_in(name, indexed=False) if m.key["kek_id"] == args.kek_id})
+    for name, location in ctx.locations.items():
+        index = read_index(location, ctx.keyring)
+        blockers += [f"WAL index pack {p.key} ({name})" for p in index.packs if p.kek_id == args.kek_id]
+        catalog.problems.extend(index.problems)
     if catalog.problems:
         raise UsageError("cannot prove KEK is unused while some manifests are unreadable: " + "; ".join(catalog.problems))
     if blockers:

@@ -102,7 +102,8 @@ class RetentionOperator(ContinuityBackupOperator):
             manifests = catalog.manifests_in(location.name)
             offsite = location_policy.region != policy.topology.primary_region
             decisions = plan_retention(policy, manifests, offsite=offsite, holds=read_holds(location))
-            deleted[location.name] = apply_retention(location, decisions, dry_run=dry_run, report=self.log.info)
+            deleted[location.name] = apply_retention(location, decisions, dry_run=dry_run, keyring=catalog.keyring,
+                                                     report=self.log.info)
             self.log.info("location %s: keeping %d, %s %d", location.name, sum(d.keep for d in decisions),
                           "would delete" if dry_run else "deleted", len(deleted[location.name]))
         return deleted

@@ -16,6 +16,8 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.health import WAL_SPOOL_ENV_VAR
 from continuity.policy import format_duration
 from continuity.wal import WalConflict, archive_lag, find_gaps, ship_spool
+from continuity.storage import StorageError
+from continuity.walindex import IndexRefresh, refresh_index
 
 
 class SwitchWalOperator(ContinuityOperator):
@@ -76,6 +78,32 @@ class ShipWalOperator(ContinuityBackupOperator):
             raise AirflowFailException(f"the WAL spool still holds {len(remaining)} files after shipping, over the "
                                        f"limit of {policy.health_monitor.max_spool_files}: shipping falls behind")
         return {"shipped": result.shipped, "already_shipped": result.already_shipped, "replicated": result.replicated}
+
+
+class RefreshWalIndexOperator(ContinuityBackupOperator):
+    """Bring every location's WAL index in line with its manifests (compared by checksum, entry by entry)
+    so restores plan from a few packs. An unreachable optional location is left out; an unreachable
+    required one, or an unauthentic manifest, fails the task after every location is done."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook()
+        catalog = hook.get_catalog()
+        required = hook.required_locations()
+        refreshed: dict[str, IndexRefresh] = {}
+        problems: list[str] = []
+        for name, location in catalog.locations.items():
+            try:
+                refreshed[name] = refresh_index(location, catalog.keyring, report=self.log.info)
+            except StorageError as exc:
+                if name in required:
+                    problems.append(str(exc))
+                else:
+                    self.log.warning("optional location %s left out: %s", name, exc)
+        problems += [p for r in refreshed.values() for p in r.problems]
+        if problems:
+            raise AirflowFailException(f"{len(problems)} WAL index problems (unreachable required locations, "
+                                       f"unauthentic manifests or packs): " + "; ".join(problems[:5]))
+        return {name: r.model_dump() for name, r in refreshed.items()}
 
 
 class WalContinuityOperator(ContinuityBackupOperator):
