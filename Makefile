@@ -25,6 +25,7 @@ bench:
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/tools.py
+	$(BIN)/python bench/pgbackrest.py
 	$(BIN)/python bench/switchover.py
 	$(BIN)/python bench/switchover_scheduler.py
 	$(BIN)/python bench/objects.py

@@ -2,15 +2,16 @@
 
 One throwaway PostgreSQL cluster filled by `pgbench -i -s SCALE` (scale 50: about 755 MB), one directory
 storage location on the same disk. Measured in turn, several runs each (medians), each run in a child
-process so its peak RSS (VmHWM) is its own:
+process whose tree's RSS is sampled for its peak:
 
 - logical backup: Continuity's (pg_dump custom format uncompressed into zstd + AES-256-GCM, row counts
   and fingerprints in the same snapshot) against a bare `pg_dump -Fc > /dev/null`;
 - physical backup: Continuity's (pg_basebackup tar, compressed, encrypted, stored, read back);
-- physical restore: the base backup fetched, decrypted and unpacked (GNU tar) into a new data directory,
+- physical restore: the base backup fetched, decrypted and unpacked (restore.unpack_base_backup: GNU tar
+  fed by a writer thread) into a new data directory,
   and the same unpacked with Python's tarfile (how it was done before).
 
-pgBackRest is not installed by `make bench` yet: its column says so.
+pgBackRest side by side: bench/pgbackrest.py.
 
     python bench/tools.py [--scale 50] [--runs 3]
 """
@@ -30,7 +31,7 @@ from continuity.backup import load_manifest, restore_copy
 from continuity.full_backup import NodeAddress, logical_backup, physical_backup
 from continuity.keys import Keyring
 from continuity.localcluster import ServiceUser, find_tool
-from continuity.restore import scratch_cluster
+from continuity.restore import scratch_cluster, unpack_base_backup
 from continuity.storage import FileLocation
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
@@ -51,6 +52,21 @@ def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) ->
     if action == "physical":
         manifest = physical_backup(node=node, backup_id=backup_id, **common)
         return {"seconds": time.perf_counter() - started, "stored": manifest.stored_bytes}
+    if action == "wal-push":  # what `continuity wal push %p` does, as archive_command: one process per segment
+        from continuity.wal import classify, push_file
+
+        segment = Path(backup_id)
+        wal = classify(segment.name)
+        assert wal is not None, segment
+        push_file(segment, wal, keyring=keyring, locations={"bench": location}, required={"bench"},
+                  report=lambda _m: None)
+        return {"seconds": time.perf_counter() - started}
+    if action == "wal-push-batch":  # the sandbox's pusher: one process sends every queued segment, 2 at a time
+        from continuity.wal import ship_spool
+
+        result = ship_spool(Path(backup_id), keyring=keyring, locations={"bench": location}, required={"bench"},
+                            workers=2, report=lambda _m: None)
+        return {"seconds": time.perf_counter() - started, "shipped": len(result.shipped)}
     if action == "restore-tarfile":  # how restore_physical unpacked before: Python's tarfile, streamed
         import tarfile
         import threading
@@ -76,39 +92,46 @@ def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) ->
         return {"seconds": seconds}
     if action == "restore":  # what restore_physical does before the WAL: fetch, decrypt, unpack with GNU tar
         target = Path(root) / f"restored-{backup_id}"
-        user = ServiceUser.detect()
-        user.make_dir(target, 0o700)
-        tar = subprocess.Popen(user.command(["tar", "--extract", "--file=-", f"--directory={target}"]),
-                               stdin=subprocess.PIPE)
-        assert tar.stdin is not None
-        restore_copy(load_manifest(location, backup_id, keyring), location, keyring, tar.stdin, report=lambda _m: None)
-        tar.stdin.close()
-        if tar.wait() != 0:
-            raise RuntimeError("tar failed")
+        unpack_base_backup(load_manifest(location, backup_id, keyring), location, keyring, target,
+                           user=ServiceUser.detect())
         seconds = time.perf_counter() - started
         subprocess.run(["rm", "-rf", str(target)], check=True)
         return {"seconds": seconds}
     raise ValueError(action)
 
 
-def _high_water_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def _tree_rss_kib(pid: int) -> int:
+    """The resident memory of a process and every descendant now (a tool's workers, `runuser`'s child)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            status = (entry / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+        rss[int(entry.name)] = next((int(line.split()[1]) for line in status.splitlines()
+                                     if line.startswith("VmRSS:")), 0)
+    total, queue = 0, [pid]
+    while queue:
+        current = queue.pop()
+        total += rss.get(current, 0)
+        queue.extend(children.get(current, []))
+    return total
 
 
 def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """Seconds, the peak of the process tree's summed RSS (sampled every 50 ms), and stdout."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         peak = 0
         while process.poll() is None:
-            peak = max(peak, _high_water_kib(process.pid))
-            time.sleep(0.02)
+            peak = max(peak, _tree_rss_kib(process.pid))
+            time.sleep(0.05)
         elapsed = time.perf_counter() - started
         if process.returncode != 0:
             raise RuntimeError(f"{argv[:3]} failed: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
@@ -165,7 +188,6 @@ def main() -> int:
         rows.append(("physical backup, Continuity", cell("continuity physical")))
         rows.append(("physical restore (fetch + decrypt + unpack), Continuity", cell("continuity restore")))
         rows.append(("physical restore, Python's tarfile instead (before)", cell("tarfile restore")))
-        rows.append(("pgBackRest", "not measured: not installed by make bench yet"))
     print(f"Backups and restores side by side ({args.runs} runs each, medians)")
     print_table(rows)
     return 0

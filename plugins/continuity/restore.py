@@ -7,11 +7,13 @@ touched: the only inputs are backups from the catalog.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
-import signal
+import queue
 import random
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -424,6 +426,91 @@ def stage_wal(catalog: Catalog, location: str, base: Manifest, staging: Path, *,
     return count
 
 
+class BackgroundWriter:
+    """A sink written by a thread of its own, at most `depth` blocks behind: decrypting, decompressing and
+    hashing go on while a slow reader (tar through a pipe) takes the previous blocks, instead of the two
+    waiting on each other through a 64 KiB pipe. Memory stays at `depth` blocks."""
+
+    def __init__(self, sink: Any, *, depth: int = 16) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="continuity-restore-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while (block := self._queue.get()) is not None:
+                self._sink.write(block)
+        except BaseException as exc:  # reported to the producer at its next write or at close
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+
+    def write(self, data: bytes) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        """Wait until every block is written; raise what the writer met."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """End the writer thread (idempotent; after a failure the thread discards what is queued)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+
+
+def unpack_base_backup(base: Manifest, location: StorageLocation, keyring: Keyring, data_dir: Path, *,
+                       user: ServiceUser) -> None:
+    """Fetch, decrypt and unpack a base backup into a new `data_dir`, owned by the OS user PostgreSQL runs as.
+
+    GNU tar unpacks as that user, so no ownership pass over every file follows, in a process of its own fed
+    by a writer thread through a 1 MiB pipe in 128 KiB records: this process decrypts and decompresses while
+    tar writes the previous blocks (bench/pgbackrest.py: 1.4-1.6 s instead of 2.2-2.5 s for 786 MiB).
+    """
+    user.make_dir(data_dir, 0o700)
+    messages = tempfile.TemporaryFile()  # a file, not a pipe: tar never blocks on a full stderr while fed
+    tar = subprocess.Popen(user.command(["tar", "--extract", "--file=-", "--blocking-factor=256",
+                                         "--read-full-records", f"--directory={data_dir}"]),
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=messages, bufsize=0)
+    assert tar.stdin is not None
+    try:
+        fcntl.fcntl(tar.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass  # above this machine's pipe-max-size: the default pipe works, only slower
+    feeder = BackgroundWriter(tar.stdin)
+    try:
+        restore_copy(base, location, keyring, feeder)
+        feeder.close()
+        tar.stdin.close()
+    except BrokenPipeError:
+        pass  # tar stopped reading: its exit status and message say why
+    except BaseException as exc:
+        tar.kill()
+        tar.wait()
+        raise RestoreError(f"base backup {base.backup_id} from location {location.name} failed: {exc}") from exc
+    finally:
+        feeder.stop()
+        if not tar.stdin.closed:
+            try:
+                tar.stdin.close()
+            except BrokenPipeError:
+                pass
+    tar.wait()
+    with messages:
+        messages.seek(0)
+        errors = messages.read().decode(errors="replace").strip()
+    if tar.returncode != 0:
+        raise RestoreError(f"unpacking base backup {base.backup_id} into {data_dir} failed (tar exit "
+                           f"{tar.returncode}): {errors.splitlines()[-1] if errors else 'no message'}")
+
+
 def restore_physical(
     *,
     catalog: Catalog,
@@ -442,36 +529,7 @@ def restore_physical(
     cluster = scratch.cluster
     user = cluster.user
     started = time.monotonic()
-    user.make_dir(cluster.data_dir, 0o700)
-    # GNU tar unpacks as the OS user PostgreSQL runs as, so no ownership pass over every file follows, in a
-    # process of its own that writes while this one downloads and decrypts (bench/tools.py: no faster than
-    # Python's tarfile there; fetching and decrypting are the restore's cost).
-    messages = tempfile.TemporaryFile()  # a file, not a pipe: tar never blocks on a full stderr while fed
-    tar = subprocess.Popen(user.command(["tar", "--extract", "--file=-", f"--directory={cluster.data_dir}"]),
-                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=messages)
-    assert tar.stdin is not None
-    try:
-        restore_copy(base, catalog.locations[location], catalog.keyring, tar.stdin)
-        tar.stdin.close()
-    except BrokenPipeError:
-        pass  # tar stopped reading: its exit status and message say why
-    except BaseException as exc:
-        tar.kill()
-        tar.wait()
-        raise RestoreError(f"base backup {base.backup_id} from location {location} failed: {exc}") from exc
-    finally:
-        if not tar.stdin.closed:
-            try:
-                tar.stdin.close()
-            except BrokenPipeError:
-                pass
-    tar.wait()
-    with messages:
-        messages.seek(0)
-        errors = messages.read().decode(errors="replace").strip()
-    if tar.returncode != 0:
-        raise RestoreError(f"unpacking base backup {base.backup_id} into {cluster.data_dir} failed (tar exit "
-                           f"{tar.returncode}): {errors.splitlines()[-1] if errors else 'no message'}")
+    unpack_base_backup(base, catalog.locations[location], catalog.keyring, cluster.data_dir, user=user)
     scratch.timings["fetch_and_unpack"] = time.monotonic() - started
     staging = user.make_dir(scratch.root / "wal", 0o700)
     started = time.monotonic()

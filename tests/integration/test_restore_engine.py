@@ -339,3 +339,45 @@ def test_a_hostile_dump_restores_without_running_a_program_or_seeing_a_secret(sa
         with pytest.raises(RestoreError, match="must be superuser or have privileges of the pg_execute_server_program role"):
             restore_logical(manifest, catalog=catalog, location="dr", scratch=scratch)
     assert not leaked.exists(), "no program ran and nothing of the environment left the server"
+
+
+def test_unpacking_a_base_backup_streams_it_intact_and_stops_cleanly_on_a_flipped_byte(tmp_path) -> None:
+    """The writer thread and tar keep up with each other; a chunk failing authentication mid-stream ends
+    the restore with the reason (the writer thread and tar are stopped, nothing hangs)."""
+    import io
+    import os
+    import tarfile
+    import threading
+
+    from continuity.backup import create_backup
+    from continuity.keys import Keyring
+    from continuity.localcluster import ServiceUser
+    from continuity.restore import unpack_base_backup
+    from continuity.storage import FileLocation
+
+    payload = {f"base/{n}": os.urandom(700_000) for n in range(5)}  # several 1 MiB chunks, incompressible
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in payload.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    keyring = Keyring(keys={"k": os.urandom(32)}, active="k")
+    store = tmp_path / "store"
+    location = FileLocation(name="local", region="local", path=store)
+    manifest = create_backup(io.BytesIO(buffer.getvalue()), kind="physical", backup_id="physical-unpack",
+                             keyring=keyring, locations=[location])
+    user = ServiceUser.detect()
+    with scratch_cluster(initdb=False) as scratch:  # a directory the database's OS user can reach
+        unpack_base_backup(manifest, location, keyring, scratch.root / "good", user=user)
+        for name, data in payload.items():
+            assert (scratch.root / "good" / name).read_bytes() == data
+
+        stored = store / manifest.data_key_name
+        blob = bytearray(stored.read_bytes())
+        blob[len(blob) // 2] ^= 0x01
+        stored.write_bytes(bytes(blob))
+        threads = threading.active_count()
+        with pytest.raises(RestoreError, match="chunk .* failed authentication"):
+            unpack_base_backup(manifest, location, keyring, scratch.root / "bad", user=user)
+        assert threading.active_count() == threads, "the writer thread ended with the restore"

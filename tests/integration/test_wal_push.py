@@ -182,3 +182,50 @@ def test_wal_push_and_fetch_as_archive_and_restore_command(sandbox, tmp_path: Pa
     assert bad.returncode == EXIT_USAGE and "not a WAL file name" in bad.stderr
     assert classify(name) is not None
     queued.unlink()  # stored everywhere: the spool's copy is done with (as the shipper would remove it)
+
+
+def test_pitr_from_the_pushed_archive_alone_to_seconds_before_a_regional_loss(sandbox) -> None:
+    """No hourly shipping, no forced switch: the pusher stores segments as they fill, and the DR region's
+    bucket alone restores to a point between two commits made seconds before the primary region is
+    lost (the pusher stopped: nothing more leaves it)."""
+    from datetime import datetime, timezone
+
+    from continuity.full_backup import physical_backup
+    from continuity.restore import restore_physical, scratch_cluster
+
+    catalog = sandbox.catalog()
+    physical_backup(node=sandbox.backup_node("sync1"), keyring=sandbox.keyring(),
+                    locations=list(catalog.locations.values()), required=set(REQUIRED),
+                    backup_id=f"physical-sync1-pushed-{time.time_ns()}", report=lambda _m: None)
+    assert sandbox.start_wal_pusher()
+    try:
+        with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS pushed_marks (name text PRIMARY KEY)")
+            conn.execute("INSERT INTO pushed_marks VALUES ('A')")
+            time.sleep(1)
+            target = datetime.now(timezone.utc)
+            time.sleep(1)
+            conn.execute("INSERT INTO pushed_marks VALUES ('B')")
+            last_commit = time.monotonic()
+            segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()[0]
+            # The application keeps writing: its WAL fills the segment holding B (about 20 MiB of rows).
+            conn.execute("CREATE TABLE pushed_filler AS SELECT repeat(md5(i::text), 32) AS x "
+                         "FROM generate_series(1, 20000) AS i")
+        _wait(lambda: not _stored_everywhere(sandbox, [segment]), timeout=60,
+              what=f"segment {segment} (holding B) in every required location")
+        lost_after = time.monotonic() - last_commit
+    finally:
+        assert sandbox.stop_wal_pusher()  # the primary region is lost: nothing more is pushed
+    print(f"B was committed {lost_after:.1f} s before the loss and is in the DR archive")
+    try:
+        with scratch_cluster(initdb=False) as scratch:
+            restore_physical(catalog=sandbox.catalog(), location="dr", scratch=scratch, target_time=target)
+            with scratch.connect("app") as conn:
+                assert {row[0] for row in conn.execute("SELECT name FROM pushed_marks")} == {"A"}
+        with scratch_cluster(initdb=False) as latest:
+            restore_physical(catalog=sandbox.catalog(), location="dr", scratch=latest)
+            with latest.connect("app") as conn:
+                assert {row[0] for row in conn.execute("SELECT name FROM pushed_marks")} == {"A", "B"}
+    finally:
+        with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS pushed_filler")
