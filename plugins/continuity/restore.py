@@ -401,28 +401,67 @@ def choose_base_backup(catalog: Catalog, location: str, target_time: datetime | 
     return [m for m in bases if m.finished_at <= target_time][-1]
 
 
-def stage_wal(catalog: Catalog, location: str, base: Manifest, staging: Path, *, user: ServiceUser) -> int:
-    """Decrypt and verify every WAL file from the base backup's start onward into `staging`."""
+# restore_command of a restore whose WAL a thread stages while PostgreSQL replays: the file once staged; exit 1
+# (the end of the archive) only once staging is over and the file is not there; exit 255 when staging failed,
+# so recovery aborts (an exit status above 125 is fatal to it) instead of promoting short of the target.
+STAGED_WAL_COMMAND = """#!/bin/sh
+dir=$1 name=$2 target=$3
+case "$name" in *.history) over="$dir/.history-staged" ;; *) over="$dir/.staged" ;; esac
+while [ ! -f "$dir/$name" ]; do
+    [ -f "$dir/.failed" ] && exit 255
+    if [ -f "$over" ]; then
+        [ -f "$dir/$name" ] && break
+        exit 1
+    fi
+    sleep 0.05
+done
+exec cp "$dir/$name" "$target"
+"""
+
+
+def stage_wal(catalog: Catalog, location: str, base: Manifest, staging: Path, *, user: ServiceUser,
+              stop: threading.Event | None = None) -> int:
+    """Decrypt and verify every WAL file from the base backup's start onward into `staging`: history files
+    first (then `.history-staged`), segments in the order recovery asks for them (then `.staged`); each
+    appears whole under its name (written hidden, renamed). On failure `.failed` says so, then it raises.
+    `stop` ends it early (recovery reached its target)."""
     start = classify(base.source["start_wal_file"])
-    count = 0
+    wanted = []
     for manifest in catalog.list(kind="wal", location=location):
         wal = classify(manifest.source.get("wal_file", ""))
-        if wal is None or (wal.kind != "history" and (wal.timeline, wal.segno or 0) < (start.timeline, start.segno or 0)):
+        if wal is None or wal.kind not in ("history", "segment"):
             continue
-        target = staging / wal.name
-        with open(target, "wb") as handle:
-            try:
-                restore_copy(manifest, catalog.locations[location], catalog.keyring, handle)
-            except KeyringError:
-                # The WAL index's copy of the manifest predates a key rotation whose old KEK is retired:
-                # the manifest as stored now holds the re-wrapped key.
-                handle.seek(0)
-                handle.truncate()
-                current, _ = catalog.get(manifest.backup_id, location=location)
-                restore_copy(current, catalog.locations[location], catalog.keyring, handle)
-        if user.is_other:
-            os.chown(target, user.uid, user.gid)
-        count += 1
+        if wal.kind == "segment" and (wal.timeline, wal.segno or 0) < (start.timeline, start.segno or 0):
+            continue
+        wanted.append((wal, manifest))
+    wanted.sort(key=lambda item: (item[0].kind != "history", item[0].segno or 0, item[0].timeline))
+    count = 0
+    try:
+        for number, (wal, manifest) in enumerate(wanted):
+            if stop is not None and stop.is_set():
+                break
+            hidden = staging / f".{wal.name}.staging"
+            with open(hidden, "wb") as handle:
+                try:
+                    restore_copy(manifest, catalog.locations[location], catalog.keyring, handle)
+                except KeyringError:
+                    # The WAL index's copy of the manifest predates a key rotation whose old KEK is retired:
+                    # the manifest as stored now holds the re-wrapped key.
+                    handle.seek(0)
+                    handle.truncate()
+                    current, _ = catalog.get(manifest.backup_id, location=location)
+                    restore_copy(current, catalog.locations[location], catalog.keyring, handle)
+            if user.is_other:
+                os.chown(hidden, user.uid, user.gid)
+            os.replace(hidden, staging / wal.name)
+            count += 1
+            if wal.kind == "history" and (number + 1 == len(wanted) or wanted[number + 1][0].kind != "history"):
+                (staging / ".history-staged").touch()
+    except BaseException:
+        (staging / ".failed").touch()
+        raise
+    (staging / ".history-staged").touch()
+    (staging / ".staged").touch()
     return count
 
 
@@ -532,11 +571,27 @@ def restore_physical(
     unpack_base_backup(base, catalog.locations[location], catalog.keyring, cluster.data_dir, user=user)
     scratch.timings["fetch_and_unpack"] = time.monotonic() - started
     staging = user.make_dir(scratch.root / "wal", 0o700)
+    command = scratch.root / "restore-staged-wal.sh"
+    command.write_text(STAGED_WAL_COMMAND)
+    command.chmod(0o755)
+    # WAL is staged by a thread while PostgreSQL replays what is already there (recovery waits for each file
+    # in turn), instead of replay starting only once every file is fetched.
     started = time.monotonic()
-    staged = stage_wal(catalog, location, base, staging, user=user)
-    scratch.timings["wal_staging"] = time.monotonic() - started
-    report(f"restoring base backup {base.backup_id} from location {location} with {staged} WAL files staged")
-    recovery = {"restore_command": f"'cp {staging}/%f %p'", "recovery_target_action": "'promote'",
+    stop_staging = threading.Event()
+    staging_outcome: dict[str, Any] = {}
+
+    def stage() -> None:
+        try:
+            staging_outcome["count"] = stage_wal(catalog, location, base, staging, user=user, stop=stop_staging)
+        except BaseException as exc:
+            staging_outcome["error"] = exc
+        finally:
+            scratch.timings["wal_staging"] = time.monotonic() - started
+
+    stager = threading.Thread(target=stage, name="continuity-wal-staging", daemon=True)
+    stager.start()
+    report(f"restoring base backup {base.backup_id} from location {location}; its WAL is staged as it replays")
+    recovery = {"restore_command": f"'{command} {staging} %f %p'", "recovery_target_action": "'promote'",
                 "recovery_target_timeline": "'latest'"}
     if target_time is not None:
         recovery["recovery_target_time"] = f"'{target_time.isoformat()}'"
@@ -546,17 +601,32 @@ def restore_physical(
     # A base backup taken from a standby carries its standby.signal: a restore must end recovery.
     (cluster.data_dir / "standby.signal").unlink(missing_ok=True)
     user.write_file(cluster.data_dir / "recovery.signal", "")
-    started = time.monotonic()
-    cluster.start(timeout=int(timeout))
-
-    def promoted() -> bool:
+    start_error: ClusterError | None = None
+    try:
         try:
-            with scratch.connect() as conn:
-                return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-        except psycopg.OperationalError:
-            return False  # still starting up or replaying: not accepting connections yet
+            cluster.start(timeout=int(timeout))
+        except ClusterError as exc:  # said after the staging's outcome, which may be why
+            start_error = exc
 
-    if not poll(promoted, timeout=timeout):
+        def promoted() -> bool:
+            if "error" in staging_outcome:
+                return True  # recovery aborts on the failed staging: said below
+            try:
+                with scratch.connect() as conn:
+                    return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            except psycopg.OperationalError:
+                return False  # still starting up or replaying: not accepting connections yet
+
+        finished = start_error is None and poll(promoted, timeout=timeout)
+    finally:
+        stop_staging.set()  # at the target: what follows it is not needed
+        stager.join()
+    if "error" in staging_outcome:
+        raise RestoreError(f"staging the WAL of {base.backup_id} from location {location} failed: "
+                           f"{staging_outcome['error']}") from staging_outcome["error"]
+    if start_error is not None:
+        raise start_error
+    if not finished:
         raise RestoreError(f"recovery of {base.backup_id} did not finish within {timeout:.0f}s "
                            f"(log: {cluster.log_file})")
     scratch.timings["wal_replay"] = time.monotonic() - started

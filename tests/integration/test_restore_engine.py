@@ -381,3 +381,41 @@ def test_unpacking_a_base_backup_streams_it_intact_and_stops_cleanly_on_a_flippe
         with pytest.raises(RestoreError, match="chunk .* failed authentication"):
             unpack_base_backup(manifest, location, keyring, scratch.root / "bad", user=user)
         assert threading.active_count() == threads, "the writer thread ended with the restore"
+
+
+def test_a_wal_file_failing_while_recovery_replays_aborts_the_restore_naming_it(sandbox, pitr_setup) -> None:
+    """WAL is staged while PostgreSQL replays: a segment that fails authentication midway stops the restore
+    with its name, never a cluster promoted short of its target."""
+    import io
+
+    from continuity.wal import classify
+
+    base, _, _ = pitr_setup
+    catalog = _catalog(sandbox)
+    start = classify(base.source["start_wal_file"])
+    segments = [m for m in catalog.list(kind="wal", location="dr")
+                if (wal := classify(m.source["wal_file"])).kind == "segment" and wal.timeline == start.timeline
+                and wal.segno >= start.segno]
+    assert len(segments) >= 2
+    victim = segments[len(segments) // 2]
+
+    class Corrupting:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def open_reader(self, key: str):
+            reader = self.inner.open_reader(key)
+            if key != victim.data_key_name:
+                return reader
+            with reader:
+                blob = bytearray(reader.read())
+            blob[len(blob) // 2] ^= 0x01
+            return io.BytesIO(bytes(blob))
+
+    catalog.locations = {**catalog.locations, "dr": Corrupting(catalog.locations["dr"])}
+    with scratch_cluster(initdb=False) as scratch:
+        with pytest.raises(RestoreError, match=f"staging the WAL of {base.backup_id} .* failed: .*{victim.backup_id}"):
+            restore_physical(catalog=catalog, location="dr", scratch=scratch, base=base, timeout=120)
