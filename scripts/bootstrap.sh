@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this machine for `make run` / `make test`:
-#   1. PostgreSQL server binaries, PgBouncer and Redis from Debian packages when they are absent (and
+#   1. PostgreSQL server binaries, PgBouncer, Redis and curl from Debian packages when they are absent (and
 #      rclone and pgBackRest for `make bench`, which sets CONTINUITY_BENCH=1);
 #   2. .venv from requirements.txt when it is missing or stale (the stamp is a hash of the inputs).
 # Exit codes: 0 ready, 10 packages missing and we cannot install them (not root, no sudo),
@@ -14,16 +14,19 @@ die() { local code=$1; shift; printf 'bootstrap: error: %s\n' "$*" >&2; exit "$c
 have_postgres_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }
 have_redis() { command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; }
+# The standbys' restore_command (include/scripts/fetch-wal.sh) asks the WAL service with curl.
+have_curl() { command -v curl >/dev/null 2>&1; }
 # `make bench` compares object replication with rclone and backups with pgBackRest (CONTINUITY_BENCH=1);
 # tests need neither.
 need_rclone() { [ "${CONTINUITY_BENCH:-0}" = 1 ] && ! command -v rclone >/dev/null 2>&1; }
 need_pgbackrest() { [ "${CONTINUITY_BENCH:-0}" = 1 ] && ! command -v pgbackrest >/dev/null 2>&1; }
 
-if ! have_postgres_server || ! have_pgbouncer || ! have_redis || need_rclone || need_pgbackrest; then
+if ! have_postgres_server || ! have_pgbouncer || ! have_redis || ! have_curl || need_rclone || need_pgbackrest; then
     packages=()
     have_postgres_server || packages+=(postgresql postgresql-contrib)
     have_pgbouncer || packages+=(pgbouncer)
     have_redis || packages+=(redis-server)
+    have_curl || packages+=(curl)
     need_rclone && packages+=(rclone)
     need_pgbackrest && packages+=(pgbackrest)
     command -v apt-get >/dev/null 2>&1 \

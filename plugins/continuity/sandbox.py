@@ -92,6 +92,11 @@ def archive_script_source() -> Path:
     return include_dir() / "scripts" / "archive-wal.sh"
 
 
+def fetch_script_source() -> Path:
+    """The standbys' restore_command script (include/scripts/fetch-wal.sh)."""
+    return include_dir() / "scripts" / "fetch-wal.sh"
+
+
 class SandboxError(RuntimeError):
     """The sandbox cannot do what was asked; the message says what and where, with a HINT."""
 
@@ -336,7 +341,21 @@ class Sandbox:
                 password=self.password("replicator"), application_name=name,
             )
             settings["primary_slot_name"] = name
+            # Behind its slot or cut from its upstream, a standby replays from the archive, through the WAL
+            # service (the pusher's socket): exit 1 while the service is not running, and it streams.
+            settings["restore_command"] = f"{self._fetch_script()} {self.wal_fetch_socket} %f %p"
         cluster.write_node_conf(settings)
+
+    @property
+    def wal_fetch_socket(self) -> Path:
+        return self.socket_dir / "continuity-wal.sock"
+
+    def _fetch_script(self) -> Path:
+        script = self.root / "bin" / "fetch-wal.sh"
+        if not script.exists():  # a sandbox made before standbys fetched from the archive
+            shutil.copyfile(fetch_script_source(), script)
+            script.chmod(0o755)
+        return script
 
     def _create_roles(self, primary: LocalCluster) -> None:
         pw = {role: _sql_literal(self.password(role)) for role in ("postgres", *ROLES)}
@@ -739,7 +758,8 @@ class Sandbox:
         with open(self.logs_dir / "wal-pusher.log", "ab") as log_handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "continuity.cli", "wal", "pusher", "--root", str(self.root),
-                 "--spool", str(self.spool_dir)],
+                 "--spool", str(self.spool_dir), "--socket", str(self.wal_fetch_socket),
+                 "--socket-owner", self.user.name],
                 stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=self.root, env=scrubbed_environment({
                     POLICY_ENV_VAR: str(policy_path().absolute()),

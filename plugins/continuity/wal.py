@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import http.server
 import logging
 import os
 import re
+import shutil
+import socketserver
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -316,6 +320,70 @@ def fetch_file(name: str, destination: Path, *, keyring: Keyring, locations: Map
         raise WalNotArchived(f"{name}: not in any location ({', '.join(locations)})"
                              + (f"; {'; '.join(problems)}" if problems else ""))
     return restore_to_path(manifest, candidates, keyring, destination, report=lambda _m: None)
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    scratch: Path | None = None
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def serve_fetches(socket_path: Path, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
+                  owner: tuple[int, int] | None = None, report: Callable[[str], None] = log.info,
+                  ) -> socketserver.BaseServer:
+    """The fetching half of the WAL service, for restore_command (include/scripts/fetch-wal.sh): `GET
+    /wal/<name>` answers the archived file, decrypted and verified (fetch_file), 404 when no location holds
+    it. A UNIX socket only the database's OS user (`owner`) may open: that user gets WAL, never the keys.
+    Returns the server, serving from a thread of its own; `shutdown()` stops it."""
+    scratch = Path(tempfile.mkdtemp(prefix="continuity-wal-fetch-"))  # 0700: plaintext WAL between fetch and send
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            name = self.path.removeprefix("/wal/")
+            if not self.path.startswith("/wal/") or classify(name) is None:
+                self.send_error(400, f"not a WAL file name: {name!r}")
+                return
+            target = scratch / f"{name}.{threading.get_ident()}"
+            try:
+                location, size = fetch_file(name, target, keyring=keyring, locations=locations,
+                                            report=lambda _m: None)
+            except WalNotArchived:
+                self.send_error(404, f"{name} is not archived")
+                return
+            except Exception as exc:  # integrity, storage: restore_command fails, recovery streams instead
+                report(f"fetching {name} failed: {exc}")
+                self.send_error(500, f"fetching {name} failed")
+                return
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                with open(target, "rb") as handle:
+                    while block := handle.read(1024 * 1024):
+                        self.wfile.write(block)
+                report(f"served {name} ({size:,} bytes from {location})")
+            finally:
+                target.unlink(missing_ok=True)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # each fetch is reported above, once
+
+    socket_path.unlink(missing_ok=True)
+    previous = os.umask(0o177)  # the socket is 0600 from its creation: no one else can connect in between
+    try:
+        server = _UnixHTTPServer(str(socket_path), Handler)
+    finally:
+        os.umask(previous)
+    server.scratch = scratch
+    if owner is not None:
+        os.chown(socket_path, *owner)  # then it is the database's OS user's alone
+    thread = threading.Thread(target=server.serve_forever, name="continuity-wal-fetch", daemon=True)
+    thread.start()
+    return server
 
 
 def manifest_source(holding: set[str], required: set[str]) -> str:

@@ -229,3 +229,41 @@ def test_pitr_from_the_pushed_archive_alone_to_seconds_before_a_regional_loss(sa
     finally:
         with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS pushed_filler")
+
+
+def test_a_standby_cut_from_its_upstream_replays_from_the_archive_through_the_wal_service(sandbox) -> None:
+    """restore_command (fetch-wal.sh) asks the pusher's socket, which holds the keys; the standby's OS user
+    gets decrypted, verified WAL and nothing else. A file the archive does not hold is exit 1 (streaming
+    resumes), never an error."""
+    dr = sandbox.cluster("dr")
+    assert "fetch-wal.sh" in dr.psql("SHOW restore_command;")
+    socket = sandbox.wal_fetch_socket
+    assert sandbox.start_wal_pusher()
+    try:
+        _wait(lambda: socket.is_socket(), timeout=30, what="the WAL service's socket")
+        assert socket.stat().st_mode & 0o777 == 0o600 and socket.stat().st_uid == sandbox.user.uid
+        dr.psql("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf();")
+        _wait(lambda: dr.psql("SELECT count(*) FROM pg_stat_wal_receiver;").strip() == "0", timeout=30,
+              what="the dr standby to stop streaming")
+        marker = f"from-the-archive-{time.time_ns()}"
+        with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS archive_marks (name text PRIMARY KEY)")
+            conn.execute("INSERT INTO archive_marks VALUES (%s)", (marker,))
+        [closed] = _close_segments(sandbox, 1)
+        _wait(lambda: not _stored_everywhere(sandbox, [closed]), timeout=60, what=f"{closed} stored")
+
+        def replayed() -> bool:
+            try:
+                return dr.psql(f"SELECT count(*) FROM archive_marks WHERE name = '{marker}';", dbname="app").strip() == "1"
+            except Exception:
+                return False  # the table itself is not replayed yet
+
+        _wait(replayed, timeout=90, what="the dr standby to replay the marker from the archive")
+        log = (sandbox.logs_dir / "wal-pusher.log").read_text()
+        assert f"served {closed}" in log, log[-2000:]
+        assert dr.psql("SELECT count(*) FROM pg_stat_wal_receiver;").strip() == "0", "not by streaming"
+    finally:
+        dr.psql("ALTER SYSTEM RESET primary_conninfo; SELECT pg_reload_conf();")
+        assert sandbox.stop_wal_pusher()
+    assert not socket.exists(), "the socket goes with the service"
+    sandbox.wait_streaming(timeout=60)

@@ -4,6 +4,7 @@ asynchronous pusher that sends the spool archive-wal.sh queues, without Airflow.
 from __future__ import annotations
 
 import argparse
+import pwd
 import signal
 import sys
 import threading
@@ -75,7 +76,7 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
 
 def cmd_wal_pusher(args: argparse.Namespace) -> int:
     """Runs until SIGTERM or SIGINT: the spool is sent as archive-wal.sh queues into it."""
-    from continuity.wal import push_continuously
+    from continuity.wal import push_continuously, serve_fetches
 
     spool = Path(args.spool)
     if not spool.is_dir():
@@ -84,11 +85,31 @@ def cmd_wal_pusher(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    report = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    server = None
+    if args.socket:
+        owner = None
+        if args.socket_owner:
+            try:
+                entry = pwd.getpwnam(args.socket_owner)
+            except KeyError:
+                raise UsageError(f"--socket-owner: no OS user {args.socket_owner!r}") from None
+            owner = (entry.pw_uid, entry.pw_gid)
+        # Required locations first: the copies the policy vouches for.
+        order = sorted(ctx.locations, key=lambda name: (name not in ctx.required, name))
+        server = serve_fetches(Path(args.socket), keyring=ctx.keyring, report=report, owner=owner,
+                               locations={name: ctx.locations[name] for name in order})
+        report(f"serving WAL fetches on {args.socket} (restore_command: fetch-wal.sh)")
     print(f"pushing {spool} to {', '.join(sorted(ctx.locations))} (required: {', '.join(sorted(ctx.required))}) "
           f"every {args.interval:g}s, {args.workers} at once", file=sys.stderr, flush=True)
-    push_continuously(spool, keyring=ctx.keyring, locations=ctx.locations, required=ctx.required, stop=stop,
-                      interval=args.interval, workers=args.workers,
-                      report=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        push_continuously(spool, keyring=ctx.keyring, locations=ctx.locations, required=ctx.required, stop=stop,
+                          interval=args.interval, workers=args.workers, report=report)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            Path(args.socket).unlink(missing_ok=True)
     print("stopped", file=sys.stderr, flush=True)
     return EXIT_OK
 
@@ -109,4 +130,7 @@ def add_wal_commands(sub, with_storage) -> None:
     pusher.add_argument("--spool", required=True, help="the spool directory archive_command queues into")
     pusher.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the spool")
     pusher.add_argument("--workers", type=int, default=2, help="files sent at once")
+    pusher.add_argument("--socket", help="also serve restore_command's fetches on this UNIX socket "
+                                         "(include/scripts/fetch-wal.sh)")
+    pusher.add_argument("--socket-owner", help="the OS user PostgreSQL runs as: the only one who may use the socket")
     pusher.set_defaults(func=cmd_wal_pusher)
