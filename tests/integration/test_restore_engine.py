@@ -391,6 +391,12 @@ def test_a_wal_file_failing_while_recovery_replays_aborts_the_restore_naming_it(
     from continuity.wal import classify
 
     base, _, _ = pitr_setup
+    for _ in range(2):  # at least two segments after the base backup's start, whatever ran before
+        with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS wal_fillers (at timestamptz DEFAULT clock_timestamp())")
+            conn.execute("INSERT INTO wal_fillers DEFAULT VALUES")
+        sandbox.cluster(sandbox.current_primary()).psql("SELECT pg_switch_wal();")
+    assert str(load_dag("dr_wal_archive").test().state) == "success"
     catalog = _catalog(sandbox)
     start = classify(base.source["start_wal_file"])
     segments = [m for m in catalog.list(kind="wal", location="dr")
