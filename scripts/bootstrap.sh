@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for `make run` / `make test`:
-#   1. PostgreSQL server binaries, PgBouncer, Redis and curl from Debian packages when they are absent (and
+#   1. PostgreSQL server binaries, PgBouncer, Redis, curl and OpenSSH's server from Debian packages when
+#      they are absent (and
 #      rclone and pgBackRest for `make bench`, which sets CONTINUITY_BENCH=1);
 #   2. .venv from requirements.txt when it is missing or stale (the stamp is a hash of the inputs).
 # Exit codes: 0 ready, 10 packages missing and we cannot install them (not root, no sudo),
@@ -16,21 +17,24 @@ have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgboun
 have_redis() { command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; }
 # The standbys' restore_command (include/scripts/fetch-wal.sh) asks the WAL service with curl.
 have_curl() { command -v curl >/dev/null 2>&1; }
+# Node control over SSH is tested against an OpenSSH server the sandbox starts on loopback.
+have_sshd() { command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; }
 # `make bench` compares object replication with rclone and backups with pgBackRest (CONTINUITY_BENCH=1);
 # tests need neither.
 need_rclone() { [ "${CONTINUITY_BENCH:-0}" = 1 ] && ! command -v rclone >/dev/null 2>&1; }
 need_pgbackrest() { [ "${CONTINUITY_BENCH:-0}" = 1 ] && ! command -v pgbackrest >/dev/null 2>&1; }
 
-if ! have_postgres_server || ! have_pgbouncer || ! have_redis || ! have_curl || need_rclone || need_pgbackrest; then
+if ! have_postgres_server || ! have_pgbouncer || ! have_redis || ! have_curl || ! have_sshd || need_rclone || need_pgbackrest; then
     packages=()
     have_postgres_server || packages+=(postgresql postgresql-contrib)
     have_pgbouncer || packages+=(pgbouncer)
     have_redis || packages+=(redis-server)
     have_curl || packages+=(curl)
+    have_sshd || packages+=(openssh-server)
     need_rclone && packages+=(rclone)
     need_pgbackrest && packages+=(pgbackrest)
     command -v apt-get >/dev/null 2>&1 \
-        || die 11 "missing ${packages[*]} and this machine has no apt-get; install them with its package manager (PostgreSQL server binaries, PgBouncer, Redis)"
+        || die 11 "missing ${packages[*]} and this machine has no apt-get; install them with its package manager (PostgreSQL server binaries, PgBouncer, Redis, curl, OpenSSH server)"
     if [ "$(id -u)" -eq 0 ]; then
         sudo=()
     elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then

@@ -4,15 +4,21 @@ Stopping a server, keeping a stopped one from coming back as a primary, pointing
 upstream and rewinding a diverged data directory cannot be done through a database connection.
 `NodeControl` is that contract. The policy names the implementation (`topology.node_control`) and
 `node_control_for()` builds it: `sandbox` is `continuity.sandbox.SandboxNodeControl` (data directories
-on this host, run as the `postgres` OS user); a production deployment implements the same methods
-over its own channel (SSH, an agent, Patroni's REST API) and the failover logic stays the same.
+on this host, run as the `postgres` OS user); `ssh` is `continuity.sshcontrol.SshNodeControl` (the
+same actions on each node's own host, over SSH). Another channel (an agent, Patroni's REST API)
+implements the same methods and the failover logic stays the same.
 This module never imports the sandbox unless the policy chooses it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from continuity.sshcontrol import RemoteShell
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,26 @@ class NodeControl(Protocol):
         ...
 
 
-def node_control_for(policy: Any) -> NodeControl:
-    """The node control the policy names (`topology.node_control`): the one place it is chosen."""
+def latest_checkpoint_location(controldata: str, *, node: str) -> str:
+    """The last checkpoint's LSN in pg_controldata's output."""
+    match = re.search(r"^Latest checkpoint location:\s+(\S+)$", controldata, re.M)
+    if not match:
+        raise NodeControlError(f"pg_controldata of node {node} shows no latest checkpoint location")
+    return match.group(1)
+
+
+def slot_statements(slots: list[str]) -> str:
+    """SQL creating each physical replication slot that does not exist (names that are not plain
+    identifiers are skipped: they never come from a node name the policy accepts)."""
+    return "".join(
+        f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
+        f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}');\n" for slot in slots
+        if re.fullmatch(r"[a-z0-9_]+", slot))
+
+
+def node_control_for(policy: Any, *, shell_for: Callable[[str], RemoteShell] | None = None) -> NodeControl:
+    """The node control the policy names (`topology.node_control`): the one place it is chosen.
+    `ssh` needs `shell_for` (a node's remote shell; the Airflow layer builds it from SSH connections)."""
     kind = policy.topology.node_control
     if kind is None:
         raise NodeControlError(
@@ -66,4 +90,11 @@ def node_control_for(policy: Any) -> NodeControl:
         from continuity.sandbox import SandboxNodeControl  # only when the policy chooses the sandbox
 
         return SandboxNodeControl.from_environment()
+    if kind == "ssh":
+        if shell_for is None:
+            raise NodeControlError("topology.node_control is 'ssh' but no SSH connections were given; HINT: run the "
+                                   "failover from Airflow (each node's host.ssh_conn_id is an Airflow connection)")
+        from continuity.sshcontrol import SshNodeControl
+
+        return SshNodeControl(policy=policy, shell_for=shell_for)
     raise NodeControlError(f"topology.node_control {kind!r} has no implementation here")

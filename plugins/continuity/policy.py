@@ -118,6 +118,30 @@ class DataCategory(_Model):
     measured_by: Literal["database", "config_backup", "object_replication"] | None = None
 
 
+class NodeHost(_Model):
+    """Where a node's PostgreSQL lives on its host: what node control over SSH acts on."""
+
+    # An Airflow SSH connection that logs in as the PostgreSQL OS user of the node's host.
+    ssh_conn_id: str
+    data_directory: str
+    bin_directory: str = "/usr/lib/postgresql/15/bin"
+    # How the other nodes reach this one (replication, pg_rewind); port and socket are the server's own.
+    address: str
+    port: int = 5432
+    socket_directory: str = "/var/run/postgresql"
+    # Relative to the data directory, included by postgresql.conf: failover rewrites the upstream and
+    # synchronous settings in it and leaves every other line as it was.
+    settings_file: str = "continuity.conf"
+    # The node's own password file for replication and pg_rewind (absent: libpq's ~/.pgpass of the OS user).
+    passfile: str | None = None
+    replication_user: str = "replicator"
+    rewind_user: str = "continuity_admin"
+    # pg_ctl's server log when failover starts the node (absent: pg_ctl.log in the data directory).
+    log_file: str | None = None
+    # Set with primary_conninfo when the node follows a new upstream (e.g. `continuity wal fetch %f %p`).
+    restore_command: str | None = None
+
+
 class Node(_Model):
     name: Name
     role: Literal["primary", "standby"]
@@ -125,6 +149,7 @@ class Node(_Model):
     conn_id: str
     backup_conn_id: str | None = None
     synchronous: bool = False
+    host: NodeHost | None = None
 
 
 class EntryPoint(_Model):
@@ -145,8 +170,18 @@ class Topology(_Model):
     nodes: list[Node] = Field(min_length=1)
     entry_point: EntryPoint
     # Host-level control of the nodes for failover (stop, fence, rewind): `sandbox` for the local
-    # sandbox; absent, dr_failover stops in preflight saying none is configured.
-    node_control: Literal["sandbox"] | None = None
+    # sandbox, `ssh` for each node's host over SSH (every node needs `host`); absent, dr_failover stops
+    # in preflight saying none is configured.
+    node_control: Literal["sandbox", "ssh"] | None = None
+
+    @model_validator(mode="after")
+    def _ssh_hosts(self) -> Topology:
+        if self.node_control == "ssh":
+            missing = [node.name for node in self.nodes if node.host is None]
+            if missing:
+                raise ValueError(f"node_control is 'ssh' but node(s) {', '.join(missing)} have no host (its "
+                                 f"ssh_conn_id, data_directory and address)")
+        return self
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -45,8 +45,8 @@ from continuity.localcluster import (
     wait_for_port,
 )
 from continuity.keys import Keyring
-from continuity.nodecontrol import NodeControlError
-from continuity.policy import Policy, load_policy
+from continuity.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
+from continuity.policy import NodeHost, Policy, load_policy
 from continuity.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, include_dir, policy_path,
                                 project_dir)
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
@@ -201,9 +201,11 @@ class Sandbox:
         raise SandboxError(f"no node of the sandbox at {self.root} is configured as primary")
 
     # -- up ----------------------------------------------------------------------------------
-    def up(self, *, scale: float = 1.0, wal_pusher: bool = True) -> dict[str, Any]:
+    def up(self, *, scale: float = 1.0, wal_pusher: bool = True, ssh: bool = False) -> dict[str, Any]:
         """Build the sandbox the first time, restart it later. Returns the state (with secrets). Without
-        `wal_pusher`, WAL waits in the spool for a shipper (dr_wal_archive, or `start_wal_pusher`)."""
+        `wal_pusher`, WAL waits in the spool for a shipper (dr_wal_archive, or `start_wal_pusher`). With
+        `ssh` (or once it had it), an SSH server on loopback lets node control reach the nodes as a
+        production one does (`write_ssh_policy`)."""
         self._check_prerequisites()
         started: list[str] = []
         try:
@@ -219,6 +221,8 @@ class Sandbox:
             self._ensure_probe_user()
             self._start_application(started)
             self._start_receivers(started)
+            if ssh or "ssh" in self.state:
+                self.start_ssh(started)
             if wal_pusher:
                 self.start_wal_pusher(started)
             self.write_connections()
@@ -593,6 +597,91 @@ class Sandbox:
             started.append(f"redis {region}")
             self._save_state()
             wait_for_port(entry["port"], what=f"Redis in {region}")
+
+    # -- SSH: the nodes' hosts as a production node control sees them -------------------------
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    def start_ssh(self, started: list[str] | None = None) -> int:
+        """An OpenSSH server on loopback through which node control reaches the nodes as their OS user:
+        its own host key, one client key authorized for that user only, and a password file the user
+        owns for replication and pg_rewind. Returns its port."""
+        sshd = find_sshd()
+        entry = self.state.setdefault("ssh", {"port": free_port(), "pid": None})
+        if _is_our_process(entry.get("pid"), str(self.ssh_dir / "sshd_config")):
+            return entry["port"]
+        if not port_is_free(entry["port"]):
+            entry["port"] = free_port()
+        # Every path sshd reads as the node's OS user (the authorized keys) must be traversable by it.
+        self.ssh_dir.mkdir(mode=0o755, exist_ok=True)
+        self.ssh_dir.chmod(0o755)
+        for key in ("host_ed25519", "client_ed25519"):
+            if not (self.ssh_dir / key).exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"continuity-sandbox-{key}",
+                                "-f", str(self.ssh_dir / key)], check=True, capture_output=True)
+        authorized = self.ssh_dir / "authorized_keys"
+        authorized.write_text((self.ssh_dir / "client_ed25519.pub").read_text())
+        authorized.chmod(0o644)
+        pgpass = "".join(f"127.0.0.1:*:*:{role}:{self.password(role)}\n" for role in ("replicator", "continuity_admin"))
+        self.user.write_file(self.ssh_dir / "pgpass", pgpass)
+        config = self.ssh_dir / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {entry['port']}", "ListenAddress 127.0.0.1", f"HostKey {self.ssh_dir / 'host_ed25519'}",
+            f"PidFile {self.ssh_dir / 'sshd.pid'}", f"AuthorizedKeysFile {authorized}", f"AllowUsers {self.user.name}",
+            "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            # PAM's account stage instead of sshd's own check: Debian's postgres account has a locked
+            # password ("!"), which sshd alone refuses even for a key.
+            "UsePAM yes", "StrictModes no", "PermitRootLogin no", "X11Forwarding no", "AllowTcpForwarding no",
+            "LogLevel INFO", ""]))
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.logs_dir / "sshd.log").open("ab") as log_file:
+            process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log_file, stderr=log_file,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        entry["pid"] = process.pid
+        if started is not None:
+            started.append("sshd")
+        self._save_state()
+        wait_for_port(entry["port"], what="the sandbox's SSH server")
+        self.write_connections()
+        return entry["port"]
+
+    def stop_ssh(self) -> bool:
+        pid = self.state.get("ssh", {}).get("pid")
+        if _is_our_process(pid, str(self.ssh_dir / "sshd_config")):
+            stop_pid(pid, name="sshd", sig=signal.SIGTERM)
+            return True
+        return False
+
+    def ssh_policy(self) -> Policy:
+        """This sandbox's policy with node control over SSH: every node's host as its data directory,
+        binaries, port and socket say (the SSH server must be running)."""
+        topology = self.policy.topology
+        nodes = []
+        for node in topology.nodes:
+            cluster = self.cluster(node.name)
+            host = NodeHost(
+                ssh_conn_id=SSH_CONN_ID.format(node=node.name), data_directory=str(cluster.data_dir),
+                bin_directory=str(Path(cluster.tool("pg_ctl")).parent), address="127.0.0.1", port=cluster.port,
+                socket_directory=str(self.socket_dir), settings_file="node.conf", passfile=str(self.ssh_dir / "pgpass"),
+                log_file=str(cluster.log_file),
+                restore_command=f"{self._fetch_script()} {self.wal_fetch_socket} %f %p")
+            nodes.append(node.model_copy(update={"host": host}))
+        return self.policy.model_copy(update={"topology": topology.model_copy(
+            update={"nodes": nodes, "node_control": "ssh"})})
+
+    def write_ssh_policy(self) -> Path:
+        """`ssh_policy()` as a policy file (`$CONTINUITY_POLICY` for Airflow to fail over over SSH)."""
+        path = self.root / "policy-ssh.yaml"
+        data = yaml.safe_load(policy_path().read_text())
+        topology = self.ssh_policy().topology
+        data["topology"]["node_control"] = "ssh"
+        hosts = {node.name: node.host.model_dump(exclude_none=True) for node in topology.nodes}
+        for node in data["topology"]["nodes"]:
+            node["host"] = hosts[node["name"]]
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
 
     def redis_client(self, region: str) -> Any:
         import redis as redis_py
@@ -1047,6 +1136,14 @@ class Sandbox:
                 "password": self.password("pagerduty")[:32],
                 "extra": {"ca_bundle": str(self.receivers_dir / "tls" / "receivers-cert.pem")},
             }
+        if "ssh" in self.state:
+            host_key = " ".join((self.ssh_dir / "host_ed25519.pub").read_text().split()[:2])
+            for node in topology.nodes:
+                conns[SSH_CONN_ID.format(node=node.name)] = {
+                    "conn_type": "ssh", "host": "127.0.0.1", "port": self.state["ssh"]["port"], "login": self.user.name,
+                    "extra": {"key_file": str(self.ssh_dir / "client_ed25519"), "host_key": host_key,
+                              "look_for_keys": "false"},
+                }
         keyring = self.keyring() if self.key_file.exists() else None
         conns["continuity_keyring"] = {
             "conn_type": "generic", "login": keyring.active if keyring else None,
@@ -1104,6 +1201,8 @@ class Sandbox:
                 if _is_our_process(entry.get("pid"), "redis-server"):
                     stop_pid(entry["pid"], name=f"Redis {region}", sig=signal.SIGTERM)
                     stopped.append(f"redis {region}")
+            if self.stop_ssh():
+                stopped.append("sshd")
             for region in list(state.get("gateways", {})):
                 if self._stop_gateway(region):
                     stopped.append(f"s3 gateway {region}")
@@ -1268,6 +1367,15 @@ def find_redis_server() -> str:
     return binary
 
 
+def find_sshd() -> str:
+    binary = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    if binary is None:
+        raise SandboxError("sshd is not installed (node control over SSH needs an SSH server); HINT: `make test` "
+                           "installs the Debian package openssh-server, or: apt-get install openssh-server")
+    return binary
+
+
+SSH_CONN_ID = "continuity_ssh_{node}"
 WAL_PUSHER_NEEDLE = "wal pusher --root"
 
 
@@ -1401,10 +1509,7 @@ class SandboxNodeControl:
         cluster = self._cluster(name)
         result = cluster.user.run([cluster.tool("pg_controldata"), "-D", str(cluster.data_dir)],
                                   what=f"pg_controldata of node {name}")
-        match = re.search(r"^Latest checkpoint location:\s+(\S+)$", result.stdout, re.M)
-        if not match:
-            raise NodeControlError(f"pg_controldata of node {name} shows no latest checkpoint location")
-        return match.group(1)
+        return latest_checkpoint_location(result.stdout, node=name)
 
     def fence(self, name: str) -> None:
         cluster = self._cluster(name)
@@ -1429,10 +1534,7 @@ class SandboxNodeControl:
             self._cluster(name).psql("SELECT pg_reload_conf();")
 
     def ensure_slots(self, name: str, slots: list[str]) -> None:
-        statements = "".join(
-            f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
-            f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}');\n" for slot in slots
-            if re.fullmatch(r"[a-z0-9_]+", slot))
+        statements = slot_statements(slots)
         if statements:
             self._cluster(name).psql(statements)
 

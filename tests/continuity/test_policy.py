@@ -113,6 +113,10 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
          "versions only that listing finds would be older, got 2h"),
         ("  user_uploads:\n    rpo", "  uploads_renamed:\n    rpo",
          "policy.yaml: objects.categories.user_uploads: expected one of the data_categories"),
+        ("  node_control: sandbox", "  node_control: ssh",
+         "policy.yaml: topology: node_control is 'ssh' but node(s) primary, sync1, dr have no host"),
+        ("  node_control: sandbox", "  node_control: telnet",
+         "policy.yaml: topology.node_control: input should be 'sandbox' or 'ssh'"),
     ],
 )
 def test_broken_policy_names_file_key_and_expectation(tmp_path: Path, old: str, new: str, message: str) -> None:

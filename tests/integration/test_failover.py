@@ -523,6 +523,72 @@ def test_a_disaster_without_the_primary_failing_alerts_and_never_promotes(cluste
 
 
 # -- failover ----------------------------------------------------------------------------------
+@pytest.fixture
+def over_ssh(cluster, monkeypatch):
+    """The same cluster, its node control over SSH: an OpenSSH server on loopback logs in as the nodes'
+    OS user, and the policy's `topology.node_control: ssh` names each node's host."""
+    cluster.start_ssh()
+    for key, value in cluster.environment().items():
+        if key.startswith("AIRFLOW_CONN_CONTINUITY_SSH_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CONTINUITY_POLICY", str(cluster.write_ssh_policy()))
+    yield cluster
+
+
+def _ssh_logins(box) -> int:
+    return (box.logs_dir / "sshd.log").read_text().count("Accepted publickey for ")
+
+
+def test_switchover_and_failover_with_node_control_over_ssh(over_ssh) -> None:
+    box = over_ssh
+    logins = _ssh_logins(box)
+    with CommitRecorder(box.app_conninfo()) as load:
+        _wait_commits(load, 30)
+        run = _run(target="sync1", mode="switchover", reason="maintenance of the primary's host")
+        _wait_commits(load, len(load.acknowledged) + 30)
+    assert str(run.state) == "success", task_states(run)
+    assert load.missing_on(_app(box, "sync1")) == [], "every acknowledged commit is on the new primary"
+    assert _writable(box) == ["sync1"]
+    assert {r.application_name for r in box.node("sync1").replication() if r.state == "streaming"} == {"primary", "dr"}
+    assert _ssh_logins(box) > logins, "node control logged in over SSH"
+    # The old primary was rewound and pointed at sync1 over SSH: its upstream authenticates from the
+    # node's own password file, so no password is written into its settings.
+    settings = (box.cluster("primary").data_dir / "node.conf").read_text()
+    assert "primary_slot_name = 'primary'" in settings and f"passfile={box.ssh_dir / 'pgpass'}" in settings
+    assert not [role for role, secret in box.state["secrets"].items() if secret in settings]
+    assert (box.cluster("primary").data_dir / "standby.signal").exists()
+
+    # sync1 crashes: fail over back to primary, over SSH; sync1 is rewound from its crash and follows.
+    with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS before_ssh_crash (n int)")
+        conn.execute("INSERT INTO before_ssh_crash VALUES (1)")
+    box.wait_streaming(timeout=30)
+    box.cluster("sync1").kill()
+    crash = _run(target="primary", mode="failover", reason="sync1's host lost")
+    assert str(crash.state) == "success", task_states(crash)
+    assert _writable(box) == ["primary"]
+    assert _audit(box, crash)["steps"]["rejoin"]["following"] == ["dr", "sync1"]
+    with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        assert conn.execute("SELECT count(*) FROM before_ssh_crash").fetchone()[0] == 1
+    box.wait_streaming(timeout=60)
+    assert {r.application_name for r in box.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1"}
+
+
+def test_node_control_over_ssh_names_the_node_and_the_command_that_failed(over_ssh, monkeypatch) -> None:
+    from continuity.hooks.failover import FailoverHook
+    from continuity.nodecontrol import NodeControlError
+
+    control = FailoverHook().get_node_control()
+    assert control.is_running("dr") and control.is_fenced("dr")
+    with pytest.raises(NodeControlError, match=r"^pg_rewind from primary of node dr failed over SSH \(exit 1\): "):
+        control.rewind("dr", "primary")  # a running server is never rewound
+    assert control.is_fenced("dr") and control.is_running("dr")
+    monkeypatch.setenv("AIRFLOW_CONN_CONTINUITY_SSH_DR", json.dumps(
+        {**json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_SSH_DR"]), "port": 1}))
+    with pytest.raises(NodeControlError, match=r"^node dr \(SSH connection continuity_ssh_dr\): cannot connect"):
+        FailoverHook().get_node_control().is_running("dr")
+
+
 def test_failover_after_the_primary_crashes(cluster) -> None:
     cluster.wait_entry_point()
     with psycopg.connect(cluster.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:

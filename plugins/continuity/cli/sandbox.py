@@ -12,9 +12,12 @@ from continuity.policy import load_policy
 
 def cmd_sandbox_up(args: argparse.Namespace) -> int:
     sandbox = _sandbox(args)
-    sandbox.up(scale=args.scale, wal_pusher=args.wal_pusher)
+    sandbox.up(scale=args.scale, wal_pusher=args.wal_pusher, ssh=args.ssh)
     _print_status(sandbox.status(), as_json=False)
     print(f"\nIn another terminal: eval \"$(continuity sandbox env --root {sandbox.root})\"")
+    if "ssh" in sandbox.state:
+        print(f"Failover with node control over SSH (port {sandbox.state['ssh']['port']}): "
+              f"export CONTINUITY_POLICY={sandbox.write_ssh_policy()}")
     return EXIT_OK
 
 

@@ -9,13 +9,15 @@ from continuity.failover import ReplicationGroup
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.nodecontrol import NodeControl, node_control_for
 from continuity.router import Endpoint, PgBouncerRouter, Route53Router, Router
+from continuity.sshcontrol import ParamikoShell, RemoteShell
 from continuity.hooks.topology import ContinuityPolicyHook
 
 
 class FailoverHook(ContinuityPolicyHook):
     """Admin connections to every node (their `conn_id`s), the entry point's router (PgBouncer's admin
     connection plus a generic connection with `extra.ini_path`, or a Route 53 record through an AWS
-    connection with `extra.zone_id`/`extra.record_name`), and host-level node control.
+    connection with `extra.zone_id`/`extra.record_name`), and host-level node control (over SSH: each
+    node's `host.ssh_conn_id`, an SSH connection of the SSH provider).
 
     :param policy_path: the policy file (default: $CONTINUITY_POLICY or include/policy.yaml).
     """
@@ -58,8 +60,19 @@ class FailoverHook(ContinuityPolicyHook):
             endpoints[node.name] = Endpoint(node=node.name, host=conn.host or "localhost", port=conn.port or 5432)
         app = PostgresNodeHook(postgres_conn_id=topology.entry_point.conn_id).get_node().conninfo
         return ReplicationGroup(policy=self.policy, nodes=nodes, endpoints=endpoints,
-                       control=control or node_control_for(self.policy), router=self.get_router(),
+                       control=control or self.get_node_control(), router=self.get_router(),
                        app_conninfo=app, report=report)
+
+    def get_node_control(self) -> NodeControl:
+        return node_control_for(self.policy, shell_for=self._ssh_shell)
+
+    def _ssh_shell(self, node_name: str) -> RemoteShell:
+        from airflow.providers.ssh.hooks.ssh import SSHHook
+
+        conn_id = self.policy.topology.node(node_name).host.ssh_conn_id
+        # Connected on first use: a host that is gone fails only the actions on it.
+        return ParamikoShell(connect=lambda: SSHHook(ssh_conn_id=conn_id).get_conn(),
+                             describe=f"node {node_name} (SSH connection {conn_id})")
 
     def get_conn(self) -> Any:
         return self.get_cluster(report=self.log.info)
