@@ -28,13 +28,100 @@ def test_distributed_airflow_services_exist() -> None:
     for name in [*AIRFLOW_SERVICES, "airflow-init", "redis", "airflow-metadata"]:
         assert name in SERVICES, name
     assert SERVICES["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert SERVICES["airflow-scheduler"]["image"].startswith("apache/airflow:3.3")
+    build = SERVICES["airflow-scheduler"]["build"]
+    assert "FROM apache/airflow:3.3" in (ROOT / build["context"] / build["dockerfile"]).read_text()
 
 
 def test_protected_system_counterparts_exist() -> None:
     for name in ["pg-primary", "pg-sync1", "pg-dr", "pgbouncer", "minio-us-east-1", "minio-us-west-2"]:
         assert name in SERVICES, name
-    assert "synchronous_standby_names=sync1" in SERVICES["pg-primary"]["command"]
+
+
+
+def _command(service: dict) -> str:
+    command = service.get("command", "")
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def test_the_primary_initialises_without_waiting_for_a_synchronous_standby() -> None:
+    # On the command line, the entrypoint's temporary init server waited for a standby that cannot exist yet.
+    for name, service in SERVICES.items():
+        assert "synchronous_standby_names" not in _command(service), name
+    init = (ROOT / "include/docker/init-primary.sh").read_text()
+    assert "synchronous_standby_names = 'sync1'\" > \"$PGDATA/continuity.conf\"" in init
+    assert "include_if_exists = 'continuity.conf'" in init
+
+
+def test_standbys_keep_their_upstream_where_node_control_rewrites_it_and_no_password_on_a_command_line() -> None:
+    script = (ROOT / "include/docker/start-standby.sh").read_text()
+    assert "continuity.conf" in script and "passfile=" in script and "standby.signal" in script
+    assert " -R " not in script, "pg_basebackup -R would put the upstream (and its password) in postgresql.auto.conf"
+    exec_line = next(line for line in script.splitlines() if line.startswith("exec postgres"))
+    assert "primary_conninfo" not in exec_line and "PASSWORD" not in exec_line
+    for name, service in SERVICES.items():
+        assert "password=" not in _command(service).lower(), f"{name}: a password on a command line"
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    return {v.split(":")[1]: v.split(":")[0] for v in service.get("volumes", [])}
+
+
+def test_the_wal_spool_is_shared_by_everything_that_writes_or_ships_it_and_owned_for_them() -> None:
+    spool = "/var/lib/postgresql/wal-spool"
+    for name in ["pg-primary", "wal-pusher", *AIRFLOW_SERVICES]:
+        assert _mounts(SERVICES[name]).get(spool) == "wal-spool", f"{name} does not mount the spool at {spool}"
+    init = SERVICES["wal-spool-init"]
+    assert _mounts(init).get(spool) == "wal-spool" and init["user"] == "root"
+    assert f"chown postgres:0 {spool}" in _command(init) and f"chmod 2770 {spool}" in _command(init)
+    for name in ["pg-primary", *AIRFLOW_SERVICES]:
+        assert SERVICES[name]["depends_on"]["wal-spool-init"]["condition"] == "service_completed_successfully", name
+    # The files archive_command queues are readable by the spool's group (Airflow's user is in group 0).
+    assert 'chmod 0640 "$tmp"' in (ROOT / "include/scripts/archive-wal.sh").read_text()
+
+
+def _listen_port(name: str) -> int:
+    service = SERVICES[name]
+    if name == "pgbouncer":
+        return int(service["environment"]["LISTEN_PORT"])
+    assert service["image"].startswith("postgres:"), name
+    return 5432
+
+
+@pytest.mark.parametrize("name", AIRFLOW_SERVICES)
+def test_every_postgres_connection_names_the_port_its_service_listens_on(name: str) -> None:
+    for key, value in SERVICES[name]["environment"].items():
+        if key.startswith("AIRFLOW_CONN_"):
+            conn = json.loads(re.sub(r"\$\{[^}]+\}", "secret", value))
+            if conn["conn_type"] == "postgres":
+                assert conn["port"] == _listen_port(conn["host"]), f"{key}: port {conn['port']}"
+    published = SERVICES["pgbouncer"]["ports"][0].split(":")
+    assert int(published[1]) == _listen_port("pgbouncer")
+
+
+def test_the_pgbouncer_admin_user_is_in_its_userlist_with_a_password() -> None:
+    policy = load_policy()
+    admin = json.loads(re.sub(r"\$\{[^}]+\}", "secret", SERVICES["airflow-scheduler"]["environment"][
+        f"AIRFLOW_CONN_{policy.topology.entry_point.admin_conn_id.upper()}"]))
+    assert admin["login"] in SERVICES["pgbouncer"]["environment"]["ADMIN_USERS"].split(",")
+    init = SERVICES["pgbouncer-init"]
+    assert f'"{admin["login"]}" "%s"' in _command(init) and "/etc/pgbouncer/userlist.txt" in _command(init)
+    assert "umask 077" in _command(init)
+    assert init["environment"]["ADMIN_PASSWORD"] == "${CONTINUITY_PG_PASSWORD:?}"
+    assert admin["password"] == "secret"  # the same ${CONTINUITY_PG_PASSWORD} as the userlist's
+    assert _mounts(init)["/etc/pgbouncer"] == _mounts(SERVICES["pgbouncer"])["/etc/pgbouncer"]
+    assert SERVICES["pgbouncer"]["depends_on"]["pgbouncer-init"]["condition"] == "service_completed_successfully"
+
+
+def test_the_airflow_image_has_the_postgresql_server_binaries_of_the_protected_cluster() -> None:
+    build = SERVICES["airflow-scheduler"]["build"]
+    dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
+    major = SERVICES["pg-primary"]["image"].split(":")[1]
+    assert f"postgresql-{major}" in dockerfile and f"/usr/lib/postgresql/{major}/bin" in dockerfile
+    assert "pip install --no-cache-dir -r /opt/airflow/requirements.txt" in dockerfile
+    image = SERVICES["airflow-scheduler"]["image"]
+    assert SERVICES["wal-pusher"]["image"] == image, "the WAL pusher runs the same code"
+    for name in AIRFLOW_SERVICES:
+        assert "_PIP_ADDITIONAL_REQUIREMENTS" not in SERVICES[name]["environment"]
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

@@ -1,11 +1,21 @@
 #!/bin/bash
 # docker-compose: clone the primary once (creating this standby's slot), then run as a standby.
+# The replication password goes to the OS user's ~/.pgpass (0600), never onto a command line or into the
+# server's settings; the upstream and the slot are in continuity.conf (included by postgresql.conf), the
+# file failover's node control rewrites when this node follows another primary.
 set -euo pipefail
 name=$1
+home=${HOME:-/var/lib/postgresql}
+umask 077
+printf '*:*:*:replicator:%s\n' "$PGPASSWORD" > "$home/.pgpass"
 until pg_isready -h pg-primary -U postgres; do sleep 1; done
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    pg_basebackup -h pg-primary -U replicator -D "$PGDATA" -X stream -C -S "$name" -R --checkpoint=fast
+    pg_basebackup -h pg-primary -U replicator -D "$PGDATA" -X stream -C -S "$name" --checkpoint=fast
     chmod 700 "$PGDATA"
+    cat > "$PGDATA/continuity.conf" <<CONF
+primary_conninfo = 'host=pg-primary user=replicator application_name=$name passfile=$home/.pgpass'
+primary_slot_name = '$name'
+CONF
+    touch "$PGDATA/standby.signal"
 fi
-exec postgres -D "$PGDATA" -c primary_slot_name="$name" -c cluster_name="$name" \
-    -c "primary_conninfo=host=pg-primary user=replicator password=$PGPASSWORD application_name=$name"
+exec postgres -D "$PGDATA" -c cluster_name="$name"

@@ -32,6 +32,9 @@ fi
 tmp="$spool/.$name.$$.tmp"
 trap 'rm -f "$tmp"' EXIT
 cp "$source" "$tmp"
+# Readable by the spool's group: the shippers (the WAL pusher, Airflow's workers) may run as another user
+# of that group (docker-compose: the setgid spool belongs to group 0, Airflow's containers' group).
+chmod 0640 "$tmp"
 sync "$tmp"
 # ln fails if the final name appeared meanwhile: that case is re-checked like above.
 if ! ln "$tmp" "$final" 2>/dev/null; then
