@@ -6,7 +6,8 @@ them are overwritten and each copies again (the incremental run). Every measured
 child process, so its peak RSS is its own (wait4's ru_maxrss). Continuity is measured streaming
 into an object-locked replica (as the sandbox's policy has it), verifying every object by SHA-256,
 and with server-side copies into an unlocked replica; rclone streams between two remotes and
-compares MD5s (--checksum). Numbers are medians of one run each here: this is a 2-core machine.
+compares MD5s (--checksum). The like-for-like row is Continuity streaming into an unlocked replica,
+as rclone's is (server-side copying turned off for it). Numbers are medians of one run each here: this is a 2-core machine.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def policy_file(workdir: Path, endpoint: str, *, replica: str, locked: bool) -> 
     return path
 
 
-def child_replicate(policy_path: str, endpoint: str) -> dict:
-    """One dr_object_replication run of video_content, as the DAG does it, without Airflow."""
+def child_replicate(policy_path: str, endpoint: str, *, streamed: bool = False) -> dict:
+    """One dr_object_replication run of video_content, as the DAG does it, without Airflow; `streamed`
+    turns server-side copying off (the replica's endpoint is the source's here)."""
     from continuity.objects import replicator_for
     from continuity.policy import load_policy
     from continuity.storage import locations_from_policy
@@ -79,6 +81,8 @@ def child_replicate(policy_path: str, endpoint: str) -> dict:
     state = {n: loc for n, loc in locations.items() if n in ("primary", "dr")}
     replicator = replicator_for(policy, "video_content", state=state, report=lambda _m: None,
                                 client_for=lambda _conn, region: client(endpoint, region))
+    if streamed:
+        replicator.server_side = False
     started = time.perf_counter()
     record = replicator.run(run_id=f"bench-{time.time_ns()}")
     return {"seconds": time.perf_counter() - started, "copied": record.copied, "bytes": record.copied_bytes,
@@ -135,7 +139,8 @@ def main(count: int) -> int:
         east, west = client(endpoint), client(endpoint, "us-west-2")
         east.create_bucket(Bucket="bench-src")
         east.put_bucket_versioning(Bucket="bench-src", VersioningConfiguration={"Status": "Enabled"})
-        for bucket, locked in (("bench-locked", True), ("bench-serverside", False), ("bench-rclone", False)):
+        for bucket, locked in (("bench-locked", True), ("bench-streamed", False), ("bench-serverside", False),
+                               ("bench-rclone", False)):
             west.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=locked,
                                CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
             west.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
@@ -173,6 +178,7 @@ def main(count: int) -> int:
         rclone = ["rclone", "sync", "--checksum", "src:bench-src/videos/", "dst:bench-rclone/videos/"]
         me = [sys.executable, __file__, "--child"]
         locked = policy_file(workdir, endpoint, replica="bench-locked", locked=True)
+        streamed = policy_file(workdir, endpoint, replica="bench-streamed", locked=False)
         serverside = policy_file(workdir, endpoint, replica="bench-serverside", locked=False)
 
         def line(label: str, seconds: float, rss_kib: int, copied: int, copied_bytes: int, cpu: float,
@@ -190,10 +196,11 @@ def main(count: int) -> int:
                     east.put_object(Bucket="bench-src", Key=key, Body=content(key + "-v2", object_sizes[key]))
                 changed_bytes = sum(object_sizes[k] for k in changed)
                 rows.append(("changed", f"{len(changed)} objects overwritten ({changed_bytes / 2**20:.1f} MiB)"))
-            for label, policy in (("continuity streamed, locked replica", locked),
-                                  ("continuity server-side copy", serverside)):
+            for label, policy, how in (("continuity streamed, locked replica", locked, "auto"),
+                                       ("continuity streamed, unlocked replica", streamed, "streamed"),
+                                       ("continuity server-side copy", serverside, "auto")):
                 before = cpu_seconds(moto.pid)
-                seconds, rss, out, cpu = measured([*me, str(policy), endpoint])
+                seconds, rss, out, cpu = measured([*me, str(policy), endpoint, how])
                 endpoint_cpu = cpu_seconds(moto.pid) - before
                 record = json.loads(out)
                 assert record["failed"] == 0, record
@@ -215,7 +222,8 @@ def main(count: int) -> int:
             copied = count if phase == "full" else len(changed)
             copied_bytes = total if phase == "full" else changed_bytes
             rows.append(line(f"{phase:11} rclone sync --checksum", seconds, rss, copied, copied_bytes, cpu, endpoint_cpu))
-        for label in ("continuity streamed, locked replica", "continuity server-side copy"):
+        for label in ("continuity streamed, locked replica", "continuity streamed, unlocked replica",
+                      "continuity server-side copy"):
             full, incremental = results[("full", label)], results[("incremental", label)]
             without = (incremental - listed[("incremental", label)]) / (full - listed[("full", label)])
             rows.append((f"ratio {label}",
@@ -234,7 +242,7 @@ def main(count: int) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(child_replicate(sys.argv[2], sys.argv[3])))
+        print(json.dumps(child_replicate(sys.argv[2], sys.argv[3], streamed=sys.argv[4] == "streamed")))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=2000)
