@@ -5,7 +5,8 @@ storage location on the same disk. Measured in turn, several runs each (medians)
 process whose tree's RSS is sampled for its peak:
 
 - logical backup: Continuity's (pg_dump custom format uncompressed into zstd + AES-256-GCM, row counts
-  and fingerprints in the same snapshot) against a bare `pg_dump -Fc > /dev/null`;
+  and fingerprints in the same snapshot), and the same with pg_dump compressing and the archive storing its
+  output as it is (backups.full.compression: pg_dump), against a bare `pg_dump -Fc > /dev/null`;
 - physical backup: Continuity's (pg_basebackup tar, compressed, encrypted, stored, read back);
 - physical restore: the base backup fetched, decrypted and unpacked (restore.unpack_base_backup: GNU tar
   fed by a writer thread) into a new data directory,
@@ -46,8 +47,9 @@ def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) ->
     node = NodeAddress(name="bench", host=socket_dir, port=int(port), user="postgres", password=None)
     common = {"keyring": keyring, "locations": [location], "required": {"bench"}, "report": lambda _m: None}
     started = time.perf_counter()
-    if action == "logical":
-        manifest = logical_backup(node=node, database="postgres", backup_id=backup_id, **common)
+    if action in ("logical", "logical-pg_dump-compressed"):
+        manifest = logical_backup(node=node, database="postgres", backup_id=backup_id,
+                                  compression="zstd" if action == "logical" else "pg_dump", **common)
         return {"seconds": time.perf_counter() - started, "stored": manifest.stored_bytes}
     if action == "physical":
         manifest = physical_backup(node=node, backup_id=backup_id, **common)
@@ -167,8 +169,11 @@ def main() -> int:
         timings: dict[str, list[float]] = {}
         inside: dict[str, list[float]] = {}
         peaks: dict[str, list[int]] = {}
+        stored: dict[str, int] = {}
         for run in range(args.runs):
             for label, argv in (("continuity logical", [*me, "logical", str(root), socket_dir, port, f"logical-{run}"]),
+                                ("continuity logical, pg_dump compresses",
+                                 [*me, "logical-pg_dump-compressed", str(root), socket_dir, port, f"logical-z-{run}"]),
                                 ("pg_dump -Fc > /dev/null", pg_dump),
                                 ("continuity physical", [*me, "physical", str(root), socket_dir, port, f"physical-{run}"]),
                                 ("continuity restore", [*me, "restore", str(root), socket_dir, port, f"physical-{run}"]),
@@ -179,6 +184,7 @@ def main() -> int:
                 peaks.setdefault(label, []).append(peak)
                 if label.startswith("continuity"):  # the child's own clock: after Python started and imported
                     inside.setdefault(label, []).append(json.loads(output)["seconds"])
+                    stored[label] = json.loads(output).get("stored", 0)
 
         def cell(label: str) -> str:
             own = (f"; {median(inside[label]):.2f} s of it the work itself, the rest Python's start and imports"
@@ -187,9 +193,13 @@ def main() -> int:
                     f"(runs: {', '.join(f'{t:.2f}' for t in timings[label])}{own})")
 
         rows.append(("logical backup, Continuity", cell("continuity logical")))
+        rows.append(("logical backup, Continuity, pg_dump compresses", cell("continuity logical, pg_dump compresses")))
         rows.append(("logical backup, bare pg_dump -Fc", cell("pg_dump -Fc > /dev/null")))
-        rows.append(("logical backup ratio", f"{median(timings['continuity logical']) / median(timings['pg_dump -Fc > /dev/null']):.2f}x "
-                                             f"the bare pg_dump's time (aim: at most 1.0x)"))
+        bare = median(timings["pg_dump -Fc > /dev/null"])
+        for label in ("continuity logical", "continuity logical, pg_dump compresses"):
+            rows.append((f"logical backup ratio ({label.removeprefix('continuity logical').strip(', ') or 'zstd'})",
+                         f"{median(timings[label]) / bare:.2f}x the bare pg_dump's time (aim: at most 1.0x); "
+                         f"stored {stored[label] / 2**20:,.0f} MiB"))
         rows.append(("physical backup, Continuity", cell("continuity physical")))
         rows.append(("physical restore (fetch + decrypt + unpack), Continuity", cell("continuity restore")))
         rows.append(("physical restore, Python's tarfile instead (before)", cell("tarfile restore")))

@@ -1,4 +1,5 @@
-"""The archive format: zstd, then AES-256-GCM in authenticated chunks, streamed in one pass.
+"""The archive format: zstd (or nothing, for a source that compresses itself), then AES-256-GCM in
+authenticated chunks, streamed in one pass.
 
 Layout (docs/archive-format.md has the full description):
 
@@ -33,6 +34,9 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 ZSTD_LEVEL = 3
+# "none" is for sources already compressed by their producer (pg_dump's own compression): a second
+# pass would spend CPU for nothing. The header, and so every chunk's associated data, names it.
+COMPRESSIONS = ("zstd", "none")
 # One zstd worker thread: compression overlaps hashing and encryption in the calling thread,
 # using about two cores at most whatever the machine.
 ZSTD_WORKERS = 1
@@ -94,7 +98,7 @@ class ArchiveHeader:
                          compression=data["compression"], cipher=data["cipher"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ArchiveError(f"{where}: corrupt header: {exc}") from None
-        if header.compression != "zstd" or header.cipher != "AES-256-GCM" or len(header.nonce_prefix) != 8:
+        if header.compression not in COMPRESSIONS or header.cipher != "AES-256-GCM" or len(header.nonce_prefix) != 8:
             raise ArchiveError(f"{where}: unsupported header ({header.compression}, {header.cipher})")
         if not 0 < header.chunk_size <= MAX_CHUNK_SIZE:
             raise ArchiveError(f"{where}: corrupt header (chunk size {header.chunk_size})")
@@ -151,13 +155,16 @@ def write_archive(
     data_key: bytes,
     wrapped_key: WrappedKey,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compression: str = "zstd",
     progress: Callable[[int], None] | None = None,
 ) -> WriteResult:
     """Read `source` once to its end; write the archive to `sink`. Memory: about two chunks."""
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes, got {chunk_size}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     header = ArchiveHeader(archive_id=archive_id, nonce_prefix=secrets.token_bytes(8),
-                           chunk_size=chunk_size, wrapped_key=wrapped_key)
+                           chunk_size=chunk_size, wrapped_key=wrapped_key, compression=compression)
     encoded = header.encode()
     header_digest = hashlib.sha256(encoded).digest()
     out = _HashingSink(sink)
@@ -183,8 +190,8 @@ def write_archive(
                 seal(pending, final=False)
             pending = chunk
 
-    chunker = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, threads=ZSTD_WORKERS).chunker(
-        size=-1, chunk_size=chunk_size)
+    chunker = (zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, threads=ZSTD_WORKERS).chunker(
+        size=-1, chunk_size=chunk_size) if compression == "zstd" else _Chunker(chunk_size))
     while True:
         block = source.read(READ_SIZE)
         if not block:
@@ -198,6 +205,25 @@ def write_archive(
     seal(pending if pending is not None else b"", final=True)
     return WriteResult(plaintext_bytes=plain_size, compressed_bytes=compressed, stored_bytes=out.size,
                        plaintext_sha256=plain_sha.hexdigest(), stored_sha256=out.sha.hexdigest(), chunks=index)
+
+
+class _Chunker:
+    """zstandard's chunker interface without compression: fixed-size pieces of the input."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.buffer = bytearray()
+
+    def compress(self, data: bytes) -> Iterator[bytes]:
+        self.buffer += data
+        while len(self.buffer) >= self.chunk_size:
+            yield bytes(self.buffer[:self.chunk_size])
+            del self.buffer[:self.chunk_size]
+
+    def finish(self) -> Iterator[bytes]:
+        if self.buffer:
+            yield bytes(self.buffer)
+            self.buffer.clear()
 
 
 def read_header(stream: BinaryIO, *, where: str) -> ArchiveHeader:
@@ -238,7 +264,7 @@ def read_archive(
     aead = AESGCM(data_key_for(header))
     # Output is taken OUTPUT_BLOCK bytes at a time: one authenticated chunk of zstd can expand
     # ~30,000-fold (zeros), so decompressing a chunk in one call is unbounded memory.
-    decompressor = ZstdDecompressor()
+    decompressor = ZstdDecompressor() if header.compression == "zstd" else None
     plain_sha = hashlib.sha256()
     plain_size = 0
     index = 0
@@ -260,7 +286,15 @@ def read_archive(
                                      f"the archive is truncated after chunk {index}, or chunk {index} is corrupt") from None
             raise IntegrityError(f"{name}: chunk {index} failed authentication (corrupt, tampered, reordered, "
                                  f"duplicated or from another archive)") from None
-        if decompressor.eof:
+        if decompressor is None:
+            if chunk:
+                plain_sha.update(chunk)
+                plain_size += len(chunk)
+                if sink is not None:
+                    sink.write(chunk)
+                if progress:
+                    progress(plain_size)
+        elif decompressor.eof:
             if chunk:
                 raise IntegrityError(f"{name}: chunk {index} carries data after the end of the compressed stream")
         else:
@@ -281,9 +315,9 @@ def read_archive(
         if final:
             break
         record = following
-    if not decompressor.eof:
+    if decompressor is not None and not decompressor.eof:
         raise IntegrityError(f"{name}: the compressed stream ends early after {index} authenticated chunks")
-    if decompressor.unused_data:
+    if decompressor is not None and decompressor.unused_data:
         raise IntegrityError(f"{name}: {len(decompressor.unused_data)} bytes follow the end of the compressed stream")
     return ReadResult(plaintext_bytes=plain_size, plaintext_sha256=plain_sha.hexdigest(),
                       stored_bytes=stored_size, stored_sha256=stored.hexdigest(), chunks=index)

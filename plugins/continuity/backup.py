@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from continuity import walindex
 from continuity.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
@@ -99,10 +99,12 @@ def create_backup(
     details: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     depends_on: Sequence[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compression: Literal["zstd", "none"] = "zstd",
     versions: Mapping[str, str] | None = None,
     report: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Archive `source` into every location and return the sealed manifest.
+    """Archive `source` into every location and return the sealed manifest (`compression` "none" for a
+    source its producer compressed).
 
     `required` names the locations that must hold the backup (default: all); `details` and
     `source_info` may be callables evaluated (in that order) after the source is exhausted, e.g. a
@@ -159,7 +161,8 @@ def create_backup(
                 leave_out(location.name, str(exc))
         fan_out = _FanOut(writers, required, leave_out)
         result = write_archive(source, fan_out, archive_id=backup_id, data_key=data_key, wrapped_key=wrapped,
-                               chunk_size=chunk_size, progress=Progress(report, what=f"backup {backup_id}"))
+                               chunk_size=chunk_size, compression=compression,
+                               progress=Progress(report, what=f"backup {backup_id}"))
         for name, writer in list(fan_out.writers.items()):
             try:
                 checksums[name] = writer.commit()
@@ -214,7 +217,8 @@ def create_backup(
             finished_at=datetime.now(timezone.utc), plaintext_bytes=result.plaintext_bytes,
             compressed_bytes=result.compressed_bytes, stored_bytes=result.stored_bytes,
             plaintext_sha256=result.plaintext_sha256, stored_sha256=result.stored_sha256, chunk_size=chunk_size,
-            chunks=result.chunks, key=wrapped.to_dict(), tool_versions=tool_versions(versions),
+            chunks=result.chunks, compression=compression, key=wrapped.to_dict(),
+            tool_versions=tool_versions(versions),
             details=final_details, depends_on=list(depends_on),
             locations=copies,
         ), data_key)

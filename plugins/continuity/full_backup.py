@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -145,7 +145,11 @@ def logical_backup(
     required: set[str],
     backup_id: str,
     report: Callable[[str], None],
+    compression: Literal["zstd", "pg_dump"] = "zstd",
 ) -> Manifest:
+    """`compression` (the policy's backups.full.compression): "zstd" dumps uncompressed and the archive's
+    zstd compresses once; "pg_dump" lets pg_dump compress (its custom format's default, zlib) and the
+    archive stores that as it is."""
     pg_dump = find_tool("pg_dump")
     where = f"logical backup of database {database} on node {node.name}"
     try:
@@ -175,17 +179,19 @@ def logical_backup(
                 report(f"{where}: {len(counts)} tables, {sum(counts.values()):,} rows counted in the dump's snapshot")
                 return {"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint,
                         "table_fingerprints": per_table, "foreign_keys": foreign_keys, "format": "pg_dump custom",
-                        "pg_dump_compression": "none: the archive's zstd"}
+                        "pg_dump_compression": ("none: the archive's zstd" if compression == "zstd"
+                                                else "pg_dump's default (the archive stores it uncompressed)")}
 
-            # --compress=0: the engine's zstd compresses the stream once (zlib's output first would leave zstd
-            # little to gain for the same CPU).
-            argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom", "--compress=0", "--no-password",
+            # Compressed once, by one or the other: zstd over zlib's output gains little for the same CPU.
+            argv = [pg_dump, f"--snapshot={snapshot}", "--format=custom",
+                    *(["--compress=0"] if compression == "zstd" else []), "--no-password",
                     f"--host={node.host}", f"--port={node.port}", f"--username={node.user}",
                     f"--dbname={node.tool_dbname(database)}"]
             try:
                 manifest = backup_from_command(
                     argv, env=node.tool_env(), kind="logical", keyring=keyring, locations=locations,
                     required=required, backup_id=backup_id, report=report,
+                    compression="zstd" if compression == "zstd" else "none",
                     versions={"pg_dump": tool_version(pg_dump), "server": position[2]},
                     source_info={"node": node.name, "database": database, "lsn": position[0],
                                  "timeline": position[1]},

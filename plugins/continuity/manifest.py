@@ -55,7 +55,7 @@ class Manifest(BaseModel):
     stored_sha256: str
     chunk_size: int
     chunks: int
-    compression: Literal["zstd"] = "zstd"
+    compression: Literal["zstd", "none"] = "zstd"
     cipher: Literal["AES-256-GCM"] = "AES-256-GCM"
     key: dict[str, str]
     tool_versions: dict[str, str] = {}

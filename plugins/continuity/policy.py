@@ -355,7 +355,9 @@ class Communication(_Model):
 class FullBackups(_Model):
     schedule: str
     method: str
-    compression: Literal["zstd"]
+    # zstd: the archive compresses (pg_dump dumps uncompressed); pg_dump: a logical dump is compressed by
+    # pg_dump itself and stored as it is (physical backups use zstd either way). bench/tools.py compares them.
+    compression: Literal["zstd", "pg_dump"]
     encryption: Literal["aes-256-gcm"]
     retention: dict[str, Duration]
     keep_last: int = Field(ge=1)

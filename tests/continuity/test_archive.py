@@ -26,13 +26,15 @@ CHUNK = 4096
 KEYRING = Keyring(keys={"kek-a": os.urandom(32)}, active="kek-a")
 
 
-def _archive(data: bytes, *, archive_id: str = "backup-1", chunk: int = CHUNK, data_key: bytes | None = None) -> bytes:
+def _archive(data: bytes, *, archive_id: str = "backup-1", chunk: int = CHUNK, data_key: bytes | None = None,
+             compression: str = "zstd") -> bytes:
     if data_key is None:
         data_key, wrapped = KEYRING.new_data_key(archive_id)
     else:
         wrapped = KEYRING.wrap(data_key, archive_id=archive_id)
     out = io.BytesIO()
-    write_archive(io.BytesIO(data), out, archive_id=archive_id, data_key=data_key, wrapped_key=wrapped, chunk_size=chunk)
+    write_archive(io.BytesIO(data), out, archive_id=archive_id, data_key=data_key, wrapped_key=wrapped, chunk_size=chunk,
+                  compression=compression)
     return out.getvalue()
 
 
@@ -220,3 +222,46 @@ def test_memory_is_bounded_by_chunks_not_size() -> None:
     write_archive(source, sink, archive_id="big", data_key=data_key, wrapped_key=wrapped, chunk_size=CHUNK)
     assert source.largest_read <= 1024 * 1024
     assert sink.largest_write <= CHUNK + 64
+
+
+# -- compression "none": a source its producer compressed (pg_dump's own compression) --
+@pytest.mark.parametrize("size", EDGE_SIZES)
+def test_uncompressed_round_trip_in_chunks_of_the_plaintext(size: int) -> None:
+    data = os.urandom(size)
+    blob = _archive(data, compression="none")
+    assert read_header(io.BytesIO(blob), where="test").compression == "none"
+    _header, records = _split(blob)
+    assert len(records) == max(1, -(-size // CHUNK))  # one record per chunk of plaintext, at least the final one
+    assert _read(blob) == data
+
+
+def test_uncompressed_archive_catches_every_flip_of_header_and_lengths_and_chunks() -> None:
+    blob = _archive(_DATA_OF_MANY_CHUNKS, compression="none")
+    header, records = _split(blob)
+    positions = list(range(len(header)))
+    offset = len(header)
+    for record in records:
+        positions.extend([*range(offset, offset + 4), offset + 4 + len(record) // 2])
+        offset += len(record)
+    for position in positions:
+        tampered = bytearray(blob)
+        tampered[position] ^= 0x10
+        with pytest.raises((ArchiveError, KeyringError)):
+            _read(bytes(tampered))
+
+
+@pytest.mark.parametrize("keep", range(0, 7))
+def test_uncompressed_archive_truncated_at_a_chunk_boundary_is_refused(keep: int) -> None:
+    header, records = _split(_archive(_DATA_OF_MANY_CHUNKS, compression="none"))
+    assert len(records) == 7
+    with pytest.raises(IntegrityError, match=r"archive backup-1\).*truncated"):
+        _read(header + b"".join(records[:keep]))
+
+
+def test_unknown_compression_is_refused_before_anything_is_written() -> None:
+    out = io.BytesIO()
+    data_key, wrapped = KEYRING.new_data_key("backup-1")
+    with pytest.raises(ValueError, match="compression must be one of zstd, none, got 'gzip'"):
+        write_archive(io.BytesIO(b"x"), out, archive_id="backup-1", data_key=data_key, wrapped_key=wrapped,
+                      compression="gzip")
+    assert out.getvalue() == b""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import subprocess
 import threading
@@ -69,11 +70,12 @@ def test_rerun_for_the_same_logical_date_is_idempotent(sandbox, full_run) -> Non
     assert locations["dr"].get_bytes(manifest_key_name(logical_id)) == before
 
 
-def test_logical_backup_restores_with_exactly_the_manifest_row_counts(sandbox, full_run) -> None:
-    catalog, locations = _catalog(sandbox)
-    manifest, _ = catalog.get(LOGICAL_ID, location="dr")  # the DR region alone
+@contextlib.contextmanager
+def _restored(manifest, location, keyring):
+    """The logical backup fetched from `location` and pg_restored into a scratch cluster: a connection to it,
+    after checking its row counts and schema fingerprint against the manifest."""
     dump = io.BytesIO()
-    restore_copy(manifest, locations["dr"], sandbox.keyring(), dump)
+    restore_copy(manifest, location, keyring, dump)
     with empty_cluster() as scratch:
         scratch.psql("CREATE DATABASE restored;")
         result = subprocess.run(
@@ -84,9 +86,32 @@ def test_logical_backup_restores_with_exactly_the_manifest_row_counts(sandbox, f
         with psycopg.connect(host=str(scratch.socket_dir), port=scratch.port, user="postgres", dbname="restored") as conn:
             assert row_counts(conn) == manifest.details["row_counts"]
             assert schema_fingerprint(conn) == manifest.details["schema_fingerprint"]
-            assert conn.execute("SELECT count(*) FROM videos WHERE status = 'failed' AND id % 11 = 0").fetchone()[0] \
-                < conn.execute("SELECT count(*) FROM videos WHERE id % 11 = 0").fetchone()[0], \
-                "the dump is the snapshot before the later write"
+            yield conn
+
+
+def test_logical_backup_restores_with_exactly_the_manifest_row_counts(sandbox, full_run) -> None:
+    catalog, locations = _catalog(sandbox)
+    manifest, _ = catalog.get(LOGICAL_ID, location="dr")  # the DR region alone
+    assert manifest.compression == "zstd"
+    with _restored(manifest, locations["dr"], sandbox.keyring()) as conn:
+        assert conn.execute("SELECT count(*) FROM videos WHERE status = 'failed' AND id % 11 = 0").fetchone()[0] \
+            < conn.execute("SELECT count(*) FROM videos WHERE id % 11 = 0").fetchone()[0], \
+            "the dump is the snapshot before the later write"
+
+
+def test_a_dump_compressed_by_pg_dump_is_stored_as_it_is_and_restores_the_same(sandbox, full_run) -> None:
+    """backups.full.compression: pg_dump: pg_dump's own zlib, the archive adds none (one compression pass)."""
+    catalog, locations = _catalog(sandbox)
+    manifest = logical_backup(node=sandbox.backup_node("primary"), database="app", keyring=sandbox.keyring(),
+                              locations=list(locations.values()), required={"primary", "dr"},
+                              backup_id="logical-app-pg_dump-compressed", report=lambda _m: None, compression="pg_dump")
+    stored, _ = catalog.get(manifest.backup_id, location="dr")
+    assert stored.compression == "none" and stored.compressed_bytes == stored.plaintext_bytes
+    assert stored.details["pg_dump_compression"].startswith("pg_dump's default")
+    zstd_dump, _ = catalog.get(LOGICAL_ID, location="dr")
+    assert stored.plaintext_bytes < zstd_dump.plaintext_bytes / 2, "pg_dump compressed what it wrote"
+    with _restored(stored, locations["dr"], sandbox.keyring()) as conn:
+        assert conn.execute("SELECT count(*) FROM videos").fetchone()[0] == stored.details["row_counts"]["public.videos"]
 
 
 def test_physical_backup_passes_pg_verifybackup_and_starts(sandbox, full_run) -> None:

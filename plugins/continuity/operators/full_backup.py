@@ -48,7 +48,8 @@ class LogicalBackupOperator(_FullBackupOperator):
             try:
                 manifest = logical_backup(node=node, database=database, keyring=hook.get_keyring(),
                                           locations=list(hook.get_locations().values()),
-                                          required=hook.required_locations(), backup_id=backup_id, report=self.log.info)
+                                          required=hook.required_locations(), backup_id=backup_id, report=self.log.info,
+                                          compression=policy.backups.full.compression)
             except (KeyringError, ArchiveError) as exc:
                 raise AirflowFailException(str(exc)) from exc
             self.log.info("database %s: %d tables, %s rows, schema fingerprint %s…", database,
