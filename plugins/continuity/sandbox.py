@@ -1359,20 +1359,23 @@ def _read_pid(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def find_redis_server() -> str:
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+def _find_binary(name: str, *, debian_path: str, needed_for: str, package: str, installed_by: str) -> str:
+    """On PATH, else where the Debian package puts it (sbin is not on every PATH), else a SandboxError with a HINT."""
+    binary = shutil.which(name) or (debian_path if Path(debian_path).exists() else None)
     if binary is None:
-        raise SandboxError("redis-server is not installed (the application's cache and sessions need it); HINT: "
-                           "`make run` installs the Debian package redis-server, or: apt-get install redis-server")
+        raise SandboxError(f"{name} is not installed ({needed_for}); HINT: `{installed_by}` installs the Debian "
+                           f"package {package}, or: apt-get install {package}")
     return binary
+
+
+def find_redis_server() -> str:
+    return _find_binary("redis-server", debian_path="/usr/bin/redis-server", package="redis-server",
+                        needed_for="the application's cache and sessions need it", installed_by="make run")
 
 
 def find_sshd() -> str:
-    binary = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
-    if binary is None:
-        raise SandboxError("sshd is not installed (node control over SSH needs an SSH server); HINT: `make test` "
-                           "installs the Debian package openssh-server, or: apt-get install openssh-server")
-    return binary
+    return _find_binary("sshd", debian_path="/usr/sbin/sshd", package="openssh-server",
+                        needed_for="node control over SSH needs an SSH server", installed_by="make test")
 
 
 SSH_CONN_ID = "continuity_ssh_{node}"
