@@ -10,8 +10,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,3 +95,93 @@ def collect(*, policy_path: Path, state_files: list[str], airflow: str | None,
             bundle.notes.append(f"infrastructure state file {state} is missing")
     bundle.notes.append(f"{len(connections)} connections, {len(variables)} variables, {len(state_files)} state files")
     return bundle
+
+
+# -- rebuilding Airflow from a configuration backup ------------------------------------------------
+class ConfigRestoreError(RuntimeError):
+    """A configuration backup that cannot be read as written, or an Airflow that would not take it."""
+
+
+def read_bundle(data: bytes, *, where: str) -> ConfigBundle:
+    """The bundle a config backup holds, every file checked against the SHA256SUMS written with it."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            for member in archive.getmembers():
+                parts = Path(member.name).parts
+                if not member.isfile() or member.name.startswith("/") or ".." in parts:
+                    raise ConfigRestoreError(f"{where}: unexpected member {member.name!r} (only plain files under "
+                                             f"the bundle's own directories are written)")
+                extracted = archive.extractfile(member)
+                files[member.name] = extracted.read() if extracted else b""
+    except tarfile.TarError as exc:
+        raise ConfigRestoreError(f"{where}: not a configuration bundle: {exc}") from None
+    sums = files.pop("SHA256SUMS", None)
+    if sums is None:
+        raise ConfigRestoreError(f"{where}: the bundle has no SHA256SUMS")
+    expected = {name: digest for digest, name in (line.split("  ", 1) for line in sums.decode().splitlines())}
+    if set(expected) != set(files):
+        raise ConfigRestoreError(f"{where}: files {sorted(set(expected) ^ set(files))} differ from SHA256SUMS")
+    for name, data_ in files.items():
+        if hashlib.sha256(data_).hexdigest() != expected[name]:
+            raise ConfigRestoreError(f"{where}: {name} does not match its SHA-256 in SHA256SUMS")
+    return ConfigBundle(files=files)
+
+
+@dataclass
+class RestoredAirflow:
+    connections: list[str]
+    variables: list[str]
+    files: Path  # the policy and infrastructure state files, for the operator to put in place
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+
+
+def restore_into_airflow(bundle: ConfigBundle, *, airflow: str, airflow_home: Path, backup_id: str,
+                         environ: Mapping[str, str], report: Callable[[str], None]) -> RestoredAirflow:
+    """Import the bundle's connections and variables into the Airflow that `airflow_home` (and `environ`'s
+    AIRFLOW__ settings) configure, whose metadata database must be migrated; the other files go to
+    <home>/continuity-config/<backup id>/. Secrets pass through files only this user can read, removed after."""
+    where = f"config backup {backup_id}"
+    try:
+        connections = json.loads(bundle.files["airflow/connections.json"])
+        variables = json.loads(bundle.files["airflow/variables.json"])
+    except (KeyError, ValueError) as exc:
+        raise ConfigRestoreError(f"{where}: no readable airflow/connections.json and variables.json ({exc})") from None
+    target = airflow_home / "continuity-config" / backup_id
+    if target.exists():
+        raise ConfigRestoreError(f"{target} exists: this backup was restored here before; HINT: move it away to "
+                                 f"restore again")
+    env = {**environ, "AIRFLOW_HOME": str(airflow_home)}
+    private = Path(tempfile.mkdtemp(prefix=".continuity-import-", dir=airflow_home))  # 0700
+    try:
+        for what, path, argv in (
+                ("connections", private / "connections.json", ["connections", "import", "--overwrite"]),
+                ("variables", private / "variables.json", ["variables", "import", "--action-on-existing-key",
+                                                           "overwrite"])):
+            _write_private(path, bundle.files[f"airflow/{what}.json"])
+            result = subprocess.run([airflow, *argv, str(path)], capture_output=True, text=True, env=env,
+                                    timeout=300)
+            if result.returncode != 0:
+                tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+                raise ConfigRestoreError(f"{where}: `airflow {' '.join(argv)}` into {airflow_home} failed "
+                                         f"(exit {result.returncode}): {tail[0]}; HINT: run `airflow db migrate` "
+                                         f"with AIRFLOW_HOME={airflow_home} first")
+            report(f"{where}: {len(connections) if what == 'connections' else len(variables)} {what} imported "
+                   f"into {airflow_home}")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    # Written beside, then renamed: a restore that fails half-way leaves no directory that looks complete.
+    staging = target.with_name(f".{backup_id}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, data in bundle.files.items():
+        if not name.startswith("airflow/"):
+            _write_private(staging / name, data)
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging.rename(target)
+    return RestoredAirflow(connections=sorted(connections), variables=sorted(variables), files=target)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from continuity.backup import restore_copy, verify_copy
+from continuity.backup import create_backup, restore_copy, verify_copy
 
 from continuity.manifest import data_key_name, manifest_key_name
 from continuity.project import default_policy_path
@@ -122,3 +126,55 @@ def test_full_backups_older_than_their_schedule_fail_validation_naming_the_kind(
     out = capfd.readouterr().out
     assert "STALE BACKUPS: " in out and "backup kind logical: newest backup" in out
     assert "over its period of 1m (backups.full.schedule '* * * * *') plus the grace of 1s" in out
+
+
+def test_airflow_rebuilt_from_a_config_backup_gets_its_connections_and_variables_back(sandbox, tmp_path) -> None:
+    """The runbook docs/runbooks/rebuild-airflow.md: an empty Airflow home, migrated, then
+    `continuity restore --to-airflow` from the DR region; nothing but its own metadata DB answers after."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    marker = subprocess.run([airflow, "variables", "set", "continuity_rebuild_marker", '{"region": "us-west-2"}'],
+                            capture_output=True, text=True)
+    assert marker.returncode == 0, marker.stderr
+    run = load_dag("dr_config_backup").test(logical_date=datetime(2026, 11, 22, 3, 15, tzinfo=timezone.utc))
+    assert str(run.state) == "success", task_states(run)
+    backup_id = xcom(run, "backup_configuration")["backup_id"]
+
+    home = tmp_path / "rebuilt-airflow"
+    home.mkdir()
+    # Only the new metadata DB may answer: no connection or variable from this process's environment.
+    own = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    own["AIRFLOW_HOME"] = str(home)
+    migrate = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True, env=own)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+
+    def restore(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "continuity.cli", "restore", *extra, "--to-airflow", str(home),
+                               "--location", "dr", "--root", str(sandbox.root), "--key-file", str(sandbox.key_file)],
+                              capture_output=True, text=True, env=os.environ.copy())
+
+    restored = restore()  # the newest config backup in the DR region: the one just taken
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored config backup {backup_id} from location dr" in restored.stderr
+    for secret in sandbox.state["secrets"].values():
+        assert secret not in restored.stderr + restored.stdout
+    assert not list(home.glob(".continuity-import-*")), "the files holding secrets are gone"
+    assert (home / "continuity-config" / backup_id / "policy.yaml").read_bytes() == default_policy_path().read_bytes()
+
+    got = subprocess.run([airflow, "connections", "get", "continuity_app", "-o", "json"], capture_output=True,
+                         text=True, env=own)
+    assert got.returncode == 0, got.stderr[-2000:]
+    connection = json.loads(got.stdout[got.stdout.find("["):])[0]
+    assert connection["password"] == sandbox.password("app") and connection["conn_type"] == "postgres"
+    variable = subprocess.run([airflow, "variables", "get", "continuity_rebuild_marker"], capture_output=True,
+                              text=True, env=own)
+    assert variable.returncode == 0, variable.stderr[-2000:]
+    assert json.loads(variable.stdout) == {"region": "us-west-2"}, variable.stdout
+
+    again = restore(backup_id)
+    assert again.returncode != 0 and "was restored here before" in again.stderr, again.stderr
+    catalog, locations = _catalog(sandbox)
+    other = create_backup(io.BytesIO(b"not a bundle"), kind="adhoc", keyring=sandbox.keyring(),
+                          locations=list(locations.values()), report=lambda _m: None)
+    wrong_kind = restore(other.backup_id)
+    assert wrong_kind.returncode != 0, wrong_kind.stderr
+    assert f"{other.backup_id} is a backup of kind adhoc, not a config backup" in wrong_kind.stderr

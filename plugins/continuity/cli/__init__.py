@@ -100,12 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--location")
     verify.set_defaults(func=cmd_backups_verify)
 
-    restore = with_storage(sub.add_parser("restore", help="restore a backup: its bytes, a database, or a cluster"))
+    restore = with_storage(sub.add_parser("restore", help="restore a backup: its bytes, a database, a cluster, "
+                                                          "or Airflow's configuration"))
     restore.add_argument("backup_id", nargs="?", help="the backup (physical restores may give --time instead)")
     target = restore.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", help="PATH (must not exist or be empty), or - for stdout: the backup's bytes")
     target.add_argument("--to-database", metavar="DSN", help="an empty database: pg_restore a logical backup into it")
     target.add_argument("--to-cluster", metavar="DIR", help="a new data directory: base backup + WAL, recovered and started")
+    target.add_argument("--to-airflow", metavar="AIRFLOW_HOME",
+                        help="a config backup (default: the newest) into an Airflow whose metadata DB is migrated: "
+                             "connections and variables imported, the policy and state files beside them")
     restore.add_argument("--time", help="with --to-cluster: recover to this point in time (ISO 8601, UTC if no zone)")
     restore.add_argument("--lsn", help="with --to-cluster: recover to this WAL position (e.g. 0/3000060)")
     restore.add_argument("--port", type=int, help="with --to-cluster: port to start it on (default: a free one)")

@@ -16,6 +16,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if args.to_cluster:
         return _restore_to_cluster(args)
+    if args.to_airflow:
+        return _restore_to_airflow(args)
     if args.backup_id is None:
         raise UsageError("a backup id is needed (only --to-cluster can choose one from --time or --lsn)")
     if args.time or args.lsn or args.port:
@@ -35,6 +37,48 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"--to {target}: exists and is not empty; refusing to overwrite it")
     name, size = restore_to_path(manifest, [ctx.locations[n] for n in order], ctx.keyring, target, report=report)
     print(f"restored backup {manifest.backup_id} from location {name}: {size:,} bytes to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _restore_to_airflow(args: argparse.Namespace) -> int:
+    import io
+    import os
+    import shutil
+
+    from continuity.backup import restore_copy
+    from continuity.config_backup import ConfigRestoreError, read_bundle, restore_into_airflow
+
+    if args.time or args.lsn or args.port:
+        raise UsageError("--time, --lsn and --port go with --to-cluster")
+    home = Path(args.to_airflow).absolute()
+    if not home.is_dir():
+        raise UsageError(f"--to-airflow {home}: not a directory; HINT: create it and run `airflow db migrate` with "
+                         f"AIRFLOW_HOME={home} first")
+    airflow = shutil.which("airflow") or str(Path(sys.executable).with_name("airflow"))
+    if not Path(airflow).exists():
+        raise UsageError("--to-airflow: no `airflow` command on PATH or beside this Python")
+    ctx = _context(args)
+    location = args.location or sorted(ctx.required)[0]
+    if args.backup_id:
+        manifest, location = ctx.catalog.get(args.backup_id, location=args.location)
+    else:
+        manifest = ctx.catalog.latest("config", location=location)
+        if manifest is None:
+            raise UsageError(f"--to-airflow: location {location} holds no config backup")
+    if manifest.kind != "config":
+        raise UsageError(f"--to-airflow: {manifest.backup_id} is a backup of kind {manifest.kind}, not a config backup")
+    report = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    data = io.BytesIO()  # a config bundle is kilobytes
+    restore_copy(manifest, ctx.locations[location], ctx.keyring, data, report=report)
+    try:
+        restored = restore_into_airflow(read_bundle(data.getvalue(), where=f"config backup {manifest.backup_id}"),
+                                        airflow=airflow, airflow_home=home, backup_id=manifest.backup_id,
+                                        environ=os.environ, report=report)
+    except ConfigRestoreError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"restored config backup {manifest.backup_id} from location {location} into {home}: "
+          f"{len(restored.connections)} connections, {len(restored.variables)} variables; the policy and state "
+          f"files are in {restored.files}", file=sys.stderr)
     return EXIT_OK
 
 
