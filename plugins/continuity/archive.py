@@ -267,6 +267,17 @@ def read_archive(
     decompressor = ZstdDecompressor() if header.compression == "zstd" else None
     plain_sha = hashlib.sha256()
     plain_size = 0
+
+    def deliver(data: bytes) -> None:
+        nonlocal plain_size
+        if data:
+            plain_sha.update(data)
+            plain_size += len(data)
+            if sink is not None:
+                sink.write(data)
+            if progress:
+                progress(plain_size)
+
     index = 0
     max_record = header.chunk_size + TAG_BYTES
     record = _read_record(stream, name=name, index=index, max_record=max_record)
@@ -287,28 +298,15 @@ def read_archive(
             raise IntegrityError(f"{name}: chunk {index} failed authentication (corrupt, tampered, reordered, "
                                  f"duplicated or from another archive)") from None
         if decompressor is None:
-            if chunk:
-                plain_sha.update(chunk)
-                plain_size += len(chunk)
-                if sink is not None:
-                    sink.write(chunk)
-                if progress:
-                    progress(plain_size)
+            deliver(chunk)
         elif decompressor.eof:
             if chunk:
                 raise IntegrityError(f"{name}: chunk {index} carries data after the end of the compressed stream")
         else:
             pending = chunk
             while True:
-                data = decompressor.decompress(pending, max_length=OUTPUT_BLOCK)
+                deliver(decompressor.decompress(pending, max_length=OUTPUT_BLOCK))
                 pending = b""
-                if data:
-                    plain_sha.update(data)
-                    plain_size += len(data)
-                    if sink is not None:
-                        sink.write(data)
-                    if progress:
-                        progress(plain_size)
                 if decompressor.eof or decompressor.needs_input:
                     break
         index += 1
