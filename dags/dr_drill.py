@@ -34,7 +34,7 @@ from airflow.sdk import DAG, Param
 
 from continuity.alerts.callbacks import report_failed_task
 from continuity.alerts.deadlines import rto_deadline
-from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
 from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasureOperator, StartDrillOperator
 from continuity.operators.incident import CommunicationTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
@@ -42,19 +42,23 @@ from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
 from continuity.policy import load_policy
 from continuity.sensors.wal_archived import WalArchivedSensor
 
+_policy = load_policy()
+
 with DAG(
     dag_id="dr_drill",
     description="Full recovery drill in isolation with measured RTO/RPO",
     doc_md=__doc__,
-    schedule=load_policy().schedule_for("dr_drill"),  # include/policy.yaml is the one source
+    schedule=_policy.schedule_for("dr_drill"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     deadline=rto_deadline("dr_drill"),
     dagrun_timeout=timedelta(hours=8),
     # a drill's timings mean nothing after a retry
-    default_args={**DEFAULT_ARGS, "retries": 0, "on_failure_callback": report_failed_task},
-    params={"include_switchover": Param(load_policy().validation.drill.include_switchover, type="boolean",
+    # queue: a drill rebuilds in the DR region, as a real recovery would (CeleryExecutor; ignored by standalone)
+    default_args={**DEFAULT_ARGS, "retries": 0, "on_failure_callback": report_failed_task,
+                  "queue": region_queue(_policy.topology.dr_region)},
+    params={"include_switchover": Param(_policy.validation.drill.include_switchover, type="boolean",
                                         title="Include a live switchover",
                                         description="Also switch over to the DR standby and back under a "
                                                         "writer, measuring the application-visible outage.")},

@@ -37,7 +37,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param, TriggerRule
 
-from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
 from continuity.operators.failover import (
     CutOverOperator,
     PreflightOperator,
@@ -62,7 +62,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
-    default_args={**DEFAULT_ARGS, "retries": 0},  # no step may run twice on its own: rerun the DAG instead
+    # retries 0: no step may run twice on its own, rerun the DAG instead. queue: the control region's, never
+    # the region failed away from (the policy keeps the control region out of the primary region).
+    default_args={**DEFAULT_ARGS, "retries": 0, "queue": region_queue(_policy.control_region)},
     params={
         "target": Param(_dr_standbys[0] if _dr_standbys else _nodes[-1], type="string", title="Target",
                         description="The standby to promote.", examples=_nodes),

@@ -23,23 +23,26 @@ from airflow.sdk import DAG
 
 from continuity.alerts.callbacks import report_failed_task
 from continuity.alerts.deadlines import rto_deadline
-from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
+from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
 from continuity.operators.restore_test import SampleRestoreTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.policy import load_policy
+
+_policy = load_policy()
 
 with DAG(
     dag_id="dr_restore_test",
     description="Cross-region sample restore validated with Great Expectations",
     doc_md=__doc__,
-    schedule=load_policy().schedule_for("dr_restore_test"),  # include/policy.yaml is the one source
+    schedule=_policy.schedule_for("dr_restore_test"),  # include/policy.yaml is the one source
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     deadline=rto_deadline("dr_restore_test"),
     dagrun_timeout=timedelta(hours=4),
     # a retry restores the same backup into a fresh scratch cluster
-    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task},
+    # queue: the DR region restores alone, from its own storage (CeleryExecutor; ignored by standalone)
+    default_args={**DEFAULT_ARGS, "on_failure_callback": report_failed_task, "queue": region_queue(_policy.topology.dr_region)},
     tags=["continuity", "restore"],
 ) as dag:
     (

@@ -22,3 +22,9 @@ WAL_SPOOL_POOL = "continuity_wal_spool"
 POOLS: dict[str, tuple[int, str]] = {
     WAL_SPOOL_POOL: (1, "one WAL shipper at a time per archive spool"),
 }
+
+
+def region_queue(region: str) -> str:
+    """The Celery queue of `region`'s worker: a task that must act from a region runs on it. Under the
+    LocalExecutor (`continuity run`, `airflow standalone`) queues are ignored and every task runs here."""
+    return f"region-{region}"

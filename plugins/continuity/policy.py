@@ -501,6 +501,16 @@ class Application(_Model):
         return next(r for r, spec in self.regions.items() if spec.state == "serving")
 
 
+class Deployment(_Model):
+    """Where the orchestrator runs when it is distributed (`continuity run --distributed`,
+    docker-compose.yaml): Airflow's metadata database, scheduler, API server and the failover's tasks
+    live in `control_region` (default: the DR region), never in the primary region, so that losing the
+    primary region does not take the orchestrator of its failover with it. Each region has a Celery
+    worker on its own queue (see `continuity.dag_defaults.region_queue`)."""
+
+    control_region: str | None = None
+
+
 class Policy(_Model):
     version: Literal[1]
     business_functions: dict[Name, BusinessFunction]
@@ -517,6 +527,7 @@ class Policy(_Model):
     communication: Communication | None = None
     plan_review: PlanReviewPolicy | None = None
     application: Application | None = None
+    deployment: Deployment = Deployment()
     # The services of business functions that live in the PostgreSQL database (restores and drills
     # measure them); any other dependency is reported `not measured` until something measures it.
     database_services: list[str] = ["database"]
@@ -535,6 +546,18 @@ class Policy(_Model):
         except KeyError:
             raise PolicyError(f"schedules.{dag_id}: required key is missing (the DAG's schedule, e.g. "
                               f"'0 5 * * 0')") from None
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region the policy names (nodes, storage locations), in order of first mention."""
+        named = [self.topology.primary_region, self.topology.dr_region, *(n.region for n in self.topology.nodes),
+                 *(loc.region for loc in self.storage.locations)]
+        return list(dict.fromkeys(named))
+
+    @property
+    def control_region(self) -> str:
+        """The region of the orchestrator (deployment.control_region, else the DR region)."""
+        return self.deployment.control_region or self.topology.dr_region
 
     def with_primary(self, name: str) -> Policy:
         """This policy with the node roles of the persisted topology (see dr_failover)."""
@@ -605,6 +628,14 @@ def _check_references(policy: Policy) -> list[str]:
         if tier.maximum < tier.target:
             problems.append(f"tiers.{key}.maximum: expected at least the target ({format_duration(tier.target)}), got {format_duration(tier.maximum)}")
 
+    control = policy.deployment.control_region
+    if control is not None and control not in policy.regions:
+        problems.append(f"deployment.control_region: expected one of the policy's regions {policy.regions}, got "
+                        f"{control!r}")
+    if policy.control_region == policy.topology.primary_region:
+        problems.append(f"deployment.control_region: expected a region other than the primary region "
+                        f"({policy.topology.primary_region}): the orchestrator must survive the loss of the region "
+                        f"it fails away from")
     nodes = policy.topology.nodes
     primaries = [n.name for n in nodes if n.role == "primary"]
     if len(primaries) != 1:

@@ -566,7 +566,6 @@ class Sandbox:
 
     def _start_redis(self, started: list[str]) -> None:
         """A Redis in the primary region and one in the DR region replicating from it (Debian's redis-server)."""
-        binary = find_redis_server()
         redis = self.state.setdefault("redis", {})
         password = self.state["secrets"].setdefault("redis", secrets.token_urlsafe(24))
         topology = self.policy.topology
@@ -576,24 +575,13 @@ class Sandbox:
                 continue
             if not port_is_free(entry["port"]):
                 entry["port"] = free_port()
-            directory = self.redis_dir / region
-            directory.mkdir(parents=True, exist_ok=True)
-            self.logs_dir.mkdir(parents=True, exist_ok=True)
-            lines = [f"port {entry['port']}", "bind 127.0.0.1", f"dir {directory}", "appendonly yes",
-                     "daemonize no", f"logfile {self.logs_dir / f'redis-{region}.log'}",
-                     f"requirepass {password}", f"masterauth {password}"]
+            extra = [f"masterauth {password}"]
             if entry["role"] == "replica":
                 # Whichever region's Redis is the primary now (a failover swaps them).
                 upstream = next((e for r, e in redis.items() if e["role"] == "primary"), redis[topology.primary_region])
-                lines.append(f"replicaof 127.0.0.1 {upstream['port']}")
-            config = directory / "redis.conf"
-            # The password is in this file (mode 0600 before it is written), never on a command line.
-            config.touch(mode=0o600)
-            config.chmod(0o600)
-            config.write_text("\n".join(lines) + "\n")
-            process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       stdin=subprocess.DEVNULL, start_new_session=True, cwd=directory)
-            entry["pid"] = process.pid
+                extra.append(f"replicaof 127.0.0.1 {upstream['port']}")
+            entry["pid"] = start_redis_server(directory=self.redis_dir / region, port=entry["port"], password=password,
+                                              log_file=self.logs_dir / f"redis-{region}.log", extra=extra)
             started.append(f"redis {region}")
             self._save_state()
             wait_for_port(entry["port"], what=f"Redis in {region}")
@@ -1185,7 +1173,10 @@ class Sandbox:
     def down(self, *, purge: bool = False) -> list[str]:
         """Stop what `up` started (by recorded pid). Safe to run twice. Returns what was stopped."""
         self.reload()
-        stopped: list[str] = []
+        from continuity.controlplane import ControlPlane  # a distributed run's orchestrator, if one ran here
+
+        # The orchestrator first: no task may start against a sandbox that is going away.
+        stopped: list[str] = ControlPlane(root=self.root).down()
         if self.state_file.exists() or self._state is not None:
             state = self.state
             for region in list(state.get("application", {})):
@@ -1366,6 +1357,23 @@ def _find_binary(name: str, *, debian_path: str, needed_for: str, package: str, 
         raise SandboxError(f"{name} is not installed ({needed_for}); HINT: `{installed_by}` installs the Debian "
                            f"package {package}, or: apt-get install {package}")
     return binary
+
+
+def start_redis_server(*, directory: Path, port: int, password: str, log_file: Path, extra: list[str]) -> int:
+    """A Redis server (Debian's redis-server) on loopback `port` keeping its data in `directory`; its pid."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"port {port}", "bind 127.0.0.1", f"dir {directory}", "appendonly yes", "daemonize no",
+             f"logfile {log_file}", f"requirepass {password}", *extra]
+    config = directory / "redis.conf"
+    # The password is in this file (mode 0600 before it is written), never on a command line.
+    config.touch(mode=0o600)
+    config.chmod(0o600)
+    config.write_text("\n".join(lines) + "\n")
+    process = subprocess.Popen([find_redis_server(), str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
+                               cwd=directory)
+    return process.pid
 
 
 def find_redis_server() -> str:

@@ -117,6 +117,11 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
          "policy.yaml: topology: node_control is 'ssh' but node(s) primary, sync1, dr have no host"),
         ("  node_control: sandbox", "  node_control: telnet",
          "policy.yaml: topology.node_control: input should be 'sandbox' or 'ssh'"),
+        ("  control_region: us-west-2", "  control_region: us-east-1",
+         "policy.yaml: deployment.control_region: expected a region other than the primary region (us-east-1)"),
+        ("  control_region: us-west-2", "  control_region: mars-1",
+         "policy.yaml: deployment.control_region: expected one of the policy's regions ['us-east-1', 'us-west-2', "
+         "'eu-west-1'], got 'mars-1'"),
     ],
 )
 def test_broken_policy_names_file_key_and_expectation(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -134,6 +134,34 @@ def test_every_task_that_ships_the_wal_spool_takes_its_pool(path: Path) -> None:
                 assert task.pool == WAL_SPOOL_POOL, f"{dag.dag_id}.{task.task_id} ships the spool outside its pool"
 
 
+@pytest.mark.parametrize("control_region", [None, "eu-west-1"])
+def test_tasks_run_on_the_queue_of_the_region_they_act_in(control_region: str | None, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the CeleryExecutor: restore tests and drills in the DR region, the failover in the control
+    region (never the primary region it fails away from), everything else on the default queue that
+    `continuity run --distributed` points at the control region's worker."""
+    from continuity.dag_defaults import region_queue
+    from continuity.policy import load_policy
+    from continuity.project import default_policy_path
+
+    if control_region is not None:
+        text = default_policy_path().read_text().replace("  control_region: us-west-2", f"  control_region: {control_region}")
+        (tmp_path / "policy.yaml").write_text(text)
+        monkeypatch.setenv("CONTINUITY_POLICY", str(tmp_path / "policy.yaml"))
+    policy = load_policy()
+    assert policy.control_region == (control_region or "us-west-2")
+    pinned = {"dr_restore_test": region_queue(policy.topology.dr_region),
+              "dr_drill": region_queue(policy.topology.dr_region),
+              "dr_failover": region_queue(policy.control_region)}
+    for name, queue in pinned.items():
+        dag = _load(DAGS_DIR / f"{name}.py").dags[name]
+        assert {task.queue for task in dag.tasks} == {queue}, name
+    assert region_queue(policy.topology.primary_region) not in {task.queue for task in
+                                                               _load(DAGS_DIR / "dr_failover.py").dags["dr_failover"].tasks}
+    unpinned = _load(DAGS_DIR / "dr_full_backup.py").dags["dr_full_backup"]
+    assert {task.queue for task in unpinned.tasks} == {"default"}  # [operators] default_queue at parse time
+
+
 def test_airflow_does_not_load_the_package_as_top_level_plugin_modules() -> None:
     from airflow._shared.module_loading import find_path_from_directory
 

@@ -146,11 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("--apply", action="store_true")
     retire.set_defaults(func=cmd_keys_retire)
 
-    run = with_root(sub.add_parser("run", help="sandbox + airflow standalone (what `make run` does)"))
+    run = with_root(sub.add_parser("run", help="sandbox + Airflow: standalone (what `make run` does) or --distributed (`make run-distributed`)"))
     add_wal_commands(sub, with_storage)
 
     run.add_argument("--scale", type=float, default=1.0)
     run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--distributed", action="store_true",
+                     help="CeleryExecutor instead of standalone: a PostgreSQL metadata database and a Redis broker in "
+                          "the policy's control region, api-server, scheduler, dag-processor, triggerer and one "
+                          "Celery worker per region on its queue")
     run.set_defaults(func=cmd_run)
     return parser
 

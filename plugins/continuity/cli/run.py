@@ -1,4 +1,5 @@
-"""`continuity run` (what `make run` does): the sandbox, its first backups, then `airflow standalone`."""
+"""`continuity run` (what `make run` does): the sandbox, its first backups, then `airflow standalone`; with
+`--distributed`, the CeleryExecutor deployment of `continuity.controlplane` instead."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 from continuity.cli.common import EXIT_FAILURE, EXIT_OK, _fail, _sandbox
+from continuity.controlplane import Component, ControlPlane, components
 
 
 def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
@@ -30,7 +32,8 @@ def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Sandbox up, then `airflow standalone` in the foreground; Ctrl-C stops both."""
+    """Sandbox up, then Airflow in the foreground (standalone, or the distributed components); Ctrl-C
+    stops both."""
     sandbox = _sandbox(args)
     sandbox.up(scale=args.scale)
     try:
@@ -53,14 +56,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     airflow = Path(sys.executable).with_name("airflow")
     # standalone starts its components as `airflow ...` subprocesses found on PATH.
     env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
+    control_plane = ControlPlane(root=sandbox.root)
+    if args.distributed:
+        control_region = sandbox.policy.control_region
+        print(f"starting the control plane of region {control_region}: Airflow's metadata database (PostgreSQL) "
+              f"and the Celery broker (Redis)", flush=True)
+        try:
+            env.update(control_plane.up(control_region=control_region))
+        except Exception as exc:
+            sandbox.down()
+            return _fail(f"the control plane did not start: {exc}", "see the logs under "
+                         f"{control_plane.directory}; the sandbox was stopped", EXIT_FAILURE)
     problem = _prepare_airflow(airflow, env)
     if problem:
         sandbox.down()
         return _fail(problem, f"AIRFLOW_HOME ({airflow_home}) must be writable; the sandbox was stopped", EXIT_FAILURE)
-    print(f"starting Airflow (AIRFLOW_HOME={airflow_home}); logs in {airflow_home / 'standalone.log'}", flush=True)
-    with open(airflow_home / "standalone.log", "ab") as log_file:
-        process = subprocess.Popen([str(airflow), "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    if args.distributed:
+        wanted = components(sandbox.policy, api_port=args.port)
+        print(f"starting Airflow with the CeleryExecutor (AIRFLOW_HOME={airflow_home}): "
+              f"{', '.join(c.name for c in wanted)}; logs in {airflow_home}/<component>.log", flush=True)
+    else:
+        print(f"starting Airflow (AIRFLOW_HOME={airflow_home}); logs in {airflow_home / 'standalone.log'}", flush=True)
+        wanted = [Component("standalone", ["standalone"], essential=True)]
 
     stopping = False
 
@@ -72,8 +89,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     password_file = airflow_home / "simple_auth_manager_passwords.json.generated"
     announced = False
+    ended: Component | None = None
+    reported: set[str] = set()
+    running: dict[Component, subprocess.Popen] = {}
     try:
-        while not stopping and process.poll() is None:
+        for component in wanted:
+            running[component] = control_plane.start(component, airflow=airflow, env=env, log_dir=airflow_home)
+        while not stopping and ended is None:
+            for component, process in running.items():
+                if process.poll() is None or component.name in reported:
+                    continue
+                reported.add(component.name)
+                if component.essential:
+                    ended = component
+                else:
+                    # A region's worker lost: its queue waits; the orchestrator goes on.
+                    print(f"{component.name} exited with code {process.returncode}; tasks on its queue wait for it",
+                          flush=True)
             if not announced and _port_open(args.port) and password_file.exists():
                 print(
                     f"\nAirflow UI: http://localhost:{args.port}\n"
@@ -86,20 +118,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 announced = True
             time.sleep(1)
     finally:
-        if process.poll() is None:
-            print("\nstopping Airflow ...", flush=True)
-            os.killpg(process.pid, signal.SIGTERM)
+        print("\nstopping Airflow ...", flush=True)
+        for process in running.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in running.values():
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        _kill_process_group(process.pid)
+                pass
+            _kill_process_group(process.pid)
+            process.wait()
         print("stopping the sandbox ...", flush=True)
         stopped = sandbox.down()
         print(f"stopped: {', '.join(stopped) or 'nothing'}")
-    if not stopping and process.returncode:
-        print(f"airflow standalone exited with code {process.returncode}; see {airflow_home / 'standalone.log'}", file=sys.stderr)
+    if ended is not None:
+        log_name = ended.name.replace(" ", "-")
+        print(f"airflow {ended.name} exited with code {running[ended].returncode}; see "
+              f"{airflow_home / f'{log_name}.log'}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -1,0 +1,244 @@
+"""The distributed orchestrator on one machine (`continuity run --distributed`).
+
+What a production deployment runs on several hosts, started here side by side: Airflow's metadata
+database (its own PostgreSQL cluster, never one of the application's nodes), a Redis as the Celery
+broker, the API server, scheduler, DAG processor and triggerer, and one Celery worker per region
+listening on that region's queue (`dag_defaults.region_queue`). The metadata database, the broker and
+the core components belong to the policy's control region (`deployment.control_region`), which the
+policy keeps out of the primary region: stopping the primary region's worker and database leaves an
+orchestrator that can still fail over.
+
+Every process is recorded in `<sandbox>/control-plane/state.json`, so `continuity sandbox down` stops
+what a crashed run left behind. The database and broker passwords are generated once and kept in a
+0600 file; they reach the Airflow processes through their environment, never a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from continuity.dag_defaults import region_queue
+from continuity.localcluster import (LocalCluster, ServiceUser, find_bindir, free_port, pid_alive, port_is_free,
+                                     stop_pid, wait_for_port)
+
+log = logging.getLogger(__name__)
+
+METADATA_DATABASE = "airflow"
+METADATA_ROLE = "airflow"
+# Tasks mostly wait on PostgreSQL, S3 and people; a handful per worker keeps 2 cores busy without a queue.
+WORKER_CONCURRENCY = 6
+
+
+class ControlPlaneError(RuntimeError):
+    """The distributed orchestrator cannot start; the message names the part."""
+
+
+@dataclass(frozen=True, eq=False)
+class Component:
+    """One Airflow process: `airflow <argv>`; an essential one ending ends the run, a worker's does not
+    (a region's worker may be lost while the orchestrator carries on)."""
+
+    name: str
+    argv: list[str]
+    essential: bool
+    region: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def worker_regions(policy: Any) -> list[str]:
+    """Every region with database nodes, and the control region: each gets a worker."""
+    regions = [policy.topology.primary_region, policy.topology.dr_region,
+               *(node.region for node in policy.topology.nodes), policy.control_region]
+    return list(dict.fromkeys(regions))
+
+
+def components(policy: Any, *, api_port: int) -> list[Component]:
+    """The processes of a distributed run. Tasks without a queue of their own go to the control
+    region's (AIRFLOW__OPERATORS__DEFAULT_QUEUE, see `airflow_environment`)."""
+    core = [Component("api-server", ["api-server", "--port", str(api_port)], essential=True),
+            Component("scheduler", ["scheduler"], essential=True),
+            Component("dag-processor", ["dag-processor"], essential=True),
+            Component("triggerer", ["triggerer"], essential=True)]
+    # Every worker writes its task logs into the shared AIRFLOW_HOME, which the API server reads: no
+    # worker serves logs (two on one host would fight over the port).
+    workers = [Component(f"worker {region}", ["celery", "worker", "--queues", region_queue(region),
+                                              "--concurrency", str(WORKER_CONCURRENCY),
+                                              "--celery-hostname", f"{region}@%h", "--skip-serve-logs"],
+                         essential=False, region=region) for region in worker_regions(policy)]
+    return core + workers
+
+
+class ControlPlane:
+    """The metadata database, the broker and the recorded Airflow processes of a distributed run.
+
+    :param root: the sandbox's root; everything lives under `<root>/control-plane/`.
+    """
+
+    def __init__(self, *, root: Path) -> None:
+        self.directory = Path(root) / "control-plane"
+        self.state_file = self.directory / "state.json"
+
+    # -- state -----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        # Replaced whole: a crash mid-write must not lose the pids `down` needs.
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file)
+
+    def _secrets(self) -> dict[str, str]:
+        path = self.directory / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        values = {"metadata": secrets.token_urlsafe(24), "broker": secrets.token_urlsafe(24)}
+        # Created 0600 before anything is written into it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(values, handle)
+        return values
+
+    def _cluster(self, state: dict[str, Any]) -> LocalCluster:
+        return LocalCluster(name="airflow metadata", data_dir=self.directory / "metadata",
+                            port=state["metadata"]["port"], socket_dir=self.directory / "metadata-socket",
+                            log_file=self.directory / "metadata-log" / "postgresql.log", user=ServiceUser.detect(),
+                            bindir=find_bindir())
+
+    # -- up ----------------------------------------------------------------------------------------
+    def up(self, *, control_region: str) -> dict[str, str]:
+        """The metadata database and the broker running; returns the Airflow settings that use them
+        (secrets included: for the processes' environment only)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o755)  # the postgres OS user reaches its data directory through it
+        state = self._state()
+        passwords = self._secrets()
+        state.setdefault("metadata", {"port": free_port()})
+        state.setdefault("broker", {"port": free_port(), "pid": None})
+        state["control_region"] = control_region
+        self._save(state)
+        self._start_metadata(state, passwords["metadata"])
+        self._start_broker(state, passwords["broker"])
+        return self.airflow_environment(control_region=control_region)
+
+    def _start_metadata(self, state: dict[str, Any], password: str) -> None:
+        cluster = self._cluster(state)
+        if not cluster.exists:
+            log.info("creating Airflow's metadata database (PostgreSQL on port %s)", cluster.port)
+            cluster.user.make_dir(cluster.socket_dir, 0o755)
+            cluster.user.make_dir(cluster.log_file.parent, 0o755)  # written by the server's OS user
+            cluster.initdb()
+            settings = (f"port = {cluster.port}\nlisten_addresses = '127.0.0.1'\n"
+                        f"unix_socket_directories = '{cluster.socket_dir}'\nmax_connections = 200\n")
+            conf = cluster.data_dir / "postgresql.conf"
+            cluster.user.write_file(conf, conf.read_text() + "\n# continuity control plane\n" + settings)
+        if not cluster.running:
+            if not port_is_free(cluster.port):
+                raise ControlPlaneError(f"port {cluster.port} of Airflow's metadata database is taken by another "
+                                        f"process; HINT: stop it, or remove {self.directory} to start afresh")
+            cluster.start()
+        # The role and database exist once; the password (SQL on stdin, never argv) is set every start.
+        cluster.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{METADATA_ROLE}') THEN "
+                     f"CREATE ROLE {METADATA_ROLE} LOGIN; END IF; END $$;\n"
+                     f"ALTER ROLE {METADATA_ROLE} PASSWORD '{password}';\n")
+        if not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{METADATA_DATABASE}'").strip():
+            cluster.psql(f"CREATE DATABASE {METADATA_DATABASE} OWNER {METADATA_ROLE};")
+
+    def _start_broker(self, state: dict[str, Any], password: str) -> None:
+        from continuity.sandbox import start_redis_server  # the sandbox's Redis start, one copy
+
+        broker = state["broker"]
+        if pid_alive(broker.get("pid")):
+            return
+        if not port_is_free(broker["port"]):
+            broker["port"] = free_port()
+        broker["pid"] = start_redis_server(directory=self.directory / "broker", port=broker["port"],
+                                           password=password, log_file=self.directory / "broker.log", extra=[])
+        self._save(state)
+        wait_for_port(broker["port"], what="the Celery broker (Redis)")
+
+    def airflow_environment(self, *, control_region: str) -> dict[str, str]:
+        state, passwords = self._state(), self._secrets()
+        database = (f"postgresql+psycopg2://{METADATA_ROLE}:{passwords['metadata']}@127.0.0.1:"
+                    f"{state['metadata']['port']}/{METADATA_DATABASE}")
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{passwords['broker']}@127.0.0.1:{state['broker']['port']}/0",
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+            # A task whose worker vanished without acknowledging it is delivered again after this long;
+            # the scheduler's heartbeat check fails it (and a retry starts) much sooner.
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": region_queue(control_region),
+        }
+
+    # -- the Airflow processes -----------------------------------------------------------------
+    def start(self, component: Component, *, airflow: Path, env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+        """`airflow <component>` in its own process group, its output in `<log_dir>/<name>.log`."""
+        log_file = log_dir / f"{component.name.replace(' ', '-')}.log"
+        with open(log_file, "ab") as handle:
+            process = subprocess.Popen([str(airflow), *component.argv], env={**env, **component.env}, stdout=handle,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        state = self._state()
+        state.setdefault("processes", {})[component.name] = {"pid": process.pid, "region": component.region,
+                                                             "log": str(log_file)}
+        self._save(state)
+        return process
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        """Each recorded Airflow process: pid, region (workers), log, and whether it runs."""
+        return {name: {**entry, "running": pid_alive(entry["pid"])}
+                for name, entry in self._state().get("processes", {}).items()}
+
+    def stop_worker(self, region: str, *, sig: int = signal.SIGKILL) -> int:
+        """Stop the worker of `region` and every task process it runs (SIGKILL: as when its host is lost);
+        returns its pid."""
+        entry = self._state().get("processes", {}).get(f"worker {region}")
+        if entry is None:
+            raise ControlPlaneError(f"no worker of region {region} was started here (workers: "
+                                    f"{sorted(k for k in self.processes() if k.startswith('worker'))})")
+        _signal_group(entry["pid"], sig)
+        return entry["pid"]
+
+    # -- down ----------------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop every recorded process, the broker and the metadata database. Safe to run twice."""
+        state = self._state()
+        if not state:
+            return []
+        stopped: list[str] = []
+        for name, entry in state.get("processes", {}).items():
+            if pid_alive(entry["pid"]):
+                _signal_group(entry["pid"], signal.SIGTERM)
+                stopped.append(name)
+        for name, entry in state.get("processes", {}).items():
+            stop_pid(entry["pid"], name=name, sig=signal.SIGTERM, timeout=30)
+            _signal_group(entry["pid"], signal.SIGKILL)  # what it started and left behind (task processes)
+        state["processes"] = {}
+        broker = state.get("broker", {})
+        if pid_alive(broker.get("pid")):
+            stop_pid(broker["pid"], name="Celery broker", sig=signal.SIGTERM)
+            stopped.append("broker")
+        if "metadata" in state and self._cluster(state).stop():
+            stopped.append("metadata database")
+        self._save(state)
+        return stopped
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
