@@ -181,6 +181,9 @@ class ControlPlane:
             # A task whose worker vanished without acknowledging it is delivered again after this long;
             # the scheduler's heartbeat check fails it (and a retry starts) much sooner.
             "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+            # How long a task whose worker died counts as running: 60 s, not the default 300 s, so a crashed
+            # backup is retried (and a crashed failover step rolled back) within about a minute.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": region_queue(control_region),
         }
 
@@ -202,15 +205,22 @@ class ControlPlane:
         return {name: {**entry, "running": pid_alive(entry["pid"])}
                 for name, entry in self._state().get("processes", {}).items()}
 
-    def stop_worker(self, region: str, *, sig: int = signal.SIGKILL) -> int:
-        """Stop the worker of `region` and every task process it runs (SIGKILL: as when its host is lost);
-        returns its pid."""
-        entry = self._state().get("processes", {}).get(f"worker {region}")
+    def lose_worker(self, region: str) -> int:
+        """The worker of `region` gone with its host: it and every task process it runs killed at once, and
+        not restarted (`continuity run` restarts a worker that crashed, as a service manager would, but not a
+        lost one). Returns its pid."""
+        state = self._state()
+        entry = state.get("processes", {}).get(f"worker {region}")
         if entry is None:
             raise ControlPlaneError(f"no worker of region {region} was started here (workers: "
                                     f"{sorted(k for k in self.processes() if k.startswith('worker'))})")
-        _signal_group(entry["pid"], sig)
+        entry["lost"] = True
+        self._save(state)
+        _signal_group(entry["pid"], signal.SIGKILL)
         return entry["pid"]
+
+    def is_lost(self, name: str) -> bool:
+        return bool(self._state().get("processes", {}).get(name, {}).get("lost"))
 
     # -- down ----------------------------------------------------------------------------------
     def down(self) -> list[str]:

@@ -136,8 +136,10 @@ class AirflowRun:
         return remaining
 
 
-def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, timeout: float = 240) -> AirflowRun:
-    """`continuity run` in `root`, logged in as admin once the UI is up (the caller interrupts it)."""
+def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, timeout: float = 300,
+          distributed: bool = False) -> AirflowRun:
+    """`continuity run` (`--distributed`: the CeleryExecutor deployment) in `root`, logged in as admin once
+    the UI is up (the caller interrupts it)."""
     port = free_port()
     # As from a user's shell: none of the test session's Airflow settings (run sets its own).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -146,7 +148,7 @@ def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, t
     if policy_file is not None:
         env["CONTINUITY_POLICY"] = str(policy_file)
     process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
-                                "--scale", str(scale)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                "--scale", str(scale), *(["--distributed"] if distributed else [])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env, start_new_session=True)
     run = AirflowRun(root=root, port=port, process=process)
     deadline = time.monotonic() + timeout

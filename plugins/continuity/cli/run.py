@@ -31,6 +31,10 @@ def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
     return None
 
 
+# A worker that crashed is started again this many times, then left down (its log says why).
+MAX_RESTARTS = 5
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Sandbox up, then Airflow in the foreground (standalone, or the distributed components); Ctrl-C
     stops both."""
@@ -91,21 +95,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     announced = False
     ended: Component | None = None
     reported: set[str] = set()
+    restarts: dict[str, int] = {}
     running: dict[Component, subprocess.Popen] = {}
     try:
         for component in wanted:
             running[component] = control_plane.start(component, airflow=airflow, env=env, log_dir=airflow_home)
         while not stopping and ended is None:
-            for component, process in running.items():
+            for component, process in list(running.items()):
                 if process.poll() is None or component.name in reported:
                     continue
-                reported.add(component.name)
                 if component.essential:
                     ended = component
+                elif control_plane.is_lost(component.name) or restarts.get(component.name, 0) >= MAX_RESTARTS:
+                    # A region lost with its worker (or a worker that cannot stay up): its queue waits; the
+                    # orchestrator goes on.
+                    reported.add(component.name)
+                    print(f"{component.name} stopped for good (exit code {process.returncode}, "
+                          f"{restarts.get(component.name, 0)} restarts); tasks on its queue wait for it", flush=True)
                 else:
-                    # A region's worker lost: its queue waits; the orchestrator goes on.
-                    print(f"{component.name} exited with code {process.returncode}; tasks on its queue wait for it",
-                          flush=True)
+                    restarts[component.name] = restarts.get(component.name, 0) + 1
+                    # A worker that crashed comes back, as under a service manager; the scheduler fails the
+                    # tasks it was running once their heartbeats stop, and retries them.
+                    print(f"{component.name} exited with code {process.returncode}; restarting it", flush=True)
+                    running[component] = control_plane.start(component, airflow=airflow, env=env,
+                                                             log_dir=airflow_home)
             if not announced and _port_open(args.port) and password_file.exists():
                 print(
                     f"\nAirflow UI: http://localhost:{args.port}\n"
