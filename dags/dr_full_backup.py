@@ -38,7 +38,8 @@ with DAG(
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
     # a retry starts clean
-    default_args={**DEFAULT_ARGS, "retry_delay": timedelta(minutes=5), "on_failure_callback": report_failed_task},
+    default_args={**DEFAULT_ARGS, "retry_delay": load_policy().backups.full.retry_delay,
+                  "on_failure_callback": report_failed_task},
     tags=["continuity", "backup"],
 ) as dag:
     LogicalBackupOperator(task_id="logical_backup", outlets=[LOGICAL_BACKUPS])

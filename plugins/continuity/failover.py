@@ -689,6 +689,17 @@ def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, pro
     leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
     report = cluster.report
     old, target = plan.old_primary, plan.target
+    if plan.action in ("switchover", "failover"):
+        # A worker lost in the middle of a step leaves no record of it (the record is pushed once the step
+        # is done): what the nodes say now decides, never only the records.
+        writable = cluster.writable_nodes()
+        if not fenced and old not in writable:
+            report(f"{old} no longer accepts writes although no fence was recorded (the step was interrupted): "
+                   f"rolling back as from a fence")
+            fenced = True
+        if not promoted and target in writable:
+            report(f"{target} accepts writes although no promotion was recorded (the step was interrupted)")
+            promoted = True
     if repointed and promoted:
         return _fail_forward(cluster, plan, failed_step=failed_step)
     if plan.action not in ("switchover", "failover") or not fenced:
@@ -718,6 +729,14 @@ def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, pro
         report(message)
         return RollbackRecord(rolled_back=True, writable=writable, message=message)
     writable = cluster.writable_nodes()
+    if target in writable and old not in writable:
+        # The old primary must not come back writable beside the new one (a fence may not have been reached).
+        try:
+            if not cluster.control.is_fenced(old):
+                cluster.control.fence(old)
+                report(f"{old} fenced: it can only come back as a standby of {target}")
+        except NodeControlError as exc:
+            report(f"{old} could not be fenced ({exc}): fence it before its host comes back")
     if len(writable) > 1 and target in writable:
         for name in writable:
             if name != target:

@@ -362,6 +362,8 @@ class FullBackups(_Model):
     retention: dict[str, Duration]
     keep_last: int = Field(ge=1)
     backup_from_standby: str | None = None
+    # How long a failed backup task waits before its one retry (a crashed worker, an endpoint down).
+    retry_delay: Duration = timedelta(minutes=5)
 
 
 class IncrementalBackups(_Model):

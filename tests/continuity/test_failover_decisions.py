@@ -83,6 +83,17 @@ def test_rollback_after_the_repoint_fences_a_second_writer() -> None:
     assert "stop(immediate) primary" in control.actions and "fence primary" in control.actions
 
 
+def test_rollback_of_an_interrupted_failover_reads_the_nodes_not_the_missing_records() -> None:
+    cluster, control, router = _cluster()
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    # The worker died inside cut_over after the promotion, before any step's record was pushed.
+    cluster.nodes["primary"].writable, cluster.nodes["dr"].writable = False, True
+    result = failover.rollback(cluster, plan, fenced=False, promoted=False)
+    assert result.writable == ["dr"]
+    assert result.message == "failover stopped with exactly one writable primary: dr"
+    assert "fence primary" in control.actions, "the old primary may not come back writable"
+
+
 def test_a_rerun_fence_after_promotion_does_nothing() -> None:
     cluster, control, router = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary")

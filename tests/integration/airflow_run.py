@@ -55,6 +55,9 @@ class AirflowRun:
         passwords = json.loads((self.root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
         return api(self.port, "/auth/token", body={"username": user, "password": passwords[user]})["access_token"]
 
+    def unpause(self, dag_id: str) -> None:
+        self.api(f"/api/v2/dags/{dag_id}", {"is_paused": False}, method="PATCH")
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         return self.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})["dag_run_id"]
 
@@ -137,9 +140,9 @@ class AirflowRun:
 
 
 def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, timeout: float = 300,
-          distributed: bool = False) -> AirflowRun:
+          distributed: bool = False, paused: bool = False) -> AirflowRun:
     """`continuity run` (`--distributed`: the CeleryExecutor deployment) in `root`, logged in as admin once
-    the UI is up (the caller interrupts it)."""
+    the UI is up (the caller interrupts it). `paused`: no DAG runs until the test unpauses it."""
     port = free_port()
     # As from a user's shell: none of the test session's Airflow settings (run sets its own).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -147,6 +150,8 @@ def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, t
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
     if policy_file is not None:
         env["CONTINUITY_POLICY"] = str(policy_file)
+    if paused:
+        env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
     process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
                                 "--scale", str(scale), *(["--distributed"] if distributed else [])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env, start_new_session=True)

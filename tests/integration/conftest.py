@@ -16,12 +16,8 @@ from . import airflow_run
 
 @pytest.fixture(scope="session")
 def scheduler() -> Iterator[airflow_run.AirflowRun]:
-    """`continuity run --distributed` (CeleryExecutor, a worker per region: the deployment production
-    runs) with the sandbox's policy made quick: acknowledgement (executive group) 20 s, partner notice
-    approval 15 s, so timeouts pass while a test watches.
-
-    tests/integration/test_region_loss_orchestrator.py loses the primary region under it: it sorts after
-    the other users of this fixture (test_incident_dag, test_plan_review) and must stay last."""
+    """`continuity run` with the sandbox's policy made quick: acknowledgement (executive group) 20 s,
+    partner notice approval 15 s, so timeouts pass while a test watches."""
     root = Path(tempfile.mkdtemp(prefix="continuity-scheduler-run-"))
     root.chmod(0o755)
     policy_file = root / "policy-short-deadlines.yaml"
@@ -32,7 +28,7 @@ def scheduler() -> Iterator[airflow_run.AirflowRun]:
         assert old in text, old
         text = text.replace(old, new, 1)
     policy_file.write_text(text)
-    run = airflow_run.start(root, policy_file=policy_file, distributed=True)
+    run = airflow_run.start(root, policy_file=policy_file)
     try:
         yield run
     finally:

@@ -1,30 +1,53 @@
 """The distributed orchestrator (`continuity run --distributed`) through crashes and the loss of the
-primary region: a worker killed in the middle of a backup, then the primary region's worker and database
-lost while `dr_failover` runs on the DR region's worker.
+primary region: a worker killed in the middle of a backup and in the middle of a switchover, then the
+primary region's worker and database lost while `dr_failover` runs on the DR region's worker.
 
-These tests change the shared `scheduler` run for good (the last one fails it over to the DR region):
-this module sorts after every other user of the fixture and must stay so (see tests/integration/conftest.py).
+The module has its own run, every DAG paused at creation so that only what a test unpauses runs (two
+workers, a scheduler and an API server already fill this machine's two cores).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from continuity.backup import verify_copy
 from continuity.catalog import Catalog
 from continuity.controlplane import ControlPlane
 from continuity.dag_defaults import region_queue
-from continuity.backup import verify_copy
 from continuity.manifest import data_key_name
+from continuity.project import default_policy_path
 from continuity.sandbox import Sandbox
 from continuity.storage import S3Location, locations_from_policy
 from continuity.waiting import poll
 
+from . import airflow_run
+
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def distributed() -> Iterator[airflow_run.AirflowRun]:
+    """`continuity run --distributed` in a root of its own (DAGs paused), full backups retried quickly."""
+    root = Path(tempfile.mkdtemp(prefix="continuity-distributed-run-"))
+    root.chmod(0o755)
+    policy_file = root / "policy-quick-retry.yaml"  # a crashed backup retried after 10 s, not 5 minutes
+    text = default_policy_path().read_text()
+    assert "    retry_delay: 5m" in text
+    policy_file.write_text(text.replace("    retry_delay: 5m", "    retry_delay: 10s", 1))
+    run = airflow_run.start(root, policy_file=policy_file, distributed=True, paused=True)
+    try:
+        yield run
+    finally:
+        airflow_run.stop(run)
 
 
 LOGICAL_DATA = data_key_name("logical", "id").rsplit("/", 1)[0] + "/"
@@ -40,13 +63,19 @@ def _object_exists(location: S3Location, key: str) -> bool:
     return location.client.list_objects_v2(Bucket=location.bucket, Prefix=key).get("KeyCount", 0) > 0
 
 
-def _try_numbers(scheduler: Any, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
-    tasks = scheduler.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+def _only_run(run: Any, dag_id: str) -> str | None:
+    runs = run.api(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]
+    assert len(runs) <= 1, runs
+    return runs[0]["dag_run_id"] if runs else None
+
+
+def _try_numbers(run: Any, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
+    tasks = run.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     return {t["task_id"]: (t["state"], t["try_number"]) for t in tasks}
 
 
-def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the_retry_succeeds(scheduler) -> None:
-    box = Sandbox(root=scheduler.root)
+def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the_retry_succeeds(distributed) -> None:
+    box = Sandbox(root=distributed.root)
     # Enough data that the logical dump is uploaded in parts (over 8 MiB once compressed): random bytes.
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS ballast AS SELECT g AS id, decode(md5(random()::text) || "
@@ -56,45 +85,76 @@ def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the
     catalog = Catalog(locations, box.keyring())
     before = {m.backup_id for m in catalog.list(kind="logical")}
 
-    run_id = scheduler.trigger("dr_full_backup")
+    distributed.unpause("dr_full_backup")  # its latest scheduled run starts: the one a worker dies in
+    run_id = poll(lambda: _only_run(distributed, "dr_full_backup"), timeout=120)
     uploading = poll(lambda: _pending_logical_uploads(buckets), timeout=300, interval=0.1)
-    assert uploading, f"no logical backup was seen uploading: {scheduler.diagnose('dr_full_backup', run_id)}"
+    assert uploading, f"no logical backup was seen uploading: {distributed.diagnose('dr_full_backup', run_id)}"
     control_region = box.policy.control_region
-    worker = ControlPlane(root=scheduler.root).processes()[f"worker {control_region}"]
+    worker = ControlPlane(root=distributed.root).processes()[f"worker {control_region}"]
     os.killpg(worker["pid"], signal.SIGKILL)  # a crash: `continuity run` restarts it, as a service manager would
 
-    crashed_ids = {key.rsplit("/", 1)[-1].removesuffix(".cta") for _, key in uploading}
-    assert poll(lambda: not any(_object_exists(loc, key) for loc, key in uploading), timeout=10) is True
-    assert scheduler.wait_for_run("dr_full_backup", run_id, timeout=900) == "success", \
-        scheduler.diagnose("dr_full_backup", run_id)
-    tries = _try_numbers(scheduler, "dr_full_backup", run_id)
+    time.sleep(5)  # the worker's task processes died with it: nothing completes the upload after the crash
+    for location, key in uploading:
+        assert not _object_exists(location, key), f"{location.bucket}/{key}: a half backup under its final name"
+    print(f"worker killed at {time.strftime('%X')} while uploading {[key for _, key in uploading]}")
+    assert distributed.wait_for_run("dr_full_backup", run_id, timeout=900) == "success", \
+        distributed.diagnose("dr_full_backup", run_id)
+    print(f"run succeeded at {time.strftime('%X')}")
+    tries = _try_numbers(distributed, "dr_full_backup", run_id)
     assert tries["logical_backup"] == ("success", 2), tries  # the first try died with the worker
 
-    # Nothing of the crashed attempt is stored under a final name; the retry's backup is whole everywhere.
-    for location, key in uploading:
-        assert not _object_exists(location, key), f"{location.describe(key)}: a half backup under its final name"
-    assert not crashed_ids & {m.backup_id for m in catalog.list(kind="logical")}
+    # The retry wrote the same backup (its id comes from the run's interval) whole, in every location.
     (retried,) = [m for m in catalog.list(kind="logical") if m.backup_id not in before]
+    assert {retried.data_key_name} == {key.removeprefix(location.prefix) for location, key in uploading}
     for name in retried.locations:
         assert verify_copy(retried, locations[name], box.keyring(), deep=True).ok, name
 
 
-def test_the_primary_region_lost_with_its_worker_and_database_fails_over_on_the_dr_worker(scheduler) -> None:
-    box = Sandbox(root=scheduler.root)
+def _writable(box: Sandbox) -> list[str]:
+    return sorted(name for name in box.node_names if box.failover_cluster().probe(name).get("reachable")
+                  and not box.failover_cluster().probe(name).get("in_recovery"))
+
+
+def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writable_primary_named(distributed) -> None:
+    box = Sandbox(root=distributed.root)
+    box.wait_streaming(timeout=60)
+    router = box.failover_cluster().router
+    distributed.unpause("dr_failover")
+    run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "switchover", "reason": "crash test"})
+    # The fence step has begun: the entry point is paused and the primary is about to stop.
+    assert poll(router.is_paused, timeout=300, interval=0.05), distributed.diagnose("dr_failover", run_id)
+    worker = ControlPlane(root=distributed.root).processes()[f"worker {box.policy.control_region}"]
+    os.killpg(worker["pid"], signal.SIGKILL)  # a crash: restarted; the scheduler fails cut_over, rollback runs
+
+    assert distributed.wait_for_run("dr_failover", run_id, timeout=600) == "failed"
+    tries = _try_numbers(distributed, "dr_failover", run_id)
+    assert tries["cut_over"] == ("failed", 1) and tries["rollback"][0] == "success", tries
+    assert _writable(box) == ["primary"]
+    assert not router.is_paused()
+    rollback = distributed.api(f"/api/v2/dags/dr_failover/dagRuns/{run_id}/taskInstances/rollback/xcomEntries/"
+                               f"return_value")["value"]
+    assert rollback["writable"] == ["primary"], rollback
+    assert "the original primary primary is serving writes again" in rollback["message"], rollback
+    with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == box.state["nodes"]["primary"]["port"]
+
+
+def test_the_primary_region_lost_with_its_worker_and_database_fails_over_on_the_dr_worker(distributed) -> None:
+    box = Sandbox(root=distributed.root)
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS before_region_loss (n int)")
         conn.execute("INSERT INTO before_region_loss VALUES (1)")
     box.wait_streaming(timeout=60)
     primary_region = box.policy.topology.primary_region
-    plane = ControlPlane(root=scheduler.root)
+    plane = ControlPlane(root=distributed.root)
 
     plane.lose_worker(primary_region)
     box.cluster("primary").kill()
-    run_id = scheduler.trigger("dr_failover", {"target": "dr", "mode": "failover", "reason": "us-east-1 lost"})
-    assert scheduler.wait_for_run("dr_failover", run_id, timeout=600) == "success", \
-        scheduler.diagnose("dr_failover", run_id)
+    run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "failover", "reason": "us-east-1 lost"})
+    assert distributed.wait_for_run("dr_failover", run_id, timeout=600) == "success", \
+        distributed.diagnose("dr_failover", run_id)
 
-    tasks = scheduler.api(f"/api/v2/dags/dr_failover/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+    tasks = distributed.api(f"/api/v2/dags/dr_failover/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     assert {t["queue"] for t in tasks} == {region_queue(box.policy.control_region)}
     processes = plane.processes()
     assert not processes[f"worker {primary_region}"]["running"]  # so the DR region's worker ran every step
