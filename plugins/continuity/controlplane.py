@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from continuity.dag_defaults import region_queue
 from continuity.localcluster import (LocalCluster, ServiceUser, find_bindir, free_port, pid_alive, port_is_free,
                                      stop_pid, wait_for_port)
@@ -205,18 +207,29 @@ class ControlPlane:
         return {name: {**entry, "running": pid_alive(entry["pid"])}
                 for name, entry in self._state().get("processes", {}).items()}
 
-    def lose_worker(self, region: str) -> int:
-        """The worker of `region` gone with its host: it and every task process it runs killed at once, and
-        not restarted (`continuity run` restarts a worker that crashed, as a service manager would, but not a
-        lost one). Returns its pid."""
-        state = self._state()
+    def _worker(self, state: dict[str, Any], region: str) -> dict[str, Any]:
         entry = state.get("processes", {}).get(f"worker {region}")
         if entry is None:
             raise ControlPlaneError(f"no worker of region {region} was started here (workers: "
                                     f"{sorted(k for k in self.processes() if k.startswith('worker'))})")
+        return entry
+
+    def crash_worker(self, region: str) -> int:
+        """The worker of `region` and every process under it (its task processes, which Airflow's supervisor
+        puts in sessions of their own) killed at once, as when its host crashes; `continuity run` starts it
+        again, as a service manager would. Returns its pid."""
+        pid = self._worker(self._state(), region)["pid"]
+        _kill_tree(pid)
+        return pid
+
+    def lose_worker(self, region: str) -> int:
+        """The worker of `region` gone with its region: killed like `crash_worker`, and not started again.
+        Returns its pid."""
+        state = self._state()
+        entry = self._worker(state, region)
         entry["lost"] = True
         self._save(state)
-        _signal_group(entry["pid"], signal.SIGKILL)
+        _kill_tree(entry["pid"])
         return entry["pid"]
 
     def is_lost(self, name: str) -> bool:
@@ -229,13 +242,15 @@ class ControlPlane:
         if not state:
             return []
         stopped: list[str] = []
+        trees: dict[str, list[psutil.Process]] = {}
         for name, entry in state.get("processes", {}).items():
             if pid_alive(entry["pid"]):
+                trees[name] = _tree(entry["pid"])  # before anything dies: orphans leave the tree
                 _signal_group(entry["pid"], signal.SIGTERM)
                 stopped.append(name)
         for name, entry in state.get("processes", {}).items():
             stop_pid(entry["pid"], name=name, sig=signal.SIGTERM, timeout=30)
-            _signal_group(entry["pid"], signal.SIGKILL)  # what it started and left behind (task processes)
+            _kill(trees.get(name, []))  # what it started and left behind (task processes)
         state["processes"] = {}
         broker = state.get("broker", {})
         if pid_alive(broker.get("pid")):
@@ -245,6 +260,28 @@ class ControlPlane:
             stopped.append("metadata database")
         self._save(state)
         return stopped
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """`pid` and every descendant (task processes run in sessions of their own: a process group misses them)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant, all found before any dies (an orphan would escape the walk)."""
+    _kill(_tree(pid))
 
 
 def _signal_group(pgid: int, sig: int) -> None:

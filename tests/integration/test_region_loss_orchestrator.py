@@ -8,8 +8,7 @@ workers, a scheduler and an API server already fill this machine's two cores).
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from continuity.dag_defaults import region_queue
 from continuity.manifest import data_key_name
 from continuity.project import default_policy_path
 from continuity.sandbox import Sandbox
-from continuity.storage import S3Location, locations_from_policy
+from continuity.storage import S3Location, key_safe, locations_from_policy
 from continuity.waiting import poll
 
 from . import airflow_run
@@ -90,8 +89,7 @@ def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the
     uploading = poll(lambda: _pending_logical_uploads(buckets), timeout=300, interval=0.1)
     assert uploading, f"no logical backup was seen uploading: {distributed.diagnose('dr_full_backup', run_id)}"
     control_region = box.policy.control_region
-    worker = ControlPlane(root=distributed.root).processes()[f"worker {control_region}"]
-    os.killpg(worker["pid"], signal.SIGKILL)  # a crash: `continuity run` restarts it, as a service manager would
+    ControlPlane(root=distributed.root).crash_worker(control_region)  # `continuity run` starts it again
 
     time.sleep(5)  # the worker's task processes died with it: nothing completes the upload after the crash
     for location, key in uploading:
@@ -120,21 +118,29 @@ def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writab
     box.wait_streaming(timeout=60)
     router = box.failover_cluster().router
     distributed.unpause("dr_failover")
-    run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "switchover", "reason": "crash test"})
-    # The fence step has begun: the entry point is paused and the primary is about to stop.
-    assert poll(router.is_paused, timeout=300, interval=0.05), distributed.diagnose("dr_failover", run_id)
-    worker = ControlPlane(root=distributed.root).processes()[f"worker {box.policy.control_region}"]
-    os.killpg(worker["pid"], signal.SIGKILL)  # a crash: restarted; the scheduler fails cut_over, rollback runs
+    # A transaction in flight holds the switchover in its first step (PAUSE waits for it, up to the policy's
+    # pause_timeout of 10 s): the worker dies there, with the entry point paused.
+    with psycopg.connect(box.app_conninfo(), prepare_threshold=None) as in_flight:
+        in_flight.execute("SELECT 1")
+        run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "switchover", "reason": "crash test"})
+        assert poll(router.is_paused, timeout=300, interval=0.1), distributed.diagnose("dr_failover", run_id)
+        # A crash with its task processes: restarted; the scheduler fails cut_over, and rollback runs.
+        ControlPlane(root=distributed.root).crash_worker(box.policy.control_region)
+        in_flight.rollback()
 
+    # The run fails, and says so, although the dead step could not report: record asks Airflow.
     assert distributed.wait_for_run("dr_failover", run_id, timeout=600) == "failed"
     tries = _try_numbers(distributed, "dr_failover", run_id)
     assert tries["cut_over"] == ("failed", 1) and tries["rollback"][0] == "success", tries
     assert _writable(box) == ["primary"]
-    assert not router.is_paused()
+    assert not router.is_paused(), "rollback resumes the entry point the dead step paused"
     rollback = distributed.api(f"/api/v2/dags/dr_failover/dagRuns/{run_id}/taskInstances/rollback/xcomEntries/"
                                f"return_value")["value"]
     assert rollback["writable"] == ["primary"], rollback
-    assert "the original primary primary is serving writes again" in rollback["message"], rollback
+    assert rollback["message"] == "nothing had changed; writable primary: primary", rollback
+    audit = json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{key_safe(run_id)}.json"))
+    assert audit["outcome"].startswith("failed at fence: task cut_over failed without reporting why"), audit
+    assert audit["outcome"].endswith("nothing had changed; writable primary: primary"), audit
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == box.state["nodes"]["primary"]["port"]
 

@@ -258,6 +258,28 @@ def _report_failover(policy: Any, plan: steps.FailoverPlan, context: Context,
         kind="planned" if planned else "incident", source=f"dr_failover run {context['run_id']}"))
 
 
+def _lost_steps(ti: Any) -> dict[str, str]:
+    """Steps whose task failed without reporting why: a worker lost mid-step pushes nothing, and its task is
+    failed by the scheduler once its heartbeats stop. Named by the first cut-over step left without a record."""
+    step_tasks = [CUT_OVER_TASK, *(name for name in steps.STEP_NAMES if name not in steps.CUT_OVER_STEPS)]
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=step_tasks, run_ids=[ti.run_id]).get(ti.run_id, {})
+    lost: dict[str, str] = {}
+    for task_id, state in states.items():
+        if state != "failed":
+            continue
+        if task_id == CUT_OVER_TASK:
+            if ti.xcom_pull(task_ids=CUT_OVER_TASK, key="failed_step"):
+                continue
+            name = next((step for step in steps.CUT_OVER_STEPS if step_xcom(ti, step) is None), "repoint")
+        elif step_xcom(ti, task_id, key="failure"):
+            continue
+        else:
+            name = task_id
+        lost[name] = (f"task {task_id} failed without reporting why (its worker lost mid-step, or killed); "
+                      f"see its log")
+    return lost
+
+
 class RecordOperator(FailoverStepOperator):
     """Always runs: persist the new topology (after a promotion) and write the audit record to storage
     and the log; fail the run, naming the failed step, when any step failed."""
@@ -268,6 +290,7 @@ class RecordOperator(FailoverStepOperator):
         ti = context["ti"]
         records = steps.FailoverRecords.model_validate({name: step_xcom(ti, name) for name in self.STEPS})
         failures = {name: failure for name in self.STEPS if (failure := step_xcom(ti, name, key="failure"))}
+        failures.update({name: why for name, why in _lost_steps(ti).items() if name not in failures})
         audit = steps.compose_audit(run_id=context["run_id"],
                                     triggered_by=getattr(context["dag_run"], "triggering_user_name", None),
                                     params=context["params"], records=records, failures=failures)
