@@ -6,13 +6,17 @@ PYTEST_ARGS ?=
 # Where the policy, include/ and the default sandbox are (see plugins/continuity/project.py).
 export CONTINUITY_PROJECT ?= $(CURDIR)
 
-.PHONY: bootstrap run test test-fast bench sandbox-up sandbox-down sandbox-status clean
+.PHONY: bootstrap run run-distributed test test-fast bench sandbox-up sandbox-down sandbox-status clean
 
 bootstrap:
 	@scripts/bootstrap.sh
 
 run: bootstrap
 	$(BIN)/continuity run
+
+# CeleryExecutor, a PostgreSQL metadata database, Redis as broker and a worker per region (README).
+run-distributed: bootstrap
+	$(BIN)/continuity run --distributed
 
 test: bootstrap
 	$(BIN)/pytest $(PYTEST_ARGS)

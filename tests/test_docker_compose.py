@@ -10,13 +10,16 @@ import psycopg
 import pytest
 import yaml
 
+from continuity.controlplane import worker_regions
+from continuity.dag_defaults import region_queue
 from continuity.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 LIBPQ_KEYWORDS = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
-AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"]
+WORKERS = [f"airflow-worker-{region}" for region in worker_regions(load_policy())]
+AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", *WORKERS]
 
 
 def _depends(service: dict) -> list[str]:
@@ -30,6 +33,19 @@ def test_distributed_airflow_services_exist() -> None:
     assert SERVICES["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     build = SERVICES["airflow-scheduler"]["build"]
     assert "FROM apache/airflow:3.3" in (ROOT / build["context"] / build["dockerfile"]).read_text()
+
+
+def test_a_celery_worker_per_region_on_its_queue_and_the_rest_in_the_control_region() -> None:
+    """What `continuity run --distributed` starts (continuity.controlplane), in the compose file's terms."""
+    policy = load_policy()
+    for region in worker_regions(policy):
+        command = SERVICES[f"airflow-worker-{region}"]["command"].split()
+        assert command[:2] == ["celery", "worker"]
+        assert command[command.index("--queues") + 1] == region_queue(region), region
+    environment = SERVICES["airflow-scheduler"]["environment"]
+    assert environment["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == region_queue(policy.control_region)
+    assert policy.control_region != policy.topology.primary_region
+    assert "airflow-worker" not in SERVICES, "a worker on no region's queue would run region-pinned tasks anywhere"
 
 
 def test_protected_system_counterparts_exist() -> None:
