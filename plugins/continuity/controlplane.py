@@ -97,6 +97,7 @@ class ControlPlane:
 
     def _save(self, state: dict[str, Any]) -> None:
         # Replaced whole: a crash mid-write must not lose the pids `down` needs.
+        self.directory.mkdir(parents=True, exist_ok=True)  # standalone records its one process here too
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
