@@ -197,10 +197,16 @@ class ControlPlane:
         with open(log_file, "ab") as handle:
             process = subprocess.Popen([str(airflow), *component.argv], env={**env, **component.env}, stdout=handle,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        state = self._state()
-        state.setdefault("processes", {})[component.name] = {"pid": process.pid, "region": component.region,
-                                                             "log": str(log_file)}
-        self._save(state)
+        try:
+            state = self._state()
+            state.setdefault("processes", {})[component.name] = {"pid": process.pid, "region": component.region,
+                                                                 "log": str(log_file)}
+            self._save(state)
+        except BaseException:
+            # Unrecorded, nothing would ever stop it: it goes now.
+            _kill_tree(process.pid)
+            process.wait()
+            raise
         return process
 
     def processes(self) -> dict[str, dict[str, Any]]:
