@@ -9,7 +9,11 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
    receiver, replay lag) and, for a switchover, the primary. A failed check stops the run here,
    naming it; nothing has changed (a target that already is the primary is such a failure, and
    the log shows the current topology). A rerun of a run that completed is a no-op.
-2. `cut_over`, one task so that no scheduler round trip lengthens the outage (each step's record,
+2. `approve`: a second person approves the plan (the policy's `failover.approval`; off in the
+   sandbox policy). A human-in-the-loop task any dr_operator may answer except the one who
+   triggered the run; once approved, preflight's checks run again. Reject, no answer within the
+   timeout (15 min), a self-approval or a changed cluster stop the run here, nothing changed.
+3. `cut_over`, one task so that no scheduler round trip lengthens the outage (each step's record,
    with its timing, is in its XCom and the audit):
    - fence: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
      as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
@@ -17,16 +21,16 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
      final LSN (switchover) or to stop receiving WAL (failover, with the data loss estimate).
    - promote: pg_promote(wait => true); a new timeline is confirmed and recorded at once.
    - repoint: PgBouncer now leads to the new primary (ini rewrite, RELOAD, RESUME); every DAG
-     follows the primary recorded in step 6.
-3. `start_application`: when the target is in another region, that region's Redis becomes the
+     follows the primary recorded in step 7.
+4. `start_application`: when the target is in another region, that region's Redis becomes the
    primary and its application instances and workers start (the policy's service control); the old
    region's are stopped and its Redis follows, where it still answers.
-4. `rejoin`: other standbys follow the new primary; the old one is rewound with pg_rewind and
+5. `rejoin`: other standbys follow the new primary; the old one is rewound with pg_rewind and
    restarted as a standby (or reported as needing a rebuild).
-5. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
+6. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
    timeline, and every business function's synthetic transaction in the new primary's region.
-6. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
-   the audit (`audit/failover/<run>.json`: who, params, each step's record, unavailability, data
+7. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
+   the audit (`audit/failover/<run>.json`: who triggered and who approved, params, each step's record, unavailability, data
    loss, outcome). `rollback` runs when a step failed: a switchover puts the old primary back; a
    failover stops with exactly one writable primary and names it.
 """
@@ -39,6 +43,7 @@ from airflow.sdk import DAG, Param, TriggerRule
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
 from continuity.operators.failover import (
+    ApproveFailoverOperator,
     CutOverOperator,
     PreflightOperator,
     RecordOperator,
@@ -61,7 +66,9 @@ with DAG(
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(minutes=30),
+    # The steps' 30 minutes, after the wait for a second person's approval.
+    dagrun_timeout=timedelta(minutes=30) + (_policy.failover.approval.timeout if _policy.failover.approval.required
+                                            else timedelta(0)),
     # retries 0: no step may run twice on its own, rerun the DAG instead. queue: the control region's, never
     # the region failed away from (the policy keeps the control region out of the primary region).
     default_args={**DEFAULT_ARGS, "retries": 0, "queue": region_queue(_policy.control_region)},
@@ -84,6 +91,7 @@ with DAG(
     tags=["continuity", "failover"],
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
+    approve = ApproveFailoverOperator(task_id="approve")
     cut_over = CutOverOperator(task_id="cut_over")
     start_application = StartApplicationOperator(task_id="start_application")
     rejoin = RejoinOperator(task_id="rejoin")
@@ -91,6 +99,6 @@ with DAG(
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     record = RecordOperator(task_id="record", trigger_rule=TriggerRule.ALL_DONE)
 
-    preflight >> cut_over >> start_application >> rejoin >> validate
-    [cut_over, start_application, rejoin, validate] >> rollback >> record
+    preflight >> approve >> cut_over >> start_application >> rejoin >> validate
+    [approve, cut_over, start_application, rejoin, validate] >> rollback >> record
     validate >> record

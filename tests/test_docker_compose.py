@@ -202,3 +202,15 @@ def test_wal_is_queued_bounded_and_pushed_from_the_shared_spool() -> None:
     for location in policy.storage.locations:
         if location.kind == "s3":
             assert f"CONTINUITY_S3_ENDPOINT_{location.region.upper().replace('-', '_')}" in pusher["environment"]
+
+
+def test_airflow_has_users_with_roles_from_a_secret_never_a_shared_admin() -> None:
+    from continuity.access import AUTH_MANAGER
+
+    environment = COMPOSE["x-airflow-common"]["environment"]
+    assert environment["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGER
+    assert not any("SIMPLE_AUTH" in key for key in environment)
+    init = COMPOSE["services"]["airflow-init"]
+    assert "python -m continuity.auth.fab < /run/secrets/continuity_users" in init["command"][-1]
+    assert init["secrets"] == ["continuity_users"] and "continuity_users" in COMPOSE["secrets"]
+    assert COMPOSE["secrets"]["continuity_users"]["file"].startswith("${CONTINUITY_USERS_FILE:?")

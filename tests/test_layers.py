@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW_LAYER = {"hooks", "operators", "sensors", "triggers", "alerts", "notifiers"}
+AIRFLOW_LAYER = {"hooks", "operators", "sensors", "triggers", "alerts", "notifiers", "auth"}
 
 
 def _contract() -> dict:

@@ -11,6 +11,9 @@ orchestrator that can still fail over.
 Every process is recorded in `<sandbox>/control-plane/state.json`, so `continuity sandbox down` stops
 what a crashed run left behind. The database and broker passwords are generated once and kept in a
 0600 file; they reach the Airflow processes through their environment, never a command line.
+
+Who may do what is production's too: the FAB auth manager with the roles of `continuity.access`
+(dr_viewer, dr_operator, dr_admin) and the sandbox's users, their passwords in another 0600 file.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
+from continuity.access import AUTH_MANAGER, AccessUser, sandbox_users
 from continuity.dag_defaults import region_queue
 from continuity.localcluster import (LocalCluster, ServiceUser, find_bindir, free_port, pid_alive, port_is_free,
                                      stop_pid, wait_for_port)
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 METADATA_DATABASE = "airflow"
 METADATA_ROLE = "airflow"
+USERS_FILE = "users.json"  # the people allowed in and their generated passwords (0600)
 # Tasks mostly wait on PostgreSQL, S3 and people; a handful per worker keeps 2 cores busy without a queue.
 WORKER_CONCURRENCY = 6
 
@@ -102,16 +108,42 @@ class ControlPlane:
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
 
-    def _secrets(self) -> dict[str, str]:
-        path = self.directory / "secrets.json"
+    def _private(self, name: str, make: Callable[[], Any]) -> Any:
+        """A JSON file of secrets under the control plane's directory, made once."""
+        path = self.directory / name
         if path.exists():
             return json.loads(path.read_text())
-        values = {"metadata": secrets.token_urlsafe(24), "broker": secrets.token_urlsafe(24)}
+        values = make()
+        self.directory.mkdir(parents=True, exist_ok=True)
         # Created 0600 before anything is written into it.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(values, handle)
         return values
+
+    def _secrets(self) -> dict[str, str]:
+        return self._private("secrets.json", lambda: {"metadata": secrets.token_urlsafe(24),
+                                                      "broker": secrets.token_urlsafe(24)})
+
+    @property
+    def users_file(self) -> Path:
+        return self.directory / USERS_FILE
+
+    def users(self) -> list[AccessUser]:
+        """The sandbox's people (continuity.access), passwords generated once into `users_file` (0600)."""
+        return [AccessUser.model_validate(entry) for entry in
+                self._private(USERS_FILE, lambda: [u.model_dump() for u in sandbox_users()])]
+
+    def grant_access(self, *, python: Path, env: dict[str, str]) -> list[str]:
+        """Roles and users into the FAB auth manager of the migrated metadata database; the passwords go on
+        stdin, never argv. Returns what it did, one line each."""
+        payload = json.dumps([u.model_dump() for u in self.users()])
+        done = subprocess.run([str(python), "-m", "continuity.auth.fab"], input=payload, env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ControlPlaneError(f"roles and users not written into Airflow: "
+                                    f"{(done.stderr or done.stdout).strip()[-800:]}")
+        return done.stdout.splitlines()
 
     def _cluster(self, state: dict[str, Any]) -> LocalCluster:
         return LocalCluster(name="airflow metadata", data_dir=self.directory / "metadata",
@@ -177,6 +209,8 @@ class ControlPlane:
                     f"{state['metadata']['port']}/{METADATA_DATABASE}")
         return {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            # Users with roles (dr_viewer, dr_operator, dr_admin), as in production: see `grant_access`.
+            "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
             "AIRFLOW__CELERY__BROKER_URL": f"redis://:{passwords['broker']}@127.0.0.1:{state['broker']['port']}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database}",

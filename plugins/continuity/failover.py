@@ -793,12 +793,24 @@ def unavailability_seconds(fenced: FenceRecord | None, repointed: RepointRecord 
     return round(repointed.resumed_epoch - fenced.paused_epoch, 3)
 
 
+class ApprovalRecord(StepRecord):
+    """The second person's answer to a manual switchover or failover (task `approve`), or why none was asked."""
+
+    required: bool
+    approved: bool
+    approved_by: str | None = None
+    triggered_by: str | None = None
+    answer: str | None = None  # the option chosen; None when no one answered before the timeout
+    rechecked: list[str] = []  # preflight's checks run again once approved: the cluster may have moved meanwhile
+
+
 class FailoverRecords(BaseModel):
     """Every step's record of one switchover or failover, in order: the audit's `steps` (keyed by task id)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     preflight: FailoverPlan | None = None
+    approve: ApprovalRecord | None = None
     fence: FenceRecord | None = None
     catch_up: CatchUpRecord | None = None
     promote: PromotionRecord | None = None
@@ -818,7 +830,7 @@ class FailoverRecords(BaseModel):
 
 
 # The task ids of dr_failover, in order, and the record attribute of each.
-_STEP_ATTRIBUTES = {"preflight": "preflight", "fence": "fence", "catch_up": "catch_up", "promote": "promote",
+_STEP_ATTRIBUTES = {"preflight": "preflight", "approve": "approve", "fence": "fence", "catch_up": "catch_up", "promote": "promote",
                     "repoint": "repoint", "start_application": "start_application", "rejoin": "rejoin", "validate": "validation", "rollback": "rollback"}
 STEP_NAMES = tuple(_STEP_ATTRIBUTES)
 
@@ -831,6 +843,7 @@ class FailoverAudit(BaseModel):
     kind: Literal["failover-audit"] = "failover-audit"
     run_id: str
     triggered_by: str | None
+    approved_by: str | None = None  # the second person (None: approval not required, or not given)
     params: dict[str, Any]
     action: str | None
     steps: FailoverRecords
@@ -889,7 +902,8 @@ def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str,
         outcome = "dry run: all checks passed, nothing changed"
     else:
         outcome = f"{plan.action} to {plan.target} complete"
-    return FailoverAudit(run_id=run_id, triggered_by=triggered_by, params=dict(params),
+    approved_by = records.approve.approved_by if records.approve and records.approve.approved else None
+    return FailoverAudit(run_id=run_id, triggered_by=triggered_by, approved_by=approved_by, params=dict(params),
                          action=plan.action if plan else None, steps=records, failures=dict(failures),
                          recorded_at=now_iso(), unavailability_seconds=records.unavailability_seconds,
                          data_loss_bytes=records.catch_up.data_loss_bytes if records.catch_up else None,

@@ -458,11 +458,20 @@ class HealthMonitor(_Model):
         return self
 
 
+class FailoverApproval(_Model):
+    """A second person approves a manual switchover or failover after preflight, before anything changes (a
+    dr_operator other than the one who triggered it). On unless turned off: the sandbox turns it off."""
+
+    required: bool = True
+    timeout: Duration = timedelta(minutes=15)  # no answer by then: the run stops, nothing changed
+
+
 class Failover(_Model):
     """dr_failover's limits (section 3.2: 60 s for a standby to catch up, 16 MB of lag)."""
 
     catch_up_timeout: Duration = timedelta(seconds=60)
     pause_timeout: Duration = timedelta(seconds=10)
+    approval: FailoverApproval = FailoverApproval()
 
 
 Transaction = Literal["login", "upload", "process", "annotate", "list_projects", "report"]
@@ -486,10 +495,28 @@ class ApplicationFunction(_Model):
     transaction: Transaction
 
 
+class SshServiceCommands(_Model):
+    """One region's application services driven over SSH: shell command lines run on the region's application
+    host as the connection's user (e.g. `sudo systemctl start app.target`). Nothing secret goes on them: a
+    verification instance's database DSN reaches `verify_start` on stdin."""
+
+    ssh_conn_id: str
+    start: str
+    stop: str
+    status: str  # prints one line per service instance, `<name> running` (any other word: not running)
+    promote_cache: str
+    follow_cache: str  # may name {upstream_host} and {upstream_port}: the upstream region's Redis
+    # A read-only instance on a restored database, for restore tests and drills: prints its URL; stopped by
+    # `verify_stop` with {url}. Without them, restore tests cannot run the application's transactions.
+    verify_start: str | None = None
+    verify_stop: str | None = None
+
+
 class Application(_Model):
-    # How application services are started and stopped per region (`sandbox`: local processes; absent:
-    # a failover reports the DR application's start as not possible and validates what already runs).
-    service_control: Literal["sandbox"] | None = None
+    # How application services are started and stopped per region (`sandbox`: local processes; `ssh`: the
+    # commands of `ssh` below on each region's host; absent: a failover to another region stops in preflight).
+    service_control: Literal["sandbox", "ssh"] | None = None
+    ssh: dict[str, SshServiceCommands] = {}
     regions: dict[str, ApplicationRegion]
     functions: dict[Name, ApplicationFunction]
     probe_conn_id: str  # login = the probe user's e-mail, password = its password (a user of the app)
@@ -497,6 +524,18 @@ class Application(_Model):
     processing_timeout: Duration = timedelta(seconds=30)  # upload → detections written, in a probe round
     # What the read-only transactions read: restore tests put these tables in their sample.
     read_only_tables: list[Name] = ["users", "user_credentials", "projects", "videos", "detections"]
+
+    @model_validator(mode="after")
+    def _ssh_for_every_region(self) -> Application:
+        if self.service_control == "ssh":
+            missing = sorted(set(self.regions) - set(self.ssh))
+            if missing:
+                raise ValueError(f"service_control is 'ssh' but region(s) {', '.join(missing)} have no commands in "
+                                 f"application.ssh (ssh_conn_id, start, stop, status, promote_cache, follow_cache)")
+        unknown = sorted(set(self.ssh) - set(self.regions))
+        if unknown:
+            raise ValueError(f"application.ssh names region(s) {', '.join(unknown)} that application.regions does not have")
+        return self
 
     @property
     def serving_region(self) -> str:

@@ -130,6 +130,26 @@ def test_the_audit_of_a_completed_switchover_names_the_new_topology_and_the_outa
     assert failover.FailoverAudit.model_validate(stored) == audit, "the stored audit reads back"
 
 
+def test_the_audit_names_who_triggered_and_who_approved() -> None:
+    records = _completed_switchover()
+    records.approve = failover.ApprovalRecord(required=True, approved=True, approved_by="operator-2",
+                                              triggered_by="operator-1", answer="Approve")
+    audit = failover.compose_audit(run_id="manual__3", triggered_by="operator-1", params={}, records=records,
+                                   failures={})
+    assert (audit.triggered_by, audit.approved_by) == ("operator-1", "operator-2")
+    assert failover.FailoverAudit.model_validate(audit.model_dump(mode="json")) == audit
+
+
+def test_a_refused_approval_stops_the_run_before_the_fence_and_names_no_approver() -> None:
+    cluster, _, _ = _cluster()
+    plan = failover.preflight(cluster, _params(), primary="primary", run_id="manual__4")
+    records = failover.FailoverRecords(preflight=plan)
+    audit = failover.compose_audit(run_id="manual__4", triggered_by="operator-1", params={}, records=records,
+                                   failures={"approve": "rejected by operator-2; nothing changed"})
+    assert audit.outcome == "failed at approve: rejected by operator-2; nothing changed"
+    assert audit.approved_by is None and audit.topology is None and audit.unavailability_seconds is None
+
+
 def test_the_audit_of_a_failed_run_names_the_first_failed_step_and_what_rollback_left() -> None:
     records = _completed_switchover()
     records.rollback = failover.RollbackRecord(rolled_back=True, writable=["primary"],

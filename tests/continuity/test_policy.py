@@ -148,6 +148,10 @@ def test_failover_limits_default_to_the_requirements_when_the_section_is_absent(
     without = tmp_path / "policy.yaml"
     without.write_text(text[:text.index("# Section 3.2: dr_failover's limits")])
     assert load_policy(without).failover.pause_timeout == timedelta(seconds=10)
+    # Production's default: a second person approves every manual failover; the sandbox policy turns it off.
+    assert load_policy(without).failover.approval.required is True
+    assert load_policy(without).failover.approval.timeout == timedelta(minutes=15)
+    assert policy.failover.approval.required is False
 
 
 def test_objects_section_carries_the_requirements_file_storage_plan() -> None:

@@ -22,6 +22,23 @@ from .airflow_helpers import DAGS_DIR
 TERMINAL = ("success", "failed")
 
 
+class Refused(AssertionError):
+    """The API answered 401 or 403: the user may not do that."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def passwords(root: Path) -> dict[str, str]:
+    """Each user's password: the distributed run's FAB users (control-plane/users.json), else the simple auth
+    manager's generated file."""
+    users = root / "control-plane" / "users.json"
+    if users.exists():
+        return {user["username"]: user["password"] for user in json.loads(users.read_text())}
+    return json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
+
+
 def api(port: int, path: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> Any:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body else None,
                                      method=method, headers={"Content-Type": "application/json",
@@ -33,6 +50,8 @@ def api(port: int, path: str, token: str | None = None, body: dict | None = None
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             # standalone keeps its metadata in SQLite: a write racing the scheduler's can get a 500.
+            if exc.code in (401, 403):
+                raise Refused(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}", exc.code) from exc
             if exc.code < 500 or attempt == 4:
                 raise AssertionError(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
             time.sleep(2)
@@ -52,14 +71,14 @@ class AirflowRun:
 
     def login(self, user: str) -> str:
         """A token for another user of `continuity run`'s auth manager (passwords in its generated file)."""
-        passwords = json.loads((self.root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
-        return api(self.port, "/auth/token", body={"username": user, "password": passwords[user]})["access_token"]
+        return api(self.port, "/auth/token", body={"username": user, "password": passwords(self.root)[user]})["access_token"]
 
     def unpause(self, dag_id: str) -> None:
         self.api(f"/api/v2/dags/{dag_id}", {"is_paused": False}, method="PATCH")
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        return self.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})["dag_run_id"]
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, *, as_user: str | None = None) -> str:
+        return self.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}},
+                        as_user=as_user)["dag_run_id"]
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tasks = self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
@@ -169,9 +188,7 @@ def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, t
     if f"Airflow UI: http://localhost:{port}" not in text:
         run.interrupt() if process.poll() is None else None
         raise AssertionError(f"continuity run did not come up:\n{text[-3000:]}")
-    password_file = root / "airflow" / "simple_auth_manager_passwords.json.generated"
-    run.token = api(port, "/auth/token", body={"username": "admin",
-                                                "password": json.loads(password_file.read_text())["admin"]})["access_token"]
+    run.token = api(port, "/auth/token", body={"username": "admin", "password": passwords(root)["admin"]})["access_token"]
     wanted = sorted(p.stem for p in DAGS_DIR.glob("dr_*.py"))
     listed: list[str] = []
     deadline = time.monotonic() + 90  # the dag-processor parses dags/ shortly after start

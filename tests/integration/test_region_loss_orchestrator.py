@@ -1,6 +1,7 @@
 """The distributed orchestrator (`continuity run --distributed`) through crashes and the loss of the
 primary region: a worker killed in the middle of a backup and in the middle of a switchover, then the
-primary region's worker and database lost while `dr_failover` runs on the DR region's worker.
+primary region's worker and database lost while `dr_failover` runs on the DR region's worker. Run as in
+production: users with roles (FAB auth manager) and every failover approved by a second operator.
 
 The module has its own run, every DAG paused at creation so that only what a test unpauses runs (two
 workers, a scheduler and an API server already fill this machine's two cores).
@@ -35,12 +36,16 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def distributed() -> Iterator[airflow_run.AirflowRun]:
-    """`continuity run --distributed` in a root of its own (DAGs paused), full backups retried quickly."""
+    """`continuity run --distributed` in a root of its own (DAGs paused), full backups retried quickly, failovers
+    approved by a second person."""
     root = Path(tempfile.mkdtemp(prefix="continuity-distributed-run-"))
     root.chmod(0o755)
-    policy_file = root / "policy-quick-retry.yaml"  # a crashed backup retried after 10 s, not 5 minutes
+    # A crashed backup retried after 10 s, not 5 minutes; failovers approved by a second person, as in production.
+    policy_file = root / "policy-production-quick-retry.yaml"
     text = default_policy_path().read_text()
     assert "    retry_delay: 5m" in text
+    assert "  approval: {required: false, timeout: 15m}" in text
+    text = text.replace("  approval: {required: false, timeout: 15m}", "  approval: {required: true, timeout: 15m}", 1)
     policy_file.write_text(text.replace("    retry_delay: 5m", "    retry_delay: 10s", 1))
     run = airflow_run.start(root, policy_file=policy_file, distributed=True, paused=True)
     try:
@@ -113,6 +118,52 @@ def _writable(box: Sandbox) -> list[str]:
                   and not box.failover_cluster().probe(name).get("in_recovery"))
 
 
+def _refused(call: Any) -> int:
+    with pytest.raises(airflow_run.Refused) as refused:
+        call()
+    return refused.value.code
+
+
+def _audit(box: Sandbox, run_id: str) -> dict[str, Any]:
+    return json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{key_safe(run_id)}.json"))
+
+
+def test_who_may_do_what_and_no_one_approves_their_own_failover(distributed) -> None:
+    box = Sandbox(root=distributed.root)
+    distributed.unpause("dr_failover")
+    switchover = {"target": "dr", "mode": "switchover", "reason": "approval test"}
+    # A viewer sees runs but triggers nothing; an operator triggers dr_failover but no backup, and reads no
+    # connection; the admin does.
+    assert distributed.api("/api/v2/dags/dr_failover/dagRuns", as_user="viewer")["total_entries"] >= 0
+    assert _refused(lambda: distributed.trigger("dr_failover", switchover, as_user="viewer")) == 403
+    assert _refused(lambda: distributed.trigger("dr_full_backup", as_user="operator-1")) == 403
+    assert _refused(lambda: distributed.api("/api/v2/connections", as_user="operator-1")) == 403
+    connection = {"connection_id": "continuity_role_test", "conn_type": "http", "host": "example.invalid"}
+    assert _refused(lambda: distributed.api("/api/v2/connections", connection, as_user="operator-1")) == 403
+    assert distributed.api("/api/v2/connections", connection, as_user="admin")["connection_id"] == connection["connection_id"]
+    assert "continuity_role_test" in [c["connection_id"] for c in
+                                      distributed.api("/api/v2/connections", as_user="admin")["connections"]]
+
+    run_id = distributed.trigger("dr_failover", switchover, as_user="operator-1")
+    distributed.wait_for_task("dr_failover", run_id, "approve", ("awaiting_input", "deferred"), timeout=180)
+    assert distributed.task_states("dr_failover", run_id)["cut_over"] in (None, "none", "scheduled"), \
+        "nothing changes before the approval"
+    assert _refused(lambda: distributed.api(
+        f"/api/v2/dags/dr_failover/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+        {"chosen_options": ["Approve"], "params_input": {}}, method="PATCH", as_user="viewer")) == 403
+    distributed.answer("dr_failover", run_id, "approve", ["Approve"], as_user="operator-1")  # their own
+
+    assert distributed.wait_for_run("dr_failover", run_id, timeout=300) == "failed"
+    states = distributed.task_states("dr_failover", run_id)
+    assert states["approve"] == "failed" and states["cut_over"] == "upstream_failed", states
+    assert states["rollback"] == "skipped" and states["record"] == "failed", states  # record fails the run, naming why
+    assert _writable(box) == ["primary"]
+    audit = _audit(box, run_id)
+    assert audit["triggered_by"] == "operator-1" and audit["approved_by"] is None, audit
+    assert audit["outcome"].startswith("failed at approve: approved by operator-1, who triggered the run: a second "
+                                       "person must approve"), audit
+
+
 def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writable_primary_named(distributed) -> None:
     box = Sandbox(root=distributed.root)
     box.wait_streaming(timeout=60)
@@ -122,7 +173,9 @@ def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writab
     # pause_timeout of 10 s): the worker dies there, with the entry point paused.
     with psycopg.connect(box.app_conninfo(), prepare_threshold=None) as in_flight:
         in_flight.execute("SELECT 1")
-        run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "switchover", "reason": "crash test"})
+        run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "switchover", "reason": "crash test"},
+                                     as_user="operator-1")
+        distributed.answer("dr_failover", run_id, "approve", ["Approve"], as_user="operator-2")
         assert poll(router.is_paused, timeout=300, interval=0.1), distributed.diagnose("dr_failover", run_id)
         # A crash with its task processes: restarted; the scheduler fails cut_over, and rollback runs.
         ControlPlane(root=distributed.root).crash_worker(box.policy.control_region)
@@ -138,7 +191,7 @@ def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writab
                                f"return_value")["value"]
     assert rollback["writable"] == ["primary"], rollback
     assert rollback["message"] == "nothing had changed; writable primary: primary", rollback
-    audit = json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{key_safe(run_id)}.json"))
+    audit = _audit(box, run_id)
     assert audit["outcome"].startswith("failed at fence: task cut_over failed without reporting why"), audit
     assert audit["outcome"].endswith("nothing had changed; writable primary: primary"), audit
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
@@ -156,7 +209,9 @@ def test_the_primary_region_lost_with_its_worker_and_database_fails_over_on_the_
 
     plane.lose_worker(primary_region)
     box.cluster("primary").kill()
-    run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "failover", "reason": "us-east-1 lost"})
+    run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "failover", "reason": "us-east-1 lost"},
+                                 as_user="operator-1")
+    distributed.answer("dr_failover", run_id, "approve", ["Approve"], as_user="operator-2")
     assert distributed.wait_for_run("dr_failover", run_id, timeout=600) == "success", \
         distributed.diagnose("dr_failover", run_id)
 
@@ -165,6 +220,8 @@ def test_the_primary_region_lost_with_its_worker_and_database_fails_over_on_the_
     processes = plane.processes()
     assert not processes[f"worker {primary_region}"]["running"]  # so the DR region's worker ran every step
     assert processes[f"worker {box.policy.control_region}"]["running"]
+    audit = _audit(box, run_id)
+    assert (audit["triggered_by"], audit["approved_by"]) == ("operator-1", "operator-2"), audit
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         assert conn.execute("SELECT count(*) FROM before_region_loss").fetchone()[0] == 1
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == box.state["nodes"]["dr"]["port"]

@@ -30,9 +30,11 @@ def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
     try:
         _run_and_interrupt(root)
     finally:
-        subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(root)],
-                       capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)  # Airflow may still flush an empty logs/ folder on its way out
+        keep = bool(os.environ.get("CONTINUITY_KEEP_TEST_ROOT"))  # to read task logs after a failure
+        subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", *([] if keep else ["--purge"]),
+                        "--root", str(root)], capture_output=True, check=False)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)  # Airflow may still flush an empty logs/ folder on its way out
 
 
 def _run_and_interrupt(root: Path) -> None:
@@ -111,7 +113,7 @@ def _run_and_interrupt(root: Path) -> None:
         # newest interval, all at once) succeeds within the first minutes.
         # dr_plan_review's first run waits for its owners' answer (checked below), the others finish.
         scheduled_dags = sorted(set(DAG_IDS) - {"dr_failover", "dr_incident", "dr_incident_inbox", "dr_plan_review"})
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 420  # the drill rebuilds a cluster and switches over: minutes on a loaded 2-core machine
         runs: list[dict] = []
         while time.monotonic() < deadline:
             runs = [r for r in _api(port, "/api/v2/dags/~/dagRuns?limit=100", token)["dag_runs"]
@@ -130,9 +132,9 @@ def _run_and_interrupt(root: Path) -> None:
             time.sleep(2)
         assert review_tasks == {"draft_review": "success", "confirm_targets": "awaiting_input"}, review_tasks
         runs = [r for r in runs if r["dag_id"] != "dr_plan_review"]
-        failed = {r["dag_id"]: [t["task_id"] for t in _api(
+        failed = {(r["dag_id"], r["state"]): {t["task_id"]: t["state"] for t in _api(
             port, f"/api/v2/dags/{r['dag_id']}/dagRuns/{r['dag_run_id']}/taskInstances", token)["task_instances"]
-            if t["state"] not in ("success", "skipped")] for r in runs if r["state"] != "success"}
+            if t["state"] not in ("success", "skipped")} for r in runs if r["state"] != "success"}
         assert failed == {}, f"scheduled runs not green: {failed}"
         # The quarterly region-loss exercise never starts late: its newest missed interval is skipped.
         [exercise] = [r for r in runs if r["dag_id"] == "dr_region_recovery"]

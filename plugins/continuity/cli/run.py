@@ -75,6 +75,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         sandbox.down()
         return _fail(problem, f"AIRFLOW_HOME ({airflow_home}) must be writable; the sandbox was stopped", EXIT_FAILURE)
+    password_file = airflow_home / "simple_auth_manager_passwords.json.generated"
+    if args.distributed:
+        try:
+            for line in control_plane.grant_access(python=Path(sys.executable), env=env):
+                print(line, flush=True)
+        except Exception as exc:
+            control_plane.down()
+            sandbox.down()
+            return _fail(str(exc), "see the FAB provider's message above; the sandbox was stopped", EXIT_FAILURE)
+        password_file = control_plane.users_file
     if args.distributed:
         wanted = components(sandbox.policy, api_port=args.port)
         print(f"starting Airflow with the CeleryExecutor (AIRFLOW_HOME={airflow_home}): "
@@ -91,7 +101,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    password_file = airflow_home / "simple_auth_manager_passwords.json.generated"
     announced = False
     ended: Component | None = None
     reported: set[str] = set()
@@ -122,26 +131,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not announced and _port_open(args.port) and password_file.exists():
                 print(
                     f"\nAirflow UI: http://localhost:{args.port}\n"
-                    f"log in as admin with the password in {password_file} "
-                    f"(`jq -r .admin {password_file}`)\n"
-                    f"every DAG of dags/ is loaded; connections point at the sandbox.\n"
-                    f"Ctrl-C stops Airflow and the sandbox.",
+                    + (f"log in as admin (dr_admin), operator-1 or operator-2 (dr_operator) or viewer (dr_viewer) "
+                       f"with the passwords in {password_file} "
+                       f"(`jq -r '.[] | select(.username==\"admin\").password' {password_file}`)\n"
+                       if args.distributed else
+                       f"log in as admin with the password in {password_file} "
+                       f"(`jq -r .admin {password_file}`)\n") +
+                    "every DAG of dags/ is loaded; connections point at the sandbox.\n"
+                    "Ctrl-C stops Airflow and the sandbox.",
                     flush=True,
                 )
                 announced = True
             time.sleep(1)
     finally:
         print("\nstopping Airflow ...", flush=True)
+        # The control plane stops what it recorded, task processes included; `sandbox down` would do the same.
+        airflow_stopped = control_plane.down()
         for process in running.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in running.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_process_group(process.pid)
-            process.wait()
+            process.wait()  # reaped: every one of them is dead now
+        print(f"stopped Airflow: {', '.join(airflow_stopped) or 'nothing (it had exited)'}", flush=True)
         print("stopping the sandbox ...", flush=True)
         stopped = sandbox.down()
         print(f"stopped: {', '.join(stopped) or 'nothing'}")
@@ -151,13 +159,6 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{airflow_home / f'{log_name}.log'}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _kill_process_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _port_open(port: int) -> bool:

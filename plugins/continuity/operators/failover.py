@@ -11,6 +11,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pydantic import BaseModel
@@ -20,6 +21,7 @@ from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
 from continuity.nodecontrol import NodeControlError
+from continuity.policy import format_duration, load_policy
 from continuity.operators.base import ContinuityOperator
 from continuity.storage import key_safe
 
@@ -91,20 +93,25 @@ def _check_service_control(policy: Any, target: str) -> None:
         raise steps.PreflightFailed("service control configured", str(exc)) from None
 
 
+def _check(hook: FailoverHook, context: Context, report: Any) -> steps.FailoverPlan:
+    """Preflight's checks, from the run's params to a plan (raises PreflightFailed naming the failed check)."""
+    params = steps.validate_params(context["params"], hook.policy)
+    try:
+        cluster = hook.get_cluster(report=report)
+    except NodeControlError as exc:
+        raise steps.PreflightFailed("node control configured", str(exc)) from None
+    _check_service_control(hook.policy, params.target)
+    return steps.preflight(cluster, params, primary=hook.policy.topology.primary.name,
+                           run_id=context["run_id"], recorded=read_topology())
+
+
 class PreflightOperator(FailoverStepOperator):
     """Validate the params and check the cluster; the plan it returns drives every later step."""
 
     def step(self, context: Context) -> steps.FailoverPlan:
         hook = self.hook()
         try:
-            params = steps.validate_params(context["params"], hook.policy)
-            try:
-                cluster = hook.get_cluster(report=self.log.info)
-            except NodeControlError as exc:
-                raise steps.PreflightFailed("node control configured", str(exc)) from None
-            _check_service_control(hook.policy, params.target)
-            plan = steps.preflight(cluster, params, primary=hook.policy.topology.primary.name,
-                                   run_id=context["run_id"], recorded=read_topology())
+            plan = _check(hook, context, self.log.info)
         except steps.PreflightFailed as exc:
             raise AirflowFailException(str(exc)) from exc
         dag_run = context["dag_run"]
@@ -117,6 +124,77 @@ class PreflightOperator(FailoverStepOperator):
             else:
                 _report_failover(hook.policy, plan, context, outcome=None)
         return plan
+
+
+class ApproveFailoverOperator(HITLOperator):
+    """A second person approves the plan preflight made, before anything changes (the policy's
+    `failover.approval`; not asked for dry runs and runs with nothing to do). Any user allowed to answer the
+    run's approvals (dr_operator) may approve, except the one who triggered it. Once approved, preflight's
+    checks run again: the cluster may have changed while the run waited. Reject, no answer within the
+    timeout, a self-approval or a failed recheck stop the run with nothing changed; the record says which."""
+
+    APPROVE = "Approve"
+    REJECT = "Reject"
+
+    def __init__(self, *, policy_path: str | None = None, **kwargs: Any) -> None:
+        kwargs.pop("params", None)  # the DAG's params: this form has none
+        approval = load_policy(policy_path).failover.approval
+        super().__init__(subject="Approve dr_failover run {{ run_id }}", options=[self.APPROVE, self.REJECT],
+                         defaults=[self.REJECT], response_timeout=approval.timeout, **kwargs)
+        self.policy_path = policy_path
+
+    def hook(self) -> FailoverHook:
+        return FailoverHook(policy_path=self.policy_path)
+
+    def execute(self, context: Context) -> Any:
+        plan = _plan(context)
+        _skip_unless_acting(plan)
+        if not self.hook().policy.failover.approval.required:
+            self.log.info("the policy requires no second approval (failover.approval.required: false)")
+            return steps.ApprovalRecord(required=False, approved=True,
+                                        triggered_by=plan.triggered_by).model_dump(mode="json")
+        self.subject = f"Approve the {plan.action} of {plan.target} (dr_failover run {context['run_id']})"
+        self.body = "\n".join([
+            f"Triggered by **{plan.triggered_by or 'unknown'}**; reason: {plan.params.reason}.",
+            "Preflight passed; the plan:", "", *(f"- {line}" for line in plan.plan), "",
+            "Approve to carry it out, Reject to stop with nothing changed. The person who triggered the run "
+            "may not approve it; checks run again once approved."])
+        self.log.info("waiting for a second person's approval of the %s to %s (triggered by %s)", plan.action,
+                      plan.target, plan.triggered_by)
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        plan = _plan(context)
+        record = steps.ApprovalRecord(required=True, approved=False, triggered_by=plan.triggered_by)
+        try:
+            result = super().execute_complete(context, event)
+            record.answer = (result["chosen_options"] or [None])[0]
+            record.approved_by = (result.get("responded_by_user") or {}).get("name")
+            if record.approved_by is None:
+                raise steps.FailoverError(f"no answer within {format_duration(self.response_timeout)}: not approved")
+            if record.answer != self.APPROVE:
+                raise steps.FailoverError(f"rejected by {record.approved_by}")
+            if plan.triggered_by and record.approved_by == plan.triggered_by:
+                raise steps.FailoverError(
+                    f"approved by {record.approved_by}, who triggered the run: a second person must approve "
+                    f"(HINT: trigger again and ask another dr_operator to answer the approval)")
+            try:
+                again = _check(self.hook(), context, self.log.info)
+            except steps.PreflightFailed as exc:
+                raise steps.FailoverError(f"approved by {record.approved_by}, but the cluster changed while the "
+                                          f"run waited: {exc}") from None
+            if (again.action, again.target, again.old_primary) != (plan.action, plan.target, plan.old_primary):
+                raise steps.FailoverError(
+                    f"approved by {record.approved_by}, but the cluster changed while the run waited: the plan is "
+                    f"now {again.action} from {again.old_primary} to {again.target} (HINT: trigger again)")
+            record.rechecked = [f"{check.check}: {check.detail}" for check in again.checks]
+        except Exception as exc:
+            message = f"{exc}; nothing changed"
+            context["ti"].xcom_push(key="failure", value=message)
+            raise AirflowFailException(message) from exc
+        record.approved = True
+        self.log.info("approved by %s (triggered by %s); checks passed again", record.approved_by, plan.triggered_by)
+        return record.model_dump(mode="json")
 
 
 CUT_OVER_TASK = "cut_over"
@@ -228,6 +306,8 @@ class RollbackOperator(FailoverStepOperator):
         if plan is None or plan.action == "none" or plan.dry_run:
             raise AirflowSkipException("preflight stopped the run before anything changed: nothing to roll back")
         ti = context["ti"]
+        if not (ti.xcom_pull(task_ids="approve") or {}).get("approved"):
+            raise AirflowSkipException("the run was not approved: nothing changed, nothing to roll back")
         fenced = step_xcom(ti, "fence") is not None
         promoted = step_xcom(ti, "promote") is not None
         repointed = step_xcom(ti, "repoint") is not None

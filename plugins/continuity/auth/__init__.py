@@ -1,0 +1,1 @@
+"""The Airflow auth manager of a Continuity deployment and the writing of its roles and users."""
