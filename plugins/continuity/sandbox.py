@@ -9,6 +9,7 @@ processes `up()` recorded. Secrets live only in files of mode 0600 under the san
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import logging
@@ -616,11 +617,16 @@ class Sandbox:
         config = self.ssh_dir / "sshd_config"
         config.write_text("\n".join([
             f"Port {entry['port']}", "ListenAddress 127.0.0.1", f"HostKey {self.ssh_dir / 'host_ed25519'}",
-            f"PidFile {self.ssh_dir / 'sshd.pid'}", f"AuthorizedKeysFile {authorized}", f"AllowUsers {self.user.name}",
+            f"PidFile {self.ssh_dir / 'sshd.pid'}", f"AuthorizedKeysFile {authorized}",
+            # The nodes' OS user for node control; the sandbox's own user is the regions' "application host"
+            # for service control over SSH (it owns the application's processes and this state).
+            f"AllowUsers {self.user.name} {APP_HOST_USER}",
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             # PAM's account stage instead of sshd's own check: Debian's postgres account has a locked
             # password ("!"), which sshd alone refuses even for a key.
-            "UsePAM yes", "StrictModes no", "PermitRootLogin no", "X11Forwarding no", "AllowTcpForwarding no",
+            "UsePAM yes", "StrictModes no",
+            f"PermitRootLogin {'prohibit-password' if APP_HOST_USER == 'root' else 'no'}",
+            "X11Forwarding no", "AllowTcpForwarding no",
             "LogLevel INFO", ""]))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -660,7 +666,8 @@ class Sandbox:
             update={"nodes": nodes, "node_control": "ssh"})})
 
     def write_ssh_policy(self) -> Path:
-        """`ssh_policy()` as a policy file (`$CONTINUITY_POLICY` for Airflow to fail over over SSH)."""
+        """`ssh_policy()` as a policy file (`$CONTINUITY_POLICY` for Airflow to fail over over SSH), with the
+        application's service control over SSH too (`ssh_service_commands`)."""
         path = self.root / "policy-ssh.yaml"
         data = yaml.safe_load(policy_path().read_text())
         topology = self.ssh_policy().topology
@@ -668,8 +675,23 @@ class Sandbox:
         hosts = {node.name: node.host.model_dump(exclude_none=True) for node in topology.nodes}
         for node in data["topology"]["nodes"]:
             node["host"] = hosts[node["name"]]
+        if data.get("application"):
+            data["application"]["service_control"] = "ssh"
+            data["application"]["ssh"] = {region: self.ssh_service_commands(region)
+                                          for region in data["application"]["regions"]}
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
+
+    def ssh_service_commands(self, region: str) -> dict[str, str]:
+        """What a region's application host runs for each service-control action: here `continuity sandbox app`
+        on this machine, logged in over the sandbox's SSH server as the user who owns the sandbox."""
+        app = (f"{PROJECT_ENV_VAR}={shlex.quote(str(project_dir()))} {shlex.quote(sys.executable)} -m continuity.cli "
+               f"sandbox app --root {shlex.quote(str(self.root))}")
+        return {"ssh_conn_id": app_ssh_conn_id(region),
+                "start": f"{app} start {region}", "stop": f"{app} stop {region}", "status": f"{app} status {region}",
+                "promote_cache": f"{app} promote-cache {region}",
+                "follow_cache": f"{app} follow-cache {region} --upstream-port {{upstream_port}}",
+                "verify_start": f"{app} verify-start {region}", "verify_stop": f"{app} verify-stop {region} --url {{url}}"}
 
     def redis_client(self, region: str) -> Any:
         import redis as redis_py
@@ -1126,9 +1148,12 @@ class Sandbox:
             }
         if "ssh" in self.state:
             host_key = " ".join((self.ssh_dir / "host_ed25519.pub").read_text().split()[:2])
-            for node in topology.nodes:
-                conns[SSH_CONN_ID.format(node=node.name)] = {
-                    "conn_type": "ssh", "host": "127.0.0.1", "port": self.state["ssh"]["port"], "login": self.user.name,
+            logins = {SSH_CONN_ID.format(node=node.name): self.user.name for node in topology.nodes}
+            logins |= {app_ssh_conn_id(region): APP_HOST_USER
+                       for region in (self.policy.application.regions if self.policy.application else {})}
+            for conn_id, login in logins.items():
+                conns[conn_id] = {
+                    "conn_type": "ssh", "host": "127.0.0.1", "port": self.state["ssh"]["port"], "login": login,
                     "extra": {"key_file": str(self.ssh_dir / "client_ed25519"), "host_key": host_key,
                               "look_for_keys": "false"},
                 }
@@ -1387,6 +1412,14 @@ def find_sshd() -> str:
 
 
 SSH_CONN_ID = "continuity_ssh_{node}"
+
+
+def app_ssh_conn_id(region: str) -> str:
+    """The SSH connection of a region's application host (an environment variable name cannot hold '-')."""
+    return f"continuity_ssh_app_{region.replace('-', '_')}"
+
+
+APP_HOST_USER = getpass.getuser()
 WAL_PUSHER_NEEDLE = "wal pusher --root"
 
 
@@ -1399,6 +1432,15 @@ def _is_our_process(pid: int | None, needle: str) -> bool:
     except OSError:
         return False
     return needle in cmdline
+
+
+def _listening_sampleapps(port: int) -> list[int]:
+    """The sample application processes listening on `port` on loopback."""
+    import psutil
+
+    pids = {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    return sorted(pid for pid in pids if "continuity.sampleapp" in " ".join(psutil.Process(pid).cmdline()))
 
 
 class SandboxServiceControl:
@@ -1443,13 +1485,18 @@ class SandboxServiceControl:
         return f"http://127.0.0.1:{port}"
 
     def stop_verification_instance(self, url: str) -> None:
-        process = self._verification.pop(int(url.rsplit(":", 1)[1]), None)
+        port = int(url.rsplit(":", 1)[1])
+        process = self._verification.pop(port, None)
         if process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        elif process is None:
+            # Started by another process (`continuity sandbox app verify-start` over SSH): found by its port.
+            for pid in _listening_sampleapps(port):
+                stop_pid(pid, name=f"verification instance on port {port}", sig=signal.SIGTERM, timeout=10)
 
     def running(self, region: str) -> dict[str, bool]:
         return self.sandbox.application_running(region)

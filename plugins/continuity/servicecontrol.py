@@ -3,12 +3,13 @@
 The requirements' DR procedure starts the DR application services and makes the DR Redis the
 primary before it moves DNS. `ServiceControl` is that contract; the policy names the implementation
 (`application.service_control`) and `service_control_for()` builds it: `sandbox` runs the sample
-application's processes on this host; a production implementation runs a command per service and
-region over SSH or a cloud API. This module never imports the sandbox unless the policy chooses it.
+application's processes on this host; `ssh` runs the policy's command per action on each region's
+application host (`continuity.sshcontrol.SshServiceControl`). This module never imports the sandbox unless the policy chooses it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -58,8 +59,11 @@ class ServiceControl(Protocol):
         ...
 
 
-def service_control_for(policy: Any) -> ServiceControl:
-    """The service control the policy names (`application.service_control`): the one place it is chosen."""
+def service_control_for(policy: Any, *, shell_for: Callable[[str], Any] | None = None,
+                        cache_address: Callable[[str], tuple[str, int]] | None = None) -> ServiceControl:
+    """The service control the policy names (`application.service_control`): the one place it is chosen.
+    `ssh` needs `shell_for` (a region's application host as a remote shell) and `cache_address` (a region's
+    Redis host and port); the Airflow layer builds both from connections (`hooks.services`)."""
     application = policy.application
     kind = application.service_control if application is not None else None
     if kind is None:
@@ -70,4 +74,11 @@ def service_control_for(policy: Any) -> ServiceControl:
         from continuity.sandbox import SandboxServiceControl  # only when the policy chooses the sandbox
 
         return SandboxServiceControl.from_environment()
+    if kind == "ssh":
+        if shell_for is None or cache_address is None:
+            raise ServiceControlError("application.service_control is 'ssh' but no SSH connections were given; HINT: "
+                                      "run it from Airflow (each region's application.ssh ssh_conn_id is a connection)")
+        from continuity.sshcontrol import SshServiceControl
+
+        return SshServiceControl(policy=policy, shell_for=shell_for, cache_address=cache_address)
     raise ServiceControlError(f"application.service_control {kind!r} has no implementation here")

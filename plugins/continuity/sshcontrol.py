@@ -21,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from continuity.localcluster import conf_value
 from continuity.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
+from continuity.servicecontrol import ServiceControlError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,27 @@ class ParamikoShell:
             self._client = None
 
 
+class RemoteShells:
+    """Remote shells opened on first use, one per key (a node, a region), closed together: a host that is
+    gone fails only the actions on it."""
+
+    def __init__(self, shell_for: Callable[[str], RemoteShell]) -> None:
+        self._shell_for = shell_for
+        self._open: dict[str, RemoteShell] = {}
+
+    def get(self, key: str) -> RemoteShell:
+        if key not in self._open:
+            self._open[key] = self._shell_for(key)
+        return self._open[key]
+
+    def close(self) -> None:
+        while self._open:
+            _, shell = self._open.popitem()
+            close = getattr(shell, "close", None)
+            if close is not None:
+                close()
+
+
 def rewrite_settings(text: str, settings: Mapping[str, str | None]) -> str:
     """`text` (a settings file) with each key of `settings` set to its value, or removed when None."""
     pattern = re.compile(r"^\s*(" + "|".join(map(re.escape, settings)) + r")\s*(=|\s)", re.I)
@@ -112,8 +134,7 @@ class SshNodeControl:
 
     def __init__(self, *, policy: Any, shell_for: Callable[[str], RemoteShell]) -> None:
         self.policy = policy
-        self._shell_for = shell_for
-        self._shells: dict[str, RemoteShell] = {}
+        self._shells = RemoteShells(shell_for)
 
     def _host(self, name: str) -> Any:
         try:
@@ -127,10 +148,7 @@ class SshNodeControl:
 
     def _run(self, name: str, argv: Sequence[str], *, what: str, stdin: bytes | None = None,
              timeout: float = 120, ok: Sequence[int] = (0,)) -> CommandResult:
-        shell = self._shells.get(name)
-        if shell is None:
-            shell = self._shells[name] = self._shell_for(name)
-        result = shell.run(argv, stdin=stdin, timeout=timeout)
+        result = self._shells.get(name).run(argv, stdin=stdin, timeout=timeout)
         if result.exit_status not in ok:
             raise NodeControlError(f"{what} of node {name} failed over SSH (exit {result.exit_status}): "
                                    f"{result.last_line()}")
@@ -257,9 +275,92 @@ class SshNodeControl:
         return result.last_line()
 
     def close(self) -> None:
-        for shell in self._shells.values():
-            close = getattr(shell, "close", None)
-            if close is not None:
-                close()
-        self._shells.clear()
+        self._shells.close()
 
+
+
+class SshServiceControl:
+    """ServiceControl over SSH (`application.service_control: ssh`): each action runs the region's command
+    line from `application.ssh` through `sh -c` on the region's application host.
+
+    :param policy: the policy (its `application.ssh` commands).
+    :param shell_for: the remote shell of a region's application host (opened lazily).
+    :param cache_address: host and port of a region's Redis, for `follow_cache`'s placeholders.
+    """
+
+    def __init__(self, *, policy: Any, shell_for: Callable[[str], RemoteShell],
+                 cache_address: Callable[[str], tuple[str, int]]) -> None:
+        self.policy = policy
+        self._cache_address = cache_address
+        self._shells = RemoteShells(shell_for)
+
+    def _commands(self, region: str) -> Any:
+        commands = self.policy.application.ssh.get(region)
+        if commands is None:
+            raise ServiceControlError(f"region {region}: no commands in application.ssh (service control over SSH "
+                                      f"needs the region's ssh_conn_id and a command per action)")
+        return commands
+
+    def _run(self, region: str, action: str, command: str | None, *, stdin: bytes | None = None,
+             timeout: float = 300) -> CommandResult:
+        if not command:
+            raise ServiceControlError(f"region {region}: application.ssh.{region}.{action} is not set")
+        conn_id = self._commands(region).ssh_conn_id
+        try:
+            result = self._shells.get(region).run(["sh", "-c", command], stdin=stdin, timeout=timeout)
+        except NodeControlError as exc:  # the transport's failure (cannot connect, link lost)
+            raise ServiceControlError(f"{action} of region {region} over SSH ({conn_id}): {exc}") from exc
+        if result.exit_status != 0:
+            raise ServiceControlError(f"{action} of region {region} failed over SSH ({conn_id}, exit "
+                                      f"{result.exit_status}): {result.last_line()}")
+        log.info("%s of region %s over SSH: %s", action, region, result.last_line())
+        return result
+
+    @staticmethod
+    def _lines(result: CommandResult) -> list[str]:
+        return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+    def start_region(self, region: str) -> list[str]:
+        return self._lines(self._run(region, "start", self._commands(region).start)) or [f"{region}: started"]
+
+    def stop_region(self, region: str) -> list[str]:
+        return self._lines(self._run(region, "stop", self._commands(region).stop)) or [f"{region}: stopped"]
+
+    def running(self, region: str) -> dict[str, bool]:
+        services: dict[str, bool] = {}
+        for line in self._lines(self._run(region, "status", self._commands(region).status)):
+            name, _, state = line.rpartition(" ")
+            services[name or state] = state == "running"
+        return services
+
+    def promote_cache(self, region: str) -> str:
+        return self._run(region, "promote_cache", self._commands(region).promote_cache).last_line()
+
+    def follow_cache(self, region: str, upstream_region: str) -> str:
+        host, port = self._cache_address(upstream_region)
+        command = self._commands(region).follow_cache.format(upstream_host=shlex.quote(host), upstream_port=int(port))
+        self._run(region, "follow_cache", command)
+        return f"Redis in {region} replicates from {upstream_region}'s ({host}:{port})"
+
+    def start_verification_instance(self, region: str, *, dsn: str) -> str:
+        result = self._run(region, "verify_start", self._commands(region).verify_start, stdin=dsn.encode())
+        url = result.stdout.strip().splitlines()[-1:] or [""]
+        if not url[0].startswith(("http://", "https://")):
+            raise ServiceControlError(f"verify_start of region {region} printed no URL as its last line "
+                                      f"(got {result.last_line()!r})")
+        return url[0]
+
+    def stop_verification_instance(self, url: str) -> None:
+        region = next((r for r, c in self.policy.application.ssh.items() if c.verify_stop), None)
+        if region is not None:
+            self._run(region, "verify_stop", self._commands(region).verify_stop.format(url=shlex.quote(url)))
+
+    def isolate_region(self, region: str) -> list[str]:
+        raise ServiceControlError(f"losing region {region} is not done over SSH: cut it off by the network's own "
+                                  f"means (security groups, a fault injection experiment) for the exercise")
+
+    def reconnect_region(self, region: str) -> list[str]:
+        raise ServiceControlError(f"region {region} is reconnected by the means that cut it off, not over SSH")
+
+    def close(self) -> None:
+        self._shells.close()

@@ -94,6 +94,12 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("version: 1", "version: 1\nbroken: [1", "policy.yaml: line"),
         ("  catch_up_timeout: 60s", "  catch_up_timeout: forever",
          "policy.yaml: failover.catch_up_timeout: expected a duration like '15m', got 'forever'"),
+        ("  service_control: sandbox\n", "  service_control: ssh\n",
+         "policy.yaml: application: service_control is 'ssh' but region(s) us-east-1, us-west-2 have no commands in "
+         "application.ssh"),
+        ("  service_control: sandbox\n", "  service_control: sandbox\n  ssh:\n    eu-west-1: {ssh_conn_id: x, start: a, stop: "
+         "b, status: c, promote_cache: d, follow_cache: e}\n",
+         "policy.yaml: application: application.ssh names region(s) eu-west-1 that application.regions does not have"),
         ("        - {region: us-west-2, bucket: app-videos-us-west-2,", "        - {region: us-east-1, bucket: app-videos-us-west-2,",
          "policy.yaml: objects.categories.video_content.replicas: expected a replica outside the source's region us-east-1"),
         ("      interval: 15m\n      retention: {standard", "      interval: 1h\n      retention: {standard",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 import psycopg
 import pytest
 
@@ -14,6 +15,8 @@ from continuity.loadgen import CommitRecorder
 from continuity.router import PgBouncerRouter
 from continuity.hooks.topology import TOPOLOGY_VARIABLE
 from continuity.storage import key_safe
+from continuity.waiting import poll
+from continuity.sandbox import APP_HOST_USER
 
 from .airflow_helpers import forget_topology, load_dag, sandbox_environment, task_states, xcom
 
@@ -535,39 +538,51 @@ def over_ssh(cluster, monkeypatch):
     yield cluster
 
 
-def _ssh_logins(box) -> int:
-    return (box.logs_dir / "sshd.log").read_text().count("Accepted publickey for ")
+def _ssh_logins(box, *, user: str | None = None) -> int:
+    return (box.logs_dir / "sshd.log").read_text().count(f"Accepted publickey for {user or box.user.name} ")
 
 
-def test_switchover_and_failover_with_node_control_over_ssh(over_ssh) -> None:
+def test_switchover_and_failover_with_node_and_service_control_over_ssh(over_ssh) -> None:
     box = over_ssh
-    logins = _ssh_logins(box)
+    logins, app_logins = _ssh_logins(box), _ssh_logins(box, user=APP_HOST_USER)
     with CommitRecorder(box.app_conninfo()) as load:
         _wait_commits(load, 30)
-        run = _run(target="sync1", mode="switchover", reason="maintenance of the primary's host")
+        run = _run(target="dr", mode="switchover", reason="maintenance of the primary region")
         _wait_commits(load, len(load.acknowledged) + 30)
     assert str(run.state) == "success", task_states(run)
-    assert load.missing_on(_app(box, "sync1")) == [], "every acknowledged commit is on the new primary"
-    assert _writable(box) == ["sync1"]
-    assert {r.application_name for r in box.node("sync1").replication() if r.state == "streaming"} == {"primary", "dr"}
+    assert load.missing_on(_app(box, "dr")) == [], "every acknowledged commit is on the new primary"
+    assert _writable(box) == ["dr"]
+    assert {r.application_name for r in box.node("dr").replication() if r.state == "streaming"} == {"primary", "sync1"}
     assert _ssh_logins(box) > logins, "node control logged in over SSH"
-    # The old primary was rewound and pointed at sync1 over SSH: its upstream authenticates from the
+    # The application moved with it over SSH: the DR region's instances started and its Redis promoted by
+    # the region's commands on its "application host", the old region's stopped.
+    assert _ssh_logins(box, user=APP_HOST_USER) > app_logins, "service control logged in over SSH"
+    moved = _audit(box, run)["steps"]["start_application"]
+    assert moved["started"] == ["application web-us-west-2-1", "application worker-us-west-2-1"], moved
+    assert moved["cache"] == "Redis in us-west-2 promoted (REPLICAOF NO ONE)", moved
+    assert box.application_running("us-west-2") and all(box.application_running("us-west-2").values())
+    assert not any(box.application_running("us-east-1").values())
+    assert box.redis_client("us-east-1").info("replication")["role"] == "slave"
+    # The old primary was rewound and pointed at dr over SSH: its upstream authenticates from the
     # node's own password file, so no password is written into its settings.
     settings = (box.cluster("primary").data_dir / "node.conf").read_text()
     assert "primary_slot_name = 'primary'" in settings and f"passfile={box.ssh_dir / 'pgpass'}" in settings
     assert not [role for role, secret in box.state["secrets"].items() if secret in settings]
     assert (box.cluster("primary").data_dir / "standby.signal").exists()
 
-    # sync1 crashes: fail over back to primary, over SSH; sync1 is rewound from its crash and follows.
+    # dr crashes: fail over back to primary, over SSH; dr is rewound from its crash and follows, and the
+    # application comes home to us-east-1 over SSH.
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS before_ssh_crash (n int)")
         conn.execute("INSERT INTO before_ssh_crash VALUES (1)")
     box.wait_streaming(timeout=30)
-    box.cluster("sync1").kill()
-    crash = _run(target="primary", mode="failover", reason="sync1's host lost")
+    box.cluster("dr").kill()
+    crash = _run(target="primary", mode="failover", reason="dr's host lost")
     assert str(crash.state) == "success", task_states(crash)
     assert _writable(box) == ["primary"]
-    assert _audit(box, crash)["steps"]["rejoin"]["following"] == ["dr", "sync1"]
+    assert sorted(_audit(box, crash)["steps"]["rejoin"]["following"]) == ["dr", "sync1"]
+    assert all(box.application_running("us-east-1").values()) and not any(box.application_running("us-west-2").values())
+    assert box.redis_client("us-east-1").info("replication")["role"] == "master"
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         assert conn.execute("SELECT count(*) FROM before_ssh_crash").fetchone()[0] == 1
     box.wait_streaming(timeout=60)
@@ -587,6 +602,46 @@ def test_node_control_over_ssh_names_the_node_and_the_command_that_failed(over_s
         {**json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_SSH_DR"]), "port": 1}))
     with pytest.raises(NodeControlError, match=r"^node dr \(SSH connection continuity_ssh_dr\): cannot connect"):
         FailoverHook().get_node_control().is_running("dr")
+
+
+def test_service_control_over_ssh_reads_each_instance_and_names_the_region_and_command_that_failed(
+        over_ssh, monkeypatch) -> None:
+    from continuity.hooks.services import get_service_control
+    from continuity.policy import load_policy
+    from continuity.servicecontrol import ServiceControlError
+
+    policy = load_policy()
+    control = get_service_control(policy)
+    assert control.running("us-east-1") == {"web-us-east-1-1": True, "web-us-east-1-2": True, "worker-us-east-1-1": True}
+    assert not any(control.running("us-west-2").values()), "the standby region's application is stopped"
+    # A read-only verification instance for restore tests: the DSN (with its password) goes over stdin.
+    url = control.start_verification_instance("us-west-2", dsn=over_ssh.app_conninfo())
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        control.stop_verification_instance(url)
+    assert poll(lambda: not _answers(f"{url}/health"), timeout=15), "the verification instance was stopped"
+    assert over_ssh.password("app") not in (over_ssh.logs_dir / "sshd.log").read_text()
+    ssh = {**policy.application.ssh, "us-west-2": policy.application.ssh["us-west-2"].model_copy(update={"status": "exit 7"})}
+    broken = policy.model_copy(update={"application": policy.application.model_copy(update={"ssh": ssh})})
+    with pytest.raises(ServiceControlError, match=r"^status of region us-west-2 failed over SSH "
+                                                  r"\(continuity_ssh_app_us_west_2, exit 7\)"):
+        get_service_control(broken).running("us-west-2")
+    monkeypatch.setenv("AIRFLOW_CONN_CONTINUITY_SSH_APP_US_WEST_2", json.dumps(
+        {**json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_SSH_APP_US_WEST_2"]), "port": 1}))
+    with pytest.raises(ServiceControlError, match=r"^start of region us-west-2 over SSH \(continuity_ssh_app_us_west_2\)"
+                                                  r": the application host of us-west-2 .*cannot connect"):
+        get_service_control(policy).start_region("us-west-2")
+    assert not any(over_ssh.application_running("us-west-2").values()), "nothing started"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def test_failover_after_the_primary_crashes(cluster) -> None:

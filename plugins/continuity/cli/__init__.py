@@ -21,7 +21,7 @@ from continuity.cli.keys import cmd_keys_list, cmd_keys_new, cmd_keys_retire, cm
 from continuity.cli.objects import cmd_objects_restore, cmd_objects_verify
 from continuity.cli.restore import cmd_restore
 from continuity.cli.run import cmd_run
-from continuity.cli.sandbox import (cmd_policy_check, cmd_sandbox_down, cmd_sandbox_env, cmd_sandbox_seed,
+from continuity.cli.sandbox import (cmd_policy_check, cmd_sandbox_app, cmd_sandbox_down, cmd_sandbox_env, cmd_sandbox_seed,
                                     cmd_sandbox_status, cmd_sandbox_up)
 from continuity.cli.wal import add_wal_commands
 from continuity.keys import KeyringError
@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_sandbox_status)
     with_root(sandbox.add_parser("env", help="shell exports for Airflow against the sandbox")).set_defaults(func=cmd_sandbox_env)
+    app = with_root(sandbox.add_parser(
+        "app", help="the sample application of a region: what service control over SSH runs on the app host"))
+    app.add_argument("app_action", choices=["start", "stop", "status", "promote-cache", "follow-cache", "verify-start",
+                                            "verify-stop"])
+    app.add_argument("region")
+    app.add_argument("--upstream-port", type=int, help="follow-cache: the port of the Redis to replicate (the "
+                                                       "upstream region's, on this host)")
+    app.add_argument("--url", help="verify-stop: the verification instance's URL (verify-start reads the DSN on stdin)")
+    app.set_defaults(func=cmd_sandbox_app)
     seed = with_root(sandbox.add_parser("seed", help="fill the empty sample application database"))
     seed.add_argument("--scale", type=float, default=1.0)
     seed.add_argument("--seed", type=int, default=42)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from continuity.cli.common import EXIT_OK, EXIT_UNREACHABLE, _sandbox
+from continuity.cli.common import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, _fail, _sandbox
 from continuity.policy import load_policy
 
 
@@ -109,4 +109,45 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         f"{len(policy.storage.locations)} storage locations, "
         f"{len(policy.objects.categories) if policy.objects else 0} object categories"
     )
+    return EXIT_OK
+
+
+def cmd_sandbox_app(args: argparse.Namespace) -> int:
+    """One service-control action on a region's sample application, printed one line per thing done (what
+    `application.service_control: ssh` runs on the sandbox's "application host" over its SSH server)."""
+    from continuity.sandbox import SandboxServiceControl
+
+    sandbox = _sandbox(args)
+    if args.region not in sandbox.policy.application.regions:
+        return _fail(f"no application region {args.region!r}", f"regions: {', '.join(sandbox.policy.application.regions)}",
+                     EXIT_USAGE)
+    control = SandboxServiceControl(sandbox)
+    action = args.app_action
+    if action == "start":
+        lines = control.start_region(args.region)
+    elif action == "stop":
+        lines = control.stop_region(args.region)
+    elif action == "status":
+        lines = [f"{name} {'running' if up else 'stopped'}" for name, up in control.running(args.region).items()]
+    elif action == "promote-cache":
+        lines = [control.promote_cache(args.region)]
+    elif action == "follow-cache":
+        upstream = next((region for region, redis in sandbox.state.get("redis", {}).items()
+                         if redis.get("port") == args.upstream_port), None)
+        if upstream is None or upstream == args.region:
+            return _fail(f"follow-cache: no other region's Redis listens on port {args.upstream_port}",
+                         f"ports: {({r: e.get('port') for r, e in sandbox.state.get('redis', {}).items()})}", EXIT_USAGE)
+        lines = [control.follow_cache(args.region, upstream)]
+    elif action == "verify-start":
+        dsn = sys.stdin.readline().strip()  # on stdin: the DSN carries the restored database's password
+        if not dsn:
+            return _fail("verify-start reads the database DSN on stdin; got nothing", None, EXIT_USAGE)
+        lines = [control.start_verification_instance(args.region, dsn=dsn)]
+    else:
+        if not args.url:
+            return _fail("verify-stop needs --url", None, EXIT_USAGE)
+        control.stop_verification_instance(args.url)
+        lines = [f"verification instance {args.url} stopped"]
+    for line in lines:
+        print(line)
     return EXIT_OK

@@ -47,10 +47,10 @@ class ApplicationProbeHook(BaseHook):
     def verify_database(self, dsn: str) -> ApplicationProbe:
         """The read-only synthetic transactions on a verification instance of this region that uses the
         database `dsn` (a restored copy) and the region's object bucket; the instance is always stopped."""
-        from continuity.servicecontrol import service_control_for
+        from continuity.hooks.services import get_service_control
 
         application = self.policy.application
-        control = service_control_for(self.policy)
+        control = get_service_control(self.policy)
         url = control.start_verification_instance(self.region, dsn=dsn)
         try:
             credentials = self.get_connection(application.probe_conn_id)

@@ -127,9 +127,9 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
                 services, probe = None, None
                 if policy.application is not None:  # the application tier moves with the primary, and is proven
                     from continuity.hooks.application import ApplicationProbeHook
-                    from continuity.servicecontrol import service_control_for
+                    from continuity.hooks.services import get_service_control
 
-                    services = service_control_for(policy)
+                    services = get_service_control(policy)
                     probe = ApplicationProbeHook(policy=policy.with_primary(to),
                                                  region=policy.topology.node(to).region).run
                 try:

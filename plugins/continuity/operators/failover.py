@@ -80,7 +80,8 @@ class FailoverStepOperator(ContinuityOperator):
 
 def _check_service_control(policy: Any, target: str) -> None:
     """A move to another region starts the application there: refuse before anything changes if nothing can."""
-    from continuity.servicecontrol import ServiceControlError, service_control_for
+    from continuity.hooks.services import get_service_control
+    from continuity.servicecontrol import ServiceControlError
 
     topology = policy.topology
     if policy.application is None or target not in {n.name for n in topology.nodes}:
@@ -88,7 +89,7 @@ def _check_service_control(policy: Any, target: str) -> None:
     if topology.node(target).region == topology.primary.region:
         return
     try:
-        service_control_for(policy)
+        get_service_control(policy)
     except ServiceControlError as exc:
         raise steps.PreflightFailed("service control configured", str(exc)) from None
 
@@ -253,7 +254,7 @@ class StartApplicationOperator(FailoverStepOperator):
     old region's; nothing to do when both are in one region or the policy has no application section."""
 
     def step(self, context: Context) -> steps.ApplicationRecord:
-        from continuity.servicecontrol import service_control_for
+        from continuity.hooks.services import get_service_control
 
         plan = _plan(context)
         _skip_unless_acting(plan)
@@ -266,7 +267,7 @@ class StartApplicationOperator(FailoverStepOperator):
         since = datetime.fromisoformat(plan.old_primary_since) if plan.old_primary_since else None
         carry = ContinuityBackupHook(policy_path=self.policy_path).objects_going_home(
             from_region=from_region, to_region=to_region, since=since, report=self.log.info)
-        return steps.move_application(service_control_for(policy), from_region=from_region, to_region=to_region,
+        return steps.move_application(get_service_control(policy), from_region=from_region, to_region=to_region,
                                       report=self.log.info, carry_objects=carry)
 
 

@@ -23,7 +23,7 @@ from continuity.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryRe
                                         plan_exercise, render_markdown, writer_record)
 from continuity.reports import Measurement, price_downtime, store_report
 from continuity.restore import check_object_references
-from continuity.servicecontrol import service_control_for
+from continuity.hooks.services import get_service_control
 from continuity.storage import key_safe
 
 LATE_START = timedelta(hours=1)
@@ -81,7 +81,7 @@ class PlanRegionLossOperator(_ExerciseOperator):
                                        f"or trigger it now by hand")
         policy = self.hook().policy
         cluster = self.cluster()
-        services = service_control_for(policy)
+        services = get_service_control(policy)
         found = observe(cluster, services, list(policy.application.regions) if policy.application else [])
         conn = PostgresNodeHook.get_connection(policy.topology.entry_point.conn_id)
         try:
@@ -105,7 +105,7 @@ class LoseRegionAndRecoverOperator(_ExerciseOperator):
         start = self.start(context)
         hook = self.hook()
         policy = hook.policy
-        services = service_control_for(policy)
+        services = get_service_control(policy)
         cluster = self.cluster()
         credentials = PostgresNodeHook.get_connection(policy.application.probe_conn_id)
         urls = [ApplicationProbeHook(policy=policy, region=r).target().url for r in (start.region, start.recovery_region)]
@@ -194,7 +194,7 @@ class RestoreRegionOperator(_ExerciseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         start = self.start(context)
-        services = service_control_for(self.hook().policy)
+        services = get_service_control(self.hook().policy)
         started = services.reconnect_region(start.region)
         self.log.info("region %s reconnected: %s", start.region, ", ".join(started) or "already up")
         cluster = self.cluster()
@@ -228,7 +228,7 @@ class SwitchBackOperator(_ExerciseOperator):
         policy = hook.policy
         if policy.topology.primary.name == start.original_primary:
             raise AirflowSkipException(f"{start.original_primary} is already the primary: nothing to switch back")
-        services = service_control_for(policy)
+        services = get_service_control(policy)
         probe = ApplicationProbeHook(policy=policy.with_primary(start.original_primary), region=start.region).run
         recovered = RecoveryResult.model_validate(context["ti"].xcom_pull(task_ids="lose_region_and_recover"))
         since = recovered.lost_at or start.started_at
@@ -305,7 +305,7 @@ class CheckLeftAsFoundOperator(_ExerciseOperator):
             result.fail_back, result.missing_home = back.fail_back, back.missing_home
         policy = self.hook().policy
         cluster = self.cluster()
-        now = observe(cluster, service_control_for(policy),
+        now = observe(cluster, get_service_control(policy),
                       list(policy.application.regions) if policy.application else [])
         result.differences = differences(start.found, now)
         result.left_as_found = not result.differences
