@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave WAL in the spool for dr_wal_archive instead of pushing it as it closes")
     up.add_argument("--ssh", action="store_true",
                     help="also an SSH server on loopback, and a policy (policy-ssh.yaml) whose failover reaches "
-                         "the nodes over SSH")
+                         "the nodes and each region's application over SSH")
     up.set_defaults(func=cmd_sandbox_up)
     down = with_root(sandbox.add_parser("down", help="stop every process `up` started"))
     down.add_argument("--purge", action="store_true", help="also delete the sandbox's data, key and state")
