@@ -84,12 +84,15 @@ def _mounts(service: dict) -> dict[str, str]:
 
 def test_the_wal_spool_is_shared_by_everything_that_writes_or_ships_it_and_owned_for_them() -> None:
     spool = "/var/lib/postgresql/wal-spool"
-    for name in ["pg-primary", "wal-pusher", *AIRFLOW_SERVICES]:
+    # Every node: a standby promoted by failover archives into the same spool, with the same script.
+    for name in ["pg-primary", "pg-sync1", "pg-dr", "wal-pusher", *AIRFLOW_SERVICES]:
         assert _mounts(SERVICES[name]).get(spool) == "wal-spool", f"{name} does not mount the spool at {spool}"
+    for name in ["pg-primary", "pg-sync1", "pg-dr"]:
+        assert _mounts(SERVICES[name]).get("/opt/continuity/archive-wal.sh") == "./include/scripts/archive-wal.sh", name
     init = SERVICES["wal-spool-init"]
     assert _mounts(init).get(spool) == "wal-spool" and init["user"] == "root"
     assert f"chown postgres:0 {spool}" in _command(init) and f"chmod 2770 {spool}" in _command(init)
-    for name in ["pg-primary", *AIRFLOW_SERVICES]:
+    for name in ["pg-primary", "pg-sync1", "pg-dr", *AIRFLOW_SERVICES]:
         assert SERVICES[name]["depends_on"]["wal-spool-init"]["condition"] == "service_completed_successfully", name
     # The files archive_command queues are readable by the spool's group (Airflow's user is in group 0).
     assert 'chmod 0640 "$tmp"' in (ROOT / "include/scripts/archive-wal.sh").read_text()
@@ -99,7 +102,8 @@ def _listen_port(name: str) -> int:
     service = SERVICES[name]
     if name == "pgbouncer":
         return int(service["environment"]["LISTEN_PORT"])
-    assert service["image"].startswith("postgres:"), name
+    node_image = service.get("build", {}).get("dockerfile") == "include/docker/node/Dockerfile"  # FROM postgres:15
+    assert service["image"].startswith("postgres:") or node_image, name
     return 5432
 
 
@@ -192,9 +196,13 @@ def test_no_secret_is_written_in_the_file() -> None:
 
 def test_wal_is_queued_bounded_and_pushed_from_the_shared_spool() -> None:
     policy = load_policy()
-    primary = " ".join(SERVICES["pg-primary"]["command"])
-    assert f"archive-wal.sh /var/lib/postgresql/wal-spool %p %f {policy.backups.incremental.max_queued}" in primary
-    assert f"archive_timeout={int(policy.backups.incremental.archive_timeout.total_seconds())}s" in primary
+    # In postgresql.auto.conf (the init script), so that node control's restarts keep them.
+    settings = (ROOT / "include/docker/init-primary.sh").read_text()
+    assert (f"archive_command = '/bin/sh /opt/continuity/archive-wal.sh /var/lib/postgresql/wal-spool %p %f "
+            f"{policy.backups.incremental.max_queued}'") in settings
+    assert f"archive_timeout = '{int(policy.backups.incremental.archive_timeout.total_seconds())}s'" in settings
+    assert "ALTER SYSTEM SET archive_mode = 'on'" in settings and "ALTER SYSTEM SET wal_log_hints = 'on'" in settings
+    assert SERVICES["pg-primary"]["command"] == ["postgres"], "no setting on a command line node control cannot repeat"
     pusher = SERVICES["wal-pusher"]
     assert "wal pusher --spool /var/lib/postgresql/wal-spool" in " ".join(pusher["command"])
     spool_mounts = {v.split(":")[0] for v in pusher["volumes"]} & {v.split(":")[0] for v in SERVICES["pg-primary"]["volumes"]}
@@ -212,5 +220,55 @@ def test_airflow_has_users_with_roles_from_a_secret_never_a_shared_admin() -> No
     assert not any("SIMPLE_AUTH" in key for key in environment)
     init = COMPOSE["services"]["airflow-init"]
     assert "python -m continuity.auth.fab < /run/secrets/continuity_users" in init["command"][-1]
-    assert init["secrets"] == ["continuity_users"] and "continuity_users" in COMPOSE["secrets"]
+    assert "continuity_users" in init["secrets"] and "continuity_users" in COMPOSE["secrets"]
     assert COMPOSE["secrets"]["continuity_users"]["file"].startswith("${CONTINUITY_USERS_FILE:?")
+
+
+NODE_SERVICES = {"primary": "pg-primary", "sync1": "pg-sync1", "dr": "pg-dr"}
+
+
+def _compose_policy(monkeypatch: pytest.MonkeyPatch):
+    """The policy as the compose file's Airflow reads it: include/policy.yaml under its overlay."""
+    environment = COMPOSE["x-airflow-common"]["environment"]
+    overlay = environment["CONTINUITY_POLICY_OVERLAY"]
+    assert overlay.startswith("/opt/airflow/include/")
+    monkeypatch.setenv("CONTINUITY_POLICY_OVERLAY", str(ROOT / "include" / overlay.removeprefix("/opt/airflow/include/")))
+    return load_policy()
+
+
+def test_failover_in_compose_reaches_every_node_over_ssh_and_needs_a_second_person(monkeypatch) -> None:
+    policy = _compose_policy(monkeypatch)
+    assert policy.topology.node_control == "ssh" and policy.failover.approval.required
+    environment = COMPOSE["x-airflow-common"]["environment"]
+    for node in policy.topology.nodes:
+        service = SERVICES[NODE_SERVICES[node.name]]
+        assert node.host.address == NODE_SERVICES[node.name]
+        conn = json.loads(re.sub(r"\$\{[^}]+\}", "secret", environment[f"AIRFLOW_CONN_{node.host.ssh_conn_id.upper()}"]))
+        assert (conn["conn_type"], conn["host"], conn["login"]) == ("ssh", NODE_SERVICES[node.name], "postgres")
+        assert conn["extra"]["key_file"] == "/run/secrets/continuity_ssh_key" and conn["extra"]["host_key"]
+        # The node runs the image whose sshd keeps the container up while node control stops the server.
+        assert service["build"]["dockerfile"] == "include/docker/node/Dockerfile" and service["init"] is True
+        assert set(service["secrets"]) == {"continuity_node_authorized_keys", "continuity_node_host_key"}
+        assert "user" not in service, "the entrypoint starts sshd as root and the server as postgres"
+        # Where the overlay says the data directory is, the service's PGDATA (the image's default otherwise).
+        assert node.host.data_directory == service["environment"].get("PGDATA", "/var/lib/postgresql/data")
+        # pg_rewind and replication authenticate from ~/.pgpass, which the entrypoint writes for both users.
+        assert {"CONTINUITY_REPLICATION_PASSWORD", "CONTINUITY_PG_PASSWORD"} <= set(service["environment"])
+        assert node.host.rewind_user in ("postgres", "replicator")
+    for name in [*AIRFLOW_SERVICES, "airflow-init"]:
+        assert "continuity_ssh_key" in SERVICES[name]["secrets"], name
+    assert {"continuity_ssh_key", "continuity_node_authorized_keys", "continuity_node_host_key"} <= set(COMPOSE["secrets"])
+
+
+def test_the_node_image_keeps_sshd_up_and_starts_postgres_beside_it() -> None:
+    dockerfile = (ROOT / "include/docker/node/Dockerfile").read_text()
+    assert "FROM postgres:15" in dockerfile and "openssh-server" in dockerfile
+    entrypoint = (ROOT / "include/docker/node/entrypoint.sh").read_text()
+    lines = [line.strip() for line in entrypoint.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert lines[-1] == "exec /usr/sbin/sshd -D -e", "sshd, not PostgreSQL, keeps the container running"
+    assert "AllowUsers postgres" in entrypoint and "PasswordAuthentication no" in entrypoint
+    assert "/run/secrets/continuity_node_authorized_keys" in entrypoint and "/run/secrets/continuity_node_host_key" in entrypoint
+    assert '*:*:*:replicator:%s\\n*:*:*:postgres:%s\\n' in entrypoint
+    assert "gosu postgres" in entrypoint and 'docker-entrypoint.sh "$@" &' in entrypoint
+    assert '> "$home/.pgpass"' not in (ROOT / "include/docker/start-standby.sh").read_text(), \
+        "the standby script leaves the entrypoint's ~/.pgpass as it is"

@@ -1,13 +1,13 @@
 #!/bin/bash
 # docker-compose: clone the primary once (creating this standby's slot), then run as a standby.
-# The replication password goes to the OS user's ~/.pgpass (0600), never onto a command line or into the
+# The replication password is in the OS user's ~/.pgpass (0600), never on a command line or in the
 # server's settings; the upstream and the slot are in continuity.conf (included by postgresql.conf), the
 # file failover's node control rewrites when this node follows another primary.
 set -euo pipefail
 name=$1
 home=${HOME:-/var/lib/postgresql}
 umask 077
-printf '*:*:*:replicator:%s\n' "$PGPASSWORD" > "$home/.pgpass"
+# ~/.pgpass (replicator and postgres) was written by the node image's entrypoint (include/docker/node).
 until pg_isready -h pg-primary -U postgres; do sleep 1; done
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     pg_basebackup -h pg-primary -U replicator -D "$PGDATA" -X stream -C -S "$name" --checkpoint=fast

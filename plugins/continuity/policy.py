@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 from continuity.kinds import ProvingKind
-from continuity.project import policy_path
+from continuity.project import policy_overlay_path, policy_path
 
 
 
@@ -853,9 +853,7 @@ def _check_application(policy: Policy) -> list[str]:
     return problems
 
 
-def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
-    """Read and validate a policy file; the default is $CONTINUITY_POLICY or include/policy.yaml."""
-    path = Path(path) if path else policy_path()
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     label = path.name
     try:
         text = path.read_text()
@@ -869,6 +867,36 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
         raise PolicyError(f"{label}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
         raise PolicyError(f"{label}: expected a mapping of policy sections, got {type(data).__name__}")
+    return data
+
+
+def overlay_policy(base: Any, overlay: Any, *, where: str = "") -> Any:
+    """`overlay` laid over `base`: mappings merge key by key, lists of named entries (nodes, locations) merge
+    entry by entry on `name` (an overlay entry must name one the base has), anything else is replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        return {**base, **{key: overlay_policy(base[key], value, where=f"{where}.{key}".lstrip("."))
+                           if key in base else value for key, value in overlay.items()}}
+    named = (lambda items: isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items))
+    if named(base) and named(overlay) and overlay:
+        by_name = {entry["name"]: entry for entry in overlay}
+        unknown = sorted(set(by_name) - {entry["name"] for entry in base})
+        if unknown:
+            raise PolicyError(f"overlay: {where} names {', '.join(unknown)}, which the policy does not have")
+        return [overlay_policy(entry, by_name[entry["name"]], where=f"{where}[{entry['name']}]")
+                if entry["name"] in by_name else entry for entry in base]
+    return overlay
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
+    """Read and validate a policy file; the default is $CONTINUITY_POLICY or include/policy.yaml. With
+    $CONTINUITY_POLICY_OVERLAY set, that file is laid over it first (`overlay_policy`)."""
+    path = Path(path) if path else policy_path()
+    label = path.name
+    data = _read_yaml_mapping(path)
+    overlay = policy_overlay_path()
+    if overlay is not None:
+        data = overlay_policy(data, _read_yaml_mapping(overlay))
+        label = f"{label} + {overlay.name}"
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:

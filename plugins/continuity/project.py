@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 
 POLICY_ENV_VAR = "CONTINUITY_POLICY"
+# A YAML laid over the policy: a deployment's own settings (node hosts, node control) without a copy of it.
+POLICY_OVERLAY_ENV_VAR = "CONTINUITY_POLICY_OVERLAY"
 INCLUDE_ENV_VAR = "CONTINUITY_INCLUDE"
 PROJECT_ENV_VAR = "CONTINUITY_PROJECT"
 
@@ -41,6 +43,12 @@ def project_dir() -> Path:
 def include_dir() -> Path:
     configured = os.environ.get(INCLUDE_ENV_VAR)
     return Path(configured).absolute() if configured else project_dir() / "include"
+
+
+def policy_overlay_path() -> Path | None:
+    """$CONTINUITY_POLICY_OVERLAY, the deployment's overlay of the policy, if set."""
+    configured = os.environ.get(POLICY_OVERLAY_ENV_VAR)
+    return Path(configured) if configured else None
 
 
 def policy_path() -> Path:

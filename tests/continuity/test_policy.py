@@ -206,3 +206,24 @@ def test_the_plan_review_is_overdue_after_a_year_and_counts_from_the_last_answer
                                              "decided_at": datetime(2027, 1, 25, tzinfo=timezone.utc)})
     assert last_review(policy, [answered, unanswered]) == (answered.decided_at, "admin")
     assert overdue_alarm(policy, [answered, unanswered], now=datetime(2027, 2, 1, tzinfo=timezone.utc)) is None
+
+
+def test_an_overlay_sets_a_deployments_own_settings_without_a_copy_of_the_policy(tmp_path: Path, monkeypatch) -> None:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("topology:\n  node_control: ssh\n  nodes:\n"
+                       "    - {name: dr, host: {ssh_conn_id: ssh_dr, address: pg-dr, data_directory: /data}}\n"
+                       "failover: {approval: {required: true}}\n")
+    monkeypatch.setenv("CONTINUITY_POLICY_OVERLAY", str(overlay))
+    with pytest.raises(PolicyError, match=r"^policy.yaml \+ overlay.yaml: topology: node_control is 'ssh' but "
+                                          r"node\(s\) primary, sync1 have no host"):
+        load_policy()
+    overlay.write_text(overlay.read_text().replace("    - {name: dr,", "    - {name: primary, host: {ssh_conn_id: a, "
+                       "address: a, data_directory: /a}}\n    - {name: sync1, host: {ssh_conn_id: b, address: b, "
+                       "data_directory: /b}}\n    - {name: dr,"))
+    policy = load_policy()
+    dr = policy.topology.node("dr")
+    assert (dr.host.address, dr.region, dr.role) == ("pg-dr", "us-west-2", "standby"), "the rest of the node stays"
+    assert policy.failover.approval.required and policy.failover.catch_up_timeout == timedelta(seconds=60)
+    overlay.write_text("topology:\n  nodes:\n    - {name: dr2, region: us-west-2}\n")
+    with pytest.raises(PolicyError, match=r"^overlay: topology.nodes names dr2, which the policy does not have"):
+        load_policy()
