@@ -272,3 +272,22 @@ def test_the_node_image_keeps_sshd_up_and_starts_postgres_beside_it() -> None:
     assert "gosu postgres" in entrypoint and 'docker-entrypoint.sh "$@" &' in entrypoint
     assert '> "$home/.pgpass"' not in (ROOT / "include/docker/start-standby.sh").read_text(), \
         "the standby script leaves the entrypoint's ~/.pgpass as it is"
+
+
+def test_a_node_following_a_new_primary_fetches_archived_wal_from_the_pushers_socket(monkeypatch) -> None:
+    policy = _compose_policy(monkeypatch)
+    pusher = SERVICES["wal-pusher"]
+    command = " ".join(pusher["command"]).split()
+    socket = command[command.index("--socket") + 1]
+    # Owned by the node image's postgres (postgres:15 runs it as uid 999): the pusher must be able to chown.
+    assert command[command.index("--socket-owner") + 1] == "999:999" and pusher["user"] == "root"
+    socket_dir = str(Path(socket).parent)
+    assert _mounts(pusher).get(socket_dir) == "wal-fetch" and "wal-fetch" in COMPOSE["volumes"]
+    for node in policy.topology.nodes:
+        service = SERVICES[NODE_SERVICES[node.name]]
+        assert _mounts(service).get(socket_dir) == "wal-fetch", node.name
+        assert _mounts(service).get("/opt/continuity/fetch-wal.sh") == "./include/scripts/fetch-wal.sh", node.name
+        assert node.host.restore_command == f"/bin/sh /opt/continuity/fetch-wal.sh {socket} %f %p", node.name
+    # fetch-wal.sh asks the socket with curl, which the node image installs.
+    assert "curl --silent --fail" in (ROOT / "include/scripts/fetch-wal.sh").read_text()
+    assert " curl" in (ROOT / "include/docker/node/Dockerfile").read_text()

@@ -66,3 +66,18 @@ def test_a_failing_archiver_stops_the_wait_naming_the_file() -> None:
     with pytest.raises(ArchiverFailing, match="archiver on primary is failing .*000000010000000000000005.*HINT"):
         segment_archived(_archiver("000000010000000000000004", failed="000000010000000000000005", failed_later=True),
                          "000000010000000000000005", node="primary")
+
+
+def test_the_fetch_socket_belongs_to_a_user_by_name_or_by_the_ids_of_another_container() -> None:
+    import pwd
+
+    from continuity.cli.common import UsageError
+    from continuity.cli.wal import socket_owner
+
+    assert socket_owner("999:999") == (999, 999)  # the postgres:15 image's postgres, seen from the pusher's container
+    root = pwd.getpwnam("root")
+    assert socket_owner("root") == (root.pw_uid, root.pw_gid)
+    with pytest.raises(UsageError, match=r"^--socket-owner: expected a user name or UID:GID, got 'postgres:x'$"):
+        socket_owner("postgres:x")
+    with pytest.raises(UsageError, match=r"^--socket-owner: no OS user 'nobody-here'$"):
+        socket_owner("nobody-here")

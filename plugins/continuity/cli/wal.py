@@ -88,13 +88,7 @@ def cmd_wal_pusher(args: argparse.Namespace) -> int:
     report = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     server = None
     if args.socket:
-        owner = None
-        if args.socket_owner:
-            try:
-                entry = pwd.getpwnam(args.socket_owner)
-            except KeyError:
-                raise UsageError(f"--socket-owner: no OS user {args.socket_owner!r}") from None
-            owner = (entry.pw_uid, entry.pw_gid)
+        owner = socket_owner(args.socket_owner) if args.socket_owner else None
         # Required locations first: the copies the policy vouches for.
         order = sorted(ctx.locations, key=lambda name: (name not in ctx.required, name))
         server = serve_fetches(Path(args.socket), keyring=ctx.keyring, report=report, owner=owner,
@@ -112,6 +106,21 @@ def cmd_wal_pusher(args: argparse.Namespace) -> int:
             Path(args.socket).unlink(missing_ok=True)
     print("stopped", file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+def socket_owner(value: str) -> tuple[int, int]:
+    """`--socket-owner`: an OS user's name, or UID:GID (the database's user in another container, which has
+    no such name here)."""
+    uid, colon, gid = value.partition(":")
+    if colon:
+        if not (uid.isdigit() and gid.isdigit()):
+            raise UsageError(f"--socket-owner: expected a user name or UID:GID, got {value!r}")
+        return int(uid), int(gid)
+    try:
+        entry = pwd.getpwnam(value)
+    except KeyError:
+        raise UsageError(f"--socket-owner: no OS user {value!r}") from None
+    return entry.pw_uid, entry.pw_gid
 
 
 def add_wal_commands(sub, with_storage) -> None:
@@ -132,5 +141,6 @@ def add_wal_commands(sub, with_storage) -> None:
     pusher.add_argument("--workers", type=int, default=2, help="files sent at once")
     pusher.add_argument("--socket", help="also serve restore_command's fetches on this UNIX socket "
                                          "(include/scripts/fetch-wal.sh)")
-    pusher.add_argument("--socket-owner", help="the OS user PostgreSQL runs as: the only one who may use the socket")
+    pusher.add_argument("--socket-owner", help="the OS user PostgreSQL runs as (a name, or UID:GID): the only one who "
+                                               "may use the socket")
     pusher.set_defaults(func=cmd_wal_pusher)
