@@ -10,7 +10,7 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
    naming it; nothing has changed (a target that already is the primary is such a failure, and
    the log shows the current topology). A rerun of a run that completed is a no-op.
 2. `approve`: a second person approves the plan (the policy's `failover.approval`; off in the
-   sandbox policy). A human-in-the-loop task any dr_operator may answer except the one who
+   sandbox policy; the health monitor's automatic failovers, which no person triggers, do not wait). A human-in-the-loop task any dr_operator may answer except the one who
    triggered the run; once approved, preflight's checks run again. Reject, no answer within the
    timeout (15 min), a self-approval or a changed cluster stop the run here, nothing changed.
 3. `cut_over`, one task so that no scheduler round trip lengthens the outage (each step's record,

@@ -802,6 +802,20 @@ class ApprovalRecord(StepRecord):
     triggered_by: str | None = None
     answer: str | None = None  # the option chosen; None when no one answered before the timeout
     rechecked: list[str] = []  # preflight's checks run again once approved: the cluster may have moved meanwhile
+    why: str = ""  # why an approval was, or was not, asked for
+
+
+def approval_needed(*, required: bool, triggered_by: str | None) -> tuple[bool, str]:
+    """Whether a run waits for a second person, and why. A person's trigger (the run has a triggering user)
+    waits when the policy requires it; a run started by dr_health_monitor's automatic failover has none
+    (scheduled and asset-triggered runs carry no user) and goes ahead: `health_monitor.auto_failover` is the
+    consent given for it, and waiting for a person would undo the point of it."""
+    if not required:
+        return False, "the policy requires no second approval (failover.approval.required: false)"
+    if not triggered_by:
+        return False, ("started by no person (dr_health_monitor's automatic failover): no second approval; "
+                       "health_monitor.auto_failover is the consent for it")
+    return True, f"triggered by {triggered_by}: a second dr_operator must approve (failover.approval.required)"
 
 
 class FailoverRecords(BaseModel):

@@ -140,6 +140,14 @@ def test_the_audit_names_who_triggered_and_who_approved() -> None:
     assert failover.FailoverAudit.model_validate(audit.model_dump(mode="json")) == audit
 
 
+def test_a_person_s_failover_waits_for_a_second_one_and_the_monitor_s_automatic_one_does_not() -> None:
+    assert failover.approval_needed(required=True, triggered_by="operator-1")[0] is True
+    needed, why = failover.approval_needed(required=True, triggered_by=None)
+    assert needed is False and "automatic failover" in why, "auto_failover must not wait for a person"
+    assert failover.approval_needed(required=False, triggered_by="operator-1") == (
+        False, "the policy requires no second approval (failover.approval.required: false)")
+
+
 def test_a_refused_approval_stops_the_run_before_the_fence_and_names_no_approver() -> None:
     cluster, _, _ = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary", run_id="manual__4")

@@ -129,7 +129,8 @@ class PreflightOperator(FailoverStepOperator):
 
 class ApproveFailoverOperator(HITLOperator):
     """A second person approves the plan preflight made, before anything changes (the policy's
-    `failover.approval`; not asked for dry runs and runs with nothing to do). Any user allowed to answer the
+    `failover.approval`; not asked for dry runs, runs with nothing to do, and the health monitor's automatic
+    failovers, which no person triggered). Any user allowed to answer the
     run's approvals (dr_operator) may approve, except the one who triggered it. Once approved, preflight's
     checks run again: the cluster may have changed while the run waited. Reject, no answer within the
     timeout, a self-approval or a failed recheck stop the run with nothing changed; the record says which."""
@@ -150,10 +151,12 @@ class ApproveFailoverOperator(HITLOperator):
     def execute(self, context: Context) -> Any:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        if not self.hook().policy.failover.approval.required:
-            self.log.info("the policy requires no second approval (failover.approval.required: false)")
-            return steps.ApprovalRecord(required=False, approved=True,
-                                        triggered_by=plan.triggered_by).model_dump(mode="json")
+        needed, why = steps.approval_needed(required=self.hook().policy.failover.approval.required,
+                                            triggered_by=plan.triggered_by)
+        self.log.info("%s", why)
+        if not needed:
+            return steps.ApprovalRecord(required=False, approved=True, triggered_by=plan.triggered_by,
+                                        why=why).model_dump(mode="json")
         self.subject = f"Approve the {plan.action} of {plan.target} (dr_failover run {context['run_id']})"
         self.body = "\n".join([
             f"Triggered by **{plan.triggered_by or 'unknown'}**; reason: {plan.params.reason}.",
@@ -166,7 +169,8 @@ class ApproveFailoverOperator(HITLOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         plan = _plan(context)
-        record = steps.ApprovalRecord(required=True, approved=False, triggered_by=plan.triggered_by)
+        record = steps.ApprovalRecord(required=True, approved=False, triggered_by=plan.triggered_by,
+                                      why=steps.approval_needed(required=True, triggered_by=plan.triggered_by)[1])
         try:
             result = super().execute_complete(context, event)
             record.answer = (result["chosen_options"] or [None])[0]
