@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from continuity.controlplane import ControlPlane
 from continuity.localcluster import free_port
 
 from .airflow_helpers import DAGS_DIR
@@ -33,9 +34,9 @@ class Refused(AssertionError):
 def passwords(root: Path) -> dict[str, str]:
     """Each user's password: the distributed run's FAB users (control-plane/users.json), else the simple auth
     manager's generated file."""
-    users = root / "control-plane" / "users.json"
-    if users.exists():
-        return {user["username"]: user["password"] for user in json.loads(users.read_text())}
+    plane = ControlPlane(root=root)
+    if plane.users_file.exists():
+        return {user.username: user.password for user in plane.users()}
     return json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
 
 
