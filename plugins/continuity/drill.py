@@ -25,7 +25,7 @@ from continuity.objects import Consistency, ObjectStore, heartbeat_lag
 from continuity.policy import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
                                 objectives_table, price_downtime, rpo_objectives)
-from continuity.restore import amcheck, check_object_references, restore_physical, scratch_cluster
+from continuity.restore import amcheck, check_object_references, replicated_through, restore_physical, scratch_cluster
 
 MARKER_TABLE = "continuity_drill_markers"
 
@@ -195,7 +195,8 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         if application_check is not None:  # each function's RTO: until its transaction succeeds there
             started = time.monotonic()
             # As the application's own role: a physical copy keeps the source's roles and grants.
-            probe = application_check(scratch.conninfo(database).replace("user=postgres", "user=app"))
+            probe = application_check(scratch.conninfo(database).replace("user=postgres", "user=app"),
+                                      uploaded_before=replicated_through(consistency.values()))
             application = probe.model_dump(mode="json")
             report(probe.summary())
             scratch.timings["application"] = time.monotonic() - started

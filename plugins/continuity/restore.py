@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -633,6 +633,12 @@ def restore_physical(
     point = target_lsn if target_lsn is not None else (target_time.isoformat() if target_time else "latest")
     report(f"recovered and promoted: {point}")
     return base
+
+
+def replicated_through(checks: Iterable[Consistency]) -> datetime | None:
+    """How far every checked object replica holds copies (the oldest of their newest copied versions):
+    an application reading a restored database with these replicas can read objects written before it."""
+    return min((c.replicated_through for c in checks if c.replicated_through is not None), default=None)
 
 
 def check_object_references(policy: Any, category: str, replica: ObjectStore, scratch: Any, database: str,

@@ -22,8 +22,8 @@ from continuity.manifest import Manifest
 from continuity.objects import Consistency, ObjectStore
 from continuity.policy import Policy, format_duration
 from continuity.reports import Objective, application_line, failing_objectives, function_rto_objectives
-from continuity.restore import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, restore_logical,
-                                sample_tables, scratch_cluster)
+from continuity.restore import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, replicated_through,
+                                restore_logical, sample_tables, scratch_cluster)
 from continuity.storage import StorageLocation, stored_documents
 
 REPORT_PREFIX = "reports/restore-test/"
@@ -156,8 +156,9 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
     `alone`: from that location's copy only (a corrupt copy fails the test instead of falling back to
     another location's). `object_replicas`: each object category's DR replica; the tables referencing
     objects are always in the sample and every reference is checked against the replica.
-    `application_check(dsn)`: run the read-only synthetic transactions on an application instance using the
-    restored database (its tables, `application.read_only_tables`, are always in the sample)."""
+    `application_check(dsn, uploaded_before=...)`: run the read-only synthetic transactions on an application
+    instance using the restored database (its tables, `application.read_only_tables`, are always in the
+    sample), reading objects the replicas hold copies of."""
     now = now or datetime.now(timezone.utc)
     dr_locations = [loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region]
     if location is None and not dr_locations:
@@ -202,14 +203,15 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         # rows violate the order or uniqueness the indexes promise.
         amcheck_ok, amcheck_detail = amcheck(scratch)
         report(amcheck_detail)
-        application = None
-        if application_check is not None:
-            probe = application_check(scratch.conninfo(database).replace("user=postgres", f"user={RESTORE_ROLE}"))
-            application = probe.model_dump(mode="json")
-            report(probe.summary())
         consistency = [check for name, (replica, _) in (object_replicas or {}).items()
                        if (check := check_object_references(policy, name, replica, scratch, database,
                                                             source_database=source_database, report=report))]
+        application = None
+        if application_check is not None:
+            probe = application_check(scratch.conninfo(database).replace("user=postgres", f"user={RESTORE_ROLE}"),
+                                      uploaded_before=replicated_through(consistency))
+            application = probe.model_dump(mode="json")
+            report(probe.summary())
     sample_rows = sum(counts[t] for t in tables)
     total_rows = sum(counts.values()) or 1
     sample_estimate = restore_seconds * total_rows / max(sample_rows, 1)

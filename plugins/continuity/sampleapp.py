@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -302,10 +303,16 @@ def create_app(settings: AppSettings | None = None) -> Any:
     def latest_video(request: Request) -> JSONResponse:
         if session_user(request) is None:
             return error(401, "not logged in")
+        before = request.query_params.get("uploaded_before")
+        try:
+            cutoff = datetime.fromisoformat(before) if before else None
+        except ValueError:
+            return error(400, f"uploaded_before={before!r} is not an ISO 8601 time (e.g. 2026-12-05T03:00:00+00:00)")
         with backends.db() as conn:
-            row = conn.execute("SELECT id FROM videos ORDER BY uploaded_at DESC, id DESC LIMIT 1").fetchone()
+            row = conn.execute("SELECT id FROM videos WHERE %s::timestamptz IS NULL OR uploaded_at <= %s "
+                               "ORDER BY uploaded_at DESC, id DESC LIMIT 1", (cutoff, cutoff)).fetchone()
         if row is None:
-            return error(404, "no videos at all")
+            return error(404, "no videos at all" if cutoff is None else f"no video uploaded before {before}")
         request.path_params["video_id"] = row[0]
         return video(request)
 

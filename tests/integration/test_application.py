@@ -153,6 +153,38 @@ def test_read_only_rounds_never_write_and_say_what_they_did_not_measure(sandbox)
     assert counts_after == counts_before
 
 
+def test_a_read_only_round_reads_the_newest_video_whose_object_the_bucket_can_hold(sandbox) -> None:
+    # A restored database can reference an object the DR replica does not hold yet (its copy is not due:
+    # the category's RPO). Reading the newest video of all then fails; the restore test and the drill give
+    # the replica's newest copy as `uploaded_before`, and the round reads the newest video older than it.
+    assert probe(sandbox).ok  # at least one video whose object is in us-east-1's bucket
+    with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False), autocommit=True) as conn:
+        cutoff, project, user = conn.execute(
+            "SELECT uploaded_at, project_id, uploaded_by FROM videos ORDER BY uploaded_at DESC LIMIT 1").fetchone()
+        uncopied = conn.execute(
+            "INSERT INTO videos (project_id, uploaded_by, s3_key, duration_seconds, size_bytes, sha256, status, "
+            "uploaded_at) VALUES (%s, %s, 'videos/not-copied-yet.mp4', 1, 10, %s, 'uploaded', now()) RETURNING id",
+            (project, user, "ab" * 32)).fetchone()[0]
+    try:
+        newest = next(t for t in probe(sandbox, read_only=True).transactions if t.function == "video_upload")
+        assert newest.ok is False and "videos/not-copied-yet.mp4 not readable in app-videos-us-east-1" in newest.reason
+        older = probe(sandbox, read_only=True, uploaded_before=cutoff)
+        assert older.ok, older.summary()
+        upload = next(t for t in older.transactions if t.function == "video_upload")
+        assert upload.reason.startswith(f"newest video uploaded before {cutoff.isoformat(timespec='seconds')}")
+        assert f", {uncopied}," not in upload.reason and "SHA-256 equal" in upload.reason
+        url = sandbox.application_urls("us-east-1")[0]
+        with httpx.Client(base_url=url, timeout=10) as client:
+            token = client.post("/login", json={"email": sandbox.PROBE_EMAIL, "password": sandbox.password("app_probe")}
+                                ).json()["session"]
+            bad = client.get("/videos/latest", params={"uploaded_before": "yesterday"},
+                             headers={"Authorization": f"Bearer {token}"})
+        assert bad.status_code == 400 and "uploaded_before='yesterday' is not an ISO 8601 time" in bad.json()["error"]
+    finally:
+        with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False), autocommit=True) as conn:
+            conn.execute("DELETE FROM videos WHERE id = %s", (uncopied,))
+
+
 def test_passwords_are_scrypt_hashes() -> None:
     stored = hash_password("correct horse")
     assert stored.startswith("scrypt$16384$8$1$") and "correct horse" not in stored

@@ -7,6 +7,8 @@ schema) and, in its extra, `instances` (each instance's URL, for /health); the p
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from airflow.sdk import BaseHook
 
 from continuity.policy import Policy
@@ -44,9 +46,10 @@ class ApplicationProbeHook(BaseHook):
             timeout=application.probe_timeout.total_seconds(),
             processing_timeout=application.processing_timeout.total_seconds())
 
-    def verify_database(self, dsn: str) -> ApplicationProbe:
+    def verify_database(self, dsn: str, *, uploaded_before: datetime | None = None) -> ApplicationProbe:
         """The read-only synthetic transactions on a verification instance of this region that uses the
-        database `dsn` (a restored copy) and the region's object bucket; the instance is always stopped."""
+        database `dsn` (a restored copy) and the region's object bucket; the instance is always stopped.
+        `uploaded_before`: how far the region's object replica holds copies (read the newest video older)."""
         from continuity.hooks.services import get_service_control
 
         application = self.policy.application
@@ -58,6 +61,6 @@ class ApplicationProbeHook(BaseHook):
                 ProbeTarget(region=self.region, url=url), email=credentials.login or "",
                 password=credentials.password or "",
                 functions={name: f.transaction for name, f in application.functions.items()}, read_only=True,
-                timeout=application.probe_timeout.total_seconds())
+                timeout=application.probe_timeout.total_seconds(), uploaded_before=uploaded_before)
         finally:
             control.stop_verification_instance(url)
