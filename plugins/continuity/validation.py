@@ -17,7 +17,7 @@ from continuity.catalog import Catalog
 from continuity.keys import Keyring
 from continuity.kinds import KEPT_NEWEST_KINDS
 from continuity.manifest import Manifest, data_key_name, manifest_key_name
-from continuity.policy import Policy, format_duration
+from continuity.policy import Policy, cron_period, format_duration
 from continuity.storage import StorageError, StorageLocation
 from continuity.wal import classify
 
@@ -161,15 +161,6 @@ def backup_schedules(policy: Policy) -> dict[str, tuple[timedelta, str]]:
         "wal": (policy.backups.incremental.frequency, "backups.incremental.frequency"),
         "config": (policy.backups.configuration.frequency, "backups.configuration.frequency"),
     }
-
-
-def cron_period(expression: str) -> timedelta:
-    """The longest gap between consecutive runs of a cron schedule (over its next 30 runs)."""
-    from croniter import croniter
-
-    runs = croniter(expression, datetime(2026, 1, 1, tzinfo=timezone.utc))
-    times = [runs.get_next(datetime) for _ in range(31)]
-    return max(later - earlier for earlier, later in zip(times, times[1:]))
 
 
 def stale_backup_kinds(policy: Policy, manifests: list[Manifest], *, now: datetime | None = None) -> list[str]:
