@@ -818,6 +818,18 @@ def approval_needed(*, required: bool, triggered_by: str | None) -> tuple[bool, 
     return True, f"triggered by {triggered_by}: a second dr_operator must approve (failover.approval.required)"
 
 
+def orchestrator_exposure(policy: Policy) -> str | None:
+    """Why this failover's orchestrator is at risk: its tasks run in the control region, and when the primary
+    they move away from is in that region (after a failover into it), losing the region loses both. None
+    when the control region is another one."""
+    region = policy.topology.primary.region
+    if policy.control_region != region:
+        return None
+    return (f"the orchestrator runs in {region} (deployment.control_region), the region of primary "
+            f"{policy.topology.primary.name} that this run moves away from: were {region} lost, this run would be "
+            f"lost with it (HINT: a third region as deployment.control_region survives the loss of either)")
+
+
 class FailoverRecords(BaseModel):
     """Every step's record of one switchover or failover, in order: the audit's `steps` (keyed by task id)."""
 

@@ -153,3 +153,25 @@ def test_a_degraded_round_event_counts_as_one_check(world: dict[str, Any]) -> No
                                                                                      "consecutive": 1})]}}
     with pytest.raises(AirflowSkipException, match="reached 1 time"):
         op.execute(context)
+
+
+def test_the_primary_regions_own_view_tells_a_partition_from_a_loss(world: dict[str, Any]) -> None:
+    from datetime import datetime, timezone
+
+    from continuity.viewpoints import observe_primary, viewpoint_variable
+
+    def seen(*, writable: bool, reachable: bool = True) -> str:
+        return observe_primary("us-east-1", FakeNode(name="primary", writable=writable, reachable=reachable),
+                               clock=lambda: datetime.now(timezone.utc)).model_dump_json()
+
+    world["variables"][viewpoint_variable("us-east-1")] = seen(writable=True)
+    for run in (1, 2):
+        _check(DISASTER, run)
+    skipped = _check(DISASTER, 3)
+    assert skipped.startswith("no automatic failover: the primary's own region us-east-1 saw primary primary writable")
+    assert world["triggered"] == [] and _streak(world)["count"] == 3, "kept: the next check decides at once"
+    # The next observation from us-east-1 agrees with the monitor: the primary is gone.
+    world["variables"][viewpoint_variable("us-east-1")] = seen(writable=False, reachable=False)
+    assert _check(DISASTER, 4) == "triggered"
+    [conf] = world["triggered"]
+    assert "; viewpoint us-east-1: from us-east-1, 0 s ago: primary primary not reachable" in conf["reason"]

@@ -196,3 +196,13 @@ def test_catching_up_that_never_ends_is_a_failover_error() -> None:
     fenced = failover.FenceRecord(started_at="t", final_lsn="FF/0")
     with pytest.raises(failover.FailoverError, match="dr did not catch up within 0s"):
         failover.wait_caught_up(cluster, plan, fenced, timeout=0.3, interval=0.05)
+
+
+def test_a_failover_away_from_the_control_region_says_its_orchestrator_shares_the_risk() -> None:
+    policy = load_policy()  # control region us-west-2 (the DR region), primary in us-east-1
+    assert failover.orchestrator_exposure(policy) is None
+    after = policy.with_primary("dr")  # failed over into the control region: going home runs from there
+    exposure = failover.orchestrator_exposure(after)
+    assert exposure.startswith("the orchestrator runs in us-west-2 (deployment.control_region), the region of "
+                               "primary dr that this run moves away from")
+    assert "HINT: a third region as deployment.control_region" in exposure

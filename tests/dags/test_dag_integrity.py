@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import botocore.endpoint
@@ -158,6 +159,11 @@ def test_tasks_run_on_the_queue_of_the_region_they_act_in(control_region: str | 
         assert {task.queue for task in dag.tasks} == {queue}, name
     assert region_queue(policy.topology.primary_region) not in {task.queue for task in
                                                                _load(DAGS_DIR / "dr_failover.py").dags["dr_failover"].tasks}
+    # The viewpoints: one task per region holding database nodes, each on its own region's queue.
+    viewpoints = _load(DAGS_DIR / "dr_viewpoint_probe.py").dags["dr_viewpoint_probe"]
+    assert {task.task_id: task.queue for task in viewpoints.tasks} == {
+        "observe_from_us_east_1": region_queue("us-east-1"), "observe_from_us_west_2": region_queue("us-west-2")}
+    assert viewpoints.dagrun_timeout == timedelta(minutes=2), "a lost region's queued task gives the next run way"
     unpinned = _load(DAGS_DIR / "dr_full_backup.py").dags["dr_full_backup"]
     assert {task.queue for task in unpinned.tasks} == {"default"}  # [operators] default_queue at parse time
 

@@ -12,7 +12,8 @@ import pytest
 
 # Backups first, so validation, the restore test and the drill have something to work on.
 ORDER = ["dr_full_backup", "dr_config_backup", "dr_wal_archive", "dr_object_replication", "dr_backup_validation",
-         "dr_restore_test", "dr_drill", "dr_health_monitor", "dr_failover", "dr_incident", "dr_incident_inbox"]
+         "dr_restore_test", "dr_drill", "dr_health_monitor", "dr_viewpoint_probe", "dr_failover", "dr_incident",
+         "dr_incident_inbox"]
 CONF = {"dr_failover": {"target": "dr", "mode": "switchover", "dry_run": True, "reason": "airflow dags test"},
         # The drill's live switchover (on in the policy) is tested in test_failover with its own cluster.
         "dr_drill": {"include_switchover": False},

@@ -429,6 +429,7 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
     policy_file.write_text(default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true"))
     monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
     Variable.delete(STREAK_VARIABLE)
+    _forget_viewpoints(cluster.policy)  # no region has looked yet: the monitor's view alone decides
     monitor = load_dag("dr_health_monitor")
     primary = cluster.cluster("primary")
 
@@ -487,6 +488,7 @@ def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(clust
     conn = json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_PG_PRIMARY"])
     monkeypatch.setenv("AIRFLOW_CONN_CONTINUITY_PG_PRIMARY", json.dumps({**conn, "port": free_port()}))
     Variable.delete(STREAK_VARIABLE)
+    _forget_viewpoints(cluster.policy)  # the standbys' view alone vetoes here
     triggered_before = len(_automatic_failover_runs())
     run = load_dag("dr_health_monitor").test()
     assessment = xcom(run, "assess_health", "assessment")
@@ -496,6 +498,47 @@ def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(clust
     assert "no automatic failover: standby" in out and "still streams from the primary" in out
     assert len(_automatic_failover_runs()) == triggered_before
     assert _writable(cluster) == ["primary"]
+
+
+def _forget_viewpoints(policy) -> None:
+    from airflow.models.variable import Variable
+
+    from continuity.viewpoints import viewpoint_regions, viewpoint_variable
+
+    for region in viewpoint_regions(policy):
+        Variable.delete(viewpoint_variable(region))
+
+
+def test_no_automatic_failover_when_the_primary_region_still_sees_it_writable(cluster, monkeypatch, tmp_path,
+                                                                              capfd) -> None:
+    from airflow.models.variable import Variable
+
+    from continuity.localcluster import free_port
+    from continuity.operators.auto_failover import STREAK_VARIABLE
+    from continuity.viewpoints import viewpoint_variable
+
+    monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
+    Variable.delete(STREAK_VARIABLE)
+    try:
+        # Each region looks at the primary from where it is (here both from this machine): writable.
+        viewpoints = load_dag("dr_viewpoint_probe").test()
+        assert task_states(viewpoints) == {"observe_from_us_east_1": "success", "observe_from_us_west_2": "success"}
+        seen = json.loads(Variable.get(viewpoint_variable("us-east-1")))
+        assert (seen["region"], seen["primary"], seen["writable"]) == ("us-east-1", "primary", True), seen
+        # Then the monitor's path to the primary is cut (a partition: its connection leads nowhere).
+        conn = json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_PG_PRIMARY"])
+        monkeypatch.setenv("AIRFLOW_CONN_CONTINUITY_PG_PRIMARY", json.dumps({**conn, "port": free_port()}))
+        triggered_before = len(_automatic_failover_runs())
+        run = load_dag("dr_health_monitor").test()
+        assert xcom(run, "assess_health", "assessment")["disaster"] is True
+        assert task_states(run)["auto_failover"] == "skipped"
+        out = capfd.readouterr().out
+        assert "no automatic failover: the primary's own region us-east-1 saw primary primary writable" in out
+        assert len(_automatic_failover_runs()) == triggered_before
+        assert _writable(cluster) == ["primary"]
+    finally:
+        Variable.delete(STREAK_VARIABLE)
+        _forget_viewpoints(cluster.policy)
 
 
 def test_a_disaster_without_the_primary_failing_alerts_and_never_promotes(cluster, monkeypatch, tmp_path, capfd) -> None:

@@ -207,10 +207,21 @@ def test_the_primary_region_lost_with_its_worker_and_database_fails_over_on_the_
     primary_region = box.policy.topology.primary_region
     plane = ControlPlane(root=distributed.root)
 
+    distributed.unpause("dr_failover")  # (earlier tests did; this one also runs alone)
     plane.lose_worker(primary_region)
     box.cluster("primary").kill()
+    # Each region's view of the primary: the DR region's worker records it gone; the primary region's task
+    # is never taken (no worker on its queue), so that region falls silent: a loss, not a partition.
+    # (Unpaused, it starts its newest interval's run at once; a trigger would queue behind that run.)
+    distributed.unpause("dr_viewpoint_probe")
     run_id = distributed.trigger("dr_failover", {"target": "dr", "mode": "failover", "reason": "us-east-1 lost"},
                                  as_user="operator-1")
+    viewpoint_run = poll(lambda: next(iter(distributed.api("/api/v2/dags/dr_viewpoint_probe/dagRuns")["dag_runs"]),
+                                      {}).get("dag_run_id"), timeout=120, interval=2)
+    assert viewpoint_run, "dr_viewpoint_probe started no run within 120 s of being unpaused"
+    distributed.wait_for_task("dr_viewpoint_probe", viewpoint_run, "observe_from_us_west_2", ("success",), timeout=300)
+    seen = json.loads(distributed.api("/api/v2/variables/continuity_viewpoint_us_west_2")["value"])
+    assert (seen["region"], seen["primary"], seen["reachable"]) == ("us-west-2", "primary", False), seen
     distributed.answer("dr_failover", run_id, "approve", ["Approve"], as_user="operator-2")
     assert distributed.wait_for_run("dr_failover", run_id, timeout=600) == "success", \
         distributed.diagnose("dr_failover", run_id)
@@ -220,6 +231,9 @@ def test_the_primary_region_lost_with_its_worker_and_database_fails_over_on_the_
     processes = plane.processes()
     assert not processes[f"worker {primary_region}"]["running"]  # so the DR region's worker ran every step
     assert processes[f"worker {box.policy.control_region}"]["running"]
+    never_ran = distributed.task_states("dr_viewpoint_probe", viewpoint_run)["observe_from_us_east_1"]
+    assert never_ran in (None, "scheduled", "queued", "skipped"), never_ran
+    distributed.api("/api/v2/dags/dr_viewpoint_probe", {"is_paused": True}, method="PATCH")
     audit = _audit(box, run_id)
     assert (audit["triggered_by"], audit["approved_by"]) == ("operator-1", "operator-2"), audit
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:

@@ -14,6 +14,7 @@ from continuity.health import primary_failing, primary_seen_alive
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.postgres import NodeUnreachable
 from continuity.hooks.topology import ContinuityPolicyHook
+from continuity.viewpoints import describe_viewpoints, load_observations, partition_veto, viewpoint_regions
 
 STREAK_VARIABLE = "continuity_disaster_streak"
 
@@ -33,7 +34,8 @@ class AutoFailoverOperator(TriggerDagRunOperator):
     """Count consecutive disaster assessments in which the primary itself fails (Variable
     `continuity_disaster_streak`); when the policy sets `health_monitor.auto_failover` and the streak
     reaches `consecutive_failures`, and no standby still hears from the primary (a second opinion from
-    a path the monitor does not share), trigger dr_failover in failover mode to the DR region's
+    a path the monitor does not share) and the primary's own region has not seen it writable lately
+    (dr_viewpoint_probe: a partition, not a loss), trigger dr_failover in failover mode to the DR region's
     healthiest standby, once, and reset the streak. A disaster score without the primary failing is an
     alert, never a promotion. Skips otherwise, saying why. Run it with trigger_rule ALL_DONE."""
 
@@ -92,6 +94,19 @@ class AutoFailoverOperator(TriggerDagRunOperator):
             Variable.set(STREAK_VARIABLE, json.dumps(streak))
             raise AirflowSkipException(f"disaster for {streak['count']} checks but no healthy standby in the DR "
                                        f"region {policy.topology.dr_region} to fail over to: {candidates}")
+        observations = load_observations(viewpoint_regions(policy), lambda key: Variable.get(key, default=None),
+                                         warn=self.log.warning)
+        for line in describe_viewpoints(policy, observations):
+            self.log.info("viewpoint %s", line)
+        primary_view = next(line for line in describe_viewpoints(policy, observations)
+                            if line.startswith(f"{policy.topology.primary.region}:"))
+        partition = partition_veto(policy, observations)
+        if partition:
+            # The streak is kept: if the primary did go down, that region's next observation says so (or it
+            # falls silent) and the next check fails over without counting again.
+            Variable.set(STREAK_VARIABLE, json.dumps(streak))
+            self.log.error("ALERT: the monitor cannot reach the primary, but %s", partition)
+            raise AirflowSkipException(f"no automatic failover: {partition}")
         standbys = {node.name: PostgresNodeHook(postgres_conn_id=node.conn_id, node_name=node.name).get_node()
                     for node in policy.topology.standbys}
         alive = primary_seen_alive(standbys)
@@ -103,8 +118,8 @@ class AutoFailoverOperator(TriggerDagRunOperator):
         Variable.set(STREAK_VARIABLE, json.dumps({"count": 0, "triggered_by": context["run_id"]}))
         self.conf = {"target": target, "mode": "failover", "max_lag_bytes": settings.max_lag_bytes, "force": False,
                      "dry_run": False, "incident_id": "",
-                     "reason": f"automatic: disaster threshold held for {streak['count']} consecutive checks "
-                               f"({assessment.get('summary', '')})"[:500]}
+                     "reason": f"automatic: disaster threshold held for {streak['count']} consecutive checks; "
+                               f"viewpoint {primary_view} ({assessment.get('summary', '')})"[:500]}
         self.log.warning("triggering dr_failover: failover to %s after %s consecutive disaster checks",
                          target, streak["count"])
         return super().execute(context)

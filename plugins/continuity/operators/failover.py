@@ -120,6 +120,8 @@ class PreflightOperator(FailoverStepOperator):
         if plan.action != "none":
             for line in plan.plan:
                 self.log.info("plan: %s", line)
+            if exposure := steps.orchestrator_exposure(hook.policy):
+                self.log.warning("%s", exposure)
             if plan.dry_run:
                 self.log.info("dry run: every check passed; nothing will be changed")
             else:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Context
+from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.health import (
@@ -25,6 +25,7 @@ from continuity.health import (
 from continuity.hooks.health import HealthProbeHook, node_for
 from continuity.policy import Policy
 from continuity.operators.base import ContinuityOperator
+from continuity.viewpoints import observe_primary, viewpoint_variable
 
 WAL_SPOOL_ENV_VAR = "CONTINUITY_WAL_SPOOL"
 
@@ -143,3 +144,26 @@ class HealthAssessmentOperator(HealthCheckOperator):
             raise AirflowFailException(assessment.summary())
         self.log.info("%s", assessment.summary())
         return result
+
+
+class ViewpointProbeOperator(ContinuityOperator):
+    """Look at the primary from `region` (run it on that region's queue) and record what was seen, with its
+    time, in the Variable `continuity_viewpoint_<region>`: the automatic failover's second viewpoint. Never
+    fails on what it sees (an unreachable primary is the observation); a region that is lost records nothing.
+
+    :param region: the region this task runs in.
+    """
+
+    ui_color = "#e8f6f3"
+
+    def __init__(self, *, region: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.region = region
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        primary = self.policy.topology.primary
+        observation = observe_primary(self.region, node_for(primary.conn_id, primary.name))
+        Variable.set(viewpoint_variable(self.region), observation.model_dump_json())
+        (self.log.info if observation.writable else self.log.warning)("from %s: %s", self.region, observation.reason)
+        return observation.model_dump(mode="json")
+
