@@ -139,6 +139,8 @@ def test_with_storage_down_segments_queue_and_a_full_queue_fails_archive_command
         thread = pusher(sandbox.storage_locations(), stop)
         _wait(lambda: not _stored_everywhere(sandbox, [*queued, refused]), timeout=90,
               what="the queued and the refused segments in every required location")
+        # The pusher says "pushed" once its whole batch is stored: the last upload lands just before.
+        _wait(lambda: any(m.startswith("pushed") for m in messages), timeout=30, what="the pusher's report")
         pushed = [m for m in messages if m.startswith("pushed")]
         assert pushed and pushed[0].split("(")[1].split(" ..")[0] <= queued[0], pushed
         assert not primary.archiver().failing or primary.archiver().last_archived_wal >= refused
