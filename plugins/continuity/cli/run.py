@@ -57,6 +57,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,ceo:admin")
     # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    # The scheduler hands out the first runs' tasks while the API server, which serves the tasks' execution
+    # API, may still be starting on a loaded machine. With Airflow's five tries over about 30 s, a task that
+    # found it not listening failed before it ran (seen: a fresh start's health monitor, every check red
+    # with "Connection refused"). Ten tries, 2 to 30 s apart, wait out a slow start.
+    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRIES", "10")
+    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MIN", "2")
+    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MAX", "30")
     airflow = Path(sys.executable).with_name("airflow")
     # standalone starts its components as `airflow ...` subprocesses found on PATH.
     env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
