@@ -18,8 +18,12 @@ run: bootstrap
 run-distributed: bootstrap
 	$(BIN)/continuity run --distributed
 
+# Two workers (the machine's cores): a module stays on one worker with its fixtures; the modules that run
+# an Airflow scheduler share one worker (tests/conftest.py), so two never start at once. PYTEST_ARGS="-n 0"
+# runs everything in this process.
+XDIST_ARGS ?= -n 2 --dist loadgroup
 test: bootstrap
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST_ARGS) $(PYTEST_ARGS)
 
 test-fast: bootstrap
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

@@ -40,10 +40,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
+# Modules that start a whole Airflow (scheduler, API server, workers) on this machine: under pytest-xdist they
+# share one worker, so that two never compete for the two cores, and they go first, so that the longest
+# share of the run starts at once while the other worker takes every other module.
+AIRFLOW_SCHEDULER_MODULES = {"test_run.py", "test_region_loss_orchestrator.py", "test_incident_dag.py",
+                             "test_plan_review.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+        # One group per module (its module-scoped sandbox stays on one worker), one for the schedulers.
+        group = "airflow-schedulers" if item.path.name in AIRFLOW_SCHEDULER_MODULES else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.path.name not in AIRFLOW_SCHEDULER_MODULES)  # stable: order kept otherwise
 
 
 @pytest.fixture(scope="session")
