@@ -19,9 +19,9 @@ run-distributed: bootstrap
 	$(BIN)/continuity run --distributed
 
 # Two workers (the machine's cores): a module stays on one worker with its fixtures; the modules that run
-# an Airflow scheduler share one worker (tests/conftest.py), so two never start at once. PYTEST_ARGS="-n 0"
-# runs everything in this process.
-XDIST_ARGS ?= -n 2 --dist loadgroup
+# an Airflow scheduler share one worker and go first (tests/conftest.py: pytest_xdist_make_scheduler), so
+# two never start at once. XDIST_ARGS= runs everything in this process.
+XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 test: bootstrap
 	$(BIN)/pytest $(XDIST_ARGS) $(PYTEST_ARGS)
 

@@ -47,15 +47,24 @@ AIRFLOW_SCHEDULER_MODULES = {"test_run.py", "test_region_loss_orchestrator.py", 
                              "test_plan_review.py"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
-        # One group per module (its module-scoped sandbox stays on one worker), one for the schedulers.
-        group = "airflow-schedulers" if item.path.name in AIRFLOW_SCHEDULER_MODULES else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.path.name not in AIRFLOW_SCHEDULER_MODULES)  # stable: order kept otherwise
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """A module's tests (and its module-scoped sandbox) on one worker, the scheduler modules together on one.
+    (xdist's own `loadgroup` cannot do the second with pytest 9.2, whose node ids no longer take its suffix.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "airflow-schedulers" if Path(module).name in AIRFLOW_SCHEDULER_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
