@@ -20,10 +20,13 @@ run-distributed: bootstrap
 
 # Two workers (the machine's cores): a module stays on one worker with its fixtures; the modules that run
 # an Airflow scheduler share one worker and go first (tests/conftest.py: pytest_xdist_make_scheduler), so
-# two never start at once. XDIST_ARGS= runs everything in this process.
+# two never start at once. XDIST_ARGS= runs everything in this process. Tests marked `alone` (a fresh
+# `continuity run` must be green: its health monitor measures this machine's latency) run afterwards, by
+# themselves. Exit status 5 is "no test selected" (e.g. PYTEST_ARGS="-k health" leaves one part empty).
 XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 test: bootstrap
-	$(BIN)/pytest $(XDIST_ARGS) $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST_ARGS) -m "not alone" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: bootstrap
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

@@ -47,10 +47,17 @@ AIRFLOW_SCHEDULER_MODULES = {"test_run.py", "test_region_loss_orchestrator.py", 
                              "test_plan_review.py"}
 
 
+# Tests that judge the machine's own health (a fresh `continuity run` is green: the health monitor measures real
+# latency and lag): `make test` runs them after the parallel part, alone on the machine.
+ALONE_MODULES = {"test_run.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+        if item.path.name in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
     items.sort(key=lambda item: item.path.name not in AIRFLOW_SCHEDULER_MODULES)  # stable: order kept otherwise
 
 
