@@ -96,10 +96,10 @@ class AutoFailoverOperator(TriggerDagRunOperator):
                                        f"region {policy.topology.dr_region} to fail over to: {candidates}")
         observations = load_observations(viewpoint_regions(policy), lambda key: Variable.get(key, default=None),
                                          warn=self.log.warning)
-        for line in describe_viewpoints(policy, observations):
+        views = describe_viewpoints(policy, observations)
+        for line in views:
             self.log.info("viewpoint %s", line)
-        primary_view = next(line for line in describe_viewpoints(policy, observations)
-                            if line.startswith(f"{policy.topology.primary.region}:"))
+        primary_view = next(line for line in views if line.startswith(f"{policy.topology.primary.region}:"))
         partition = partition_veto(policy, observations)
         if partition:
             # The streak is kept: if the primary did go down, that region's next observation says so (or it
