@@ -1,4 +1,10 @@
-"""The distributed orchestrator on one machine (`continuity run --distributed`).
+"""Airflow's own services on one machine: the metadata database of every `continuity run`, and the
+distributed orchestrator of `continuity run --distributed`.
+
+Every run keeps Airflow's metadata in PostgreSQL, in a small cluster of the control plane's own: SQLite
+locks under the four components of `airflow standalone` and the task processes writing at once (seen: the
+scheduler loop crashing and a REST trigger answering 500 with "database is locked"), and the protected
+application's cluster is no home for it (a drill or a failover moves it).
 
 What a production deployment runs on several hosts, started here side by side: Airflow's metadata
 database (its own PostgreSQL cluster, never one of the application's nodes), a Redis as the Celery
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ import psutil
 from continuity.access import AUTH_MANAGER, AccessUser, sandbox_users
 from continuity.dag_defaults import region_queue
 from continuity.localcluster import (LocalCluster, ServiceUser, find_bindir, free_port, pid_alive, port_is_free,
-                                     stop_pid, wait_for_port)
+                                     stop_pid, wait_for_port, write_private)
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +122,11 @@ class ControlPlane:
             return json.loads(path.read_text())
         values = make()
         self.directory.mkdir(parents=True, exist_ok=True)
-        # Created 0600 before anything is written into it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(values, handle)
+        write_private(path, json.dumps(values))
         return values
 
     def _secrets(self) -> dict[str, str]:
-        return self._private("secrets.json", lambda: {"metadata": secrets.token_urlsafe(24),
+        return self._private(self.secrets_file.name, lambda: {"metadata": secrets.token_urlsafe(24),
                                                       "broker": secrets.token_urlsafe(24)})
 
     @property
@@ -152,20 +156,42 @@ class ControlPlane:
                             bindir=find_bindir())
 
     # -- up ----------------------------------------------------------------------------------------
-    def up(self, *, control_region: str) -> dict[str, str]:
-        """The metadata database and the broker running; returns the Airflow settings that use them
-        (secrets included: for the processes' environment only)."""
+    def up_metadata(self) -> dict[str, str]:
+        """Airflow's metadata database running (created at the first start); returns the setting that uses
+        it (the password included: for the processes' environment only) and writes the same into
+        `environment_file` (0600) for another terminal's `airflow` commands."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)  # the postgres OS user reaches its data directory through it
         state = self._state()
         passwords = self._secrets()
         state.setdefault("metadata", {"port": free_port()})
+        self._save(state)
+        self._start_metadata(state, passwords["metadata"])
+        env = self.metadata_environment()
+        write_private(self.environment_file, "# Airflow's metadata database of `continuity run`. Secret: mode 0600.\n"
+                       + "".join(f"{key}={shlex.quote(value)}\n" for key, value in env.items()))
+        return env
+
+    def up(self, *, control_region: str) -> dict[str, str]:
+        """The metadata database and the broker running; returns the Airflow settings of the distributed run
+        that use them (secrets included: for the processes' environment only)."""
+        self.up_metadata()
+        state = self._state()
         state.setdefault("broker", {"port": free_port(), "pid": None})
         state["control_region"] = control_region
         self._save(state)
-        self._start_metadata(state, passwords["metadata"])
-        self._start_broker(state, passwords["broker"])
+        self._start_broker(state, self._secrets()["broker"])
         return self.airflow_environment(control_region=control_region)
+
+    @property
+    def environment_file(self) -> Path:
+        """Shell assignments of the metadata database's connection (0600), for `continuity sandbox env`."""
+        return self.directory / "airflow.env"
+
+    @property
+    def secrets_file(self) -> Path:
+        """The generated passwords of the metadata database and the broker (0600)."""
+        return self.directory / "secrets.json"
 
     def _start_metadata(self, state: dict[str, Any], password: str) -> None:
         cluster = self._cluster(state)
@@ -203,15 +229,26 @@ class ControlPlane:
         self._save(state)
         wait_for_port(broker["port"], what="the Celery broker (Redis)")
 
+    def metadata_url(self) -> str:
+        """The SQLAlchemy URL of the metadata database (with its password: never log it)."""
+        state, passwords = self._state(), self._secrets()
+        return (f"postgresql+psycopg2://{METADATA_ROLE}:{passwords['metadata']}@127.0.0.1:"
+                f"{state['metadata']['port']}/{METADATA_DATABASE}")
+
+    def metadata_port(self) -> int:
+        return int(self._state()["metadata"]["port"])
+
+    def metadata_environment(self) -> dict[str, str]:
+        return {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_url()}
+
     def airflow_environment(self, *, control_region: str) -> dict[str, str]:
         state, passwords = self._state(), self._secrets()
-        database = (f"postgresql+psycopg2://{METADATA_ROLE}:{passwords['metadata']}@127.0.0.1:"
-                    f"{state['metadata']['port']}/{METADATA_DATABASE}")
+        database = self.metadata_url()
         return {
+            **self.metadata_environment(),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             # Users with roles (dr_viewer, dr_operator, dr_admin), as in production: see `grant_access`.
             "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
             "AIRFLOW__CELERY__BROKER_URL": f"redis://:{passwords['broker']}@127.0.0.1:{state['broker']['port']}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),

@@ -400,3 +400,16 @@ def conf_value(value: str | int | bool) -> str:
     if isinstance(value, int):
         return str(value)
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` into `path` (parents made), a fresh file created 0600 before anything is written into it (it
+    holds secrets: a stale temporary file of another mode is never reused) and renamed over the old one: a
+    reader, or a crash, never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

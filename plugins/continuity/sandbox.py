@@ -44,6 +44,7 @@ from continuity.localcluster import (
     scrubbed_environment,
     stop_pid,
     wait_for_port,
+    write_private,
 )
 from continuity.keys import Keyring
 from continuity.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
@@ -139,7 +140,7 @@ class Sandbox:
 
     def _save_state(self) -> None:
         assert self._state is not None
-        _write_private(self.state_file, json.dumps(self._state, indent=2, sort_keys=True) + "\n")
+        write_private(self.state_file, json.dumps(self._state, indent=2, sort_keys=True) + "\n")
 
     @property
     def exists(self) -> bool:
@@ -1186,12 +1187,18 @@ class Sandbox:
 
     def write_connections(self) -> None:
         lines = [f"{key}={shlex.quote(value)}" for key, value in self.environment().items() if key.startswith("AIRFLOW_CONN_")]
-        _write_private(self.connections_file, "# Airflow connections for the sandbox. Secret: mode 0600.\n" + "\n".join(lines) + "\n")
+        write_private(self.connections_file, "# Airflow connections for the sandbox. Secret: mode 0600.\n" + "\n".join(lines) + "\n")
 
     def env_script(self) -> str:
         """Shell exports for another terminal; secrets are sourced from the 0600 file, never printed."""
+        from continuity.controlplane import ControlPlane  # `continuity run`'s metadata database, if one ran here
+
         lines = [f"export {key}={shlex.quote(value)}" for key, value in self.public_environment().items()]
         lines.append(f"set -a; . {shlex.quote(str(self.connections_file))}; set +a")
+        # The running Airflow's own metadata (PostgreSQL), so `airflow dags test` here sees its runs and
+        # variables; read when sourced, since `continuity run` may start after this was printed.
+        metadata = shlex.quote(str(ControlPlane(root=self.root).environment_file))
+        lines.append(f"if [ -r {metadata} ]; then set -a; . {metadata}; set +a; fi")
         return "\n".join(lines) + "\n"
 
     # -- down --------------------------------------------------------------------------------
@@ -1356,15 +1363,6 @@ ignore_startup_parameters = extra_float_digits,options
 
 def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _read_pid(path: Path) -> int | None:

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run.add_argument("--scale", type=float, default=1.0)
     run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--host", default="127.0.0.1",
+                     help="the address the API server (UI) listens on: loopback unless given (0.0.0.0: every "
+                          "network this machine is on)")
     run.add_argument("--distributed", action="store_true",
                      help="CeleryExecutor instead of standalone: a PostgreSQL metadata database and a Redis broker in "
                           "the policy's control region, api-server, scheduler, dag-processor, triggerer and one "

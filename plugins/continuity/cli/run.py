@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from continuity.cli.common import EXIT_FAILURE, EXIT_OK, _fail, _sandbox
-from continuity.controlplane import Component, ControlPlane, components
+from continuity.controlplane import METADATA_DATABASE, Component, ControlPlane, components
 
 
 def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
@@ -52,7 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     airflow_home = Path(env["AIRFLOW_HOME"])
     airflow_home.mkdir(parents=True, exist_ok=True)
     env["AIRFLOW__API__PORT"] = str(args.port)
-    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{args.port}/execution/"
+    # Loopback unless asked: the UI's admin password is generated and printed to a file, not a secret
+    # to hand every network this machine is on.
+    env["AIRFLOW__API__HOST"] = args.host
+    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://{_local_address(args.host)}:{args.port}/execution/"
     # `ceo`: the approver the policy names for public statements (communication.approvers).
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,ceo:admin")
     # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
@@ -68,16 +71,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     # standalone starts its components as `airflow ...` subprocesses found on PATH.
     env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
     control_plane = ControlPlane(root=sandbox.root)
-    if args.distributed:
-        control_region = sandbox.policy.control_region
-        print(f"starting the control plane of region {control_region}: Airflow's metadata database (PostgreSQL) "
-              f"and the Celery broker (Redis)", flush=True)
-        try:
+    try:
+        if args.distributed:
+            control_region = sandbox.policy.control_region
+            print(f"starting the control plane of region {control_region}: Airflow's metadata database "
+                  f"(PostgreSQL) and the Celery broker (Redis)", flush=True)
             env.update(control_plane.up(control_region=control_region))
-        except Exception as exc:
-            sandbox.down()
-            return _fail(f"the control plane did not start: {exc}", "see the logs under "
-                         f"{control_plane.directory}; the sandbox was stopped", EXIT_FAILURE)
+        else:
+            print("starting Airflow's metadata database (PostgreSQL)", flush=True)
+            env.update(control_plane.up_metadata())
+    except Exception as exc:
+        control_plane.down()
+        sandbox.down()
+        return _fail(f"the control plane did not start: {exc}", "see the logs under "
+                     f"{control_plane.directory}; the sandbox was stopped", EXIT_FAILURE)
+    print(f"Airflow's metadata: PostgreSQL database {METADATA_DATABASE} on 127.0.0.1:{control_plane.metadata_port()}, "
+          f"its password in {control_plane.secrets_file}", flush=True)
+    if (airflow_home / "airflow.db").exists():
+        print(f"note: {airflow_home / 'airflow.db'} (an earlier run's SQLite metadata, its run history) is no "
+              f"longer used; remove it when nothing in it is needed", flush=True)
     problem = _prepare_airflow(airflow, env)
     if problem:
         sandbox.down()
@@ -135,9 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print(f"{component.name} exited with code {process.returncode}; restarting it", flush=True)
                     running[component] = control_plane.start(component, airflow=airflow, env=env,
                                                              log_dir=airflow_home)
-            if not announced and _port_open(args.port) and password_file.exists():
+            if not announced and _port_open(_local_address(args.host), args.port) and password_file.exists():
                 print(
-                    f"\nAirflow UI: http://localhost:{args.port}\n"
+                    f"\nAirflow UI: http://{_ui_address(args.host)}:{args.port}\n"
                     + (f"log in as admin (dr_admin), operator-1 or operator-2 (dr_operator) or viewer (dr_viewer) "
                        f"with the passwords in {password_file} "
                        f"(`jq -r '.[] | select(.username==\"admin\").password' {password_file}`)\n"
@@ -168,9 +180,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _port_open(port: int) -> bool:
+def _local_address(host: str) -> str:
+    """Where processes on this machine reach an API server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "127.0.0.1", "localhost") else ("::1" if host == "::" else host)
+
+
+def _ui_address(host: str) -> str:
+    """The UI's address as a person types it: localhost for loopback or every interface."""
+    return "localhost" if host in ("0.0.0.0", "::", "", "127.0.0.1", "localhost") else host
+
+
+def _port_open(host: str, port: int) -> bool:
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
