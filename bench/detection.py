@@ -28,7 +28,7 @@ from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
 from continuity.project import default_policy_path  # noqa: E402
-from continuity.sandbox import Sandbox  # noqa: E402
+from continuity_lab.sandbox import Sandbox  # noqa: E402
 
 
 def _triggerer_cpu_seconds() -> float:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
-from continuity.sandbox import Sandbox  # noqa: E402
+from continuity_lab.sandbox import Sandbox  # noqa: E402
 from continuity.storage import key_safe  # noqa: E402
 
 PREREQUISITES = ("dr_object_replication", "dr_config_backup")

@@ -16,7 +16,7 @@ import psycopg
 
 from continuity import health, sampledata
 from continuity.policy import load_policy
-from continuity.sandbox import Sandbox
+from continuity_lab.sandbox import Sandbox
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 

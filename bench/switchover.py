@@ -18,7 +18,8 @@ from pathlib import Path
 
 from continuity.failover import FailoverParams, run_all
 from continuity.loadgen import CommitRecorder
-from continuity.sandbox import Sandbox
+from continuity_lab.sandbox import Sandbox
+from continuity_lab.controls import failover_cluster
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 
@@ -36,7 +37,7 @@ def main() -> int:
                 load.wait_for(100)
                 window_start = len(load.acknowledged)
                 started = time.perf_counter()
-                done = run_all(sandbox.failover_cluster(report=quiet),
+                done = run_all(failover_cluster(sandbox, report=quiet),
                                FailoverParams(target=target, mode="switchover", reason="benchmark"),
                                primary=source, run_id=f"bench-{number}")
                 total = time.perf_counter() - started
@@ -53,7 +54,7 @@ def main() -> int:
             sandbox.cluster("primary").kill()
             killed = time.monotonic()
             started = time.perf_counter()
-            done = run_all(sandbox.failover_cluster(report=quiet),
+            done = run_all(failover_cluster(sandbox, report=quiet),
                            FailoverParams(target="dr", mode="failover", reason="benchmark: primary killed"),
                            primary="primary", run_id="bench-failover")
             total = time.perf_counter() - started

@@ -26,7 +26,7 @@ from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
 from continuity.loadgen import CommitRecorder  # noqa: E402
-from continuity.sandbox import Sandbox  # noqa: E402
+from continuity_lab.sandbox import Sandbox  # noqa: E402
 
 def _settle(run: airflow_run.AirflowRun, *, timeout: float = 300) -> None:
     """Wait until the runs the scheduler started by itself at start-up are done (they compete for 2 cores)."""

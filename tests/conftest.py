@@ -92,7 +92,7 @@ def _new_sandbox_root(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def sandbox_factory() -> Iterator:
     """Build sandboxes on free ports in temporary directories; every one is torn down at the end."""
-    from continuity.sandbox import Sandbox
+    from continuity_lab.sandbox import Sandbox
 
     made: list[Sandbox] = []
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import yaml
 
-from continuity.controlplane import worker_regions
+from continuity_lab.controlplane import worker_regions
 from continuity.dag_defaults import region_queue
 from continuity.policy import load_policy
 
@@ -36,7 +36,7 @@ def test_distributed_airflow_services_exist() -> None:
 
 
 def test_a_celery_worker_per_region_on_its_queue_and_the_rest_in_the_control_region() -> None:
-    """What `continuity run --distributed` starts (continuity.controlplane), in the compose file's terms."""
+    """What `continuity run --distributed` starts (continuity_lab.controlplane), in the compose file's terms."""
     policy = load_policy()
     for region in worker_regions(policy):
         command = SERVICES[f"airflow-worker-{region}"]["command"].split()

@@ -3,11 +3,11 @@
 Stopping a server, keeping a stopped one from coming back as a primary, pointing a standby at a new
 upstream and rewinding a diverged data directory cannot be done through a database connection.
 `NodeControl` is that contract. The policy names the implementation (`topology.node_control`) and
-`node_control_for()` builds it: `sandbox` is `continuity.sandbox.SandboxNodeControl` (data directories
-on this host, run as the `postgres` OS user); `ssh` is `continuity.sshcontrol.SshNodeControl` (the
-same actions on each node's own host, over SSH). Another channel (an agent, Patroni's REST API)
+`node_control_for()` builds it, found by name (`continuity.registry`): `sandbox` is the development lab's
+`continuity_lab.controls.SandboxNodeControl` (data directories on this host, run as the `postgres` OS
+user); `ssh` is `continuity.sshcontrol.SshNodeControl` (the same actions on each node's own host, over SSH). Another channel (an agent, Patroni's REST API)
 implements the same methods and the failover logic stays the same.
-This module never imports the sandbox unless the policy chooses it.
+The product never imports the lab.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from continuity.sshcontrol import RemoteShell
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +75,19 @@ def slot_statements(slots: list[str]) -> str:
         if re.fullmatch(r"[a-z0-9_]+", slot))
 
 
-def node_control_for(policy: Any, *, shell_for: Callable[[str], RemoteShell] | None = None) -> NodeControl:
-    """The node control the policy names (`topology.node_control`): the one place it is chosen.
-    `ssh` needs `shell_for` (a node's remote shell; the Airflow layer builds it from SSH connections)."""
+def node_control_for(policy: Any, *, shell_for: Callable[[str], Any] | None = None) -> NodeControl:
+    """The node control the policy names (`topology.node_control`): the one place it is chosen, by name
+    (`continuity.registry`). `ssh` needs `shell_for` (a node's remote shell; the Airflow layer builds it from
+    SSH connections)."""
+    from continuity.registry import ImplementationNotFound, implementation
+
     kind = policy.topology.node_control
     if kind is None:
         raise NodeControlError(
             "no node control is configured: set topology.node_control in the policy ('sandbox' for the local "
             "sandbox); failover needs host-level access to the nodes (stop, fence, rewind)")
-    if kind == "sandbox":
-        from continuity.sandbox import SandboxNodeControl  # only when the policy chooses the sandbox
-
-        return SandboxNodeControl.from_environment()
-    if kind == "ssh":
-        if shell_for is None:
-            raise NodeControlError("topology.node_control is 'ssh' but no SSH connections were given; HINT: run the "
-                                   "failover from Airflow (each node's host.ssh_conn_id is an Airflow connection)")
-        from continuity.sshcontrol import SshNodeControl
-
-        return SshNodeControl(policy=policy, shell_for=shell_for)
-    raise NodeControlError(f"topology.node_control {kind!r} has no implementation here")
+    try:
+        factory = implementation("node_control", kind, setting="topology.node_control")
+    except ImplementationNotFound as exc:
+        raise NodeControlError(str(exc)) from exc
+    return factory.from_policy(policy, shell_for=shell_for)

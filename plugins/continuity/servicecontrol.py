@@ -4,7 +4,8 @@ The requirements' DR procedure starts the DR application services and makes the 
 primary before it moves DNS. `ServiceControl` is that contract; the policy names the implementation
 (`application.service_control`) and `service_control_for()` builds it: `sandbox` runs the sample
 application's processes on this host; `ssh` runs the policy's command per action on each region's
-application host (`continuity.sshcontrol.SshServiceControl`). This module never imports the sandbox unless the policy chooses it.
+application host (`continuity.sshcontrol.SshServiceControl`). Found by name (`continuity.registry`): the
+product never imports the lab.
 """
 
 from __future__ import annotations
@@ -61,24 +62,20 @@ class ServiceControl(Protocol):
 
 def service_control_for(policy: Any, *, shell_for: Callable[[str], Any] | None = None,
                         cache_address: Callable[[str], tuple[str, int]] | None = None) -> ServiceControl:
-    """The service control the policy names (`application.service_control`): the one place it is chosen.
-    `ssh` needs `shell_for` (a region's application host as a remote shell) and `cache_address` (a region's
-    Redis host and port); the Airflow layer builds both from connections (`hooks.services`)."""
+    """The service control the policy names (`application.service_control`): the one place it is chosen, by
+    name (`continuity.registry`). `ssh` needs `shell_for` (a region's application host as a remote shell) and
+    `cache_address` (a region's Redis host and port); the Airflow layer builds both from connections
+    (`hooks.services`)."""
+    from continuity.registry import ImplementationNotFound, implementation
+
     application = policy.application
     kind = application.service_control if application is not None else None
     if kind is None:
         raise ServiceControlError(
             "no service control is configured: set application.service_control in the policy ('sandbox' for the "
             "local sandbox); starting the DR application needs it")
-    if kind == "sandbox":
-        from continuity.sandbox import SandboxServiceControl  # only when the policy chooses the sandbox
-
-        return SandboxServiceControl.from_environment()
-    if kind == "ssh":
-        if shell_for is None or cache_address is None:
-            raise ServiceControlError("application.service_control is 'ssh' but no SSH connections were given; HINT: "
-                                      "run it from Airflow (each region's application.ssh ssh_conn_id is a connection)")
-        from continuity.sshcontrol import SshServiceControl
-
-        return SshServiceControl(policy=policy, shell_for=shell_for, cache_address=cache_address)
-    raise ServiceControlError(f"application.service_control {kind!r} has no implementation here")
+    try:
+        factory = implementation("service_control", kind, setting="application.service_control")
+    except ImplementationNotFound as exc:
+        raise ServiceControlError(str(exc)) from exc
+    return factory.from_policy(policy, shell_for=shell_for, cache_address=cache_address)

@@ -136,6 +136,15 @@ class SshNodeControl:
         self.policy = policy
         self._shells = RemoteShells(shell_for)
 
+    @classmethod
+    def from_policy(cls, policy: Any, *, shell_for: Callable[[str], RemoteShell] | None = None,
+                    **_unused: Any) -> SshNodeControl:
+        """What `node_control_for` calls: `shell_for` comes from the Airflow layer's SSH connections."""
+        if shell_for is None:
+            raise NodeControlError("topology.node_control is 'ssh' but no SSH connections were given; HINT: run the "
+                                   "failover from Airflow (each node's host.ssh_conn_id is an Airflow connection)")
+        return cls(policy=policy, shell_for=shell_for)
+
     def _host(self, name: str) -> Any:
         try:
             node = self.policy.topology.node(name)
@@ -293,6 +302,15 @@ class SshServiceControl:
         self.policy = policy
         self._cache_address = cache_address
         self._shells = RemoteShells(shell_for)
+
+    @classmethod
+    def from_policy(cls, policy: Any, *, shell_for: Callable[[str], RemoteShell] | None = None,
+                    cache_address: Callable[[str], tuple[str, int]] | None = None, **_unused: Any) -> SshServiceControl:
+        """What `service_control_for` calls: both collaborators come from the Airflow layer's connections."""
+        if shell_for is None or cache_address is None:
+            raise ServiceControlError("application.service_control is 'ssh' but no SSH connections were given; HINT: "
+                                      "run it from Airflow (each region's application.ssh ssh_conn_id is a connection)")
+        return cls(policy=policy, shell_for=shell_for, cache_address=cache_address)
 
     def _commands(self, region: str) -> Any:
         commands = self.policy.application.ssh.get(region)

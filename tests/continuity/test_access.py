@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from continuity import access
-from continuity.controlplane import ControlPlane
+from continuity_lab.controlplane import ControlPlane
 
 
 def test_an_operator_triggers_and_approves_failovers_and_a_viewer_only_reads() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from continuity.controlplane import ControlPlane
+from continuity_lab.controlplane import ControlPlane
 from continuity.localcluster import free_port
 
 from .airflow_helpers import DAGS_DIR

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from continuity.probes import run_synthetic_transactions
-from continuity.sampleapp import AppSettings, hash_password, verify_password
+from continuity_lab.sampleapp import AppSettings, hash_password, verify_password
 from continuity.servicecontrol import ServiceControlError, service_control_for
 
 
@@ -137,7 +137,7 @@ def test_read_only_rounds_never_write_and_say_what_they_did_not_measure(sandbox)
     settings = AppSettings.from_environment({**env, "CONTINUITY_APP_READ_ONLY": "1"})
     from starlette.testclient import TestClient
 
-    from continuity.sampleapp import create_app
+    from continuity_lab.sampleapp import create_app
 
     with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
         counts_before = conn.execute("SELECT (SELECT count(*) FROM videos), (SELECT count(*) FROM annotations), "

@@ -17,7 +17,7 @@ import psutil
 import psycopg
 import pytest
 
-from continuity.controlplane import METADATA_DATABASE, METADATA_ROLE, ControlPlane
+from continuity_lab.controlplane import METADATA_DATABASE, METADATA_ROLE, ControlPlane
 from continuity.localcluster import port_is_free
 
 
@@ -67,7 +67,7 @@ def test_metadata_database_is_made_once_private_and_stopped_by_down(plane: Contr
 
 
 def test_sandbox_env_sources_the_metadata_database_when_a_run_made_one(plane: ControlPlane) -> None:
-    from continuity.sandbox import Sandbox
+    from continuity_lab.sandbox import Sandbox
 
     script = Sandbox(root=plane.directory.parent).env_script()
     assert str(plane.environment_file) in script

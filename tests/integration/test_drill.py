@@ -122,7 +122,7 @@ def test_a_video_whose_object_never_reached_the_replica_fails_the_drills_video_v
         ("immediate_team", "slack"), ("immediate_team", "pagerduty"), ("immediate_team", "email"),
         ("extended_team", "email"), ("management", "email")}
     assert all(r["status"] == "delivered" and r["test"] for r in receipts)
-    from continuity.receivers import received
+    from continuity_lab.receivers import received
 
     incident_id = receipts[0]["incident_id"]
     changes = [r for r in received(sandbox.receivers_dir, "pagerduty") if r["path"].endswith("/v2/change/enqueue")

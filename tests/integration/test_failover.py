@@ -16,7 +16,8 @@ from continuity.router import PgBouncerRouter
 from continuity.hooks.topology import TOPOLOGY_VARIABLE
 from continuity.storage import key_safe
 from continuity.waiting import poll
-from continuity.sandbox import APP_HOST_USER
+from continuity_lab.controls import failover_cluster
+from continuity_lab.processes import APP_HOST_USER
 
 from .airflow_helpers import forget_topology, load_dag, sandbox_environment, task_states, xcom
 
@@ -290,7 +291,7 @@ def test_preflight_refuses_when_the_recorded_topology_disagrees_with_the_cluster
 
 
 def test_preflight_refuses_two_writable_nodes(cluster) -> None:
-    control = cluster.failover_cluster().control
+    control = failover_cluster(cluster).control
     cluster.node("sync1").query_one("SELECT pg_promote(true, 60) AS ok")
     try:
         assert sorted(_writable(cluster)) == ["primary", "sync1"]
@@ -312,7 +313,7 @@ def test_preflight_refuses_two_writable_nodes(cluster) -> None:
 
 def test_failover_refuses_to_promote_while_the_old_primary_is_writable_and_cannot_be_fenced(cluster, monkeypatch) -> None:
     from continuity.nodecontrol import NodeControlError
-    from continuity.sandbox import SandboxNodeControl
+    from continuity_lab.controls import SandboxNodeControl
 
     def host_unreachable(self, name, *args, **kwargs):
         raise NodeControlError(f"host of node {name}: connection timed out")
@@ -377,8 +378,8 @@ def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluste
     # A cleared and re-run fence or promote re-reads the cluster: dr is already promoted, nothing is done.
     before = _snapshot(cluster)
     stale_plan = failover_steps.FailoverPlan.model_validate(audit["steps"]["preflight"])
-    assert failover_steps.fence(cluster.failover_cluster(), stale_plan).already_done is True
-    again = failover_steps.promote(cluster.failover_cluster(), "dr", previous_timeline=stale_plan.old_timeline)
+    assert failover_steps.fence(failover_cluster(cluster), stale_plan).already_done is True
+    again = failover_steps.promote(failover_cluster(cluster), "dr", previous_timeline=stale_plan.old_timeline)
     assert again.already_promoted is True and again.timeline == audit["steps"]["promote"]["timeline"]
     assert _snapshot(cluster) == before
     back = _run(target="primary", mode="switchover", reason="back after the fail-forward test")

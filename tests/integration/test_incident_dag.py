@@ -18,8 +18,8 @@ import pytest
 
 from continuity.incidents import IncidentStore, pending_causes
 from continuity.policy import load_policy
-from continuity.receivers import mails, message_text, received
-from continuity.sandbox import Sandbox
+from continuity_lab.receivers import mails, message_text, received
+from continuity_lab.sandbox import Sandbox
 from . import airflow_run
 
 DAG = "dr_incident"

@@ -16,7 +16,7 @@ from continuity.communication import TemplateError, incident_fields, render
 from continuity.hooks.incident import ContinuityIncidentHook
 from continuity.incidents import IncidentRequest, IncidentStore, Message, deliver, split_subject
 from continuity.notifiers.incident import BANNER_NAME, channel_senders, clear_banners
-from continuity.receivers import mails, message_text, received
+from continuity_lab.receivers import mails, message_text, received
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 from continuity.drill import DrillResult, render_markdown as render_drill
 from continuity.policy import load_policy
-from continuity.receivers import mails, message_text
+from continuity_lab.receivers import mails, message_text
 from continuity.reports import function_rto_objectives, store_report
-from continuity.sandbox import Sandbox
+from continuity_lab.sandbox import Sandbox
 
 DAG = "dr_plan_review"
 

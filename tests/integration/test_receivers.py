@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from continuity.receivers import mails, received
+from continuity_lab.receivers import mails, received
 
 
 def test_mail_sent_through_the_smtp_provider_lands_in_the_mail_directory(sandbox) -> None:

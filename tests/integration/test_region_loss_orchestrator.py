@@ -21,11 +21,12 @@ import pytest
 
 from continuity.backup import verify_copy
 from continuity.catalog import Catalog
-from continuity.controlplane import ControlPlane
+from continuity_lab.controlplane import ControlPlane
 from continuity.dag_defaults import region_queue
 from continuity.manifest import data_key_name
 from continuity.project import default_policy_path
-from continuity.sandbox import Sandbox
+from continuity_lab.sandbox import Sandbox
+from continuity_lab.controls import failover_cluster
 from continuity.storage import S3Location, key_safe, locations_from_policy
 from continuity.waiting import poll
 
@@ -114,8 +115,8 @@ def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the
 
 
 def _writable(box: Sandbox) -> list[str]:
-    return sorted(name for name in box.node_names if box.failover_cluster().probe(name).get("reachable")
-                  and not box.failover_cluster().probe(name).get("in_recovery"))
+    return sorted(name for name in box.node_names if failover_cluster(box).probe(name).get("reachable")
+                  and not failover_cluster(box).probe(name).get("in_recovery"))
 
 
 def _refused(call: Any) -> int:
@@ -167,7 +168,7 @@ def test_who_may_do_what_and_no_one_approves_their_own_failover(distributed) -> 
 def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writable_primary_named(distributed) -> None:
     box = Sandbox(root=distributed.root)
     box.wait_streaming(timeout=60)
-    router = box.failover_cluster().router
+    router = failover_cluster(box).router
     distributed.unpause("dr_failover")
     # A transaction in flight holds the switchover in its first step (PAUSE waits for it, up to the policy's
     # pause_timeout of 10 s): the worker dies there, with the entry point paused.

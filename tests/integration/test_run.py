@@ -21,12 +21,12 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from continuity.controlplane import METADATA_DATABASE, ControlPlane
+from continuity_lab.controlplane import METADATA_DATABASE, ControlPlane
 
 from continuity.localcluster import free_port, pid_alive
 from continuity.project import default_policy_path
 from continuity.policy import load_policy
-from continuity.sandbox import Sandbox
+from continuity_lab.sandbox import Sandbox
 from continuity.storage import key_safe
 from .airflow_run import api as _api
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from continuity.localcluster import pid_alive
-from continuity.sandbox import Sandbox
+from continuity_lab.sandbox import Sandbox
 
 
 def _processes_mentioning(text: str) -> list[int]:

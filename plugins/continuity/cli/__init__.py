@@ -1,4 +1,5 @@
-"""The `continuity` command: the sandbox, the policy, backups, restores and keys without Airflow.
+"""The `continuity` command: the policy, backups, restores and keys without Airflow (and, where the development
+lab is installed, its `sandbox` and `run` commands).
 
 Errors are one line on stderr with a `HINT:` where there is one; details go to the debug log
 (`-v`). Exit codes are distinct per failure class so scripts can tell them apart.
@@ -20,15 +21,14 @@ from continuity.cli.common import (EXIT_FAILURE, EXIT_INTEGRITY, EXIT_INTERRUPTE
 from continuity.cli.keys import cmd_keys_list, cmd_keys_new, cmd_keys_retire, cmd_keys_rotate
 from continuity.cli.objects import cmd_objects_restore, cmd_objects_verify
 from continuity.cli.restore import cmd_restore
-from continuity.cli.run import cmd_run
-from continuity.cli.sandbox import (cmd_policy_check, cmd_sandbox_app, cmd_sandbox_down, cmd_sandbox_env, cmd_sandbox_seed,
-                                    cmd_sandbox_status, cmd_sandbox_up)
+from continuity.cli.policy import cmd_policy_check
 from continuity.cli.wal import add_wal_commands
 from continuity.keys import KeyringError
 from continuity.kinds import BACKUP_KINDS
 from continuity.localcluster import ClusterError
 from continuity.policy import PolicyError
 from continuity.postgres import NodeUnreachable
+from continuity.registry import available, implementation
 from continuity.storage import StorageError
 
 # Scripts and tests import the exit codes from here.
@@ -48,36 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     def with_root(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--root", help="sandbox directory (default: $CONTINUITY_SANDBOX or .sandbox)")
         return p
-
-    sandbox = sub.add_parser("sandbox", help="the local DR sandbox").add_subparsers(dest="action", required=True)
-    up = with_root(sandbox.add_parser("up", help="start (first time: build) the sandbox"))
-    up.add_argument("--scale", type=float, default=1.0, help="sample data size multiplier (default 1)")
-    up.add_argument("--no-wal-pusher", dest="wal_pusher", action="store_false",
-                    help="leave WAL in the spool for dr_wal_archive instead of pushing it as it closes")
-    up.add_argument("--ssh", action="store_true",
-                    help="also an SSH server on loopback, and a policy (policy-ssh.yaml) whose failover reaches "
-                         "the nodes and each region's application over SSH")
-    up.set_defaults(func=cmd_sandbox_up)
-    down = with_root(sandbox.add_parser("down", help="stop every process `up` started"))
-    down.add_argument("--purge", action="store_true", help="also delete the sandbox's data, key and state")
-    down.set_defaults(func=cmd_sandbox_down)
-    status = with_root(sandbox.add_parser("status", help="roles, ports, replication and lag"))
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(func=cmd_sandbox_status)
-    with_root(sandbox.add_parser("env", help="shell exports for Airflow against the sandbox")).set_defaults(func=cmd_sandbox_env)
-    app = with_root(sandbox.add_parser(
-        "app", help="the sample application of a region: what service control over SSH runs on the app host"))
-    app.add_argument("app_action", choices=["start", "stop", "status", "promote-cache", "follow-cache", "verify-start",
-                                            "verify-stop"])
-    app.add_argument("region")
-    app.add_argument("--upstream-port", type=int, help="follow-cache: the port of the Redis to replicate (the "
-                                                       "upstream region's, on this host)")
-    app.add_argument("--url", help="verify-stop: the verification instance's URL (verify-start reads the DSN on stdin)")
-    app.set_defaults(func=cmd_sandbox_app)
-    seed = with_root(sandbox.add_parser("seed", help="fill the empty sample application database"))
-    seed.add_argument("--scale", type=float, default=1.0)
-    seed.add_argument("--seed", type=int, default=42)
-    seed.set_defaults(func=cmd_sandbox_seed)
 
     policy = sub.add_parser("policy", help="the policy file").add_subparsers(dest="action", required=True)
     policy.add_parser("check", help="validate the policy file").set_defaults(func=cmd_policy_check)
@@ -155,19 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("--apply", action="store_true")
     retire.set_defaults(func=cmd_keys_retire)
 
-    run = with_root(sub.add_parser("run", help="sandbox + Airflow: standalone (what `make run` does) or --distributed (`make run-distributed`)"))
     add_wal_commands(sub, with_storage)
 
-    run.add_argument("--scale", type=float, default=1.0)
-    run.add_argument("--port", type=int, default=8080)
-    run.add_argument("--host", default="127.0.0.1",
-                     help="the address the API server (UI) listens on: loopback unless given (0.0.0.0: every "
-                          "network this machine is on)")
-    run.add_argument("--distributed", action="store_true",
-                     help="CeleryExecutor instead of standalone: a PostgreSQL metadata database and a Redis broker in "
-                          "the policy's control region, api-server, scheduler, dag-processor, triggerer and one "
-                          "Celery worker per region on its queue")
-    run.set_defaults(func=cmd_run)
+    if available("commands", "lab"):
+        # The development lab's commands (`sandbox`, `run`), where the lab is installed: found by name, so the
+        # emergency CLI works on a machine that has only the product.
+        implementation("commands", "lab", setting="the lab's commands")(sub, with_root=with_root)
     return parser
 
 
@@ -183,7 +146,6 @@ def main(args: Sequence[str] | None = None) -> int:
 
     from continuity.full_backup import DumpFailed
     from continuity.restore import RestoreError
-    from continuity.sandbox import SandboxError
 
     try:
         return parsed.func(parsed)
@@ -205,7 +167,7 @@ def main(args: Sequence[str] | None = None) -> int:
                      EXIT_UNREACHABLE)
     except NodeUnreachable as exc:
         return _fail(str(exc), "is the node running? `continuity sandbox status` shows the sandbox", EXIT_UNREACHABLE)
-    except (SandboxError, ClusterError, RestoreError, DumpFailed) as exc:
+    except (ClusterError, RestoreError, DumpFailed) as exc:
         return _fail(str(exc), None, EXIT_FAILURE)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -24,12 +24,15 @@ EXIT_INTERRUPTED = 130
 def _context(args: argparse.Namespace):
     """The emergency context, composed here: a sandbox on this machine, when there is one, fills in the flags."""
     from continuity.emergency import build_context
-    from continuity.sandbox import Sandbox
+    from continuity.registry import available, implementation
 
     policy = load_policy(args.policy)
-    sandbox = Sandbox(root=getattr(args, "root", None), policy=policy)
+    sandbox = None
+    if available("local_deployment", "sandbox"):
+        sandbox = implementation("local_deployment", "sandbox", setting="the local deployment")(
+            root=getattr(args, "root", None), policy=policy)
     return build_context(policy=policy, key_file=getattr(args, "key_file", None),
-                         sandbox=sandbox if sandbox.exists else None)
+                         sandbox=sandbox if sandbox is not None and sandbox.exists else None)
 
 
 def _manifest_summary(manifest) -> dict:
@@ -43,12 +46,6 @@ def _manifest_summary(manifest) -> dict:
 
 class UsageError(Exception):
     """Bad input from the command line; nothing was changed."""
-
-def _sandbox(args: argparse.Namespace):
-    from continuity.sandbox import Sandbox
-
-    return Sandbox(root=args.root, policy=load_policy(args.policy))
-
 
 def _fail(message: str, hint: str | None, code: int) -> int:
     log.debug("failure details", exc_info=True)

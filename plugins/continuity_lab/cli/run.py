@@ -1,5 +1,5 @@
 """`continuity run` (what `make run` does): the sandbox, its first backups, then `airflow standalone`; with
-`--distributed`, the CeleryExecutor deployment of `continuity.controlplane` instead."""
+`--distributed`, the CeleryExecutor deployment of `continuity_lab.controlplane` instead."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from continuity.cli.common import EXIT_FAILURE, EXIT_OK, _fail, _sandbox
-from continuity.controlplane import METADATA_DATABASE, Component, ControlPlane, components
+from continuity.cli.common import EXIT_FAILURE, EXIT_OK, _fail
+from continuity_lab.cli.common import _sandbox
+from continuity_lab.controlplane import METADATA_DATABASE, Component, ControlPlane, components
 
 
 def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:

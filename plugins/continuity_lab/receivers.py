@@ -8,7 +8,7 @@ service answer 500, for the delivery-failure paths. The same receiver also liste
 self-signed certificate the sandbox makes, `tls_certificate`) for clients that refuse plain HTTP, as
 PagerDuty's library does.
 
-Run as `python -m continuity.receivers --root DIR --smtp-port P --http-port Q` (the sandbox does).
+Run as `python -m continuity_lab.receivers --root DIR --smtp-port P --http-port Q` (the sandbox does).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ connection, its application instances) reach it through this gateway, so the reg
 object storage for real (`sandbox.isolate_region`: the gateway stops and every connection to its
 port is refused) and get it back with nothing lost (the data lives behind the gateway).
 
-    python -m continuity.gateway --listen 41001 --upstream 41000
+    python -m continuity_lab.gateway --listen 41001 --upstream 41000
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def serve(*, listen: int, upstream: int, host: str = "127.0.0.1") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="continuity.gateway", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="continuity_lab.gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--listen", type=int, required=True)
     parser.add_argument("--upstream", type=int, required=True)
     args = parser.parse_args(argv)

@@ -13,8 +13,8 @@ AWS_SECRET_ACCESS_KEY, CONTINUITY_APP_REGION, CONTINUITY_APP_VIDEO_BUCKET, CONTI
 CONTINUITY_APP_READ_ONLY (restore tests: no writes to the database; without a Redis URL, sessions are
 kept in the process).
 
-    python -m continuity.sampleapp serve --port 8001
-    python -m continuity.sampleapp worker
+    python -m continuity_lab.sampleapp serve --port 8001
+    python -m continuity_lab.sampleapp worker
 """
 
 from __future__ import annotations
@@ -421,7 +421,7 @@ def run_worker(settings: AppSettings, *, stop_after: float | None = None) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m continuity.sampleapp")
+    parser = argparse.ArgumentParser(prog="python -m continuity_lab.sampleapp")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve")
     serve.add_argument("--port", type=int, required=True)

@@ -9,8 +9,6 @@ processes `up()` recorded. Secrets live only in files of mode 0600 under the san
 
 from __future__ import annotations
 
-import getpass
-import io
 import json
 import logging
 import os
@@ -20,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ import yaml
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from continuity import sampledata
+from continuity_lab import sampledata
 from continuity.localcluster import (
     ClusterError,
     LocalCluster,
@@ -47,19 +44,21 @@ from continuity.localcluster import (
     write_private,
 )
 from continuity.keys import Keyring
-from continuity.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
 from continuity.policy import NodeHost, Policy, load_policy
 from continuity.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, include_dir, policy_path,
                                 project_dir)
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
 from continuity.waiting import poll
+from continuity_lab.processes import (APP_DATABASE, APP_HOST_USER, SSH_CONN_ID, WAL_PUSHER_NEEDLE, ChunkReader,
+                                      SandboxError,
+                                      app_ssh_conn_id, find_redis_server, find_sshd, is_our_process, pgbouncer_ini,
+                                      read_pid, sql_literal, start_redis_server)
 
 log = logging.getLogger(__name__)
 
 SANDBOX_ENV_VAR = "CONTINUITY_SANDBOX"
 
 ROLES = ("replicator", "continuity_backup", "continuity_admin", "app")
-APP_DATABASE = "app"
 S3_ACCESS_KEY = "continuity-sandbox"
 
 # Settings every node shares (copied into standbys by the base backup); node.conf holds the rest.
@@ -97,10 +96,6 @@ def archive_script_source() -> Path:
 def fetch_script_source() -> Path:
     """The standbys' restore_command script (include/scripts/fetch-wal.sh)."""
     return include_dir() / "scripts" / "fetch-wal.sh"
-
-
-class SandboxError(RuntimeError):
-    """The sandbox cannot do what was asked; the message says what and where, with a HINT."""
 
 
 class Sandbox:
@@ -364,7 +359,7 @@ class Sandbox:
         return script
 
     def _create_roles(self, primary: LocalCluster) -> None:
-        pw = {role: _sql_literal(self.password(role)) for role in ("postgres", *ROLES)}
+        pw = {role: sql_literal(self.password(role)) for role in ("postgres", *ROLES)}
         primary.psql(
             f"""
             ALTER ROLE postgres PASSWORD {pw['postgres']};
@@ -450,7 +445,7 @@ class Sandbox:
     # -- PgBouncer ---------------------------------------------------------------------------
     def _start_pgbouncer(self, started: list[str]) -> None:
         pid_file = self.pgbouncer_dir / "pgbouncer.pid"
-        if pid_alive(_read_pid(pid_file)):
+        if pid_alive(read_pid(pid_file)):
             return
         port = self.pgbouncer_port
         if not port_is_free(port):
@@ -458,7 +453,7 @@ class Sandbox:
         primary_port = self.state["nodes"][self.current_primary()]["port"]
         ini = self.pgbouncer_ini
         if not ini.exists():
-            self.user.write_file(ini, _pgbouncer_ini(
+            self.user.write_file(ini, pgbouncer_ini(
                 port=port, primary_port=primary_port, directory=self.pgbouncer_dir,
                 log_file=self.logs_dir / "pgbouncer.log",
             ))
@@ -495,11 +490,11 @@ class Sandbox:
         self.seed_objects()
 
     def _start_gateways(self, started: list[str]) -> None:
-        """The primary region's network edge to S3 (continuity.gateway): a region-loss exercise stops it."""
+        """The primary region's network edge to S3 (continuity_lab.gateway): a region-loss exercise stops it."""
         gateways = self.state.setdefault("gateways", {})
         for region in (self.policy.topology.primary_region,):
             entry = gateways.setdefault(region, {"port": free_port(), "pid": None})
-            if _is_our_process(entry.get("pid"), "continuity.gateway"):
+            if is_our_process(entry.get("pid"), "continuity_lab.gateway"):
                 continue
             if not port_is_free(entry["port"]):
                 # Connections name this port: a new one means rewriting them (and restarting Airflow).
@@ -507,7 +502,7 @@ class Sandbox:
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             with open(self.logs_dir / f"gateway-{region}.log", "ab") as log_handle:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "continuity.gateway", "--listen", str(entry["port"]),
+                    [sys.executable, "-m", "continuity_lab.gateway", "--listen", str(entry["port"]),
                      "--upstream", str(self.state["s3"]["port"])],
                     stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                     cwd=self.root, env=scrubbed_environment({k: v for k, v in os.environ.items() if k == "PYTHONPATH"}))
@@ -518,7 +513,7 @@ class Sandbox:
 
     def _stop_gateway(self, region: str) -> bool:
         entry = self.state.get("gateways", {}).get(region)
-        if entry and _is_our_process(entry.get("pid"), "continuity.gateway"):
+        if entry and is_our_process(entry.get("pid"), "continuity_lab.gateway"):
             stop_pid(entry["pid"], name=f"S3 gateway {region}", sig=signal.SIGTERM)
             entry["pid"] = None
             self._save_state()
@@ -533,7 +528,7 @@ class Sandbox:
         self.reload()
         lost = [f"application {name}" for name in self.stop_application(region)]
         redis = self.state.get("redis", {}).get(region)
-        if redis and _is_our_process(redis.get("pid"), "redis-server"):
+        if redis and is_our_process(redis.get("pid"), "redis-server"):
             stop_pid(redis["pid"], name=f"Redis {region}", sig=signal.SIGKILL)
             redis["pid"] = None
             lost.append(f"redis {region}")
@@ -573,7 +568,7 @@ class Sandbox:
         topology = self.policy.topology
         for region, role in ((topology.primary_region, "primary"), (topology.dr_region, "replica")):
             entry = redis.setdefault(region, {"port": free_port(), "pid": None, "role": role})
-            if _is_our_process(entry.get("pid"), "redis-server"):
+            if is_our_process(entry.get("pid"), "redis-server"):
                 continue
             if not port_is_free(entry["port"]):
                 entry["port"] = free_port()
@@ -599,7 +594,7 @@ class Sandbox:
         owns for replication and pg_rewind. Returns its port."""
         sshd = find_sshd()
         entry = self.state.setdefault("ssh", {"port": free_port(), "pid": None})
-        if _is_our_process(entry.get("pid"), str(self.ssh_dir / "sshd_config")):
+        if is_our_process(entry.get("pid"), str(self.ssh_dir / "sshd_config")):
             return entry["port"]
         if not port_is_free(entry["port"]):
             entry["port"] = free_port()
@@ -644,7 +639,7 @@ class Sandbox:
 
     def stop_ssh(self) -> bool:
         pid = self.state.get("ssh", {}).get("pid")
-        if _is_our_process(pid, str(self.ssh_dir / "sshd_config")):
+        if is_our_process(pid, str(self.ssh_dir / "sshd_config")):
             stop_pid(pid, name="sshd", sig=signal.SIGTERM)
             return True
         return False
@@ -705,7 +700,7 @@ class Sandbox:
 
     def _ensure_probe_user(self) -> None:
         """The user the synthetic transactions log in as (its password a sandbox secret)."""
-        from continuity.sampleapp import ensure_user
+        from continuity_lab.sampleapp import ensure_user
 
         password = self.state["secrets"].setdefault("app_probe", secrets.token_urlsafe(24))
         self._save_state()
@@ -755,14 +750,14 @@ class Sandbox:
         launched: list[str] = []
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for web in entry["web"]:
-            if _is_our_process(web.get("pid"), "continuity.sampleapp"):
+            if is_our_process(web.get("pid"), "continuity_lab.sampleapp"):
                 continue
             if not port_is_free(web["port"]):
                 web["port"] = free_port()
             web["pid"] = self._spawn_application(region, web["name"], ["serve", "--port", str(web["port"])])
             launched.append(web["name"])
         for worker in entry["workers"]:
-            if not _is_our_process(worker.get("pid"), "continuity.sampleapp"):
+            if not is_our_process(worker.get("pid"), "continuity_lab.sampleapp"):
                 worker["pid"] = self._spawn_application(region, worker["name"], ["worker"])
                 launched.append(worker["name"])
         entry["state"] = "serving"
@@ -777,7 +772,7 @@ class Sandbox:
     def _spawn_application(self, region: str, name: str, args: list[str]) -> int:
         with open(self.logs_dir / f"{name}.log", "ab") as log_handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "continuity.sampleapp", *args], stdout=log_handle, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "continuity_lab.sampleapp", *args], stdout=log_handle, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root,
                 env=self._application_environment(region, name))  # secrets by environment, never argv
         return process.pid
@@ -790,7 +785,7 @@ class Sandbox:
         entry = self.state["application"][region]
         stopped = []
         for item in [*entry["web"], *entry["workers"]]:
-            if _is_our_process(item.get("pid"), "continuity.sampleapp"):
+            if is_our_process(item.get("pid"), "continuity_lab.sampleapp"):
                 stop_pid(item["pid"], name=item["name"], sig=signal.SIGTERM)
                 stopped.append(item["name"])
             item["pid"] = None
@@ -803,7 +798,7 @@ class Sandbox:
         entry = self.state.get("application", {}).get(region)
         if entry is None:
             return {}
-        return {item["name"]: _is_our_process(item.get("pid"), "continuity.sampleapp")
+        return {item["name"]: is_our_process(item.get("pid"), "continuity_lab.sampleapp")
                 for item in [*entry["web"], *entry["workers"]]}
 
     def application_urls(self, region: str) -> list[str]:
@@ -825,7 +820,7 @@ class Sandbox:
         receivers.setdefault("https_port", free_port())
         for service in ("smtp", "slack", "pagerduty"):  # the credentials the stand-ins' connections carry
             self.state["secrets"].setdefault(service, secrets.token_urlsafe(24))
-        if _is_our_process(receivers.get("pid"), "continuity.receivers"):
+        if is_our_process(receivers.get("pid"), "continuity_lab.receivers"):
             return
         for key in ("smtp_port", "http_port", "https_port"):
             if not port_is_free(receivers[key]):
@@ -833,7 +828,7 @@ class Sandbox:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(self.logs_dir / "receivers.log", "ab") as log_handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "continuity.receivers", "--root", str(self.receivers_dir),
+                [sys.executable, "-m", "continuity_lab.receivers", "--root", str(self.receivers_dir),
                  "--smtp-port", str(receivers["smtp_port"]), "--http-port", str(receivers["http_port"]),
                  "--https-port", str(receivers["https_port"]), "--tls-dir", str(self.receivers_dir / "tls"),
                  "--smtp-login", "continuity"],
@@ -852,7 +847,7 @@ class Sandbox:
         """`continuity wal pusher` on the spool: every segment archive_command queues reaches every storage
         location within seconds. False when it already runs."""
         entry = self.state.setdefault("wal_pusher", {"pid": None})
-        if _is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
+        if is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
             return False
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(self.logs_dir / "wal-pusher.log", "ab") as log_handle:
@@ -872,7 +867,7 @@ class Sandbox:
 
     def stop_wal_pusher(self) -> bool:
         entry = self.state.get("wal_pusher", {})
-        if _is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
+        if is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
             stop_pid(entry["pid"], name="WAL pusher", sig=signal.SIGTERM)
             entry["pid"] = None
             self._save_state()
@@ -881,7 +876,7 @@ class Sandbox:
 
     @property
     def wal_pusher_running(self) -> bool:
-        return _is_our_process(self.state.get("wal_pusher", {}).get("pid"), WAL_PUSHER_NEEDLE)
+        return is_our_process(self.state.get("wal_pusher", {}).get("pid"), WAL_PUSHER_NEEDLE)
 
     @property
     def webhook_url(self) -> str:
@@ -894,23 +889,6 @@ class Sandbox:
             "s3", endpoint_url=self.s3_endpoint, region_name=region,
             aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=self.password("s3_secret_key"),
         )
-
-    def failover_cluster(self, report: Any = log.info) -> Any:
-        """The cluster dr_failover's steps act on, wired to this sandbox without Airflow (bench, CLI)."""
-        from continuity.failover import ReplicationGroup
-        from continuity.router import Endpoint, PgBouncerRouter
-
-        entry = self.policy.topology.entry_point
-        admin = self.connections()[entry.admin_conn_id or "continuity_pgbouncer_admin"]
-        router = PgBouncerRouter(
-            admin_conninfo=conninfo(host="127.0.0.1", port=self.pgbouncer_port, user=admin["login"],
-                                    password=admin["password"], dbname="pgbouncer"),
-            ini_path=self.pgbouncer_ini, database=entry.database or self.policy.topology.databases[0])
-        return ReplicationGroup(policy=self.policy.with_primary(self.current_primary()),
-                       nodes={name: self.node(name) for name in self.node_names},
-                       endpoints={name: Endpoint(node=name, host="127.0.0.1", port=self.state["nodes"][name]["port"])
-                                  for name in self.node_names},
-                       control=SandboxNodeControl(self), router=router, app_conninfo=self.app_conninfo(), report=report)
 
     def storage_locations(self) -> dict[str, Any]:
         """The policy's storage locations, reached through this sandbox's S3 endpoint."""
@@ -1074,7 +1052,7 @@ class Sandbox:
             else:
                 rows = list(sampledata.upload_objects(scale))
             for key, size in rows:
-                client.upload_fileobj(_ChunkReader(sampledata.object_chunks(key, size)), source.bucket, key,
+                client.upload_fileobj(ChunkReader(sampledata.object_chunks(key, size)), source.bucket, key,
                                       Config=transfer)
             put[name] = len(rows)
             log.info("seeded %d objects of %s into %s/%s", len(rows), name, source.bucket, source.prefix)
@@ -1191,7 +1169,7 @@ class Sandbox:
 
     def env_script(self) -> str:
         """Shell exports for another terminal; secrets are sourced from the 0600 file, never printed."""
-        from continuity.controlplane import ControlPlane  # `continuity run`'s metadata database, if one ran here
+        from continuity_lab.controlplane import ControlPlane  # `continuity run`'s metadata database, if one ran here
 
         lines = [f"export {key}={shlex.quote(value)}" for key, value in self.public_environment().items()]
         lines.append(f"set -a; . {shlex.quote(str(self.connections_file))}; set +a")
@@ -1205,7 +1183,7 @@ class Sandbox:
     def down(self, *, purge: bool = False) -> list[str]:
         """Stop what `up` started (by recorded pid). Safe to run twice. Returns what was stopped."""
         self.reload()
-        from continuity.controlplane import ControlPlane  # a distributed run's orchestrator, if one ran here
+        from continuity_lab.controlplane import ControlPlane  # a distributed run's orchestrator, if one ran here
 
         # The orchestrator first: no task may start against a sandbox that is going away.
         stopped: list[str] = ControlPlane(root=self.root).down()
@@ -1217,11 +1195,11 @@ class Sandbox:
             if self.stop_wal_pusher():
                 stopped.append("wal pusher")
             receivers_pid = state.get("receivers", {}).get("pid")
-            if _is_our_process(receivers_pid, "continuity.receivers"):
+            if is_our_process(receivers_pid, "continuity_lab.receivers"):
                 stop_pid(receivers_pid, name="receivers", sig=signal.SIGTERM)
                 stopped.append("receivers")
             for region, entry in reversed(list(state.get("redis", {}).items())):  # the replica first
-                if _is_our_process(entry.get("pid"), "redis-server"):
+                if is_our_process(entry.get("pid"), "redis-server"):
                     stop_pid(entry["pid"], name=f"Redis {region}", sig=signal.SIGTERM)
                     stopped.append(f"redis {region}")
             if self.stop_ssh():
@@ -1230,11 +1208,11 @@ class Sandbox:
                 if self._stop_gateway(region):
                     stopped.append(f"s3 gateway {region}")
             s3_pid = state.get("s3", {}).get("pid")
-            if _is_our_process(s3_pid, "moto"):
+            if is_our_process(s3_pid, "moto"):
                 stop_pid(s3_pid, name="S3 endpoint")
                 stopped.append("s3 endpoint")
-            bouncer_pid = _read_pid(self.pgbouncer_dir / "pgbouncer.pid")
-            if _is_our_process(bouncer_pid, "pgbouncer"):
+            bouncer_pid = read_pid(self.pgbouncer_dir / "pgbouncer.pid")
+            if is_our_process(bouncer_pid, "pgbouncer"):
                 stop_pid(bouncer_pid, name="PgBouncer", sig=signal.SIGTERM)
                 stopped.append("pgbouncer")
             for name in reversed([n for n in self.node_names if n in state.get("nodes", {})]):
@@ -1274,21 +1252,21 @@ class Sandbox:
                 entry["replication"] = row["state"] if row else "not streaming"
                 entry["sync_state"] = row["sync_state"] if row else None
                 entry["lag_bytes"] = row["lag_bytes"] if row else None
-        result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(_read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
+        result["pgbouncer"] = {"port": self.pgbouncer_port, "running": pid_alive(read_pid(self.pgbouncer_dir / "pgbouncer.pid"))}
         result["s3"] = {"endpoint": self.s3_endpoint, "running": pid_alive(self.state["s3"].get("pid")),
                         "gateways": {region: {"endpoint": self.region_s3_endpoint(region),
-                                              "running": _is_our_process(entry.get("pid"), "continuity.gateway")}
+                                              "running": is_our_process(entry.get("pid"), "continuity_lab.gateway")}
                                      for region, entry in self.state.get("gateways", {}).items()}}
         result["redis"] = {region: {"address": f"127.0.0.1:{entry['port']}", "role": entry["role"],
-                                    "running": _is_our_process(entry.get("pid"), "redis-server")}
+                                    "running": is_our_process(entry.get("pid"), "redis-server")}
                            for region, entry in self.state.get("redis", {}).items()}
         result["application"] = {
             region: {"state": entry["state"],
                      "instances": [{"name": web["name"], "url": f"http://127.0.0.1:{web['port']}", "kind": "web",
-                                    "running": _is_our_process(web.get("pid"), "continuity.sampleapp")}
+                                    "running": is_our_process(web.get("pid"), "continuity_lab.sampleapp")}
                                    for web in entry["web"]]
                      + [{"name": worker["name"], "kind": "worker",
-                         "running": _is_our_process(worker.get("pid"), "continuity.sampleapp")}
+                         "running": is_our_process(worker.get("pid"), "continuity_lab.sampleapp")}
                         for worker in entry["workers"]]}
             for region, entry in self.state.get("application", {}).items()}
         result["wal_pusher"] = {"running": self.wal_pusher_running, "spool": str(self.spool_dir),
@@ -1306,312 +1284,3 @@ class Sandbox:
             for role, bucket in [("source", category.source), *(("replica", r) for r in category.replicas)]
         ]
         return result
-
-
-class _ChunkReader(io.RawIOBase):
-    """A read-only file over an iterator of byte chunks (for upload_fileobj without the whole object in memory)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._pending, self._offset = chunks, memoryview(b""), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while self._offset >= len(self._pending):
-            try:
-                self._pending, self._offset = memoryview(next(self._chunks)), 0
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._pending) - self._offset)
-        buffer[:n] = self._pending[self._offset:self._offset + n]
-        self._offset += n
-        return n
-
-
-def _pgbouncer_ini(*, port: int, primary_port: int, directory: Path, log_file: Path) -> str:
-    return f"""\
-; Continuity sandbox: the application's single entry point, in front of the current primary.
-[databases]
-{APP_DATABASE} = host=127.0.0.1 port={primary_port} dbname={APP_DATABASE}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {directory / 'userlist.txt'}
-admin_users = continuity_admin
-stats_users = continuity_admin
-; Transaction pooling: a switchover's PAUSE completes once in-flight transactions finish, while
-; clients stay connected and their next transaction goes to the new primary.
-pool_mode = transaction
-max_client_conn = 200
-default_pool_size = 20
-server_connect_timeout = 5
-; After a primary restart or failover, retry the server login quickly instead of the default 15 s.
-server_login_retry = 1
-; A client waiting for a server gets an error after 10 s instead of the default 120 s, so health
-; checks and applications see an outage instead of hanging through it. A switchover PAUSE must
-; finish within this.
-query_wait_timeout = 10
-pidfile = {directory / 'pgbouncer.pid'}
-logfile = {log_file}
-ignore_startup_parameters = extra_float_digits,options
-"""
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _find_binary(name: str, *, debian_path: str, needed_for: str, package: str, installed_by: str) -> str:
-    """On PATH, else where the Debian package puts it (sbin is not on every PATH), else a SandboxError with a HINT."""
-    binary = shutil.which(name) or (debian_path if Path(debian_path).exists() else None)
-    if binary is None:
-        raise SandboxError(f"{name} is not installed ({needed_for}); HINT: `{installed_by}` installs the Debian "
-                           f"package {package}, or: apt-get install {package}")
-    return binary
-
-
-def start_redis_server(*, directory: Path, port: int, password: str, log_file: Path, extra: list[str]) -> int:
-    """A Redis server (Debian's redis-server) on loopback `port` keeping its data in `directory`; its pid."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"port {port}", "bind 127.0.0.1", f"dir {directory}", "appendonly yes", "daemonize no",
-             f"logfile {log_file}", f"requirepass {password}", *extra]
-    config = directory / "redis.conf"
-    # The password is in this file (mode 0600 before it is written), never on a command line.
-    config.touch(mode=0o600)
-    config.chmod(0o600)
-    config.write_text("\n".join(lines) + "\n")
-    process = subprocess.Popen([find_redis_server(), str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
-                               cwd=directory)
-    return process.pid
-
-
-def find_redis_server() -> str:
-    return _find_binary("redis-server", debian_path="/usr/bin/redis-server", package="redis-server",
-                        needed_for="the application's cache and sessions need it", installed_by="make run")
-
-
-def find_sshd() -> str:
-    return _find_binary("sshd", debian_path="/usr/sbin/sshd", package="openssh-server",
-                        needed_for="node control over SSH needs an SSH server", installed_by="make test")
-
-
-SSH_CONN_ID = "continuity_ssh_{node}"
-
-
-def app_ssh_conn_id(region: str) -> str:
-    """The SSH connection of a region's application host (an environment variable name cannot hold '-')."""
-    return f"continuity_ssh_app_{region.replace('-', '_')}"
-
-
-APP_HOST_USER = getpass.getuser()
-WAL_PUSHER_NEEDLE = "wal pusher --root"
-
-
-def _is_our_process(pid: int | None, needle: str) -> bool:
-    """Only signal a recorded pid if it still is the program we started (pids get reused)."""
-    if not pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return needle in cmdline
-
-
-def _listening_sampleapps(port: int) -> list[int]:
-    """The sample application processes listening on `port` on loopback."""
-    import psutil
-
-    pids = {c.pid for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
-    return sorted(pid for pid in pids if "continuity.sampleapp" in " ".join(psutil.Process(pid).cmdline()))
-
-
-class SandboxServiceControl:
-    """ServiceControl over the sandbox's application processes and Redis servers."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-        self._verification: dict[int, subprocess.Popen] = {}
-
-    @classmethod
-    def from_environment(cls) -> SandboxServiceControl:
-        from continuity.servicecontrol import ServiceControlError
-
-        root = os.environ.get(SANDBOX_ENV_VAR)
-        if not root:
-            raise ServiceControlError(f"application.service_control is 'sandbox' but {SANDBOX_ENV_VAR} is not set. "
-                                      f"HINT: run under `continuity run` or source `continuity sandbox env`.")
-        return cls(Sandbox(root=root))
-
-    def start_region(self, region: str) -> list[str]:
-        return self.sandbox.start_application(region)
-
-    def stop_region(self, region: str) -> list[str]:
-        return self.sandbox.stop_application(region)
-
-    def start_verification_instance(self, region: str, *, dsn: str) -> str:
-        port = free_port()
-        env = self.sandbox._application_environment(region, f"verify-{region}-{port}")
-        env.pop("CONTINUITY_APP_REDIS_URL")
-        env.update({"CONTINUITY_APP_DSN": dsn, "CONTINUITY_APP_READ_ONLY": "1"})
-        self.sandbox.logs_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.sandbox.logs_dir / "verification-instances.log", "ab") as log_handle:
-            process = subprocess.Popen([sys.executable, "-m", "continuity.sampleapp", "serve", "--port", str(port)],
-                                       stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, env=env)
-        self._verification[port] = process
-        try:
-            wait_for_port(port, what=f"the verification instance of {region}", timeout=30)
-        except Exception:
-            self.stop_verification_instance(f"http://127.0.0.1:{port}")
-            raise
-        return f"http://127.0.0.1:{port}"
-
-    def stop_verification_instance(self, url: str) -> None:
-        port = int(url.rsplit(":", 1)[1])
-        process = self._verification.pop(port, None)
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        elif process is None:
-            # Started by another process (`continuity sandbox app verify-start` over SSH): found by its port.
-            for pid in _listening_sampleapps(port):
-                stop_pid(pid, name=f"verification instance on port {port}", sig=signal.SIGTERM, timeout=10)
-
-    def running(self, region: str) -> dict[str, bool]:
-        return self.sandbox.application_running(region)
-
-    def isolate_region(self, region: str) -> list[str]:
-        return self.sandbox.isolate_region(region)
-
-    def reconnect_region(self, region: str) -> list[str]:
-        return self.sandbox.reconnect_region(region)
-
-    def promote_cache(self, region: str) -> str:
-        self.sandbox.reload()
-        client = self.sandbox.redis_client(region)
-        if client.info("replication").get("role") == "master":
-            return f"Redis in {region} already a primary"
-        client.execute_command("REPLICAOF", "NO", "ONE")
-        self.sandbox.state["redis"][region]["role"] = "primary"
-        self.sandbox._save_state()
-        return f"Redis in {region} promoted (REPLICAOF NO ONE)"
-
-    def follow_cache(self, region: str, upstream_region: str) -> str:
-        self.sandbox.reload()
-        upstream_port = self.sandbox.state["redis"][upstream_region]["port"]
-        client = self.sandbox.redis_client(region)
-        client.execute_command("REPLICAOF", "127.0.0.1", str(upstream_port))
-        self.sandbox.state["redis"][region]["role"] = "replica"
-        self.sandbox._save_state()
-        return f"Redis in {region} replicates from {upstream_region}'s"
-
-
-class SandboxNodeControl:
-    """NodeControl over the sandbox's local data directories."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-
-    @classmethod
-    def from_environment(cls) -> SandboxNodeControl:
-        root = os.environ.get(SANDBOX_ENV_VAR)
-        if not root:
-            raise NodeControlError(
-                f"no node control is configured: ${SANDBOX_ENV_VAR} is not set. Failover needs host-level access "
-                f"to the nodes (stop, fence, rewind); in the sandbox `continuity sandbox env` sets it")
-        return cls(Sandbox(root=root))
-
-    def _cluster(self, name: str):
-        try:
-            return self.sandbox.cluster(name)
-        except KeyError:
-            raise NodeControlError(f"node {name!r} is not part of the sandbox at {self.sandbox.root}") from None
-
-    def is_running(self, name: str) -> bool:
-        return self._cluster(name).running
-
-    def stop(self, name: str, *, mode: str = "fast") -> None:
-        try:
-            self._cluster(name).stop(mode=mode, timeout=60)
-        except ClusterError as exc:
-            raise NodeControlError(f"stopping node {name}: {exc}") from exc
-
-    def start(self, name: str) -> None:
-        try:
-            self._cluster(name).start(timeout=60)
-        except ClusterError as exc:
-            raise NodeControlError(f"starting node {name}: {exc}") from exc
-
-    def checkpoint_lsn(self, name: str) -> str:
-        cluster = self._cluster(name)
-        result = cluster.user.run([cluster.tool("pg_controldata"), "-D", str(cluster.data_dir)],
-                                  what=f"pg_controldata of node {name}")
-        return latest_checkpoint_location(result.stdout, node=name)
-
-    def fence(self, name: str) -> None:
-        cluster = self._cluster(name)
-        cluster.user.write_file(cluster.data_dir / "standby.signal", "")
-
-    def unfence(self, name: str) -> None:
-        (self._cluster(name).data_dir / "standby.signal").unlink(missing_ok=True)
-
-    def is_fenced(self, name: str) -> bool:
-        return (self._cluster(name).data_dir / "standby.signal").exists()
-
-    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str]) -> None:
-        self.sandbox._write_node_conf(name, synchronous_names=",".join(synchronous_standbys))
-        if self.is_running(name):
-            self._cluster(name).psql("SELECT pg_reload_conf();")
-
-    def follow(self, name: str, upstream: str) -> None:
-        self.sandbox._write_node_conf(name, upstream=upstream)
-        self.fence(name)
-        if self.is_running(name):
-            # primary_conninfo is reloadable (PostgreSQL 13+): the WAL receiver restarts on the new upstream.
-            self._cluster(name).psql("SELECT pg_reload_conf();")
-
-    def ensure_slots(self, name: str, slots: list[str]) -> None:
-        statements = slot_statements(slots)
-        if statements:
-            self._cluster(name).psql(statements)
-
-    def rewind(self, name: str, source: str) -> str:
-        cluster = self._cluster(name)
-        port = self.sandbox.state["nodes"][source]["port"]
-        source_info = (f"host=127.0.0.1 port={port} user=continuity_admin dbname=postgres "
-                       f"application_name=continuity-rewind-{name}")
-        # A crashed former primary is first recovered in single-user mode, which refuses standby mode:
-        # lift the fence for the rewind (the server is stopped throughout) and put it back after.
-        self.unfence(name)
-        try:
-            result = cluster.user.run(
-                [cluster.tool("pg_rewind"), "--target-pgdata", str(cluster.data_dir), "--source-server", source_info,
-                 "--progress"],
-                what=f"pg_rewind of node {name} from {source}",
-                env={"PGPASSWORD": self.sandbox.password("continuity_admin")}, timeout=900)
-        except ClusterError as exc:
-            raise NodeControlError(str(exc)) from exc
-        finally:
-            self.fence(name)
-        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-        return lines[-1] if lines else "pg_rewind finished"
-

@@ -217,7 +217,7 @@ class ControlPlane:
             cluster.psql(f"CREATE DATABASE {METADATA_DATABASE} OWNER {METADATA_ROLE};")
 
     def _start_broker(self, state: dict[str, Any], password: str) -> None:
-        from continuity.sandbox import start_redis_server  # the sandbox's Redis start, one copy
+        from continuity_lab.processes import start_redis_server  # the sandbox's Redis start, one copy
 
         broker = state["broker"]
         if pid_alive(broker.get("pid")):

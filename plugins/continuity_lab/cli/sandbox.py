@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from continuity.cli.common import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, _fail, _sandbox
-from continuity.policy import load_policy
+from continuity.cli.common import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, _fail
+from continuity_lab.cli.common import _sandbox
 
 
 def cmd_sandbox_up(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def cmd_sandbox_env(args: argparse.Namespace) -> int:
 def cmd_sandbox_seed(args: argparse.Namespace) -> int:
     import psycopg
 
-    from continuity import sampledata
+    from continuity_lab import sampledata
 
     sandbox = _sandbox(args)
     with psycopg.connect(sandbox.app_conninfo()) as conn:
@@ -100,22 +100,10 @@ def _print_status(status: dict, *, as_json: bool) -> None:
               f"{', object lock' if bucket['object_lock'] else ''})")
 
 
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    policy = load_policy(args.policy)
-    functions = len(policy.business_functions)
-    print(
-        f"policy OK: {functions} business functions, {len(policy.tiers)} tiers, "
-        f"{len(policy.data_categories)} data categories, {len(policy.topology.nodes)} nodes, "
-        f"{len(policy.storage.locations)} storage locations, "
-        f"{len(policy.objects.categories) if policy.objects else 0} object categories"
-    )
-    return EXIT_OK
-
-
 def cmd_sandbox_app(args: argparse.Namespace) -> int:
     """One service-control action on a region's sample application, printed one line per thing done (what
     `application.service_control: ssh` runs on the sandbox's "application host" over its SSH server)."""
-    from continuity.sandbox import SandboxServiceControl
+    from continuity_lab.controls import SandboxServiceControl
 
     sandbox = _sandbox(args)
     if args.region not in sandbox.policy.application.regions:
