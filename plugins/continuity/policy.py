@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 from continuity.kinds import ProvingKind
 from continuity.project import policy_overlay_path, policy_path
@@ -81,6 +81,19 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
 
 
+def _node_name(value: str) -> str:
+    # A node's name is its physical replication slot's on its upstream and its application_name there
+    # (synchronous_standby_names): PostgreSQL takes only lowercase letters, digits and '_' in a slot name
+    # (at most 63), so a '-' would leave a standby with no slot to stream from after a failover.
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value):
+        raise ValueError(f"expected a node name of lowercase letters, digits and '_' starting with a letter, at most "
+                         f"63 (it names the node's replication slot, which allows no '-' or capitals), got {value!r}")
+    return value
+
+
+NodeName = Annotated[str, AfterValidator(_node_name)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,7 +156,7 @@ class NodeHost(_Model):
 
 
 class Node(_Model):
-    name: Name
+    name: NodeName
     role: Literal["primary", "standby"]
     region: str
     conn_id: str

@@ -121,6 +121,9 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
          "policy.yaml: objects.categories.user_uploads: expected one of the data_categories"),
         ("  node_control: sandbox", "  node_control: ssh",
          "policy.yaml: topology: node_control is 'ssh' but node(s) primary, sync1, dr have no host"),
+        ("    - name: sync1\n      role: standby", "    - name: sync-1\n      role: standby",
+         "policy.yaml: topology.nodes[1].name: expected a node name of lowercase letters, digits and '_' starting with "
+         "a letter, at most 63 (it names the node's replication slot, which allows no '-' or capitals), got 'sync-1'"),
         ("  node_control: sandbox", "  node_control: telnet",
          "policy.yaml: topology.node_control: input should be 'sandbox' or 'ssh'"),
         ("  control_region: us-west-2", "  control_region: us-east-1",
