@@ -1,7 +1,7 @@
 """What the CLI needs to reach backups without Airflow: policy, keyring and storage clients.
 
-With a sandbox present the CLI needs no flags (its policy, S3 endpoint and keyring are used);
-elsewhere `--policy`, `--key-file` / $CONTINUITY_KEYRING(_FILE) and the standard AWS credential
+With a sandbox named (`--root`, or $CONTINUITY_SANDBOX from `continuity sandbox env`) the CLI needs no other
+flags (its S3 endpoint and keyring are used; a sandbox merely present on disk is never used); elsewhere `--policy`, `--key-file` / $CONTINUITY_KEYRING(_FILE) and the standard AWS credential
 chain (AWS_PROFILE, AWS_ENDPOINT_URL, ...) say where things are; an endpoint per region (one object
 store per region, as docker-compose.yaml has them) comes from $CONTINUITY_S3_ENDPOINT_<REGION>, e.g.
 CONTINUITY_S3_ENDPOINT_US_EAST_1.
@@ -81,7 +81,7 @@ def build_context(*, policy: Policy, key_file: str | None, sandbox: LocalDeploym
         else:
             raise MissingKeyError(
                 "no keyring: pass --key-file, or set $CONTINUITY_KEYRING_FILE or $CONTINUITY_KEYRING "
-                "(no sandbox to take it from either)"
+                "(for the local sandbox: `eval \"$(continuity sandbox env)\"` or --root DIR)"
             )
 
     if sandbox is not None:

@@ -20,6 +20,9 @@ POLICY_ENV_VAR = "CONTINUITY_POLICY"
 POLICY_OVERLAY_ENV_VAR = "CONTINUITY_POLICY_OVERLAY"
 INCLUDE_ENV_VAR = "CONTINUITY_INCLUDE"
 PROJECT_ENV_VAR = "CONTINUITY_PROJECT"
+# The development lab's sandbox this shell works against (`continuity sandbox env` sets it): the product only ever
+# uses a sandbox this names (or a command's --root), never one it happens to find on disk.
+SANDBOX_ENV_VAR = "CONTINUITY_SANDBOX"
 
 
 class ProjectNotFound(FileNotFoundError):

@@ -45,8 +45,8 @@ from continuity.localcluster import (
 )
 from continuity.keys import Keyring
 from continuity.policy import NodeHost, Policy, load_policy
-from continuity.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, include_dir, policy_path,
-                                project_dir)
+from continuity.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, SANDBOX_ENV_VAR, include_dir,
+                                policy_path, project_dir)
 from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
 from continuity.waiting import poll
 from continuity_lab.processes import (APP_DATABASE, APP_HOST_USER, SSH_CONN_ID, WAL_PUSHER_NEEDLE, ChunkReader,
@@ -56,7 +56,6 @@ from continuity_lab.processes import (APP_DATABASE, APP_HOST_USER, SSH_CONN_ID, 
 
 log = logging.getLogger(__name__)
 
-SANDBOX_ENV_VAR = "CONTINUITY_SANDBOX"
 
 ROLES = ("replicator", "continuity_backup", "continuity_admin", "app")
 S3_ACCESS_KEY = "continuity-sandbox"

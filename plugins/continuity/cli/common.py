@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from continuity.policy import load_policy
+from continuity.project import SANDBOX_ENV_VAR
 
 log = logging.getLogger("continuity")
 
@@ -22,17 +24,26 @@ EXIT_INTERRUPTED = 130
 
 
 def _context(args: argparse.Namespace):
-    """The emergency context, composed here: a sandbox on this machine, when there is one, fills in the flags."""
+    """The emergency context, composed here: the policy's storage and the keyring the flags or environment name;
+    a sandbox's only when one is named."""
     from continuity.emergency import build_context
     from continuity.registry import available, implementation
 
     policy = load_policy(args.policy)
+    # A sandbox only when asked for (--root, or $CONTINUITY_SANDBOX from `continuity sandbox env`): an operator
+    # restoring in a disaster on a machine with a stale .sandbox must reach the policy's storage, not the lab's.
+    root = getattr(args, "root", None) or os.environ.get(SANDBOX_ENV_VAR)
     sandbox = None
-    if available("local_deployment", "sandbox"):
-        sandbox = implementation("local_deployment", "sandbox", setting="the local deployment")(
-            root=getattr(args, "root", None), policy=policy)
-    return build_context(policy=policy, key_file=getattr(args, "key_file", None),
-                         sandbox=sandbox if sandbox is not None and sandbox.exists else None)
+    if root:
+        where = f"--root {root}" if getattr(args, "root", None) else f"${SANDBOX_ENV_VAR} ({root})"
+        if not available("local_deployment", "sandbox"):
+            raise UsageError(f"{where} names a sandbox, but the development lab (continuity_lab) is not installed "
+                             f"here; HINT: unset it and pass --key-file and the storage's credentials")
+        sandbox = implementation("local_deployment", "sandbox", setting="the local deployment")(root=root, policy=policy)
+        if not sandbox.exists:
+            raise UsageError(f"{where}: no sandbox there (no state.json); HINT: `continuity sandbox up --root {root}`, "
+                             f"or unset it to use the policy's storage with --key-file")
+    return build_context(policy=policy, key_file=getattr(args, "key_file", None), sandbox=sandbox)
 
 
 def _manifest_summary(manifest) -> dict:
