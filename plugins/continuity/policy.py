@@ -314,11 +314,16 @@ Severity = Literal["low", "medium", "high", "critical"]
 SEVERITY_ORDER: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
+# Every way the incident DAG can tell people (notifiers.incident.channel_senders has one sender each): a method
+# outside this list would be dropped at delivery without a word, so the policy refuses it.
+NotificationMethod = Literal["slack", "pagerduty", "email", "status_page", "in_app_banner"]
+
+
 class Audience(_Model):
     """Who is told of an incident, how, by when after it starts, and who must approve first."""
 
     recipients: dict[str, list[str]] = {}  # per channel (slack, email, pagerduty, ...): addresses or channels
-    methods: list[str] = Field(min_length=1)
+    methods: list[NotificationMethod] = Field(min_length=1)
     deadline: Duration | None = None  # None: "as appropriate" (the public)
     approval: Literal["none", "approver", "ceo"] = "none"
     external: bool = False
@@ -742,6 +747,12 @@ def _check_references(policy: Policy) -> list[str]:
             if audience.external and audience.approval == "none":
                 problems.append(f"communication.audiences.{name}.approval: an external audience needs approval "
                                 f"('approver' or 'ceo'), got 'none'")
+            if "in_app_banner" in audience.methods and not communication.banners:
+                problems.append(f"communication.audiences.{name}.methods: in_app_banner has no sender: "
+                                f"communication.banners names no bucket for the application's banner")
+            if "email" in audience.methods and not audience.recipients.get("email"):
+                problems.append(f"communication.audiences.{name}.methods: email has no recipients: "
+                                f"expected addresses in communication.audiences.{name}.recipients.email")
     return problems
 
 

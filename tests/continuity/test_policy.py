@@ -124,6 +124,17 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("    - name: sync1\n      role: standby", "    - name: sync-1\n      role: standby",
          "policy.yaml: topology.nodes[1].name: expected a node name of lowercase letters, digits and '_' starting with "
          "a letter, at most 63 (it names the node's replication slot, which allows no '-' or capitals), got 'sync-1'"),
+        ("      methods: [slack, email]\n", "      methods: [slack, sms]\n",
+         "policy.yaml: communication.audiences.extended_team.methods[1]: input should be 'slack', 'pagerduty', 'email', "
+         "'status_page' or 'in_app_banner', got 'sms'"),
+        ("      recipients: {email: [partner1@example.com, partner2@example.com]}\n", "",
+         "policy.yaml: communication.audiences.partners.methods: email has no recipients: expected addresses in "
+         "communication.audiences.partners.recipients.email"),
+        ("  banners:\n    - {region: us-east-1, bucket: app-uploads-us-east-1, prefix: app/, conn_id: continuity_s3_us_east_1}\n"
+         "    - {region: us-west-2, bucket: app-uploads-us-west-2, prefix: app/, conn_id: continuity_s3_us_west_2}\n",
+         "  banners: []\n",
+         "policy.yaml: communication.audiences.customers.methods: in_app_banner has no sender: communication.banners "
+         "names no bucket for the application's banner"),
         ("  node_control: sandbox", "  node_control: telnet",
          "policy.yaml: topology.node_control: input should be 'sandbox' or 'ssh'"),
         ("  control_region: us-west-2", "  control_region: us-east-1",
