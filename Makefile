@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-# Where the policy, include/ and the default sandbox are (see plugins/continuity/project.py).
+# Where the policy, include/ and the default sandbox are (see plugins/continuity/policy/project.py).
 export CONTINUITY_PROJECT ?= $(CURDIR)
 
 .PHONY: bootstrap run run-distributed test test-fast bench sandbox-up sandbox-down sandbox-status clean

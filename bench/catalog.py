@@ -22,15 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 
-from continuity.backup import create_backup
-from continuity.catalog import Catalog
-from continuity.keys import Keyring
-from continuity.localcluster import free_port, wait_for_port
-from continuity.manifest import Manifest, manifest_key_name, seal
-from continuity.restore import choose_base_backup
-from continuity.storage import S3Location
-from continuity.wal import segment_name
-from continuity.walindex import refresh_index
+from continuity.backup.engine import create_backup
+from continuity.storage.catalog import Catalog
+from continuity.storage.keys import Keyring
+from continuity.postgres.cluster import free_port, wait_for_port
+from continuity.storage.manifest import Manifest, manifest_key_name, seal
+from continuity.restore.engine import choose_base_backup
+from continuity.storage.locations import S3Location
+from continuity.backup.wal import segment_name
+from continuity.storage.walindex import refresh_index
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 READ_EACH_UP_TO = 5_000  # beyond this, reading every manifest one by one takes minutes: not run

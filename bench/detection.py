@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
-from continuity.project import default_policy_path  # noqa: E402
+from continuity.policy.project import default_policy_path  # noqa: E402
 from continuity_lab.sandbox import Sandbox  # noqa: E402
 
 

@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from continuity.backup import create_backup, load_manifest, restore_copy, verify_copy
-from continuity.keys import Keyring
-from continuity.storage import FileLocation
+from continuity.backup.engine import create_backup, load_manifest, restore_copy, verify_copy
+from continuity.storage.keys import Keyring
+from continuity.storage.locations import FileLocation
 
 
 class Zeros(io.RawIOBase):

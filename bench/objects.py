@@ -27,8 +27,8 @@ from pathlib import Path
 import boto3
 import yaml
 
-from continuity.localcluster import free_port, wait_for_port
-from continuity.project import default_policy_path
+from continuity.postgres.cluster import free_port, wait_for_port
+from continuity.policy.project import default_policy_path
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 ACCESS, SECRET = "bench", "bench-secret"
@@ -72,9 +72,9 @@ def policy_file(workdir: Path, endpoint: str, *, replica: str, locked: bool) -> 
 def child_replicate(policy_path: str, endpoint: str, *, streamed: bool = False) -> dict:
     """One dr_object_replication run of video_content, as the DAG does it, without Airflow; `streamed`
     turns server-side copying off (the replica's endpoint is the source's here)."""
-    from continuity.objects import replicator_for
-    from continuity.policy import load_policy
-    from continuity.storage import locations_from_policy
+    from continuity.objects.replication import replicator_for
+    from continuity.policy.model import load_policy
+    from continuity.storage.locations import locations_from_policy
 
     policy = load_policy(policy_path)
     locations = locations_from_policy(policy, lambda loc: client(endpoint, loc.region))

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import psycopg
 
-from continuity.catalog import Catalog
-from continuity.keys import Keyring
-from continuity.localcluster import find_tool
-from continuity.restore import restore_physical, scratch_cluster
-from continuity.storage import FileLocation
+from continuity.storage.catalog import Catalog
+from continuity.storage.keys import Keyring
+from continuity.postgres.cluster import find_tool
+from continuity.restore.engine import restore_physical, scratch_cluster
+from continuity.storage.locations import FileLocation
 from continuity.waiting import poll
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 from tools import measured, median  # bench/tools.py: the child runner and its peak RSS

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from continuity.localcluster import find_tool
+from continuity.postgres.cluster import find_tool
 
 UPDATE_SCRIPT = "\\set id random(1, 1000)\nUPDATE detections SET confidence = confidence WHERE id = :id;\n"
 

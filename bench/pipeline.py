@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from continuity.archive import write_archive
-from continuity.backup import create_backup
-from continuity.keys import Keyring
-from continuity.storage import FileLocation
+from continuity.storage.archive import write_archive
+from continuity.backup.engine import create_backup
+from continuity.storage.keys import Keyring
+from continuity.storage.locations import FileLocation
 
 BLOCK = 4 * 2**20
 

@@ -25,7 +25,7 @@ from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
 from continuity_lab.sandbox import Sandbox  # noqa: E402
-from continuity.storage import key_safe  # noqa: E402
+from continuity.storage.locations import key_safe  # noqa: E402
 
 PREREQUISITES = ("dr_object_replication", "dr_config_backup")
 

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from continuity.failover import FailoverParams, run_all
-from continuity.loadgen import CommitRecorder
+from continuity.failover.steps import FailoverParams, run_all
+from continuity.exercises.loadgen import CommitRecorder
 from continuity_lab.sandbox import Sandbox
 from continuity_lab.controls import failover_cluster
 from table import print_table  # bench/table.py: the script's own directory is on sys.path

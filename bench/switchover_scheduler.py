@@ -25,7 +25,7 @@ from pgbench_load import start_pgbench  # noqa: E402  (bench/pgbench_load.py)
 from table import print_table  # noqa: E402  (bench/table.py)
 from tests.integration import airflow_run  # noqa: E402
 
-from continuity.loadgen import CommitRecorder  # noqa: E402
+from continuity.exercises.loadgen import CommitRecorder  # noqa: E402
 from continuity_lab.sandbox import Sandbox  # noqa: E402
 
 def _settle(run: airflow_run.AirflowRun, *, timeout: float = 300) -> None:

@@ -28,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from continuity.backup import load_manifest, restore_copy
-from continuity.full_backup import NodeAddress, logical_backup, physical_backup
-from continuity.keys import Keyring
-from continuity.localcluster import ServiceUser, find_tool
-from continuity.restore import scratch_cluster, unpack_base_backup
-from continuity.storage import FileLocation
+from continuity.backup.engine import load_manifest, restore_copy
+from continuity.backup.full import NodeAddress, logical_backup, physical_backup
+from continuity.storage.keys import Keyring
+from continuity.postgres.cluster import ServiceUser, find_tool
+from continuity.restore.engine import scratch_cluster, unpack_base_backup
+from continuity.storage.locations import FileLocation
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 
 
@@ -55,7 +55,7 @@ def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) ->
         manifest = physical_backup(node=node, backup_id=backup_id, **common)
         return {"seconds": time.perf_counter() - started, "stored": manifest.stored_bytes}
     if action == "wal-push":  # what `continuity wal push %p` does, as archive_command: one process per segment
-        from continuity.wal import classify, push_file
+        from continuity.backup.wal import classify, push_file
 
         segment = Path(backup_id)
         wal = classify(segment.name)
@@ -64,7 +64,7 @@ def child(action: str, root: str, socket_dir: str, port: str, backup_id: str) ->
                   report=lambda _m: None)
         return {"seconds": time.perf_counter() - started}
     if action == "wal-push-batch":  # the sandbox's pusher: one process sends every queued segment, 2 at a time
-        from continuity.wal import ship_spool
+        from continuity.backup.wal import ship_spool
 
         result = ship_spool(Path(backup_id), keyring=keyring, locations={"bench": location}, required={"bench"},
                             workers=2, report=lambda _m: None)

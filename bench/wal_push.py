@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from continuity.manifest import manifest_key_name
+from continuity.storage.manifest import manifest_key_name
 from continuity_lab.sandbox import Sandbox
 from pgbench_load import start_pgbench  # bench/pgbench_load.py: the script's own directory is on sys.path
 from table import print_table

@@ -24,9 +24,9 @@ from airflow.sdk import DAG
 from continuity.alerts.callbacks import report_failed_task
 from continuity.alerts.deadlines import rto_deadline
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
-from continuity.operators.restore_test import SampleRestoreTestOperator
+from continuity.operators.sample_restore import SampleRestoreTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
-from continuity.policy import load_policy
+from continuity.policy.model import load_policy
 
 _policy = load_policy()
 

@@ -15,7 +15,7 @@ status_app = FastAPI(title="Continuity status page", description=__doc__)
 
 
 def _document():
-    from continuity import statuspage
+    from continuity.incidents import statuspage
     from continuity.hooks.incident import ContinuityIncidentHook
 
     hook = ContinuityIncidentHook(follow_topology=False)
@@ -24,7 +24,7 @@ def _document():
 
 @status_app.get("/status", response_class=HTMLResponse)
 def status_html() -> str:  # plain def: FastAPI runs it in a thread, the storage reads block
-    from continuity.statuspage import render_html
+    from continuity.incidents.statuspage import render_html
 
     return render_html(_document())
 

@@ -12,7 +12,7 @@ import yaml
 
 from continuity_lab.controlplane import worker_regions
 from continuity.dag_defaults import region_queue
-from continuity.policy import load_policy
+from continuity.policy.model import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -213,7 +213,7 @@ def test_wal_is_queued_bounded_and_pushed_from_the_shared_spool() -> None:
 
 
 def test_airflow_has_users_with_roles_from_a_secret_never_a_shared_admin() -> None:
-    from continuity.access import AUTH_MANAGER
+    from continuity.policy.access import AUTH_MANAGER
 
     environment = COMPOSE["x-airflow-common"]["environment"]
     assert environment["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGER

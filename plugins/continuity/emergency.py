@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from continuity.catalog import Catalog
-from continuity.keys import Keyring, MissingKeyError
-from continuity.policy import Policy
-from continuity.storage import StorageLocation, locations_from_policy
+from continuity.storage.catalog import Catalog
+from continuity.storage.keys import Keyring, MissingKeyError
+from continuity.policy.model import Policy
+from continuity.storage.locations import StorageLocation, locations_from_policy
 
 
 class LocalDeployment(Protocol):

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from continuity.policy import Policy, format_duration
-from continuity.storage import StorageLocation
+from continuity.policy.model import Policy, format_duration
+from continuity.storage.locations import StorageLocation
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
@@ -135,7 +135,7 @@ def rpo_objectives(policy: Policy, measurements: Mapping[str, Measurement]) -> l
 def price_downtime(policy: Policy, objectives: list[Objective]) -> tuple[float | None, str]:
     """Until every function was back (the slowest RTO measured), priced with the policy's downtime table
     (section 1.2); not measured while any function's RTO is."""
-    from continuity.communication import downtime_cost
+    from continuity.incidents.communication import downtime_cost
 
     rto = [o for o in objectives if o.objective.startswith("RTO ") and o.function]
     if not rto or any(o.measured_seconds is None for o in rto):

@@ -18,7 +18,7 @@ Every process is recorded in `<sandbox>/control-plane/state.json`, so `continuit
 what a crashed run left behind. The database and broker passwords are generated once and kept in a
 0600 file; they reach the Airflow processes through their environment, never a command line.
 
-Who may do what is production's too: the FAB auth manager with the roles of `continuity.access`
+Who may do what is production's too: the FAB auth manager with the roles of `continuity.policy.access`
 (dr_viewer, dr_operator, dr_admin) and the sandbox's users, their passwords in another 0600 file.
 """
 
@@ -38,9 +38,9 @@ from typing import Any
 
 import psutil
 
-from continuity.access import AUTH_MANAGER, AccessUser, sandbox_users
+from continuity.policy.access import AUTH_MANAGER, AccessUser, sandbox_users
 from continuity.dag_defaults import region_queue
-from continuity.localcluster import (LocalCluster, ServiceUser, find_bindir, free_port, pid_alive, port_is_free,
+from continuity.postgres.cluster import (LocalCluster, ServiceUser, find_bindir, free_port, pid_alive, port_is_free,
                                      stop_pid, wait_for_port, write_private)
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class ControlPlane:
         return self.directory / USERS_FILE
 
     def users(self) -> list[AccessUser]:
-        """The sandbox's people (continuity.access), passwords generated once into `users_file` (0600)."""
+        """The sandbox's people (continuity.policy.access), passwords generated once into `users_file` (0600)."""
         return [AccessUser.model_validate(entry) for entry in
                 self._private(USERS_FILE, lambda: [u.model_dump() for u in sandbox_users()])]
 

@@ -1,5 +1,5 @@
 """Node control and service control over the sandbox (`topology.node_control: sandbox`,
-`application.service_control: sandbox`): the product finds them by name (`continuity.registry`), never by
+`application.service_control: sandbox`): the product finds them by name (`continuity.policy.registry`), never by
 import."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 from typing import Any
-from continuity.localcluster import ClusterError, free_port, stop_pid, wait_for_port
-from continuity.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
+from continuity.postgres.cluster import ClusterError, free_port, stop_pid, wait_for_port
+from continuity.failover.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
 from continuity_lab.processes import listening_sampleapps
-from continuity.postgres import conninfo
+from continuity.postgres.node import conninfo
 from continuity_lab.sandbox import SANDBOX_ENV_VAR, Sandbox
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class SandboxServiceControl:
 
     @classmethod
     def from_environment(cls) -> SandboxServiceControl:
-        from continuity.servicecontrol import ServiceControlError
+        from continuity.failover.servicecontrol import ServiceControlError
 
         root = os.environ.get(SANDBOX_ENV_VAR)
         if not root:
@@ -206,8 +206,8 @@ class SandboxNodeControl:
 
 def failover_cluster(sandbox: Sandbox, *, report: Any = log.info) -> Any:
     """The cluster dr_failover's steps act on, wired to this sandbox without Airflow (bench, CLI)."""
-    from continuity.failover import ReplicationGroup
-    from continuity.router import Endpoint, PgBouncerRouter
+    from continuity.failover.steps import ReplicationGroup
+    from continuity.failover.router import Endpoint, PgBouncerRouter
 
     entry = sandbox.policy.topology.entry_point
     admin = sandbox.connections()[entry.admin_conn_id or "continuity_pgbouncer_admin"]

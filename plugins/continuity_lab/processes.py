@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from continuity.localcluster import pid_alive
+from continuity.postgres.cluster import pid_alive
 
 APP_DATABASE = "app"
 

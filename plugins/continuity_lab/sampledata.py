@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from continuity.project import include_dir
+from continuity.policy.project import include_dir
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from continuity_lab import sampledata
-from continuity.localcluster import (
+from continuity.postgres.cluster import (
     ClusterError,
     LocalCluster,
     ServiceUser,
@@ -43,11 +43,11 @@ from continuity.localcluster import (
     wait_for_port,
     write_private,
 )
-from continuity.keys import Keyring
-from continuity.policy import NodeHost, Policy, load_policy
-from continuity.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, SANDBOX_ENV_VAR, include_dir,
+from continuity.storage.keys import Keyring
+from continuity.policy.model import NodeHost, Policy, load_policy
+from continuity.policy.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, SANDBOX_ENV_VAR, include_dir,
                                 policy_path, project_dir)
-from continuity.postgres import NodeUnreachable, PostgresNode, as_dict, conninfo
+from continuity.postgres.node import NodeUnreachable, PostgresNode, as_dict, conninfo
 from continuity.waiting import poll
 from continuity_lab.processes import (APP_DATABASE, APP_HOST_USER, SSH_CONN_ID, WAL_PUSHER_NEEDLE, ChunkReader,
                                       SandboxError,
@@ -804,7 +804,7 @@ class Sandbox:
         return [f"http://127.0.0.1:{web['port']}" for web in self.application_region(region)["web"]]
 
     def probe_target(self, region: str) -> Any:
-        from continuity.probes import ProbeTarget
+        from continuity.health.probes import ProbeTarget
 
         urls = self.application_urls(region)
         return ProbeTarget(region=region, url=urls[0], instance_urls=urls)
@@ -891,18 +891,18 @@ class Sandbox:
 
     def storage_locations(self) -> dict[str, Any]:
         """The policy's storage locations, reached through this sandbox's S3 endpoint."""
-        from continuity.storage import locations_from_policy
+        from continuity.storage.locations import locations_from_policy
 
         return locations_from_policy(self.policy, lambda loc: self.s3_client(loc.region), base_dir=self.root)
 
     def catalog(self) -> Any:
-        from continuity.catalog import Catalog
+        from continuity.storage.catalog import Catalog
 
         return Catalog(self.storage_locations(), self.keyring())
 
     def backup_node(self, name: str) -> Any:
         """Where and as whom backups connect to node `name` (the continuity_backup role)."""
-        from continuity.full_backup import NodeAddress
+        from continuity.backup.full import NodeAddress
 
         return NodeAddress(name=name, host="127.0.0.1", port=self.state["nodes"][name]["port"],
                            user="continuity_backup", password=self.password("continuity_backup"))
@@ -913,10 +913,10 @@ class Sandbox:
         restore and drill. Returns the ids taken (empty when every kind exists)."""
         import io
 
-        from continuity.backup import create_backup
-        from continuity.config_backup import collect
-        from continuity.full_backup import logical_backup, physical_backup
-        from continuity.wal import ship_spool
+        from continuity.backup.engine import create_backup
+        from continuity.backup.config import collect
+        from continuity.backup.full import logical_backup, physical_backup
+        from continuity.backup.wal import ship_spool
 
         catalog = self.catalog()
         present = {m.kind for m in catalog.list()}
@@ -959,7 +959,7 @@ class Sandbox:
     def replicate_objects(self, *, report: Any = log.info) -> list[str]:
         """One replication of every object category whose checkpoint says it never completed (what
         dr_object_replication does, without Airflow): a fresh install's drill finds the objects."""
-        from continuity.objects import load_checkpoint, replicator_for
+        from continuity.objects.replication import load_checkpoint, replicator_for
 
         if self.policy.objects is None:
             return []

@@ -11,7 +11,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk.exceptions import AirflowSkipException
 
 from continuity.operators import auto_failover
-from continuity.policy import load_policy
+from continuity.policy.model import load_policy
 from tests.fakes import FakeNode
 
 DISASTER = {"disaster": True, "summary": "score 5 >= 4",
@@ -158,7 +158,7 @@ def test_a_degraded_round_event_counts_as_one_check(world: dict[str, Any]) -> No
 def test_the_primary_regions_own_view_tells_a_partition_from_a_loss(world: dict[str, Any]) -> None:
     from datetime import datetime, timezone
 
-    from continuity.viewpoints import observe_primary, viewpoint_variable
+    from continuity.health.viewpoints import observe_primary, viewpoint_variable
 
     def seen(*, writable: bool, reachable: bool = True) -> str:
         return observe_primary("us-east-1", FakeNode(name="primary", writable=writable, reachable=reachable),

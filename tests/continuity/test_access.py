@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from continuity import access
+from continuity.policy import access
 from continuity_lab.controlplane import ControlPlane
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from continuity.archive import (
+from continuity.storage.archive import (
     FORMAT_VERSION,
     MAGIC,
     ArchiveError,
@@ -20,7 +20,7 @@ from continuity.archive import (
     read_header,
     write_archive,
 )
-from continuity.keys import Keyring, KeyringError, MissingKeyError, WrongKeyError
+from continuity.storage.keys import Keyring, KeyringError, MissingKeyError, WrongKeyError
 
 CHUNK = 4096
 KEYRING = Keyring(keys={"kek-a": os.urandom(32)}, active="kek-a")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from continuity.backup import create_backup
-from continuity.catalog import Catalog
-from continuity.keys import Keyring
-from continuity.manifest import manifest_key_name
-from continuity.storage import FileLocation
+from continuity.backup.engine import create_backup
+from continuity.storage.catalog import Catalog
+from continuity.storage.keys import Keyring
+from continuity.storage.manifest import manifest_key_name
+from continuity.storage.locations import FileLocation
 
 
 class CountingLocation(FileLocation):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from continuity.cli.common import UsageError, _context
-from continuity.keys import Keyring, MissingKeyError
-from continuity.storage import S3Location
+from continuity.storage.keys import Keyring, MissingKeyError
+from continuity.storage.locations import S3Location
 
 
 def _args(**given: object) -> argparse.Namespace:

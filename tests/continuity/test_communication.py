@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from continuity.communication import TemplateError, render, required_fields
-from continuity.policy import PolicyError, load_policy
-from continuity.project import default_policy_path
+from continuity.incidents.communication import TemplateError, render, required_fields
+from continuity.policy.model import PolicyError, load_policy
+from continuity.policy.project import default_policy_path
 
 POLICY = load_policy()
 FIELDS = {

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from continuity.config_backup import ConfigBundle, ConfigRestoreError, read_bundle
+from continuity.backup.config import ConfigBundle, ConfigRestoreError, read_bundle
 
 
 def _bundle() -> bytes:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from continuity import failover
-from continuity.policy import load_policy
-from continuity.router import Endpoint
+from continuity.failover import steps as failover
+from continuity.policy.model import load_policy
+from continuity.failover.router import Endpoint
 from tests.fakes import FakeNode, FakeNodeControl, FakeRouter
 
 POLICY = load_policy()

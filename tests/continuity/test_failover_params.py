@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from continuity.failover import PreflightFailed, choose_target, validate_params
-from continuity.postgres import lsn_to_int
-from continuity.policy import load_policy
+from continuity.failover.steps import PreflightFailed, choose_target, validate_params
+from continuity.postgres.node import lsn_to_int
+from continuity.policy.model import load_policy
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from continuity.health import Check, _standby_names, assess, lag_verdict
-from continuity.policy import load_policy
-from continuity.postgres import StandbyReplication
+from continuity.health.checks import Check, _standby_names, assess, lag_verdict
+from continuity.policy.model import load_policy
+from continuity.postgres.node import StandbyReplication
 
 POLICY = load_policy()
 MiB = 2**20

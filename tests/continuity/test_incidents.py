@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from continuity import incident_report, statuspage
-from continuity.communication import downtime_cost, estimated_recovery
-from continuity.incidents import (DeliveryFailed, IncidentError, IncidentRequest, IncidentStore, Message,
+from continuity.incidents import report as incident_report, statuspage
+from continuity.incidents.communication import downtime_cost, estimated_recovery
+from continuity.incidents.records import (DeliveryFailed, IncidentError, IncidentRequest, IncidentStore, Message,
                                   check_request, claim_cause, deliver, pending_causes, report_cause)
-from continuity.policy import load_policy
-from continuity.storage import FileLocation
+from continuity.policy.model import load_policy
+from continuity.storage.locations import FileLocation
 
 POLICY = load_policy()
 IMMEDIATE = POLICY.communication.audiences["immediate_team"]

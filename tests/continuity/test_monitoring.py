@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from continuity.health import Check
-from continuity.monitoring import ProbeRound, RoundWatch, run_round
-from continuity.policy import load_policy
+from continuity.health.checks import Check
+from continuity.health.monitoring import ProbeRound, RoundWatch, run_round
+from continuity.policy.model import load_policy
 
 
 def _round(score: int, *, primary: bool = False) -> ProbeRound:
@@ -47,7 +47,7 @@ def test_rounds_come_sooner_only_while_a_disaster_is_being_confirmed() -> None:
 def test_a_confirm_interval_longer_than_the_probe_interval_is_refused() -> None:
     import pytest
 
-    from continuity.policy import HealthMonitor
+    from continuity.policy.model import HealthMonitor
 
     settings = load_policy().health_monitor.model_dump()
     with pytest.raises(ValueError, match=r"confirm_interval \(1m\) must not be longer than probe_interval \(30s\)"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from continuity.objects import (Checkpoint, CurrentListing, CurrentObject, LedgerEntry, compare_current, current_as_of,
+from continuity.objects.replication import (Checkpoint, CurrentListing, CurrentObject, LedgerEntry, compare_current, current_as_of,
                                lifecycle_rule, stale_object_categories)
-from continuity.policy import load_policy
+from continuity.policy.model import load_policy
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

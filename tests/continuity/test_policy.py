@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from continuity.project import default_policy_path
-from continuity.policy import PolicyError, load_policy, parse_duration, parse_size
+from continuity.policy.project import default_policy_path
+from continuity.policy.model import PolicyError, load_policy, parse_duration, parse_size
 
 SEED = default_policy_path().read_text()
 
@@ -188,7 +188,7 @@ def test_objects_section_carries_the_requirements_file_storage_plan() -> None:
 def test_restore_tests_rotate_over_every_location_and_alarm_when_one_is_overdue() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from continuity.restore_test import locations_due, unproven_alarms
+    from continuity.exercises.sample_restore import locations_due, unproven_alarms
 
     policy = load_policy()
     now = datetime(2026, 11, 27, 5, 0, tzinfo=timezone.utc)
@@ -207,7 +207,7 @@ def test_restore_tests_rotate_over_every_location_and_alarm_when_one_is_overdue(
 def test_the_plan_review_is_overdue_after_a_year_and_counts_from_the_last_answer() -> None:
     from datetime import datetime, timezone
 
-    from continuity.plan_review import ReviewDecision, last_review, overdue_alarm
+    from continuity.exercises.plan_review import ReviewDecision, last_review, overdue_alarm
 
     policy = load_policy()
     assert overdue_alarm(policy, [], now=datetime(2026, 11, 27, tzinfo=timezone.utc)) is None

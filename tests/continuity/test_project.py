@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from continuity import project
-from continuity.policy import load_policy
+from continuity.policy import project
+from continuity.policy.model import load_policy
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from continuity import registry
-from continuity.nodecontrol import NodeControlError, node_control_for
-from continuity.policy import load_policy
-from continuity.servicecontrol import ServiceControlError, service_control_for
-from continuity.sshcontrol import SshNodeControl, SshServiceControl
+from continuity.policy import registry
+from continuity.failover.nodecontrol import NodeControlError, node_control_for
+from continuity.policy.model import load_policy
+from continuity.failover.servicecontrol import ServiceControlError, service_control_for
+from continuity.failover.sshcontrol import SshNodeControl, SshServiceControl
 
 
 def test_the_policy_names_resolve_to_their_implementations() -> None:

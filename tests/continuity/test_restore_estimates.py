@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from continuity.restore_test import RestoreTestResult, calibrated_estimate, last_full_restore
+from continuity.exercises.sample_restore import RestoreTestResult, calibrated_estimate, last_full_restore
 
 
 def _full(seconds: float, rows: int, at: str, success: bool = True) -> RestoreTestResult:

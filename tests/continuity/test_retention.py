@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from continuity.manifest import Manifest
-from continuity.policy import load_policy
-from continuity.validation import deep_sample, plan_retention, stale_categories
-from continuity.wal import find_gaps, segment_name
+from continuity.storage.manifest import Manifest
+from continuity.policy.model import load_policy
+from continuity.backup.validation import deep_sample, plan_retention, stale_categories
+from continuity.backup.wal import find_gaps, segment_name
 
 POLICY = load_policy()
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -104,9 +104,9 @@ def test_deep_sample_is_newest_of_each_kind_plus_a_stable_random_sample(seed: st
 
 
 def test_dry_run_deletes_nothing_and_a_real_run_deletes_manifest_and_data(tmp_path) -> None:
-    from continuity.manifest import data_key_name, manifest_key_name
-    from continuity.storage import FileLocation
-    from continuity.validation import apply_retention
+    from continuity.storage.manifest import data_key_name, manifest_key_name
+    from continuity.storage.locations import FileLocation
+    from continuity.backup.validation import apply_retention
 
     location = FileLocation(name="primary", region="us-east-1", path=tmp_path)
     catalog = [_manifest("logical-old", "logical", timedelta(days=90))] + \
@@ -126,7 +126,7 @@ def test_dry_run_deletes_nothing_and_a_real_run_deletes_manifest_and_data(tmp_pa
 
 
 def test_every_scheduled_backup_kind_has_a_freshness_alarm() -> None:
-    from continuity.validation import backup_schedules, stale_backup_kinds
+    from continuity.backup.validation import backup_schedules, stale_backup_kinds
 
     assert backup_schedules(POLICY)["logical"][0] == timedelta(days=1)
     assert backup_schedules(POLICY)["wal"][0] == timedelta(hours=4)

@@ -3,7 +3,7 @@ defaults, every sequence, and never an entry that names a table left out (pg_res
 
 from __future__ import annotations
 
-from continuity.restore import _toc_for
+from continuity.restore.engine import _toc_for
 
 LISTING = """\
 ;

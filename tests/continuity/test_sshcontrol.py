@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from continuity.sshcontrol import rewrite_settings
+from continuity.failover.sshcontrol import rewrite_settings
 
 
 def test_managed_keys_are_replaced_or_removed_and_every_other_line_kept() -> None:

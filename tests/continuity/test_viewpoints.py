@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from continuity.policy import load_policy
-from continuity.viewpoints import (
+from continuity.policy.model import load_policy
+from continuity.health.viewpoints import (
     ViewpointObservation,
     describe_viewpoints,
     load_observations,

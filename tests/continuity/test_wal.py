@@ -4,8 +4,8 @@ import pytest
 
 from datetime import datetime, timedelta, timezone
 
-from continuity.postgres import ArchiverStatus
-from continuity.wal import ArchiverFailing, classify, find_gaps, segment_archived, segment_name
+from continuity.postgres.node import ArchiverStatus
+from continuity.backup.wal import ArchiverFailing, classify, find_gaps, segment_archived, segment_name
 
 
 @pytest.mark.parametrize(

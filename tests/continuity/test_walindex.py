@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from continuity.backup import Verification, create_backup, record_verification, rewrap
-from continuity.catalog import Catalog
-from continuity.keys import Keyring
-from continuity.manifest import manifest_key_name
-from continuity.storage import FileLocation
-from continuity.validation import Decision, apply_retention
-from continuity.walindex import INDEX_PREFIX, LATE_PREFIX, refresh_index
+from continuity.backup.engine import Verification, create_backup, record_verification, rewrap
+from continuity.storage.catalog import Catalog
+from continuity.storage.keys import Keyring
+from continuity.storage.manifest import manifest_key_name
+from continuity.storage.locations import FileLocation
+from continuity.backup.validation import Decision, apply_retention
+from continuity.storage.walindex import INDEX_PREFIX, LATE_PREFIX, refresh_index
 
 from .test_catalog import CountingLocation
 

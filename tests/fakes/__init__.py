@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from continuity.nodecontrol import NodeControlError
-from continuity.postgres import NodeUnreachable, WalReceiver
-from continuity.router import Endpoint
+from continuity.failover.nodecontrol import NodeControlError
+from continuity.postgres.node import NodeUnreachable, WalReceiver
+from continuity.failover.router import Endpoint
 
 
 @dataclass

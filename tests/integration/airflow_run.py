@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from continuity_lab.controlplane import ControlPlane
-from continuity.localcluster import free_port
+from continuity.postgres.cluster import free_port
 
 from .airflow_helpers import DAGS_DIR
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from continuity.project import default_policy_path
+from continuity.policy.project import default_policy_path
 
 from . import airflow_run
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from continuity.localcluster import free_port
+from continuity.postgres.cluster import free_port
 
 
 class CuttingProxy:

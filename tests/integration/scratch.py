@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from continuity.localcluster import LocalCluster, ServiceUser, find_bindir, free_port
+from continuity.postgres.cluster import LocalCluster, ServiceUser, find_bindir, free_port
 
 
 def _cluster(root: Path, name: str) -> LocalCluster:

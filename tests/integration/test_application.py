@@ -10,9 +10,9 @@ import httpx
 import psycopg
 import pytest
 
-from continuity.probes import run_synthetic_transactions
+from continuity.health.probes import run_synthetic_transactions
 from continuity_lab.sampleapp import AppSettings, hash_password, verify_password
-from continuity.servicecontrol import ServiceControlError, service_control_for
+from continuity.failover.servicecontrol import ServiceControlError, service_control_for
 
 
 def transactions(sandbox) -> dict[str, str]:
@@ -98,7 +98,7 @@ def test_a_stopped_instance_set_fails_every_function_and_is_named(sandbox) -> No
 
 def test_a_failed_instance_is_routed_around(sandbox) -> None:
     first = sandbox.state["application"]["us-east-1"]["web"][0]
-    from continuity.localcluster import stop_pid
+    from continuity.postgres.cluster import stop_pid
 
     try:
         stop_pid(first["pid"], name=first["name"])

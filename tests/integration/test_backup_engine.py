@@ -12,14 +12,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from continuity.archive import IntegrityError
-from continuity.backup import create_backup, load_manifest, restore_copy, rewrap, verify_copy
-from continuity.catalog import Catalog
-from continuity.keys import Keyring, MissingKeyError
-from continuity.localcluster import free_port, stop_pid, wait_for_port
-from continuity.manifest import manifest_key_name
-from continuity.storage import FileLocation, S3Location, StorageError, locations_from_policy
-from continuity.walindex import refresh_index
+from continuity.storage.archive import IntegrityError
+from continuity.backup.engine import create_backup, load_manifest, restore_copy, rewrap, verify_copy
+from continuity.storage.catalog import Catalog
+from continuity.storage.keys import Keyring, MissingKeyError
+from continuity.postgres.cluster import free_port, stop_pid, wait_for_port
+from continuity.storage.manifest import manifest_key_name
+from continuity.storage.locations import FileLocation, S3Location, StorageError, locations_from_policy
+from continuity.storage.walindex import refresh_index
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_kms_wraps_data_keys_on_the_local_endpoint(locations, sandbox) -> None:
 
 
 def test_kms_unwraps_only_under_the_key_the_keyring_trusts(locations, sandbox) -> None:
-    from continuity.keys import WrappedKey, WrongKeyError
+    from continuity.storage.keys import WrappedKey, WrongKeyError
 
     kms = boto3.client("kms", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
                        aws_access_key_id="continuity-sandbox", aws_secret_access_key="x")
@@ -272,7 +272,7 @@ def test_a_malformed_manifest_is_a_problem_not_a_broken_listing(locations, keyri
 
 
 def test_a_manifest_update_never_undoes_a_rotation_that_happened_meanwhile(locations, keyring) -> None:
-    from continuity.backup import record_verification
+    from continuity.backup.engine import record_verification
 
     data = os.urandom(20_000)
     manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=[locations["dr"]])
@@ -332,7 +332,7 @@ def test_a_network_cut_mid_restore_falls_back_and_leaves_no_plaintext(locations,
 
     from botocore.config import Config
 
-    from continuity.backup import restore_to_path
+    from continuity.backup.engine import restore_to_path
     from continuity_lab.sandbox import S3_ACCESS_KEY
 
     from .netfault import CuttingProxy

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from continuity.backup import restore_copy
-from continuity.catalog import Catalog
-from continuity.storage import locations_from_policy
+from continuity.backup.engine import restore_copy
+from continuity.storage.catalog import Catalog
+from continuity.storage.locations import locations_from_policy
 
 from .airflow_helpers import task_states, xcom
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from continuity_lab.controlplane import METADATA_DATABASE, METADATA_ROLE, ControlPlane
-from continuity.localcluster import port_is_free
+from continuity.postgres.cluster import port_is_free
 
 
 @pytest.fixture()

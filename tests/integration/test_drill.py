@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from continuity.drill import DrillStart, check_point_in_time
-from continuity.full_backup import logical_backup, physical_backup
+from continuity.exercises.drill import DrillStart, check_point_in_time
+from continuity.backup.full import logical_backup, physical_backup
 
 from .airflow_helpers import load_dag, task_states, xcom
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from continuity.cli import EXIT_INTEGRITY, EXIT_MISSING_KEY, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from continuity.keys import Keyring
-from continuity.localcluster import free_port
-from continuity.project import default_policy_path
+from continuity.storage.keys import Keyring
+from continuity.postgres.cluster import free_port
+from continuity.policy.project import default_policy_path
 
 
 @pytest.fixture

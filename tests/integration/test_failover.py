@@ -10,11 +10,11 @@ import urllib.request
 import psycopg
 import pytest
 
-from continuity import failover as failover_steps
-from continuity.loadgen import CommitRecorder
-from continuity.router import PgBouncerRouter
+from continuity.failover import steps as failover_steps
+from continuity.exercises.loadgen import CommitRecorder
+from continuity.failover.router import PgBouncerRouter
 from continuity.hooks.topology import TOPOLOGY_VARIABLE
-from continuity.storage import key_safe
+from continuity.storage.locations import key_safe
 from continuity.waiting import poll
 from continuity_lab.controls import failover_cluster
 from continuity_lab.processes import APP_HOST_USER
@@ -99,7 +99,7 @@ def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(clu
 
 
 def test_without_a_configured_node_control_preflight_stops_saying_so(cluster, monkeypatch, tmp_path) -> None:
-    from continuity.project import default_policy_path
+    from continuity.policy.project import default_policy_path
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(default_policy_path().read_text().replace("  node_control: sandbox\n", ""))
@@ -312,7 +312,7 @@ def test_preflight_refuses_two_writable_nodes(cluster) -> None:
 
 
 def test_failover_refuses_to_promote_while_the_old_primary_is_writable_and_cannot_be_fenced(cluster, monkeypatch) -> None:
-    from continuity.nodecontrol import NodeControlError
+    from continuity.failover.nodecontrol import NodeControlError
     from continuity_lab.controls import SandboxNodeControl
 
     def host_unreachable(self, name, *args, **kwargs):
@@ -389,7 +389,7 @@ def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluste
 
 # -- the drill's live switchover ---------------------------------------------------------------------
 def test_drill_with_include_switchover_measures_the_outage_and_loses_nothing(cluster) -> None:
-    from continuity.full_backup import logical_backup, physical_backup
+    from continuity.backup.full import logical_backup, physical_backup
 
     catalog = cluster.catalog()
     for name, make in (("sync1", physical_backup), ("primary", logical_backup)):
@@ -424,7 +424,7 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
     from airflow.models.variable import Variable
 
     from continuity.operators.auto_failover import STREAK_VARIABLE
-    from continuity.project import default_policy_path
+    from continuity.policy.project import default_policy_path
 
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true"))
@@ -467,7 +467,7 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
 
 
 def _auto_policy(tmp_path, *replacements: tuple[str, str]):
-    from continuity.project import default_policy_path
+    from continuity.policy.project import default_policy_path
 
     text = default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true") \
         .replace("consecutive_failures: 3", "consecutive_failures: 1")
@@ -481,7 +481,7 @@ def _auto_policy(tmp_path, *replacements: tuple[str, str]):
 def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(cluster, monkeypatch, tmp_path, capfd) -> None:
     from airflow.models.variable import Variable
 
-    from continuity.localcluster import free_port
+    from continuity.postgres.cluster import free_port
     from continuity.operators.auto_failover import STREAK_VARIABLE
 
     monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
@@ -504,7 +504,7 @@ def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(clust
 def _forget_viewpoints(policy) -> None:
     from airflow.models.variable import Variable
 
-    from continuity.viewpoints import viewpoint_regions, viewpoint_variable
+    from continuity.health.viewpoints import viewpoint_regions, viewpoint_variable
 
     for region in viewpoint_regions(policy):
         Variable.delete(viewpoint_variable(region))
@@ -514,9 +514,9 @@ def test_no_automatic_failover_when_the_primary_region_still_sees_it_writable(cl
                                                                               capfd) -> None:
     from airflow.models.variable import Variable
 
-    from continuity.localcluster import free_port
+    from continuity.postgres.cluster import free_port
     from continuity.operators.auto_failover import STREAK_VARIABLE
-    from continuity.viewpoints import viewpoint_variable
+    from continuity.health.viewpoints import viewpoint_variable
 
     monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
     Variable.delete(STREAK_VARIABLE)
@@ -635,7 +635,7 @@ def test_switchover_and_failover_with_node_and_service_control_over_ssh(over_ssh
 
 def test_node_control_over_ssh_names_the_node_and_the_command_that_failed(over_ssh, monkeypatch) -> None:
     from continuity.hooks.failover import FailoverHook
-    from continuity.nodecontrol import NodeControlError
+    from continuity.failover.nodecontrol import NodeControlError
 
     control = FailoverHook().get_node_control()
     assert control.is_running("dr") and control.is_fenced("dr")
@@ -651,8 +651,8 @@ def test_node_control_over_ssh_names_the_node_and_the_command_that_failed(over_s
 def test_service_control_over_ssh_reads_each_instance_and_names_the_region_and_command_that_failed(
         over_ssh, monkeypatch) -> None:
     from continuity.hooks.services import get_service_control
-    from continuity.policy import load_policy
-    from continuity.servicecontrol import ServiceControlError
+    from continuity.policy.model import load_policy
+    from continuity.failover.servicecontrol import ServiceControlError
 
     policy = load_policy()
     control = get_service_control(policy)

@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 import psycopg
 import pytest
 
-from continuity.backup import restore_copy
+from continuity.backup.engine import restore_copy
 
-from continuity.full_backup import DumpFailed, logical_backup, row_counts, schema_fingerprint
-from continuity.localcluster import find_tool
-from continuity.manifest import manifest_key_name
+from continuity.backup.full import DumpFailed, logical_backup, row_counts, schema_fingerprint
+from continuity.postgres.cluster import find_tool
+from continuity.storage.manifest import manifest_key_name
 
 from .airflow_helpers import load_dag, task_states, xcom
 from .scratch import cluster_from_base_backup, empty_cluster
@@ -167,7 +167,7 @@ def test_primary_killed_mid_dump_fails_cleanly_and_the_retry_succeeds(sandbox) -
 
 def test_an_unreachable_optional_location_is_left_out_not_fatal(sandbox, monkeypatch, tmp_path) -> None:
     """The eu-west-1 archive bucket gone: full, config and WAL backups still succeed everywhere else."""
-    from continuity.project import default_policy_path
+    from continuity.policy.project import default_policy_path
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(default_policy_path().read_text().replace("bucket: continuity-archive-eu-west-1",

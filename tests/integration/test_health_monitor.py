@@ -42,7 +42,7 @@ def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
 
 def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A required bucket that is gone is a storage failure (weight 1), named with its location."""
-    from continuity.project import default_policy_path
+    from continuity.policy.project import default_policy_path
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(default_policy_path().read_text().replace("bucket: continuity-backups-us-west-2",

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from continuity.incidents import IncidentStore, pending_causes
-from continuity.policy import load_policy
+from continuity.incidents.records import IncidentStore, pending_causes
+from continuity.policy.model import load_policy
 from continuity_lab.receivers import mails, message_text, received
 from continuity_lab.sandbox import Sandbox
 from . import airflow_run

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from continuity import statuspage
-from continuity.communication import TemplateError, incident_fields, render
+from continuity.incidents import statuspage
+from continuity.incidents.communication import TemplateError, incident_fields, render
 from continuity.hooks.incident import ContinuityIncidentHook
-from continuity.incidents import IncidentRequest, IncidentStore, Message, deliver, split_subject
+from continuity.incidents.records import IncidentRequest, IncidentStore, Message, deliver, split_subject
 from continuity.notifiers.incident import BANNER_NAME, channel_senders, clear_banners
 from continuity_lab.receivers import mails, message_text, received
 

@@ -17,11 +17,11 @@ import boto3
 import pytest
 import yaml
 
-from continuity import objects
-from continuity.objects import HEARTBEAT_NAME, Replicator, list_versions, replicator_for
-from continuity.policy import load_policy
-from continuity.project import default_policy_path
-from continuity.storage import locations_from_policy
+from continuity.objects import replication as objects
+from continuity.objects.replication import HEARTBEAT_NAME, Replicator, list_versions, replicator_for
+from continuity.policy.model import load_policy
+from continuity.policy.project import default_policy_path
+from continuity.storage.locations import locations_from_policy
 
 from .netfault import CuttingProxy
 

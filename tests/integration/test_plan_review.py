@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from continuity.drill import DrillResult, render_markdown as render_drill
-from continuity.policy import load_policy
+from continuity.exercises.drill import DrillResult, render_markdown as render_drill
+from continuity.policy.model import load_policy
 from continuity_lab.receivers import mails, message_text
 from continuity.reports import function_rto_objectives, store_report
 from continuity_lab.sandbox import Sandbox
@@ -16,7 +16,7 @@ DAG = "dr_plan_review"
 
 
 def _current_targets(policy) -> dict[str, str]:
-    from continuity.policy import format_duration
+    from continuity.policy.model import format_duration
 
     form = {}
     for name, function in policy.business_functions.items():

@@ -19,15 +19,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from continuity.backup import verify_copy
-from continuity.catalog import Catalog
+from continuity.backup.engine import verify_copy
+from continuity.storage.catalog import Catalog
 from continuity_lab.controlplane import ControlPlane
 from continuity.dag_defaults import region_queue
-from continuity.manifest import data_key_name
-from continuity.project import default_policy_path
+from continuity.storage.manifest import data_key_name
+from continuity.policy.project import default_policy_path
 from continuity_lab.sandbox import Sandbox
 from continuity_lab.controls import failover_cluster
-from continuity.storage import S3Location, key_safe, locations_from_policy
+from continuity.storage.locations import S3Location, key_safe, locations_from_policy
 from continuity.waiting import poll
 
 from . import airflow_run

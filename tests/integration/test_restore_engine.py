@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from continuity.catalog import Catalog
-from continuity.full_backup import NodeAddress, logical_backup, physical_backup, row_counts
-from continuity.restore import RestoreError, choose_base_backup, restore_logical, restore_physical, scratch_cluster
+from continuity.storage.catalog import Catalog
+from continuity.backup.full import NodeAddress, logical_backup, physical_backup, row_counts
+from continuity.restore.engine import RestoreError, choose_base_backup, restore_logical, restore_physical, scratch_cluster
 
 from .airflow_helpers import load_dag
 
@@ -125,7 +125,7 @@ def test_cli_restores_a_point_in_time_to_a_cluster_directory(sandbox, pitr_setup
     import tempfile
     from pathlib import Path
 
-    from continuity.localcluster import ServiceUser
+    from continuity.postgres.cluster import ServiceUser
 
     _, target, _ = pitr_setup
     tmp_path = Path(tempfile.mkdtemp(prefix="continuity-sandbox-cli-restore-"))
@@ -134,7 +134,7 @@ def test_cli_restores_a_point_in_time_to_a_cluster_directory(sandbox, pitr_setup
     result = _cli(sandbox, "--time", target.isoformat(), "--to-cluster", str(data_dir), "--location", "dr")
     assert result.returncode == 0, result.stderr
     assert "running on port" in result.stdout
-    from continuity.localcluster import LocalCluster, ServiceUser, find_bindir
+    from continuity.postgres.cluster import LocalCluster, ServiceUser, find_bindir
 
     port = int(result.stdout.split("running on port ")[1].split(";")[0])
     socket_dir = tmp_path / ".rebuilt.continuity" / "run"
@@ -170,7 +170,7 @@ def test_cli_restores_a_logical_backup_into_an_empty_database(sandbox) -> None:
 
 
 def test_great_expectations_pass_on_a_faithful_restore_and_name_what_broke(sandbox) -> None:
-    from continuity.expectations import validate_restored
+    from continuity.restore.expectations import validate_restored
 
     catalog = _catalog(sandbox)
     manifest = logical_backup(node=_node(sandbox, "primary"), database="app", keyring=sandbox.keyring(),
@@ -200,8 +200,8 @@ def test_great_expectations_pass_on_a_faithful_restore_and_name_what_broke(sandb
 
 
 def test_sample_restore_takes_foreign_key_parents_and_validates(sandbox) -> None:
-    from continuity.expectations import validate_restored
-    from continuity.restore import sample_tables
+    from continuity.restore.expectations import validate_restored
+    from continuity.restore.engine import sample_tables
 
     catalog = _catalog(sandbox)
     manifest = logical_backup(node=_node(sandbox, "primary"), database="app", keyring=sandbox.keyring(),
@@ -233,7 +233,7 @@ def test_sample_restore_takes_foreign_key_parents_and_validates(sandbox) -> None
 
 
 def test_amcheck_passes_on_a_clean_cluster_and_catches_a_corrupted_page() -> None:
-    from continuity.restore import amcheck
+    from continuity.restore.engine import amcheck
 
     with scratch_cluster() as scratch:
         with scratch.connect(autocommit=True) as conn:
@@ -299,8 +299,8 @@ def test_cli_never_puts_a_database_password_in_argv(sandbox) -> None:
 
 def test_a_hostile_dump_restores_without_running_a_program_or_seeing_a_secret(sandbox, monkeypatch, tmp_path) -> None:
 
-    from continuity.backup import backup_from_command
-    from continuity.localcluster import find_tool
+    from continuity.backup.engine import backup_from_command
+    from continuity.postgres.cluster import find_tool
 
     monkeypatch.setenv("AIRFLOW_CONN_CANARY", "postgres://u:canary-secret-in-env@h/db")
     drop = tmp_path / "drop"
@@ -349,11 +349,11 @@ def test_unpacking_a_base_backup_streams_it_intact_and_stops_cleanly_on_a_flippe
     import tarfile
     import threading
 
-    from continuity.backup import create_backup
-    from continuity.keys import Keyring
-    from continuity.localcluster import ServiceUser
-    from continuity.restore import unpack_base_backup
-    from continuity.storage import FileLocation
+    from continuity.backup.engine import create_backup
+    from continuity.storage.keys import Keyring
+    from continuity.postgres.cluster import ServiceUser
+    from continuity.restore.engine import unpack_base_backup
+    from continuity.storage.locations import FileLocation
 
     payload = {f"base/{n}": os.urandom(700_000) for n in range(5)}  # several 1 MiB chunks, incompressible
     buffer = io.BytesIO()
@@ -388,7 +388,7 @@ def test_a_wal_file_failing_while_recovery_replays_aborts_the_restore_naming_it(
     with its name, never a cluster promoted short of its target."""
     import io
 
-    from continuity.wal import classify
+    from continuity.backup.wal import classify
 
     base, _, _ = pitr_setup
     for _ in range(2):  # at least two segments after the base backup's start, whatever ran before

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from continuity.catalog import Catalog
-from continuity.full_backup import logical_backup
-from continuity.restore import scratch_prefix
-from continuity.storage import locations_from_policy
-from continuity.storage import key_safe
+from continuity.storage.catalog import Catalog
+from continuity.backup.full import logical_backup
+from continuity.restore.engine import scratch_prefix
+from continuity.storage.locations import locations_from_policy
+from continuity.storage.locations import key_safe
 
 from .airflow_helpers import load_dag, task_states, xcom
 
@@ -39,7 +39,7 @@ def _report(sandbox, run) -> dict:
 
 def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logical_backup, monkeypatch,
                                                           tmp_path) -> None:
-    from continuity.project import default_policy_path
+    from continuity.policy.project import default_policy_path
 
     # Every location's turn and a full restore due in this run, whatever earlier tests proved already.
     policy_file = tmp_path / "policy.yaml"
@@ -132,11 +132,11 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     import glob
     import uuid
 
-    from continuity.backup import backup_from_command
-    from continuity.full_backup import _FOREIGN_KEY_COLUMNS
-    from continuity.localcluster import find_tool
-    from continuity.project import default_policy_path
-    from continuity.policy import load_policy
+    from continuity.backup.engine import backup_from_command
+    from continuity.backup.full import _FOREIGN_KEY_COLUMNS
+    from continuity.postgres.cluster import find_tool
+    from continuity.policy.project import default_policy_path
+    from continuity.policy.model import load_policy
 
     prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
     policy_file = tmp_path / "policy.yaml"
@@ -180,8 +180,8 @@ def test_a_restore_test_fails_when_the_restored_database_cannot_serve_a_login(sa
 
     import psycopg
 
-    from continuity.policy import load_policy
-    from continuity.project import default_policy_path
+    from continuity.policy.model import load_policy
+    from continuity.policy.project import default_policy_path
 
     prefix = f"rt-login-{uuid.uuid4().hex[:8]}/"
     policy_file = tmp_path / "policy.yaml"
@@ -210,8 +210,8 @@ def test_a_restore_test_fails_when_the_restored_database_cannot_serve_a_login(sa
 def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkeypatch, tmp_path) -> None:
     import uuid
 
-    from continuity.project import default_policy_path
-    from continuity.policy import load_policy
+    from continuity.policy.project import default_policy_path
+    from continuity.policy.model import load_policy
 
     prefix = f"rt-empty-{uuid.uuid4().hex[:8]}/"  # a catalog with no backup at all
     policy_file = tmp_path / "policy.yaml"
@@ -228,8 +228,8 @@ def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkey
 
 
 def test_the_teardown_removes_a_scratch_cluster_a_killed_worker_left_running(tmp_path) -> None:
-    from continuity.localcluster import pid_alive
-    from continuity.restore import remove_scratch_clusters, scratch_cluster
+    from continuity.postgres.cluster import pid_alive
+    from continuity.restore.engine import remove_scratch_clusters, scratch_cluster
 
     prefix = scratch_prefix(f"manual__{time.time_ns()}")
     abandoned = scratch_cluster(prefix=prefix)

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from continuity.router import Endpoint, PgBouncerRouter, RouterError
+from continuity.failover.router import Endpoint, PgBouncerRouter, RouterError
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -60,8 +60,8 @@ def test_route53_record_is_repointed_through_the_amazon_provider_connection(sand
     import boto3
 
     from continuity.hooks.failover import FailoverHook
-    from continuity.project import default_policy_path
-    from continuity.router import Route53Router
+    from continuity.policy.project import default_policy_path
+    from continuity.failover.router import Route53Router
     from continuity_lab.sandbox import S3_ACCESS_KEY
 
     secret = sandbox.password("s3_secret_key")

@@ -23,11 +23,11 @@ import psycopg
 
 from continuity_lab.controlplane import METADATA_DATABASE, ControlPlane
 
-from continuity.localcluster import free_port, pid_alive
-from continuity.project import default_policy_path
-from continuity.policy import load_policy
+from continuity.postgres.cluster import free_port, pid_alive
+from continuity.policy.project import default_policy_path
+from continuity.policy.model import load_policy
 from continuity_lab.sandbox import Sandbox
-from continuity.storage import key_safe
+from continuity.storage.locations import key_safe
 from .airflow_run import api as _api
 
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from continuity.localcluster import pid_alive
+from continuity.postgres.cluster import pid_alive
 from continuity_lab.sandbox import Sandbox
 
 

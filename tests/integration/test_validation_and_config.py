@@ -15,12 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from continuity.backup import create_backup, restore_copy, verify_copy
+from continuity.backup.engine import create_backup, restore_copy, verify_copy
 
-from continuity.manifest import data_key_name, manifest_key_name
-from continuity.project import default_policy_path
+from continuity.storage.manifest import data_key_name, manifest_key_name
+from continuity.policy.project import default_policy_path
 
-from continuity.wal import classify
+from continuity.backup.wal import classify
 
 from .airflow_helpers import load_dag, task_states, xcom
 

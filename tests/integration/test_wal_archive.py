@@ -7,10 +7,10 @@ import asyncio
 import psycopg
 import pytest
 
-from continuity.catalog import Catalog
-from continuity.manifest import data_key_name, manifest_key_name
+from continuity.storage.catalog import Catalog
+from continuity.storage.manifest import data_key_name, manifest_key_name
 from continuity.triggers.wal_archived import WalArchivedTrigger
-from continuity.wal import classify
+from continuity.backup.wal import classify
 
 from .airflow_helpers import load_dag, task_states, xcom
 
@@ -151,8 +151,8 @@ def _fill_spool(sandbox, segments: int) -> list[str]:
 def test_two_shippers_on_one_spool_both_succeed_and_store_each_segment_once(sandbox) -> None:
     import threading
 
-    from continuity.backup import verify_copy
-    from continuity.wal import ship_spool, spool_files
+    from continuity.backup.engine import verify_copy
+    from continuity.backup.wal import ship_spool, spool_files
 
     closed = _fill_spool(sandbox, 3)
     waiting = [w.name for w in spool_files(sandbox.spool_dir)]
@@ -194,7 +194,7 @@ def test_two_shippers_on_one_spool_both_succeed_and_store_each_segment_once(sand
 
 
 def test_a_spool_file_shipped_by_another_shipper_meanwhile_is_not_an_error(sandbox) -> None:
-    from continuity.wal import ShipResult, _ship_one, classify, ship_spool
+    from continuity.backup.wal import ShipResult, _ship_one, classify, ship_spool
 
     _fill_spool(sandbox, 1)
     keyring = sandbox.keyring()
@@ -209,7 +209,7 @@ def test_a_spool_file_shipped_by_another_shipper_meanwhile_is_not_an_error(sandb
 
 
 def test_a_spool_file_stays_until_every_required_copy_verifies(sandbox) -> None:
-    from continuity.wal import WalGap, ship_spool, spool_files
+    from continuity.backup.wal import WalGap, ship_spool, spool_files
 
     _fill_spool(sandbox, 1)
     keyring = sandbox.keyring()
@@ -217,7 +217,7 @@ def test_a_spool_file_stays_until_every_required_copy_verifies(sandbox) -> None:
     locations = sandbox.storage_locations()
     name = spool_files(sandbox.spool_dir)[-1].name
     # Another shipper stored this file, but the dr copy of its data went bad before we got here.
-    from continuity.backup import create_backup
+    from continuity.backup.engine import create_backup
 
     with open(sandbox.spool_dir / name, "rb") as handle:
         create_backup(handle, kind="wal", keyring=keyring, locations=list(locations.values()), required=required,

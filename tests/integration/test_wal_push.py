@@ -14,11 +14,11 @@ from pathlib import Path
 import boto3
 import psycopg
 
-from continuity.backup import load_manifest
+from continuity.backup.engine import load_manifest
 from continuity.cli import EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
-from continuity.localcluster import free_port
-from continuity.storage import locations_from_policy
-from continuity.wal import classify, push_continuously, spool_files
+from continuity.postgres.cluster import free_port
+from continuity.storage.locations import locations_from_policy
+from continuity.backup.wal import classify, push_continuously, spool_files
 
 REQUIRED = ("primary", "dr")
 
@@ -192,8 +192,8 @@ def test_pitr_from_the_pushed_archive_alone_to_seconds_before_a_regional_loss(sa
     lost (the pusher stopped: nothing more leaves it)."""
     from datetime import datetime, timezone
 
-    from continuity.full_backup import physical_backup
-    from continuity.restore import restore_physical, scratch_cluster
+    from continuity.backup.full import physical_backup
+    from continuity.restore.engine import restore_physical, scratch_cluster
 
     catalog = sandbox.catalog()
     physical_backup(node=sandbox.backup_node("sync1"), keyring=sandbox.keyring(),

@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from continuity.storage import key_safe
+from continuity.storage.locations import key_safe
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def rto_deadline_missed(*, dag_id: str, rto_target: str, context: dict[str, Any]
             locations[location].put_bytes(f"{ALERT_PREFIX}{name}.json", json.dumps(record, indent=2).encode())
         except Exception as exc:  # one unreachable location must not swallow the alert elsewhere
             log.error("could not write the alert to location %s: %s", location, exc)
-    from continuity.incidents import IncidentRequest
+    from continuity.incidents.records import IncidentRequest
 
     report_cause(IncidentRequest(severity="high", title=f"{dag_id} ran past its RTO target of {rto_target}",
                                  description=record["message"], cause_key=f"rto-missed:{dag_id}",
@@ -59,7 +59,7 @@ FAILURE_SEVERITY = {"dr_full_backup": "high", "dr_wal_archive": "high", "dr_obje
 def report_cause(request: Any) -> bool:
     """Leave an incident cause in the inbox; never fails the caller (a red run still shows the problem)."""
     from continuity.hooks.incident import ContinuityIncidentHook
-    from continuity.incidents import report_cause as leave_in_inbox
+    from continuity.incidents.records import report_cause as leave_in_inbox
 
     try:
         hook = ContinuityIncidentHook(follow_topology=False)
@@ -75,7 +75,7 @@ def report_cause(request: Any) -> bool:
 
 def report_failed_task(context: dict[str, Any]) -> None:
     """on_failure_callback (a task failed for good, retries spent): one incident per failing step."""
-    from continuity.incidents import IncidentRequest
+    from continuity.incidents.records import IncidentRequest
 
     ti = context["ti"]
     exception = str(context.get("exception") or "")

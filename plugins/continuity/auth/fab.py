@@ -1,4 +1,4 @@
-"""Write `continuity.access`'s roles and users into the FAB auth manager's tables (run with the deployment's
+"""Write `continuity.policy.access`'s roles and users into the FAB auth manager's tables (run with the deployment's
 Airflow environment: `python -m continuity.auth.fab < users.json`, the users as JSON on stdin so that no
 password reaches argv). Safe to run again: roles get their grants, existing users their role and password.
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager
 
-from continuity.access import ROLES, AccessUser, role_grants
+from continuity.policy.access import ROLES, AccessUser, role_grants
 
 
 class ContinuityAuthManager(FabAuthManager):

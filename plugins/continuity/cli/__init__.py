@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from continuity.archive import ArchiveError
+from continuity.storage.archive import ArchiveError
 from continuity.cli.backups import cmd_backups_create, cmd_backups_list, cmd_backups_show, cmd_backups_verify
 from continuity.cli.common import (EXIT_FAILURE, EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_MISSING_KEY, EXIT_OK,
                                    EXIT_POLICY, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, _fail)
@@ -23,13 +23,13 @@ from continuity.cli.objects import cmd_objects_restore, cmd_objects_verify
 from continuity.cli.restore import cmd_restore
 from continuity.cli.policy import cmd_policy_check
 from continuity.cli.wal import add_wal_commands
-from continuity.keys import KeyringError
-from continuity.kinds import BACKUP_KINDS
-from continuity.localcluster import ClusterError
-from continuity.policy import PolicyError
-from continuity.postgres import NodeUnreachable
-from continuity.registry import available, implementation
-from continuity.storage import StorageError
+from continuity.storage.keys import KeyringError
+from continuity.policy.kinds import BACKUP_KINDS
+from continuity.postgres.cluster import ClusterError
+from continuity.policy.model import PolicyError
+from continuity.postgres.node import NodeUnreachable
+from continuity.policy.registry import available, implementation
+from continuity.storage.locations import StorageError
 
 # Scripts and tests import the exit codes from here.
 __all__ = ["EXIT_FAILURE", "EXIT_INTEGRITY", "EXIT_INTERRUPTED", "EXIT_MISSING_KEY", "EXIT_OK", "EXIT_POLICY",
@@ -144,8 +144,8 @@ def main(args: Sequence[str] | None = None) -> int:
     )
     import psycopg
 
-    from continuity.full_backup import DumpFailed
-    from continuity.restore import RestoreError
+    from continuity.backup.full import DumpFailed
+    from continuity.restore.engine import RestoreError
 
     try:
         return parsed.func(parsed)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from continuity.cli.common import (EXIT_INTEGRITY, EXIT_OK, EXIT_UNREACHABLE, UsageError, _context,
                                    _manifest_summary)
-from continuity.storage import StorageError
+from continuity.storage.locations import StorageError
 
 
 def cmd_backups_create(args: argparse.Namespace) -> int:
-    from continuity.backup import create_backup
+    from continuity.backup.engine import create_backup
 
     ctx = _context(args)
     if args.source == "-":
@@ -64,7 +64,7 @@ def cmd_backups_show(args: argparse.Namespace) -> int:
 
 
 def cmd_backups_verify(args: argparse.Namespace) -> int:
-    from continuity.backup import record_verification, verify_copy
+    from continuity.backup.engine import record_verification, verify_copy
 
     ctx = _context(args)
     manifest, _ = ctx.catalog.get(args.backup_id, location=args.location)

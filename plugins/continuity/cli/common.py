@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 
-from continuity.policy import load_policy
-from continuity.project import SANDBOX_ENV_VAR
+from continuity.policy.model import load_policy
+from continuity.policy.project import SANDBOX_ENV_VAR
 
 log = logging.getLogger("continuity")
 
@@ -27,7 +27,7 @@ def _context(args: argparse.Namespace):
     """The emergency context, composed here: the policy's storage and the keyring the flags or environment name;
     a sandbox's only when one is named."""
     from continuity.emergency import build_context
-    from continuity.registry import available, implementation
+    from continuity.policy.registry import available, implementation
 
     policy = load_policy(args.policy)
     # A sandbox only when asked for (--root, or $CONTINUITY_SANDBOX from `continuity sandbox env`): an operator

@@ -40,8 +40,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from continuity.backup import rewrap
-    from continuity.walindex import refresh_index
+    from continuity.backup.engine import rewrap
+    from continuity.storage.walindex import refresh_index
 
     ctx = _context(args)
     target = ctx.keyring.active
@@ -69,7 +69,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
-    from continuity.walindex import read_index
+    from continuity.storage.walindex import read_index
 
     ctx = _context(args)
     if ctx.keyring_file is None:

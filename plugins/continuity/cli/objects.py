@@ -12,7 +12,7 @@ from continuity.cli.common import EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, UsageEr
 
 
 def _replicator(ctx, category: str):
-    from continuity.objects import replicator_for
+    from continuity.objects.replication import replicator_for
 
     state = {name: ctx.locations[name] for name in sorted(ctx.required) if name in ctx.locations}
     try:
@@ -29,7 +29,7 @@ def _categories(ctx, chosen: str | None) -> list[str]:
 
 
 def cmd_objects_verify(args: argparse.Namespace) -> int:
-    from continuity.objects import inventory
+    from continuity.objects.replication import inventory
 
     ctx = _context(args)
     found = []
@@ -62,7 +62,7 @@ def _as_of(text: str) -> datetime:
 
 
 def cmd_objects_restore(args: argparse.Namespace) -> int:
-    from continuity.objects import ObjectStore, restore_as_of
+    from continuity.objects.replication import ObjectStore, restore_as_of
 
     as_of = _as_of(args.as_of)
     ctx = _context(args)

@@ -1,6 +1,6 @@
 """`continuity restore`: a backup's bytes, a logical backup into a database, or a cluster to a point in time.
 
-The restore logic itself lives in `continuity.restore` and `continuity.backup`; this module parses and reports."""
+The restore logic itself lives in `continuity.restore.engine` and `continuity.backup.engine`; this module parses and reports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from continuity.cli.common import EXIT_OK, UsageError, _context
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from continuity.backup import restore_copy, restore_to_path
+    from continuity.backup.engine import restore_copy, restore_to_path
 
     if args.to_cluster:
         return _restore_to_cluster(args)
@@ -45,8 +45,8 @@ def _restore_to_airflow(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from continuity.backup import restore_copy
-    from continuity.config_backup import ConfigRestoreError, read_bundle, restore_into_airflow
+    from continuity.backup.engine import restore_copy
+    from continuity.backup.config import ConfigRestoreError, read_bundle, restore_into_airflow
 
     if args.time or args.lsn or args.port:
         raise UsageError("--time, --lsn and --port go with --to-cluster")
@@ -83,7 +83,7 @@ def _restore_to_airflow(args: argparse.Namespace) -> int:
 
 
 def _restore_to_database(ctx, manifest, location: str, dsn: str) -> int:
-    from continuity.restore import RestoreRefused, restore_into_database
+    from continuity.restore.engine import RestoreRefused, restore_into_database
 
     try:
         restore_into_database(manifest, ctx.locations[location], ctx.keyring, dsn)
@@ -98,8 +98,8 @@ def _restore_to_database(ctx, manifest, location: str, dsn: str) -> int:
 def _restore_to_cluster(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from continuity.postgres import InvalidLsn, parse_lsn
-    from continuity.restore import RestoreRefused, choose_base_backup, restore_to_directory
+    from continuity.postgres.node import InvalidLsn, parse_lsn
+    from continuity.restore.engine import RestoreRefused, choose_base_backup, restore_to_directory
 
     target = Path(args.to_cluster).absolute()
     if target.exists() and any(target.iterdir()):

@@ -14,7 +14,7 @@ from continuity.cli.common import EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, UsageEr
 
 
 def _wal_file(path: Path, name: str | None):
-    from continuity.wal import classify
+    from continuity.backup.wal import classify
 
     wal = classify(name or path.name)
     if wal is None:
@@ -26,7 +26,7 @@ def _wal_file(path: Path, name: str | None):
 def cmd_wal_push(args: argparse.Namespace) -> int:
     """archive_command = 'continuity wal push %p': success only once every required location holds a verified
     copy; the same file stored already is success, another file under its name an alarm."""
-    from continuity.wal import WalConflict, push_file
+    from continuity.backup.wal import WalConflict, push_file
 
     path = Path(args.path)
     if not path.is_file():
@@ -48,7 +48,7 @@ def cmd_wal_push(args: argparse.Namespace) -> int:
 def cmd_wal_fetch(args: argparse.Namespace) -> int:
     """restore_command = 'continuity wal fetch %f %p': exit 1 (quietly, PostgreSQL asks past the archive's end)
     when no location holds the file."""
-    from continuity.wal import WalNotArchived, fetch_file
+    from continuity.backup.wal import WalNotArchived, fetch_file
 
     ctx = _context(args)
     order = list(ctx.locations)
@@ -76,7 +76,7 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
 
 def cmd_wal_pusher(args: argparse.Namespace) -> int:
     """Runs until SIGTERM or SIGINT: the spool is sent as archive-wal.sh queues into it."""
-    from continuity.wal import push_continuously, serve_fetches
+    from continuity.backup.wal import push_continuously, serve_fetches
 
     spool = Path(args.spool)
     if not spool.is_dir():

@@ -11,8 +11,8 @@ from datetime import datetime
 
 from airflow.sdk import BaseHook
 
-from continuity.policy import Policy
-from continuity.probes import ApplicationProbe, ProbeTarget, run_synthetic_transactions
+from continuity.policy.model import Policy
+from continuity.health.probes import ApplicationProbe, ProbeTarget, run_synthetic_transactions
 
 
 class ApplicationProbeHook(BaseHook):

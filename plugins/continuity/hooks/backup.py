@@ -9,11 +9,11 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-from continuity.catalog import Catalog
+from continuity.storage.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
-from continuity.keys import Keyring
-from continuity.objects import FailBack, ObjectStore, Replicator, fail_back, replicas_in, replicator_for
-from continuity.storage import StorageError, StorageLocation, locations_from_policy
+from continuity.storage.keys import Keyring
+from continuity.objects.replication import FailBack, ObjectStore, Replicator, fail_back, replicas_in, replicator_for
+from continuity.storage.locations import StorageError, StorageLocation, locations_from_policy
 
 
 class ContinuityBackupHook(ContinuityPolicyHook):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from continuity.failover import ReplicationGroup
+from continuity.failover.steps import ReplicationGroup
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.nodecontrol import NodeControl, node_control_for
-from continuity.router import Endpoint, PgBouncerRouter, Route53Router, Router
-from continuity.sshcontrol import ParamikoShell, RemoteShell
+from continuity.failover.nodecontrol import NodeControl, node_control_for
+from continuity.failover.router import Endpoint, PgBouncerRouter, Route53Router, Router
+from continuity.failover.sshcontrol import ParamikoShell, RemoteShell
 from continuity.hooks.topology import ContinuityPolicyHook
 
 

@@ -10,12 +10,12 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-from continuity.health import Check, check_application, check_primary, check_standbys, check_storage
+from continuity.health.checks import Check, check_application, check_primary, check_standbys, check_storage
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import ContinuityPolicyHook
-from continuity.monitoring import ProbeRound, check_latency, run_round
-from continuity.policy import Policy
-from continuity.postgres import PostgresNode
+from continuity.health.monitoring import ProbeRound, check_latency, run_round
+from continuity.policy.model import Policy
+from continuity.postgres.node import PostgresNode
 
 
 def node_for(conn_id: str, name: str) -> PostgresNode:

@@ -9,9 +9,9 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from continuity.hooks.backup import ContinuityBackupHook
-from continuity.incidents import IncidentStore, Sender
-from continuity.objects import ObjectStore
-from continuity.storage import StorageLocation
+from continuity.incidents.records import IncidentStore, Sender
+from continuity.objects.replication import ObjectStore
+from continuity.storage.locations import StorageLocation
 
 
 class ContinuityIncidentHook(ContinuityBackupHook):

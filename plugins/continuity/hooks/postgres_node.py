@@ -8,8 +8,8 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from psycopg.conninfo import make_conninfo
 
-from continuity.full_backup import NodeAddress
-from continuity.postgres import (
+from continuity.backup.full import NodeAddress
+from continuity.postgres.node import (
     ArchiverStatus,
     PostgresNode,
     ReplicationSlot,
@@ -21,7 +21,7 @@ from continuity.postgres import (
 class PostgresNodeHook(PostgresHook):
     """A PostgresHook that also answers role, timeline, LSN, replication and archiver questions.
 
-    The queries live in the Airflow-free core (:class:`continuity.postgres.PostgresNode`); this hook
+    The queries live in the Airflow-free core (:class:`continuity.postgres.node.PostgresNode`); this hook
     only hands it the parameters the provider's own ``get_conn()`` connects with, so everything the
     provider supports on a connection (SSL files, ``options``, ``target_session_attrs``, IAM tokens)
     holds for the DR DAGs too.

@@ -7,8 +7,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from continuity.servicecontrol import ServiceControl, service_control_for
-from continuity.sshcontrol import ParamikoShell, RemoteShell
+from continuity.failover.servicecontrol import ServiceControl, service_control_for
+from continuity.failover.sshcontrol import ParamikoShell, RemoteShell
 
 
 def get_service_control(policy: Any) -> ServiceControl:

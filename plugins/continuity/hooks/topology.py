@@ -18,8 +18,8 @@ import logging
 from airflow.sdk import BaseHook, Variable
 from pydantic import ValidationError
 
-from continuity.failover import TopologyRecord
-from continuity.policy import Policy, load_policy
+from continuity.failover.steps import TopologyRecord
+from continuity.policy.model import Policy, load_policy
 
 log = logging.getLogger(__name__)
 

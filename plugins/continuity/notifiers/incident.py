@@ -19,12 +19,12 @@ from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifie
 from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-from continuity import statuspage
+from continuity.incidents import statuspage
 from continuity.hooks.pagerduty import ContinuityPagerdutyEventsHook
-from continuity.incidents import IncidentStore, Message, Sender, TimelineEvent
-from continuity.objects import ObjectStore
-from continuity.policy import Policy
-from continuity.storage import StorageLocation
+from continuity.incidents.records import IncidentStore, Message, Sender, TimelineEvent
+from continuity.objects.replication import ObjectStore
+from continuity.policy.model import Policy
+from continuity.storage.locations import StorageLocation
 
 # PagerDuty's four severities, from the incident's.
 PAGERDUTY_SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "low": "info"}

@@ -9,12 +9,12 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowSkipException
 
-from continuity.failover import choose_target
-from continuity.health import primary_failing, primary_seen_alive
+from continuity.failover.steps import choose_target
+from continuity.health.checks import primary_failing, primary_seen_alive
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.postgres import NodeUnreachable
+from continuity.postgres.node import NodeUnreachable
 from continuity.hooks.topology import ContinuityPolicyHook
-from continuity.viewpoints import describe_viewpoints, load_observations, partition_veto, viewpoint_regions
+from continuity.health.viewpoints import describe_viewpoints, load_observations, partition_veto, viewpoint_regions
 
 STREAK_VARIABLE = "continuity_disaster_streak"
 

@@ -8,10 +8,10 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.archive import ArchiveError
-from continuity.backup import SourceCommandFailed, backup_from_command, record_verification, verify_copy
+from continuity.storage.archive import ArchiveError
+from continuity.backup.engine import SourceCommandFailed, backup_from_command, record_verification, verify_copy
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.keys import KeyringError
+from continuity.storage.keys import KeyringError
 
 
 class StreamCommandToBackupOperator(ContinuityBackupOperator):

@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.topology import ContinuityPolicyHook
-from continuity.policy import Policy
+from continuity.policy.model import Policy
 
 
 class ContinuityOperator(BaseOperator):

@@ -10,10 +10,10 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from continuity.backup import create_backup
-from continuity.config_backup import collect
+from continuity.backup.engine import create_backup
+from continuity.backup.config import collect
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.project import policy_path
+from continuity.policy.project import policy_path
 
 
 class ConfigBackupOperator(ContinuityBackupOperator):

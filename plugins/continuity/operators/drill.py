@@ -8,18 +8,18 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
+from continuity.exercises.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
                               commit_pitr_markers,
                               failure_result, render_markdown, run_drill)
-from continuity.failover import FailoverError, FailoverParams, run_all
+from continuity.failover.steps import FailoverError, FailoverParams, run_all
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.loadgen import CommitRecorder
+from continuity.exercises.loadgen import CommitRecorder
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.restore import RestoreError, scratch_prefix
+from continuity.restore.engine import RestoreError, scratch_prefix
 from continuity.reports import store_report
 from continuity.hooks.topology import write_topology
-from continuity.storage import key_safe
+from continuity.storage.locations import key_safe
 
 
 def _truthy(value: Any) -> bool:

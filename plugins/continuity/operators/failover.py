@@ -1,4 +1,4 @@
-"""Operators and the catch-up sensor of dr_failover: thin wrappers over `continuity.failover`.
+"""Operators and the catch-up sensor of dr_failover: thin wrappers over `continuity.failover.steps`.
 
 Every step reads the run's params and the preflight plan from XCom, logs one sentence per decision,
 and pushes its own record (or, when it fails, `failure`) so the audit task can tell the whole story.
@@ -16,14 +16,14 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pydantic import BaseModel
 
-from continuity import failover as steps
+from continuity.failover import steps
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
-from continuity.nodecontrol import NodeControlError
-from continuity.policy import format_duration, load_policy
+from continuity.failover.nodecontrol import NodeControlError
+from continuity.policy.model import format_duration, load_policy
 from continuity.operators.base import ContinuityOperator
-from continuity.storage import key_safe
+from continuity.storage.locations import key_safe
 
 
 
@@ -81,7 +81,7 @@ class FailoverStepOperator(ContinuityOperator):
 def _check_service_control(policy: Any, target: str) -> None:
     """A move to another region starts the application there: refuse before anything changes if nothing can."""
     from continuity.hooks.services import get_service_control
-    from continuity.servicecontrol import ServiceControlError
+    from continuity.failover.servicecontrol import ServiceControlError
 
     topology = policy.topology
     if policy.application is None or target not in {n.name for n in topology.nodes}:
@@ -330,7 +330,7 @@ def _report_failover(policy: Any, plan: steps.FailoverPlan, context: Context,
     """Tell dr_incident: at the start (a planned switchover pages nobody) and with the outcome, which
     joins the same incident (cause `failover:<run id>`, or the incident the params name)."""
     from continuity.alerts.callbacks import report_cause
-    from continuity.incidents import IncidentRequest
+    from continuity.incidents.records import IncidentRequest
 
     planned = plan.action == "switchover"
     if outcome is None:
@@ -408,7 +408,7 @@ class RecordOperator(FailoverStepOperator):
     def _rpo(self, records: steps.FailoverRecords) -> list[Any]:
         """Every data category's and function's RPO: the database's from the catch-up, the objects' from the
         replica the application now serves from (its heartbeat lag) when it moved region."""
-        from continuity.drill import object_rpo
+        from continuity.exercises.drill import object_rpo
         from continuity.reports import Measurement, rpo_objectives
 
         seconds, source = steps.database_loss(records)

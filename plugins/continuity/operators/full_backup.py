@@ -6,12 +6,12 @@ from __future__ import annotations
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.archive import ArchiveError
-from continuity.full_backup import NodeAddress, logical_backup, physical_backup
+from continuity.storage.archive import ArchiveError
+from continuity.backup.full import NodeAddress, logical_backup, physical_backup
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.keys import KeyringError
-from continuity.policy import Node
+from continuity.storage.keys import KeyringError
+from continuity.policy.model import Node
 
 
 def node_address(node: Node) -> NodeAddress:

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.health import (
+from continuity.health.checks import (
     Check,
     assess,
     check_archiver,
@@ -23,9 +23,9 @@ from continuity.health import (
     check_entry_point,
 )
 from continuity.hooks.health import HealthProbeHook, node_for
-from continuity.policy import Policy
+from continuity.policy.model import Policy
 from continuity.operators.base import ContinuityOperator
-from continuity.viewpoints import observe_primary, viewpoint_variable
+from continuity.health.viewpoints import observe_primary, viewpoint_variable
 
 WAL_SPOOL_ENV_VAR = "CONTINUITY_WAL_SPOOL"
 
@@ -134,7 +134,7 @@ class HealthAssessmentOperator(HealthCheckOperator):
         context["ti"].xcom_push(key="assessment", value=result)
         if assessment.disaster:
             from continuity.alerts.callbacks import report_cause
-            from continuity.incidents import IncidentRequest
+            from continuity.incidents.records import IncidentRequest
 
             report_cause(IncidentRequest(
                 severity="critical", title=f"Disaster assessment: failure score {assessment.score}",

@@ -17,14 +17,14 @@ from airflow.sdk import Context, Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pydantic import BaseModel, ValidationError
 
-from continuity import incident_report
-from continuity.communication import TemplateError, incident_fields, latest_drill_rto, render
+from continuity.incidents import report as incident_report
+from continuity.incidents.communication import TemplateError, incident_fields, latest_drill_rto, render
 from continuity.hooks.incident import ContinuityIncidentHook
-from continuity.incidents import (Decision, DeliveryFailed, Incident, IncidentError, IncidentRequest, IncidentStore,
+from continuity.incidents.records import (Decision, DeliveryFailed, Incident, IncidentError, IncidentRequest, IncidentStore,
                                   Message, check_request, communication_test, deliver, split_subject)
 from continuity.notifiers.incident import clear_banners
 from continuity.operators.base import ContinuityOperator
-from continuity.policy import SEVERITY_ORDER, Policy, format_duration, load_policy
+from continuity.policy.model import SEVERITY_ORDER, Policy, format_duration, load_policy
 
 
 class IncidentRef(BaseModel):

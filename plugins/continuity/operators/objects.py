@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.objects import ReplicationError, store_run_record
+from continuity.objects.replication import ReplicationError, store_run_record
 from continuity.operators.base import ContinuityBackupOperator
 
 

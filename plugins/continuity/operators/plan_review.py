@@ -10,11 +10,11 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Context, Param
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity import plan_review
+from continuity.exercises import plan_review
 from continuity.hooks.incident import ContinuityIncidentHook
 from continuity.operators.base import ContinuityOperator
-from continuity.policy import format_duration, load_policy, parse_duration
-from continuity.storage import key_safe
+from continuity.policy.model import format_duration, load_policy, parse_duration
+from continuity.storage.locations import key_safe
 
 
 def _review_id(context: Context) -> str:
@@ -40,7 +40,7 @@ class DraftPlanReviewOperator(ContinuityOperator):
         alarm = plan_review.overdue_alarm(hook.policy, plan_review.reviews(locations), now=datetime.now(timezone.utc))
         if alarm:
             from continuity.alerts.callbacks import report_cause
-            from continuity.incidents import IncidentRequest
+            from continuity.incidents.records import IncidentRequest
 
             self.log.error("ALARM: %s", alarm)
             report_cause(IncidentRequest(severity="medium", title="Recovery plan review overdue", description=alarm,

@@ -9,22 +9,22 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.drill import config_backup_age, object_rpo
-from continuity.failover import FailoverError, FailoverParams, rebuild_region, run_all
+from continuity.exercises.drill import config_backup_age, object_rpo
+from continuity.failover.steps import FailoverError, FailoverParams, rebuild_region, run_all
 from continuity.hooks.application import ApplicationProbeHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import write_topology
-from continuity.loadgen import ApplicationWriter, missing_annotations
+from continuity.exercises.loadgen import ApplicationWriter, missing_annotations
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.objects import FailBack, missing_from
-from continuity.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
+from continuity.objects.replication import FailBack, missing_from
+from continuity.exercises.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
                                         database_rpo, differences, marker_recovered, objectives_for, observe,
                                         plan_exercise, render_markdown, writer_record)
 from continuity.reports import Measurement, price_downtime, store_report
-from continuity.restore import check_object_references
+from continuity.restore.engine import check_object_references
 from continuity.hooks.services import get_service_control
-from continuity.storage import key_safe
+from continuity.storage.locations import key_safe
 
 LATE_START = timedelta(hours=1)
 WARM_UP_WRITES = 20  # acknowledged before the loss, so the writer is known to work

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseOperator, Context
 
-from continuity.restore import remove_scratch_clusters, scratch_prefix
+from continuity.restore.engine import remove_scratch_clusters, scratch_prefix
 
 
 class RemoveScratchClustersOperator(BaseOperator):

@@ -8,10 +8,10 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.objects import inventory, load_checkpoint, stale_object_categories
+from continuity.objects.replication import inventory, load_checkpoint, stale_object_categories
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.policy import format_duration
-from continuity.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,
+from continuity.policy.model import format_duration
+from continuity.backup.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,
                                    stale_backup_kinds, stale_categories, validate_copies)
 
 

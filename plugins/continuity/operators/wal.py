@@ -14,10 +14,10 @@ from continuity.dag_defaults import WAL_SPOOL_POOL
 from continuity.operators.base import ContinuityBackupOperator, ContinuityOperator
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.operators.health import WAL_SPOOL_ENV_VAR
-from continuity.policy import format_duration
-from continuity.wal import WalConflict, archive_lag, find_gaps, ship_spool
-from continuity.storage import StorageError
-from continuity.walindex import IndexRefresh, refresh_index
+from continuity.policy.model import format_duration
+from continuity.backup.wal import WalConflict, archive_lag, find_gaps, ship_spool
+from continuity.storage.locations import StorageError
+from continuity.storage.walindex import IndexRefresh, refresh_index
 
 
 class SwitchWalOperator(ContinuityOperator):

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from continuity.health import lag_verdict
+from continuity.health.checks import lag_verdict
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.triggers.replication_lag import ReplicationLagTrigger
 

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.triggers.wal_archived import WalArchivedTrigger
-from continuity.wal import ArchiverFailing, segment_archived
+from continuity.backup.wal import ArchiverFailing, segment_archived
 
 
 class WalArchivedSensor(BaseSensorOperator):

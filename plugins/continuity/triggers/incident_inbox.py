@@ -15,7 +15,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from continuity.incidents import claim_cause, pending_causes
+from continuity.incidents.records import claim_cause, pending_causes
 
 
 class IncidentInboxTrigger(BaseEventTrigger):

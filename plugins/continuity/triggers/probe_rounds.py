@@ -1,7 +1,7 @@
 """ProbeRoundTrigger: the requirements' 30-second health monitor, in the triggerer (no worker slot).
 
 Every `interval` seconds it runs one probe round (database, network latency, storage, application's
-synthetic transactions; continuity.monitoring) and logs it in one line. Rounds are news only when
+synthetic transactions; continuity.health.monitoring) and logs it in one line. Rounds are news only when
 the platform changes state: the first unhealthy round, a disaster score held for the policy's
 `consecutive_failures` rounds, the first healthy round after either. Only then does it yield an
 event, which starts a dr_health_monitor run (an AssetWatcher) — so a healthy platform costs the
@@ -19,7 +19,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from continuity.monitoring import RoundWatch
+from continuity.health.monitoring import RoundWatch
 
 
 class ProbeRoundTrigger(BaseEventTrigger):

@@ -9,8 +9,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from continuity.health import lag_verdict
-from continuity.postgres import standby_replication_async
+from continuity.health.checks import lag_verdict
+from continuity.postgres.node import standby_replication_async
 
 
 class ReplicationLagTrigger(BaseTrigger):

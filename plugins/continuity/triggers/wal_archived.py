@@ -9,8 +9,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from continuity.postgres import archiver_async
-from continuity.wal import ArchiverFailing, segment_archived
+from continuity.postgres.node import archiver_async
+from continuity.backup.wal import ArchiverFailing, segment_archived
 
 
 class WalArchivedTrigger(BaseTrigger):

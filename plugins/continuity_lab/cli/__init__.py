@@ -1,5 +1,5 @@
 """The development lab's commands on the `continuity` command line: `continuity sandbox ...` and `continuity run`.
-The product's CLI finds `add_commands` by name (`continuity.registry`); it never imports the lab."""
+The product's CLI finds `add_commands` by name (`continuity.policy.registry`); it never imports the lab."""
 
 from __future__ import annotations
 

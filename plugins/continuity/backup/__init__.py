@@ -1,0 +1,1 @@
+"""Backups: the engine, WAL shipping, logical and physical full backups, configuration, validation."""

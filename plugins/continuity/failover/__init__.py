@@ -1,0 +1,1 @@
+"""Failover: the steps on a replication group, node and service control, routers."""

@@ -1,0 +1,1075 @@
+"""Switchover and failover, step by step, with a sentence for every decision.
+
+The steps are the dr_failover DAG's tasks: preflight, fence, catch up, promote, repoint, rejoin,
+validate, and (on failure) roll back. Each works on a `ReplicationGroup` (admin connections to the nodes,
+host-level `NodeControl`, the application's `Router`) and returns a record of what it did, a pydantic
+model (XCom carries `model_dump(mode="json")`, readers `model_validate` it back); the audit is those
+records put together. Nothing here imports Airflow.
+
+Invariant: at every step boundary at most one node accepts writes through the entry point. A
+switchover loses no committed transaction (the target replays up to the stopped primary's final
+checkpoint before it is promoted); a failover reports the bytes it could not receive. Once the
+application has been repointed a failure never rolls back (clients may have committed on the new
+primary): it fails forward and says what is left to do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, TypeVar
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from continuity.failover.nodecontrol import NodeControl, NodeControlError
+from continuity.policy.model import Policy, parse_size
+from continuity.postgres.node import NodeUnreachable, PostgresNode, lsn_to_int
+from continuity.failover.router import Endpoint, Router, RouterError
+from continuity.waiting import poll
+
+DEFAULT_MAX_LAG_BYTES = 16 * 2**20
+PROBE_TABLE = "continuity_failover_probes"
+
+
+class FailoverError(RuntimeError):
+    """A step could not complete; the message says what was checked and what state the cluster is in."""
+
+
+class PreflightFailed(FailoverError):
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"preflight check {check!r} failed: {message}. Nothing was changed.")
+        self.check = check
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+# -- params ------------------------------------------------------------------------------------
+class FailoverParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    mode: Literal["switchover", "failover"] = "switchover"
+    max_lag_bytes: int = DEFAULT_MAX_LAG_BYTES
+    force: bool = False
+    dry_run: bool = False
+    reason: str = ""
+    incident_id: str | None = None
+
+    @field_validator("max_lag_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+
+class StepRecord(BaseModel):
+    """What every step records; the operator running it adds its timing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float | None = None
+    step_started_at: str | None = None
+    step_finished_at: str | None = None
+
+
+class TopologyRecord(BaseModel):
+    """Who is primary now, as dr_failover records it (the Variable continuity_topology, topology/current.json).
+
+    Only `primary` is required: an operator correcting the Variable by hand may write just that."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    primary: str
+    timeline: int | None = None
+    previous_primary: str | None = None
+    changed_at: str | None = None
+    changed_by_run: str | None = None
+    needs_rebuild: list[str] = []
+
+
+class FenceRecord(StepRecord):
+    started_at: str
+    finished_at: str | None = None
+    last_known_primary_lsn_int: int = 0
+    paused_at: str | None = None
+    paused_epoch: float | None = None
+    final_lsn: str | None = None  # switchover: the stopped primary's final checkpoint
+    old_primary_fenced: bool | None = None  # failover: whether fencing succeeded
+    forced_with_writable_old_primary: bool = False
+    already_done: bool = False
+
+
+class CatchUpRecord(StepRecord):
+    data_loss_bytes: int
+    replayed_lsn: str | None = None  # switchover
+    received_lsn_int: int | None = None  # failover
+
+
+class PromotionRecord(StepRecord):
+    promoted_at: str
+    timeline: int
+    previous_timeline: int | None
+    lsn: str | None
+    already_promoted: bool = False
+
+
+class RepointRecord(StepRecord):
+    resumed_at: str
+    resumed_epoch: float
+    endpoint: str
+
+
+class RejoinRecord(StepRecord):
+    following: list[str] = []
+    needs_rebuild: list[str] = []
+    streaming: list[str] = []
+    synchronous_standbys: list[str] = []
+
+
+class ValidationRecord(StepRecord):
+    validated_at: str
+    streaming: list[str]
+    not_streaming: list[str]
+    archived_wal: str | None
+    timeline: int
+    application: dict[str, Any] | None = None  # the probe round (continuity.health.probes.ApplicationProbe) in the new region
+
+
+class ApplicationRecord(StepRecord):
+    """The application tier moved with the primary: started in the target's region, stopped in the old one."""
+
+    from_region: str
+    to_region: str
+    moved: bool
+    cache: str | None = None
+    started: list[str] = []
+    stopped: list[str] = []
+    notes: list[str] = []
+    # Objects the old region's application wrote, copied home (objects.FailBack as JSON, per category).
+    objects_home: list[dict[str, Any]] = []
+
+
+class RollbackRecord(StepRecord):
+    rolled_back: bool
+    writable: list[str]
+    message: str
+    failed_forward: bool = False
+
+
+class PreflightCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    check: str
+    ok: bool
+    detail: str
+
+
+class FailoverPlan(StepRecord):
+    """What preflight decided, the contract every later step (and the audit) reads: XCom carries
+    `model_dump(mode="json")`, steps take `FailoverPlan.model_validate(...)`, a missing field fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: FailoverParams
+    old_primary: str
+    target: str
+    checks: list[PreflightCheck]
+    checked_at: str
+    action: Literal["switchover", "failover", "none"]
+    dry_run: bool = False
+    forced: bool = False
+    lag_bytes: int = 0
+    reference_lsn_int: int = 0
+    target_received_lsn_int: int = 0
+    primary_alive: bool = False
+    old_timeline: int | None = None
+    other_standbys: list[str] = []
+    # Nodes of a lost region: nothing reaches them (no fence, no rewind) until they are rebuilt.
+    unreachable: list[str] = []
+    plan: list[str] = []  # the steps to come, one sentence each
+    topology: TopologyRecord | None = None  # the recorded topology, when this run already completed
+    triggered_by: str | None = None
+    old_primary_since: str | None = None  # when the recorded topology made the old primary primary
+
+
+def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
+    """Check the trigger form before anything else runs; each failure names the param."""
+    values = {k: v for k, v in raw.items() if k in FailoverParams.model_fields}
+    if values.get("incident_id") in ("", None):
+        values["incident_id"] = None
+    try:
+        params = FailoverParams(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "params"
+        raise PreflightFailed(f"param {where}", f"{first['msg']} (got {first.get('input')!r})") from None
+    nodes = [n.name for n in policy.topology.nodes]
+    if params.target not in nodes:
+        raise PreflightFailed("target is a known node",
+                              f"target {params.target!r} is not a node of the policy (nodes: {', '.join(nodes)})")
+    if not params.reason.strip():
+        raise PreflightFailed("reason given", "a non-empty reason is required: it goes into the logs and the audit")
+    return params
+
+
+def choose_target(candidates: dict[str, dict[str, Any]]) -> str | None:
+    """The healthy standby (reachable, in recovery) that has received the most WAL, for an automatic failover."""
+    healthy = {name: state for name, state in candidates.items() if state.get("reachable") and state.get("in_recovery")}
+    if not healthy:
+        return None
+    return max(sorted(healthy), key=lambda name: lsn_to_int(healthy[name].get("receive_lsn")))
+
+
+# -- what the steps act on --------------------------------------------------------------------
+@dataclass
+class ReplicationGroup:
+    """The primary and its standbys (admin connections), their host-level control and the entry point.
+
+    ("Cluster" is kept for one PostgreSQL instance, as PostgreSQL itself uses it: LocalCluster.)"""
+
+    policy: Policy
+    nodes: dict[str, PostgresNode]
+    endpoints: dict[str, Endpoint]
+    control: NodeControl
+    router: Router
+    app_conninfo: str
+    report: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def probe(self, name: str) -> dict[str, Any]:
+        """Role and positions of a node, or why it cannot answer."""
+        try:
+            lsns = self.nodes[name].lsns()
+        except NodeUnreachable as exc:
+            return {"reachable": False, "error": str(exc)}
+        in_recovery = lsns["current_lsn"] is None
+        return {"reachable": True, "in_recovery": in_recovery, **{k: v for k, v in lsns.items() if k.endswith("lsn")}}
+
+    def writable_nodes(self) -> list[str]:
+        return [n for n in self.nodes if (p := self.probe(n))["reachable"] and not p["in_recovery"]]
+
+
+def current_timeline(node: PostgresNode) -> int:
+    """The timeline WAL is written (primary) or replayed (standby) on, without waiting for a checkpoint."""
+    row = node.query_one(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) "
+        "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS tli")
+    return int(row["tli"]) if row.get("tli") is not None else node.timeline()
+
+
+# -- 1. preflight ------------------------------------------------------------------------------
+def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str = "",
+              recorded: TopologyRecord | None = None, unreachable: Collection[str] = ()) -> FailoverPlan:
+    """Every check before anything changes; returns the plan, or raises PreflightFailed naming the check.
+
+    A rerun of a run that already completed (the recorded topology names this run) is a no-op.
+    `unreachable`: nodes of a lost region, which later steps leave alone (they need a rebuild)."""
+    report = cluster.report
+    checks: list[PreflightCheck] = []
+
+    def check(name: str, ok: bool, sentence: str) -> None:
+        checks.append(PreflightCheck(check=name, ok=ok, detail=sentence))
+        report(f"{'ok    ' if ok else 'FAILED'} {name}: {sentence}")
+        if not ok:
+            raise PreflightFailed(name, sentence)
+
+    target = params.target
+    report(f"{params.mode} to {target} requested: {params.reason!r}"
+           + (f" (incident {params.incident_id})" if params.incident_id else "") + (" — DRY RUN" if params.dry_run else ""))
+    base = {"params": params, "old_primary": primary, "target": target, "checks": checks, "checked_at": now_iso(),
+            "old_primary_since": recorded.changed_at if recorded and recorded.primary == primary else None}
+    if target == primary:
+        state = cluster.probe(target)
+        writable = bool(state.get("reachable") and not state.get("in_recovery"))
+        topology = (f"{target} is the primary (writable: {writable}"
+                    + (f", timeline {recorded.timeline}, since {recorded.changed_at} by run "
+                       f"{recorded.changed_by_run}" if recorded else ", as the policy says") + ")")
+        if recorded and recorded.changed_by_run == run_id and recorded.primary == target:
+            report(f"this run already completed: {topology}; nothing will be done")
+            return FailoverPlan(**base, action="none", topology=recorded)
+        check("target is not the primary", False, f"{topology}; nothing to switch over to")
+
+    writable = cluster.writable_nodes()
+    check("at most one writable node", len(writable) <= 1,
+          f"writable now: {', '.join(writable) or 'none'}" if len(writable) <= 1 else
+          f"{' and '.join(writable)} all accept writes (a split brain): fence all but one by hand before any "
+          f"switchover or failover")
+    if writable:
+        check("topology matches the cluster", writable == [primary],
+              f"{primary} is the writable node, as recorded" if writable == [primary] else
+              f"the recorded topology names {primary} as primary but {writable[0]} is the writable node; "
+              f"correct the Variable continuity_topology (or the policy) to what is true first")
+    target_state = cluster.probe(target)
+    check("target reachable", target_state["reachable"],
+          f"{target} answers" if target_state["reachable"] else target_state.get("error", "unreachable"))
+    check("target in recovery", target_state["in_recovery"],
+          f"{target} is a standby" if target_state["in_recovery"] else
+          f"{target} is already writable while the topology records {primary} as primary: resolve that first")
+    primary_state = cluster.probe(primary)
+    primary_alive = primary_state["reachable"] and not primary_state.get("in_recovery", True)
+    if params.mode == "switchover":
+        check("primary healthy", primary_alive,
+              f"{primary} is writable" if primary_alive else
+              f"{primary} is not a writable primary ({primary_state.get('error') or 'in recovery'}); "
+              f"a switchover needs it, use mode=failover if it is lost")
+    else:
+        report(f"note   primary {primary} is {'still writable: it will be stopped and fenced' if primary_alive else 'down or unusable'}")
+
+    receiver = cluster.nodes[target].wal_receiver()
+    target_tli = current_timeline(cluster.nodes[target])
+    if primary_alive:
+        primary_tli = current_timeline(cluster.nodes[primary])
+        check("target on the primary's timeline", target_tli == primary_tli,
+              f"{target} is on timeline {target_tli}, {primary} on {primary_tli}")
+    if params.mode == "switchover":
+        status = receiver.status if receiver else "no WAL receiver"
+        check("target streaming", status == "streaming", f"{target}'s WAL receiver is {status}")
+    else:
+        report(f"note   {target}'s WAL receiver is {receiver.status if receiver else 'not running'}")
+
+    # How far behind: against the primary when it answers, else the most advanced node that does.
+    positions = {primary: lsn_to_int(primary_state.get("current_lsn"))} if primary_alive else {}
+    for name in cluster.nodes:
+        if name not in (primary, target):
+            state = cluster.probe(name)
+            if state["reachable"] and state.get("in_recovery"):
+                positions[name] = lsn_to_int(state.get("receive_lsn"))
+    target_received = lsn_to_int(target_state.get("receive_lsn"))
+    target_replayed = lsn_to_int(target_state.get("replay_lsn"))
+    reference = max([target_received, *positions.values()])
+    lag = max(0, reference - target_replayed)
+    within = lag <= params.max_lag_bytes
+    forced = not within and params.force and params.mode == "failover"
+    check("target lag", within or forced,
+          f"{target} has replayed to {lag:,} bytes behind the most advanced known position "
+          f"(limit {params.max_lag_bytes:,})"
+          + ("; over the limit, accepted because force=true (recorded in the audit)" if forced else "")
+          + ("" if within or forced else "; in failover mode force=true accepts it"))
+    others = [n for n in cluster.nodes if n not in (primary, target)]
+    lost = sorted(set(unreachable) & set(cluster.nodes))
+    if target in lost:
+        check("target reachable", False, f"{target} is in the lost region")
+    if lost:
+        report(f"note   {', '.join(lost)} in the lost region: left alone until rebuilt as standbys of {target}")
+    return FailoverPlan(**base, action=params.mode, dry_run=params.dry_run, forced=forced, lag_bytes=lag,
+            reference_lsn_int=reference, target_received_lsn_int=target_received, primary_alive=primary_alive,
+            old_timeline=target_tli, other_standbys=others, unreachable=lost,
+            plan=[f"pause {cluster.router.describe()}",
+                     f"{'stop' if primary_alive else 'fence'} {primary}",
+                     f"wait for {target} to {'replay the final LSN' if params.mode == 'switchover' else 'stop receiving'}",
+                     f"promote {target}", f"repoint the application to {target}",
+                     *[f"make {n} follow {target}" for n in others], f"rejoin {primary} with pg_rewind",
+                     "validate a write, replication and archiving", "record the topology and the audit"])
+
+
+# -- 2. fence ----------------------------------------------------------------------------------
+def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float | None = None) -> FenceRecord:
+    report = cluster.report
+    if pause_timeout is None:
+        pause_timeout = cluster.policy.failover.pause_timeout.total_seconds()
+    old, mode = plan.old_primary, plan.action
+    record = FenceRecord(started_at=now_iso())
+    target_state = cluster.probe(plan.target)
+    if target_state.get("reachable") and not target_state.get("in_recovery"):
+        # A cleared and re-run task: the cluster, not the stale plan, says what is left to do.
+        report(f"{plan.target} already accepts writes: an earlier attempt got past this step; nothing to fence")
+        return record.model_copy(update={"already_done": True, "finished_at": now_iso(),
+                                         "last_known_primary_lsn_int": plan.reference_lsn_int})
+    last_known = plan.reference_lsn_int
+    if mode == "switchover":
+        cluster.router.pause(timeout=pause_timeout)
+        record.paused_at, record.paused_epoch = now_iso(), time.time()
+        report(f"{cluster.router.describe()} paused: in-flight transactions finished, new ones wait")
+        try:
+            cluster.control.stop(old, mode="fast")
+            cluster.control.fence(old)
+            final = cluster.control.checkpoint_lsn(old)
+        except (NodeControlError, OSError) as exc:
+            cluster.control.unfence(old)
+            if not cluster.control.is_running(old):
+                cluster.control.start(old)
+            cluster.router.resume()
+            raise FailoverError(f"could not stop {old} cleanly ({exc}); it was restarted if needed and the entry "
+                                f"point resumed: {old} is still the only primary") from exc
+        record.final_lsn = final
+        report(f"{old} stopped cleanly and fenced (it can only come back as a standby); final checkpoint at {final}")
+    else:
+        try:
+            cluster.router.pause(timeout=2)
+            record.paused_at, record.paused_epoch = now_iso(), time.time()
+            report(f"{cluster.router.describe()} paused so clients wait for the new primary instead of failing")
+        except RouterError as exc:
+            report(f"{cluster.router.describe()} could not be paused ({exc}); clients will see errors until the repoint")
+        state = cluster.probe(old)
+        if state["reachable"] and not state.get("in_recovery", True):
+            last_known = max(last_known, lsn_to_int(state.get("current_lsn")))
+        try:
+            if old in plan.unreachable:
+                raise NodeControlError(f"{old} is in the lost region")
+            if cluster.control.is_running(old):
+                try:
+                    # A clean stop sends the standbys every WAL record it wrote: less to lose.
+                    cluster.control.stop(old, mode="fast")
+                    report(f"{old} was still running: stopped cleanly (its last WAL went to the standbys)")
+                except NodeControlError as exc:
+                    cluster.control.stop(old, mode="immediate")
+                    report(f"{old} did not stop cleanly ({exc}): stopped (immediate)")
+            cluster.control.fence(old)
+            record.old_primary_fenced = True
+            report(f"{old} fenced: if it comes back it starts as a standby, and the entry point will not lead to it")
+        except (NodeControlError, OSError) as exc:
+            record.old_primary_fenced = False
+            still = cluster.probe(old)
+            if still["reachable"] and not still.get("in_recovery", True):
+                forced = plan.params.force
+                if not forced:
+                    cluster.router.resume()
+                    raise FailoverError(
+                        f"refusing to promote {plan.target}: {old} still accepts writes and could not be stopped "
+                        f"or fenced ({exc}); promoting now would make two writable primaries. Stop {old} by hand, "
+                        f"or trigger again with force=true (recorded in the audit). {old} is still the only "
+                        f"primary") from exc
+                record.forced_with_writable_old_primary = True
+                report(f"WARNING {old} still accepts writes and could not be fenced ({exc}); force=true: promoting "
+                       f"anyway; the repoint keeps the application away from {old}, which must be stopped by hand")
+            else:
+                report(f"{old} could not be reached to stop or fence it ({exc}); it does not answer as a writable "
+                       f"primary, the repoint keeps it away from the application, and it must be rebuilt before it "
+                       f"rejoins")
+    record.last_known_primary_lsn_int = last_known
+    record.finished_at = now_iso()
+    return record
+
+
+# -- 3. catch up -------------------------------------------------------------------------------
+def replayed_to(cluster: ReplicationGroup, target: str, final_lsn: str) -> tuple[bool, str]:
+    replay = cluster.probe(target).get("replay_lsn")
+    return lsn_to_int(replay) >= lsn_to_int(final_lsn), replay or "0/0"
+
+
+def received_position(cluster: ReplicationGroup, target: str) -> int:
+    return lsn_to_int(cluster.probe(target).get("receive_lsn"))
+
+
+# -- 4. promote --------------------------------------------------------------------------------
+def promote(cluster: ReplicationGroup, target: str, *, wait_seconds: int = 60,
+            previous_timeline: int | None = None) -> PromotionRecord:
+    node = cluster.nodes[target]
+    state = cluster.probe(target)
+    if previous_timeline is not None and state.get("reachable") and not state.get("in_recovery"):
+        # A cleared and re-run task: the cluster, not the stale plan, says what is left to do.
+        timeline = current_timeline(node)
+        if timeline > previous_timeline:
+            cluster.report(f"{target} is already writable on timeline {timeline} (was {previous_timeline}): "
+                           f"an earlier attempt promoted it; nothing to do")
+            return PromotionRecord(promoted_at=now_iso(), timeline=timeline, previous_timeline=previous_timeline,
+                                   lsn=node.lsns()["current_lsn"], already_promoted=True)
+    before = current_timeline(node)
+    started = time.monotonic()
+    try:
+        ok = node.query_one("SELECT pg_promote(true, %s) AS ok", (wait_seconds,))["ok"]
+    except (NodeUnreachable, psycopg.Error) as exc:
+        raise FailoverError(f"promotion of {target} failed: {exc}") from exc
+    if not ok or node.is_in_recovery():
+        raise FailoverError(f"promotion of {target} did not finish within {wait_seconds}s: it is still in recovery")
+    after = current_timeline(node)
+    if after <= before:
+        raise FailoverError(f"{target} left recovery but is still on timeline {after} (was {before})")
+    cluster.report(f"{target} promoted in {time.monotonic() - started:.2f}s: writable on timeline {after} (was {before})")
+    return PromotionRecord(promoted_at=now_iso(), timeline=after, previous_timeline=before,
+                           lsn=node.lsns()["current_lsn"])
+
+
+# -- 5. repoint --------------------------------------------------------------------------------
+def repoint(cluster: ReplicationGroup, target: str) -> RepointRecord:
+    endpoint = cluster.endpoints[target]
+    cluster.router.point_to(endpoint)
+    cluster.router.resume()
+    cluster.report(f"{cluster.router.describe()} now leads to {endpoint} and is resumed")
+    return RepointRecord(resumed_at=now_iso(), resumed_epoch=time.time(), endpoint=str(endpoint))
+
+
+# -- 6. rejoin ---------------------------------------------------------------------------------
+def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: float = 60) -> RejoinRecord:
+    report = cluster.report
+    target, old = plan.target, plan.old_primary
+    standbys = [n for n in cluster.nodes if n != target]
+    cluster.control.ensure_slots(target, standbys)
+    result = RejoinRecord()
+    for name in plan.unreachable:
+        result.needs_rebuild.append(name)
+        report(f"{name} is in the lost region: it rejoins when the region is back, rebuilt as a standby of {target}")
+    for name in plan.other_standbys:
+        if name in plan.unreachable:
+            continue
+        try:
+            cluster.control.follow(name, target)
+            result.following.append(name)
+            report(f"{name} now follows {target} (new primary_conninfo; it follows the new timeline)")
+        except NodeControlError as exc:
+            result.needs_rebuild.append(name)
+            report(f"{name} could not be repointed ({exc}): it needs attention")
+    if old not in plan.unreachable:
+        try:
+            rebuild_as_standby(cluster, old, target)
+            result.following.append(old)
+        except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
+            result.needs_rebuild.append(old)
+            report(f"{old} could not rejoin ({exc}); it stays stopped and fenced and needs a rebuild from {target}")
+    streaming = wait_streaming(cluster, target, result.following, timeout=stream_timeout)
+    result.streaming = streaming
+    synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name in streaming]
+    if not synchronous and any(n.synchronous for n in cluster.policy.topology.nodes if n.name != target):
+        # The promoted node keeps accepting writes rather than block on a standby that is not there.
+        report("no synchronous standby streams from the new primary yet: it runs asynchronously until one does")
+    cluster.control.make_primary_settings(target, synchronous_standbys=synchronous)
+    result.synchronous_standbys = synchronous
+    report(f"synchronous standbys of {target}: {', '.join(synchronous) or 'none'}")
+    return result
+
+
+def rebuild_as_standby(cluster: ReplicationGroup, name: str, primary: str) -> str:
+    """Make `name` a standby of `primary` whatever it was: stopped, rewound onto the primary's timeline
+    (pg_rewind says when nothing diverged), pointed at it and started. Returns pg_rewind's last word."""
+    if cluster.control.is_running(name):
+        cluster.control.stop(name, mode="fast")
+    cluster.nodes[primary].execute("CHECKPOINT")  # pg_rewind reads the new timeline from the control file
+    detail = cluster.control.rewind(name, primary)
+    cluster.report(f"{name} rewound from {primary}: {detail}")
+    cluster.control.follow(name, primary)
+    cluster.control.start(name)
+    cluster.report(f"{name} restarted as a standby of {primary}")
+    return detail
+
+
+def rebuild_region(cluster: ReplicationGroup, nodes: list[str], *, primary: str,
+                   stream_timeout: float = 120) -> RejoinRecord:
+    """A lost region is back: each of its nodes rebuilt as a standby of `primary`, then the policy's
+    synchronous standbys among those streaming made synchronous again."""
+    cluster.control.ensure_slots(primary, [n for n in cluster.nodes if n != primary])
+    result = RejoinRecord()
+    for name in nodes:
+        try:
+            rebuild_as_standby(cluster, name, primary)
+            result.following.append(name)
+        except (NodeControlError, NodeUnreachable, psycopg.Error) as exc:
+            result.needs_rebuild.append(name)
+            cluster.report(f"{name} could not be rebuilt as a standby of {primary}: {exc}")
+    following = [n for n in cluster.nodes if n != primary and n not in result.needs_rebuild]
+    result.streaming = wait_streaming(cluster, primary, following, timeout=stream_timeout)
+    result.synchronous_standbys = [n.name for n in cluster.policy.topology.nodes
+                                   if n.synchronous and n.name in result.streaming]
+    cluster.control.make_primary_settings(primary, synchronous_standbys=result.synchronous_standbys)
+    cluster.report(f"streaming from {primary}: {', '.join(result.streaming) or 'none'}; synchronous: "
+                   f"{', '.join(result.synchronous_standbys) or 'none'}")
+    return result
+
+
+def wait_streaming(cluster: ReplicationGroup, primary: str, expected: list[str], *, timeout: float) -> list[str]:
+    streaming: list[str] = []
+
+    def all_streaming() -> bool:
+        rows = cluster.nodes[primary].replication()
+        streaming[:] = sorted(r.application_name for r in rows
+                              if r.state == "streaming" and r.application_name in expected)
+        return len(streaming) == len(set(expected))
+
+    poll(all_streaming, timeout=timeout, interval=0.3)
+    return streaming
+
+
+# -- 5b. the application tier follows the primary ---------------------------------------------
+def move_application(control: Any, *, from_region: str, to_region: str, report: Callable[[str], None],
+                     carry_objects: Callable[[], list[Any]] | None = None) -> ApplicationRecord:
+    """The requirements' "start DR application services": the target region's Redis becomes the primary,
+    its web instances and workers start; then the old region's are stopped and its Redis follows — on a
+    best-effort basis, since a lost region may not answer (recorded as notes, never a failure).
+
+    `carry_objects` (going home after a failover): copies what the old region's application wrote to the
+    home buckets (`objects.fail_back`); run before the new region starts and again once the old one is
+    stopped, for what it wrote in between."""
+    if from_region == to_region:
+        report(f"the application already serves from {to_region}, the new primary's region: nothing to move")
+        return ApplicationRecord(from_region=from_region, to_region=to_region, moved=False)
+    carried = carry_objects() if carry_objects is not None else []
+    cache = control.promote_cache(to_region)
+    report(cache)
+    started = control.start_region(to_region)
+    report(f"application in {to_region} started: {', '.join(started) or 'already running'}")
+    stopped: list[str] = []
+    notes: list[str] = []
+    try:
+        stopped = control.stop_region(from_region)
+        report(f"application in {from_region} stopped: {', '.join(stopped) or 'was not running'}")
+    except Exception as exc:  # a lost region: what could not be stopped is named, the move stands
+        notes.append(f"could not stop the application in {from_region}: {exc}")
+    try:
+        notes.append(control.follow_cache(from_region, to_region))
+    except Exception as exc:
+        notes.append(f"Redis in {from_region} not repointed (unreachable?): {exc}; it must follow {to_region}'s "
+                     f"before it serves again")
+    if carry_objects is not None:
+        # Both passes in one record per category; what failed the first time was retried by the second.
+        carried = [second.model_copy(update={"copied": first.copied + second.copied,
+                                             "already_home": max(0, second.already_home - len(first.copied))})
+                   for first, second in zip(carried, carry_objects())]
+        for done in carried:
+            if done.failed:
+                notes.append(f"{len(done.failed)} objects of {done.category} written in {from_region} could not be "
+                             f"copied home: {done.failed[0]}; rows naming them fail to read until they are")
+    for note in notes:
+        report(note)
+    return ApplicationRecord(from_region=from_region, to_region=to_region, moved=True, cache=cache, started=started,
+                             stopped=stopped, notes=notes, objects_home=[c.model_dump(mode="json") for c in carried])
+
+
+# -- 7. validate -------------------------------------------------------------------------------
+def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, following: list[str] | None = None,
+             timeout: float = 60, probe_application: Callable[[], Any] | None = None) -> ValidationRecord:
+    report = cluster.report
+    target = plan.target
+    endpoint = cluster.endpoints[target]
+    problems: list[str] = []
+    try:
+        with psycopg.connect(cluster.app_conninfo, autocommit=True, prepare_threshold=None, connect_timeout=5) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (run_id text, written_at timestamptz "
+                         f"DEFAULT clock_timestamp(), server_port int DEFAULT inet_server_port())")
+            row = conn.execute(f"INSERT INTO {PROBE_TABLE} (run_id) VALUES (%s) RETURNING server_port", (run_id,)).fetchone()
+        port = row[0] if row else None
+        if port != endpoint.port:
+            problems.append(f"the entry point wrote on port {port}, not on {endpoint}")
+        else:
+            report(f"ok     a write through the entry point landed on {target}")
+    except psycopg.Error as exc:
+        problems.append(f"a write through the entry point failed: {str(exc).strip().splitlines()[0]}")
+    expected = following if following is not None else [n for n in cluster.nodes if n != target]
+    streaming = wait_streaming(cluster, target, expected, timeout=timeout)
+    missing = sorted(set(expected) - set(streaming))
+    report(f"{'ok    ' if not missing else 'WARN  '} standbys streaming from {target}: {', '.join(streaming) or 'none'}"
+           + (f"; not streaming: {', '.join(missing)}" if missing else ""))
+    if not streaming and expected:
+        problems.append(f"no standby streams from {target}")
+    elif not expected:  # the whole region of the other nodes is lost: the primary runs alone until it is back
+        report(f"note   no standby to stream from {target}: {', '.join(plan.unreachable) or 'none'} in the lost region")
+    timeline = current_timeline(cluster.nodes[target])
+    prefix = f"{timeline:08X}"
+    cluster.nodes[target].query_one("SELECT pg_switch_wal()::text AS lsn")
+    def archived_on_timeline() -> str | None:
+        last = cluster.nodes[target].archiver().last_archived_wal
+        return last if last and last.startswith(prefix) else None
+
+    archived = poll(archived_on_timeline, timeout=timeout, interval=0.3) \
+        or cluster.nodes[target].archiver().last_archived_wal
+    if archived and archived.startswith(prefix):
+        report(f"ok     WAL archiving works on timeline {timeline}: {archived} archived")
+    else:
+        problems.append(f"no WAL of timeline {timeline} archived within {timeout:.0f}s (last: {archived})")
+    application = None
+    if probe_application is not None:
+        probe = probe_application()
+        application = probe.model_dump(mode="json")
+        report(f"{'ok    ' if probe.ok else 'FAILED'} {probe.summary()}")
+        if not probe.ok:
+            problems.append(f"the application in {probe.region} fails {', '.join(probe.failed_functions)}: "
+                            f"{probe.first_failure()}")
+    if problems:
+        raise FailoverError("validation failed: " + "; ".join(problems))
+    return ValidationRecord(validated_at=now_iso(), streaming=streaming, not_streaming=missing, archived_wal=archived,
+                            timeline=timeline, application=application)
+
+
+# -- rollback ----------------------------------------------------------------------------------
+def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, promoted: bool,
+             repointed: bool = False, failed_step: str | None = None) -> RollbackRecord:
+    """After a failed step: before the repoint, a switchover puts the old primary back and a failover
+    leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
+    report = cluster.report
+    old, target = plan.old_primary, plan.target
+    if plan.action in ("switchover", "failover"):
+        # A worker lost in the middle of a step leaves no record of it (the record is pushed once the step
+        # is done): what the nodes say now decides, never only the records.
+        writable = cluster.writable_nodes()
+        if not fenced and old not in writable:
+            report(f"{old} no longer accepts writes although no fence was recorded (the step was interrupted): "
+                   f"rolling back as from a fence")
+            fenced = True
+        if not promoted and target in writable:
+            report(f"{target} accepts writes although no promotion was recorded (the step was interrupted)")
+            promoted = True
+    if repointed and promoted:
+        return _fail_forward(cluster, plan, failed_step=failed_step)
+    if plan.action not in ("switchover", "failover") or not fenced:
+        writable = cluster.writable_nodes()
+        cluster.router.resume()
+        return RollbackRecord(rolled_back=False, writable=writable,
+                              message=f"nothing had changed; writable primary: {', '.join(writable) or 'none'}")
+    if plan.action == "switchover":
+        if promoted and cluster.control.is_running(target):
+            cluster.control.stop(target, mode="fast")
+            cluster.control.fence(target)
+            report(f"{target} had been promoted: stopped and fenced; it needs a rebuild from {old} before it rejoins")
+        cluster.control.unfence(old)
+        cluster.control.make_primary_settings(old, synchronous_standbys=[])
+        if not cluster.control.is_running(old):
+            cluster.control.start(old)
+        cluster.router.point_to(cluster.endpoints[old])
+        cluster.router.resume()
+        writable = cluster.writable_nodes()
+        if writable != [old]:
+            raise FailoverError(f"rollback left writable nodes {writable or 'none'}; expected only {old}")
+        synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name != old]
+        streaming = wait_streaming(cluster, old, synchronous, timeout=30)
+        cluster.control.make_primary_settings(old, synchronous_standbys=streaming)
+        message = (f"switchover rolled back: the original primary {old} is serving writes again through "
+                   f"{cluster.router.describe()}")
+        report(message)
+        return RollbackRecord(rolled_back=True, writable=writable, message=message)
+    writable = cluster.writable_nodes()
+    if target in writable and old not in writable:
+        # The old primary must not come back writable beside the new one (a fence may not have been reached).
+        try:
+            if not cluster.control.is_fenced(old):
+                cluster.control.fence(old)
+                report(f"{old} fenced: it can only come back as a standby of {target}")
+        except NodeControlError as exc:
+            report(f"{old} could not be fenced ({exc}): fence it before its host comes back")
+    if len(writable) > 1 and target in writable:
+        for name in writable:
+            if name != target:
+                cluster.control.stop(name, mode="immediate")
+                cluster.control.fence(name)
+                report(f"{name} was also writable: stopped and fenced")
+        writable = cluster.writable_nodes()
+    cluster.router.resume()
+    if len(writable) == 1:
+        message = f"failover stopped with exactly one writable primary: {writable[0]}"
+    else:
+        message = (f"failover stopped with no writable primary: {old} is lost and {target} was not promoted; "
+                   f"fix the cause and trigger dr_failover again")
+    report(message)
+    return RollbackRecord(rolled_back=False, writable=writable, message=message)
+
+
+def _fail_forward(cluster: ReplicationGroup, plan: FailoverPlan, *, failed_step: str | None) -> RollbackRecord:
+    """Keep the new primary: rolling back would throw away what clients committed on it since the repoint."""
+    old, target = plan.old_primary, plan.target
+    writable = cluster.writable_nodes()
+    for name in writable:
+        if name != target:
+            cluster.control.stop(name, mode="immediate")
+            cluster.control.fence(name)
+            cluster.report(f"{name} was also writable: stopped and fenced")
+    writable = cluster.writable_nodes()
+    cluster.router.resume()
+    step = failed_step or "a step after the repoint"
+    if writable == [target]:
+        message = (f"failing forward: {step} failed after the application was repointed to {target}, which may "
+                   f"already hold new commits, so it stays the primary (nothing was rolled back); fix what "
+                   f"{step} reported, then make the other nodes follow {target} ({old} needs pg_rewind or a "
+                   f"rebuild from {target} before it rejoins)")
+    else:
+        message = (f"failing forward after {step}: expected {target} to be the only writable node but found "
+                   f"{', '.join(writable) or 'none'}; the entry point leads to {target}: check it by hand")
+    cluster.report(message)
+    return RollbackRecord(rolled_back=False, failed_forward=True, writable=writable, message=message)
+
+
+# -- audit and topology ------------------------------------------------------------------------
+def topology_record(*, plan: FailoverPlan, promotion: PromotionRecord, rejoin_result: RejoinRecord | None,
+                    run_id: str) -> TopologyRecord:
+    return TopologyRecord(primary=plan.target, timeline=promotion.timeline, previous_primary=plan.old_primary,
+                          changed_at=promotion.promoted_at, changed_by_run=run_id,
+                          needs_rebuild=rejoin_result.needs_rebuild if rejoin_result else [plan.old_primary])
+
+
+def unavailability_seconds(fenced: FenceRecord | None, repointed: RepointRecord | None) -> float | None:
+    """How long the entry point held clients: from its pause (fence) to its resume (repoint)."""
+    if fenced is None or repointed is None or fenced.paused_epoch is None:
+        return None
+    return round(repointed.resumed_epoch - fenced.paused_epoch, 3)
+
+
+class ApprovalRecord(StepRecord):
+    """The second person's answer to a manual switchover or failover (task `approve`), or why none was asked."""
+
+    required: bool
+    approved: bool
+    approved_by: str | None = None
+    triggered_by: str | None = None
+    answer: str | None = None  # the option chosen; None when no one answered before the timeout
+    rechecked: list[str] = []  # preflight's checks run again once approved: the cluster may have moved meanwhile
+    why: str = ""  # why an approval was, or was not, asked for
+
+
+def approval_needed(*, required: bool, triggered_by: str | None) -> tuple[bool, str]:
+    """Whether a run waits for a second person, and why. A person's trigger (the run has a triggering user)
+    waits when the policy requires it; a run started by dr_health_monitor's automatic failover has none
+    (scheduled and asset-triggered runs carry no user) and goes ahead: `health_monitor.auto_failover` is the
+    consent given for it, and waiting for a person would undo the point of it."""
+    if not required:
+        return False, "the policy requires no second approval (failover.approval.required: false)"
+    if not triggered_by:
+        return False, ("started by no person (dr_health_monitor's automatic failover): no second approval; "
+                       "health_monitor.auto_failover is the consent for it")
+    return True, f"triggered by {triggered_by}: a second dr_operator must approve (failover.approval.required)"
+
+
+def orchestrator_exposure(policy: Policy) -> str | None:
+    """Why this failover's orchestrator is at risk: its tasks run in the control region, and when the primary
+    they move away from is in that region (after a failover into it), losing the region loses both. None
+    when the control region is another one."""
+    region = policy.topology.primary.region
+    if policy.control_region != region:
+        return None
+    return (f"the orchestrator runs in {region} (deployment.control_region), the region of primary "
+            f"{policy.topology.primary.name} that this run moves away from: were {region} lost, this run would be "
+            f"lost with it (HINT: a third region as deployment.control_region survives the loss of either)")
+
+
+class FailoverRecords(BaseModel):
+    """Every step's record of one switchover or failover, in order: the audit's `steps` (keyed by task id)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    preflight: FailoverPlan | None = None
+    approve: ApprovalRecord | None = None
+    fence: FenceRecord | None = None
+    catch_up: CatchUpRecord | None = None
+    promote: PromotionRecord | None = None
+    repoint: RepointRecord | None = None
+    start_application: ApplicationRecord | None = None
+    rejoin: RejoinRecord | None = None
+    validation: ValidationRecord | None = Field(default=None, alias="validate")  # task id `validate`
+    rollback: RollbackRecord | None = None
+
+    @property
+    def unavailability_seconds(self) -> float | None:
+        return unavailability_seconds(self.fence, self.repoint)
+
+    def step_seconds(self) -> dict[str, float | None]:
+        return {name: getattr(self, attribute).seconds for name, attribute in _STEP_ATTRIBUTES.items()
+                if getattr(self, attribute) is not None}
+
+
+# The task ids of dr_failover, in order, and the record attribute of each.
+_STEP_ATTRIBUTES = {"preflight": "preflight", "approve": "approve", "fence": "fence", "catch_up": "catch_up", "promote": "promote",
+                    "repoint": "repoint", "start_application": "start_application", "rejoin": "rejoin", "validate": "validation", "rollback": "rollback"}
+STEP_NAMES = tuple(_STEP_ATTRIBUTES)
+
+
+class FailoverAudit(BaseModel):
+    """The audit record of one dr_failover run: who, why, every step's record, the outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["failover-audit"] = "failover-audit"
+    run_id: str
+    triggered_by: str | None
+    approved_by: str | None = None  # the second person (None: approval not required, or not given)
+    params: dict[str, Any]
+    action: str | None
+    steps: FailoverRecords
+    failures: dict[str, str]
+    recorded_at: str
+    unavailability_seconds: float | None
+    data_loss_bytes: int | None
+    topology: TopologyRecord | None
+    outcome: str
+    # Each business function's RTO: from preflight until its synthetic transaction succeeded in the new
+    # primary's region (continuity.reports.Objective as JSON; `not measured` without a probe round).
+    function_rto: list[dict[str, Any]] = []
+    # Each data category's and business function's RPO (see `database_loss`); `not measured` where nothing does.
+    function_rpo: list[dict[str, Any]] = []
+    downtime_cost: str = "not measured"  # the run's start until every function was back, on the policy's table
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include={"outcome", "unavailability_seconds", "data_loss_bytes", "topology"})
+
+
+def database_loss(records: FailoverRecords) -> tuple[float | None, str | None]:
+    """The database's RPO from the steps' records, in seconds: 0 when the target replayed past the old
+    primary's final checkpoint (switchover) or received every byte it was last seen to write (failover);
+    None (not measured) when bytes were lost, since their age is not known."""
+    plan, caught = records.preflight, records.catch_up
+    if plan is None or caught is None:
+        return None, None
+    if plan.action == "switchover" and caught.replayed_lsn:
+        final = records.fence.final_lsn if records.fence else None
+        return 0.0, (f"switchover: {plan.target} replayed to {caught.replayed_lsn}, past {plan.old_primary}'s final "
+                     f"checkpoint {final}: no committed transaction lost")
+    if caught.data_loss_bytes == 0:
+        return 0.0, (f"failover: {plan.target} received every WAL byte {plan.old_primary} was last seen to have "
+                     f"written (data loss estimate 0 bytes)")
+    return None, None
+
+
+AUDIT_PREFIX = "audit/failover/"  # where dr_failover writes each run's FailoverAudit, in every required location
+
+
+def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str, Any], records: FailoverRecords,
+                  failures: Mapping[str, str]) -> FailoverAudit:
+    """Put the steps' records together; the new topology only when a promotion stood (not rolled back)."""
+    plan = records.preflight
+    topology = None
+    if records.promote is not None and plan is not None and not (records.rollback and records.rollback.rolled_back):
+        topology = topology_record(plan=plan, promotion=records.promote, rejoin_result=records.rejoin, run_id=run_id)
+    if failures:
+        first = next(name for name in STEP_NAMES if name in failures)
+        outcome = f"failed at {first}: {failures[first]}" + (f"; {records.rollback.message}" if records.rollback else "")
+    elif plan is None:
+        outcome = "no plan"
+    elif plan.action == "none":
+        outcome = f"no change: this run already made {plan.target} the primary"
+    elif plan.dry_run:
+        outcome = "dry run: all checks passed, nothing changed"
+    else:
+        outcome = f"{plan.action} to {plan.target} complete"
+    approved_by = records.approve.approved_by if records.approve and records.approve.approved else None
+    return FailoverAudit(run_id=run_id, triggered_by=triggered_by, approved_by=approved_by, params=dict(params),
+                         action=plan.action if plan else None, steps=records, failures=dict(failures),
+                         recorded_at=now_iso(), unavailability_seconds=records.unavailability_seconds,
+                         data_loss_bytes=records.catch_up.data_loss_bytes if records.catch_up else None,
+                         topology=topology, outcome=outcome)
+
+
+# -- all steps in one call (drill, benchmark, CLI) ---------------------------------------------
+StepT = TypeVar("StepT", bound=StepRecord)
+
+
+def wait_caught_up(cluster: ReplicationGroup, plan: FailoverPlan, fenced: FenceRecord, *, timeout: float = 60,
+                   settle_seconds: float = 2.0, interval: float = 0.2) -> CatchUpRecord:
+    """Replay to the final LSN (switchover), or until the received WAL stops advancing (failover), with the
+    data loss estimate."""
+    target = plan.target
+    last: list[tuple[int, float]] = []  # the received position and when it last moved
+
+    def caught_up() -> CatchUpRecord | None:
+        if plan.action == "switchover":
+            done, replay = replayed_to(cluster, target, fenced.final_lsn or "0/0")
+            if done:
+                cluster.report(f"{target} replayed to {replay}, past the final LSN {fenced.final_lsn}")
+                return CatchUpRecord(replayed_lsn=replay, data_loss_bytes=0)
+            return None
+        received, now = received_position(cluster, target), time.monotonic()
+        if not last or received != last[0][0]:
+            last[:] = [(received, now)]
+            return None
+        if now - last[0][1] < settle_seconds:
+            return None
+        loss = max(0, fenced.last_known_primary_lsn_int - received)
+        cluster.report(f"{target} stopped receiving; data loss estimate {loss:,} bytes")
+        return CatchUpRecord(received_lsn_int=received, data_loss_bytes=loss)
+
+    record = poll(caught_up, timeout=timeout, interval=interval)
+    if record is None:
+        raise FailoverError(f"{target} did not catch up within {timeout:.0f}s")
+    return record
+
+
+def timed(run: Callable[[], StepT]) -> StepT:
+    """A step's record with its duration and start and finish times."""
+    started, began = now_iso(), time.monotonic()
+    record = run()
+    record.seconds = round(time.monotonic() - began, 3)
+    record.step_started_at, record.step_finished_at = started, now_iso()
+    return record
+
+
+# The steps between the entry point's pause (in fence, for a switchover) and its resume (in repoint): one
+# task of dr_failover runs them, so no scheduler round trip lengthens the outage.
+CUT_OVER_STEPS = ("fence", "catch_up", "promote", "repoint")
+
+
+class CutOverFailed(FailoverError):
+    """A step of the cut-over failed: `step` names it; `records` holds what the steps before it did."""
+
+    def __init__(self, step: str, cause: Exception, records: FailoverRecords) -> None:
+        super().__init__(f"{step}: {cause}")
+        self.step, self.records = step, records
+
+
+def cut_over(cluster: ReplicationGroup, plan: FailoverPlan, *, catch_up_timeout: float | None = None,
+             done: Callable[[str, StepRecord], None] = lambda _step, _record: None,
+             promoted: Callable[[PromotionRecord], None] = lambda _record: None) -> FailoverRecords:
+    """Fence, catch-up, promote and repoint in one go (switchover: the entry point paused in fence, resumed in
+    repoint). `done(step, record)` after each step: the caller records it at once, so a process killed
+    midway leaves what was done known to the rollback; `promoted` right after the promotion (the new
+    topology is recorded before the repoint). Raises CutOverFailed naming the step."""
+    records = FailoverRecords(preflight=plan)
+    timeout = catch_up_timeout or cluster.policy.failover.catch_up_timeout.total_seconds()
+    step = "fence"
+
+    def run(name: str, attribute: str, action: Callable[[], StepT]) -> StepT:
+        nonlocal step
+        step = name
+        record = timed(action)
+        setattr(records, attribute, record)
+        if name == "promote":
+            promoted(record)  # type: ignore[arg-type]
+        done(name, record)
+        return record
+
+    try:
+        fenced = run("fence", "fence", lambda: fence(cluster, plan))
+        run("catch_up", "catch_up", lambda: wait_caught_up(cluster, plan, fenced, timeout=timeout))
+        run("promote", "promote", lambda: promote(cluster, plan.target, previous_timeline=plan.old_timeline))
+        run("repoint", "repoint", lambda: repoint(cluster, plan.target))
+    except Exception as exc:
+        raise CutOverFailed(step, exc, records) from exc
+    return records
+
+
+@dataclass
+class Completed:
+    """What run_all did: every step's record and, after a promotion, the new topology."""
+
+    records: FailoverRecords
+    topology: TopologyRecord | None = None
+
+    @property
+    def unavailability_seconds(self) -> float | None:
+        return self.records.unavailability_seconds
+
+
+def run_all(cluster: ReplicationGroup, params: FailoverParams, *, primary: str, run_id: str,
+            recorded: TopologyRecord | None = None, catch_up_timeout: float | None = None,
+            services: Any | None = None, probe_application: Callable[[], Any] | None = None,
+            unreachable: Collection[str] = (), carry_objects: Callable[[], list[Any]] | None = None) -> Completed:
+    """Every step in order, rolling back on failure; returns each step's record (as the DAG's audit).
+
+    `services` (a ServiceControl) moves the application tier with the primary; `probe_application`
+    runs the new region's synthetic transactions in the validation."""
+    plan = preflight(cluster, params, primary=primary, run_id=run_id, recorded=recorded, unreachable=unreachable)
+    records = FailoverRecords(preflight=plan)
+    if plan.action == "none" or plan.dry_run:
+        return Completed(records=records)
+    step = "fence"
+
+    def keep(name: str, record: StepRecord) -> None:
+        setattr(records, _STEP_ATTRIBUTES[name], record)
+
+    try:
+        cut_over(cluster, plan, catch_up_timeout=catch_up_timeout, done=keep)
+        if services is not None:
+            step, topology = "start_application", cluster.policy.topology
+            records.start_application = timed(lambda: move_application(
+                services, from_region=topology.node(plan.old_primary).region,
+                to_region=topology.node(plan.target).region, report=cluster.report, carry_objects=carry_objects))
+        step = "rejoin"
+        records.rejoin = timed(lambda: rejoin(cluster, plan))
+        step = "validate"
+        records.validation = timed(lambda: validate(
+            cluster, plan, run_id=run_id, following=records.rejoin.following, probe_application=probe_application))
+    except Exception as exc:
+        cause = exc.__cause__ or exc if isinstance(exc, CutOverFailed) else exc
+        step = exc.step if isinstance(exc, CutOverFailed) else step
+        records.rollback = rollback(cluster, plan, fenced=records.fence is not None,
+                                    promoted=records.promote is not None, repointed=records.repoint is not None,
+                                    failed_step=step)
+        raise FailoverError(f"{plan.action} to {plan.target} failed: {cause}; {records.rollback.message}") from cause
+    return Completed(records=records, topology=topology_record(plan=plan, promotion=records.promote,
+                                                               rejoin_result=records.rejoin, run_id=run_id))

@@ -1,0 +1,1 @@
+"""Health: checks and the weighted score, monitoring, synthetic transactions, viewpoints."""

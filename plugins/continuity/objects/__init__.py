@@ -1,0 +1,1 @@
+"""The application's objects: replication, ledger, point-in-time restore, inventory, consistency."""

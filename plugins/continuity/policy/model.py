@@ -1,0 +1,932 @@
+"""The policy: the requirements' business impact analysis, objectives, topology and storage as data.
+
+`load_policy()` reads `include/policy.yaml` (or another file) into typed models. Every problem is
+reported as ``FILE: key.path: what was expected, got what`` so an operator can fix the file
+without reading this code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+
+from continuity.policy.kinds import ProvingKind
+from continuity.policy.project import policy_overlay_path, policy_path
+
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used; the message names the file, the key path and the problem."""
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdwy])\s*$")
+_SIZE_UNITS = {
+    "B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse '90s', '15m', '4h', '30d', '2w', '1y' (a year is 365 days)."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"expected a duration like '15m', got {value!r}")
+    number, unit = match.groups()
+    return timedelta(seconds=float(number) * _DURATION_UNITS[unit])
+
+
+def parse_size(value: Any) -> int:
+    """Parse '16MiB', '512kB', '1GiB' or a plain byte count into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if not match or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like '16MiB', got {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def parse_frequency(value: Any) -> timedelta | str:
+    """'continuous' (replication, no schedule) or a duration."""
+    if value == "continuous":
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f"expected 'continuous' or a duration like '15m', got {value!r}") from None
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit in ("y", "d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Frequency = Annotated[timedelta | str, PlainValidator(parse_frequency)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+
+
+def _node_name(value: str) -> str:
+    # A node's name is its physical replication slot's on its upstream and its application_name there
+    # (synchronous_standby_names): PostgreSQL takes only lowercase letters, digits and '_' in a slot name
+    # (at most 63), so a '-' would leave a standby with no slot to stream from after a failover.
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value):
+        raise ValueError(f"expected a node name of lowercase letters, digits and '_' starting with a letter, at most "
+                         f"63 (it names the node's replication slot, which allows no '-' or capitals), got {value!r}")
+    return value
+
+
+NodeName = Annotated[str, AfterValidator(_node_name)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Model):
+    target: Duration
+    maximum: Duration
+
+
+class BusinessFunction(_Model):
+    title: str
+    criticality: Literal["critical", "high", "medium", "low"]
+    tier: str
+    rto: Objective
+    rpo: Objective
+    data_categories: list[str]
+    depends_on: list[str]
+    impact: str
+
+
+class Tier(_Model):
+    services: list[str]
+    target: Duration
+    maximum: Duration
+    strategy: str
+
+
+class DataCategory(_Model):
+    rpo: Objective
+    backup_frequency: Frequency
+    method: str
+    backup_kinds: list[ProvingKind] = []
+    # What a drill measures this category's RPO from: the database's recovered marker, or the age of
+    # the newest config backup. Absent: nothing measures it yet, and reports say `not measured`.
+    measured_by: Literal["database", "config_backup", "object_replication"] | None = None
+
+
+class NodeHost(_Model):
+    """Where a node's PostgreSQL lives on its host: what node control over SSH acts on."""
+
+    # An Airflow SSH connection that logs in as the PostgreSQL OS user of the node's host.
+    ssh_conn_id: str
+    data_directory: str
+    bin_directory: str = "/usr/lib/postgresql/15/bin"
+    # How the other nodes reach this one (replication, pg_rewind); port and socket are the server's own.
+    address: str
+    port: int = 5432
+    socket_directory: str = "/var/run/postgresql"
+    # Relative to the data directory, included by postgresql.conf: failover rewrites the upstream and
+    # synchronous settings in it and leaves every other line as it was.
+    settings_file: str = "continuity.conf"
+    # The node's own password file for replication and pg_rewind (absent: libpq's ~/.pgpass of the OS user).
+    passfile: str | None = None
+    replication_user: str = "replicator"
+    rewind_user: str = "continuity_admin"
+    # pg_ctl's server log when failover starts the node (absent: pg_ctl.log in the data directory).
+    log_file: str | None = None
+    # Set with primary_conninfo when the node follows a new upstream (e.g. `continuity wal fetch %f %p`).
+    restore_command: str | None = None
+
+
+class Node(_Model):
+    name: NodeName
+    role: Literal["primary", "standby"]
+    region: str
+    conn_id: str
+    backup_conn_id: str | None = None
+    synchronous: bool = False
+    host: NodeHost | None = None
+
+
+class EntryPoint(_Model):
+    kind: Literal["pgbouncer", "route53", "direct"]
+    conn_id: str
+    admin_conn_id: str | None = None
+    # PgBouncer: a generic connection whose extra.ini_path names the ini file failover rewrites (not a
+    # libpq setting, so it stays off the Postgres connections), and the [databases] entry it repoints
+    # (default: the first of topology.databases).
+    config_conn_id: str | None = None
+    database: str | None = None
+
+
+class Topology(_Model):
+    primary_region: str
+    dr_region: str
+    databases: list[str] = Field(min_length=1)
+    nodes: list[Node] = Field(min_length=1)
+    entry_point: EntryPoint
+    # Host-level control of the nodes for failover (stop, fence, rewind): `sandbox` for the local
+    # sandbox, `ssh` for each node's host over SSH (every node needs `host`); absent, dr_failover stops
+    # in preflight saying none is configured.
+    node_control: Literal["sandbox", "ssh"] | None = None
+
+    @model_validator(mode="after")
+    def _ssh_hosts(self) -> Topology:
+        if self.node_control == "ssh":
+            missing = [node.name for node in self.nodes if node.host is None]
+            if missing:
+                raise ValueError(f"node_control is 'ssh' but node(s) {', '.join(missing)} have no host (its "
+                                 f"ssh_conn_id, data_directory and address)")
+        return self
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise KeyError(f"no node named {name!r} in the policy's topology (known: {known})")
+
+    @property
+    def primary(self) -> Node:
+        return next(n for n in self.nodes if n.role == "primary")
+
+    @property
+    def standbys(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "standby"]
+
+    def with_primary(self, name: str) -> Topology:
+        """The same topology after `name` became the primary (a switchover or failover)."""
+        self.node(name)  # a clear KeyError for an unknown node
+        nodes = [n.model_copy(update={"role": "primary" if n.name == name else "standby"}) for n in self.nodes]
+        return self.model_copy(update={"nodes": nodes})
+
+
+class Location(_Model):
+    name: Name
+    kind: Literal["s3", "file"]
+    region: str
+    required: bool = True
+    storage_class: str = "STANDARD"
+    # s3
+    bucket: str | None = None
+    prefix: str = ""
+    conn_id: str | None = None
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None  # on top of our own encryption
+    # file
+    path: str | None = None
+
+
+class Storage(_Model):
+    locations: list[Location] = Field(min_length=1)
+
+    def location(self, name: str) -> Location:
+        for location in self.locations:
+            if location.name == name:
+                return location
+        known = ", ".join(loc.name for loc in self.locations)
+        raise KeyError(f"no storage location named {name!r} in the policy (known: {known})")
+
+
+class Bucket(_Model):
+    """An S3 bucket of the application (source) or its copy (replica), reached through an AWS connection."""
+
+    region: str
+    bucket: str
+    prefix: str = ""
+    conn_id: str
+
+
+class ObjectRetention(_Model):
+    """How long replica versions live: `standard` days in the bucket's class, then `archive_class` until
+    `archive_until`; `indefinite` keeps every version forever (user uploads)."""
+
+    indefinite: bool = False
+    standard: Duration | None = None
+    archive_class: str | None = None
+    archive_until: Duration | None = None
+
+
+class ObjectDeletes(_Model):
+    """A source delete is recorded, never copied as a deletion; more than `max_per_run` in one run is an
+    alarm that stops the run (a mass delete: ransomware, a bad script)."""
+
+    max_per_run: int = Field(ge=0)
+
+
+class ObjectLock(_Model):
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    period: Duration
+
+
+class DatabaseReference(_Model):
+    """The column of the application database that holds an object's key (the consistency check)."""
+
+    database: str
+    table: Name
+    key_column: Name
+    size_column: Name | None = None
+    sha256_column: Name | None = None
+    # When the row was written: a row newer than everything the replica has copied is pending replication
+    # (the category's RPO exposure), not a missing object.
+    time_column: Name | None = None
+
+
+class ObjectCategory(_Model):
+    source: Bucket
+    replicas: list[Bucket] = Field(min_length=1)
+    interval: Duration
+    retention: ObjectRetention
+    deletes: ObjectDeletes
+    object_lock: ObjectLock | None = None
+    database_reference: DatabaseReference | None = None
+
+
+class Objects(_Model):
+    """Section 4.1 file_storage_backups: the application's objects, replicated by dr_object_replication."""
+
+    schedule: str
+    part_size: ByteSize = 8 * 2**20
+    copy_workers: int = Field(default=4, ge=1, le=64)  # copies in flight at once; memory: one part each
+    # Between listings of every version a run compares the current objects with the previous run's listing;
+    # a version overwritten or deleted before the next run waits for the next listing of every version.
+    every_version_listing: Duration = timedelta(hours=1)
+    categories: dict[Name, ObjectCategory]
+
+
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_ORDER: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+# Every way the incident DAG can tell people (notifiers.incident.channel_senders has one sender each): a method
+# outside this list would be dropped at delivery without a word, so the policy refuses it.
+NotificationMethod = Literal["slack", "pagerduty", "email", "status_page", "in_app_banner"]
+
+
+class Audience(_Model):
+    """Who is told of an incident, how, by when after it starts, and who must approve first."""
+
+    recipients: dict[str, list[str]] = {}  # per channel (slack, email, pagerduty, ...): addresses or channels
+    methods: list[NotificationMethod] = Field(min_length=1)
+    deadline: Duration | None = None  # None: "as appropriate" (the public)
+    approval: Literal["none", "approver", "ceo"] = "none"
+    external: bool = False
+
+
+class StakeholderGroup(_Model):
+    """Section 5.2: told when the incident's severity reaches the threshold; escalated when not
+    acknowledged within the escalation time."""
+
+    audience: str
+    threshold: Severity
+    escalation: Duration
+
+
+class Communication(_Model):
+    """Section 5: the communication matrix, stakeholder routing and the update interval."""
+
+    audiences: dict[Name, Audience]
+    stakeholder_groups: dict[Name, StakeholderGroup]
+    update_interval: Duration
+    status_page_url: str
+    report_due: Duration = timedelta(hours=48)
+    templates: dict[Name, str]  # template name -> file under include/templates/
+    from_email: str = "continuity@example.com"
+    # The providers' connections each channel goes through (Slack incoming webhook, PagerDuty Events v2, SMTP).
+    connections: dict[Literal["slack", "pagerduty", "email"], str] = {
+        "slack": "continuity_slack", "pagerduty": "continuity_pagerduty", "email": "continuity_smtp"}
+    # Who may answer an approval, per `approval` role of the audiences: Airflow user ids (the auth manager's).
+    # A role not listed: anyone allowed to answer the DAG's human-in-the-loop tasks.
+    approvers: dict[Literal["approver", "ceo"], list[str]] = {}
+    # Slack channel -> its incoming webhook's connection (a webhook posts to one channel); others: connections.slack.
+    slack_webhooks: dict[str, str] = {}
+    # Where the application reads its in-app banner (`banner.json` under each bucket's prefix).
+    banners: list[Bucket] = []
+
+    def escalation(self) -> tuple[str, StakeholderGroup]:
+        """The group told when an incident is not acknowledged in time: the one with the shortest
+        escalation time (its escalation time is the acknowledgement deadline)."""
+        return min(self.stakeholder_groups.items(), key=lambda item: item[1].escalation)
+
+    def groups_for(self, severity: str) -> list[str]:
+        """The stakeholder groups an incident of `severity` reaches (severity at or above their threshold)."""
+        return [name for name, group in self.stakeholder_groups.items()
+                if SEVERITY_ORDER[severity] >= SEVERITY_ORDER[group.threshold]]
+
+
+class FullBackups(_Model):
+    schedule: str
+    method: str
+    # zstd: the archive compresses (pg_dump dumps uncompressed); pg_dump: a logical dump is compressed by
+    # pg_dump itself and stored as it is (physical backups use zstd either way). bench/tools.py compares them.
+    compression: Literal["zstd", "pg_dump"]
+    encryption: Literal["aes-256-gcm"]
+    retention: dict[str, Duration]
+    keep_last: int = Field(ge=1)
+    backup_from_standby: str | None = None
+    # How long a failed backup task waits before its one retry (a crashed worker, an endpoint down).
+    retry_delay: Duration = timedelta(minutes=5)
+
+
+class IncrementalBackups(_Model):
+    frequency: Duration
+    method: str
+    retention: dict[str, Duration]
+    # PostgreSQL's archive_timeout: with WAL written, a segment closes (and is pushed) at least this often.
+    archive_timeout: Duration = timedelta(seconds=60)
+    # archive_command queues closed segments in the spool for the WAL pusher; with this many waiting it fails
+    # instead (PostgreSQL keeps the WAL in pg_wal and retries), so a storage outage never fills the disk.
+    max_queued: int = Field(default=256, ge=1)
+
+
+class PointInTimeRecovery(_Model):
+    enabled: bool
+    window: Duration
+
+
+class ConfigurationBackups(_Model):
+    frequency: Duration
+    retention: dict[str, Duration]
+    infrastructure_state_files: list[str] = []
+
+
+class Backups(_Model):
+    full: FullBackups
+    incremental: IncrementalBackups
+    point_in_time_recovery: PointInTimeRecovery
+    configuration: ConfigurationBackups
+    # How late a scheduled backup may be before dr_backup_validation alarms (its period plus this).
+    freshness_grace: Duration = timedelta(hours=2)
+
+
+class RestoreTest(_Model):
+    sample_tables: int = Field(ge=1)
+    critical_tables: list[str]
+    # How often each storage location must be proven restorable by a restore test (the DR region's every
+    # week, the others at least monthly); a location missing here: 7d in the DR region, else 31d.
+    locations: dict[str, Duration] = {}
+    # How often a whole backup is restored and timed (validation.monthly: full_restore_test): the
+    # measurement every sample estimate is held against.
+    full_restore_every: Duration = timedelta(days=31)
+
+
+class Drill(_Model):
+    """The monthly drill: a live switchover to the DR standby and back (application outage measured,
+    no acknowledged commit lost) as well as the isolated rebuild, when `include_switchover`."""
+
+    include_switchover: bool = False
+
+
+class PlanReviewPolicy(_Model):
+    """When the business impact analysis and recovery objectives were last reviewed, by whom, how often
+    they must be, and who answers dr_plan_review (Airflow user ids; empty: anyone with access)."""
+
+    last_reviewed: date | None = None
+    reviewed_by: str | None = None
+    every: Duration = timedelta(days=365)
+    owners: list[str] = []
+
+
+class Validation(_Model):
+    daily: list[str]
+    weekly: list[str]
+    monthly: list[str]
+    deep_verify_sample: int = Field(ge=0)
+    restore_test: RestoreTest
+    drill: Drill = Drill()
+
+
+class HealthMonitor(_Model):
+    weights: dict[Literal["database", "application", "network", "storage"], int]
+    disaster_threshold: int = Field(ge=1)
+    max_lag_bytes: ByteSize
+    max_spool_files: int = Field(ge=1)
+    auto_failover: bool = False
+    consecutive_failures: int = Field(ge=1)
+    required_settings: dict[str, str]
+    min_wal_senders: int = Field(ge=1)
+    # The probe rounds of the triggerer (database, network, storage, application): the requirements' 30 s.
+    probe_interval: Duration = timedelta(seconds=30)
+    # Once a round sees a disaster, the rounds that confirm it come this often (Patroni's loop_wait is 10 s):
+    # a lost primary is confirmed in probe_interval + (consecutive_failures - 1) × confirm_interval at most.
+    confirm_interval: Duration = timedelta(seconds=10)
+    max_latency: Duration = timedelta(seconds=1)  # a node's round trip from the monitor, over it: network failing
+
+    @model_validator(mode="after")
+    def _confirm_within_interval(self) -> HealthMonitor:
+        if self.confirm_interval > self.probe_interval:
+            raise ValueError(f"confirm_interval ({format_duration(self.confirm_interval)}) must not be longer than "
+                             f"probe_interval ({format_duration(self.probe_interval)}): confirming rounds come sooner")
+        return self
+
+
+class FailoverApproval(_Model):
+    """A second person approves a manual switchover or failover after preflight, before anything changes (a
+    dr_operator other than the one who triggered it). On unless turned off: the sandbox turns it off."""
+
+    required: bool = True
+    timeout: Duration = timedelta(minutes=15)  # no answer by then: the run stops, nothing changed
+
+
+class Failover(_Model):
+    """dr_failover's limits (section 3.2: 60 s for a standby to catch up, 16 MB of lag)."""
+
+    catch_up_timeout: Duration = timedelta(seconds=60)
+    pause_timeout: Duration = timedelta(seconds=10)
+    approval: FailoverApproval = FailoverApproval()
+
+
+Transaction = Literal["login", "upload", "process", "annotate", "list_projects", "report"]
+
+
+class ApplicationRegion(_Model):
+    """The application tier in one region: `serving` runs now; `standby` is started by a failover."""
+
+    state: Literal["serving", "standby"]
+    web_instances: int = Field(ge=1)
+    workers: int = Field(ge=0)
+    conn_id: str  # an http connection: the region's base URL (a load balancer; extra `instances`: each one)
+    video_bucket: str
+    redis_conn_id: str
+
+
+class ApplicationFunction(_Model):
+    """How a business function is proven in a region: the services it needs and its synthetic transaction."""
+
+    services: list[Literal["web", "worker", "redis", "storage", "database"]] = Field(min_length=1)
+    transaction: Transaction
+
+
+class SshServiceCommands(_Model):
+    """One region's application services driven over SSH: shell command lines run on the region's application
+    host as the connection's user (e.g. `sudo systemctl start app.target`). Nothing secret goes on them: a
+    verification instance's database DSN reaches `verify_start` on stdin."""
+
+    ssh_conn_id: str
+    start: str
+    stop: str
+    status: str  # prints one line per service instance, `<name> running` (any other word: not running)
+    promote_cache: str
+    follow_cache: str  # may name {upstream_host} and {upstream_port}: the upstream region's Redis
+    # A read-only instance on a restored database, for restore tests and drills: prints its URL; stopped by
+    # `verify_stop` with {url}. Without them, restore tests cannot run the application's transactions.
+    verify_start: str | None = None
+    verify_stop: str | None = None
+
+
+class Application(_Model):
+    # How application services are started and stopped per region (`sandbox`: local processes; `ssh`: the
+    # commands of `ssh` below on each region's host; absent: a failover to another region stops in preflight).
+    service_control: Literal["sandbox", "ssh"] | None = None
+    ssh: dict[str, SshServiceCommands] = {}
+    regions: dict[str, ApplicationRegion]
+    functions: dict[Name, ApplicationFunction]
+    probe_conn_id: str  # login = the probe user's e-mail, password = its password (a user of the app)
+    probe_timeout: Duration = timedelta(seconds=10)
+    processing_timeout: Duration = timedelta(seconds=30)  # upload → detections written, in a probe round
+    # What the read-only transactions read: restore tests put these tables in their sample.
+    read_only_tables: list[Name] = ["users", "user_credentials", "projects", "videos", "detections"]
+
+    @model_validator(mode="after")
+    def _ssh_for_every_region(self) -> Application:
+        if self.service_control == "ssh":
+            missing = sorted(set(self.regions) - set(self.ssh))
+            if missing:
+                raise ValueError(f"service_control is 'ssh' but region(s) {', '.join(missing)} have no commands in "
+                                 f"application.ssh (ssh_conn_id, start, stop, status, promote_cache, follow_cache)")
+        unknown = sorted(set(self.ssh) - set(self.regions))
+        if unknown:
+            raise ValueError(f"application.ssh names region(s) {', '.join(unknown)} that application.regions does not have")
+        return self
+
+    @property
+    def serving_region(self) -> str:
+        return next(r for r, spec in self.regions.items() if spec.state == "serving")
+
+
+class Deployment(_Model):
+    """Where the orchestrator runs when it is distributed (`continuity run --distributed`,
+    docker-compose.yaml): Airflow's metadata database, scheduler, API server and the failover's tasks
+    live in `control_region` (default: the DR region), never in the primary region, so that losing the
+    primary region does not take the orchestrator of its failover with it. Each region has a Celery
+    worker on its own queue (see `continuity.dag_defaults.region_queue`)."""
+
+    control_region: str | None = None
+
+
+class Policy(_Model):
+    version: Literal[1]
+    business_functions: dict[Name, BusinessFunction]
+    downtime_cost_usd: dict[str, int] = {}
+    tiers: dict[Name, Tier]
+    data_categories: dict[Name, DataCategory]
+    topology: Topology
+    storage: Storage
+    backups: Backups
+    validation: Validation
+    health_monitor: HealthMonitor
+    failover: Failover = Failover()
+    objects: Objects | None = None
+    communication: Communication | None = None
+    plan_review: PlanReviewPolicy | None = None
+    application: Application | None = None
+    deployment: Deployment = Deployment()
+    # The services of business functions that live in the PostgreSQL database (restores and drills
+    # measure them); any other dependency is reported `not measured` until something measures it.
+    database_services: list[str] = ["database"]
+    # Every recurring DAG's schedule (cron, UTC) except those another section owns: dr_full_backup
+    # (backups.full.schedule) and dr_object_replication (objects.schedule). See `schedule_for`.
+    schedules: dict[Name, str] = {}
+
+    def schedule_for(self, dag_id: str) -> str:
+        """The one schedule of a recurring DAG (its DAG file reads it; `policy check` validates it)."""
+        if dag_id == "dr_full_backup":
+            return self.backups.full.schedule
+        if dag_id == "dr_object_replication" and self.objects is not None:
+            return self.objects.schedule
+        try:
+            return self.schedules[dag_id]
+        except KeyError:
+            raise PolicyError(f"schedules.{dag_id}: required key is missing (the DAG's schedule, e.g. "
+                              f"'0 5 * * 0')") from None
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region the policy names (nodes, storage locations), in order of first mention."""
+        named = [self.topology.primary_region, self.topology.dr_region, *(n.region for n in self.topology.nodes),
+                 *(loc.region for loc in self.storage.locations)]
+        return list(dict.fromkeys(named))
+
+    @property
+    def control_region(self) -> str:
+        """The region of the orchestrator (deployment.control_region, else the DR region)."""
+        return self.deployment.control_region or self.topology.dr_region
+
+    def with_primary(self, name: str) -> Policy:
+        """This policy with the node roles of the persisted topology (see dr_failover)."""
+        if name == self.topology.primary.name:
+            return self
+        return self.model_copy(update={"topology": self.topology.with_primary(name)})
+
+    def restore_test_periods(self) -> dict[str, timedelta]:
+        """How often each storage location must be proven restorable (see RestoreTest.locations)."""
+        configured = self.validation.restore_test.locations
+        return {loc.name: configured.get(loc.name, timedelta(days=7 if loc.region == self.topology.dr_region else 31))
+                for loc in self.storage.locations}
+
+    def functions_depending_on(self, service: str) -> dict[str, BusinessFunction]:
+        return {k: f for k, f in self.business_functions.items() if service in f.depends_on}
+
+    def functions_on_the_database(self) -> dict[str, BusinessFunction]:
+        """Business functions with at least one dependency the database holds."""
+        return {k: f for k, f in self.business_functions.items() if set(f.depends_on) & set(self.database_services)}
+
+    def unmeasured_dependencies(self, function: str) -> list[str]:
+        """What a database restore or drill does not measure of a business function."""
+        return [d for d in self.business_functions[function].depends_on if d not in self.database_services]
+
+
+def _describe_error(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (a typo? see include/policy.yaml for the known keys)"
+    message = error["msg"]
+    if kind == "value_error":
+        # Our own validators already say "expected ..., got ...".
+        return message.removeprefix("Value error, ")
+    return f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _check_references(policy: Policy) -> list[str]:
+    """Cross-references pydantic cannot see: names that must exist elsewhere in the file."""
+    problems: list[str] = []
+    for key, function in policy.business_functions.items():
+        if function.tier not in policy.tiers:
+            problems.append(f"business_functions.{key}.tier: expected one of {sorted(policy.tiers)}, got {function.tier!r}")
+        for i, category in enumerate(function.data_categories):
+            if category not in policy.data_categories:
+                problems.append(
+                    f"business_functions.{key}.data_categories[{i}]: expected one of "
+                    f"{sorted(policy.data_categories)}, got {category!r}"
+                )
+    for where, objectives in [(f"business_functions.{k}", (f.rto, f.rpo)) for k, f in policy.business_functions.items()] + [
+        (f"data_categories.{k}", (c.rpo,)) for k, c in policy.data_categories.items()
+    ]:
+        for name, objective in zip(("rto", "rpo") if len(objectives) == 2 else ("rpo",), objectives):
+            if objective.maximum < objective.target:
+                problems.append(f"{where}.{name}.maximum: expected at least the target ({format_duration(objective.target)}), got {format_duration(objective.maximum)}")
+    for key, tier in policy.tiers.items():
+        if tier.maximum < tier.target:
+            problems.append(f"tiers.{key}.maximum: expected at least the target ({format_duration(tier.target)}), got {format_duration(tier.maximum)}")
+
+    control = policy.deployment.control_region
+    if control is not None and control not in policy.regions:
+        problems.append(f"deployment.control_region: expected one of the policy's regions {policy.regions}, got "
+                        f"{control!r}")
+    if policy.control_region == policy.topology.primary_region:
+        problems.append(f"deployment.control_region: expected a region other than the primary region "
+                        f"({policy.topology.primary_region}): the orchestrator must survive the loss of the region "
+                        f"it fails away from")
+    nodes = policy.topology.nodes
+    primaries = [n.name for n in nodes if n.role == "primary"]
+    if len(primaries) != 1:
+        problems.append(f"topology.nodes: expected exactly one node with role 'primary', got {len(primaries)} ({primaries})")
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            problems.append(f"topology.nodes[{i}].name: expected a unique node name, got {node.name!r} twice")
+        seen.add(node.name)
+        if node.role == "primary" and node.synchronous:
+            problems.append(f"topology.nodes[{i}].synchronous: only a standby can be synchronous, got true on the primary")
+    standby = policy.backups.full.backup_from_standby
+    if standby is not None and standby not in {n.name for n in policy.topology.standbys}:
+        problems.append(f"backups.full.backup_from_standby: expected the name of a standby node, got {standby!r}")
+
+    names: set[str] = set()
+    for i, location in enumerate(policy.storage.locations):
+        where = f"storage.locations[{i}]"
+        if location.name in names:
+            problems.append(f"{where}.name: expected a unique location name, got {location.name!r} twice")
+        names.add(location.name)
+        if location.kind == "s3" and not (location.bucket and location.conn_id):
+            problems.append(f"{where}: a location of kind 's3' needs 'bucket' and 'conn_id'")
+        if location.kind == "file" and not location.path:
+            problems.append(f"{where}: a location of kind 'file' needs 'path'")
+    required_regions = {loc.region for loc in policy.storage.locations if loc.required}
+    if not any(loc.required for loc in policy.storage.locations):
+        problems.append("storage.locations: expected at least one location with required: true")
+    elif required_regions == {policy.topology.primary_region}:
+        problems.append(
+            f"storage.locations: expected a required location outside the primary region "
+            f"{policy.topology.primary_region} (a regional disaster would take every copy)"
+        )
+    problems += _check_schedules(policy)
+    for name in policy.validation.restore_test.locations:
+        if name not in names:
+            problems.append(f"validation.restore_test.locations.{name}: expected one of the storage locations "
+                            f"{sorted(names)}")
+    if policy.objects is not None:
+        problems += _check_objects(policy)
+    if policy.application is not None:
+        problems += _check_application(policy)
+    if policy.communication is not None:
+        communication = policy.communication
+        for name, group in communication.stakeholder_groups.items():
+            if group.audience not in communication.audiences:
+                problems.append(f"communication.stakeholder_groups.{name}.audience: expected one of "
+                                f"{sorted(communication.audiences)}, got {group.audience!r}")
+        for name, audience in communication.audiences.items():
+            if audience.external and audience.approval == "none":
+                problems.append(f"communication.audiences.{name}.approval: an external audience needs approval "
+                                f"('approver' or 'ceo'), got 'none'")
+            if "in_app_banner" in audience.methods and not communication.banners:
+                problems.append(f"communication.audiences.{name}.methods: in_app_banner has no sender: "
+                                f"communication.banners names no bucket for the application's banner")
+            if "email" in audience.methods and not audience.recipients.get("email"):
+                problems.append(f"communication.audiences.{name}.methods: email has no recipients: "
+                                f"expected addresses in communication.audiences.{name}.recipients.email")
+    return problems
+
+
+def cron_period(expression: str) -> timedelta:
+    """The longest gap between two runs of a cron schedule (over a year of runs from a fixed start, or its
+    first 2,000 runs for a schedule that runs more often than every 4 1/2 hours)."""
+    from croniter import croniter
+
+    it = croniter(expression, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    previous = it.get_next(datetime)
+    longest = timedelta(0)
+    limit = previous + timedelta(days=366)
+    for _ in range(2000):
+        if previous >= limit:
+            break
+        current = it.get_next(datetime)
+        longest = max(longest, current - previous)
+        previous = current
+        if longest > timedelta(days=366):
+            break
+    return longest
+
+
+# The validation cadence (section 4.1) each DAG's schedule must keep: list, item -> (DAG, longest period).
+_CADENCE = {"daily": timedelta(days=1), "weekly": timedelta(days=7), "monthly": timedelta(days=31)}
+_CADENCE_DAGS = {"database_integrity": "dr_backup_validation", "file_checksums": "dr_backup_validation",
+                 "cross_region_verification": "dr_backup_validation", "restore_test_sample": "dr_restore_test",
+                 "disaster_recovery_drill": "dr_drill"}
+
+
+def _check_schedules(policy: Policy) -> list[str]:
+    from croniter import croniter
+
+    problems: list[str] = []
+    expressions = {**policy.schedules, "dr_full_backup": policy.backups.full.schedule,
+                   **({"dr_object_replication": policy.objects.schedule} if policy.objects else {})}
+    for dag_id, expression in expressions.items():
+        where = {"dr_full_backup": "backups.full.schedule", "dr_object_replication": "objects.schedule"}.get(
+            dag_id, f"schedules.{dag_id}")
+        if not croniter.is_valid(expression):
+            problems.append(f"{where}: expected a cron expression like '0 5 * * 0', got {expression!r}")
+    for cadence, items in (("daily", policy.validation.daily), ("weekly", policy.validation.weekly),
+                           ("monthly", policy.validation.monthly)):
+        for item in items:
+            dag_id = _CADENCE_DAGS.get(item)
+            expression = expressions.get(dag_id) if dag_id else None
+            if expression is None or not croniter.is_valid(expression):
+                continue
+            period = cron_period(expression)
+            if period > _CADENCE[cadence]:
+                problems.append(f"schedules.{dag_id}: validation.{cadence} lists {item}, but {expression!r} runs only "
+                                f"every {format_duration(period)}")
+    return problems
+
+
+def _check_objects(policy: Policy) -> list[str]:
+    problems: list[str] = []
+    assert policy.objects is not None
+    seen: dict[tuple[str, str], str] = {}
+    for name, category in policy.objects.categories.items():
+        where = f"objects.categories.{name}"
+        if name not in policy.data_categories:
+            problems.append(f"{where}: expected one of the data_categories {sorted(policy.data_categories)}, got {name!r}")
+        retention = category.retention
+        if not retention.indefinite and retention.standard is None:
+            problems.append(f"{where}.retention: expected 'standard' (and optionally archive_class/archive_until) "
+                            f"or 'indefinite: true'")
+        if retention.archive_class and not retention.archive_until:
+            problems.append(f"{where}.retention.archive_until: required with archive_class")
+        if retention.archive_until and retention.standard and retention.archive_until < retention.standard:
+            problems.append(f"{where}.retention.archive_until: expected at least standard "
+                            f"({format_duration(retention.standard)}), got {format_duration(retention.archive_until)}")
+        for i, bucket in enumerate([category.source, *category.replicas]):
+            label = "source" if i == 0 else f"replicas[{i - 1}]"
+            if (bucket.bucket, bucket.prefix) in seen:
+                problems.append(f"{where}.{label}: bucket {bucket.bucket!r} prefix {bucket.prefix!r} is already "
+                                f"{seen[(bucket.bucket, bucket.prefix)]}")
+            seen[(bucket.bucket, bucket.prefix)] = f"{where}.{label}"
+        if not any(r.region != category.source.region for r in category.replicas):
+            problems.append(f"{where}.replicas: expected a replica outside the source's region "
+                            f"{category.source.region} (a regional disaster would take every copy)")
+        rpo = policy.data_categories[name].rpo if name in policy.data_categories else None
+        if rpo is not None and policy.objects.every_version_listing > rpo.maximum:
+            problems.append(f"objects.every_version_listing: expected at most the RPO maximum of {name} "
+                            f"({format_duration(rpo.maximum)}): versions only that listing finds would be older, "
+                            f"got {format_duration(policy.objects.every_version_listing)}")
+        if rpo is not None and category.interval > rpo.target:
+            problems.append(f"{where}.interval: expected at most the category's RPO target "
+                            f"({format_duration(rpo.target)}), got {format_duration(category.interval)}")
+        reference = category.database_reference
+        if reference is not None and reference.database not in policy.topology.databases:
+            problems.append(f"{where}.database_reference.database: expected one of {policy.topology.databases}, "
+                            f"got {reference.database!r}")
+    return problems
+
+
+def _check_application(policy: Policy) -> list[str]:
+    application = policy.application
+    assert application is not None
+    problems: list[str] = []
+    topology = policy.topology
+    for region in (topology.primary_region, topology.dr_region):
+        if region not in application.regions:
+            problems.append(f"application.regions: expected an entry for region {region} (the topology's "
+                            f"{'primary' if region == topology.primary_region else 'DR'} region)")
+    for region in application.regions:
+        if region not in (topology.primary_region, topology.dr_region):
+            problems.append(f"application.regions.{region}: expected {topology.primary_region} or {topology.dr_region}")
+    serving = [r for r, spec in application.regions.items() if spec.state == "serving"]
+    if len(serving) != 1:
+        problems.append(f"application.regions: expected exactly one region with state 'serving', got {serving}")
+    for name, function in application.functions.items():
+        if name not in policy.business_functions:
+            problems.append(f"application.functions.{name}: expected one of the business_functions "
+                            f"{sorted(policy.business_functions)}")
+        if "worker" in function.services and any(spec.workers == 0 for spec in application.regions.values()):
+            problems.append(f"application.functions.{name}.services: needs a worker, but a region has workers: 0")
+    missing = sorted(set(policy.business_functions) - set(application.functions))
+    if missing:
+        problems.append(f"application.functions: every business function needs its synthetic transaction; "
+                        f"missing {missing}")
+    return problems
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    label = path.name
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(f"{label}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{label}: expected a mapping of policy sections, got {type(data).__name__}")
+    return data
+
+
+def overlay_policy(base: Any, overlay: Any, *, where: str = "") -> Any:
+    """`overlay` laid over `base`: mappings merge key by key, lists of named entries (nodes, locations) merge
+    entry by entry on `name` (an overlay entry must name one the base has), anything else is replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        return {**base, **{key: overlay_policy(base[key], value, where=f"{where}.{key}".lstrip("."))
+                           if key in base else value for key, value in overlay.items()}}
+    named = (lambda items: isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items))
+    if named(base) and named(overlay) and overlay:
+        by_name = {entry["name"]: entry for entry in overlay}
+        unknown = sorted(set(by_name) - {entry["name"] for entry in base})
+        if unknown:
+            raise PolicyError(f"overlay: {where} names {', '.join(unknown)}, which the policy does not have")
+        return [overlay_policy(entry, by_name[entry["name"]], where=f"{where}[{entry['name']}]")
+                if entry["name"] in by_name else entry for entry in base]
+    return overlay
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
+    """Read and validate a policy file; the default is $CONTINUITY_POLICY or include/policy.yaml. With
+    $CONTINUITY_POLICY_OVERLAY set, that file is laid over it first (`overlay_policy`)."""
+    path = Path(path) if path else policy_path()
+    label = path.name
+    data = _read_yaml_mapping(path)
+    overlay = policy_overlay_path()
+    if overlay is not None:
+        data = overlay_policy(data, _read_yaml_mapping(overlay))
+        label = f"{label} + {overlay.name}"
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{label}: {_dotted(e['loc'])}: {_describe_error(e)}" for e in exc.errors()]
+        raise PolicyError("\n".join(lines)) from None
+    problems = _check_references(policy)
+    if problems:
+        raise PolicyError("\n".join(f"{label}: {p}" for p in problems))
+    return policy

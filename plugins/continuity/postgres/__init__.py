@@ -1,0 +1,1 @@
+"""PostgreSQL: read-only node queries and local clusters from the server binaries."""
