@@ -1,6 +1,6 @@
 """The layer rules hold, with no module list that can go stale (pyproject.toml's import-linter contracts): the core
-never imports Airflow, the product never imports the lab, and the core never reaches Airflow through the Airflow
-layer either."""
+never imports Airflow, the product never imports the lab, the core's packages stay on their floors, and the core never
+reaches Airflow through the Airflow layer either."""
 
 from __future__ import annotations
 
@@ -55,3 +55,12 @@ def test_the_core_never_imports_the_airflow_layer() -> None:
     crossings = sorted(f"{importer} -> {imported}" for imported in graph.modules if in_layer(imported)
                        for importer in graph.find_modules_that_directly_import(imported) if not in_layer(importer))
     assert crossings == []
+
+
+def test_every_part_of_the_package_is_on_a_floor_or_of_the_airflow_layer() -> None:
+    """A new package or module of `continuity` must be placed: on one of the core's floors, or in the Airflow layer."""
+    floors = {room.strip() for floor in _contract("The core's layers")["layers"] for room in floor.split("|")}
+    parts = {f"continuity.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    parts |= {f"continuity.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert parts - floors - _airflow_layer() == set(), "put the new part on a floor (pyproject.toml) or in the Airflow layer"
+    assert floors - parts == set(), "a floor names a part that no longer exists"
