@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # Where the policy, include/ and the default sandbox are (see plugins/continuity/policy/project.py).
 export CONTINUITY_PROJECT ?= $(CURDIR)
 
-.PHONY: bootstrap run run-distributed test test-fast bench sandbox-up sandbox-down sandbox-status clean
+.PHONY: bootstrap run run-distributed test test-fast test-coverage bench sandbox-up sandbox-down sandbox-status clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -18,18 +18,24 @@ run: bootstrap
 run-distributed: bootstrap
 	$(BIN)/continuity run --distributed
 
-# Two workers (the machine's cores): a module stays on one worker with its fixtures; the modules that run
-# an Airflow scheduler share one worker and go first (tests/conftest.py: pytest_xdist_make_scheduler), so
-# two never start at once. XDIST_ARGS= runs everything in this process. Tests marked `alone` (a fresh
-# `continuity run` must be green: its health monitor measures this machine's latency) run afterwards, by
-# themselves. Exit status 5 is "no test selected" (e.g. PYTEST_ARGS="-k health" leaves one part empty).
+# Every tier (tests/unit, component, integration, system, perf; see tests/conftest.py) on two workers (the
+# machine's cores): a module stays on one worker with its fixtures; the system tier's modules (each a whole Airflow)
+# share one worker and go first, so two schedulers never run at once (tests/conftest.py: xdist_scope).
+# XDIST_ARGS= runs everything in this process. Tests marked `alone` (a fresh `continuity run` must be green: its
+# health monitor measures this machine's latency) run afterwards, by themselves. Exit status 5 is "no test
+# selected" (e.g. PYTEST_ARGS="-k health" leaves one part empty).
 XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 test: bootstrap
 	$(BIN)/pytest $(XDIST_ARGS) -m "not alone" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# The unit tier: no socket, no subprocess; what a change is checked against first.
 test-fast: bootstrap
-	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit -n 2 $(PYTEST_ARGS)
+
+# The unit tier with the core's coverage (pytest-cov): what the decisions' tests reach.
+test-coverage: bootstrap
+	$(BIN)/pytest tests/unit -n 2 --cov=continuity --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 bench:
 	@CONTINUITY_BENCH=1 scripts/bootstrap.sh

@@ -40,38 +40,56 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
-# Modules that start a whole Airflow (scheduler, API server, workers) on this machine: under pytest-xdist they
-# share one worker, so that two never compete for the two cores, and they go first, so that the longest
-# share of the run starts at once while the other worker takes every other module.
-AIRFLOW_SCHEDULER_MODULES = {"test_run.py", "test_region_loss_orchestrator.py", "test_incident_dag.py",
-                             "test_plan_review.py"}
-
+TESTS_DIR = Path(__file__).resolve().parent
+# The tiers, cheapest first: a test lives in the cheapest one that can show its behaviour (tests/<tier>/).
+#   unit: no socket, no subprocess (enforced by tests/unit/conftest.py), seconds; `make test-fast`
+#   component: one real service (one PostgreSQL, one S3 server, the receivers, ...)
+#   integration: the sandbox (PostgreSQL with replication, PgBouncer, S3 + gateways, the application)
+#   system: a whole Airflow (`continuity run`, standalone or distributed)
+#   perf: memory and time bounds at size
+TIERS = ("unit", "component", "integration", "system", "perf")
 
 # Tests that judge the machine's own health (a fresh `continuity run` is green: the health monitor measures real
 # latency and lag): `make test` runs them after the parallel part, alone on the machine.
 ALONE_MODULES = {"test_run.py"}
 
 
+def tier_of(path: Path) -> str:
+    parts = path.resolve().relative_to(TESTS_DIR).parts
+    if len(parts) < 2 or parts[0] not in TIERS:
+        raise pytest.UsageError(f"{path}: every test lives in a tier's folder (tests/<tier>/, tier one of {TIERS})")
+    return parts[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "integration" in item.path.parts:
-            item.add_marker(pytest.mark.integration)
+        tier = tier_of(item.path)
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier == "unit" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(60))
         if item.path.name in ALONE_MODULES:
             item.add_marker(pytest.mark.alone)
-    items.sort(key=lambda item: item.path.name not in AIRFLOW_SCHEDULER_MODULES)  # stable: order kept otherwise
+    items.sort(key=lambda item: tier_of(item.path) != "system")  # the longest share starts first; order kept otherwise
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of distribution across pytest-xdist's workers: a module (its module-scoped sandbox stays on one
+    worker), except that every system-tier module shares one scope, so two Airflow schedulers never run at once on
+    two cores. (xdist's own `--dist loadgroup` would express this with `xdist_group` marks, but under pytest 9.2 its
+    `item._nodeid = ...@group` no longer changes the node id, so it silently schedules by test; see
+    tests/unit/test_xdist_scope.py.)"""
+    module = nodeid.split("::", 1)[0]
+    return "system-tier" if Path(module).parts[:2] == ("tests", "system") else module
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """A module's tests (and its module-scoped sandbox) on one worker, the scheduler modules together on one.
-    (xdist's own `loadgroup` cannot do the second with pytest 9.2, whose node ids no longer take its suffix.)"""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ModuleScheduling(LoadScopeScheduling):
+    class TierScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "airflow-schedulers" if Path(module).name in AIRFLOW_SCHEDULER_MODULES else module
+            return xdist_scope(nodeid)
 
-    return ModuleScheduling(config, log)
+    return TierScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -335,7 +335,7 @@ def test_a_network_cut_mid_restore_falls_back_and_leaves_no_plaintext(locations,
     from continuity.backup.engine import restore_to_path
     from continuity_lab.sandbox import S3_ACCESS_KEY
 
-    from .netfault import CuttingProxy
+    from tests.support.netfault import CuttingProxy
 
     data = os.urandom(3 * 2**20)
     manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=list(locations.values()))

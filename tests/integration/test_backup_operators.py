@@ -14,7 +14,7 @@ from continuity.backup.engine import restore_copy
 from continuity.storage.catalog import Catalog
 from continuity.storage.locations import locations_from_policy
 
-from .airflow_helpers import task_states, xcom
+from tests.support.airflow_helpers import task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 TEST_DAGS = Path(__file__).resolve().parent / "dags" / "test_backup_operators.py"

@@ -20,7 +20,7 @@ def test_restore_dags_alert_past_the_tightest_rto_target(dag_id: str) -> None:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk.definitions.deadline import DeadlineAlert
 
-    from .airflow_helpers import DAGS_DIR
+    from tests.support.airflow_helpers import DAGS_DIR
 
     bag = DagBag(dag_folder=str(DAGS_DIR / f"{dag_id}.py"))
     alert = bag.get_dag(dag_id).deadline

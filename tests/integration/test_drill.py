@@ -10,7 +10,7 @@ import pytest
 from continuity.exercises.drill import DrillStart, check_point_in_time
 from continuity.backup.full import logical_backup, physical_backup
 
-from .airflow_helpers import load_dag, task_states, xcom
+from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

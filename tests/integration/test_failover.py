@@ -19,7 +19,7 @@ from continuity.waiting import poll
 from continuity_lab.controls import failover_cluster
 from continuity_lab.processes import APP_HOST_USER
 
-from .airflow_helpers import forget_topology, load_dag, sandbox_environment, task_states, xcom
+from tests.support.airflow_helpers import forget_topology, load_dag, sandbox_environment, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -18,8 +18,8 @@ from continuity.backup.full import DumpFailed, logical_backup, row_counts, schem
 from continuity.postgres.cluster import find_tool
 from continuity.storage.manifest import manifest_key_name
 
-from .airflow_helpers import load_dag, task_states, xcom
-from .scratch import cluster_from_base_backup, empty_cluster
+from tests.support.airflow_helpers import load_dag, task_states, xcom
+from tests.support.scratch import cluster_from_base_backup, empty_cluster
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 LOGICAL_DATE = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)

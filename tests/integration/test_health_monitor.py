@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .airflow_helpers import load_dag, task_states, xcom
+from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -23,7 +23,7 @@ from continuity.policy.model import load_policy
 from continuity.policy.project import default_policy_path
 from continuity.storage.locations import locations_from_policy
 
-from .netfault import CuttingProxy
+from tests.support.netfault import CuttingProxy
 
 PART = 5 * 2**20  # S3's smallest part: large objects here go multipart
 
@@ -279,7 +279,7 @@ def test_the_heartbeat_is_the_sources_and_listing_sees_every_version(world: Worl
 
 
 def test_the_dag_puts_every_video_the_database_names_into_the_dr_region(sandbox, airflow_db) -> None:
-    from .airflow_helpers import load_dag, task_states, xcom
+    from tests.support.airflow_helpers import load_dag, task_states, xcom
 
     run = load_dag("dr_object_replication").test()
     assert str(run.state) == "success", task_states(run)

@@ -12,7 +12,7 @@ from botocore.config import Config
 
 from continuity.waiting import poll
 
-from .airflow_helpers import load_dag, sandbox_environment, task_states, xcom
+from tests.support.airflow_helpers import load_dag, sandbox_environment, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

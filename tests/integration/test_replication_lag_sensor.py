@@ -9,7 +9,7 @@ import pytest
 
 from continuity.triggers.replication_lag import ReplicationLagTrigger
 
-from .airflow_helpers import task_states
+from tests.support.airflow_helpers import task_states
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 TEST_DAGS_DIR = Path(__file__).resolve().parent / "dags"

@@ -13,7 +13,7 @@ from continuity.storage.catalog import Catalog
 from continuity.backup.full import NodeAddress, logical_backup, physical_backup, row_counts
 from continuity.restore.engine import RestoreError, choose_base_backup, restore_logical, restore_physical, scratch_cluster
 
-from .airflow_helpers import load_dag
+from tests.support.airflow_helpers import load_dag
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

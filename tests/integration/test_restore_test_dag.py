@@ -13,7 +13,7 @@ from continuity.restore.engine import scratch_prefix
 from continuity.storage.locations import locations_from_policy
 from continuity.storage.locations import key_safe
 
-from .airflow_helpers import load_dag, task_states, xcom
+from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

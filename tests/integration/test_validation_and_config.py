@@ -22,7 +22,7 @@ from continuity.policy.project import default_policy_path
 
 from continuity.backup.wal import classify
 
-from .airflow_helpers import load_dag, task_states, xcom
+from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -12,7 +12,7 @@ from continuity.storage.manifest import data_key_name, manifest_key_name
 from continuity.triggers.wal_archived import WalArchivedTrigger
 from continuity.backup.wal import classify
 
-from .airflow_helpers import load_dag, task_states, xcom
+from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -27,9 +27,12 @@ def stale_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "state.json").write_text(json.dumps({"s3": {"port": 1}, "secrets": {"s3_secret_key": "not-real"}}))
     Keyring(keys={"sandbox-key": os.urandom(32)}, active="sandbox-key").save(root / "keys" / "keyring.json")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CONTINUITY_PROJECT", str(Path(__file__).resolve().parents[2]))
+    monkeypatch.setenv("CONTINUITY_PROJECT", str(Path(__file__).resolve().parents[3]))
     for name in ("CONTINUITY_SANDBOX", "CONTINUITY_KEYRING", "CONTINUITY_KEYRING_FILE"):
         monkeypatch.delenv(name, raising=False)
+    # An operator's credentials (the AWS chain would otherwise ask the instance metadata service).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
     return root
 
 

@@ -164,7 +164,7 @@ def test_policy_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_failover_limits_default_to_the_requirements_when_the_section_is_absent(tmp_path: Path) -> None:
     policy = load_policy()
     assert policy.failover.catch_up_timeout == timedelta(seconds=60)
-    text = (Path(__file__).resolve().parents[2] / "include" / "policy.yaml").read_text()
+    text = (Path(__file__).resolve().parents[3] / "include" / "policy.yaml").read_text()
     without = tmp_path / "policy.yaml"
     without.write_text(text[:text.index("# Section 3.2: dr_failover's limits")])
     assert load_policy(without).failover.pause_timeout == timedelta(seconds=10)

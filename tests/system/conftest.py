@@ -11,7 +11,7 @@ import pytest
 
 from continuity.policy.project import default_policy_path
 
-from . import airflow_run
+from tests.support import airflow_run
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from continuity.policy.project import default_policy_path
 from continuity.policy.model import load_policy
 from continuity_lab.sandbox import Sandbox
 from continuity.storage.locations import key_safe
-from .airflow_run import api as _api
+from tests.support.airflow_run import api as _api
 
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
 

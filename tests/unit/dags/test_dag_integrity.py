@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAGS_DIR = Path(__file__).resolve().parents[3] / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
@@ -171,7 +171,7 @@ def test_tasks_run_on_the_queue_of_the_region_they_act_in(control_region: str | 
 def test_airflow_does_not_load_the_package_as_top_level_plugin_modules() -> None:
     from airflow._shared.module_loading import find_path_from_directory
 
-    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    plugins = Path(__file__).resolve().parents[3] / "plugins"
     loaded = [p for p in find_path_from_directory(str(plugins), ".airflowignore", "glob") if p.endswith(".py")]
     # Only the Airflow plugin itself (the status page); the package is imported as a package.
     assert loaded == [str(plugins / "continuity_status_page.py")], \
@@ -181,7 +181,7 @@ def test_airflow_does_not_load_the_package_as_top_level_plugin_modules() -> None
 def test_the_status_page_plugin_registers_its_app() -> None:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "plugins" / "continuity_status_page.py"
+    path = Path(__file__).resolve().parents[3] / "plugins" / "continuity_status_page.py"
     spec = importlib.util.spec_from_file_location("continuity_status_page", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

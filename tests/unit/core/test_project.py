@@ -47,5 +47,5 @@ def test_nowhere_to_be_found_says_what_to_set(unconfigured: Path) -> None:
 
 
 def test_an_explicit_policy_file_needs_no_project(unconfigured: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(project.POLICY_ENV_VAR, str(Path(__file__).resolve().parents[2] / "include" / "policy.yaml"))
+    monkeypatch.setenv(project.POLICY_ENV_VAR, str(Path(__file__).resolve().parents[3] / "include" / "policy.yaml"))
     assert load_policy().topology.entry_point.config_conn_id == "continuity_pgbouncer_config"

@@ -30,7 +30,7 @@ from continuity_lab.controls import failover_cluster
 from continuity.storage.locations import S3Location, key_safe, locations_from_policy
 from continuity.waiting import poll
 
-from . import airflow_run
+from tests.support import airflow_run
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from continuity.incidents.records import IncidentStore, pending_causes
 from continuity.policy.model import load_policy
 from continuity_lab.receivers import mails, message_text, received
 from continuity_lab.sandbox import Sandbox
-from . import airflow_run
+from tests.support import airflow_run
 
 DAG = "dr_incident"
 

@@ -18,7 +18,7 @@ from typing import Any
 from continuity_lab.controlplane import ControlPlane
 from continuity.postgres.cluster import free_port
 
-from .airflow_helpers import DAGS_DIR
+from tests.support.airflow_helpers import DAGS_DIR
 
 TERMINAL = ("success", "failed")
 
