@@ -4,7 +4,7 @@
 
 ROOT holds `key` (a base64 KEK) and the file location `store/`. Run one process per phase so
 phases do not share a high-water mark. Zeros are the worst case for memory: one authenticated
-chunk expands ~30,000-fold. Used by `make bench` and tests/continuity/test_bounded_memory.py.
+chunk expands ~30,000-fold. Used by `make bench` and tests/perf/test_bounded_memory.py.
 """
 
 from __future__ import annotations
