@@ -48,7 +48,7 @@ class Context:
 
     @property
     def required(self) -> set[str]:
-        return {loc.name for loc in self.policy.storage.locations if loc.required}
+        return self.policy.storage.required()
 
     def s3_client(self, region: str) -> Any:
         """An S3 client for the application's buckets: the sandbox's endpoint, else the AWS credential chain."""

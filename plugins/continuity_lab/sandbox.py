@@ -921,7 +921,7 @@ class Sandbox:
         catalog = self.catalog()
         present = {m.kind for m in catalog.list()}
         locations = list(catalog.locations.values())
-        required = {loc.name for loc in self.policy.storage.locations if loc.required}
+        required = self.policy.storage.required()
         keyring = self.keyring()
         stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-first"
         primary = self.current_primary()
@@ -964,7 +964,8 @@ class Sandbox:
         if self.policy.objects is None:
             return []
         locations = self.storage_locations()
-        state = {loc.name: locations[loc.name] for loc in self.policy.storage.locations if loc.required}
+        required = self.policy.storage.required()
+        state = {name: location for name, location in locations.items() if name in required}
         done = []
         for category in self.policy.objects.categories:
             if load_checkpoint(category, state).complete_at is not None:

@@ -51,7 +51,7 @@ class ContinuityBackupHook(ContinuityPolicyHook):
         return locations_from_policy(self.policy, client_for)
 
     def required_locations(self) -> set[str]:
-        return {loc.name for loc in self.policy.storage.locations if loc.required}
+        return self.policy.storage.required()
 
     def get_replicator(self, category: str, *, report: Any) -> Replicator:
         """The object category's replicator: one S3 client per bucket connection, the checkpoint and run

@@ -243,6 +243,10 @@ class Storage(_Model):
         known = ", ".join(loc.name for loc in self.locations)
         raise KeyError(f"no storage location named {name!r} in the policy (known: {known})")
 
+    def required(self) -> set[str]:
+        """The names of the locations every backup and WAL segment must reach (`required: true`)."""
+        return {loc.name for loc in self.locations if loc.required}
+
 
 class Bucket(_Model):
     """An S3 bucket of the application (source) or its copy (replica), reached through an AWS connection."""

@@ -241,3 +241,9 @@ def test_an_overlay_sets_a_deployments_own_settings_without_a_copy_of_the_policy
     overlay.write_text("topology:\n  nodes:\n    - {name: dr2, region: us-west-2}\n")
     with pytest.raises(PolicyError, match=r"^overlay: topology.nodes names dr2, which the policy does not have"):
         load_policy()
+
+
+def test_the_required_locations_are_named_in_one_place() -> None:
+    policy = load_policy()
+    assert policy.storage.required() == {"primary", "dr"}
+    assert {loc.name for loc in policy.storage.locations} - policy.storage.required() == {"archive"}
