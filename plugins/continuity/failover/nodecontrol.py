@@ -79,15 +79,12 @@ def node_control_for(policy: Any, *, shell_for: Callable[[str], Any] | None = No
     """The node control the policy names (`topology.node_control`): the one place it is chosen, by name
     (`continuity.policy.registry`). `ssh` needs `shell_for` (a node's remote shell; the Airflow layer builds it from
     SSH connections)."""
-    from continuity.policy.registry import ImplementationNotFound, implementation
+    from continuity.policy.registry import build
 
     kind = policy.topology.node_control
     if kind is None:
         raise NodeControlError(
             "no node control is configured: set topology.node_control in the policy ('sandbox' for the local "
             "sandbox); failover needs host-level access to the nodes (stop, fence, rewind)")
-    try:
-        factory = implementation("node_control", kind, setting="topology.node_control")
-    except ImplementationNotFound as exc:
-        raise NodeControlError(str(exc)) from exc
-    return factory.from_policy(policy, shell_for=shell_for)
+    return build("node_control", kind, setting="topology.node_control", error=NodeControlError, policy=policy,
+                 shell_for=shell_for)

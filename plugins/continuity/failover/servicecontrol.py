@@ -66,7 +66,7 @@ def service_control_for(policy: Any, *, shell_for: Callable[[str], Any] | None =
     name (`continuity.policy.registry`). `ssh` needs `shell_for` (a region's application host as a remote shell) and
     `cache_address` (a region's Redis host and port); the Airflow layer builds both from connections
     (`hooks.services`)."""
-    from continuity.policy.registry import ImplementationNotFound, implementation
+    from continuity.policy.registry import build
 
     application = policy.application
     kind = application.service_control if application is not None else None
@@ -74,8 +74,5 @@ def service_control_for(policy: Any, *, shell_for: Callable[[str], Any] | None =
         raise ServiceControlError(
             "no service control is configured: set application.service_control in the policy ('sandbox' for the "
             "local sandbox); starting the DR application needs it")
-    try:
-        factory = implementation("service_control", kind, setting="application.service_control")
-    except ImplementationNotFound as exc:
-        raise ServiceControlError(str(exc)) from exc
-    return factory.from_policy(policy, shell_for=shell_for, cache_address=cache_address)
+    return build("service_control", kind, setting="application.service_control", error=ServiceControlError,
+                 policy=policy, shell_for=shell_for, cache_address=cache_address)

@@ -65,3 +65,13 @@ def implementation(kind: str, name: str, *, setting: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise ImplementationNotFound(f"{setting} {name!r}: {module_name} has no {attribute}") from None
+
+
+def build(kind: str, name: str, *, setting: str, error: type[Exception], policy: Any, **collaborators: Any) -> Any:
+    """The implementation `name` of `kind`, made for `policy` (its `from_policy(policy, **collaborators)`); a name
+    with none here raises `error` (the caller's own failure class) naming `setting`."""
+    try:
+        factory = implementation(kind, name, setting=setting)
+    except ImplementationNotFound as exc:
+        raise error(str(exc)) from exc
+    return factory.from_policy(policy, **collaborators)
