@@ -73,7 +73,7 @@ def child_replicate(policy_path: str, endpoint: str, *, streamed: bool = False) 
     """One dr_object_replication run of video_content, as the DAG does it, without Airflow; `streamed`
     turns server-side copying off (the replica's endpoint is the source's here)."""
     from continuity.objects.replication import replicator_for
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
     from continuity.storage.locations import locations_from_policy
 
     policy = load_policy(policy_path)

@@ -16,7 +16,7 @@ import psycopg
 
 from continuity.health import checks as health
 from continuity_lab import sampledata
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity_lab.sandbox import Sandbox
 from table import print_table  # bench/table.py: the script's own directory is on sys.path
 

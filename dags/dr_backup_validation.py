@@ -31,7 +31,7 @@ from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.validation import (RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator,
                                               VerifyObjectsOperator)
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 with DAG(
     dag_id="dr_backup_validation",

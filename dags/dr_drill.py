@@ -39,7 +39,7 @@ from continuity.operators.drill import LiveSwitchoverOperator, RebuildAndMeasure
 from continuity.operators.incident import CommunicationTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.sensors.wal_archived import WalArchivedSensor
 
 _policy = load_policy()

@@ -52,7 +52,7 @@ from continuity.operators.failover import (
     StartApplicationOperator,
     ValidateOperator,
 )
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 _policy = load_policy()
 _nodes = [node.name for node in _policy.topology.nodes]

@@ -23,7 +23,7 @@ from airflow.sdk import DAG, Asset
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.full_backup import LogicalBackupOperator, PhysicalBackupOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 LOGICAL_BACKUPS = Asset("continuity://backups/logical")
 PHYSICAL_BACKUPS = Asset("continuity://backups/physical")

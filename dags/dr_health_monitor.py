@@ -44,7 +44,7 @@ from continuity.operators.health import (
     HealthAssessmentOperator,
     StorageHealthOperator,
 )
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.triggers.probe_rounds import ProbeRoundTrigger
 
 _policy = load_policy()

@@ -36,7 +36,7 @@ from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.incident import (AcknowledgeIncidentOperator, ApproveNoticeOperator,
                                            ChooseIncidentPathOperator, NotifyAudienceOperator, OpenIncidentOperator,
                                            PostIncidentReportOperator, PublishNoticeOperator, ResolveIncidentOperator)
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 _policy = load_policy()
 _communication = _policy.communication

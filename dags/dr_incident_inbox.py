@@ -25,7 +25,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTrigg
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.incident import IncidentWorkOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.triggers.incident_inbox import IncidentInboxTrigger
 
 INCIDENT_CAUSES = Asset("continuity-incident-causes",

@@ -27,7 +27,7 @@ from airflow.sdk import DAG
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.objects import ReplicateObjectsOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 _objects = load_policy().objects
 

@@ -21,7 +21,7 @@ from airflow.sdk import DAG
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.plan_review import ConfirmTargetsOperator, DraftPlanReviewOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 with DAG(
     dag_id="dr_plan_review",

@@ -33,7 +33,7 @@ from airflow.sdk import DAG, TriggerRule
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.region_recovery import (CheckLeftAsFoundOperator, LoseRegionAndRecoverOperator,
                                                   PlanRegionLossOperator, RestoreRegionOperator, SwitchBackOperator)
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 with DAG(
     dag_id="dr_region_recovery",

@@ -26,7 +26,7 @@ from continuity.alerts.deadlines import rto_deadline
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
 from continuity.operators.sample_restore import SampleRestoreTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 _policy = load_policy()
 

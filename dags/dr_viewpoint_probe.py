@@ -22,7 +22,7 @@ from airflow.sdk import DAG, CronTriggerTimetable
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
 from continuity.operators.health import ViewpointProbeOperator
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.health.viewpoints import DAG_ID, viewpoint_period, viewpoint_regions
 
 _policy = load_policy()

@@ -29,7 +29,7 @@ from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
 from continuity.operators.wal import (RefreshWalIndexOperator, ShipWalOperator, SwitchWalOperator,
                                       WalContinuityOperator)
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.sensors.wal_archived import WalArchivedSensor
 
 with DAG(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from continuity.policy.project import include_dir
 from continuity.postgres.cluster import pid_alive
 
 APP_DATABASE = "app"
@@ -150,3 +151,43 @@ def listening_sampleapps(port: int) -> list[int]:
     pids = {c.pid for c in psutil.net_connections(kind="tcp")
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
     return sorted(pid for pid in pids if "continuity_lab.sampleapp" in " ".join(psutil.Process(pid).cmdline()))
+
+
+ROLES = ("replicator", "continuity_backup", "continuity_admin", "app")
+S3_ACCESS_KEY = "continuity-sandbox"
+
+# Settings every node shares (copied into standbys by the base backup); node.conf holds the rest.
+SHARED_SETTINGS: dict[str, str | int] = {
+    "listen_addresses": "127.0.0.1",
+    "wal_level": "replica",
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_keep_size": "128MB",
+    "hot_standby": "on",
+    "hot_standby_feedback": "on",
+    "wal_log_hints": "on",
+    "archive_mode": "on",
+    "max_connections": 60,
+    "shared_buffers": "64MB",
+    "password_encryption": "scram-sha-256",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+    "log_replication_commands": "on",
+}
+
+PG_HBA = """\
+# Continuity sandbox. The local socket lives in a directory only the service user can enter.
+local   all          all                      trust
+host    replication  replicator         127.0.0.1/32  scram-sha-256
+host    replication  continuity_backup  127.0.0.1/32  scram-sha-256
+host    all          all                127.0.0.1/32  scram-sha-256
+"""
+
+
+def archive_script_source() -> Path:
+    """The archive_command script the sandbox installs (include/scripts/archive-wal.sh)."""
+    return include_dir() / "scripts" / "archive-wal.sh"
+
+
+def fetch_script_source() -> Path:
+    """The standbys' restore_command script (include/scripts/fetch-wal.sh)."""
+    return include_dir() / "scripts" / "fetch-wal.sh"

@@ -333,7 +333,7 @@ def test_a_network_cut_mid_restore_falls_back_and_leaves_no_plaintext(locations,
     from botocore.config import Config
 
     from continuity.backup.engine import restore_to_path
-    from continuity_lab.sandbox import S3_ACCESS_KEY
+    from continuity_lab.processes import S3_ACCESS_KEY
 
     from tests.support.netfault import CuttingProxy
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from continuity.alerts.callbacks import ALERT_PREFIX, rto_deadline_missed
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -651,7 +651,7 @@ def test_node_control_over_ssh_names_the_node_and_the_command_that_failed(over_s
 def test_service_control_over_ssh_reads_each_instance_and_names_the_region_and_command_that_failed(
         over_ssh, monkeypatch) -> None:
     from continuity.hooks.services import get_service_control
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
     from continuity.failover.servicecontrol import ServiceControlError
 
     policy = load_policy()

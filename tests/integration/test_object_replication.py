@@ -19,7 +19,7 @@ import yaml
 
 from continuity.objects import replication as objects
 from continuity.objects.replication import HEARTBEAT_NAME, Replicator, list_versions, replicator_for
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.policy.project import default_policy_path
 from continuity.storage.locations import locations_from_policy
 

@@ -136,7 +136,7 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     from continuity.backup.full import _FOREIGN_KEY_COLUMNS
     from continuity.postgres.cluster import find_tool
     from continuity.policy.project import default_policy_path
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
 
     prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
     policy_file = tmp_path / "policy.yaml"
@@ -180,7 +180,7 @@ def test_a_restore_test_fails_when_the_restored_database_cannot_serve_a_login(sa
 
     import psycopg
 
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
     from continuity.policy.project import default_policy_path
 
     prefix = f"rt-login-{uuid.uuid4().hex[:8]}/"
@@ -211,7 +211,7 @@ def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkey
     import uuid
 
     from continuity.policy.project import default_policy_path
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
 
     prefix = f"rt-empty-{uuid.uuid4().hex[:8]}/"  # a catalog with no backup at all
     policy_file = tmp_path / "policy.yaml"

@@ -62,7 +62,7 @@ def test_route53_record_is_repointed_through_the_amazon_provider_connection(sand
     from continuity.hooks.failover import FailoverHook
     from continuity.policy.project import default_policy_path
     from continuity.failover.router import Route53Router
-    from continuity_lab.sandbox import S3_ACCESS_KEY
+    from continuity_lab.processes import S3_ACCESS_KEY
 
     secret = sandbox.password("s3_secret_key")
     route53 = boto3.client("route53", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from continuity_lab.sandbox import archive_script_source
+from continuity_lab.processes import archive_script_source
 
 
 def _wait_for(predicate, *, timeout: float = 20, what: str) -> None:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import pytest
 
 from continuity.incidents.records import IncidentStore, pending_causes
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity_lab.receivers import mails, message_text, received
 from continuity_lab.sandbox import Sandbox
 from tests.support import airflow_run

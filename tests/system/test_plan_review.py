@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 
 from continuity.exercises.drill import DrillResult, render_markdown as render_drill
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity_lab.receivers import mails, message_text
 from continuity.reports import function_rto_objectives, store_report
 from continuity_lab.sandbox import Sandbox

@@ -25,7 +25,7 @@ from continuity_lab.controlplane import METADATA_DATABASE, ControlPlane
 
 from continuity.postgres.cluster import free_port, pid_alive
 from continuity.policy.project import default_policy_path
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity_lab.sandbox import Sandbox
 from continuity.storage.locations import key_safe
 from tests.support.airflow_run import api as _api

@@ -12,7 +12,7 @@ import yaml
 
 from continuity_lab.controlplane import worker_regions
 from continuity.dag_defaults import region_queue
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())

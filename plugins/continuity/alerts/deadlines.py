@@ -8,7 +8,9 @@ from pathlib import Path
 
 from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
-from continuity.policy.model import format_duration, load_policy
+from continuity.policy.model import format_duration
+
+from continuity.policy.loading import load_policy
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from continuity.storage.catalog import Catalog
 from continuity.storage.keys import Keyring
 from continuity.policy.kinds import KEPT_NEWEST_KINDS
 from continuity.storage.manifest import Manifest, data_key_name, manifest_key_name
-from continuity.policy.model import Policy, cron_period, format_duration
+from continuity.policy.model import Policy, format_duration
+from continuity.policy.loading import cron_period
 from continuity.storage.locations import StorageError, StorageLocation
 from continuity.backup.wal import classify
 

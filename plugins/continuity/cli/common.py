@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.policy.project import SANDBOX_ENV_VAR
 
 log = logging.getLogger("continuity")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from continuity.cli.common import EXIT_OK
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel, ConfigDict
 
-from continuity.policy.model import Policy, cron_period
+from continuity.policy.model import Policy
+
+from continuity.policy.loading import cron_period
 from continuity.postgres.node import NodeUnreachable, PostgresNode
 
 DAG_ID = "dr_viewpoint_probe"

@@ -19,7 +19,8 @@ from airflow.sdk import BaseHook, Variable
 from pydantic import ValidationError
 
 from continuity.failover.steps import TopologyRecord
-from continuity.policy.model import Policy, load_policy
+from continuity.policy.model import Policy
+from continuity.policy.loading import load_policy
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
 from continuity.failover.nodecontrol import NodeControlError
-from continuity.policy.model import format_duration, load_policy
+from continuity.policy.model import format_duration
+from continuity.policy.loading import load_policy
 from continuity.operators.base import ContinuityOperator
 from continuity.storage.locations import key_safe
 

@@ -24,7 +24,8 @@ from continuity.incidents.records import (Decision, DeliveryFailed, Incident, In
                                   Message, check_request, communication_test, deliver, split_subject)
 from continuity.notifiers.incident import clear_banners
 from continuity.operators.base import ContinuityOperator
-from continuity.policy.model import SEVERITY_ORDER, Policy, format_duration, load_policy
+from continuity.policy.model import SEVERITY_ORDER, Policy, format_duration
+from continuity.policy.loading import load_policy
 
 
 class IncidentRef(BaseModel):

@@ -13,7 +13,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from continuity.exercises import plan_review
 from continuity.hooks.incident import ContinuityIncidentHook
 from continuity.operators.base import ContinuityOperator
-from continuity.policy.model import format_duration, load_policy, parse_duration
+from continuity.policy.model import format_duration, parse_duration
+from continuity.policy.loading import load_policy
 from continuity.storage.locations import key_safe
 
 

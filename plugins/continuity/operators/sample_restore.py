@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.reports import store_report
 from continuity.restore.engine import RestoreError, scratch_prefix
-from continuity.policy.model import cron_period
+from continuity.policy.loading import cron_period
 from continuity.exercises.sample_restore import (REPORT_PREFIX, RestoreTestResult, failure_result, last_full_restore,
                                      last_proven, locations_due, render_markdown, run_sample_restore_test,
                                      stored_results, unproven_alarms)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 
 def _sandbox(args: argparse.Namespace):

@@ -11,7 +11,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk.exceptions import AirflowSkipException
 
 from continuity.operators import auto_failover
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from tests.fakes import FakeNode
 
 DISASTER = {"disaster": True, "summary": "score 5 >= 4",

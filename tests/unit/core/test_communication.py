@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from continuity.incidents.communication import TemplateError, render, required_fields
-from continuity.policy.model import PolicyError, load_policy
+from continuity.policy.model import PolicyError
+from continuity.policy.loading import load_policy
 from continuity.policy.project import default_policy_path
 
 POLICY = load_policy()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from continuity.failover import steps as failover
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.failover.router import Endpoint
 from tests.fakes import FakeNode, FakeNodeControl, FakeRouter
 

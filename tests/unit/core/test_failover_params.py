@@ -6,7 +6,7 @@ import pytest
 
 from continuity.failover.steps import PreflightFailed, choose_target, validate_params
 from continuity.postgres.node import lsn_to_int
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from continuity.health.checks import Check, _standby_names, assess, lag_verdict
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.postgres.node import StandbyReplication
 
 POLICY = load_policy()

@@ -12,7 +12,7 @@ from continuity.incidents import report as incident_report, statuspage
 from continuity.incidents.communication import downtime_cost, estimated_recovery
 from continuity.incidents.records import (DeliveryFailed, IncidentError, IncidentRequest, IncidentStore, Message,
                                   check_request, claim_cause, deliver, pending_causes, report_cause)
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.storage.locations import FileLocation
 
 POLICY = load_policy()

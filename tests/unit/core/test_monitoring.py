@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from continuity.health.checks import Check
 from continuity.health.monitoring import ProbeRound, RoundWatch, run_round
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 
 def _round(score: int, *, primary: bool = False) -> ProbeRound:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from continuity.objects.replication import (Checkpoint, CurrentListing, CurrentObject, LedgerEntry, compare_current, current_as_of,
                                lifecycle_rule, stale_object_categories)
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from continuity.policy.project import default_policy_path
-from continuity.policy.model import PolicyError, load_policy, parse_duration, parse_size
+from continuity.policy.model import PolicyError, parse_duration, parse_size
+from continuity.policy.loading import load_policy
 
 SEED = default_policy_path().read_text()
 

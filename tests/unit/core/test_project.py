@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from continuity.policy import project
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.exercises.region_recovery import (FoundState, RecoveryResult, WriterRecord, database_rpo, differences,
                                         objectives_for, plan_exercise, render_markdown)
 from continuity.reports import Measurement, price_downtime, rpo_objectives

@@ -7,7 +7,7 @@ import pytest
 
 from continuity.policy import registry
 from continuity.failover.nodecontrol import NodeControlError, node_control_for
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.failover.servicecontrol import ServiceControlError, service_control_for
 from continuity.failover.sshcontrol import SshNodeControl, SshServiceControl
 

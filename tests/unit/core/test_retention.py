@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from continuity.storage.manifest import Manifest
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.backup.validation import deep_sample, plan_retention, stale_categories
 from continuity.backup.wal import find_gaps, segment_name
 

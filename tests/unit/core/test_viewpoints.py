@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from continuity.policy.model import load_policy
+from continuity.policy.loading import load_policy
 from continuity.health.viewpoints import (
     ViewpointObservation,
     describe_viewpoints,

@@ -81,7 +81,7 @@ def test_dag_conventions(path: Path) -> None:
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_every_recurring_dag_runs_on_the_policys_schedule(path: Path) -> None:
     """One source of truth: a DAG whose cron differs from include/policy.yaml fails here."""
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
 
     policy = load_policy()
     for dag_id, dag in _load(path).dags.items():
@@ -94,14 +94,15 @@ def test_every_recurring_dag_runs_on_the_policys_schedule(path: Path) -> None:
 
 
 def test_the_monthly_drill_switches_over_when_the_policy_says_so() -> None:
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
 
     dag = _load(DAGS_DIR / "dr_drill.py").dags["dr_drill"]
     assert dag.params["include_switchover"] is load_policy().validation.drill.include_switchover is True
 
 
 def test_a_schedule_that_breaks_the_validation_cadence_is_refused(tmp_path: Path) -> None:
-    from continuity.policy.model import PolicyError, load_policy
+    from continuity.policy.model import PolicyError
+    from continuity.policy.loading import load_policy
     from continuity.policy.project import default_policy_path
 
     text = default_policy_path().read_text().replace('dr_restore_test: "0 5 * * 0"', 'dr_restore_test: "0 5 1 * *"')
@@ -115,7 +116,7 @@ def test_a_schedule_that_breaks_the_validation_cadence_is_refused(tmp_path: Path
 
 
 def test_object_replication_schedule_and_tasks_are_the_policys() -> None:
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
 
     objects = load_policy().objects
     dag = _load(DAGS_DIR / "dr_object_replication.py").dags["dr_object_replication"]
@@ -142,7 +143,7 @@ def test_tasks_run_on_the_queue_of_the_region_they_act_in(control_region: str | 
     region (never the primary region it fails away from), everything else on the default queue that
     `continuity run --distributed` points at the control region's worker."""
     from continuity.dag_defaults import region_queue
-    from continuity.policy.model import load_policy
+    from continuity.policy.loading import load_policy
     from continuity.policy.project import default_policy_path
 
     if control_region is not None:

@@ -1,0 +1,100 @@
+"""The stand-ins for SMTP, Slack, PagerDuty and the status page, and the WAL pusher (one part of `continuity_lab.sandbox.Sandbox`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+from continuity.postgres.cluster import (
+    free_port,
+    port_is_free,
+    scrubbed_environment,
+    stop_pid,
+    wait_for_port,
+)
+from continuity.policy.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, policy_path)
+from continuity_lab.processes import (WAL_PUSHER_NEEDLE, is_our_process)
+
+log = logging.getLogger(__name__)
+
+
+class ServicesPart:
+    """The stand-ins for SMTP, Slack, PagerDuty and the status page, and the WAL pusher."""
+
+    # -- SMTP and webhook receivers (Slack, PagerDuty, status page stand-ins) ---------------------
+    @property
+    def receivers_dir(self) -> Path:
+        return self.root / "receivers"
+
+    def _start_receivers(self, started: list[str]) -> None:
+        receivers = self.state.setdefault("receivers", {"smtp_port": free_port(), "http_port": free_port(), "pid": None})
+        receivers.setdefault("https_port", free_port())
+        for service in ("smtp", "slack", "pagerduty"):  # the credentials the stand-ins' connections carry
+            self.state["secrets"].setdefault(service, secrets.token_urlsafe(24))
+        if is_our_process(receivers.get("pid"), "continuity_lab.receivers"):
+            return
+        for key in ("smtp_port", "http_port", "https_port"):
+            if not port_is_free(receivers[key]):
+                receivers[key] = free_port()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "receivers.log", "ab") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "continuity_lab.receivers", "--root", str(self.receivers_dir),
+                 "--smtp-port", str(receivers["smtp_port"]), "--http-port", str(receivers["http_port"]),
+                 "--https-port", str(receivers["https_port"]), "--tls-dir", str(self.receivers_dir / "tls"),
+                 "--smtp-login", "continuity"],
+                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.root,  # the password goes by environment, never on the command line
+                env=scrubbed_environment({"CONTINUITY_SMTP_PASSWORD": self.password("smtp"),
+                                          **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}))
+        receivers["pid"] = process.pid
+        started.append("receivers")
+        self._save_state()
+        wait_for_port(receivers["smtp_port"], what="the SMTP receiver")
+        wait_for_port(receivers["http_port"], what="the webhook receiver")
+        wait_for_port(receivers["https_port"], what="the webhook receiver's HTTPS port")
+
+    def start_wal_pusher(self, started: list[str] | None = None) -> bool:
+        """`continuity wal pusher` on the spool: every segment archive_command queues reaches every storage
+        location within seconds. False when it already runs."""
+        entry = self.state.setdefault("wal_pusher", {"pid": None})
+        if is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
+            return False
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "wal-pusher.log", "ab") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "continuity.cli", "wal", "pusher", "--root", str(self.root),
+                 "--spool", str(self.spool_dir), "--socket", str(self.wal_fetch_socket),
+                 "--socket-owner", self.user.name],
+                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.root, env=scrubbed_environment({
+                    POLICY_ENV_VAR: str(policy_path().absolute()),
+                    **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", PROJECT_ENV_VAR, INCLUDE_ENV_VAR)}}))
+        entry["pid"] = process.pid
+        if started is not None:
+            started.append("wal pusher")
+        self._save_state()
+        return True
+
+    def stop_wal_pusher(self) -> bool:
+        entry = self.state.get("wal_pusher", {})
+        if is_our_process(entry.get("pid"), WAL_PUSHER_NEEDLE):
+            stop_pid(entry["pid"], name="WAL pusher", sig=signal.SIGTERM)
+            entry["pid"] = None
+            self._save_state()
+            return True
+        return False
+
+    @property
+    def wal_pusher_running(self) -> bool:
+        return is_our_process(self.state.get("wal_pusher", {}).get("pid"), WAL_PUSHER_NEEDLE)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.state['receivers']['http_port']}"
