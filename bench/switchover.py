@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from continuity.failover.steps import FailoverParams, run_all
+from continuity.failover.steps import run_all
+
+from continuity.failover.records import FailoverParams
 from continuity.exercises.loadgen import CommitRecorder
 from continuity_lab.sandbox import Sandbox
 from continuity_lab.controls import failover_cluster

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from continuity.failover import steps as failover_steps
+from continuity.failover import records as failover_records
 from continuity.exercises.loadgen import CommitRecorder
 from continuity.failover.router import PgBouncerRouter
 from continuity.hooks.topology import TOPOLOGY_VARIABLE
@@ -377,7 +378,7 @@ def test_a_failure_after_the_repoint_fails_forward_and_keeps_every_commit(cluste
 
     # A cleared and re-run fence or promote re-reads the cluster: dr is already promoted, nothing is done.
     before = _snapshot(cluster)
-    stale_plan = failover_steps.FailoverPlan.model_validate(audit["steps"]["preflight"])
+    stale_plan = failover_records.FailoverPlan.model_validate(audit["steps"]["preflight"])
     assert failover_steps.fence(failover_cluster(cluster), stale_plan).already_done is True
     again = failover_steps.promote(failover_cluster(cluster), "dr", previous_timeline=stale_plan.old_timeline)
     assert again.already_promoted is True and again.timeline == audit["steps"]["promote"]["timeline"]

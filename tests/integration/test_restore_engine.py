@@ -11,7 +11,8 @@ import pytest
 
 from continuity.storage.catalog import Catalog
 from continuity.backup.full import NodeAddress, logical_backup, physical_backup, row_counts
-from continuity.restore.engine import RestoreError, choose_base_backup, restore_logical, restore_physical, scratch_cluster
+from continuity.restore.engine import (RestoreError, choose_base_backup, restore_logical, restore_physical,
+                                       scratch_cluster)
 
 from tests.support.airflow_helpers import load_dag
 

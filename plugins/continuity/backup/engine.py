@@ -27,7 +27,8 @@ from continuity.storage.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, Integr
 from continuity.storage.keys import Keyring
 from continuity.storage.manifest import (WAL_ID_PREFIX, LocationCopy, Manifest, data_key_name, manifest_key_name, open_manifest,
                                  seal)
-from continuity.storage.locations import ObjectWriter, PreconditionFailed, StorageError, StorageLocation, read_back_sha256
+from continuity.storage.locations import (ObjectWriter, PreconditionFailed, StorageError, StorageLocation,
+                                          read_back_sha256)
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from continuity.objects.replication import Consistency, ObjectStore, heartbeat_l
 from continuity.policy.model import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
                                 objectives_table, price_downtime, rpo_objectives)
-from continuity.restore.engine import amcheck, check_object_references, replicated_through, restore_physical, scratch_cluster
+from continuity.restore.engine import (amcheck, check_object_references, replicated_through, restore_physical,
+                                       scratch_cluster)
 
 MARKER_TABLE = "continuity_drill_markers"
 

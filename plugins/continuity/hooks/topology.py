@@ -18,7 +18,7 @@ import logging
 from airflow.sdk import BaseHook, Variable
 from pydantic import ValidationError
 
-from continuity.failover.steps import TopologyRecord
+from continuity.failover.records import TopologyRecord
 from continuity.policy.model import Policy
 from continuity.policy.loading import load_policy
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 
 from continuity.incidents.communication import downtime_cost, render
-from continuity.failover.steps import AUDIT_PREFIX
+from continuity.failover.records import AUDIT_PREFIX
 from continuity.incidents.records import Incident, IncidentStore, Receipt
 from continuity.policy.model import Policy, format_duration
 from continuity.storage.locations import StorageLocation, stored_documents

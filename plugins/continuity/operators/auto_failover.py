@@ -9,7 +9,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowSkipException
 
-from continuity.failover.steps import choose_target
+from continuity.failover.records import choose_target
 from continuity.health.checks import primary_failing, primary_seen_alive
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.postgres.node import NodeUnreachable

@@ -11,7 +11,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from continuity.exercises.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
                               commit_pitr_markers,
                               failure_result, render_markdown, run_drill)
-from continuity.failover.steps import FailoverError, FailoverParams, run_all
+from continuity.failover.steps import run_all
+from continuity.failover.records import FailoverError, FailoverParams
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.exercises.loadgen import CommitRecorder

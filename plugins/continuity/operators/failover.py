@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pydantic import BaseModel
 
 from continuity.failover import steps
+from continuity.failover import records as failover_records
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
@@ -28,20 +29,20 @@ from continuity.storage.locations import key_safe
 
 
 
-def _plan(context: Context) -> steps.FailoverPlan:
+def _plan(context: Context) -> failover_records.FailoverPlan:
     plan = context["ti"].xcom_pull(task_ids="preflight")
     if not plan:
         raise AirflowFailException("no preflight plan in XCom: preflight did not succeed")
-    return steps.FailoverPlan.model_validate(plan)
+    return failover_records.FailoverPlan.model_validate(plan)
 
 
-def _record(context: Context, task_id: str, model: type[steps.StepRecord]) -> Any:
+def _record(context: Context, task_id: str, model: type[failover_records.StepRecord]) -> Any:
     """A step's record from XCom, validated against its model (None when the step did not run)."""
     raw = context["ti"].xcom_pull(task_ids=task_id)
     return model.model_validate(raw) if raw else None
 
 
-def _skip_unless_acting(plan: steps.FailoverPlan) -> None:
+def _skip_unless_acting(plan: failover_records.FailoverPlan) -> None:
     if plan.action == "none":
         raise AirflowSkipException(f"this run already made {plan.target} the primary: nothing to do")
     if plan.dry_run:
@@ -60,19 +61,19 @@ class FailoverStepOperator(ContinuityOperator):
         return self.hook().get_cluster(report=self.log.info)
 
     def execute(self, context: Context) -> Any:
-        started, started_at = time.time(), steps.now_iso()
+        started, started_at = time.time(), failover_records.now_iso()
         try:
             result = self.step(context)
         except AirflowSkipException:
             raise
         except Exception as exc:
             context["ti"].xcom_push(key="failure", value=str(exc))
-            if isinstance(exc, steps.FailoverError | ValueError):
+            if isinstance(exc, failover_records.FailoverError | ValueError):
                 raise AirflowFailException(str(exc)) from exc
             raise
-        if isinstance(result, steps.StepRecord):
+        if isinstance(result, failover_records.StepRecord):
             result = result.model_copy(update={"seconds": round(time.time() - started, 3),
-                                               "step_started_at": started_at, "step_finished_at": steps.now_iso()})
+                                               "step_started_at": started_at, "step_finished_at": failover_records.now_iso()})
         return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
 
     def step(self, context: Context) -> BaseModel | dict[str, Any]:
@@ -92,16 +93,16 @@ def _check_service_control(policy: Any, target: str) -> None:
     try:
         get_service_control(policy)
     except ServiceControlError as exc:
-        raise steps.PreflightFailed("service control configured", str(exc)) from None
+        raise failover_records.PreflightFailed("service control configured", str(exc)) from None
 
 
-def _check(hook: FailoverHook, context: Context, report: Any) -> steps.FailoverPlan:
+def _check(hook: FailoverHook, context: Context, report: Any) -> failover_records.FailoverPlan:
     """Preflight's checks, from the run's params to a plan (raises PreflightFailed naming the failed check)."""
-    params = steps.validate_params(context["params"], hook.policy)
+    params = failover_records.validate_params(context["params"], hook.policy)
     try:
         cluster = hook.get_cluster(report=report)
     except NodeControlError as exc:
-        raise steps.PreflightFailed("node control configured", str(exc)) from None
+        raise failover_records.PreflightFailed("node control configured", str(exc)) from None
     _check_service_control(hook.policy, params.target)
     return steps.preflight(cluster, params, primary=hook.policy.topology.primary.name,
                            run_id=context["run_id"], recorded=read_topology())
@@ -110,18 +111,18 @@ def _check(hook: FailoverHook, context: Context, report: Any) -> steps.FailoverP
 class PreflightOperator(FailoverStepOperator):
     """Validate the params and check the cluster; the plan it returns drives every later step."""
 
-    def step(self, context: Context) -> steps.FailoverPlan:
+    def step(self, context: Context) -> failover_records.FailoverPlan:
         hook = self.hook()
         try:
             plan = _check(hook, context, self.log.info)
-        except steps.PreflightFailed as exc:
+        except failover_records.PreflightFailed as exc:
             raise AirflowFailException(str(exc)) from exc
         dag_run = context["dag_run"]
         plan = plan.model_copy(update={"triggered_by": getattr(dag_run, "triggering_user_name", None)})
         if plan.action != "none":
             for line in plan.plan:
                 self.log.info("plan: %s", line)
-            if exposure := steps.orchestrator_exposure(hook.policy):
+            if exposure := failover_records.orchestrator_exposure(hook.policy):
                 self.log.warning("%s", exposure)
             if plan.dry_run:
                 self.log.info("dry run: every check passed; nothing will be changed")
@@ -154,11 +155,11 @@ class ApproveFailoverOperator(HITLOperator):
     def execute(self, context: Context) -> Any:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        needed, why = steps.approval_needed(required=self.hook().policy.failover.approval.required,
+        needed, why = failover_records.approval_needed(required=self.hook().policy.failover.approval.required,
                                             triggered_by=plan.triggered_by)
         self.log.info("%s", why)
         if not needed:
-            return steps.ApprovalRecord(required=False, approved=True, triggered_by=plan.triggered_by,
+            return failover_records.ApprovalRecord(required=False, approved=True, triggered_by=plan.triggered_by,
                                         why=why).model_dump(mode="json")
         self.subject = f"Approve the {plan.action} of {plan.target} (dr_failover run {context['run_id']})"
         self.body = "\n".join([
@@ -172,27 +173,27 @@ class ApproveFailoverOperator(HITLOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         plan = _plan(context)
-        record = steps.ApprovalRecord(required=True, approved=False, triggered_by=plan.triggered_by,
-                                      why=steps.approval_needed(required=True, triggered_by=plan.triggered_by)[1])
+        record = failover_records.ApprovalRecord(required=True, approved=False, triggered_by=plan.triggered_by,
+                                      why=failover_records.approval_needed(required=True, triggered_by=plan.triggered_by)[1])
         try:
             result = super().execute_complete(context, event)
             record.answer = (result["chosen_options"] or [None])[0]
             record.approved_by = (result.get("responded_by_user") or {}).get("name")
             if record.approved_by is None:
-                raise steps.FailoverError(f"no answer within {format_duration(self.response_timeout)}: not approved")
+                raise failover_records.FailoverError(f"no answer within {format_duration(self.response_timeout)}: not approved")
             if record.answer != self.APPROVE:
-                raise steps.FailoverError(f"rejected by {record.approved_by}")
+                raise failover_records.FailoverError(f"rejected by {record.approved_by}")
             if plan.triggered_by and record.approved_by == plan.triggered_by:
-                raise steps.FailoverError(
+                raise failover_records.FailoverError(
                     f"approved by {record.approved_by}, who triggered the run: a second person must approve "
                     f"(HINT: trigger again and ask another dr_operator to answer the approval)")
             try:
                 again = _check(self.hook(), context, self.log.info)
-            except steps.PreflightFailed as exc:
-                raise steps.FailoverError(f"approved by {record.approved_by}, but the cluster changed while the "
+            except failover_records.PreflightFailed as exc:
+                raise failover_records.FailoverError(f"approved by {record.approved_by}, but the cluster changed while the "
                                           f"run waited: {exc}") from None
             if (again.action, again.target, again.old_primary) != (plan.action, plan.target, plan.old_primary):
-                raise steps.FailoverError(
+                raise failover_records.FailoverError(
                     f"approved by {record.approved_by}, but the cluster changed while the run waited: the plan is "
                     f"now {again.action} from {again.old_primary} to {again.target} (HINT: trigger again)")
             record.rechecked = [f"{check.check}: {check.detail}" for check in again.checks]
@@ -236,12 +237,12 @@ class CutOverOperator(FailoverStepOperator):
         _skip_unless_acting(plan)
         ti = context["ti"]
 
-        def done(name: str, record: steps.StepRecord) -> None:
+        def done(name: str, record: failover_records.StepRecord) -> None:
             ti.xcom_push(key=name, value=record.model_dump(mode="json"))
             self.log.info("%s done in %.3f s", name, record.seconds or 0.0)
 
-        def promoted(promotion: steps.PromotionRecord) -> None:
-            topology = steps.topology_record(plan=plan, promotion=promotion, rejoin_result=None,
+        def promoted(promotion: failover_records.PromotionRecord) -> None:
+            topology = failover_records.topology_record(plan=plan, promotion=promotion, rejoin_result=None,
                                              run_id=context["run_id"])
             write_topology(topology)
             self.log.info("topology recorded: %s is the primary on timeline %s (before the repoint, so every DAG "
@@ -252,15 +253,15 @@ class CutOverOperator(FailoverStepOperator):
         except steps.CutOverFailed as exc:
             ti.xcom_push(key="failed_step", value=exc.step)
             raise
-        self.log.info("entry point unavailable for %s s (fence to repoint)", records.unavailability_seconds)
-        return {"unavailability_seconds": records.unavailability_seconds, "steps": records.step_seconds()}
+        self.log.info("entry point unavailable for %s s (fence to repoint)", failover_records.unavailability_seconds)
+        return {"unavailability_seconds": failover_records.unavailability_seconds, "steps": records.step_seconds()}
 
 
 class StartApplicationOperator(FailoverStepOperator):
     """Start the application tier in the new primary's region (its Redis made primary first) and stop the
     old region's; nothing to do when both are in one region or the policy has no application section."""
 
-    def step(self, context: Context) -> steps.ApplicationRecord:
+    def step(self, context: Context) -> failover_records.ApplicationRecord:
         from continuity.hooks.services import get_service_control
 
         plan = _plan(context)
@@ -281,7 +282,7 @@ class StartApplicationOperator(FailoverStepOperator):
 class RejoinOperator(FailoverStepOperator):
     """Make the other standbys follow the new primary and rewind the old primary into a standby."""
 
-    def step(self, context: Context) -> steps.RejoinRecord:
+    def step(self, context: Context) -> failover_records.RejoinRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
         return steps.rejoin(self.cluster(), plan)
@@ -290,10 +291,10 @@ class RejoinOperator(FailoverStepOperator):
 class ValidateOperator(FailoverStepOperator):
     """A write through the entry point, standbys streaming, WAL archived on the new timeline."""
 
-    def step(self, context: Context) -> steps.ValidationRecord:
+    def step(self, context: Context) -> failover_records.ValidationRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
-        rejoined = _record(context, "rejoin", steps.RejoinRecord)
+        rejoined = _record(context, "rejoin", failover_records.RejoinRecord)
         policy = self.policy  # after the promotion: the new primary's region serves the application
         probe = None
         if policy.application is not None:
@@ -308,9 +309,9 @@ class RollbackOperator(FailoverStepOperator):
     """Runs only when a step failed. Switchover: the old primary serves again; failover: exactly one
     writable primary, named."""
 
-    def step(self, context: Context) -> steps.RollbackRecord:
+    def step(self, context: Context) -> failover_records.RollbackRecord:
         raw = context["ti"].xcom_pull(task_ids="preflight")
-        plan = steps.FailoverPlan.model_validate(raw) if raw else None
+        plan = failover_records.FailoverPlan.model_validate(raw) if raw else None
         if plan is None or plan.action == "none" or plan.dry_run:
             raise AirflowSkipException("preflight stopped the run before anything changed: nothing to roll back")
         ti = context["ti"]
@@ -326,8 +327,8 @@ class RollbackOperator(FailoverStepOperator):
         return result
 
 
-def _report_failover(policy: Any, plan: steps.FailoverPlan, context: Context,
-                     outcome: steps.FailoverAudit | None) -> None:
+def _report_failover(policy: Any, plan: failover_records.FailoverPlan, context: Context,
+                     outcome: failover_records.FailoverAudit | None) -> None:
     """Tell dr_incident: at the start (a planned switchover pages nobody) and with the outcome, which
     joins the same incident (cause `failover:<run id>`, or the incident the params name)."""
     from continuity.alerts.callbacks import report_cause
@@ -349,7 +350,7 @@ def _report_failover(policy: Any, plan: steps.FailoverPlan, context: Context,
 def _lost_steps(ti: Any) -> dict[str, str]:
     """Steps whose task failed without reporting why: a worker lost mid-step pushes nothing, and its task is
     failed by the scheduler once its heartbeats stop. Named by the first cut-over step left without a record."""
-    step_tasks = [CUT_OVER_TASK, *(name for name in steps.STEP_NAMES if name not in steps.CUT_OVER_STEPS)]
+    step_tasks = [CUT_OVER_TASK, *(name for name in failover_records.STEP_NAMES if name not in steps.CUT_OVER_STEPS)]
     states = ti.get_task_states(dag_id=ti.dag_id, task_ids=step_tasks, run_ids=[ti.run_id]).get(ti.run_id, {})
     lost: dict[str, str] = {}
     for task_id, state in states.items():
@@ -372,14 +373,14 @@ class RecordOperator(FailoverStepOperator):
     """Always runs: persist the new topology (after a promotion) and write the audit record to storage
     and the log; fail the run, naming the failed step, when any step failed."""
 
-    STEPS = steps.STEP_NAMES
+    STEPS = failover_records.STEP_NAMES
 
     def step(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        records = steps.FailoverRecords.model_validate({name: step_xcom(ti, name) for name in self.STEPS})
+        records = failover_records.FailoverRecords.model_validate({name: step_xcom(ti, name) for name in self.STEPS})
         failures = {name: failure for name in self.STEPS if (failure := step_xcom(ti, name, key="failure"))}
         failures.update({name: why for name, why in _lost_steps(ti).items() if name not in failures})
-        audit = steps.compose_audit(run_id=context["run_id"],
+        audit = failover_records.compose_audit(run_id=context["run_id"],
                                     triggered_by=getattr(context["dag_run"], "triggering_user_name", None),
                                     params=context["params"], records=records, failures=failures)
         if records.preflight is not None and records.preflight.action in ("switchover", "failover") \
@@ -406,13 +407,13 @@ class RecordOperator(FailoverStepOperator):
             raise AirflowFailException(audit.outcome)
         return audit.summary()
 
-    def _rpo(self, records: steps.FailoverRecords) -> list[Any]:
+    def _rpo(self, records: failover_records.FailoverRecords) -> list[Any]:
         """Every data category's and function's RPO: the database's from the catch-up, the objects' from the
         replica the application now serves from (its heartbeat lag) when it moved region."""
         from continuity.exercises.drill import object_rpo
         from continuity.reports import Measurement, rpo_objectives
 
-        seconds, source = steps.database_loss(records)
+        seconds, source = failover_records.database_loss(records)
         database = Measurement(seconds=seconds, source=source)
         moved = records.start_application
         measurements = {}
@@ -428,10 +429,10 @@ class RecordOperator(FailoverStepOperator):
                                                                      f"{moved.to_region}'s bucket: no object left behind")
         return rpo_objectives(self.policy, measurements)
 
-    def _store(self, audit: steps.FailoverAudit) -> None:
+    def _store(self, audit: failover_records.FailoverAudit) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)
         locations = hook.get_locations()
-        key = f"{steps.AUDIT_PREFIX}{key_safe(audit.run_id)}.json"
+        key = f"{failover_records.AUDIT_PREFIX}{key_safe(audit.run_id)}.json"
         for location in sorted(hook.required_locations()):
             try:
                 locations[location].put_bytes(key, audit.model_dump_json(indent=2).encode())

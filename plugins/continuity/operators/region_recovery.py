@@ -10,7 +10,8 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from continuity.exercises.drill import config_backup_age, object_rpo
-from continuity.failover.steps import FailoverError, FailoverParams, rebuild_region, run_all
+from continuity.failover.steps import rebuild_region, run_all
+from continuity.failover.records import FailoverError, FailoverParams
 from continuity.hooks.application import ApplicationProbeHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from continuity.failover import steps as failover
+from continuity.failover import records as failover_records
 from continuity.policy.loading import load_policy
 from continuity.failover.router import Endpoint
 from tests.fakes import FakeNode, FakeNodeControl, FakeRouter
@@ -24,20 +25,20 @@ def _cluster(**states: dict) -> tuple[failover.ReplicationGroup, FakeNodeControl
     return cluster, control, router
 
 
-def _params(**kwargs) -> failover.FailoverParams:
-    return failover.FailoverParams(**{"target": "dr", "reason": "fast tier", **kwargs})
+def _params(**kwargs) -> failover_records.FailoverParams:
+    return failover_records.FailoverParams(**{"target": "dr", "reason": "fast tier", **kwargs})
 
 
 def test_preflight_refuses_two_writable_nodes_before_anything_else() -> None:
     cluster, control, router = _cluster(sync1={"writable": True})
-    with pytest.raises(failover.PreflightFailed, match="'at most one writable node' failed: primary and sync1"):
+    with pytest.raises(failover_records.PreflightFailed, match="'at most one writable node' failed: primary and sync1"):
         failover.preflight(cluster, _params(), primary="primary")
     assert control.actions == [] and router.actions == []
 
 
 def test_preflight_refuses_a_recorded_primary_that_is_not_the_writable_one() -> None:
     cluster, _, _ = _cluster()
-    with pytest.raises(failover.PreflightFailed,
+    with pytest.raises(failover_records.PreflightFailed,
                        match="the recorded topology names sync1 as primary but primary is the writable node"):
         failover.preflight(cluster, _params(mode="failover"), primary="sync1")
 
@@ -47,14 +48,14 @@ def test_a_healthy_switchover_plan_names_every_step() -> None:
     plan = failover.preflight(cluster, _params(), primary="primary")
     assert plan.action == "switchover" and plan.lag_bytes == 0
     assert [c.check for c in plan.checks][:2] == ["at most one writable node", "topology matches the cluster"]
-    assert failover.FailoverPlan.model_validate(plan.model_dump(mode="json")) == plan, "the XCom contract round-trips"
+    assert failover_records.FailoverPlan.model_validate(plan.model_dump(mode="json")) == plan, "the XCom contract round-trips"
 
 
 def test_failover_refuses_to_promote_while_the_old_primary_writes_and_cannot_be_fenced() -> None:
     cluster, control, router = _cluster()
     plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
     control.unreachable_hosts.add("primary")
-    with pytest.raises(failover.FailoverError, match="refusing to promote dr: primary still accepts writes"):
+    with pytest.raises(failover_records.FailoverError, match="refusing to promote dr: primary still accepts writes"):
         failover.fence(cluster, plan)
     assert router.paused is False, "the entry point is resumed: the primary keeps serving"
     forced = plan.model_copy(update={"params": plan.params.model_copy(update={"force": True})})
@@ -103,56 +104,56 @@ def test_a_rerun_fence_after_promotion_does_nothing() -> None:
 
 
 # -- the audit ---------------------------------------------------------------------------------------
-def _completed_switchover() -> failover.FailoverRecords:
+def _completed_switchover() -> failover_records.FailoverRecords:
     cluster, _, _ = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary", run_id="manual__1")
     fence = failover.fence(cluster, plan)
-    return failover.FailoverRecords(
+    return failover_records.FailoverRecords(
         preflight=plan, fence=fence,
-        catch_up=failover.CatchUpRecord(replayed_lsn=fence.final_lsn, data_loss_bytes=0),
-        promote=failover.PromotionRecord(promoted_at=failover.now_iso(), timeline=2, previous_timeline=1, lsn="0/3000100"),
-        repoint=failover.RepointRecord(resumed_at=failover.now_iso(), resumed_epoch=fence.paused_epoch + 1.25,
+        catch_up=failover_records.CatchUpRecord(replayed_lsn=fence.final_lsn, data_loss_bytes=0),
+        promote=failover_records.PromotionRecord(promoted_at=failover_records.now_iso(), timeline=2, previous_timeline=1, lsn="0/3000100"),
+        repoint=failover_records.RepointRecord(resumed_at=failover_records.now_iso(), resumed_epoch=fence.paused_epoch + 1.25,
                                        endpoint="127.0.0.1:5434"),
-        rejoin=failover.RejoinRecord(following=["sync1", "primary"], streaming=["primary", "sync1"]))
+        rejoin=failover_records.RejoinRecord(following=["sync1", "primary"], streaming=["primary", "sync1"]))
 
 
 def test_the_audit_of_a_completed_switchover_names_the_new_topology_and_the_outage() -> None:
     records = _completed_switchover()
-    audit = failover.compose_audit(run_id="manual__1", triggered_by="oncall", params={"target": "dr"},
+    audit = failover_records.compose_audit(run_id="manual__1", triggered_by="oncall", params={"target": "dr"},
                                    records=records, failures={})
     assert audit.outcome == "switchover to dr complete" and audit.action == "switchover"
     assert audit.unavailability_seconds == 1.25 and audit.data_loss_bytes == 0
-    assert audit.topology == failover.TopologyRecord(primary="dr", timeline=2, previous_primary="primary",
+    assert audit.topology == failover_records.TopologyRecord(primary="dr", timeline=2, previous_primary="primary",
                                                      changed_at=records.promote.promoted_at,
                                                      changed_by_run="manual__1", needs_rebuild=[])
     stored = audit.model_dump(mode="json")
-    assert set(stored["steps"]) == set(failover.STEP_NAMES), "the audit's steps are keyed by task id"
-    assert failover.FailoverAudit.model_validate(stored) == audit, "the stored audit reads back"
+    assert set(stored["steps"]) == set(failover_records.STEP_NAMES), "the audit's steps are keyed by task id"
+    assert failover_records.FailoverAudit.model_validate(stored) == audit, "the stored audit reads back"
 
 
 def test_the_audit_names_who_triggered_and_who_approved() -> None:
     records = _completed_switchover()
-    records.approve = failover.ApprovalRecord(required=True, approved=True, approved_by="operator-2",
+    records.approve = failover_records.ApprovalRecord(required=True, approved=True, approved_by="operator-2",
                                               triggered_by="operator-1", answer="Approve")
-    audit = failover.compose_audit(run_id="manual__3", triggered_by="operator-1", params={}, records=records,
+    audit = failover_records.compose_audit(run_id="manual__3", triggered_by="operator-1", params={}, records=records,
                                    failures={})
     assert (audit.triggered_by, audit.approved_by) == ("operator-1", "operator-2")
-    assert failover.FailoverAudit.model_validate(audit.model_dump(mode="json")) == audit
+    assert failover_records.FailoverAudit.model_validate(audit.model_dump(mode="json")) == audit
 
 
 def test_a_person_s_failover_waits_for_a_second_one_and_the_monitor_s_automatic_one_does_not() -> None:
-    assert failover.approval_needed(required=True, triggered_by="operator-1")[0] is True
-    needed, why = failover.approval_needed(required=True, triggered_by=None)
+    assert failover_records.approval_needed(required=True, triggered_by="operator-1")[0] is True
+    needed, why = failover_records.approval_needed(required=True, triggered_by=None)
     assert needed is False and "automatic failover" in why, "auto_failover must not wait for a person"
-    assert failover.approval_needed(required=False, triggered_by="operator-1") == (
+    assert failover_records.approval_needed(required=False, triggered_by="operator-1") == (
         False, "the policy requires no second approval (failover.approval.required: false)")
 
 
 def test_a_refused_approval_stops_the_run_before_the_fence_and_names_no_approver() -> None:
     cluster, _, _ = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary", run_id="manual__4")
-    records = failover.FailoverRecords(preflight=plan)
-    audit = failover.compose_audit(run_id="manual__4", triggered_by="operator-1", params={}, records=records,
+    records = failover_records.FailoverRecords(preflight=plan)
+    audit = failover_records.compose_audit(run_id="manual__4", triggered_by="operator-1", params={}, records=records,
                                    failures={"approve": "rejected by operator-2; nothing changed"})
     assert audit.outcome == "failed at approve: rejected by operator-2; nothing changed"
     assert audit.approved_by is None and audit.topology is None and audit.unavailability_seconds is None
@@ -160,9 +161,9 @@ def test_a_refused_approval_stops_the_run_before_the_fence_and_names_no_approver
 
 def test_the_audit_of_a_failed_run_names_the_first_failed_step_and_what_rollback_left() -> None:
     records = _completed_switchover()
-    records.rollback = failover.RollbackRecord(rolled_back=True, writable=["primary"],
+    records.rollback = failover_records.RollbackRecord(rolled_back=True, writable=["primary"],
                                                message="switchover rolled back: primary serves again")
-    audit = failover.compose_audit(run_id="manual__2", triggered_by=None, params={}, records=records,
+    audit = failover_records.compose_audit(run_id="manual__2", triggered_by=None, params={}, records=records,
                                    failures={"validate": "no standby streams", "rejoin": "sync1 not repointed"})
     assert audit.outcome == ("failed at rejoin: sync1 not repointed; switchover rolled back: primary serves again")
     assert audit.topology is None, "a promotion that was rolled back is not the topology"
@@ -171,21 +172,21 @@ def test_the_audit_of_a_failed_run_names_the_first_failed_step_and_what_rollback
 def test_the_audit_of_a_dry_run_and_of_a_rerun_changes_nothing() -> None:
     cluster, _, _ = _cluster()
     plan = failover.preflight(cluster, _params(dry_run=True), primary="primary")
-    audit = failover.compose_audit(run_id="r", triggered_by=None, params={}, failures={},
-                                   records=failover.FailoverRecords(preflight=plan))
+    audit = failover_records.compose_audit(run_id="r", triggered_by=None, params={}, failures={},
+                                   records=failover_records.FailoverRecords(preflight=plan))
     assert audit.outcome == "dry run: all checks passed, nothing changed" and audit.topology is None
     assert audit.unavailability_seconds is None and audit.data_loss_bytes is None
 
 
 def test_a_record_missing_a_field_fails_loudly() -> None:
     with pytest.raises(ValueError, match="timeline"):
-        failover.FailoverRecords.model_validate({"promote": {"promoted_at": "x", "previous_timeline": 1, "lsn": None}})
+        failover_records.FailoverRecords.model_validate({"promote": {"promoted_at": "x", "previous_timeline": 1, "lsn": None}})
 
 
 def test_catching_up_in_a_failover_waits_for_the_received_wal_to_settle_and_counts_the_loss() -> None:
     cluster, _, _ = _cluster(primary={"reachable": False, "writable": False})
     plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
-    fenced = failover.FenceRecord(started_at="t", last_known_primary_lsn_int=cluster.nodes["dr"].position + 4096)
+    fenced = failover_records.FenceRecord(started_at="t", last_known_primary_lsn_int=cluster.nodes["dr"].position + 4096)
     record = failover.wait_caught_up(cluster, plan, fenced, timeout=5, settle_seconds=0.2, interval=0.05)
     assert record.data_loss_bytes == 4096 and record.received_lsn_int == cluster.nodes["dr"].position
 
@@ -193,16 +194,16 @@ def test_catching_up_in_a_failover_waits_for_the_received_wal_to_settle_and_coun
 def test_catching_up_that_never_ends_is_a_failover_error() -> None:
     cluster, _, _ = _cluster()
     plan = failover.preflight(cluster, _params(), primary="primary")
-    fenced = failover.FenceRecord(started_at="t", final_lsn="FF/0")
-    with pytest.raises(failover.FailoverError, match="dr did not catch up within 0s"):
+    fenced = failover_records.FenceRecord(started_at="t", final_lsn="FF/0")
+    with pytest.raises(failover_records.FailoverError, match="dr did not catch up within 0s"):
         failover.wait_caught_up(cluster, plan, fenced, timeout=0.3, interval=0.05)
 
 
 def test_a_failover_away_from_the_control_region_says_its_orchestrator_shares_the_risk() -> None:
     policy = load_policy()  # control region us-west-2 (the DR region), primary in us-east-1
-    assert failover.orchestrator_exposure(policy) is None
+    assert failover_records.orchestrator_exposure(policy) is None
     after = policy.with_primary("dr")  # failed over into the control region: going home runs from there
-    exposure = failover.orchestrator_exposure(after)
+    exposure = failover_records.orchestrator_exposure(after)
     assert exposure.startswith("the orchestrator runs in us-west-2 (deployment.control_region), the region of "
                                "primary dr that this run moves away from")
     assert "HINT: a third region as deployment.control_region" in exposure

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from continuity.failover.steps import PreflightFailed, choose_target, validate_params
+from continuity.failover.records import PreflightFailed, choose_target, validate_params
 from continuity.postgres.node import lsn_to_int
 from continuity.policy.loading import load_policy
 
