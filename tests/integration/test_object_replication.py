@@ -17,8 +17,14 @@ import boto3
 import pytest
 import yaml
 
-from continuity.objects import replication as objects
-from continuity.objects.replication import HEARTBEAT_NAME, Replicator, list_versions, replicator_for
+from continuity.objects import replication as objects  # its LOOKBACK is patched
+from continuity.objects.listing import current_listing_key
+from continuity.objects.copying import copy_streamed
+from continuity.objects.audit import check_consistency, inventory
+from continuity.objects.ledger import ReplicationRun, load_checkpoint, save_checkpoint
+from continuity.objects.replication import Replicator, replicator_for
+from continuity.objects.store import (CHECKPOINT_EVERY, HEARTBEAT_NAME, INTERNAL_PREFIX, METADATA_SOURCE_VERSION,
+                                      ObjectStore, list_versions)
 from continuity.policy.loading import load_policy
 from continuity.policy.project import default_policy_path
 from continuity.storage.locations import locations_from_policy
@@ -78,7 +84,7 @@ class World:
         return replicator
 
     def run(self, run_id: str = "run", every_version_listing: timedelta | None = None,
-            **overrides) -> objects.ReplicationRun:
+            **overrides) -> ReplicationRun:
         category = self.policy.data_categories["video_content"]
         return self.replicator(every_version_listing, **overrides).run(
             run_id=run_id, rpo_target=category.rpo.target, rpo_maximum=category.rpo.maximum)
@@ -96,7 +102,7 @@ class World:
         return hashlib.sha256(body).hexdigest()
 
     def ledger(self) -> list[dict]:
-        listing = self.rep.list_objects_v2(Bucket=self.replica_bucket, Prefix=objects.INTERNAL_PREFIX)
+        listing = self.rep.list_objects_v2(Bucket=self.replica_bucket, Prefix=INTERNAL_PREFIX)
         lines = []
         for item in sorted(listing.get("Contents", []), key=lambda i: i["Key"]):
             body = self.rep.get_object(Bucket=self.replica_bucket, Key=item["Key"])["Body"].read().decode()
@@ -147,7 +153,7 @@ def test_an_overwrite_keeps_both_versions_and_a_delete_keeps_the_copy(world: Wor
     assert run.deletes == ["videos/b.mp4"] and run.alarms == []
     versions = world.replica_versions("videos/a.mp4")
     sources = {world.rep.head_object(Bucket=world.replica_bucket, Key="videos/a.mp4", VersionId=v["VersionId"])
-               ["Metadata"][objects.METADATA_SOURCE_VERSION] for v in versions}
+               ["Metadata"][METADATA_SOURCE_VERSION] for v in versions}
     assert sources == {old, new}, "both versions of the overwritten object are in the replica"
     assert world.rep.get_object(Bucket=world.replica_bucket, Key="videos/b.mp4")["Body"].read() == b"to be deleted"
     deletes = [line for line in world.ledger() if line["event"] == "delete"]
@@ -273,7 +279,7 @@ def test_an_unlocked_replica_on_the_same_endpoint_takes_server_side_copies(sandb
 def test_the_heartbeat_is_the_sources_and_listing_sees_every_version(world: World) -> None:
     world.put("videos/h.mp4", b"h")
     world.run("one")
-    keys = {v.key for v in list_versions(objects.ObjectStore(client=world.src, bucket=world.source_bucket,
+    keys = {v.key for v in list_versions(ObjectStore(client=world.src, bucket=world.source_bucket,
                                                              prefix="videos/", region="us-east-1"), since=None)}
     assert keys == {"videos/h.mp4", f"videos/{HEARTBEAT_NAME}"}
 
@@ -332,7 +338,7 @@ def test_restore_as_of_brings_back_what_an_overwrite_and_a_delete_took(world: Wo
     assert (restored / "videos/b.mp4").read_bytes() == b"another video", "the deleted object is back"
     assert (restored / "videos/large.mp4").read_bytes() == big
     assert not list(restored.rglob(".*partial")), "no partial file is left"
-    assert not (restored / "videos" / objects.HEARTBEAT_NAME).exists(), "Continuity's own objects stay out"
+    assert not (restored / "videos" / HEARTBEAT_NAME).exists(), "Continuity's own objects stay out"
 
     now = tmp_path / "now"
     code, _, _ = _cli(world, tmp_path, "restore", "--category", "video_content", "--as-of",
@@ -372,7 +378,7 @@ def test_verify_names_what_is_missing_and_the_inventory_repairs_it(world: World,
     assert code == 5 and [m.split(" ")[0] for m in found["missing"]] == ["videos/late.mp4"]
     assert found["source_objects"] == 2 and found["different"] == [] and found["deep_verified"] == 1
 
-    [repaired] = objects.inventory(world.replicator(), deep_sample=2, seed="t", repair=True)
+    [repaired] = inventory(world.replicator(), deep_sample=2, seed="t", repair=True)
     assert [r.split(" ")[0] for r in repaired.repaired] == ["videos/late.mp4"]
     code, out, _ = _cli(world, tmp_path, "verify", "--category", "video_content", "--json", capsys=capsys)
     assert code == 0 and json.loads(out)[0]["missing"] == []
@@ -388,10 +394,10 @@ def test_a_run_that_died_midway_is_resumed_without_copying_twice(world: World) -
     replicator = world.replicator()
     [n1] = [v for v in list_versions(replicator.source, since=None) if v.key == "videos/n1.mp4"]
     [replica] = replicator.replicas.values()
-    objects.copy_streamed(replicator.source, replica, n1, part_size=PART)  # what the dead run managed
-    checkpoint = objects.load_checkpoint("video_content", world.state)
+    copy_streamed(replicator.source, replica, n1, part_size=PART)  # what the dead run managed
+    checkpoint = load_checkpoint("video_content", world.state)
     checkpoint.running_since = datetime.now(timezone.utc)  # it never got to say it finished
-    objects.save_checkpoint(checkpoint, world.state)
+    save_checkpoint(checkpoint, world.state)
 
     resumed = world.run("resume")
     assert resumed.skipped == 1, "n1 was found in the replica, not copied again"
@@ -400,7 +406,7 @@ def test_a_run_that_died_midway_is_resumed_without_copying_twice(world: World) -
         "the copy the dead run made is in the ledger now, so a restore finds it"
     assert "videos/n2.mp4" in ledger
     assert len(world.replica_versions("videos/n1.mp4")) == 1 and len(world.replica_versions("videos/n2.mp4")) == 1
-    assert objects.load_checkpoint("video_content", world.state).running_since is None
+    assert load_checkpoint("video_content", world.state).running_since is None
 
 
 def test_a_lag_past_the_rpo_maximum_is_an_alarm(world: World) -> None:
@@ -431,8 +437,8 @@ def test_consistency_tells_missing_from_pending_and_from_written_in_the_replicas
             ("videos/consistency-lost.mp4", 10, None, long_ago),  # older than the newest copy: lost
             ("videos/consistency-new.mp4", 10, None, later),  # newer than everything copied: not yet due
             ("videos/consistency-direct.mp4", len(direct), None, later)]
-    replica = objects.ObjectStore(client=world.rep, bucket=world.replica_bucket, prefix="videos/", region="us-west-2")
-    check = objects.check_consistency(rows, replica=replica, category="video_content", prefix="videos/",
+    replica = ObjectStore(client=world.rep, bucket=world.replica_bucket, prefix="videos/", region="us-west-2")
+    check = check_consistency(rows, replica=replica, category="video_content", prefix="videos/",
                                       database="test", as_of=datetime.now(timezone.utc), report=world.log.append)
     assert check.missing == ["videos/consistency-lost.mp4"] and not check.consistent
     assert check.pending == ["videos/consistency-new.mp4"]
@@ -460,7 +466,7 @@ def test_runs_between_listings_of_every_version_compare_the_current_objects(worl
     [delete] = [line for line in world.ledger() if line["event"] == "delete"]
     assert delete["source_version_id"] == marker, "the delete marker the source holds, found by a HEAD"
     sources = lambda: {world.rep.head_object(Bucket=world.replica_bucket, Key="videos/edit.mp4",  # noqa: E731
-                                             VersionId=v["VersionId"])["Metadata"][objects.METADATA_SOURCE_VERSION]
+                                             VersionId=v["VersionId"])["Metadata"][METADATA_SOURCE_VERSION]
                        for v in world.replica_versions("videos/edit.mp4")}
     assert sources() == {first, last}, "the run between listings sees the current version only"
 
@@ -477,7 +483,7 @@ def test_a_stored_listing_that_cannot_be_compared_with_makes_the_run_list_every_
     world.run("one")
     world.put("videos/s2.mp4", b"two")
     for location in world.state.values():  # damaged in every state location
-        location.put_bytes(objects.current_listing_key("video_content"), b"not gzip at all")
+        location.put_bytes(current_listing_key("video_content"), b"not gzip at all")
     run = world.run("two")
     assert run.listing.startswith("every version since ") and "the stored listing cannot be compared with" in run.listing
     assert world.replica_sha("videos/s2.mp4") == hashlib.sha256(b"two").hexdigest() and not run.failed
@@ -496,7 +502,7 @@ def test_a_run_killed_while_listing_every_version_leaves_no_unlisted_version_beh
     monkeypatch.setattr(objects, "LOOKBACK", timedelta(0))  # the lookback would hide the mistake
     world.put("videos/z-oldest.mp4", b"written first, listed last")
     clock.sleep(1.1)  # Last-Modified has one-second resolution
-    for i in range(objects.CHECKPOINT_EVERY + 5):  # enough copies for a checkpoint save mid-run
+    for i in range(CHECKPOINT_EVERY + 5):  # enough copies for a checkpoint save mid-run
         world.put(f"videos/a-{i:03d}.mp4", f"newer {i}".encode())
     real = world.src
 
@@ -511,8 +517,8 @@ def test_a_run_killed_while_listing_every_version_leaves_no_unlisted_version_beh
 
     with pytest.raises(Killed):
         world.run("killed", continuity_s3_us_east_1=DiesOnTheOldest())
-    saved = objects.load_checkpoint("video_content", world.state)
-    assert saved.running_since is not None and len(saved.recent) >= objects.CHECKPOINT_EVERY, "saved mid-run"
+    saved = load_checkpoint("video_content", world.state)
+    assert saved.running_since is not None and len(saved.recent) >= CHECKPOINT_EVERY, "saved mid-run"
     resumed = world.run("resumed")
     assert world.replica_sha("videos/z-oldest.mp4") == hashlib.sha256(b"written first, listed last").hexdigest()
     assert not resumed.failed and resumed.listing.endswith("(the previous run did not finish)")

@@ -29,7 +29,7 @@ def _categories(ctx, chosen: str | None) -> list[str]:
 
 
 def cmd_objects_verify(args: argparse.Namespace) -> int:
-    from continuity.objects.replication import inventory
+    from continuity.objects.audit import inventory
 
     ctx = _context(args)
     found = []
@@ -62,7 +62,8 @@ def _as_of(text: str) -> datetime:
 
 
 def cmd_objects_restore(args: argparse.Namespace) -> int:
-    from continuity.objects.replication import ObjectStore, restore_as_of
+    from continuity.objects.restore import restore_as_of
+    from continuity.objects.store import ObjectStore
 
     as_of = _as_of(args.as_of)
     ctx = _context(args)

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 
 from continuity.storage.catalog import Catalog
 from continuity.restore.expectations import validate_restored
-from continuity.objects.replication import Consistency, ObjectStore, heartbeat_lag
+from continuity.objects.audit import Consistency
+from continuity.objects.store import ObjectStore, heartbeat_lag
 from continuity.policy.model import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
                                 objectives_table, price_downtime, rpo_objectives)

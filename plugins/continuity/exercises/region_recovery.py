@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict
 
 from continuity.exercises.drill import MARKER_TABLE, commit_marker
 from continuity.failover.steps import ReplicationGroup
-from continuity.objects.replication import Consistency, FailBack
+from continuity.objects.audit import Consistency
+from continuity.objects.restore import FailBack
 from continuity.policy.model import Policy
 from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives,
                                 failing_objectives, objectives_table, rpo_objectives)

@@ -19,7 +19,8 @@ from continuity.storage.archive import IntegrityError
 from continuity.storage.catalog import Catalog
 from continuity.restore.expectations import load_suite, validate_restored
 from continuity.storage.manifest import Manifest
-from continuity.objects.replication import Consistency, ObjectStore
+from continuity.objects.audit import Consistency
+from continuity.objects.store import ObjectStore
 from continuity.policy.model import Policy, format_duration
 from continuity.reports import Objective, application_line, failing_objectives, function_rto_objectives
 from continuity.restore.engine import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, replicated_through,

@@ -12,7 +12,9 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from continuity.storage.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.storage.keys import Keyring
-from continuity.objects.replication import FailBack, ObjectStore, Replicator, fail_back, replicas_in, replicator_for
+from continuity.objects.replication import Replicator, replicas_in, replicator_for
+from continuity.objects.restore import FailBack, fail_back
+from continuity.objects.store import ObjectStore
 from continuity.storage.locations import StorageError, StorageLocation, locations_from_policy
 
 

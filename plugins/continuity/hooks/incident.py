@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.incidents.records import IncidentStore, Sender
-from continuity.objects.replication import ObjectStore
+from continuity.objects.store import ObjectStore
 from continuity.storage.locations import StorageLocation
 
 

@@ -22,7 +22,7 @@ from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from continuity.incidents import statuspage
 from continuity.hooks.pagerduty import ContinuityPagerdutyEventsHook
 from continuity.incidents.records import IncidentStore, Message, Sender, TimelineEvent
-from continuity.objects.replication import ObjectStore
+from continuity.objects.store import ObjectStore
 from continuity.policy.model import Policy
 from continuity.storage.locations import StorageLocation
 

@@ -8,7 +8,9 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from continuity.objects.replication import ReplicationError, store_run_record
+from continuity.objects.replication import store_run_record
+
+from continuity.objects.store import ReplicationError
 from continuity.operators.base import ContinuityBackupOperator
 
 

@@ -18,7 +18,7 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import write_topology
 from continuity.exercises.loadgen import ApplicationWriter, missing_annotations
 from continuity.operators.base import ContinuityBackupOperator
-from continuity.objects.replication import FailBack, missing_from
+from continuity.objects.restore import FailBack, missing_from
 from continuity.exercises.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
                                         database_rpo, differences, marker_recovered, objectives_for, observe,
                                         plan_exercise, render_markdown, writer_record)

@@ -8,7 +8,11 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.objects.replication import inventory, load_checkpoint, stale_object_categories
+from continuity.objects.audit import inventory
+
+from continuity.objects.ledger import load_checkpoint
+
+from continuity.objects.replication import stale_object_categories
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.policy.model import format_duration
 from continuity.backup.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,

@@ -36,7 +36,8 @@ from continuity.storage.keys import Keyring, KeyringError
 from continuity.postgres.cluster import (ClusterError, LocalCluster, ServiceUser, find_bindir, find_tool, free_port,
                                     scrubbed_environment, stop_pid)
 from continuity.storage.manifest import Manifest
-from continuity.objects.replication import Consistency, ObjectStore, check_consistency
+from continuity.objects.audit import Consistency, check_consistency
+from continuity.objects.store import ObjectStore
 from continuity.postgres.node import InvalidLsn, format_lsn, parse_lsn
 from continuity.storage.locations import StorageLocation
 from continuity.waiting import poll

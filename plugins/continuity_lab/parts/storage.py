@@ -170,7 +170,8 @@ class StoragePart:
     def replicate_objects(self, *, report: Any = log.info) -> list[str]:
         """One replication of every object category whose checkpoint says it never completed (what
         dr_object_replication does, without Airflow): a fresh install's drill finds the objects."""
-        from continuity.objects.replication import load_checkpoint, replicator_for
+        from continuity.objects.ledger import load_checkpoint
+        from continuity.objects.replication import replicator_for
 
         if self.policy.objects is None:
             return []

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from continuity.objects.replication import (Checkpoint, CurrentListing, CurrentObject, LedgerEntry, compare_current, current_as_of,
-                               lifecycle_rule, stale_object_categories)
+from continuity.objects.ledger import Checkpoint, LedgerEntry, current_as_of
+
+from continuity.objects.listing import CurrentListing, CurrentObject, compare_current
+
+from continuity.objects.replication import lifecycle_rule, stale_object_categories
 from continuity.policy.loading import load_policy
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
