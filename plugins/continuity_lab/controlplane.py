@@ -206,8 +206,17 @@ class ControlPlane:
             cluster.user.write_file(conf, conf.read_text() + "\n# continuity control plane\n" + settings)
         if not cluster.running:
             if not port_is_free(cluster.port):
-                raise ControlPlaneError(f"port {cluster.port} of Airflow's metadata database is taken by another "
-                                        f"process; HINT: stop it, or remove {self.directory} to start afresh")
+                # Ours to choose (nothing outside the control plane is told the port but through its files): another
+                # process took it since it was chosen (a sandbox starting beside us, or after a reboot), so the
+                # database moves to a free one rather than failing the run.
+                taken, state["metadata"]["port"] = cluster.port, free_port()
+                self._save(state)
+                conf = cluster.data_dir / "postgresql.conf"
+                moved = f"port = {state['metadata']['port']}  # {taken} was taken\n"
+                cluster.user.write_file(conf, conf.read_text() + moved)
+                log.info("port %s of Airflow's metadata database is taken by another process: moving it to %s",
+                         taken, state["metadata"]["port"])
+                cluster = self._cluster(state)
             cluster.start()
         # The role and database exist once; the password (SQL on stdin, never argv) is set every start.
         cluster.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{METADATA_ROLE}') THEN "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -59,6 +60,17 @@ def test_metadata_database_is_made_once_private_and_stopped_by_down(plane: Contr
     assert port_is_free(plane.metadata_port())
     # A second start finds the cluster, the role and the password it had, and the data in it.
     assert plane.up_metadata()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == url
+    with psycopg.connect(host="127.0.0.1", port=plane.metadata_port(), dbname=METADATA_DATABASE,
+                         user=METADATA_ROLE, password=password) as db:
+        assert db.execute("SELECT n FROM kept").fetchone() == (42,)
+    # Its port taken by another process while it was down: it moves to a free one, with its data.
+    plane.down()
+    old_port = plane.metadata_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen()
+        url = plane.up_metadata()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert plane.metadata_port() != old_port and f":{plane.metadata_port()}/" in url
     with psycopg.connect(host="127.0.0.1", port=plane.metadata_port(), dbname=METADATA_DATABASE,
                          user=METADATA_ROLE, password=password) as db:
         assert db.execute("SELECT n FROM kept").fetchone() == (42,)

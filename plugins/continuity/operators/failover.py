@@ -253,8 +253,8 @@ class CutOverOperator(FailoverStepOperator):
         except steps.CutOverFailed as exc:
             ti.xcom_push(key="failed_step", value=exc.step)
             raise
-        self.log.info("entry point unavailable for %s s (fence to repoint)", failover_records.unavailability_seconds)
-        return {"unavailability_seconds": failover_records.unavailability_seconds, "steps": records.step_seconds()}
+        self.log.info("entry point unavailable for %s s (fence to repoint)", records.unavailability_seconds)
+        return {"unavailability_seconds": records.unavailability_seconds, "steps": records.step_seconds()}
 
 
 class StartApplicationOperator(FailoverStepOperator):
