@@ -13,15 +13,8 @@ from typing import Any
 
 import psycopg
 
-from continuity.postgres.cluster import (
-    free_port,
-    port_is_free,
-    scrubbed_environment,
-    stop_pid,
-    wait_for_port,
-)
-from continuity_lab.processes import (SandboxError, is_our_process, start_redis_server)
-from continuity_lab.processes import S3_ACCESS_KEY
+from continuity.postgres.cluster import free_port, port_is_free, scrubbed_environment, stop_pid, wait_for_port
+from continuity_lab.processes import S3_ACCESS_KEY, SandboxError, is_our_process, start_redis_server
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,11 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from continuity.postgres.cluster import (
-    LocalCluster,
-    pid_alive,
-    port_is_free,
-    wait_for_port,
-)
+from continuity.postgres.cluster import LocalCluster, pid_alive, port_is_free, wait_for_port
 from continuity.postgres.node import PostgresNode, conninfo
 from continuity.waiting import poll
-from continuity_lab.processes import (APP_DATABASE, SandboxError, pgbouncer_ini, read_pid, sql_literal)
-from continuity_lab.processes import (ROLES, fetch_script_source)
+from continuity_lab.processes import (APP_DATABASE, ROLES, SandboxError, fetch_script_source, pgbouncer_ini, read_pid,
+                                      sql_literal)
 
 log = logging.getLogger(__name__)
 

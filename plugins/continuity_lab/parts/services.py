@@ -11,15 +11,9 @@ import sys
 from pathlib import Path
 
 
-from continuity.postgres.cluster import (
-    free_port,
-    port_is_free,
-    scrubbed_environment,
-    stop_pid,
-    wait_for_port,
-)
-from continuity.policy.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, policy_path)
-from continuity_lab.processes import (WAL_PUSHER_NEEDLE, is_our_process)
+from continuity.postgres.cluster import free_port, port_is_free, scrubbed_environment, stop_pid, wait_for_port
+from continuity.policy.project import INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, policy_path
+from continuity_lab.processes import WAL_PUSHER_NEEDLE, is_our_process
 
 log = logging.getLogger(__name__)
 

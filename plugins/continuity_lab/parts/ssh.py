@@ -11,15 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from continuity.postgres.cluster import (
-    free_port,
-    port_is_free,
-    stop_pid,
-    wait_for_port,
-)
+from continuity.postgres.cluster import free_port, port_is_free, stop_pid, wait_for_port
 from continuity.policy.model import NodeHost, Policy
-from continuity.policy.project import (PROJECT_ENV_VAR, policy_path, project_dir)
-from continuity_lab.processes import (APP_HOST_USER, SSH_CONN_ID, app_ssh_conn_id, find_sshd, is_our_process)
+from continuity.policy.project import PROJECT_ENV_VAR, policy_path, project_dir
+from continuity_lab.processes import APP_HOST_USER, SSH_CONN_ID, app_ssh_conn_id, find_sshd, is_our_process
 
 log = logging.getLogger(__name__)
 

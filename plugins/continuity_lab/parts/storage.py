@@ -15,18 +15,11 @@ import psycopg
 from psycopg import sql
 
 from continuity_lab import sampledata
-from continuity.postgres.cluster import (
-    free_port,
-    pid_alive,
-    port_is_free,
-    scrubbed_environment,
-    stop_pid,
-    wait_for_port,
-)
+from continuity.postgres.cluster import (free_port, pid_alive, port_is_free, scrubbed_environment, stop_pid,
+                                         wait_for_port)
 from continuity.policy.project import policy_path
 from continuity.waiting import poll
-from continuity_lab.processes import (ChunkReader, is_our_process)
-from continuity_lab.processes import S3_ACCESS_KEY
+from continuity_lab.processes import ChunkReader, S3_ACCESS_KEY, is_our_process
 
 log = logging.getLogger(__name__)
 
