@@ -424,7 +424,7 @@ def _automatic_failover_runs() -> list:
 def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_blip(cluster, monkeypatch, tmp_path) -> None:
     from airflow.models.variable import Variable
 
-    from continuity.operators.auto_failover import STREAK_VARIABLE
+    from continuity.health.autofailover import STREAK_VARIABLE
     from continuity.policy.project import default_policy_path
 
     policy_file = tmp_path / "policy.yaml"
@@ -483,7 +483,7 @@ def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(clust
     from airflow.models.variable import Variable
 
     from continuity.postgres.cluster import free_port
-    from continuity.operators.auto_failover import STREAK_VARIABLE
+    from continuity.health.autofailover import STREAK_VARIABLE
 
     monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
     # The monitor's own path to the primary is broken (its connection leads nowhere); the primary is fine.
@@ -516,7 +516,7 @@ def test_no_automatic_failover_when_the_primary_region_still_sees_it_writable(cl
     from airflow.models.variable import Variable
 
     from continuity.postgres.cluster import free_port
-    from continuity.operators.auto_failover import STREAK_VARIABLE
+    from continuity.health.autofailover import STREAK_VARIABLE
     from continuity.health.viewpoints import viewpoint_variable
 
     monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
@@ -546,7 +546,7 @@ def test_no_automatic_failover_when_the_primary_region_still_sees_it_writable(cl
 def test_a_disaster_without_the_primary_failing_alerts_and_never_promotes(cluster, monkeypatch, tmp_path, capfd) -> None:
     from airflow.models.variable import Variable
 
-    from continuity.operators.auto_failover import STREAK_VARIABLE
+    from continuity.health.autofailover import STREAK_VARIABLE
 
     # dr down (network, weight 2) and a bucket gone (storage, weight 1): score 3, the primary healthy.
     monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(

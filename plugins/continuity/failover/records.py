@@ -12,7 +12,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from continuity.policy.model import Policy, parse_size
-from continuity.postgres.node import lsn_to_int
 
 
 DEFAULT_MAX_LAG_BYTES = 16 * 2**20
@@ -196,14 +195,6 @@ def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
     if not params.reason.strip():
         raise PreflightFailed("reason given", "a non-empty reason is required: it goes into the logs and the audit")
     return params
-
-
-def choose_target(candidates: dict[str, dict[str, Any]]) -> str | None:
-    """The healthy standby (reachable, in recovery) that has received the most WAL, for an automatic failover."""
-    healthy = {name: state for name, state in candidates.items() if state.get("reachable") and state.get("in_recovery")}
-    if not healthy:
-        return None
-    return max(sorted(healthy), key=lambda name: lsn_to_int(healthy[name].get("receive_lsn")))
 
 
 # -- audit and topology ------------------------------------------------------------------------

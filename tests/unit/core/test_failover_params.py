@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from continuity.failover.records import PreflightFailed, choose_target, validate_params
+from continuity.failover.records import PreflightFailed, validate_params
 from continuity.postgres.node import lsn_to_int
 from continuity.policy.loading import load_policy
 
@@ -40,17 +40,6 @@ def test_lsn_arithmetic() -> None:
     assert lsn_to_int("0/0") == 0 and lsn_to_int(None) == 0
     assert lsn_to_int("1/0") - lsn_to_int("0/FFFFFFFF") == 1
     assert lsn_to_int("16/B374D848") == (0x16 << 32) | 0xB374D848
-
-
-def test_the_automatic_target_is_the_healthy_standby_with_the_most_wal() -> None:
-    candidates = {
-        "dr": {"reachable": True, "in_recovery": True, "receive_lsn": "0/5000000"},
-        "dr2": {"reachable": True, "in_recovery": True, "receive_lsn": "0/6000000"},
-        "dr3": {"reachable": False},
-        "dr4": {"reachable": True, "in_recovery": False, "receive_lsn": "0/9000000"},
-    }
-    assert choose_target(candidates) == "dr2"
-    assert choose_target({"dr3": {"reachable": False}}) is None
 
 
 def test_policy_with_primary_swaps_roles_only(policy) -> None:
