@@ -25,7 +25,7 @@ from continuity.policy.model import Policy, format_duration
 from continuity.reports import Objective, application_line, failing_objectives, function_rto_objectives
 from continuity.restore.engine import (RESTORE_ROLE, RestoreError, amcheck, check_object_references, replicated_through,
                                 restore_logical, sample_tables, scratch_cluster)
-from continuity.storage.locations import StorageLocation, stored_documents
+from continuity.storage.locations import StorageLocation, key_safe, stored_documents
 
 REPORT_PREFIX = "reports/restore-test/"
 
@@ -138,6 +138,71 @@ def unproven_alarms(policy: Policy, proven: Mapping[str, datetime], *, now: date
             alarms.append(f"location {name} has not been proven restorable within {format_duration(period)} "
                           f"(last: {when.isoformat(timespec='seconds') if when else 'never'})")
     return alarms
+
+
+class RestoreTestStep(BaseModel):
+    """One restore of the run: from `location` (alone: no fallback to another copy), a sample or every table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    location: str
+    full: bool = False
+    alone: bool = False
+    check_application: bool = False  # the DR region's application on the restored database
+    seed: str
+    report_name: str
+
+
+class RestoreTestPlan(BaseModel):
+    """What a restore-test run does, decided from the policy and the reports kept: the steps in order and the
+    sentences that say why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[RestoreTestStep]
+    proven: dict[str, datetime]
+    last_full: RestoreTestResult | None = None
+    reasons: list[str] = []
+
+
+def plan_restore_test(policy: Policy, history: Sequence[RestoreTestResult], *, now: datetime, run_interval: timedelta,
+                      run_id: str) -> RestoreTestPlan:
+    """The run's steps: a full restore from the DR region when `full_restore_every` has passed since the last
+    one (its measurement calibrates the samples after it), then a sample from each location whose turn has come
+    (`locations_due`): the DR region's with its application checked, each other location from its own copy
+    alone. Every report's name is the run's, with the location unless it is the DR region's sample."""
+    proven = last_proven(history)
+    last_full = last_full_restore(history)
+    due = locations_due(policy, proven, now=now, run_interval=run_interval)
+    dr = sorted(loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region)
+    reasons = [f"locations to prove restorable this run: {', '.join(due) or 'none'} (last proven: "
+               + (", ".join(f"{n} {w.isoformat(timespec='seconds')}" for n, w in sorted(proven.items())) or "none")
+               + ")"]
+    steps = []
+    every = policy.validation.restore_test.full_restore_every
+    if dr and (last_full is None or now - datetime.fromisoformat(last_full.tested_at) > every):
+        reasons.append(f"a full restore is due (last: {last_full.tested_at if last_full else 'never'}; every "
+                       f"{format_duration(every)}): restoring every table of a DR backup and timing it")
+        steps.append(RestoreTestStep(location=dr[0], full=True, seed=f"{run_id}-full",
+                                     report_name=key_safe(f"{run_id}-full")))
+    application = policy.application is not None and policy.application.service_control is not None
+    for location in due:
+        in_dr = location in dr
+        steps.append(RestoreTestStep(location=location, alone=not in_dr, check_application=in_dr and application,
+                                     seed=f"{run_id}-{location}",
+                                     report_name=key_safe(run_id if in_dr else f"{run_id}-{location}")))
+    return RestoreTestPlan(steps=steps, proven=proven, last_full=last_full, reasons=reasons)
+
+
+def proves(result: RestoreTestResult, location: str) -> bool:
+    """Whether `result` proves `location` restorable: it succeeded, from that location, with no corrupt copy."""
+    return result.success and result.restored_from == location and not result.corrupt_copies
+
+
+def restore_test_problems(results: Sequence[RestoreTestResult]) -> list[str]:
+    """Each failed restore of the run, named by its location, with the checks that broke."""
+    return [f"{r.chosen_location or 'restore'}: " + "; ".join(r.failed_checks or ["RTO maximum exceeded"])
+            for r in results if not r.success]
 
 
 def pick_backup(catalog: Catalog, location: str, *, seed: str, now: datetime, days: int = 7) -> Manifest:
