@@ -1,4 +1,6 @@
-"""Reports of restore tests and drills: the verdict against an objective, and where reports go."""
+"""Reports of restore tests, drills, failovers and region-loss exercises: what was measured (each data category's
+RPO by what measures it, each function's RTO), the verdict against an objective, and where reports go. The one
+place the exercises measure RTO and RPO, so a drill, a failover and a region loss say the same thing the same way."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from continuity.failover.records import FailoverRecords, database_loss
+from continuity.objects.audit import Consistency
+from continuity.objects.store import ObjectStore, heartbeat_lag
 from continuity.policy.model import Policy, format_duration
 from continuity.storage.locations import StorageLocation
 
@@ -130,6 +135,80 @@ def rpo_objectives(policy: Policy, measurements: Mapping[str, Measurement]) -> l
                                broken=broken if not unmeasured else None,
                                not_measured=[f"data category {c}" for c in unmeasured]))
     return lines
+
+
+def rpo_measurements(policy: Policy, *, database: Measurement | None, config: Measurement | None = None,
+                     objects: Mapping[str, Measurement] | None = None) -> dict[str, Measurement]:
+    """Each data category's measurement by what its policy says measures it (`measured_by`): the database's,
+    the newest config backup's age, or its object replica's. A category with none is left out, and
+    rpo_objectives says `not measured` for it."""
+    measurements: dict[str, Measurement] = {}
+    for name, category in sorted(policy.data_categories.items()):
+        if category.measured_by == "database" and database is not None:
+            measurements[name] = database
+        elif category.measured_by == "config_backup" and config is not None:
+            measurements[name] = config
+        elif category.measured_by == "object_replication" and name in (objects or {}):
+            measurements[name] = (objects or {})[name]
+    return measurements
+
+
+def object_rpo(replica: tuple[ObjectStore, str], check: Consistency | None) -> Measurement:
+    """An object category's RPO: the DR replica's heartbeat lag, broken when objects the recovered
+    database references are missing there."""
+    store, source_prefix = replica
+    lag, lag_source = heartbeat_lag(source_prefix, store)
+    source = f"replication lag: {lag_source} ({store.describe(store.prefix)})" if lag is not None else None
+    broken = None
+    if check is not None:
+        source = (source + "; " if source else "") + \
+            f"{check.present} of {check.referenced} objects the recovered database references are in the replica"
+        if not check.consistent:
+            broken = (f"{len(check.missing)} referenced objects missing from the replica"
+                      + (f" (first: {', '.join(check.missing[:3])})" if check.missing else "")
+                      + (f", {len(check.mismatched)} different" if check.mismatched else ""))
+    return Measurement(seconds=lag, source=source, broken=broken)
+
+
+def config_backup_age(newest: Any, *, location: str, at: datetime) -> Measurement:
+    """The configuration's RPO: how old the newest config backup in `location` was at `at`."""
+    return Measurement(seconds=max(0.0, (at - newest.finished_at).total_seconds()),
+                       source=f"age of the newest config backup {newest.backup_id} in location {location}")
+
+
+class FailoverObjectives(BaseModel):
+    """A failover's or switchover's measured objectives, for its audit."""
+
+    rto: list[Objective]
+    rpo: list[Objective]
+    downtime_cost: str
+
+
+def failover_objectives(policy: Policy, records: FailoverRecords,
+                        replicas: Mapping[str, tuple[ObjectStore, str]]) -> FailoverObjectives:
+    """Each function's RTO from preflight until its synthetic transaction in the new primary's region succeeded
+    (`not measured` without a probe round), and every RPO: the database's from the catch-up, the objects' from the
+    replica the application now serves from (`replicas`, its heartbeat lag) when it moved region, 0 when it did
+    not move (no object was left behind)."""
+    if records.preflight is None:
+        raise ValueError("failover objectives need the preflight plan: this run made none")
+    probe = records.validation.application if records.validation else None
+    rto = application_rto_objectives(policy, started_at=datetime.fromisoformat(records.preflight.checked_at),
+                                     probe=probe, fallback_seconds=None, fallback_source="")
+    seconds, cost = price_downtime(policy, rto)
+    loss_seconds, loss_source = database_loss(records)
+    moved = records.start_application
+    objects: dict[str, Measurement] = {}
+    if moved is not None and moved.moved:
+        objects = {name: object_rpo(replica, None) for name, replica in replicas.items()}
+    elif moved is not None:
+        objects = {name: Measurement(seconds=0.0, source=f"the application still serves from {moved.to_region}'s "
+                                                         f"bucket: no object left behind")
+                   for name in policy.data_categories}
+    measurements = rpo_measurements(policy, database=Measurement(seconds=loss_seconds, source=loss_source),
+                                    objects=objects)
+    return FailoverObjectives(rto=rto, rpo=rpo_objectives(policy, measurements),
+                              downtime_cost=f"{seconds} s: {cost}" if seconds is not None else cost)
 
 
 def price_downtime(policy: Policy, objectives: list[Objective]) -> tuple[float | None, str]:

@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict
 from continuity.storage.catalog import Catalog
 from continuity.restore.expectations import validate_restored
 from continuity.objects.audit import Consistency
-from continuity.objects.store import ObjectStore, heartbeat_lag
+from continuity.objects.store import ObjectStore
 from continuity.policy.model import Policy
-from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives, objective,
-                                objectives_table, price_downtime, rpo_objectives)
+from continuity.reports import (Measurement, Objective, application_line, application_rto_objectives,
+                                config_backup_age, object_rpo, objective, objectives_table, price_downtime,
+                                rpo_measurements, rpo_objectives)
 from continuity.restore.engine import (amcheck, check_object_references, replicated_through, restore_physical,
                                        scratch_cluster)
 
@@ -212,16 +213,12 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
     objectives.append(objective("RTO tier_1_critical", measured_seconds=rto, target=tier.target,
                                 maximum=tier.maximum, source=rebuilt))
     newest_config = catalog.latest("config", location=location)
-    measurements = {}
-    for name, category in sorted(policy.data_categories.items()):
-        if category.measured_by == "database":
-            measurements[name] = Measurement(
-                seconds=rpo, source=f"drill marker committed {marker_committed_at.isoformat()}, "
-                                    f"{'recovered' if row else 'LOST'} in the rebuilt database")
-        elif category.measured_by == "config_backup" and newest_config is not None:
-            measurements[name] = config_backup_age(newest_config, location=location, at=started_at)
-        elif category.measured_by == "object_replication" and name in (object_replicas or {}):
-            measurements[name] = object_rpo(object_replicas[name], consistency.get(name))
+    database_measurement = Measurement(seconds=rpo, source=f"drill marker committed {marker_committed_at.isoformat()}, "
+                                                           f"{'recovered' if row else 'LOST'} in the rebuilt database")
+    measurements = rpo_measurements(
+        policy, database=database_measurement,
+        config=config_backup_age(newest_config, location=location, at=started_at) if newest_config else None,
+        objects={name: object_rpo(replica, consistency.get(name)) for name, replica in (object_replicas or {}).items()})
     objectives += rpo_objectives(policy, measurements)
     # After RTO is measured: the point-in-time check is a second rebuild, not part of the recovery.
     pitr_check = check_point_in_time(catalog=catalog, location=location, markers=pitr, database=database,
@@ -247,29 +244,6 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         objects=list(consistency.values()), pitr=pitr_check, application=application,
         downtime_seconds=downtime_seconds, downtime_cost=downtime,
     )
-
-
-def object_rpo(replica: tuple[ObjectStore, str], check: Consistency | None) -> Measurement:
-    """An object category's RPO: the DR replica's heartbeat lag, broken when objects the recovered
-    database references are missing there."""
-    store, source_prefix = replica
-    lag, lag_source = heartbeat_lag(source_prefix, store)
-    source = f"replication lag: {lag_source} ({store.describe(store.prefix)})" if lag is not None else None
-    broken = None
-    if check is not None:
-        source = (source + "; " if source else "") + \
-            f"{check.present} of {check.referenced} objects the recovered database references are in the replica"
-        if not check.consistent:
-            broken = (f"{len(check.missing)} referenced objects missing from the replica"
-                      + (f" (first: {', '.join(check.missing[:3])})" if check.missing else "")
-                      + (f", {len(check.mismatched)} different" if check.mismatched else ""))
-    return Measurement(seconds=lag, source=source, broken=broken)
-
-
-def config_backup_age(newest: Any, *, location: str, at: datetime) -> Measurement:
-    """The configuration's RPO: how old the newest config backup in `location` was at `at`."""
-    return Measurement(seconds=max(0.0, (at - newest.finished_at).total_seconds()),
-                       source=f"age of the newest config backup {newest.backup_id} in location {location}")
 
 
 def failure_result(*, drill_id: str, started_at: datetime, error: str) -> DrillResult:

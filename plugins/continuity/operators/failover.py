@@ -25,6 +25,7 @@ from continuity.failover.nodecontrol import NodeControlError
 from continuity.policy.model import format_duration
 from continuity.policy.loading import load_policy
 from continuity.operators.base import ContinuityOperator
+from continuity.reports import failover_objectives
 from continuity.storage.locations import key_safe
 
 
@@ -385,15 +386,13 @@ class RecordOperator(FailoverStepOperator):
                                     params=context["params"], records=records, failures=failures)
         if records.preflight is not None and records.preflight.action in ("switchover", "failover") \
                 and not records.preflight.dry_run:
-            from continuity.reports import application_rto_objectives, price_downtime
-
-            probe = records.validation.application if records.validation else None
-            rto = application_rto_objectives(self.policy, started_at=datetime.fromisoformat(records.preflight.checked_at),
-                                             probe=probe, fallback_seconds=None, fallback_source="")
-            audit.function_rto = [o.model_dump(mode="json") for o in rto]
-            seconds, cost = price_downtime(self.policy, rto)
-            audit.downtime_cost = f"{seconds} s: {cost}" if seconds is not None else cost
-            audit.function_rpo = [o.model_dump(mode="json") for o in self._rpo(records)]
+            moved = records.start_application
+            replicas = ContinuityBackupHook(policy_path=self.policy_path).get_object_replicas(moved.to_region) \
+                if moved is not None and moved.moved else {}
+            measured = failover_objectives(self.policy, records, replicas)
+            audit.function_rto = [o.model_dump(mode="json") for o in measured.rto]
+            audit.function_rpo = [o.model_dump(mode="json") for o in measured.rpo]
+            audit.downtime_cost = measured.downtime_cost
         if audit.topology is not None:
             write_topology(audit.topology)
             self.log.info("topology recorded: primary %s on timeline %s", audit.topology.primary,
@@ -406,28 +405,6 @@ class RecordOperator(FailoverStepOperator):
         if failures:
             raise AirflowFailException(audit.outcome)
         return audit.summary()
-
-    def _rpo(self, records: failover_records.FailoverRecords) -> list[Any]:
-        """Every data category's and function's RPO: the database's from the catch-up, the objects' from the
-        replica the application now serves from (its heartbeat lag) when it moved region."""
-        from continuity.exercises.drill import object_rpo
-        from continuity.reports import Measurement, rpo_objectives
-
-        seconds, source = failover_records.database_loss(records)
-        database = Measurement(seconds=seconds, source=source)
-        moved = records.start_application
-        measurements = {}
-        replicas = ContinuityBackupHook(policy_path=self.policy_path).get_object_replicas(moved.to_region) \
-            if moved is not None and moved.moved else {}
-        for name, category in self.policy.data_categories.items():
-            if category.measured_by == "database":
-                measurements[name] = database
-            elif category.measured_by == "object_replication" and name in replicas:
-                measurements[name] = object_rpo(replicas[name], None)
-            elif category.measured_by == "object_replication" and moved is not None and not moved.moved:
-                measurements[name] = Measurement(seconds=0.0, source=f"the application still serves from "
-                                                                     f"{moved.to_region}'s bucket: no object left behind")
-        return rpo_objectives(self.policy, measurements)
 
     def _store(self, audit: failover_records.FailoverAudit) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)

@@ -9,7 +9,6 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.exercises.drill import config_backup_age, object_rpo
 from continuity.failover.steps import rebuild_region, run_all
 from continuity.failover.records import FailoverError, FailoverParams
 from continuity.hooks.application import ApplicationProbeHook
@@ -22,7 +21,8 @@ from continuity.objects.restore import FailBack, missing_from
 from continuity.exercises.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
                                         database_rpo, differences, marker_recovered, objectives_for, observe,
                                         plan_exercise, render_markdown, writer_record)
-from continuity.reports import Measurement, price_downtime, store_report
+from continuity.reports import (Measurement, config_backup_age, object_rpo, price_downtime, rpo_measurements,
+                                store_report)
 from continuity.restore.engine import check_object_references
 from continuity.hooks.services import get_service_control
 from continuity.storage.locations import key_safe
@@ -172,21 +172,17 @@ class LoseRegionAndRecoverOperator(_ExerciseOperator):
                         if loc.region == start.recovery_region and loc.required)
         newest_config = hook.get_catalog().latest("config", location=location)
         replicas = hook.get_object_replicas(start.recovery_region)
-        measurements: dict[str, Measurement] = {}
+        objects: dict[str, Measurement] = {}
         for name, category in policy.data_categories.items():
-            if category.measured_by == "database":
-                measurements[name] = database
-            elif category.measured_by == "config_backup" and newest_config is not None:
-                measurements[name] = config_backup_age(newest_config, location=location, at=result.lost_at)
-            elif category.measured_by == "object_replication" and name in replicas:
+            if category.measured_by == "object_replication" and name in replicas:
                 check = check_object_references(policy, name, replicas[name][0], _Database(conninfo), start.database,
                                                 describe=f"the recovered database {start.database} on {start.target}",
                                                 report=self.log.info)
                 if check is not None:
                     result.objects.append(check)
-                measurements[name] = object_rpo(replicas[name], check)
-        return measurements
-
+                objects[name] = object_rpo(replicas[name], check)
+        config = config_backup_age(newest_config, location=location, at=result.lost_at) if newest_config else None
+        return rpo_measurements(policy, database=database, config=config, objects=objects)
 
 class RestoreRegionOperator(_ExerciseOperator):
     """The lost region comes back (whatever happened before): its storage and Redis reconnect; its database

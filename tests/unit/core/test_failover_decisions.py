@@ -207,3 +207,49 @@ def test_a_failover_away_from_the_control_region_says_its_orchestrator_shares_th
     assert exposure.startswith("the orchestrator runs in us-west-2 (deployment.control_region), the region of "
                                "primary dr that this run moves away from")
     assert "HINT: a third region as deployment.control_region" in exposure
+
+
+# -- what the audit measures (continuity.reports, shared with drills and the region-loss exercise) ------------
+def test_a_switchover_that_kept_the_application_in_place_measures_every_rpo_and_leaves_rto_unmeasured() -> None:
+    from continuity.reports import failover_objectives
+
+    records = _completed_switchover()
+    records.start_application = failover_records.ApplicationRecord(from_region="us-east-1", to_region="us-east-1",
+                                                                   moved=False)
+    measured = failover_objectives(POLICY, records, replicas={})
+    rpo = {o.objective: o for o in measured.rpo}
+    database = [n for n, c in POLICY.data_categories.items() if c.measured_by == "database"]
+    objects = [n for n, c in POLICY.data_categories.items() if c.measured_by == "object_replication"]
+    assert database and objects
+    for name in database:
+        assert rpo[f"RPO {name}"].measured_seconds == 0.0 and "past primary's final checkpoint" in rpo[f"RPO {name}"].source
+    for name in objects:
+        assert rpo[f"RPO {name}"].verdict == "pass" and "no object left behind" in rpo[f"RPO {name}"].source
+    assert all(o.verdict == "not measured" for o in measured.rto), "no probe round: no function's RTO was measured"
+
+
+def test_a_failover_that_lost_bytes_does_not_claim_a_database_rpo() -> None:
+    from continuity.reports import failover_objectives
+
+    records = _completed_switchover()
+    records.preflight = records.preflight.model_copy(update={"action": "failover"})
+    records.catch_up = failover_records.CatchUpRecord(data_loss_bytes=8192)
+    measured = failover_objectives(POLICY, records, replicas={})
+    database = next(n for n, c in POLICY.data_categories.items() if c.measured_by == "database")
+    line = next(o for o in measured.rpo if o.objective == f"RPO {database}")
+    assert line.verdict == "not measured" and line.measured_seconds is None
+    with pytest.raises(ValueError, match="preflight plan"):
+        failover_objectives(POLICY, failover_records.FailoverRecords(), replicas={})
+
+
+def test_each_data_category_is_measured_by_what_the_policy_says() -> None:
+    from continuity.reports import Measurement, rpo_measurements
+
+    by = {n: c.measured_by for n, c in POLICY.data_categories.items()}
+    objects = {n: Measurement(seconds=3.0, source="heartbeat") for n, b in by.items() if b == "object_replication"}
+    measured = rpo_measurements(POLICY, database=Measurement(seconds=0.5, source="marker"),
+                                config=Measurement(seconds=60.0, source="config age"), objects=objects)
+    for name, how in by.items():
+        expected = {"database": 0.5, "config_backup": 60.0, "object_replication": 3.0}.get(how)
+        assert (measured[name].seconds if name in measured else None) == expected, name
+    assert rpo_measurements(POLICY, database=None) == {}, "nothing measured: every category left to `not measured`"
