@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from continuity.storage.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
@@ -47,10 +46,7 @@ class ContinuityBackupHook(ContinuityPolicyHook):
                                        conn_id=self.keyring_conn_id, kms_client=kms_client)
 
     def get_locations(self) -> dict[str, StorageLocation]:
-        def client_for(location: Any) -> Any:
-            return S3Hook(aws_conn_id=location.conn_id, region_name=location.region).get_conn()
-
-        return locations_from_policy(self.policy, client_for)
+        return locations_from_policy(self.policy, lambda location: self.s3_client(location.conn_id, location.region))
 
     def required_locations(self) -> set[str]:
         return self.policy.storage.required()
@@ -61,8 +57,7 @@ class ContinuityBackupHook(ContinuityPolicyHook):
         locations = self.get_locations()
         state = {name: locations[name] for name in sorted(self.required_locations())}
         return replicator_for(self.policy, category, state=state, report=report,
-                              client_for=lambda conn_id, region: S3Hook(aws_conn_id=conn_id,
-                                                                        region_name=region).get_conn())
+                              client_for=self.s3_client)
 
     def objects_going_home(self, *, from_region: str, to_region: str, since: datetime | None,
                            report: Callable[[str], None]) -> Callable[[], list[FailBack]] | None:
@@ -89,8 +84,7 @@ class ContinuityBackupHook(ContinuityPolicyHook):
 
     def get_object_replicas(self, region: str) -> dict[str, tuple[ObjectStore, str]]:
         """Each object category's replica in `region`, with its source's prefix (see `objects.replicas_in`)."""
-        return replicas_in(self.policy, region, client_for=lambda conn_id, bucket_region: S3Hook(
-            aws_conn_id=conn_id, region_name=bucket_region).get_conn())
+        return replicas_in(self.policy, region, client_for=self.s3_client)
 
     def get_catalog(self) -> Catalog:
         return Catalog(self.get_locations(), self.get_keyring())

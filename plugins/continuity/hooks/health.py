@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from continuity.health.checks import Check, check_application, check_primary, check_standbys, check_storage
 from continuity.hooks.postgres_node import PostgresNodeHook
@@ -24,16 +21,6 @@ def node_for(conn_id: str, name: str) -> PostgresNode:
 
 class HealthProbeHook(ContinuityPolicyHook):
     """Database, network, storage and application checks of the current topology (after any failover)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Kept across the triggerer's rounds: building a boto3 client costs more CPU than the request.
-        self._s3_clients: dict[tuple[str | None, str], Any] = {}
-
-    def s3_client(self, conn_id: str | None, region: str) -> Any:
-        if (conn_id, region) not in self._s3_clients:
-            self._s3_clients[(conn_id, region)] = S3Hook(aws_conn_id=conn_id, region_name=region).get_conn()
-        return self._s3_clients[(conn_id, region)]
 
     def database_checks(self, policy: Policy | None = None) -> list[Check]:
         policy = policy or self.policy

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.incidents.records import IncidentStore, Sender
 from continuity.objects.store import ObjectStore
@@ -28,8 +26,7 @@ class ContinuityIncidentHook(ContinuityBackupHook):
 
     def get_banners(self) -> list[ObjectStore]:
         communication = self.policy.communication
-        return [ObjectStore.for_bucket(bucket, lambda conn_id, region: S3Hook(aws_conn_id=conn_id,
-                                                                              region_name=region).get_conn())
+        return [ObjectStore.for_bucket(bucket, self.s3_client)
                 for bucket in (communication.banners if communication else [])]
 
     def get_senders(self, context: Mapping[str, Any], store: IncidentStore) -> dict[str, Sender]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook, Variable
 from pydantic import ValidationError
 
@@ -74,6 +76,7 @@ class ContinuityPolicyHook(BaseHook):
         self.policy_path = policy_path
         self.follow_topology = follow_topology
         self._policy: Policy | None = None
+        self._s3_clients: dict[tuple[str | None, str | None], Any] = {}
 
     @property
     def policy(self) -> Policy:
@@ -83,3 +86,12 @@ class ContinuityPolicyHook(BaseHook):
 
     def get_conn(self) -> Policy:
         return self.policy
+
+    def s3_client(self, conn_id: str | None, region: str | None) -> Any:
+        """The boto3 S3 client of an AWS connection in `region`, through the amazon provider (its credentials,
+        endpoint and retries): the one factory of the Continuity hooks. One per connection and region for the
+        hook's life (the triggerer keeps its hook across probe rounds): building one costs more CPU than a
+        request."""
+        if (conn_id, region) not in self._s3_clients:
+            self._s3_clients[(conn_id, region)] = S3Hook(aws_conn_id=conn_id, region_name=region).get_conn()
+        return self._s3_clients[(conn_id, region)]

@@ -19,7 +19,6 @@ from continuity.exercises.loadgen import CommitRecorder
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.restore.engine import RestoreError, scratch_prefix
 from continuity.reports import store_report
-from continuity.hooks.topology import write_topology
 from continuity.storage.locations import key_safe
 
 
@@ -139,7 +138,7 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
                 except FailoverError as exc:
                     raise AirflowFailException(f"live switchover {leg} failed: {exc}") from exc
                 if done.topology is not None:
-                    write_topology(done.topology)
+                    self.record_topology(done.topology)
                 legs[leg] = SwitchoverLeg(to=to, unavailability_seconds=done.unavailability_seconds,
                                           steps=done.records.step_seconds())
                 self.log.info("switchover %s to %s done: entry point held for %s s", leg, to,

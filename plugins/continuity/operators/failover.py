@@ -20,7 +20,7 @@ from continuity.failover import steps
 from continuity.failover import records as failover_records
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
-from continuity.hooks.topology import TOPOLOGY_KEY, read_topology, write_topology
+from continuity.hooks.topology import TOPOLOGY_KEY, read_topology
 from continuity.failover.nodecontrol import NodeControlError
 from continuity.policy.model import format_duration
 from continuity.policy.loading import load_policy
@@ -55,8 +55,11 @@ class FailoverStepOperator(ContinuityOperator):
 
     ui_color = "#fadbd8"
 
-    def hook(self) -> FailoverHook:
+    def make_hook(self) -> FailoverHook:
         return FailoverHook(policy_path=self.policy_path)
+
+    def hook(self) -> FailoverHook:
+        return super().hook()  # type: ignore[return-value]  # made by make_hook
 
     def cluster(self) -> steps.ReplicationGroup:
         return self.hook().get_cluster(report=self.log.info)
@@ -245,7 +248,7 @@ class CutOverOperator(FailoverStepOperator):
         def promoted(promotion: failover_records.PromotionRecord) -> None:
             topology = failover_records.topology_record(plan=plan, promotion=promotion, rejoin_result=None,
                                              run_id=context["run_id"])
-            write_topology(topology)
+            self.record_topology(topology)
             self.log.info("topology recorded: %s is the primary on timeline %s (before the repoint, so every DAG "
                           "follows it even if this run stops here)", topology.primary, topology.timeline)
 
@@ -394,7 +397,7 @@ class RecordOperator(FailoverStepOperator):
             audit.function_rpo = [o.model_dump(mode="json") for o in measured.rpo]
             audit.downtime_cost = measured.downtime_cost
         if audit.topology is not None:
-            write_topology(audit.topology)
+            self.record_topology(audit.topology)
             self.log.info("topology recorded: primary %s on timeline %s", audit.topology.primary,
                           audit.topology.timeline)
         self._store(audit)

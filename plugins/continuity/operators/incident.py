@@ -45,8 +45,11 @@ def _ref(context: Context) -> IncidentRef:
 class IncidentOperator(ContinuityOperator):
     """Base: the incident hook, store and senders."""
 
-    def hook(self) -> ContinuityIncidentHook:
+    def make_hook(self) -> ContinuityIncidentHook:
         return ContinuityIncidentHook(policy_path=self.policy_path)
+
+    def hook(self) -> ContinuityIncidentHook:
+        return super().hook()  # type: ignore[return-value]  # made by make_hook
 
     def incident(self, context: Context) -> tuple[ContinuityIncidentHook, IncidentStore, Incident]:
         hook = self.hook()

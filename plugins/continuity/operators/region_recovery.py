@@ -14,7 +14,6 @@ from continuity.failover.records import FailoverError, FailoverParams
 from continuity.hooks.application import ApplicationProbeHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.postgres_node import PostgresNodeHook
-from continuity.hooks.topology import write_topology
 from continuity.exercises.loadgen import ApplicationWriter, missing_annotations
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.objects.restore import FailBack, missing_from
@@ -128,7 +127,7 @@ class LoseRegionAndRecoverOperator(_ExerciseOperator):
                 done = run_all(cluster, params, primary=start.original_primary, run_id=context["run_id"],
                                services=services, probe_application=probe, unreachable=start.lost_nodes)
                 if done.topology is not None:
-                    write_topology(done.topology)
+                    self.record_topology(done.topology)
                 result.recovered_at = datetime.now(timezone.utc)
                 result.failover_steps = done.records.step_seconds()
                 result.data_loss_bytes = done.records.catch_up.data_loss_bytes if done.records.catch_up else None
@@ -242,7 +241,7 @@ class SwitchBackOperator(_ExerciseOperator):
         except FailoverError as exc:
             raise AirflowFailException(f"switch back failed: {exc}") from exc
         if done.topology is not None:
-            write_topology(done.topology)
+            self.record_topology(done.topology)
         seconds = round(time.monotonic() - began, 3)
         self.log.info("switched back to %s in %.1f s (entry point held %s s)", start.original_primary, seconds,
                       done.unavailability_seconds)
