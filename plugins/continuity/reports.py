@@ -4,7 +4,7 @@ place the exercises measure RTO and RPO, so a drill, a failover and a region los
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -249,12 +249,23 @@ def failing_objectives(objectives: list[Objective]) -> list[str]:
     return [o.objective for o in objectives if o.within_maximum is False]
 
 
-def store_report(result: ResultT, locations: list[StorageLocation], *, name: str, prefix: str,
-                 render: Callable[[ResultT], str]) -> list[str]:
-    """Write the JSON report and its Markdown rendering to every location; returns where the JSON went."""
+def store_report(result: ResultT, locations: Sequence[StorageLocation], *, name: str, prefix: str,
+                 render: Callable[[ResultT], str] | None = None,
+                 warn: Callable[[str], None] | None = None) -> list[str]:
+    """Write the JSON report (and, with `render`, its Markdown beside it) to every location; returns where the
+    JSON went. Without `warn` the first location that fails raises; with it, each failure is said through `warn`
+    and the others are still written: a report that must reach every location that answers (an audit or an
+    alert during an outage) takes `warn`."""
     keys = []
     for location in locations:
-        location.put_bytes(f"{prefix}{name}.json", result.model_dump_json(indent=2).encode())
-        location.put_bytes(f"{prefix}{name}.md", render(result).encode())
+        try:
+            location.put_bytes(f"{prefix}{name}.json", result.model_dump_json(indent=2).encode())
+            if render is not None:
+                location.put_bytes(f"{prefix}{name}.md", render(result).encode())
+        except Exception as exc:
+            if warn is None:
+                raise
+            warn(f"could not write {prefix}{name}.json to location {location.name}: {exc}")
+            continue
         keys.append(location.describe(f"{prefix}{name}.json"))
     return keys

@@ -8,16 +8,31 @@ where audits find it next to the reports.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
+from continuity.reports import store_report
 from continuity.storage.locations import key_safe
 
 log = logging.getLogger(__name__)
 
 ALERT_PREFIX = "alerts/"
+
+
+class RtoMissedRecord(BaseModel):
+    """The alert a deadline callback writes to `alerts/` in every required location."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rto-deadline-missed"] = "rto-deadline-missed"
+    dag_id: str
+    run_id: str
+    rto_target: str
+    raised_at: str
+    message: str
 
 
 def rto_deadline_missed(*, dag_id: str, rto_target: str, context: dict[str, Any] | None = None, **_: Any) -> None:
@@ -29,23 +44,20 @@ def rto_deadline_missed(*, dag_id: str, rto_target: str, context: dict[str, Any]
     run_id = (dag_run.get("dag_run_id") or dag_run.get("run_id")) if isinstance(dag_run, dict) \
         else getattr(dag_run, "run_id", None)
     run_id = run_id or "unknown-run"
-    record = {"kind": "rto-deadline-missed", "dag_id": dag_id, "run_id": run_id, "rto_target": rto_target,
-              "raised_at": datetime.now(timezone.utc).isoformat(),
-              "message": f"{dag_id} run {run_id} is still running after its RTO target of {rto_target}: "
-                         f"a real recovery would have missed the objective"}
-    log.error("ALERT: %s", record["message"])
+    alert = RtoMissedRecord(dag_id=dag_id, run_id=run_id, rto_target=rto_target,
+                            raised_at=datetime.now(timezone.utc).isoformat(),
+                            message=f"{dag_id} run {run_id} is still running after its RTO target of {rto_target}: "
+                                    f"a real recovery would have missed the objective")
+    log.error("ALERT: %s", alert.message)
     hook = ContinuityBackupHook(follow_topology=False)  # callbacks may not read Variables; storage is enough
-    name = key_safe(f"{dag_id}-{run_id}")
     locations = hook.get_locations()
-    for location in sorted(hook.required_locations()):
-        try:
-            locations[location].put_bytes(f"{ALERT_PREFIX}{name}.json", json.dumps(record, indent=2).encode())
-        except Exception as exc:  # one unreachable location must not swallow the alert elsewhere
-            log.error("could not write the alert to location %s: %s", location, exc)
+    # One unreachable location must not swallow the alert elsewhere.
+    store_report(alert, [locations[name] for name in sorted(hook.required_locations())],
+                 name=key_safe(f"{dag_id}-{run_id}"), prefix=ALERT_PREFIX, warn=log.error)
     from continuity.incidents.records import IncidentRequest
 
     report_cause(IncidentRequest(severity="high", title=f"{dag_id} ran past its RTO target of {rto_target}",
-                                 description=record["message"], cause_key=f"rto-missed:{dag_id}",
+                                 description=alert.message, cause_key=f"rto-missed:{dag_id}",
                                  source=f"{dag_id} run {run_id}"))
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from continuity.incidents.communication import downtime_cost
 from continuity.incidents.records import Incident
 from continuity.policy.model import Policy, format_duration
+from continuity.reports import store_report
 from continuity.storage.locations import StorageLocation, stored_documents
 
 DRILL_PREFIX = "reports/drill/"
@@ -173,11 +174,7 @@ def render_markdown(review: PlanReview) -> str:
 
 
 def store(locations: Sequence[StorageLocation], review: PlanReview, decision: ReviewDecision | None = None) -> list[str]:
-    written = []
-    for location in locations:
-        location.put_bytes(f"{REVIEW_PREFIX}{review.review_id}.json", review.model_dump_json(indent=2).encode())
-        location.put_bytes(f"{REVIEW_PREFIX}{review.review_id}.md", render_markdown(review).encode())
-        if decision is not None:
-            location.put_bytes(f"{REVIEW_PREFIX}{review.review_id}-decision.json", decision.model_dump_json(indent=2).encode())
-        written.append(location.describe(f"{REVIEW_PREFIX}{review.review_id}.json"))
+    written = store_report(review, locations, name=review.review_id, prefix=REVIEW_PREFIX, render=render_markdown)
+    if decision is not None:
+        store_report(decision, locations, name=f"{review.review_id}-decision", prefix=REVIEW_PREFIX)
     return written

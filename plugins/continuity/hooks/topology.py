@@ -27,7 +27,8 @@ from continuity.policy.loading import load_policy
 log = logging.getLogger(__name__)
 
 TOPOLOGY_VARIABLE = "continuity_topology"
-TOPOLOGY_KEY = "topology/current.json"
+TOPOLOGY_PREFIX, TOPOLOGY_NAME = "topology/", "current"
+TOPOLOGY_KEY = f"{TOPOLOGY_PREFIX}{TOPOLOGY_NAME}.json"
 
 
 def read_topology() -> TopologyRecord | None:

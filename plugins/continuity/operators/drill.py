@@ -150,10 +150,9 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
                                       application_outage_seconds=round(load.longest_gap, 3), lost_commits=len(lost))
         hook = self.hook()
         locations = hook.get_locations()
-        for name in sorted(hook.required_locations()):
-            key = f"{REPORT_PREFIX}{start.drill_id}-switchover.json"
-            locations[name].put_bytes(key, result.model_dump_json(indent=2).encode())
-            self.log.info("switchover report written to %s", locations[name].describe(key))
+        for key in store_report(result, [locations[name] for name in sorted(hook.required_locations())],
+                                name=f"{start.drill_id}-switchover", prefix=REPORT_PREFIX):
+            self.log.info("switchover report written to %s", key)
         self.log.info("application-visible outage %.3f s over two switchovers; %d acknowledged commits, %d lost, "
                       "%d failed statements", load.longest_gap, len(load.acknowledged), len(lost), len(load.errors))
         if lost:

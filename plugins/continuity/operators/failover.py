@@ -20,12 +20,12 @@ from continuity.failover import steps
 from continuity.failover import records as failover_records
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
-from continuity.hooks.topology import TOPOLOGY_KEY, read_topology
+from continuity.hooks.topology import TOPOLOGY_NAME, TOPOLOGY_PREFIX, read_topology
 from continuity.failover.nodecontrol import NodeControlError
 from continuity.policy.model import format_duration
 from continuity.policy.loading import load_policy
 from continuity.operators.base import ContinuityOperator
-from continuity.reports import failover_objectives
+from continuity.reports import failover_objectives, store_report
 from continuity.storage.locations import key_safe
 
 
@@ -412,12 +412,10 @@ class RecordOperator(FailoverStepOperator):
     def _store(self, audit: failover_records.FailoverAudit) -> None:
         hook = ContinuityBackupHook(policy_path=self.policy_path)
         locations = hook.get_locations()
-        key = f"{failover_records.AUDIT_PREFIX}{key_safe(audit.run_id)}.json"
-        for location in sorted(hook.required_locations()):
-            try:
-                locations[location].put_bytes(key, audit.model_dump_json(indent=2).encode())
-                if audit.topology:
-                    locations[location].put_bytes(TOPOLOGY_KEY, audit.topology.model_dump_json(indent=2).encode())
-                self.log.info("audit written to %s", locations[location].describe(key))
-            except Exception as exc:  # the audit must reach every location that answers
-                self.log.error("could not write the audit to location %s: %s", location, exc)
+        required = [locations[name] for name in sorted(hook.required_locations())]
+        # The audit must reach every location that answers: one unreachable is said, not fatal.
+        for key in store_report(audit, required, name=key_safe(audit.run_id), prefix=failover_records.AUDIT_PREFIX,
+                                warn=self.log.error):
+            self.log.info("audit written to %s", key)
+        if audit.topology:
+            store_report(audit.topology, required, name=TOPOLOGY_NAME, prefix=TOPOLOGY_PREFIX, warn=self.log.error)
