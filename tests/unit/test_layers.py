@@ -12,6 +12,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = ROOT / "plugins"
 PACKAGE = ROOT / "plugins" / "continuity"
 
 
@@ -64,3 +65,14 @@ def test_every_part_of_the_package_is_on_a_floor_or_of_the_airflow_layer() -> No
     parts |= {f"continuity.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     assert parts - floors - _airflow_layer() == set(), "put the new part on a floor (pyproject.toml) or in the Airflow layer"
     assert floors - parts == set(), "a floor names a part that no longer exists"
+
+
+def test_no_module_is_over_600_lines_without_saying_why_at_its_top() -> None:
+    long_and_silent = []
+    for package in ("continuity", "continuity_lab"):
+        for path in sorted((PLUGINS / package).rglob("*.py")):
+            text = path.read_text()
+            if text.count("\n") > 600 and "Longer than 600 lines on purpose" not in text[:4000]:
+                long_and_silent.append(f"{path.relative_to(PLUGINS)} ({text.count(chr(10))} lines)")
+    assert not long_and_silent, ("split these, or say at the top why not ('Longer than 600 lines on purpose: ...'): "
+                                 + ", ".join(long_and_silent))

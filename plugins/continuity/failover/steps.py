@@ -11,6 +11,10 @@ switchover loses no committed transaction (the target replays up to the stopped 
 checkpoint before it is promoted); a failover reports the bytes it could not receive. Once the
 application has been repointed a failure never rolls back (clients may have committed on the new
 primary): it fails forward and says what is left to do.
+
+Longer than 600 lines on purpose: the steps share the invariant above and each one's checks depend on
+what the step before it left, so the file reads top to bottom as one switchover. The records, the plan and
+the decisions made on records already live apart (failover.records).
 """
 
 from __future__ import annotations

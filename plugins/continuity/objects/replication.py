@@ -19,6 +19,10 @@ copies each new version to every replica and appends one ledger line per version
 A multipart upload that fails is aborted, so no partial object ever appears under its name; a
 version that failed stops the checkpoint from moving past it, so the next run copies it again.
 Nothing here imports Airflow.
+
+Longer than 600 lines on purpose: a run (listing, copying in parallel, the checkpoint, the retries) is one
+state machine whose parts hand each other the same pending versions; the store, the listing, the ledger, the
+copy itself, restores and the audit are apart (objects.store, listing, ledger, copying, restore, audit).
 """
 
 from __future__ import annotations

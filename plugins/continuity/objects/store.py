@@ -1,4 +1,13 @@
-"""Where objects are: a bucket and prefix (`ObjectStore`) and the versions listed in it."""
+"""Where objects are: a bucket and prefix (`ObjectStore`) and the versions listed in it.
+
+Why not `storage.StorageLocation`: a location holds Continuity's own files (archives, manifests, reports),
+written once under final names, on S3 or a directory, and never needs S3's versions. An object store
+holds the application's objects, which the application overwrites and deletes: replication, point-in-time
+restore and fail-back work on version ids, version listings, object lock and storage classes, which only
+S3 has. One interface for both would carry versions into every backup location, or leave them out of the
+object copy that depends on them. Both take their boto3 client from the same factory
+(`ContinuityPolicyHook.s3_client` in Airflow, `emergency.region_s3_client` outside it).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +22,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 log = logging.getLogger(__name__)
-
-
-
 
 INTERNAL_PREFIX = ".continuity/"
 HEARTBEAT_NAME = ".continuity-heartbeat"

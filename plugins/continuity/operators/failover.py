@@ -1,4 +1,4 @@
-"""Operators and the catch-up sensor of dr_failover: thin wrappers over `continuity.failover.steps`.
+"""The operators of dr_failover: thin wrappers over `continuity.failover.steps` and `continuity.failover.records`.
 
 Every step reads the run's params and the preflight plan from XCom, logs one sentence per decision,
 and pushes its own record (or, when it fails, `failure`) so the audit task can tell the whole story.

@@ -3,6 +3,10 @@
 `continuity.policy.loading.load_policy()` reads `include/policy.yaml` (or another file) into these typed
 models. Every problem is reported as ``FILE: key.path: what was expected, got what`` so an operator can fix
 the file without reading this code.
+
+Longer than 600 lines on purpose: one model per section of include/policy.yaml, in the file's order, so the
+schema and the file it validates read side by side; loading, the project's paths and the lab's kinds are
+elsewhere (policy.loading, policy.project, policy.kinds).
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 A scratch cluster lives in a temporary directory on a free loopback port, runs as the `postgres`
 OS user when we are root, never archives, and is always torn down. Production nodes are never
 touched: the only inputs are backups from the catalog.
+
+Longer than 600 lines on purpose: the three restores share the scratch cluster's life (create, feed, check,
+always tear down) and its failure handling; the expectations that validate a restore are apart
+(restore.expectations).
 """
 
 from __future__ import annotations
