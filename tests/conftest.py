@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -107,29 +108,53 @@ def _new_sandbox_root(prefix: str) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def sandbox_factory() -> Iterator:
-    """Build sandboxes on free ports in temporary directories; every one is torn down at the end."""
-    from continuity_lab.sandbox import Sandbox
+class SandboxFactory:
+    """Builds sandboxes on free ports in temporary directories. A module that needs one of its own (a failover
+    reshapes it) tears it down when done (`tear_down`); whatever is left is torn down at the session's end."""
 
-    made: list[Sandbox] = []
+    def __init__(self) -> None:
+        from continuity_lab.sandbox import Sandbox
 
-    def make(*, scale: float = 0.2, prefix: str = "continuity-sandbox-", wal_pusher: bool = False) -> Sandbox:
+        self._sandbox_class = Sandbox
+        self.made: list = []
+
+    def __call__(self, *, scale: float = 0.2, prefix: str = "continuity-sandbox-", wal_pusher: bool = False):
         # Without the WAL pusher by default: tests that look at the spool see what archive_command queued
         # (the pusher's own tests start it, `continuity run` always does).
-        sandbox = Sandbox(root=_new_sandbox_root(prefix))
-        made.append(sandbox)
+        sandbox = self._sandbox_class(root=_new_sandbox_root(prefix))
+        self.made.append(sandbox)
         sandbox.up(scale=scale, wal_pusher=wal_pusher)
         return sandbox
 
+    def tear_down(self, sandbox) -> None:
+        """Stop and remove `sandbox` now: its nodes, application and stand-ins would otherwise keep running (and
+        taking memory and CPU) under every later test of the session."""
+        if sandbox in self.made:
+            self.made.remove(sandbox)
+        try:
+            sandbox.down(purge=True)
+        except Exception as exc:  # the test's own outcome matters more than a teardown's
+            print(f"teardown of {sandbox.root} failed: {exc}", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def own(self, **kwargs) -> Iterator:
+        """A sandbox for one module, torn down when the module is done with it."""
+        sandbox = self(**kwargs)
+        try:
+            yield sandbox
+        finally:
+            self.tear_down(sandbox)
+
+
+@pytest.fixture(scope="session")
+def sandbox_factory() -> Iterator[SandboxFactory]:
+    """Build sandboxes; every one still up is torn down at the end of the session."""
+    factory = SandboxFactory()
     try:
-        yield make
+        yield factory
     finally:
-        for sandbox in made:
-            try:
-                sandbox.down(purge=True)
-            except Exception as exc:  # keep tearing down the others
-                print(f"teardown of {sandbox.root} failed: {exc}", file=sys.stderr)
+        for sandbox in list(factory.made):
+            factory.tear_down(sandbox)
 
 
 @pytest.fixture(scope="session")

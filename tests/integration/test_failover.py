@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 @pytest.fixture(scope="module")
 def cluster(sandbox_factory, airflow_db):
     """A sandbox of its own (failovers reshape it), its connections in the environment."""
-    with sandbox_environment(sandbox_factory(scale=0.05, prefix="continuity-sandbox-failover-")) as box:
+    with sandbox_factory.own(scale=0.05, prefix="continuity-sandbox-failover-") as own, sandbox_environment(own) as box:
         yield box
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 @pytest.fixture(scope="module")
 def region(sandbox_factory, airflow_db):
     """A sandbox of its own: the exercise loses a region of it."""
-    with sandbox_environment(sandbox_factory(scale=0.05, prefix="continuity-sandbox-region-")) as box:
+    with sandbox_factory.own(scale=0.05, prefix="continuity-sandbox-region-") as own, sandbox_environment(own) as box:
         yield box
 
 

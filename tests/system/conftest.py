@@ -1,5 +1,7 @@
 """The real scheduler for the tests that need it (human-in-the-loop steps answered through the REST API):
-one `continuity run` for the session, started by the first test that asks for it."""
+one `continuity run` for the system tier, started by the first test that asks for it and stopped after the
+tier's last test (package scope: kept for the session, its scheduler and DAG processor took most of a core
+from every test that ran after the tier)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from continuity.policy.project import default_policy_path
 from tests.support import airflow_run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scheduler() -> Iterator[airflow_run.AirflowRun]:
     """`continuity run` with the sandbox's policy made quick: acknowledgement (executive group) 20 s,
     partner notice approval 15 s, so timeouts pass while a test watches."""
