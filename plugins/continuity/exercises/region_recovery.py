@@ -18,7 +18,7 @@ imports Airflow.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import psycopg
@@ -81,6 +81,44 @@ class ExerciseStart(BaseModel):
     lost_nodes: list[str]
     found: FoundState
     database: str
+
+
+LATE_START = timedelta(hours=1)
+
+
+def late_start(*, scheduled: bool, due: datetime | None, now: datetime) -> str | None:
+    """Why a scheduled exercise must not start now, or None. A scheduler started for the first time runs the
+    newest missed interval at once; losing a region then, next to the first backups, would be a surprise,
+    not an exercise. A run triggered by hand always starts."""
+    if not scheduled or due is None or now - due <= LATE_START:
+        return None
+    return (f"scheduled for {due.isoformat()}, now {now - due} late: a region-loss exercise never starts late; "
+            f"the next one runs on schedule, or trigger it now by hand")
+
+
+class RegionReturn(BaseModel):
+    """What to do when the lost region comes back, from which nodes accept writes then."""
+
+    action: Literal["rebuild", "nothing", "restart_as_found", "resolve_by_hand"]
+    reason: str
+
+
+def region_return(start: ExerciseStart, writable: list[str]) -> RegionReturn:
+    """The recovered primary alone writable: rebuild the region's nodes as its standbys. The original primary
+    alone: the region was never lost. None: the recovery never promoted, so the region's nodes come back as
+    they were. Anything else (two writers, or a third node) is for a person: nothing is touched."""
+    if writable == [start.target]:
+        return RegionReturn(action="rebuild", reason=f"{start.target} is the only primary: rebuilding "
+                                                     f"{', '.join(start.lost_nodes)} as its standbys")
+    if writable == [start.original_primary]:
+        return RegionReturn(action="nothing", reason=f"{start.original_primary} is still the primary: the region "
+                                                     f"was never lost, nothing to rebuild")
+    if not writable:
+        return RegionReturn(action="restart_as_found",
+                            reason=f"the recovery did not promote {start.target}: starting "
+                                   f"{', '.join(start.lost_nodes)} as they were")
+    return RegionReturn(action="resolve_by_hand", reason=f"writable nodes {', '.join(writable)}: expected only "
+                                                         f"{start.target}; resolve by hand before switching back")
 
 
 def plan_exercise(policy: Policy, *, exercise_id: str, found: FoundState, database: str,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import Context
@@ -17,16 +17,16 @@ from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.exercises.loadgen import ApplicationWriter, missing_annotations
 from continuity.operators.base import ContinuityBackupOperator
 from continuity.objects.restore import FailBack, missing_from
-from continuity.exercises.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack, commit_loss_marker,
-                                        database_rpo, differences, marker_recovered, objectives_for, observe,
-                                        plan_exercise, render_markdown, writer_record)
+from continuity.exercises.region_recovery import (REPORT_PREFIX, ExerciseStart, RecoveryResult, SwitchBack,
+                                                  commit_loss_marker, database_rpo, differences, late_start,
+                                                  marker_recovered, objectives_for, observe, plan_exercise,
+                                                  region_return, render_markdown, writer_record)
 from continuity.reports import (Measurement, config_backup_age, object_rpo, price_downtime, rpo_measurements,
                                 store_report)
 from continuity.restore.engine import check_object_references
 from continuity.hooks.services import get_service_control
 from continuity.storage.locations import key_safe
 
-LATE_START = timedelta(hours=1)
 WARM_UP_WRITES = 20  # acknowledged before the loss, so the writer is known to work
 WRITES_AFTER_RECOVERY = 20  # acknowledged in the recovery region before the writer stops
 
@@ -71,14 +71,11 @@ class PlanRegionLossOperator(_ExerciseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         dag_run = context["dag_run"]
-        due = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
-        if str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled") and due is not None \
-                and datetime.now(timezone.utc) - due > LATE_START:
-            # A scheduler started for the first time runs the newest missed interval at once; losing a
-            # region then, next to the first backups, would be a surprise, not an exercise.
-            raise AirflowSkipException(f"scheduled for {due.isoformat()}, now {(datetime.now(timezone.utc) - due)} late: "
-                                       f"a region-loss exercise never starts late; the next one runs on schedule, "
-                                       f"or trigger it now by hand")
+        late = late_start(scheduled=str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled"),
+                          due=context.get("data_interval_end") or getattr(dag_run, "run_after", None),
+                          now=datetime.now(timezone.utc))
+        if late:
+            raise AirflowSkipException(late)
         policy = self.hook().policy
         cluster = self.cluster()
         services = get_service_control(policy)
@@ -194,25 +191,22 @@ class RestoreRegionOperator(_ExerciseOperator):
         started = services.reconnect_region(start.region)
         self.log.info("region %s reconnected: %s", start.region, ", ".join(started) or "already up")
         cluster = self.cluster()
-        writable = cluster.writable_nodes()
-        if writable == [start.target]:
+        decision = region_return(start, cluster.writable_nodes())
+        self.log.info("%s", decision.reason)
+        if decision.action == "rebuild":
             record = rebuild_region(cluster, start.lost_nodes, primary=start.target)
             if record.needs_rebuild:
                 raise AirflowFailException(f"could not rebuild {', '.join(record.needs_rebuild)} as standbys of "
                                            f"{start.target}: see the log above; {start.target} is the only primary")
             return record.model_dump(mode="json")
-        if writable == [start.original_primary]:
-            raise AirflowSkipException(f"{start.original_primary} is still the primary: the region was never lost, "
-                                       f"nothing to rebuild")
-        if not writable:  # the recovery never promoted: the region's nodes come back as they were
+        if decision.action == "nothing":
+            raise AirflowSkipException(decision.reason)
+        if decision.action == "restart_as_found":
             for name in start.lost_nodes:
                 cluster.control.start(name)
             services.start_region(start.region)
-            raise AirflowFailException(f"the recovery did not promote {start.target}: {', '.join(start.lost_nodes)} "
-                                       f"were started as they were; writable now: "
-                                       f"{', '.join(cluster.writable_nodes()) or 'none'}")
-        raise AirflowFailException(f"writable nodes {', '.join(writable)}: expected only {start.target}; "
-                                   f"resolve by hand before switching back")
+            raise AirflowFailException(f"{decision.reason}; writable now: {', '.join(cluster.writable_nodes()) or 'none'}")
+        raise AirflowFailException(decision.reason)
 
 
 class SwitchBackOperator(_ExerciseOperator):

@@ -8,7 +8,8 @@ import pytest
 
 from continuity.policy.loading import load_policy
 from continuity.exercises.region_recovery import (FoundState, RecoveryResult, WriterRecord, database_rpo, differences,
-                                        objectives_for, plan_exercise, render_markdown)
+                                                  late_start, objectives_for, plan_exercise, region_return,
+                                                  render_markdown)
 from continuity.reports import Measurement, price_downtime, rpo_objectives
 
 FOUND = FoundState(primary="primary", streaming=["dr", "sync1"], synchronous=["sync1"],
@@ -101,3 +102,23 @@ def test_the_exercise_passes_only_when_every_function_is_back_within_its_maximum
     markdown = render_markdown(lost)
     assert markdown.splitlines()[0].endswith(": FAIL") and "- **failed**: 1 acknowledged writes lost" in markdown
     assert "| RTO user_authentication | 12.0 s | 15m | 30m | pass |" in markdown
+
+
+def test_the_returning_region_is_rebuilt_only_under_the_recovered_primary_alone() -> None:
+    start = plan_exercise(load_policy(), exercise_id="x", found=FOUND, database="app")
+    assert region_return(start, ["dr"]).action == "rebuild"
+    assert region_return(start, ["primary"]).action == "nothing"
+    assert region_return(start, []).action == "restart_as_found"
+    two = region_return(start, ["dr", "primary"])
+    assert two.action == "resolve_by_hand" and two.reason.startswith("writable nodes dr, primary: expected only dr")
+
+
+def test_a_scheduled_exercise_never_starts_late_and_one_by_hand_always_does() -> None:
+    from datetime import timedelta
+
+    due = LOST_AT
+    assert late_start(scheduled=True, due=due, now=due + timedelta(minutes=59)) is None
+    late = late_start(scheduled=True, due=due, now=due + timedelta(hours=3))
+    assert late is not None and "3:00:00 late" in late and "trigger it now by hand" in late
+    assert late_start(scheduled=False, due=due, now=due + timedelta(days=30)) is None
+    assert late_start(scheduled=True, due=None, now=due) is None
