@@ -25,3 +25,28 @@ def _no_socket_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
     finally:
         enable_socket()
+
+
+@pytest.fixture
+def moto_locations() -> Iterator[dict]:
+    """The shipped policy's storage locations on moto's in-process S3 (the same request handling as its server,
+    without a socket): each bucket made in its region, under a prefix of the test's own."""
+    import boto3
+    from moto import mock_aws
+
+    from continuity.policy.loading import load_policy
+    from continuity.storage.locations import locations_from_policy
+
+    with mock_aws():
+        policy = load_policy()
+        clients = {}
+        for location in policy.storage.locations:
+            client = clients.setdefault(location.region, boto3.client(
+                "s3", region_name=location.region, aws_access_key_id="unit", aws_secret_access_key="unit"))
+            config = {} if location.region == "us-east-1" else {
+                "CreateBucketConfiguration": {"LocationConstraint": location.region}}
+            client.create_bucket(Bucket=location.bucket, **config)
+        built = locations_from_policy(policy, lambda location: clients[location.region])
+        for location in built.values():
+            location.prefix = "engine-tests/"
+        yield built

@@ -1,39 +1,40 @@
-"""The backup engine against the sandbox's S3 endpoint (moto over HTTP) and real files."""
+"""The backup engine against S3 (moto in-process: the same request handling as the S3 endpoint of the higher
+tiers, without a socket) and real files: round trips through every location, tampering and corruption caught,
+a location failing mid-upload leaving nothing, key rotation, KMS, manifests bound to their names, the catalog,
+copies, server-side encryption and the WAL index. The faults that need a real endpoint (one killed, a network
+cut) are in tests/component/test_backup_engine_faults.py."""
 
 from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import boto3
 import pytest
 
-from continuity.storage.archive import IntegrityError
 from continuity.backup.engine import create_backup, load_manifest, restore_copy, rewrap, verify_copy
+from continuity.storage.archive import IntegrityError
 from continuity.storage.catalog import Catalog
 from continuity.storage.keys import Keyring, MissingKeyError
-from continuity.postgres.cluster import free_port, stop_pid, wait_for_port
+from continuity.storage.locations import FileLocation, S3Location, StorageError
 from continuity.storage.manifest import manifest_key_name
-from continuity.storage.locations import FileLocation, S3Location, StorageError, locations_from_policy
 from continuity.storage.walindex import refresh_index
 
 
-@pytest.fixture(scope="module")
-def locations(sandbox):
-    """The sandbox's buckets under a prefix of these tests' own (their keyrings are throwaway)."""
-    built = locations_from_policy(sandbox.policy, lambda loc: sandbox.s3_client(loc.region))
-    for location in built.values():
-        location.prefix = "engine-tests/"
-    return built
+@pytest.fixture
+def locations(moto_locations):
+    return moto_locations
 
 
 @pytest.fixture
 def keyring() -> Keyring:
     return Keyring(keys={"kek-1": os.urandom(32)}, active="kek-1")
+
+
+def _kms():
+    return boto3.client("kms", region_name="us-east-1", aws_access_key_id="unit", aws_secret_access_key="unit")
 
 
 def _objects(location: S3Location, backup_id: str) -> list[str]:
@@ -43,6 +44,7 @@ def _objects(location: S3Location, backup_id: str) -> list[str]:
 def _pending_uploads(location: S3Location) -> list[str]:
     response = location.client.list_multipart_uploads(Bucket=location.bucket)
     return [u["Key"] for u in response.get("Uploads", [])]
+
 
 
 def test_round_trip_through_every_location(locations, keyring) -> None:
@@ -102,10 +104,10 @@ def test_corrupt_copy_is_caught_and_another_location_restores(locations, keyring
     assert out.getvalue() == data
 
 
-def test_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring, sandbox) -> None:
+def test_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring) -> None:
     """A required bucket disappears while the backup streams: the backup fails naming it, nothing remains."""
     primary = locations["primary"]
-    client = sandbox.s3_client("us-west-2")
+    client = locations["dr"].client
     client.create_bucket(Bucket="continuity-vanishing", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
     vanishing = S3Location(name="dr", region="us-west-2", client=client, bucket="continuity-vanishing")
     backup_id = "adhoc-failing-mid-upload"
@@ -137,42 +139,6 @@ def test_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring,
     assert _pending_uploads(primary) == []
 
 
-def test_s3_endpoint_stopped_mid_upload(tmp_path: Path, keyring) -> None:
-    """A second, private S3 endpoint is killed mid-backup; the file location keeps nothing."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_port(port, what="private moto server")
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id="k", aws_secret_access_key="s")
-        client.create_bucket(Bucket="doomed")
-        s3 = S3Location(name="doomed", region="us-east-1", client=client, bucket="doomed")
-        files = FileLocation(name="local", region="us-east-1", path=tmp_path / "local")
-
-        class SourceThatKillsTheEndpoint(io.RawIOBase):
-            sent = 0
-
-            def readable(self) -> bool:
-                return True
-
-            def readinto(self, buffer) -> int:
-                if self.sent >= 30 * 2**20:
-                    return 0
-                if self.sent == 10 * 2**20:
-                    stop_pid(server.pid, name="private moto server")
-                buffer[:] = os.urandom(len(buffer))
-                self.sent += len(buffer)
-                return len(buffer)
-
-        with pytest.raises(StorageError, match=r"location doomed \(s3://doomed/data/adhoc/adhoc-endpoint-down.cta\)"):
-            create_backup(io.BufferedReader(SourceThatKillsTheEndpoint(), 2**20), kind="adhoc", keyring=keyring,
-                          locations=[files, s3], backup_id="adhoc-endpoint-down")
-        assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []
-    finally:
-        stop_pid(server.pid, name="private moto server")
-
-
 def test_optional_location_failing_is_left_out_not_fatal(locations, keyring, tmp_path: Path) -> None:
     broken = FileLocation(name="archive", region="eu-west-1", path=Path("/proc/continuity-cannot-write-here"))
     manifest = create_backup(io.BytesIO(b"data" * 1000), kind="adhoc", keyring=keyring,
@@ -202,9 +168,8 @@ def test_key_rotation_then_retire_restores_with_the_new_kek_alone(locations, key
         restore_copy(manifests[0], locations["dr"], new_only, io.BytesIO())
 
 
-def test_kms_wraps_data_keys_on_the_local_endpoint(locations, sandbox) -> None:
-    kms = boto3.client("kms", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
-                       aws_access_key_id="continuity-sandbox", aws_secret_access_key="x")
+def test_kms_wraps_data_keys_on_the_local_endpoint(locations) -> None:
+    kms = _kms()
     key_id = kms.create_key(Description="continuity test KEK")["KeyMetadata"]["KeyId"]
     keyring = Keyring(keys={}, active=f"kms:{key_id}", kms_client=kms)
     data = os.urandom(100_000)
@@ -215,11 +180,10 @@ def test_kms_wraps_data_keys_on_the_local_endpoint(locations, sandbox) -> None:
     assert out.getvalue() == data
 
 
-def test_kms_unwraps_only_under_the_key_the_keyring_trusts(locations, sandbox) -> None:
+def test_kms_unwraps_only_under_the_key_the_keyring_trusts(locations) -> None:
     from continuity.storage.keys import WrappedKey, WrongKeyError
 
-    kms = boto3.client("kms", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
-                       aws_access_key_id="continuity-sandbox", aws_secret_access_key="x")
+    kms = _kms()
     ours = kms.create_key(Description="continuity KEK")["KeyMetadata"]["KeyId"]
     other = kms.create_key(Description="another key the same role may use")["KeyMetadata"]["KeyId"]
     keyring = Keyring(keys={}, active=f"kms:{ours}", kms_client=kms)
@@ -318,46 +282,13 @@ def test_copy_between_locations_server_side_and_streamed(locations, keyring, tmp
         assert verify_copy(manifest, copy, keyring, deep=True).ok
 
 
-def test_server_side_encryption_on_top(locations, keyring, sandbox) -> None:
+def test_server_side_encryption_on_top(locations, keyring) -> None:
     dr = locations["dr"]
     sse = S3Location(name="dr", region=dr.region, client=dr.client, bucket=dr.bucket, prefix="sse/",
                      server_side_encryption="AES256")
     manifest = create_backup(io.BytesIO(os.urandom(10 * 2**20)), kind="adhoc", keyring=keyring, locations=[sse])
     head = dr.client.head_object(Bucket=dr.bucket, Key="sse/" + manifest.data_key_name)
     assert head["ServerSideEncryption"] == "AES256"
-
-
-def test_a_network_cut_mid_restore_falls_back_and_leaves_no_plaintext(locations, keyring, sandbox, tmp_path) -> None:
-    from urllib.parse import urlparse
-
-    from botocore.config import Config
-
-    from continuity.backup.engine import restore_to_path
-    from continuity_lab.processes import S3_ACCESS_KEY
-
-    from tests.support.netfault import CuttingProxy
-
-    data = os.urandom(3 * 2**20)
-    manifest = create_backup(io.BytesIO(data), kind="adhoc", keyring=keyring, locations=list(locations.values()))
-    proxy = CuttingProxy(upstream_port=urlparse(sandbox.s3_endpoint).port, limit=200_000)
-    try:
-        primary = locations["primary"]
-        cut_client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
-                                  aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=sandbox.password("s3_secret_key"),
-                                  config=Config(retries={"max_attempts": 1}))
-        flaky = S3Location(name="primary", region="us-east-1", client=cut_client, bucket=primary.bucket,
-                           prefix=primary.prefix)
-        target = tmp_path / "restored.bin"
-        with pytest.raises(IntegrityError, match="no location holds a good copy: primary: location primary"):
-            restore_to_path(manifest, [flaky], keyring, target, report=print)
-        assert proxy.cuts >= 1
-        assert sorted(p.name for p in tmp_path.iterdir()) == [], "no partial plaintext left behind"
-        used, size = restore_to_path(manifest, [flaky, locations["dr"]], keyring, target, report=print)
-        assert (used, size) == ("dr", len(data))
-        assert target.read_bytes() == data
-        assert target.stat().st_mode & 0o777 == 0o600, "plaintext is private to its owner"
-    finally:
-        proxy.close()
 
 
 def test_the_wal_index_on_s3_reads_packs_then_lists_after_them(locations, keyring) -> None:
