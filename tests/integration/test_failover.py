@@ -83,10 +83,11 @@ def _preflight_failure(run) -> str:
 
 
 # -- preflight ---------------------------------------------------------------------------------
+# The other refusals (the primary as target, a blank reason, no node control) are decided before anything is
+# touched and tested on fakes: tests/unit/core/test_failover_params.py, test_failover_decisions.py,
+# tests/unit/airflow_layer/test_failover_operators.py. This one shows the DAG stops at preflight on the real cluster.
 @pytest.mark.parametrize(("conf", "check"), [
     ({"target": "nosuch"}, "'target is a known node' failed: target 'nosuch' is not a node of the policy"),
-    ({"target": "primary"}, "'target is not the primary' failed: primary is the primary"),
-    ({"target": "dr", "reason": "   "}, "'reason given' failed: a non-empty reason is required"),
 ])
 def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(cluster, conf, check) -> None:
     before = _snapshot(cluster)
@@ -97,20 +98,6 @@ def test_preflight_refuses_bad_requests_naming_the_check_and_changes_nothing(clu
     assert check in _preflight_failure(run)
     assert "Nothing was changed" in _preflight_failure(run)
     assert _snapshot(cluster) == before == {**before, "writable": ["primary"], "paused": False}
-
-
-def test_without_a_configured_node_control_preflight_stops_saying_so(cluster, monkeypatch, tmp_path) -> None:
-    from continuity.policy.project import default_policy_path
-
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(default_policy_path().read_text().replace("  node_control: sandbox\n", ""))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
-    before = _snapshot(cluster)
-    run = _run(target="dr")
-    assert str(run.state) == "failed"
-    assert ("preflight check 'node control configured' failed: no node control is configured: set "
-            "topology.node_control in the policy") in _preflight_failure(run)
-    assert _snapshot(cluster) == before
 
 
 def test_a_lagging_target_is_refused_without_force(cluster) -> None:

@@ -175,3 +175,4 @@ def test_the_primary_regions_own_view_tells_a_partition_from_a_loss(world: dict[
     assert _check(DISASTER, 4) == "triggered"
     [conf] = world["triggered"]
     assert "; viewpoint us-east-1: from us-east-1, 0 s ago: primary primary not reachable" in conf["reason"]
+

@@ -253,3 +253,20 @@ def test_each_data_category_is_measured_by_what_the_policy_says() -> None:
         expected = {"database": 0.5, "config_backup": 60.0, "object_replication": 3.0}.get(how)
         assert (measured[name].seconds if name in measured else None) == expected, name
     assert rpo_measurements(POLICY, database=None) == {}, "nothing measured: every category left to `not measured`"
+
+
+def test_preflight_refuses_the_primary_as_target_naming_the_check() -> None:
+    cluster, control, router = _cluster()
+    with pytest.raises(failover_records.PreflightFailed,
+                       match=r"'target is not the primary' failed: primary is the primary \(writable: True, as the "
+                             r"policy says\); nothing to switch over to"):
+        failover.preflight(cluster, _params(target="primary"), primary="primary")
+    assert control.actions == [] and router.actions == []
+
+
+def test_without_a_node_control_in_the_policy_failover_cannot_start_and_says_what_to_set() -> None:
+    from continuity.failover.nodecontrol import NodeControlError, node_control_for
+
+    without = POLICY.model_copy(update={"topology": POLICY.topology.model_copy(update={"node_control": None})})
+    with pytest.raises(NodeControlError, match="no node control is configured: set topology.node_control in the policy"):
+        node_control_for(without)
