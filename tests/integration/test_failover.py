@@ -20,6 +20,7 @@ from continuity.waiting import poll
 from continuity_lab.controls import failover_cluster
 from continuity_lab.processes import APP_HOST_USER
 
+from tests.support.policies import use_overlay
 from tests.support.airflow_helpers import forget_topology, load_dag, sandbox_environment, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -412,11 +413,8 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
     from airflow.models.variable import Variable
 
     from continuity.health.autofailover import STREAK_VARIABLE
-    from continuity.policy.project import default_policy_path
 
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
+    use_overlay(monkeypatch, tmp_path, {"health_monitor": {"auto_failover": True}})
     Variable.delete(STREAK_VARIABLE)
     _forget_viewpoints(cluster.policy)  # no region has looked yet: the monitor's view alone decides
     monitor = load_dag("dr_health_monitor")
@@ -454,16 +452,9 @@ def test_health_monitor_triggers_one_failover_after_n_disasters_and_none_for_a_b
         cluster.wait_entry_point()
 
 
-def _auto_policy(tmp_path, *replacements: tuple[str, str]):
-    from continuity.policy.project import default_policy_path
-
-    text = default_policy_path().read_text().replace("auto_failover: false", "auto_failover: true") \
-        .replace("consecutive_failures: 3", "consecutive_failures: 1")
-    for old, new in replacements:
-        text = text.replace(old, new)
-    path = tmp_path / "policy.yaml"
-    path.write_text(text)
-    return path
+def _auto_policy(monkeypatch, tmp_path, **more) -> None:
+    """Automatic failover on, decided at the first disaster; `more` laid over the policy as well."""
+    use_overlay(monkeypatch, tmp_path, {"health_monitor": {"auto_failover": True, "consecutive_failures": 1}, **more})
 
 
 def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(cluster, monkeypatch, tmp_path, capfd) -> None:
@@ -472,7 +463,7 @@ def test_no_automatic_failover_when_a_standby_still_hears_from_the_primary(clust
     from continuity.postgres.cluster import free_port
     from continuity.health.autofailover import STREAK_VARIABLE
 
-    monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
+    _auto_policy(monkeypatch, tmp_path)
     # The monitor's own path to the primary is broken (its connection leads nowhere); the primary is fine.
     conn = json.loads(os.environ["AIRFLOW_CONN_CONTINUITY_PG_PRIMARY"])
     monkeypatch.setenv("AIRFLOW_CONN_CONTINUITY_PG_PRIMARY", json.dumps({**conn, "port": free_port()}))
@@ -506,7 +497,7 @@ def test_no_automatic_failover_when_the_primary_region_still_sees_it_writable(cl
     from continuity.health.autofailover import STREAK_VARIABLE
     from continuity.health.viewpoints import viewpoint_variable
 
-    monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(tmp_path)))
+    _auto_policy(monkeypatch, tmp_path)
     Variable.delete(STREAK_VARIABLE)
     try:
         # Each region looks at the primary from where it is (here both from this machine): writable.
@@ -536,8 +527,7 @@ def test_a_disaster_without_the_primary_failing_alerts_and_never_promotes(cluste
     from continuity.health.autofailover import STREAK_VARIABLE
 
     # dr down (network, weight 2) and a bucket gone (storage, weight 1): score 3, the primary healthy.
-    monkeypatch.setenv("CONTINUITY_POLICY", str(_auto_policy(
-        tmp_path, ("bucket: continuity-backups-us-west-2", "bucket: continuity-backups-gone"))))
+    _auto_policy(monkeypatch, tmp_path, storage={"locations": [{"name": "dr", "bucket": "continuity-backups-gone"}]})
     Variable.delete(STREAK_VARIABLE)
     triggered_before = len(_automatic_failover_runs())
     dr = cluster.cluster("dr")

@@ -167,12 +167,10 @@ def test_primary_killed_mid_dump_fails_cleanly_and_the_retry_succeeds(sandbox) -
 
 def test_an_unreachable_optional_location_is_left_out_not_fatal(sandbox, monkeypatch, tmp_path) -> None:
     """The eu-west-1 archive bucket gone: full, config and WAL backups still succeed everywhere else."""
-    from continuity.policy.project import default_policy_path
+    from tests.support.policies import use_overlay
 
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(default_policy_path().read_text().replace("bucket: continuity-archive-eu-west-1",
-                                                              "bucket: continuity-archive-gone"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    use_overlay(monkeypatch, tmp_path,
+                {"storage": {"locations": [{"name": "archive", "bucket": "continuity-archive-gone"}]}})
     with psycopg.connect(sandbox.app_conninfo()) as conn:
         conn.execute("UPDATE videos SET status = 'processed' WHERE id % 5 = 0")
     runs = {dag_id: load_dag(dag_id).test(logical_date=datetime(2026, 11, 21, 2, 0, tzinfo=timezone.utc))

@@ -42,12 +42,9 @@ def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
 
 def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A required bucket that is gone is a storage failure (weight 1), named with its location."""
-    from continuity.policy.project import default_policy_path
+    from tests.support.policies import use_overlay
 
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(default_policy_path().read_text().replace("bucket: continuity-backups-us-west-2",
-                                                              "bucket: continuity-backups-gone"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    use_overlay(monkeypatch, tmp_path, {"storage": {"locations": [{"name": "dr", "bucket": "continuity-backups-gone"}]}})
     run = load_dag("dr_health_monitor").test()
     assessment = xcom(run, "assess_health", "assessment")
     assert str(run.state) == "failed"

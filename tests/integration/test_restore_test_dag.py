@@ -13,6 +13,7 @@ from continuity.restore.engine import scratch_prefix
 from continuity.storage.locations import locations_from_policy
 from continuity.storage.locations import key_safe
 
+from tests.support.policies import every_location, use_overlay
 from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -39,15 +40,9 @@ def _report(sandbox, run) -> dict:
 
 def test_restore_test_reports_measured_numbers_and_verdicts(sandbox, recent_logical_backup, monkeypatch,
                                                           tmp_path) -> None:
-    from continuity.policy.project import default_policy_path
-
     # Every location's turn and a full restore due in this run, whatever earlier tests proved already.
-    policy_file = tmp_path / "policy.yaml"
-    text = default_policy_path().read_text()
-    assert "    locations: {dr: 7d, primary: 31d, archive: 31d}\n" in text
-    policy_file.write_text(text.replace("    locations: {dr: 7d, primary: 31d, archive: 31d}\n",
-                                        "    locations: {dr: 7d, primary: 1s, archive: 1s}\n    full_restore_every: 1s\n"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
+    use_overlay(monkeypatch, tmp_path, {"validation": {"restore_test": {
+        "locations": {"dr": "7d", "primary": "1s", "archive": "1s"}, "full_restore_every": "1s"}}})
     assert str(load_dag("dr_object_replication").test().state) == "success"
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "success", task_states(run)
@@ -135,14 +130,9 @@ def test_a_restore_failing_validation_fails_the_run_naming_the_expectation(sandb
     from continuity.backup.engine import backup_from_command
     from continuity.backup.full import _FOREIGN_KEY_COLUMNS
     from continuity.postgres.cluster import find_tool
-    from continuity.policy.project import default_policy_path
-    from continuity.policy.loading import load_policy
 
     prefix = f"rt-fail-{uuid.uuid4().hex[:8]}/"
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
-    policy = load_policy(policy_file)
+    policy = use_overlay(monkeypatch, tmp_path, every_location(prefix=prefix))
     locations = locations_from_policy(policy, lambda loc: sandbox.s3_client(loc.region))
     app = sandbox.node("primary", user="app", dbname="app")
     counts = {r["t"]: r["n"] for r in app.query(
@@ -180,14 +170,10 @@ def test_a_restore_test_fails_when_the_restored_database_cannot_serve_a_login(sa
 
     import psycopg
 
-    from continuity.policy.loading import load_policy
-    from continuity.policy.project import default_policy_path
 
     prefix = f"rt-login-{uuid.uuid4().hex[:8]}/"
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
-    locations = locations_from_policy(load_policy(policy_file), lambda loc: sandbox.s3_client(loc.region))
+    policy = use_overlay(monkeypatch, tmp_path, every_location(prefix=prefix))
+    locations = locations_from_policy(policy, lambda loc: sandbox.s3_client(loc.region))
     with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=False)) as conn:
         saved = conn.execute("DELETE FROM user_credentials WHERE user_id = (SELECT id FROM users WHERE email = %s) "
                              "RETURNING user_id, password_hash, updated_at", (sandbox.PROBE_EMAIL,)).fetchone()
@@ -210,14 +196,10 @@ def test_a_restore_test_fails_when_the_restored_database_cannot_serve_a_login(sa
 def test_a_restore_that_cannot_run_still_writes_a_failure_report(sandbox, monkeypatch, tmp_path) -> None:
     import uuid
 
-    from continuity.policy.project import default_policy_path
-    from continuity.policy.loading import load_policy
 
     prefix = f"rt-empty-{uuid.uuid4().hex[:8]}/"  # a catalog with no backup at all
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(default_policy_path().read_text().replace("prefix: continuity/", f"prefix: {prefix}"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy_file))
-    locations = locations_from_policy(load_policy(policy_file), lambda loc: sandbox.s3_client(loc.region))
+    policy = use_overlay(monkeypatch, tmp_path, every_location(prefix=prefix))
+    locations = locations_from_policy(policy, lambda loc: sandbox.s3_client(loc.region))
     run = load_dag("dr_restore_test").test()
     assert str(run.state) == "failed"
     name = key_safe(run.run_id)

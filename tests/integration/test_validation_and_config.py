@@ -22,6 +22,7 @@ from continuity.policy.project import default_policy_path
 
 from continuity.backup.wal import classify
 
+from tests.support.policies import use_overlay
 from tests.support.airflow_helpers import load_dag, task_states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -117,10 +118,7 @@ def test_full_backups_older_than_their_schedule_fail_validation_naming_the_kind(
     # Full backups every minute with a 1 s grace: the newest is late once it is 61 s old.
     age = (datetime.now(timezone.utc) - newest.finished_at).total_seconds()
     time.sleep(max(0.0, 62 - age))
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(default_policy_path().read_text().replace('schedule: "0 2 * * *"', 'schedule: "* * * * *"')
-                      .replace("freshness_grace: 2h", "freshness_grace: 1s"))
-    monkeypatch.setenv("CONTINUITY_POLICY", str(policy))
+    use_overlay(monkeypatch, tmp_path, {"backups": {"full": {"schedule": "* * * * *"}, "freshness_grace": "1s"}})
     run = load_dag("dr_backup_validation").test()
     assert task_states(run)["stale_backup_alarm"] == "failed"
     out = capfd.readouterr().out
