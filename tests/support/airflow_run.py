@@ -172,7 +172,11 @@ def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, t
     # As from a user's shell: none of the test session's Airflow settings (run sets its own).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env |= {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # No test edits a DAG file while its stack runs: parse dags/ once at start, not every 30 s (a
+            # re-parse of every file is a process per file, most of a core on this machine, under every test
+            # that runs beside the stack).
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600"}
     if policy_file is not None:
         env["CONTINUITY_POLICY"] = str(policy_file)
     if paused:
