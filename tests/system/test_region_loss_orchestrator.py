@@ -32,7 +32,6 @@ from continuity.waiting import poll
 
 from tests.support import airflow_run
 
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
