@@ -67,6 +67,9 @@ def test_metadata_database_is_made_once_private_and_stopped_by_down(plane: Contr
     plane.down()
     old_port = plane.metadata_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        # SO_REUSEADDR: the test's own closed connections may leave the port in TIME_WAIT, which refuses a plain
+        # bind (seen in CI); listening on it still takes it from PostgreSQL.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", old_port))
         squatter.listen()
         url = plane.up_metadata()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
