@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import socket
 import subprocess
 from datetime import timedelta
@@ -21,14 +23,16 @@ class ImportTimeIO(AssertionError):
     pass
 
 
-@pytest.fixture
-def no_io(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Network connections and subprocesses raise while the DAG file runs (it must only declare).
-
-    Libraries are imported once beforehand: what they do on first import is not the DAG's doing.
-    """
+@pytest.fixture(scope="session")
+def libraries_imported() -> None:
+    """Every DAG file loaded once (what libraries do on first import is not a DAG's doing)."""
     for path in DAG_FILES:
-        _load(path)
+        _bag(path)
+
+
+@pytest.fixture
+def no_io(libraries_imported: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network connections and subprocesses raise while the DAG file runs (it must only declare)."""
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise ImportTimeIO(f"I/O at DAG import time: {args[1:] or kwargs}")
@@ -44,7 +48,15 @@ def no_io(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _load(path: Path) -> DagBag:
+    """A fresh parse of `path`, for a test that changed what the DAG file reads (the policy, its environment)."""
     return DagBag(dag_folder=str(path))
+
+
+@functools.cache
+def _bag(path: Path) -> DagBag:
+    """`path` parsed once per session with the project's own policy: the tests that only read the DAG share it
+    (each parse is most of a second; parsing every file for each of ~15 tests took 100 s)."""
+    return _load(path)
 
 
 def test_there_are_dags() -> None:
@@ -60,7 +72,7 @@ def test_dag_file_imports_cleanly(path: Path, no_io: None) -> None:
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_dag_conventions(path: Path) -> None:
-    for dag_id, dag in _load(path).dags.items():
+    for dag_id, dag in _bag(path).dags.items():
         assert dag_id.startswith("dr_"), f"{dag_id}: ids are prefixed dr_"
         assert path.stem == dag_id, f"{path.name}: one DAG per file, named like the file"
         assert dag.tags and "continuity" in dag.tags, f"{dag_id}: needs the 'continuity' tag"
@@ -75,7 +87,7 @@ def test_dag_conventions(path: Path) -> None:
             assert task.retries == dag.default_args["retries"], \
                 f"{dag_id}.{task.task_id}: retries {task.retries}, the DAG decided {dag.default_args['retries']}"
     if path.stem == "dr_failover":
-        assert all(task.retries == 0 for task in _load(path).dags["dr_failover"].tasks), "no failover step retries"
+        assert all(task.retries == 0 for task in _bag(path).dags["dr_failover"].tasks), "no failover step retries"
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -84,7 +96,7 @@ def test_every_recurring_dag_runs_on_the_policys_schedule(path: Path) -> None:
     from continuity.policy.loading import load_policy
 
     policy = load_policy()
-    for dag_id, dag in _load(path).dags.items():
+    for dag_id, dag in _bag(path).dags.items():
         timetable = getattr(dag.timetable, "timetable", dag.timetable)  # an asset-or-time schedule's time part
         expression = getattr(timetable, "expression", None) or getattr(timetable, "_expression", None)
         if dag_id in ("dr_failover", "dr_incident"):
@@ -96,7 +108,7 @@ def test_every_recurring_dag_runs_on_the_policys_schedule(path: Path) -> None:
 def test_the_monthly_drill_switches_over_when_the_policy_says_so() -> None:
     from continuity.policy.loading import load_policy
 
-    dag = _load(DAGS_DIR / "dr_drill.py").dags["dr_drill"]
+    dag = _bag(DAGS_DIR / "dr_drill.py").dags["dr_drill"]
     assert dag.params["include_switchover"] is load_policy().validation.drill.include_switchover is True
 
 
@@ -119,7 +131,7 @@ def test_object_replication_schedule_and_tasks_are_the_policys() -> None:
     from continuity.policy.loading import load_policy
 
     objects = load_policy().objects
-    dag = _load(DAGS_DIR / "dr_object_replication.py").dags["dr_object_replication"]
+    dag = _bag(DAGS_DIR / "dr_object_replication.py").dags["dr_object_replication"]
     assert dag.timetable.expression == objects.schedule
     assert sorted(t.task_id for t in dag.tasks) == sorted(f"replicate_{c}" for c in objects.categories)
 
@@ -130,7 +142,7 @@ def test_every_task_that_ships_the_wal_spool_takes_its_pool(path: Path) -> None:
     from continuity.operators.wal import ShipWalOperator
 
     assert POOLS[WAL_SPOOL_POOL][0] == 1
-    for dag in _load(path).dags.values():
+    for dag in _bag(path).dags.values():
         for task in dag.tasks:
             if isinstance(task, ShipWalOperator):
                 assert task.pool == WAL_SPOOL_POOL, f"{dag.dag_id}.{task.task_id} ships the spool outside its pool"
