@@ -153,6 +153,24 @@ def listening_sampleapps(port: int) -> list[int]:
     return sorted(pid for pid in pids if "continuity_lab.sampleapp" in " ".join(psutil.Process(pid).cmdline()))
 
 
+def sampleapps_using(endpoints: set[str]) -> list[int]:
+    """Sample application processes configured with one of `endpoints` as their S3 endpoint (a region gateway of
+    one sandbox), whoever started them: the recorded instances, and those no state file knows (a verification
+    instance whose task was killed, an instance started over SSH by another process)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "continuity_lab.sampleapp" not in " ".join(process.info["cmdline"] or []):
+                continue
+            if process.environ().get("CONTINUITY_APP_S3_ENDPOINT") in endpoints:
+                found.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return sorted(found)
+
+
 ROLES = ("replicator", "continuity_backup", "continuity_admin", "app")
 S3_ACCESS_KEY = "continuity-sandbox"
 

@@ -48,7 +48,7 @@ from continuity_lab.parts.ssh import SshPart
 from continuity_lab.parts.storage import StoragePart
 from continuity_lab.processes import (APP_DATABASE, APP_HOST_USER, PG_HBA, ROLES, S3_ACCESS_KEY, SHARED_SETTINGS,
                                       SSH_CONN_ID, SandboxError, app_ssh_conn_id, archive_script_source,
-                                      find_redis_server, is_our_process, read_pid)
+                                      find_redis_server, is_our_process, read_pid, sampleapps_using)
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,14 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
             for region in list(state.get("application", {})):
                 if self.stop_application(region, state=state["application"][region]["state"]):
                     stopped.append(f"application {region}")
+            # Then any instance of this sandbox's application no state records (a verification instance whose
+            # task was killed, one started over SSH by another process): found by the gateways it uses.
+            gateways = {self.region_s3_endpoint(region) for region in state.get("application", {})}
+            strays = sampleapps_using(gateways) if gateways else []
+            for pid in strays:
+                stop_pid(pid, name="an application instance no state records", sig=signal.SIGTERM)
+            if strays:
+                stopped.append(f"{len(strays)} unrecorded application instance(s)")
             if self.stop_wal_pusher():
                 stopped.append("wal pusher")
             receivers_pid = state.get("receivers", {}).get("pid")

@@ -47,11 +47,19 @@ def test_down_leaves_nothing_behind_and_up_restarts_with_the_data() -> None:
         assert all(pid_alive(pid) for pid in pids)
         with psycopg.connect(sandbox.app_conninfo()) as conn:
             users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+        # An instance of the application no state file records (as a killed restore test's verification
+        # instance would be): `down` finds it by the gateway it uses.
+        region = next(iter(sandbox.policy.application.regions))
+        stray = subprocess.Popen([sys.executable, "-m", "continuity_lab.sampleapp", "serve", "--port", "0"],
+                                 env=sandbox._application_environment(region, "stray"), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        pids.append(stray.pid)
 
         down = _cli("down", "--root", str(root))
         assert down.returncode == 0, down.stderr
         assert "postgres primary" in down.stdout and "pgbouncer" in down.stdout and "s3 endpoint" in down.stdout
-        assert "wal pusher" in down.stdout
+        assert "wal pusher" in down.stdout and "1 unrecorded application instance(s)" in down.stdout
+        stray.wait(timeout=10)
         assert not [pid for pid in pids if pid_alive(pid)]
         assert _processes_mentioning(str(root)) == []
 
