@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 
@@ -15,6 +16,19 @@ class ProcessRefused(RuntimeError):
 
 def _refuse(*args: object, **kwargs: object) -> None:
     raise ProcessRefused(f"the unit tier starts no process (asked: {args[0] if args else kwargs.get('args')!r})")
+
+
+# What a sandbox fixture of a costlier tier leaves in this worker's environment for the rest of the session
+# (pytest-xdist runs the tiers' modules one after another in one process): a unit test never sees a sandbox.
+SANDBOX_VARIABLES = ("CONTINUITY_SANDBOX", "CONTINUITY_WAL_SPOOL", "CONTINUITY_S3_ENDPOINT_", "CONTINUITY_KEYRING",
+                     "AIRFLOW_CONN_")
+
+
+@pytest.fixture(autouse=True)
+def _no_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(SANDBOX_VARIABLES):
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture(autouse=True)
