@@ -6,16 +6,24 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 
-from continuity.postgres.cluster import free_port, port_is_free, scrubbed_environment, stop_pid, wait_for_port
+from continuity.postgres.cluster import free_port, port_is_free, scrubbed_environment, stop_pid
 from continuity.policy.project import INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, policy_path
-from continuity_lab.processes import WAL_PUSHER_NEEDLE, is_our_process
+from continuity.waiting import poll
+from continuity_lab.processes import WAL_PUSHER_NEEDLE, SandboxError, is_our_process
 
 log = logging.getLogger(__name__)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class ServicesPart:
@@ -33,12 +41,37 @@ class ServicesPart:
             self.state["secrets"].setdefault(service, secrets.token_urlsafe(24))
         if is_our_process(receivers.get("pid"), "continuity_lab.receivers"):
             return
-        for key in ("smtp_port", "http_port", "https_port"):
-            if not port_is_free(receivers[key]):
-                receivers[key] = free_port()
+        # A port free when chosen can be bound by another process before the receivers bind it (seen at a fresh
+        # `continuity run` right after a test run): the receivers then exit at once, and are started again on
+        # fresh ports, up to three times, instead of being waited for.
+        for attempt in range(1, 4):
+            for key in ("smtp_port", "http_port", "https_port"):
+                if attempt > 1 or not port_is_free(receivers[key]):
+                    receivers[key] = free_port()
+            process = self._spawn_receivers(receivers)
+            receivers["pid"] = process.pid
+            self._save_state()
+            ports = {"the SMTP receiver": receivers["smtp_port"], "the webhook receiver": receivers["http_port"],
+                     "the webhook receiver's HTTPS port": receivers["https_port"]}
+            if poll(lambda: process.poll() is not None or all(_listening(p) for p in ports.values()),
+                    timeout=30, interval=0.1) and process.poll() is None:
+                started.append("receivers")
+                return
+            if process.poll() is None:
+                stop_pid(process.pid, name="receivers", sig=signal.SIGTERM)
+                raise SandboxError(f"the receivers did not listen on {ports} within 30 s "
+                                   f"(log: {self.logs_dir / 'receivers.log'})")
+            tail = (self.logs_dir / "receivers.log").read_text(errors="replace").strip().splitlines()[-1:]
+            if not tail or "address already in use" not in tail[0].lower():
+                raise SandboxError(f"the receivers exited at start: {tail[0] if tail else 'no output'} "
+                                   f"(log: {self.logs_dir / 'receivers.log'})")
+            log.info("a receiver's port was taken before it bound it (attempt %d): choosing new ports", attempt)
+        raise SandboxError(f"the receivers found a port taken three times (log: {self.logs_dir / 'receivers.log'})")
+
+    def _spawn_receivers(self, receivers: dict) -> subprocess.Popen:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(self.logs_dir / "receivers.log", "ab") as log_handle:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "continuity_lab.receivers", "--root", str(self.receivers_dir),
                  "--smtp-port", str(receivers["smtp_port"]), "--http-port", str(receivers["http_port"]),
                  "--https-port", str(receivers["https_port"]), "--tls-dir", str(self.receivers_dir / "tls"),
@@ -47,12 +80,7 @@ class ServicesPart:
                 cwd=self.root,  # the password goes by environment, never on the command line
                 env=scrubbed_environment({"CONTINUITY_SMTP_PASSWORD": self.password("smtp"),
                                           **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}))
-        receivers["pid"] = process.pid
-        started.append("receivers")
-        self._save_state()
-        wait_for_port(receivers["smtp_port"], what="the SMTP receiver")
-        wait_for_port(receivers["http_port"], what="the webhook receiver")
-        wait_for_port(receivers["https_port"], what="the webhook receiver's HTTPS port")
+
 
     def start_wal_pusher(self, started: list[str] | None = None) -> bool:
         """`continuity wal pusher` on the spool: every segment archive_command queues reaches every storage
