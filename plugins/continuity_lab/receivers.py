@@ -143,6 +143,9 @@ def tls_certificate(directory: Path) -> tuple[Path, Path]:
     return certificate, key_file
 
 
+READY_FILE = "ready.pid"
+
+
 def serve(root: Path, *, smtp_port: int, http_port: int, smtp_login: str | None = None,
           smtp_password: str | None = None, https_port: int | None = None,
           tls: tuple[Path, Path] | None = None) -> None:
@@ -167,6 +170,11 @@ def serve(root: Path, *, smtp_port: int, http_port: int, smtp_login: str | None 
         https.socket = context.wrap_socket(https.socket, server_side=True)
         threading.Thread(target=https.serve_forever, daemon=True).start()
         servers.append(https)
+    # Every port is bound now: say so in a file naming this process, because "something listens on the port" cannot
+    # tell the receivers from another process that took one of their ports first.
+    ready = root / READY_FILE
+    ready.with_suffix(".tmp").write_text(str(os.getpid()))
+    ready.with_suffix(".tmp").replace(ready)  # renamed, so a reader never sees it half-written
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

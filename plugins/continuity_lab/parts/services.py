@@ -6,24 +6,24 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
 from continuity.postgres.cluster import free_port, port_is_free, scrubbed_environment, stop_pid
 from continuity.policy.project import INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, policy_path
 from continuity.waiting import poll
+from continuity_lab import receivers as receivers_module
 from continuity_lab.processes import WAL_PUSHER_NEEDLE, SandboxError, is_our_process
 
 log = logging.getLogger(__name__)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _names(ready: Path, pid: int) -> bool:
+    try:
+        return ready.read_text().strip() == str(pid)
+    except FileNotFoundError:
+        return False
 
 
 class ServicesPart:
@@ -48,12 +48,16 @@ class ServicesPart:
             for key in ("smtp_port", "http_port", "https_port"):
                 if attempt > 1 or not port_is_free(receivers[key]):
                     receivers[key] = free_port()
+            ready = self.receivers_dir / receivers_module.READY_FILE
+            ready.unlink(missing_ok=True)
             process = self._spawn_receivers(receivers)
             receivers["pid"] = process.pid
             self._save_state()
             ports = {"the SMTP receiver": receivers["smtp_port"], "the webhook receiver": receivers["http_port"],
                      "the webhook receiver's HTTPS port": receivers["https_port"]}
-            if poll(lambda: process.poll() is not None or all(_listening(p) for p in ports.values()),
+            # Ready is the receivers' own word (a file naming their pid once every port is bound): a port that
+            # answers may be another process's, which is how a taken port looked like a started receiver.
+            if poll(lambda: process.poll() is not None or _names(ready, process.pid),
                     timeout=30, interval=0.1) and process.poll() is None:
                 started.append("receivers")
                 return
