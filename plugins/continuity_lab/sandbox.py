@@ -32,6 +32,7 @@ from continuity.postgres.cluster import (
     find_pgbouncer,
     free_port,
     pid_alive,
+    port_is_free,
     stop_pid,
     write_private,
 )
@@ -205,9 +206,8 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
         with open(primary.data_dir / "postgresql.conf", "a") as handle:
             handle.write("\ninclude_if_exists = 'continuity.conf'\ninclude_if_exists = 'node.conf'\n")
         self.user.write_file(primary.data_dir / "pg_hba.conf", PG_HBA)
-        self._write_node_conf(primary_name, synchronous_names="")
-        primary.start()
-        started.append(f"postgres {primary_name}")
+        self._start_new_node(primary_name, started, synchronous_names="")
+        primary = self.cluster(primary_name)
         self._create_roles(primary)
 
         for standby in self.policy.topology.standbys:
@@ -215,10 +215,8 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
             log.info("cloning standby %s (%s) from %s with pg_basebackup", standby.name, standby.region, primary_name)
             cluster.base_backup_from(source_port=primary.port, user="replicator",
                                      password=self.password("replicator"), slot=standby.name)
-            self._write_node_conf(standby.name, upstream=primary_name)
             self.user.write_file(cluster.data_dir / "standby.signal", "")
-            cluster.start()
-            started.append(f"postgres {standby.name}")
+            self._start_new_node(standby.name, started, upstream=primary_name)
 
         sync_names = ",".join(n.name for n in self.policy.topology.standbys if n.synchronous)
         self._write_node_conf(primary_name, synchronous_names=sync_names)
@@ -228,6 +226,37 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
         with psycopg.connect(self.app_conninfo(through_pgbouncer=False)) as conn:
             counts = sampledata.generate(conn, scale=scale)
         log.info("sample application database %r generated at scale %s: %s", APP_DATABASE, scale, counts)
+
+    def _start_new_node(self, name: str, started: list[str], *, synchronous_names: str = "",
+                        upstream: str | None = None) -> None:
+        """Write node `name`'s settings and start it. While the sandbox is being built nothing but its own
+        settings knows a node's port, so a port another process bound since it was chosen (seen on a busy
+        machine: the run beside us, or an outgoing connection) moves the node to a fresh one instead of failing
+        `up`; up to three times."""
+        for attempt in range(1, 4):
+            cluster = self.cluster(name)
+            if not port_is_free(cluster.port):
+                self._move_node_port(name, attempt)
+                continue
+            self._write_node_conf(name, synchronous_names=synchronous_names, upstream=upstream)
+            log_size = cluster.log_file.stat().st_size if cluster.log_file.exists() else 0
+            try:
+                cluster.start()
+            except ClusterError:
+                if not _bind_refused(cluster.log_file, since=log_size):
+                    raise
+                self._move_node_port(name, attempt)
+                continue
+            started.append(f"postgres {name}")
+            return
+        raise SandboxError(f"node {name} found its port taken three times (log: {self.cluster(name).log_file}). "
+                           f"HINT: something on this machine is binding many ports; run `up` again.")
+
+    def _move_node_port(self, name: str, attempt: int) -> None:
+        taken = self.state["nodes"][name]["port"]
+        self.state["nodes"][name]["port"] = free_port()
+        log.info("port %s of new node %s is taken by another process (attempt %d): moving it to %s",
+                 taken, name, attempt, self.state["nodes"][name]["port"])
 
     def _ensure_key(self) -> None:
         if self.key_file.exists():
@@ -511,3 +540,13 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
             for role, bucket in [("source", category.source), *(("replica", r) for r in category.replicas)]
         ]
         return result
+
+
+def _bind_refused(log_file: Path, *, since: int) -> bool:
+    """Whether the server's log, from byte `since`, says it could not bind its port."""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(since)
+            return b"Address already in use" in handle.read()
+    except OSError:
+        return False
