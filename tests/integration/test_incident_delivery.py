@@ -181,3 +181,49 @@ def test_the_status_page_plugin_serves_the_page_from_storage(sandbox, hook) -> N
     assert page.status_code == 200 and "Service status" in page.text and "Video Upload" in page.text
     document = client.get("/status.json").json()
     assert {c["name"] for c in document["components"]} == set(hook.policy.business_functions)
+
+
+def test_with_every_bucket_cut_off_a_cause_still_alerts_and_its_record_catches_up(
+        sandbox, hook, airflow_db, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """#30 item 2: both regions' storage gone. The cause waits in the local journal, the inbox trigger hands it
+    over, dr_incident opens the incident and the immediate team is paged and told on Slack; once the buckets
+    answer, the record is written to each of them."""
+    import asyncio
+
+    from continuity.alerts.callbacks import report_cause
+    from continuity.incidents.journal import JOURNAL_ENV_VAR, LocalJournal
+    from continuity.triggers.incident_inbox import IncidentInboxTrigger
+    from tests.support.airflow_helpers import load_dag, task_states, xcom
+
+    monkeypatch.setenv(JOURNAL_ENV_VAR, str(tmp_path / "journal"))
+    regions = sorted({location.region for location in sandbox.policy.storage.locations})
+    cause = f"test:storage-gone-{uuid.uuid4().hex[:8]}"
+    try:
+        for region in regions:
+            assert sandbox.cut_storage(region), f"the gateway of {region} was running"
+        assert report_cause(IncidentRequest(severity="critical", title="Object storage unreachable in every region",
+                                            functions=["video_upload"], cause_key=cause, source="test"))
+        event = asyncio.run(asyncio.wait_for(IncidentInboxTrigger(poll_interval=0.2).run().__anext__(), timeout=120))
+        request = event.payload["request"]
+        assert request["cause_key"] == cause
+        # The people-facing steps (acknowledge, approvals) wait for a person: marked done, not run.
+        run = load_dag("dr_incident").test(run_conf={"action": "open", **request},
+                                           mark_success_pattern=r"acknowledge|escalate_.*|approve_.*|publish_.*")
+        assert task_states(run)["alert_internal"] == "success", task_states(run)
+        ref = xcom(run, "open_incident")
+        incident_id = ref["incident_id"] if isinstance(ref, dict) else json.loads(ref)["incident_id"]
+        slack = [r for r in received(sandbox.receivers_dir, "slack") if incident_id in r["body"]["text"]]
+        pages = [r["body"] for r in received(sandbox.receivers_dir, "pagerduty")
+                 if r["body"].get("dedup_key") == incident_id]
+        assert slack and [p["event_action"] for p in pages] == ["trigger"]
+        journal = LocalJournal(tmp_path / "journal")
+        assert f"incidents/{incident_id}/incident.json" in {e.key for e in journal.entries()}
+    finally:
+        sandbox.restore_storage()
+    store = ContinuityIncidentHook(follow_topology=False).get_store()
+    assert store.catch_up()
+    for location in store.locations:
+        kept = IncidentStore([location]).get(incident_id)
+        assert kept.cause_key == cause and kept.severity == "critical"
+        assert IncidentStore([location]).receipts(incident_id), f"the receipts reached {location.name}"
+    assert not [e for e in journal.entries() if incident_id in e.key]

@@ -77,7 +77,7 @@ def report_cause(request: Any) -> bool:
         hook = ContinuityIncidentHook(follow_topology=False)
         if hook.policy.communication is None:
             return False
-        name = leave_in_inbox(hook.incident_locations(), request)
+        name = leave_in_inbox(hook.incident_locations(), request, journal=hook.get_journal())
         log.info("incident cause %s reported (%s): %s", request.key(), name, request.title)
         return True
     except Exception as exc:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from continuity.hooks.backup import ContinuityBackupHook
+from continuity.incidents.journal import LocalJournal, default_journal_dir
 from continuity.incidents.records import IncidentStore, Sender
 from continuity.objects.store import ObjectStore
 from continuity.storage.locations import StorageLocation
@@ -21,8 +22,12 @@ class ContinuityIncidentHook(ContinuityBackupHook):
         locations = self.get_locations()
         return [locations[name] for name in sorted(self.required_locations())]
 
+    def get_journal(self) -> LocalJournal:
+        """Where a record that misses a location waits for it on this machine (`continuity.incidents.journal`)."""
+        return LocalJournal(default_journal_dir())
+
     def get_store(self) -> IncidentStore:
-        return IncidentStore(self.incident_locations())
+        return IncidentStore(self.incident_locations(), journal=self.get_journal())
 
     def get_banners(self) -> list[ObjectStore]:
         communication = self.policy.communication

@@ -28,11 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from continuity.policy.model import SEVERITY_ORDER, Audience, Policy, Severity, format_duration
+from continuity.incidents.journal import LocalJournal
 from continuity.storage.locations import StorageLocation, key_safe
 
 log = logging.getLogger(__name__)
 
 INCIDENT_PREFIX = "incidents/"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 OPEN_INDEX = f"{INCIDENT_PREFIX}open/"
 # Methods that carry a message to people, and so can stand in for a failed one. PagerDuty pages (one
 # alert per dedup key): a second page is no replacement for a lost Slack message, so it is never a fallback.
@@ -175,19 +181,44 @@ def check_request(policy: Policy, request: IncidentRequest) -> None:
 
 
 class IncidentStore:
-    """The incidents in storage: written to every location given, read from the first that has them."""
+    """The incidents in storage: written to every location that answers, read from the first that has them.
 
-    def __init__(self, locations: Sequence[StorageLocation]) -> None:
+    With a journal (`LocalJournal`), a record that misses a location (that region's storage is gone) waits there
+    and is read from there until `catch_up` writes it where it is missing: an incident opened while every bucket
+    is unreachable still opens, its alert still leaves. Without one, a record no location took is an error."""
+
+    def __init__(self, locations: Sequence[StorageLocation], *, journal: LocalJournal | None = None) -> None:
         if not locations:
             raise IncidentError("no storage location to keep incidents in")
         self.locations = list(locations)
+        self.journal = journal
 
     # -- plain records ----------------------------------------------------------------------------
     def _put(self, key: str, data: bytes) -> None:
+        missing: dict[str, str] = {}
         for location in self.locations:
-            location.put_bytes(key, data)
+            try:
+                location.put_bytes(key, data)
+            except Exception as exc:  # that region's storage is gone: the others, or the journal, keep it
+                missing[location.name] = f"{location.describe(key)}: {_first_line(exc)}"
+        if not missing:
+            if self.journal is not None:
+                self.journal.discard(key)  # every location holds these bytes now
+            return
+        if self.journal is None:
+            if len(missing) == len(self.locations):
+                raise IncidentError(f"cannot write {key} to any location: {'; '.join(missing.values())}")
+            log.warning("incident record %s missed %s", key, "; ".join(missing.values()))
+            return
+        where = self.journal.keep(key, data, sorted(missing))
+        log.warning("incident record %s kept in the local journal (%s) until %s answer(s) again: %s", key, where,
+                    ", ".join(sorted(missing)), "; ".join(missing.values()))
 
     def _get(self, key: str) -> bytes | None:
+        if self.journal is not None:
+            kept = self.journal.get(key)
+            if kept is not None:  # a write that missed a location: newer than any location's copy
+                return kept
         errors = []
         for location in self.locations:
             try:
@@ -196,13 +227,42 @@ class IncidentStore:
             except Exception as exc:  # one unreachable location must not hide the record kept elsewhere
                 errors.append(f"{location.describe(key)}: {exc}")
         if errors and len(errors) == len(self.locations):
-            raise RuntimeError(f"cannot read {key} from any location: {'; '.join(errors)}")
+            if self.journal is None:
+                raise RuntimeError(f"cannot read {key} from any location: {'; '.join(errors)}")
+            # Nothing answers and the journal has no newer copy: read as absent, so a new incident opens and
+            # people are told (a duplicate of one opened elsewhere is joined by hand; silence is worse).
+            log.warning("cannot read %s from any location (taken as absent): %s", key, "; ".join(errors))
         return None
 
     def _delete(self, key: str) -> None:
+        if self.journal is not None:
+            self.journal.discard(key)
         for location in self.locations:
-            if location.head(key) is not None:
-                location.delete(key)
+            try:
+                if location.head(key) is not None:
+                    location.delete(key)
+            except Exception as exc:  # left there: a stale open index is ignored once its incident is resolved
+                log.warning("cannot remove %s: %s", location.describe(key), _first_line(exc))
+
+    def _keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` in any location that answers, or in the journal."""
+        keys: set[str] = set()
+        answered = False
+        for location in self.locations:
+            try:
+                keys.update(location.list(prefix))
+                answered = True
+            except Exception as exc:
+                log.warning("cannot list %s: %s", location.describe(prefix), _first_line(exc))
+        if self.journal is not None:
+            keys.update(entry.key for entry in self.journal.entries(prefix))
+        elif not answered:
+            raise RuntimeError(f"cannot list {prefix} in any location")
+        return sorted(keys)
+
+    def catch_up(self) -> list[str]:
+        """Write what the journal holds to the locations that missed it (see `LocalJournal.catch_up`)."""
+        return self.journal.catch_up(self.locations) if self.journal is not None else []
 
     # -- incidents --------------------------------------------------------------------------------
     @staticmethod
@@ -224,20 +284,23 @@ class IncidentStore:
 
     def open_for(self, cause_key: str) -> Incident | None:
         data = self._get(f"{OPEN_INDEX}{key_safe(cause_key)}.json")
-        return self.load(json.loads(data)["incident_id"]) if data is not None else None
+        incident = self.load(json.loads(data)["incident_id"]) if data is not None else None
+        # An index entry a location kept while its removal could not reach it names a resolved incident.
+        return incident if incident is not None and incident.status == "open" else None
 
     def open_incidents(self) -> list[Incident]:
         found = []
-        for key in sorted(self.locations[0].list(OPEN_INDEX)):
-            incident = self.load(json.loads(self.locations[0].get_bytes(key))["incident_id"])
+        for key in self._keys(OPEN_INDEX):
+            data = self._get(key)
+            incident = self.load(json.loads(data)["incident_id"]) if data is not None else None
             if incident is not None and incident.status == "open":
                 found.append(incident)
         return found
 
     def all_incidents(self) -> list[Incident]:
         """Every incident kept, oldest first."""
-        keys = [k for k in self.locations[0].list(INCIDENT_PREFIX) if k.endswith("/incident.json")]
-        return sorted((Incident.model_validate_json(self.locations[0].get_bytes(k)) for k in keys),
+        found = [self._get(k) for k in self._keys(INCIDENT_PREFIX) if k.endswith("/incident.json")]
+        return sorted((Incident.model_validate_json(data) for data in found if data is not None),
                       key=lambda i: i.opened_at)
 
     def open_or_join(self, request: IncidentRequest, *, now: datetime | None = None) -> tuple[Incident, bool]:
@@ -321,8 +384,8 @@ class IncidentStore:
 
     def receipts(self, incident_id: str) -> list[Receipt]:
         prefix = f"{INCIDENT_PREFIX}{key_safe(incident_id)}/receipts/"
-        return sorted((Receipt.model_validate_json(self.locations[0].get_bytes(k))
-                       for k in self.locations[0].list(prefix)), key=lambda r: r.at)
+        found = [self._get(k) for k in self._keys(prefix)]
+        return sorted((Receipt.model_validate_json(data) for data in found if data is not None), key=lambda r: r.at)
 
     @staticmethod
     def _decision_key(incident_id: str, notice: str) -> str:
@@ -437,9 +500,10 @@ INBOX = f"{INCIDENT_PREFIX}inbox/"
 
 
 def report_cause(locations: Sequence[StorageLocation], request: IncidentRequest, *,
-                 now: datetime | None = None) -> str:
+                 now: datetime | None = None, journal: LocalJournal | None = None) -> str:
     """Leave `request` in the inbox of every location (dr_incident_inbox turns it into a dr_incident run).
-    Written everywhere because the region that failed may hold one of them; one copy is enough."""
+    Written everywhere because the region that failed may hold one of them; one copy is enough. When no location
+    takes it, the journal does (the inbox trigger reads it there); without a journal that is an error."""
     now = now or datetime.now(timezone.utc)
     name = f"{now:%Y%m%dT%H%M%S%f}-{hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:8]}.json"
     written, errors = 0, []
@@ -450,13 +514,20 @@ def report_cause(locations: Sequence[StorageLocation], request: IncidentRequest,
         except Exception as exc:  # the others may still take it
             errors.append(f"{location.describe(INBOX)}: {exc}")
     if not written:
-        raise RuntimeError(f"could not report the cause {request.key()} anywhere: {'; '.join(errors)}")
+        if journal is None:
+            raise RuntimeError(f"could not report the cause {request.key()} anywhere: {'; '.join(errors)}")
+        where = journal.keep(f"{INBOX}{name}", request.model_dump_json().encode(), [l.name for l in locations])
+        log.warning("cause %s kept in the local journal (%s): no storage location took it: %s", request.key(),
+                    where, "; ".join(errors))
     return name
 
 
-def pending_causes(locations: Sequence[StorageLocation]) -> list[tuple[str, IncidentRequest]]:
-    """Causes waiting in the inbox of any location, oldest first, each once."""
+def pending_causes(locations: Sequence[StorageLocation], *,
+                   journal: LocalJournal | None = None) -> list[tuple[str, IncidentRequest]]:
+    """Causes waiting in the inbox of any location, or the journal, oldest first, each once."""
     found: dict[str, IncidentRequest] = {}
+    for entry in journal.entries(INBOX) if journal is not None else []:
+        found[entry.key.removeprefix(INBOX)] = IncidentRequest.model_validate_json(entry.data)
     for location in locations:
         try:
             for key in location.list(INBOX):
@@ -468,9 +539,11 @@ def pending_causes(locations: Sequence[StorageLocation]) -> list[tuple[str, Inci
     return sorted(found.items())
 
 
-def claim_cause(locations: Sequence[StorageLocation], name: str) -> None:
+def claim_cause(locations: Sequence[StorageLocation], name: str, *, journal: LocalJournal | None = None) -> None:
     """A cause was handed over: gone from every inbox (a location that is down keeps its copy; handing
     it over again only joins the open incident)."""
+    if journal is not None:
+        journal.discard(f"{INBOX}{name}")
     for location in locations:
         try:
             if location.head(f"{INBOX}{name}") is not None:

@@ -446,9 +446,13 @@ class IncidentWorkOperator(IncidentOperator):
                                   request.source)
                     confs.append({"action": "open", **request.model_dump(mode="json")})
         hook = self.hook()
+        store = hook.get_store()
+        caught_up = store.catch_up()
+        if caught_up:
+            self.log.info("incident records written where they were missing: %s", ", ".join(caught_up))
         communication = hook.policy.communication
         if communication is not None:
-            for incident in hook.get_store().updates_due(communication.update_interval):
+            for incident in store.updates_due(communication.update_interval):
                 self.log.info("incident %s: a status update is due (every %s)", incident.incident_id,
                               format_duration(communication.update_interval))
                 confs.append({"action": "update", "incident_id": incident.incident_id})

@@ -15,7 +15,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from continuity.incidents.records import claim_cause, pending_causes
+from continuity.incidents.records import IncidentStore, claim_cause, pending_causes
 
 
 class IncidentInboxTrigger(BaseEventTrigger):
@@ -31,15 +31,22 @@ class IncidentInboxTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from continuity.hooks.incident import ContinuityIncidentHook
 
-        locations = await sync_to_async(lambda: ContinuityIncidentHook(follow_topology=False).incident_locations())()
+        hook = await sync_to_async(lambda: ContinuityIncidentHook(follow_topology=False))()
+        locations = await sync_to_async(hook.incident_locations)()
+        store = IncidentStore(locations, journal=hook.get_journal())
         while True:
             try:
-                causes = await sync_to_async(pending_causes)(locations)
+                causes = await sync_to_async(pending_causes)(locations, journal=store.journal)
             except Exception as exc:  # storage unreachable: the next poll tries again
                 self.log.warning("cannot read the incident inbox: %s", exc)
                 causes = []
             for name, request in causes:
                 self.log.info("cause %s (%s): %s", request.key(), request.severity, request.title)
                 yield TriggerEvent({"cause": name, "request": request.model_dump(mode="json")})
-                await sync_to_async(claim_cause)(locations, name)
+                await sync_to_async(claim_cause)(locations, name, journal=store.journal)
+            # Records that missed a location while it was gone go there once it answers again.
+            try:
+                await sync_to_async(store.catch_up)()
+            except Exception as exc:  # the journal's disk: the next poll tries again
+                self.log.warning("cannot catch up the incident journal: %s", exc)
             await asyncio.sleep(self.poll_interval)

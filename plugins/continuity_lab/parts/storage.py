@@ -32,8 +32,8 @@ class StoragePart:
         return f"http://127.0.0.1:{self.state['s3']['port']}"
 
     def region_s3_endpoint(self, region: str) -> str:
-        """How `region`'s clients reach S3: through the region's gateway when it has one (the primary
-        region, which an exercise can cut off), else the endpoint itself."""
+        """How `region`'s clients reach S3: through the region's gateway (every region has one since a sandbox's
+        first `up` after gateways were per region), else the endpoint itself."""
         gateway = self.state.get("gateways", {}).get(region)
         return f"http://127.0.0.1:{gateway['port']}" if gateway else self.s3_endpoint
 
@@ -62,9 +62,12 @@ class StoragePart:
         self.seed_objects()
 
     def _start_gateways(self, started: list[str]) -> None:
-        """The primary region's network edge to S3 (continuity_lab.gateway): a region-loss exercise stops it."""
+        """Each region's network edge to S3 (continuity_lab.gateway): every client of a region's storage goes
+        through it, so stopping it (a region-loss exercise, a storage outage) cuts that region's buckets for real."""
         gateways = self.state.setdefault("gateways", {})
-        for region in (self.policy.topology.primary_region,):
+        regions = {location.region for location in self.policy.storage.locations} | {
+            node.region for node in self.policy.topology.nodes}
+        for region in sorted(regions):
             entry = gateways.setdefault(region, {"port": free_port(), "pid": None})
             if is_our_process(entry.get("pid"), "continuity_lab.gateway"):
                 continue
@@ -82,6 +85,19 @@ class StoragePart:
             started.append(f"s3 gateway {region}")
             self._save_state()
             wait_for_port(entry["port"], what=f"the S3 gateway of {region}")
+
+    def cut_storage(self, region: str) -> bool:
+        """`region`'s buckets unreachable for every client (its gateway stopped; the data stays behind it).
+        False when they already were."""
+        self.reload()
+        return self._stop_gateway(region)
+
+    def restore_storage(self) -> list[str]:
+        """Every region's buckets reachable again (the gateways that were stopped, started on their ports)."""
+        self.reload()
+        started: list[str] = []
+        self._start_gateways(started)
+        return started
 
     def _stop_gateway(self, region: str) -> bool:
         entry = self.state.get("gateways", {}).get(region)
