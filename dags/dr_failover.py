@@ -30,7 +30,7 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
 6. `validate`: a write through the entry point, standbys streaming, WAL archived on the new
    timeline, and every business function's synthetic transaction in the new primary's region.
 7. `record` (always): the topology (Variable `continuity_topology` + `topology/current.json`) and
-   the audit (`audit/failover/<run>.json`: who triggered and who approved, params, each step's record, unavailability, data
+   the audit (`audit/failover/<run>-<digest>/try<attempt>-<time>.json`, one per attempt: who triggered and who approved, params, each step's record, unavailability, data
    loss, outcome). `rollback` runs when a step failed: a switchover puts the old primary back; a
    failover stops with exactly one writable primary and names it.
 """

@@ -5,12 +5,13 @@ place the exercises measure RTO and RPO, so a drill, a failover and a region los
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from continuity.failover.records import FailoverRecords, database_loss
+from continuity.failover.records import (AUDIT_PREFIX, FailoverAudit, FailoverRecords, audit_name, audit_run_prefix,
+                                        database_loss)
 from continuity.objects.audit import Consistency
 from continuity.objects.store import ObjectStore, heartbeat_lag
 from continuity.policy.model import Policy, format_duration
@@ -269,3 +270,35 @@ def store_report(result: ResultT, locations: Sequence[StorageLocation], *, name:
             continue
         keys.append(location.describe(f"{prefix}{name}.json"))
     return keys
+
+
+class AuditNotStored(RuntimeError):
+    """No storage location took a failover's audit (its text is in the task's log)."""
+
+
+def store_failover_audit(audit: FailoverAudit, locations: Sequence[StorageLocation], *, attempt: int,
+                         warn: Callable[[str], None]) -> list[str]:
+    """Write a dr_failover run's audit to every location that answers, under a name unique to the run and the
+    attempt (`audit_name`); returns where it went. AuditNotStored when no location took it: the cluster is
+    safe by then (the record step runs last), but a failover nobody can audit must not end green."""
+    name = audit_name(audit.run_id, attempt=attempt, at=datetime.now(timezone.utc))
+    failed: list[str] = []
+
+    def note(message: str) -> None:
+        failed.append(message)
+        warn(message)
+
+    written = store_report(audit, locations, name=name, prefix=AUDIT_PREFIX, warn=note)
+    if not written:
+        raise AuditNotStored(f"the failover audit of run {audit.run_id} could not be stored in any location "
+                             f"({'; '.join(failed)}); its full text is in this task's log. HINT: copy it to "
+                             f"{AUDIT_PREFIX}{name}.json once storage answers")
+    return written
+
+
+def run_audits(location: StorageLocation, run_id: str) -> list[dict[str, Any]]:
+    """Every audit of one dr_failover run kept in `location`, first attempt first."""
+    import json
+
+    keys = sorted(k for k in location.list(audit_run_prefix(run_id)) if k.endswith(".json"))
+    return [json.loads(location.get_bytes(key)) for key in keys]

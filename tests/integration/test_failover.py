@@ -10,12 +10,12 @@ import urllib.request
 import psycopg
 import pytest
 
+from continuity.reports import run_audits
 from continuity.failover import steps as failover_steps
 from continuity.failover import records as failover_records
 from continuity.exercises.loadgen import CommitRecorder
 from continuity.failover.router import PgBouncerRouter
 from continuity.hooks.topology import TOPOLOGY_VARIABLE
-from continuity.storage.locations import key_safe
 from continuity.waiting import poll
 from continuity_lab.controls import failover_cluster
 from continuity_lab.processes import APP_HOST_USER
@@ -71,8 +71,7 @@ def _snapshot(box) -> dict:
 
 
 def _audit(box, run) -> dict:
-    name = key_safe(run.run_id)
-    return json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{name}.json"))
+    return run_audits(box.storage_locations()["dr"], run.run_id)[-1]
 
 
 def _wait_commits(load: CommitRecorder, count: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from continuity.reports import run_audits
 from continuity.backup.engine import verify_copy
 from continuity.storage.catalog import Catalog
 from continuity_lab.controlplane import ControlPlane
@@ -27,7 +28,7 @@ from continuity.storage.manifest import data_key_name
 from continuity.policy.project import default_policy_path
 from continuity_lab.sandbox import Sandbox
 from continuity_lab.controls import failover_cluster
-from continuity.storage.locations import S3Location, key_safe, locations_from_policy
+from continuity.storage.locations import S3Location, locations_from_policy
 from continuity.waiting import poll
 
 from tests.support import airflow_run
@@ -125,7 +126,7 @@ def _refused(call: Any) -> int:
 
 
 def _audit(box: Sandbox, run_id: str) -> dict[str, Any]:
-    return json.loads(box.storage_locations()["dr"].get_bytes(f"audit/failover/{key_safe(run_id)}.json"))
+    return run_audits(box.storage_locations()["dr"], run_id)[-1]
 
 
 def test_who_may_do_what_and_no_one_approves_their_own_failover(distributed) -> None:

@@ -5,6 +5,7 @@ imports Airflow or touches a node (`continuity.failover.steps` does)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from continuity.policy.model import Policy, parse_size
+from continuity.storage.locations import key_safe
 
 
 DEFAULT_MAX_LAG_BYTES = 16 * 2**20
@@ -327,6 +329,18 @@ def database_loss(records: FailoverRecords) -> tuple[float | None, str | None]:
 
 
 AUDIT_PREFIX = "audit/failover/"  # where dr_failover writes each run's FailoverAudit, in every required location
+
+
+def audit_run_prefix(run_id: str) -> str:
+    """Where one run's audits are: `key_safe` alone maps `a:b` and `a_b` to one name, so a digest of the run
+    id keeps two runs apart."""
+    return f"{AUDIT_PREFIX}{key_safe(run_id)}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}/"
+
+
+def audit_name(run_id: str, *, attempt: int, at: datetime) -> str:
+    """The key (under AUDIT_PREFIX, without `.json`) of one attempt's audit: a rerun of the run, or a retry of
+    its record step, adds an audit beside the earlier ones and never overwrites them."""
+    return f"{audit_run_prefix(run_id).removeprefix(AUDIT_PREFIX)}try{attempt:03d}-{at:%Y%m%dT%H%M%S%f}"
 
 
 def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str, Any], records: FailoverRecords,

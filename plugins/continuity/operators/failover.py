@@ -25,8 +25,7 @@ from continuity.failover.nodecontrol import NodeControlError
 from continuity.policy.model import format_duration
 from continuity.policy.loading import load_policy
 from continuity.operators.base import ContinuityOperator
-from continuity.reports import failover_objectives, store_report
-from continuity.storage.locations import key_safe
+from continuity.reports import AuditNotStored, failover_objectives, store_failover_audit, store_report
 
 
 
@@ -400,22 +399,28 @@ class RecordOperator(FailoverStepOperator):
             self.record_topology(audit.topology)
             self.log.info("topology recorded: primary %s on timeline %s", audit.topology.primary,
                           audit.topology.timeline)
-        self._store(audit)
+        not_stored = self._store(audit, attempt=ti.try_number)
         self.log.info("outcome: %s; unavailability %s s; data loss %s bytes", audit.outcome,
                       audit.unavailability_seconds, audit.data_loss_bytes)
         if records.preflight is not None and records.preflight.action != "none" and not records.preflight.dry_run:
             _report_failover(self.policy, records.preflight, context, outcome=audit)
-        if failures:
-            raise AirflowFailException(audit.outcome)
+        if failures or not_stored:
+            raise AirflowFailException("; ".join(filter(None, [audit.outcome if failures else None, not_stored])))
         return audit.summary()
 
-    def _store(self, audit: failover_records.FailoverAudit) -> None:
+    def _store(self, audit: failover_records.FailoverAudit, *, attempt: int) -> str | None:
+        """Write the audit (and the topology) to every required location that answers; the reason when no
+        location took the audit (the run then fails at the end, with the audit's text in this log)."""
         hook = ContinuityBackupHook(policy_path=self.policy_path)
         locations = hook.get_locations()
         required = [locations[name] for name in sorted(hook.required_locations())]
-        # The audit must reach every location that answers: one unreachable is said, not fatal.
-        for key in store_report(audit, required, name=key_safe(audit.run_id), prefix=failover_records.AUDIT_PREFIX,
-                                warn=self.log.error):
-            self.log.info("audit written to %s", key)
+        not_stored = None
+        try:
+            for key in store_failover_audit(audit, required, attempt=attempt, warn=self.log.error):
+                self.log.info("audit written to %s", key)
+        except AuditNotStored as exc:
+            self.log.error("%s\nthe audit: %s", exc, audit.model_dump_json())
+            not_stored = str(exc)
         if audit.topology:
             store_report(audit.topology, required, name=TOPOLOGY_NAME, prefix=TOPOLOGY_PREFIX, warn=self.log.error)
+        return not_stored

@@ -12,39 +12,9 @@ from continuity.incidents.journal import LocalJournal
 from continuity.incidents.records import (IncidentError, IncidentRequest, IncidentStore, Message, claim_cause,
                                           deliver, pending_causes, report_cause)
 from continuity.policy.loading import load_policy
-from continuity.storage.locations import FileLocation
+from tests.support.locations import RegionStorage
 
 IMMEDIATE = load_policy().communication.audiences["immediate_team"]
-
-
-class RegionStorage(FileLocation):
-    """A file location that can be cut off: every call fails as an unreachable endpoint does."""
-
-    gone = False
-
-    def _check(self) -> None:
-        if self.gone:
-            raise ConnectionError(f"Could not connect to the endpoint URL for {self.name}")
-
-    def open_writer(self, key, **kwargs):
-        self._check()
-        return super().open_writer(key, **kwargs)
-
-    def open_reader(self, key):
-        self._check()
-        return super().open_reader(key)
-
-    def head(self, key):
-        self._check()
-        return super().head(key)
-
-    def list(self, prefix, **kwargs):
-        self._check()
-        return super().list(prefix, **kwargs)
-
-    def delete(self, key):
-        self._check()
-        return super().delete(key)
 
 
 @pytest.fixture()
