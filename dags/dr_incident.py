@@ -81,6 +81,8 @@ with DAG(
         "cause_key": Param(None, type=["null", "string"], description="one open incident per cause"),
         "kind": Param("incident", enum=["incident", "drill", "planned"]),
         "source": Param(None, type=["null", "string"]),
+        "cause": Param(None, type=["null", "string"], description="the incident inbox entry this run handles "
+                                                                   "(removed from the inbox once the incident holds it)"),
     },
 ) as dag:
     opened = OpenIncidentOperator(task_id="open_incident")

@@ -227,3 +227,60 @@ def test_with_every_bucket_cut_off_a_cause_still_alerts_and_its_record_catches_u
         assert kept.cause_key == cause and kept.severity == "critical"
         assert IncidentStore([location]).receipts(incident_id), f"the receipts reached {location.name}"
     assert not [e for e in journal.entries() if incident_id in e.key]
+
+
+def test_a_cause_leaves_the_inbox_only_once_its_incident_holds_it(
+        sandbox, hook, airflow_db, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """#30 item 12: handing a cause over is not handling it. A dr_incident run that fails before the incident
+    records the cause leaves it in the inbox, and the trigger hands it over again; the run that records it
+    removes it."""
+    import asyncio
+
+    from continuity.alerts.callbacks import report_cause
+    from continuity.incidents.journal import JOURNAL_ENV_VAR
+    from continuity.incidents.records import pending_causes
+    from continuity.triggers.incident_inbox import IncidentInboxTrigger
+    from tests.support.airflow_helpers import load_dag, task_states
+
+    monkeypatch.setenv(JOURNAL_ENV_VAR, str(tmp_path / "journal"))
+    cause = f"test:handed-over-{uuid.uuid4().hex[:8]}"
+    assert report_cause(IncidentRequest(severity="high", title="Nightly backup failed", functions=["video_upload"],
+                                        cause_key=cause, source="test"))
+    locations = hook.incident_locations()
+
+    def pending() -> list[str]:
+        return [name for name, request in pending_causes(locations) if request.cause_key == cause]
+
+    async def handed_over(trigger: IncidentInboxTrigger) -> dict:
+        events = trigger.run()
+        while True:  # other tests' causes may wait in the shared inbox too
+            event = await events.__anext__()
+            if event.payload["request"]["cause_key"] == cause:
+                break
+        try:  # the triggerer goes on after handing an event over (where the cause used to be removed)
+            await asyncio.wait_for(events.__anext__(), timeout=2)
+        except asyncio.TimeoutError:
+            pass
+        return event.payload
+
+    def event() -> dict:
+        return asyncio.run(asyncio.wait_for(handed_over(IncidentInboxTrigger(poll_interval=0.2)), timeout=120))
+
+    payload = event()
+    assert pending() == [payload["cause"]], "handed over, still in the inbox"
+    resolved, _ = hook.get_store().open_or_join(IncidentRequest(severity="low", title="old", cause_key=f"{cause}-old",
+                                                                source="test"))
+    hook.get_store().resolve(resolved.incident_id, by="test")
+    # The run fails before the incident holds the cause (it names an incident that is already resolved).
+    conf = {"action": "open", **payload["request"], "cause": payload["cause"]}
+    failed = load_dag("dr_incident").test(run_conf={**conf, "incident_id": resolved.incident_id},
+                                          mark_success_pattern=r"acknowledge|escalate_.*|approve_.*|publish_.*")
+    assert task_states(failed)["open_incident"] == "failed"
+    assert pending() == [payload["cause"]], "a run that did not record the cause leaves it in the inbox"
+    again = event()  # a restarted triggerer (or the redelivery delay) hands it over again
+    assert again["cause"] == payload["cause"]
+    handled = load_dag("dr_incident").test(run_conf={"action": "open", **again["request"], "cause": again["cause"]},
+                                           mark_success_pattern=r"acknowledge|escalate_.*|approve_.*|publish_.*")
+    assert task_states(handled)["open_incident"] == "success", task_states(handled)
+    assert pending() == []
+    assert hook.get_store().open_for(cause) is not None

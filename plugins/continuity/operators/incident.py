@@ -21,7 +21,7 @@ from continuity.incidents import report as incident_report
 from continuity.incidents.communication import TemplateError, incident_fields, latest_drill_rto, render
 from continuity.hooks.incident import ContinuityIncidentHook
 from continuity.incidents.records import (Decision, DeliveryFailed, Incident, IncidentError, IncidentRequest, IncidentStore,
-                                  Message, check_request, communication_test, deliver, split_subject)
+                                  Message, check_request, claim_cause, communication_test, deliver, split_subject)
 from continuity.notifiers.incident import clear_banners
 from continuity.operators.base import ContinuityOperator
 from continuity.policy.model import SEVERITY_ORDER, Policy, format_duration
@@ -75,6 +75,7 @@ class OpenIncidentOperator(IncidentOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         params = dict(context["params"])
         action = params.pop("action", "open")
+        cause_entry = params.pop("cause", None)
         policy = self.policy
         store = self.hook().get_store()
         if action in ("update", "resolve"):
@@ -102,6 +103,11 @@ class OpenIncidentOperator(IncidentOperator):
                                        f"no incident was opened") from None
         except IncidentError as exc:
             raise AirflowFailException(str(exc)) from exc
+        if cause_entry:
+            # Only now that the incident holds it does the cause leave the inbox: a run that failed before this
+            # point leaves it there, and the inbox trigger hands it over again.
+            claim_cause(store.locations, cause_entry, journal=store.journal)
+            self.log.info("cause %s handled: removed from the incident inbox", cause_entry)
         raised = joined and before is not None and SEVERITY_ORDER[incident.severity] > SEVERITY_ORDER[before.severity]
         if raised:
             self.log.info("cause %s: open incident %s raised from %s to %s: everyone is alerted again at the new "
@@ -444,7 +450,8 @@ class IncidentWorkOperator(IncidentOperator):
                     request = IncidentRequest.model_validate(payload["request"])
                     self.log.info("cause %s: %s (%s) from %s", request.key(), request.title, request.severity,
                                   request.source)
-                    confs.append({"action": "open", **request.model_dump(mode="json")})
+                    confs.append({"action": "open", **request.model_dump(mode="json"),
+                                  "cause": payload.get("cause")})
         hook = self.hook()
         store = hook.get_store()
         caught_up = store.catch_up()
