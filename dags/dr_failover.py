@@ -37,8 +37,6 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import DAG, Param, TriggerRule
 
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE, region_queue
@@ -66,12 +64,13 @@ with DAG(
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    # The steps' 30 minutes, after the wait for a second person's approval.
-    dagrun_timeout=timedelta(minutes=30) + (_policy.failover.approval.timeout if _policy.failover.approval.required
-                                            else timedelta(0)),
+    # No dagrun_timeout: a run timed out as a whole skips rollback and record (PgBouncer left paused, no audit).
+    # Each step has the policy's step_timeout instead (the approval its own): a step over it fails, and rollback
+    # and record run as after any failure.
     # retries 0: no step may run twice on its own, rerun the DAG instead. queue: the control region's, never
     # the region failed away from (the policy keeps the control region out of the primary region).
-    default_args={**DEFAULT_ARGS, "retries": 0, "queue": region_queue(_policy.control_region)},
+    default_args={**DEFAULT_ARGS, "retries": 0, "queue": region_queue(_policy.control_region),
+                  "execution_timeout": _policy.failover.step_timeout},
     params={
         "target": Param(_dr_standbys[0] if _dr_standbys else _nodes[-1], type="string", title="Target",
                         description="The standby to promote.", examples=_nodes),
@@ -91,7 +90,7 @@ with DAG(
     tags=["continuity", "failover"],
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
-    approve = ApproveFailoverOperator(task_id="approve")
+    approve = ApproveFailoverOperator(task_id="approve", execution_timeout=None)  # bounded by the approval's timeout
     cut_over = CutOverOperator(task_id="cut_over")
     start_application = StartApplicationOperator(task_id="start_application")
     rejoin = RejoinOperator(task_id="rejoin")

@@ -262,6 +262,36 @@ def test_a_failed_promotion_in_switchover_rolls_back_to_the_old_primary(cluster,
     cluster.wait_streaming(timeout=60)
 
 
+def test_a_step_over_its_timeout_fails_and_rollback_and_record_still_run(cluster, monkeypatch, tmp_path) -> None:
+    """#30 item 7: a run that used to time out as a whole skipped rollback and record (PgBouncer left paused, no
+    audit); now the stuck step times out, and the run rolls back and records like after any failure."""
+    import time as clock
+
+    from tests.support.policies import use_overlay
+
+    use_overlay(monkeypatch, tmp_path, {"failover": {"step_timeout": "30s"}})
+    real_promote = failover_steps.promote
+
+    def promotion_that_hangs(cl, target, **kwargs):
+        clock.sleep(120)  # a node that never answers: the step's timeout interrupts it
+        return real_promote(cl, target, **kwargs)
+
+    monkeypatch.setattr(failover_steps, "promote", promotion_that_hangs)
+    started = clock.monotonic()
+    run = _run(target="dr", mode="switchover", reason="step timeout test")
+    monkeypatch.setattr(failover_steps, "promote", real_promote)
+    assert clock.monotonic() - started < 110, "the step was interrupted by its timeout, not by the hang ending"
+    states = task_states(run)
+    assert str(run.state) == "failed" and states["cut_over"] == "failed" and states["rollback"] == "success", states
+    assert xcom(run, "cut_over", key="failed_step") == "promote"
+    audit = _audit(cluster, run)
+    assert "failed at promote" in audit["outcome"] and "promote timed out after" in audit["failures"]["promote"]
+    assert _snapshot(cluster)["paused"] is False, "PgBouncer resumed"
+    assert _writable(cluster) == ["primary"]
+    cluster.cluster("dr").start()  # fenced by the cut-over: it comes back as a standby
+    cluster.wait_streaming(timeout=60)
+
+
 # -- never two writable primaries, never a rollback after clients wrote -----------------------------
 def test_preflight_refuses_when_the_recorded_topology_disagrees_with_the_cluster(cluster) -> None:
     from airflow.models.variable import Variable

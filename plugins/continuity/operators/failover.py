@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 from pydantic import BaseModel
 
 from continuity.failover import steps
@@ -69,6 +69,10 @@ class FailoverStepOperator(ContinuityOperator):
             result = self.step(context)
         except AirflowSkipException:
             raise
+        except AirflowTaskTimeout:  # a BaseException: said here, or the record could only guess why the step died
+            if not self.timeout_said:
+                context["ti"].xcom_push(key="failure", value=self.timed_out())
+            raise
         except Exception as exc:
             context["ti"].xcom_push(key="failure", value=str(exc))
             if isinstance(exc, failover_records.FailoverError | ValueError):
@@ -81,6 +85,12 @@ class FailoverStepOperator(ContinuityOperator):
 
     def step(self, context: Context) -> BaseModel | dict[str, Any]:
         raise NotImplementedError
+
+    timeout_said = False  # a step that said itself which of its parts timed out
+
+    def timed_out(self, step: str | None = None) -> str:
+        return (f"{step or self.task_id} timed out after {self.execution_timeout} (the policy's failover.step_timeout); "
+                f"HINT: see this task's log for where it stood")
 
 
 def _check_service_control(policy: Any, target: str) -> None:
@@ -240,10 +250,6 @@ class CutOverOperator(FailoverStepOperator):
         _skip_unless_acting(plan)
         ti = context["ti"]
 
-        def done(name: str, record: failover_records.StepRecord) -> None:
-            ti.xcom_push(key=name, value=record.model_dump(mode="json"))
-            self.log.info("%s done in %.3f s", name, record.seconds or 0.0)
-
         def promoted(promotion: failover_records.PromotionRecord) -> None:
             topology = failover_records.topology_record(plan=plan, promotion=promotion, rejoin_result=None,
                                              run_id=context["run_id"])
@@ -251,10 +257,23 @@ class CutOverOperator(FailoverStepOperator):
             self.log.info("topology recorded: %s is the primary on timeline %s (before the repoint, so every DAG "
                           "follows it even if this run stops here)", topology.primary, topology.timeline)
 
+        finished: list[str] = []
+
+        def done(name: str, record: failover_records.StepRecord) -> None:
+            finished.append(name)
+            ti.xcom_push(key=name, value=record.model_dump(mode="json"))
+            self.log.info("%s done in %.3f s", name, record.seconds or 0.0)
+
         try:
             records = steps.cut_over(self.cluster(), plan, done=done, promoted=promoted)
         except steps.CutOverFailed as exc:
             ti.xcom_push(key="failed_step", value=exc.step)
+            raise
+        except AirflowTaskTimeout:
+            stuck = next((name for name in steps.CUT_OVER_STEPS if name not in finished), steps.CUT_OVER_STEPS[-1])
+            ti.xcom_push(key="failed_step", value=stuck)
+            ti.xcom_push(key="failure", value=self.timed_out(stuck))
+            self.timeout_said = True
             raise
         self.log.info("entry point unavailable for %s s (fence to repoint)", records.unavailability_seconds)
         return {"unavailability_seconds": records.unavailability_seconds, "steps": records.step_seconds()}

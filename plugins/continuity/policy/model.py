@@ -493,6 +493,10 @@ class Failover(_Model):
 
     catch_up_timeout: Duration = timedelta(seconds=60)
     pause_timeout: Duration = timedelta(seconds=10)
+    # A step (preflight, cut-over, application, rejoin, validate, rollback, record) running longer fails as any
+    # failure does: rollback and record still run. (A whole-run timeout would skip them, leaving PgBouncer
+    # paused and no audit.)
+    step_timeout: Duration = timedelta(minutes=10)
     approval: FailoverApproval = FailoverApproval()
 
 
