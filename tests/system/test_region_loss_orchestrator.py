@@ -164,6 +164,19 @@ def test_who_may_do_what_and_no_one_approves_their_own_failover(distributed) -> 
     assert audit["outcome"].startswith("failed at approve: approved by operator-1, who triggered the run: a second "
                                        "person must approve"), audit
 
+    # #30 item 5: a dr_admin marks the approval success by hand. The cut-over checks the recorded decision itself
+    # and refuses; nothing changed, so nothing is rolled back.
+    bypass = distributed.trigger("dr_failover", {**switchover, "reason": "bypass test"}, as_user="operator-1")
+    distributed.wait_for_task("dr_failover", bypass, "approve", ("awaiting_input", "deferred"), timeout=180)
+    distributed.api(f"/api/v2/dags/dr_failover/dagRuns/{bypass}/taskInstances/approve", {"new_state": "success"},
+                    method="PATCH", as_user="admin")
+    assert distributed.wait_for_run("dr_failover", bypass, timeout=300) == "failed"
+    states = distributed.task_states("dr_failover", bypass)
+    assert states["approve"] == "success" and states["cut_over"] == "failed" and states["rollback"] == "skipped", states
+    assert _writable(box) == ["primary"] and not failover_cluster(box).router.is_paused()
+    audit = _audit(box, bypass)
+    assert "cut_over refused: no approval is recorded for this run" in audit["outcome"], audit
+
 
 def test_a_worker_killed_in_the_middle_of_a_switchover_leaves_exactly_one_writable_primary_named(distributed) -> None:
     box = Sandbox(root=distributed.root)

@@ -226,6 +226,27 @@ class ApprovalRecord(StepRecord):
     why: str = ""  # why an approval was, or was not, asked for
 
 
+def approval_refusal(record: Mapping[str, Any] | None, *, required: bool, triggered_by: str | None) -> str | None:
+    """Why the cut-over may not go ahead on `record` (the approve step's XCom), or None when it may. The recorded
+    decision is what counts, not the approve task's state: a task marked success by hand leaves no record."""
+    needed, _ = approval_needed(required=required, triggered_by=triggered_by)
+    if record is None:
+        return ("no approval is recorded for this run (was the approve task marked success by hand?); "
+                "nothing changed. HINT: trigger again and have a second dr_operator answer the approval")
+    try:
+        approval = ApprovalRecord.model_validate(record)
+    except ValidationError as exc:
+        return f"the recorded approval is unreadable ({exc.errors()[0]['msg']}); nothing changed"
+    if not approval.approved:
+        return "the recorded approval says not approved; nothing changed"
+    if needed and (not approval.required or approval.approved_by is None):
+        return ("the policy requires a second person's approval and none is recorded (the approve step did not ask, "
+                "or nobody answered); nothing changed")
+    if needed and approval.approved_by == triggered_by:
+        return f"approved by {approval.approved_by}, who triggered the run: a second person must approve; nothing changed"
+    return None
+
+
 def approval_needed(*, required: bool, triggered_by: str | None) -> tuple[bool, str]:
     """Whether a run waits for a second person, and why. A person's trigger (the run has a triggering user)
     waits when the policy requires it; a run started by dr_health_monitor's automatic failover has none

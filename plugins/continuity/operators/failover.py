@@ -220,6 +220,7 @@ class ApproveFailoverOperator(HITLOperator):
 
 
 CUT_OVER_TASK = "cut_over"
+REFUSED = "cut_over refused:"  # how a cut-over that changed nothing (no recorded approval) says so
 
 
 def step_xcom(ti: Any, step: str, *, key: str | None = None) -> Any:
@@ -249,6 +250,12 @@ class CutOverOperator(FailoverStepOperator):
         plan = _plan(context)
         _skip_unless_acting(plan)
         ti = context["ti"]
+        refusal = failover_records.approval_refusal(ti.xcom_pull(task_ids="approve"),
+                                                    required=self.policy.failover.approval.required,
+                                                    triggered_by=plan.triggered_by)
+        if refusal:  # said as the first cut-over step's failure, so the audit and the incident name it
+            ti.xcom_push(key="failed_step", value=steps.CUT_OVER_STEPS[0])
+            raise AirflowFailException(f"{REFUSED} {refusal}")
 
         def promoted(promotion: failover_records.PromotionRecord) -> None:
             topology = failover_records.topology_record(plan=plan, promotion=promotion, rejoin_result=None,
@@ -337,8 +344,16 @@ class RollbackOperator(FailoverStepOperator):
         if plan is None or plan.action == "none" or plan.dry_run:
             raise AirflowSkipException("preflight stopped the run before anything changed: nothing to roll back")
         ti = context["ti"]
-        if not (ti.xcom_pull(task_ids="approve") or {}).get("approved"):
-            raise AirflowSkipException("the run was not approved: nothing changed, nothing to roll back")
+        # Whether anything changed, not whether the run was approved: a cut-over that started (a record, a
+        # failure, or a task lost without either) is rolled back, approved or not.
+        cut_over_state = ti.get_task_states(dag_id=ti.dag_id, task_ids=[CUT_OVER_TASK],
+                                            run_ids=[ti.run_id]).get(ti.run_id, {}).get(CUT_OVER_TASK)
+        refused = str(ti.xcom_pull(task_ids=CUT_OVER_TASK, key="failure") or "").startswith(REFUSED)
+        started = not refused and (step_xcom(ti, "fence") is not None
+                                   or ti.xcom_pull(task_ids=CUT_OVER_TASK, key="failed_step")
+                                   or cut_over_state in ("failed", "success"))
+        if not started:
+            raise AirflowSkipException("the cut-over never started: nothing changed, nothing to roll back")
         fenced = step_xcom(ti, "fence") is not None
         promoted = step_xcom(ti, "promote") is not None
         repointed = step_xcom(ti, "repoint") is not None
