@@ -92,7 +92,10 @@ def test_config_backup_then_no_stale_alarm(sandbox) -> None:
         assert archive.extractfile("policy.yaml").read() == default_policy_path().read_bytes()
         connections = json.loads(archive.extractfile("airflow/connections.json").read())
         assert connections["continuity_app"]["password"] == sandbox.password("app")
+        assert "continuity_keyring" not in connections, "the keyring is never inside the backups it protects"
         assert "SHA256SUMS" in archive.getnames()
+    keyring_text = sandbox.key_file.read_text()
+    assert keyring_text not in out.getvalue().decode(errors="replace")
 
     if not catalog.list(kind="physical", location="dr"):
         assert str(load_dag("dr_full_backup").test().state) == "success"
@@ -145,13 +148,36 @@ def test_airflow_rebuilt_from_a_config_backup_gets_its_connections_and_variables
     migrate = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True, env=own)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
 
-    def restore(*extra: str) -> subprocess.CompletedProcess:
+    from cryptography.fernet import Fernet
+
+    fernet = {"AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode()}
+    own.update(fernet)  # the rebuilt Airflow encrypts connections with it
+
+    def restore(*extra: str, key: dict[str, str] = fernet) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__CORE__FERNET_KEY")}
         return subprocess.run([sys.executable, "-m", "continuity.cli", "restore", *extra, "--to-airflow", str(home),
                                "--location", "dr", "--root", str(sandbox.root), "--key-file", str(sandbox.key_file)],
-                              capture_output=True, text=True, env=os.environ.copy())
+                              capture_output=True, text=True, env={**env, **key})
 
-    restored = restore()  # the newest config backup in the DR region: the one just taken
+    # Without a Fernet key the connections would land in plain text: refused before anything is imported.
+    unkeyed = restore(key={})
+    assert unkeyed.returncode != 0 and "has no Fernet key" in unkeyed.stderr and "nothing was imported" in unkeyed.stderr
+    assert not (home / "continuity-config").exists()
+    # The topology comes from storage (dr_failover's newest record), never from the backup.
+    topology = {"primary": "primary", "timeline": 1, "changed_by_run": "config test", "changed_at": "2026-12-07T00:00:00+00:00"}
+    locations_now = sandbox.storage_locations()
+    saved_topology = locations_now["dr"].get_bytes("topology/current.json") \
+        if locations_now["dr"].head("topology/current.json") is not None else None
+    locations_now["dr"].put_bytes("topology/current.json", json.dumps(topology).encode())
+    try:
+        restored = restore()  # the newest config backup in the DR region: the one just taken
+    finally:
+        if saved_topology is None:
+            locations_now["dr"].delete("topology/current.json")
+        else:
+            locations_now["dr"].put_bytes("topology/current.json", saved_topology)
     assert restored.returncode == 0, restored.stderr
+    assert "continuity_topology set from storage's current topology: primary primary" in restored.stderr
     assert f"restored config backup {backup_id} from location dr" in restored.stderr
     for secret in sandbox.state["secrets"].values():
         assert secret not in restored.stderr + restored.stdout
@@ -167,6 +193,12 @@ def test_airflow_rebuilt_from_a_config_backup_gets_its_connections_and_variables
                               text=True, env=own)
     assert variable.returncode == 0, variable.stderr[-2000:]
     assert json.loads(variable.stdout) == {"region": "us-west-2"}, variable.stdout
+    keyring = subprocess.run([airflow, "connections", "get", "continuity_keyring"], capture_output=True, text=True,
+                             env=own)
+    assert keyring.returncode != 0, "the keyring is not restored from a config backup"
+    recorded = subprocess.run([airflow, "variables", "get", "continuity_topology"], capture_output=True, text=True,
+                              env=own)
+    assert recorded.returncode == 0 and json.loads(recorded.stdout)["changed_by_run"] == "config test", recorded.stderr
 
     again = restore(backup_id)
     assert again.returncode != 0 and "was restored here before" in again.stderr, again.stderr

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from continuity.policy.project import TOPOLOGY_VARIABLE
+from continuity.storage.keys import KEYRING_CONN_ID
+
 
 @dataclass
 class ConfigBundle:
@@ -78,6 +81,9 @@ def _airflow_export(airflow: str | None, what: str, note: Callable[[str], None])
 
 def collect(*, policy_path: Path, state_files: list[str], airflow: str | None,
             environ: Mapping[str, str] | None = None) -> ConfigBundle:
+    """The deployment's configuration, except what must not be inside its own backup: the keyring's connection
+    (the keyring protects the backups; docs/runbooks/rebuild-airflow.md says where it lives instead) and the
+    recorded topology (a fact about the cluster, stale once restored: re-read from storage at a rebuild)."""
     environ = os.environ if environ is None else environ
     bundle = ConfigBundle()
     bundle.add("policy.yaml", policy_path.read_bytes())
@@ -85,6 +91,12 @@ def collect(*, policy_path: Path, state_files: list[str], airflow: str | None,
                    **_from_environment("AIRFLOW_CONN_", environ)}
     variables = {**_airflow_export(airflow, "variables", bundle.notes.append),
                  **_from_environment("AIRFLOW_VAR_", environ)}
+    if connections.pop(KEYRING_CONN_ID, None) is not None:
+        bundle.notes.append(f"connection {KEYRING_CONN_ID} left out: the keyring is kept outside the backups it "
+                            f"protects")
+    if variables.pop(TOPOLOGY_VARIABLE, None) is not None:
+        bundle.notes.append(f"variable {TOPOLOGY_VARIABLE} left out: the topology is re-read from storage at a "
+                            f"rebuild")
     bundle.add("airflow/connections.json", json.dumps(connections, indent=2, sort_keys=True).encode())
     bundle.add("airflow/variables.json", json.dumps(variables, indent=2, sort_keys=True).encode())
     for state in state_files:
@@ -135,6 +147,21 @@ class RestoredAirflow:
     files: Path  # the policy and infrastructure state files, for the operator to put in place
 
 
+def fernet_configured(environ: Mapping[str, str], airflow_home: Path) -> bool:
+    """Whether the Airflow that `environ` and `airflow_home` configure encrypts connections (a Fernet key set by
+    environment, command, secret or airflow.cfg)."""
+    import configparser
+
+    if any(environ.get(f"AIRFLOW__CORE__FERNET_KEY{suffix}") for suffix in ("", "_CMD", "_SECRET")):
+        return True
+    config = configparser.ConfigParser(interpolation=None)
+    try:
+        config.read(airflow_home / "airflow.cfg")
+    except configparser.Error:
+        return False
+    return bool(config.get("core", "fernet_key", fallback="").strip())
+
+
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -143,7 +170,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def restore_into_airflow(bundle: ConfigBundle, *, airflow: str, airflow_home: Path, backup_id: str,
-                         environ: Mapping[str, str], report: Callable[[str], None]) -> RestoredAirflow:
+                         environ: Mapping[str, str], report: Callable[[str], None],
+                         topology: str | None = None) -> RestoredAirflow:
     """Import the bundle's connections and variables into the Airflow that `airflow_home` (and `environ`'s
     AIRFLOW__ settings) configure, whose metadata database must be migrated; the other files go to
     <home>/continuity-config/<backup id>/. Secrets pass through files only this user can read, removed after."""
@@ -153,6 +181,24 @@ def restore_into_airflow(bundle: ConfigBundle, *, airflow: str, airflow_home: Pa
         variables = json.loads(bundle.files["airflow/variables.json"])
     except (KeyError, ValueError) as exc:
         raise ConfigRestoreError(f"{where}: no readable airflow/connections.json and variables.json ({exc})") from None
+    if not fernet_configured(environ, airflow_home):
+        raise ConfigRestoreError(
+            f"the Airflow at {airflow_home} has no Fernet key: the {len(connections)} connections would be stored in "
+            f"plain text in its database; nothing was imported. HINT: set AIRFLOW__CORE__FERNET_KEY (the old "
+            f"Airflow's key, or a new one from `python -c 'from cryptography.fernet import Fernet; "
+            f"print(Fernet.generate_key().decode())'`)")
+    # Backups taken before these were left out still hold them: never restored (see `collect`).
+    connections.pop(KEYRING_CONN_ID, None)
+    if variables.pop(TOPOLOGY_VARIABLE, None) is not None:
+        report(f"{where}: variable {TOPOLOGY_VARIABLE} not restored (stale in a backup; re-read from storage)")
+    if topology is not None:  # the newest record dr_failover wrote, from storage (`topology`: its JSON text)
+        variables[TOPOLOGY_VARIABLE] = topology
+        report(f"{TOPOLOGY_VARIABLE} set from storage's current topology: primary "
+               f"{json.loads(topology).get('primary')}")
+    bundle = ConfigBundle(files={**bundle.files,
+                                 "airflow/connections.json": json.dumps(connections, indent=2, sort_keys=True).encode(),
+                                 "airflow/variables.json": json.dumps(variables, indent=2, sort_keys=True).encode()},
+                          notes=bundle.notes)
     target = airflow_home / "continuity-config" / backup_id
     if target.exists():
         raise ConfigRestoreError(f"{target} exists: this backup was restored here before; HINT: move it away to "

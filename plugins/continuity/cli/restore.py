@@ -47,6 +47,7 @@ def _restore_to_airflow(args: argparse.Namespace) -> int:
 
     from continuity.backup.engine import restore_copy
     from continuity.backup.config import ConfigRestoreError, read_bundle, restore_into_airflow
+    from continuity.policy.project import TOPOLOGY_KEY
 
     if args.time or args.lsn or args.port:
         raise UsageError("--time, --lsn and --port go with --to-cluster")
@@ -70,10 +71,16 @@ def _restore_to_airflow(args: argparse.Namespace) -> int:
     report = lambda m: print(m, file=sys.stderr)  # noqa: E731
     data = io.BytesIO()  # a config bundle is kilobytes
     restore_copy(manifest, ctx.locations[location], ctx.keyring, data, report=report)
+    topology = None  # who is primary now: storage's record, newer than any backup (none before a first failover)
+    try:
+        if ctx.locations[location].head(TOPOLOGY_KEY) is not None:
+            topology = ctx.locations[location].get_bytes(TOPOLOGY_KEY).decode()
+    except Exception as exc:  # the rebuild goes on; the DAGs follow the policy until a failover records one
+        report(f"cannot read {ctx.locations[location].describe(TOPOLOGY_KEY)}: {exc}")
     try:
         restored = restore_into_airflow(read_bundle(data.getvalue(), where=f"config backup {manifest.backup_id}"),
                                         airflow=airflow, airflow_home=home, backup_id=manifest.backup_id,
-                                        environ=os.environ, report=report)
+                                        environ=os.environ, report=report, topology=topology)
     except ConfigRestoreError as exc:
         raise UsageError(str(exc)) from None
     print(f"restored config backup {manifest.backup_id} from location {location} into {home}: "

@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
 from continuity.storage.catalog import Catalog
 from continuity.hooks.topology import ContinuityPolicyHook
-from continuity.storage.keys import Keyring
+from continuity.storage.keys import KEYRING_CONN_ID, Keyring
 from continuity.objects.replication import Replicator, replicas_in, replicator_for
 from continuity.objects.restore import FailBack, fail_back
 from continuity.objects.store import ObjectStore
@@ -28,7 +28,7 @@ class ContinuityBackupHook(ContinuityPolicyHook):
     """
 
     conn_name_attr = "keyring_conn_id"
-    default_conn_name = "continuity_keyring"
+    default_conn_name = KEYRING_CONN_ID
     hook_name = "Continuity backups"
 
     def __init__(self, *, keyring_conn_id: str = default_conn_name, policy_path: str | None = None,

@@ -21,14 +21,12 @@ from airflow.sdk import BaseHook, Variable
 from pydantic import ValidationError
 
 from continuity.failover.records import TopologyRecord
+from continuity.policy.project import TOPOLOGY_KEY, TOPOLOGY_NAME, TOPOLOGY_PREFIX, TOPOLOGY_VARIABLE  # noqa: F401 - re-exported
 from continuity.policy.model import Policy
 from continuity.policy.loading import load_policy
 
 log = logging.getLogger(__name__)
 
-TOPOLOGY_VARIABLE = "continuity_topology"
-TOPOLOGY_PREFIX, TOPOLOGY_NAME = "topology/", "current"
-TOPOLOGY_KEY = f"{TOPOLOGY_PREFIX}{TOPOLOGY_NAME}.json"
 
 
 def read_topology() -> TopologyRecord | None:

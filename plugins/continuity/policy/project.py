@@ -23,6 +23,10 @@ PROJECT_ENV_VAR = "CONTINUITY_PROJECT"
 # The development lab's sandbox this shell works against (`continuity sandbox env` sets it): the product only ever
 # uses a sandbox this names (or a command's --root), never one it happens to find on disk.
 SANDBOX_ENV_VAR = "CONTINUITY_SANDBOX"
+# The recorded topology (dr_failover writes it; every DAG reads it): an Airflow Variable and its copy in storage.
+TOPOLOGY_VARIABLE = "continuity_topology"
+TOPOLOGY_PREFIX, TOPOLOGY_NAME = "topology/", "current"
+TOPOLOGY_KEY = f"{TOPOLOGY_PREFIX}{TOPOLOGY_NAME}.json"
 
 
 class ProjectNotFound(FileNotFoundError):

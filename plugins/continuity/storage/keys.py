@@ -26,6 +26,10 @@ KMS_PREFIX = "kms:"
 DATA_KEY_BYTES = 32
 
 
+# The connection the Airflow layer reads the keyring from. Never inside a configuration backup: the keyring
+# protects the backups, so a copy inside one is either out of reach or every KEK (retired ones too) beside them.
+KEYRING_CONN_ID = "continuity_keyring"
+
 class KeyringError(Exception):
     """A key problem: missing, wrong, or a keyring that cannot be read."""
 

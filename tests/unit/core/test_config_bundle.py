@@ -60,3 +60,41 @@ def test_a_member_outside_the_bundle_is_refused() -> None:
 def test_not_a_tar_is_refused_clearly() -> None:
     with pytest.raises(ConfigRestoreError, match="test: not a configuration bundle"):
         read_bundle(b"not a bundle", where="test")
+
+
+def test_the_keyring_and_the_topology_never_enter_a_config_backup(tmp_path) -> None:
+    """#30 item 13: the keyring protects the backups (a copy inside one holds every KEK, retired ones too); the
+    topology Variable is stale once restored."""
+    import json
+
+    from continuity.backup.config import collect
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("topology: {}\n")
+    environ = {"AIRFLOW_CONN_CONTINUITY_KEYRING": json.dumps({"conn_type": "generic", "password": "KEK-MATERIAL"}),
+               "AIRFLOW_CONN_CONTINUITY_APP": json.dumps({"conn_type": "postgres", "password": "app-secret"}),
+               "AIRFLOW_VAR_CONTINUITY_TOPOLOGY": json.dumps({"primary": "dr"}),
+               "AIRFLOW_VAR_KEPT": "yes"}
+    bundle = collect(policy_path=policy, state_files=[], airflow=None, environ=environ)
+    assert b"KEK-MATERIAL" not in bundle.tar()
+    assert sorted(json.loads(bundle.files["airflow/connections.json"])) == ["continuity_app"]
+    assert sorted(json.loads(bundle.files["airflow/variables.json"])) == ["kept"]
+    assert any("continuity_keyring left out" in note for note in bundle.notes)
+
+
+def test_a_rebuild_without_a_fernet_key_is_refused_before_anything_is_imported(tmp_path) -> None:
+    from continuity.backup.config import fernet_configured, restore_into_airflow
+
+    bundle = ConfigBundle()
+    bundle.add("airflow/connections.json", b'{"continuity_app": {"conn_type": "postgres", "password": "s"}}')
+    bundle.add("airflow/variables.json", b"{}")
+    with pytest.raises(ConfigRestoreError, match=r"has no Fernet key: the 1 connections would be stored in plain "
+                                                 r"text .*nothing was imported. HINT: set AIRFLOW__CORE__FERNET_KEY"):
+        restore_into_airflow(bundle, airflow="/nonexistent/airflow", airflow_home=tmp_path, backup_id="config-1",
+                             environ={}, report=print)
+    assert not (tmp_path / "continuity-config").exists()
+    assert fernet_configured({"AIRFLOW__CORE__FERNET_KEY": "k"}, tmp_path)
+    (tmp_path / "airflow.cfg").write_text("[core]\nfernet_key = abc\n")
+    assert fernet_configured({}, tmp_path)
+    (tmp_path / "airflow.cfg").write_text("[core]\nfernet_key =\n")
+    assert not fernet_configured({}, tmp_path)
