@@ -14,7 +14,12 @@ requirements' failover orchestrator watches:
 | each node answers a round trip within `max_latency` (1 s) | network (2) |
 | each storage location's bucket and the serving region's application bucket are reachable | storage (1) |
 | the archiver has no new failure and the WAL spool is not piling up | archiving (0) |
-| replication settings and slots match the policy (configuration drift) | configuration (0) |
+| replication settings and slots match the policy (configuration drift), `max_slot_wal_keep_size` too | configuration (0) |
+| each replication slot retains less WAL than `slot_wal_alert_ratio` of `max_slot_wal_keep` | configuration (0), **alert** |
+
+A check marked **alert** also opens an incident of its own (`slot_wal_alert_severity`, cause
+`health:<check>`: one incident while it stays red): a stopped standby's slot filling the primary's
+disk needs a person before the bound, not only a red run.
 
 `assess_health` sums the weights of the failing components: a score at or above the policy's
 `disaster_threshold` (3) is reported as a disaster; any failing check fails the run with a one-line

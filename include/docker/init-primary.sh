@@ -17,6 +17,7 @@ psql -v ON_ERROR_STOP=1 -U postgres <<'SQL'
 ALTER SYSTEM SET wal_level = 'replica';
 ALTER SYSTEM SET max_wal_senders = 10;
 ALTER SYSTEM SET max_replication_slots = 10;
+ALTER SYSTEM SET max_slot_wal_keep_size = '8192MB';  -- include/policy.yaml health_monitor.max_slot_wal_keep
 ALTER SYSTEM SET wal_log_hints = 'on';
 ALTER SYSTEM SET archive_mode = 'on';
 ALTER SYSTEM SET archive_command = '/bin/sh /opt/continuity/archive-wal.sh /var/lib/postgresql/wal-spool %p %f 256';

@@ -201,6 +201,7 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
         settings["archive_command"] = (f"{shlex.quote(str(archive_script))} {shlex.quote(str(self.spool_dir))} %p %f "
                                        f"{incremental.max_queued}")
         settings["archive_timeout"] = f"{max(1, int(incremental.archive_timeout.total_seconds()))}s"
+        settings["max_slot_wal_keep_size"] = f"{self.policy.health_monitor.max_slot_wal_keep_setting}MB"
         conf = "\n".join(f"{k} = {conf_value(v)}" for k, v in settings.items())
         self.user.write_file(primary.data_dir / "continuity.conf", "# Written by continuity sandbox.\n" + conf + "\n")
         with open(primary.data_dir / "postgresql.conf", "a") as handle:

@@ -87,3 +87,43 @@ def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
         primary.start()
         sandbox.wait_streaming()
         sandbox.wait_entry_point()
+
+
+def test_a_stopped_standbys_slot_filling_the_primary_opens_an_incident_before_the_bound(
+        sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """#30 item 8: the DR standby stopped while the primary writes; its slot's WAL passes the alert level (half
+    the bound) → the run names the slot and how much it holds, and an incident cause is left for dr_incident."""
+    from continuity.hooks.incident import ContinuityIncidentHook
+    from continuity.incidents.records import claim_cause, pending_causes
+    from tests.support.policies import use_overlay
+
+    use_overlay(monkeypatch, tmp_path, {"health_monitor": {"max_slot_wal_keep": "128MiB", "slot_wal_alert_ratio": 0.25}})
+    primary, dr = sandbox.cluster("primary"), sandbox.cluster("dr")
+    applied = primary.psql("SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'").strip()
+    assert applied == sandbox.policy.health_monitor.max_slot_wal_keep_setting, "the sandbox applies the policy's bound"
+    primary.psql("ALTER SYSTEM SET max_slot_wal_keep_size = '128MB'; SELECT pg_reload_conf();")
+    locations = ContinuityIncidentHook(follow_topology=False).incident_locations()
+    cause = "health:WAL retained on primary by slot dr"
+    dr.stop()
+    try:
+        primary.psql("CREATE TABLE continuity_slot_filler AS SELECT g, repeat(md5(g::text), 30) AS pad "
+                     "FROM generate_series(1, 40000) g; SELECT pg_switch_wal();", dbname="app")
+        run = load_dag("dr_health_monitor").test()
+        assert str(run.state) == "failed"
+        assessment = xcom(run, "assess_health", "assessment")
+        assert assessment["disaster"] is False
+        slot = next(c for c in assessment["failing"] if c["subject"] == "WAL retained on primary by slot dr")
+        assert slot["alert"] == "high"
+        assert "over the 32.0 MiB alert level (25% of the 128.0 MiB bound" in slot["reason"], slot["reason"]
+        assert slot["details"]["retained_bytes"] >= 32 * 2**20 and slot["details"]["wal_status"] != "lost"
+        waiting = [(name, request) for name, request in pending_causes(locations) if request.cause_key == cause]
+        assert waiting, "the alert waits in the incident inbox for dr_incident"
+        assert waiting[0][1].severity == "high" and waiting[0][1].description == slot["reason"]
+    finally:
+        primary.psql("DROP TABLE IF EXISTS continuity_slot_filler", dbname="app")
+        primary.psql("ALTER SYSTEM RESET max_slot_wal_keep_size; SELECT pg_reload_conf();")
+        for name, request in pending_causes(locations):
+            if request.cause_key == cause:
+                claim_cause(locations, name)
+        dr.start()
+        sandbox.wait_streaming()

@@ -27,13 +27,15 @@ def _scratch_root(prefix: str) -> Path:
 
 
 @contextmanager
-def empty_cluster() -> Iterator[LocalCluster]:
+def empty_cluster(settings: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+    """A fresh cluster on a private socket only; `settings` (name: value) go into its postgresql.conf."""
     root = _scratch_root("continuity-sandbox-scratch-")
     cluster = _cluster(root, "scratch")
     cluster.initdb()
     with open(cluster.data_dir / "postgresql.conf", "a") as conf:
         conf.write(f"\nport = {cluster.port}\nunix_socket_directories = '{cluster.socket_dir}'\n"
                    f"listen_addresses = ''\n")
+        conf.writelines(f"{name} = '{value}'\n" for name, value in (settings or {}).items())
     try:
         cluster.start()
         yield cluster

@@ -202,6 +202,8 @@ def test_wal_is_queued_bounded_and_pushed_from_the_shared_spool() -> None:
             f"{policy.backups.incremental.max_queued}'") in settings
     assert f"archive_timeout = '{int(policy.backups.incremental.archive_timeout.total_seconds())}s'" in settings
     assert "ALTER SYSTEM SET archive_mode = 'on'" in settings and "ALTER SYSTEM SET wal_log_hints = 'on'" in settings
+    # A lost standby's slot must not fill the primary's disk: the policy's bound, in PostgreSQL's unit.
+    assert f"max_slot_wal_keep_size = '{policy.health_monitor.max_slot_wal_keep_setting}MB'" in settings
     assert SERVICES["pg-primary"]["command"] == ["postgres"], "no setting on a command line node control cannot repeat"
     pusher = SERVICES["wal-pusher"]
     assert "wal pusher --spool /var/lib/postgresql/wal-spool" in " ".join(pusher["command"])

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from continuity.policy.model import Policy, format_duration
-from continuity.postgres.node import NodeUnreachable, PostgresNode, StandbyReplication
+from continuity.policy.model import Policy, Severity, format_duration
+from continuity.postgres.node import NodeUnreachable, PostgresNode, ReplicationSlot, StandbyReplication
 
 Component = Literal["database", "application", "network", "storage", "configuration", "archiving"]
 
@@ -26,6 +26,8 @@ class Check:
     healthy: bool
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
+    # A failing check that must reach a person by itself (not only as a red run): the incident's severity.
+    alert: Severity | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,7 +224,8 @@ def check_configuration(policy: Policy, primary: PostgresNode) -> list[Check]:
     subject = f"configuration of {primary.name}"
     monitor = policy.health_monitor
     try:
-        settings = primary.settings([*monitor.required_settings, "max_wal_senders", "synchronous_standby_names"])
+        settings = primary.settings([*monitor.required_settings, "max_wal_senders", "synchronous_standby_names",
+                                     "max_slot_wal_keep_size"])
         slots = {s.slot_name: s for s in primary.replication_slots()}
     except NodeUnreachable as exc:
         return [Check("configuration", subject, False, str(exc))]
@@ -235,6 +238,14 @@ def check_configuration(policy: Policy, primary: PostgresNode) -> list[Check]:
     senders = int(settings.get("max_wal_senders", "0"))
     checks.append(Check("configuration", f"{subject}: max_wal_senders", senders >= monitor.min_wal_senders,
                         f"max_wal_senders is {senders}, the policy requires at least {monitor.min_wal_senders}"))
+    bound = settings.get("max_slot_wal_keep_size")
+    wanted = monitor.max_slot_wal_keep_setting
+    checks.append(Check("configuration", f"{subject}: max_slot_wal_keep_size", bound == wanted,
+                        f"max_slot_wal_keep_size is {_megabytes(bound)} as the policy requires" if bound == wanted else
+                        f"max_slot_wal_keep_size is {_megabytes(bound)}, the policy requires {wanted}MB: "
+                        + ("a stopped standby's slot can fill the primary's disk" if bound == "-1" else
+                           "slots may hold a different amount of WAL than the policy's alerts assume")
+                        + f". HINT: ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}MB'; SELECT pg_reload_conf()"))
     sync_names = settings.get("synchronous_standby_names", "")
     for node in policy.topology.standbys:
         if node.synchronous:
@@ -248,7 +259,49 @@ def check_configuration(policy: Policy, primary: PostgresNode) -> list[Check]:
         checks.append(Check("configuration", f"{subject}: slot {node.name}", ok,
                             f"replication slot {node.name} is {state}"
                             + ("" if slot is None else f", retaining {_mib(slot.retained_bytes)} of WAL")))
+    standbys = {node.name for node in policy.topology.standbys}
+    checks.extend(slot_retention(policy, primary.name, slot, of_a_standby=slot.slot_name in standbys)
+                  for slot in slots.values())
     return checks
+
+
+def _megabytes(setting: str | None) -> str:
+    if setting is None:
+        return "not set"
+    return "-1 (unlimited)" if setting == "-1" else f"{setting}MB"
+
+
+def slot_retention(policy: Policy, primary: str, slot: ReplicationSlot, *, of_a_standby: bool) -> Check:
+    """The WAL a replication slot holds on the primary against the policy's bound: failing, with an alert, from
+    `slot_wal_alert_ratio` of the bound on (time to act before PostgreSQL drops the standby's WAL at the bound)."""
+    monitor = policy.health_monitor
+    bound, ratio = monitor.max_slot_wal_keep, monitor.slot_wal_alert_ratio
+    alert_at = int(bound * ratio)
+    name = slot.slot_name
+    whose = f"standby {name}" if of_a_standby else f"slot {name} (no standby of the policy: a leftover?)"
+    subject = f"WAL retained on {primary} by slot {name}"
+    details = {"slot": name, "retained_bytes": slot.retained_bytes, "wal_status": slot.wal_status,
+               "alert_at_bytes": alert_at, "bound_bytes": bound, "active": slot.active}
+    limits = f"{_mib(alert_at)} alert level ({ratio:.0%} of the {_mib(bound)} bound, max_slot_wal_keep_size)"
+    if slot.wal_status == "lost":
+        return Check("configuration", subject, False,
+                     f"slot {name} lost its WAL past the {_mib(bound)} bound (max_slot_wal_keep_size): the primary's "
+                     f"disk was kept, {whose} cannot stream again until it is cloned again. HINT: clone it again from the "
+                     f"primary (docs/runbooks/failover.md, 'A slot that lost its WAL') or drop the slot", details, alert=monitor.slot_wal_alert_severity)
+    if slot.wal_status == "unreserved":
+        return Check("configuration", subject, False,
+                     f"slot {name} retains {_mib(slot.retained_bytes)} of WAL, past the {_mib(bound)} bound "
+                     f"(max_slot_wal_keep_size): the next checkpoint removes it and {whose} must then be cloned again",
+                     details, alert=monitor.slot_wal_alert_severity)
+    retained = slot.retained_bytes or 0
+    if retained >= alert_at:
+        return Check("configuration", subject, False,
+                     f"slot {name} retains {_mib(retained)} of WAL, over the {limits}: {whose} is "
+                     f"{'streaming' if slot.active else 'not connected'} that far behind; at the bound its WAL is "
+                     f"removed and it must be cloned again. HINT: bring it back (or drop the slot if it is gone)",
+                     details, alert=monitor.slot_wal_alert_severity)
+    return Check("configuration", subject, True,
+                 f"slot {name} retains {_mib(retained)} of WAL, under the {limits}", details)
 
 
 def _standby_names(setting: str) -> set[str]:

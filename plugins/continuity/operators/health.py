@@ -23,6 +23,7 @@ from continuity.health.checks import (
     check_entry_point,
 )
 from continuity.hooks.health import HealthProbeHook, node_for
+from continuity.incidents.health_alerts import alert_requests
 from continuity.policy.model import Policy
 from continuity.operators.base import ContinuityOperator
 from continuity.health.viewpoints import observe_primary, viewpoint_variable
@@ -132,14 +133,19 @@ class HealthAssessmentOperator(HealthCheckOperator):
         assessment = assess(policy, findings)
         result = assessment.to_dict()
         context["ti"].xcom_push(key="assessment", value=result)
+        from continuity.alerts.callbacks import report_cause
+
+        source = f"dr_health_monitor run {context['run_id']}"
+        for request in alert_requests(assessment, source=source):
+            self.log.warning("ALERT %s (%s): %s", request.cause_key, request.severity, request.description)
+            report_cause(request)
         if assessment.disaster:
-            from continuity.alerts.callbacks import report_cause
             from continuity.incidents.records import IncidentRequest
 
             report_cause(IncidentRequest(
                 severity="critical", title=f"Disaster assessment: failure score {assessment.score}",
                 description=assessment.summary(), functions=sorted(policy.functions_on_the_database()),
-                cause_key=f"disaster:{policy.topology.primary.name}", source=f"dr_health_monitor run {context['run_id']}"))
+                cause_key=f"disaster:{policy.topology.primary.name}", source=source))
         if not assessment.healthy:
             raise AirflowFailException(assessment.summary())
         self.log.info("%s", assessment.summary())

@@ -471,13 +471,29 @@ class HealthMonitor(_Model):
     # a lost primary is confirmed in probe_interval + (consecutive_failures - 1) × confirm_interval at most.
     confirm_interval: Duration = timedelta(seconds=10)
     max_latency: Duration = timedelta(seconds=1)  # a node's round trip from the monitor, over it: network failing
+    # A standby that stops consuming its replication slot makes the primary keep every WAL segment since: with
+    # no bound, until its disk is full and every write stops. The primaries run with max_slot_wal_keep_size set
+    # to this (the sandbox, the compose file; drift is a failing check); past it PostgreSQL drops that
+    # standby's WAL (the standby must be cloned again) rather than the primary. An incident at
+    # `slot_wal_alert_severity` is opened once a slot retains `slot_wal_alert_ratio` of it: time to act first.
+    max_slot_wal_keep: ByteSize = 8 * 2**30
+    slot_wal_alert_ratio: float = Field(default=0.5, gt=0, lt=1)
+    slot_wal_alert_severity: Severity = "high"
 
     @model_validator(mode="after")
     def _confirm_within_interval(self) -> HealthMonitor:
         if self.confirm_interval > self.probe_interval:
             raise ValueError(f"confirm_interval ({format_duration(self.confirm_interval)}) must not be longer than "
                              f"probe_interval ({format_duration(self.probe_interval)}): confirming rounds come sooner")
+        if self.max_slot_wal_keep % 2**20 or self.max_slot_wal_keep < 32 * 2**20:
+            raise ValueError(f"max_slot_wal_keep ({self.max_slot_wal_keep} bytes) must be a whole number of MiB and at "
+                             f"least 32MiB (two WAL segments): it becomes PostgreSQL's max_slot_wal_keep_size, in MB")
         return self
+
+    @property
+    def max_slot_wal_keep_setting(self) -> str:
+        """max_slot_wal_keep_size as pg_settings shows it (in MB)."""
+        return str(self.max_slot_wal_keep // 2**20)
 
 
 class FailoverApproval(_Model):

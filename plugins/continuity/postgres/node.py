@@ -148,6 +148,9 @@ class ReplicationSlot:
     active: bool
     restart_lsn: str | None
     retained_bytes: int | None
+    # PostgreSQL's verdict on the slot's WAL: reserved/extended (kept), unreserved (past
+    # max_slot_wal_keep_size, removed at the next checkpoint), lost (removed: the standby must be cloned again).
+    wal_status: str | None = None
 
 
 class PostgresNode:
@@ -242,7 +245,8 @@ class PostgresNode:
             """
             SELECT slot_name, active, restart_lsn::text AS restart_lsn,
                    CASE WHEN pg_is_in_recovery() THEN NULL
-                        ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END AS retained_bytes
+                        ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END AS retained_bytes,
+                   wal_status
             FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
             """
         )
