@@ -130,3 +130,50 @@ def test_a_video_whose_object_never_reached_the_replica_fails_the_drills_video_v
     assert changes, "PagerDuty got a change event (nobody paged)"
     assert [r for r in received(sandbox.receivers_dir, "slack")
             if r["body"]["text"].startswith(f"*[TEST] TEST of the incident channels (drill {run.run_id})")]
+
+
+def test_an_application_view_over_the_drill_markers_runs_nothing_with_a_superusers_rights(sandbox) -> None:
+    """#30 item 11: the application role swaps the drill's marker table for a view that calls its own function,
+    which runs `COPY ... TO PROGRAM` (allowed to a superuser only). A drill reading the markers in the rebuilt
+    copy must not run the program: the copy is read as a role of its own, no superuser."""
+    import psycopg
+
+    from continuity.exercises.drill import MARKER_TABLE, commit_pitr_markers
+
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    reachable = Path(tempfile.mkdtemp(prefix="continuity-hostile-"))
+    reachable.chmod(0o777)  # the program would run as the server's OS user
+    evidence = reachable / "program-ran"
+    hostile = f"""
+        CREATE OR REPLACE FUNCTION continuity_hostile() RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+            EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {evidence}''';
+            RETURN true;
+        END $$;
+        ALTER TABLE {MARKER_TABLE} RENAME TO {MARKER_TABLE}_real;
+        CREATE VIEW {MARKER_TABLE} AS SELECT * FROM {MARKER_TABLE}_real WHERE continuity_hostile();
+    """
+    app = sandbox.app_conninfo(through_pgbouncer=False)
+    drill_id = f"hostile-{time.time_ns()}"
+    with psycopg.connect(app, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (drill_id text PRIMARY KEY, "
+                     f"committed_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        conn.execute(hostile)
+    try:
+        markers = commit_pitr_markers(app, drill_id)  # through the view: the application's own table behind it
+        catalog = sandbox.catalog()
+        physical_backup(node=sandbox.backup_node("primary"), keyring=sandbox.keyring(),
+                        locations=list(catalog.locations.values()), required={"primary", "dr"},
+                        backup_id=f"physical-primary-hostile-{time.time_ns()}", report=lambda _m: None)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_execute_server_program"):
+            check_point_in_time(catalog=sandbox.catalog(), location="dr", markers=markers, database="app",
+                                report=lambda _m: None, target_time=None)
+        assert not evidence.exists(), "the application's function ran a program with a superuser's rights"
+    finally:
+        with psycopg.connect(app, autocommit=True) as conn:
+            conn.execute(f"DROP VIEW IF EXISTS {MARKER_TABLE}; DROP FUNCTION IF EXISTS continuity_hostile();"
+                         f"ALTER TABLE IF EXISTS {MARKER_TABLE}_real RENAME TO {MARKER_TABLE}")
+        shutil.rmtree(reachable, ignore_errors=True)

@@ -91,7 +91,7 @@ def check_point_in_time(*, catalog: Catalog, location: str, markers: PitrMarkers
     started = time.monotonic()
     with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
         restore_physical(catalog=catalog, location=location, scratch=scratch, target_time=target_time, report=report)
-        with scratch.connect(database) as conn:
+        with scratch.connect(database, user=scratch.add_check_role()) as conn:
             found = {row[0] for row in conn.execute(f"SELECT drill_id FROM {MARKER_TABLE} WHERE drill_id IN (%s, %s)",
                                                     (markers.before, markers.after)).fetchall()}
     check = PitrCheck(target=markers.target, recovered_to=target_time.isoformat() if target_time else "latest",
@@ -181,24 +181,25 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
     with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
         base = restore_physical(catalog=catalog, location=location, scratch=scratch, report=report)
         started = time.monotonic()
-        with scratch.connect(database) as conn:
+        reader = scratch.add_check_role()  # never a superuser over the application's objects
+        with scratch.connect(database, user=reader) as conn:
             row = conn.execute(f"SELECT committed_at FROM {MARKER_TABLE} WHERE drill_id = %s", (drill_id,)).fetchone()
             last = conn.execute(f"SELECT max(committed_at) FROM {MARKER_TABLE}").fetchone()[0]
         logical = catalog.latest("logical", location=location)
         checks = validate_restored(manifest=logical, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
-                                   database=database, tables=None, exact=False) if logical else []
+                                   database=database, tables=None, exact=False, user=reader) if logical else []
         amcheck_ok, amcheck_detail = amcheck(scratch)
         report(amcheck_detail)
         consistency = {name: check for name, (replica, _) in (object_replicas or {}).items()
                        if (check := check_object_references(policy, name, replica, scratch, database,
-                                                            report=report)) is not None}
+                                                            report=report, user=reader)) is not None}
         scratch.timings["validation"] = time.monotonic() - started
         writable_at = datetime.now(timezone.utc)
         application = None
         if application_check is not None:  # each function's RTO: until its transaction succeeds there
             started = time.monotonic()
             # As the application's own role: a physical copy keeps the source's roles and grants.
-            probe = application_check(scratch.conninfo(database).replace("user=postgres", "user=app"),
+            probe = application_check(scratch.conninfo(database, user="app"),
                                       uploaded_before=replicated_through(consistency.values()))
             application = probe.model_dump(mode="json")
             report(probe.summary())

@@ -271,10 +271,11 @@ def run_sample_restore_test(*, catalog: Catalog, policy: Policy, seed: str, repo
         report(amcheck_detail)
         consistency = [check for name, (replica, _) in (object_replicas or {}).items()
                        if (check := check_object_references(policy, name, replica, scratch, database,
-                                                            source_database=source_database, report=report))]
+                                                            source_database=source_database, report=report,
+                                                            user=RESTORE_ROLE))]
         application = None
         if application_check is not None:
-            probe = application_check(scratch.conninfo(database).replace("user=postgres", f"user={RESTORE_ROLE}"),
+            probe = application_check(scratch.conninfo(database, user=RESTORE_ROLE),
                                       uploaded_before=replicated_through(consistency))
             application = probe.model_dump(mode="json")
             report(probe.summary())

@@ -63,6 +63,12 @@ class RestoreRefused(RestoreError):
 # holds no pg_execute_server_program / pg_read_server_files, so such code cannot run a program
 # or read the server's files; the server itself runs with a scrubbed environment.
 RESTORE_ROLE = "continuity_restore"
+# The same danger in a restored physical copy (a drill's markers, row counts, object references): its tables
+# and views are the application's, and a view calling an application function runs that function with the
+# reader's rights; as a superuser, `COPY ... TO PROGRAM`. Reads there go through this role, made in the
+# throwaway copy only (`add_check_role`): no superuser, reading by pg_read_all_data. (pg_amcheck may stay a
+# superuser: amcheck evaluates index expressions as the table's owner, in a security-restricted operation.)
+CHECK_ROLE = "continuity_check"
 
 
 @dataclass
@@ -77,11 +83,37 @@ class ScratchCluster:
     def port(self) -> int:
         return self.cluster.port
 
-    def conninfo(self, dbname: str = "postgres") -> str:
-        return f"host={self.cluster.socket_dir} port={self.cluster.port} user=postgres dbname={dbname}"
+    def conninfo(self, dbname: str = "postgres", *, user: str = "postgres") -> str:
+        return f"host={self.cluster.socket_dir} port={self.cluster.port} user={user} dbname={dbname}"
 
-    def connect(self, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection:
-        return psycopg.connect(self.conninfo(dbname), **kwargs)
+    def connect(self, dbname: str = "postgres", *, user: str = "postgres", **kwargs: Any) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname, user=user), **kwargs)
+
+    def add_check_role(self) -> str:
+        """Make CHECK_ROLE in this (promoted) copy and return its name. A role of that name restored with the copy
+        is replaced: its attributes came from the backup. It logs in without a password over the copy's socket
+        only, whose directory (scratch_cluster: 0700) only the service user can enter; the source's pg_hba.conf
+        rules follow for every other role."""
+        self.cluster.psql(f"DROP ROLE IF EXISTS {CHECK_ROLE};\n"
+                          f"CREATE ROLE {CHECK_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                          f"NOBYPASSRLS;\nGRANT pg_read_all_data TO {CHECK_ROLE};")
+        hba = self.cluster.data_dir / "pg_hba.conf"
+        rules = hba.read_text()
+        if not rules.startswith(f"local all {CHECK_ROLE} trust"):
+            self.cluster.user.write_file(hba, f"local all {CHECK_ROLE} trust\n{rules}")
+            self.cluster.psql("SELECT pg_reload_conf();")
+
+            def admitted() -> bool:  # the postmaster reads pg_hba.conf again on the signal: soon, not at once
+                try:
+                    self.connect(user=CHECK_ROLE, connect_timeout=5).close()
+                    return True
+                except psycopg.OperationalError:
+                    return False
+
+            if not poll(admitted, timeout=10):
+                raise RestoreError(f"the restored copy does not let {CHECK_ROLE} log in over its socket "
+                                   f"({hba} reloaded); see {self.cluster.log_file}")
+        return CHECK_ROLE
 
     def write_private_conf(self, extra: dict[str, str] | None = None) -> None:
         """Settings that keep a restored copy private: own port and socket, no archiving, no upstream."""
@@ -648,11 +680,12 @@ def replicated_through(checks: Iterable[Consistency]) -> datetime | None:
 
 def check_object_references(policy: Any, category: str, replica: ObjectStore, scratch: Any, database: str,
                             *, source_database: str | None = None, describe: str | None = None,
-                            report: Callable[[str], None]) -> Consistency | None:
+                            report: Callable[[str], None], user: str | None = None) -> Consistency | None:
     """The restored `database`'s references to `category`'s objects against a replica, as of now (what a
     restore of the objects could bring back). `scratch`: where the database is (anything with
     `connect(database)`: a ScratchCluster, a promoted node). `source_database`: the application database
-    it was restored from (default: the same name). None when the category references no table of it."""
+    it was restored from (default: the same name); `user`: the role to read as (CHECK_ROLE in a restored copy).
+    None when the category references no table of it."""
     spec = policy.objects.categories.get(category) if policy.objects else None
     reference = spec.database_reference if spec else None
     if reference is None or reference.database != (source_database or database):
@@ -662,7 +695,7 @@ def check_object_references(policy: Any, category: str, replica: ObjectStore, sc
                sql.Identifier(reference.sha256_column) if reference.sha256_column else sql.NULL,
                sql.Identifier(reference.time_column) if reference.time_column else sql.NULL]
     query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), sql.Identifier(reference.table))
-    with scratch.connect(database) as conn:
+    with scratch.connect(database, **({"user": user} if user else {})) as conn:
         with conn.cursor(name="continuity_object_references") as cursor:  # server-side: rows stream
             cursor.execute(query)
             return check_consistency(iter(cursor), replica=replica,
