@@ -17,9 +17,13 @@ requirements' failover orchestrator watches:
 | replication settings and slots match the policy (configuration drift), `max_slot_wal_keep_size` too | configuration (0) |
 | each replication slot retains less WAL than `slot_wal_alert_ratio` of `max_slot_wal_keep` | configuration (0), **alert** |
 
-A check marked **alert** also opens an incident of its own (`slot_wal_alert_severity`, cause
-`health:<check>`: one incident while it stays red): a stopped standby's slot filling the primary's
-disk needs a person before the bound, not only a red run.
+Every failing check also opens an incident of its own (cause `health:<check>`, one incident while it
+stays red) at its component's severity in `health_monitor.alerts` (application high; network, storage,
+archiving, configuration low: the internal teams only); the check marked **alert** at
+`slot_wal_alert_severity` (high): a stopped standby's slot filling the primary's disk needs a person
+before the bound. A disaster's critical incident stands for every failing check. Once a check has been
+green for `resolve_after` (10 minutes) with nothing red reported, the monitor asks dr_incident to
+resolve its incident (no recovery announcement unless the incident reached customers).
 
 `assess_health` sums the weights of the failing components: a score at or above the policy's
 `disaster_threshold` (3) is reported as a disaster; any failing check fails the run with a one-line

@@ -18,7 +18,8 @@ Trigger with params (**action** `open`, `update` or `resolve`):
      text; Publish sends the approved text (status page, customers' e-mail, in-app banner); Reject
      or no answer publishes nothing and is recorded.
 - **update** (`incident_id`) — a status update drafted from the incident, approved, published.
-- **resolve** (`incident_id`) — the recovery announcement (approved, published); PagerDuty resolved
+- **resolve** (`incident_id`) — the recovery announcement (approved, published; only for an incident
+  whose severity reached the customers group); PagerDuty resolved
   with the same dedup key; banner cleared; management told; the post-incident report (root cause
   and lessons entered in the UI) written as Markdown and JSON to every required location.
 
@@ -115,8 +116,10 @@ with DAG(
                                      audience="customers", template="recovery_announcement",
                                      response_timeout=_approval_timeout("customers"), approvers=_approvers("customers"))
     # Resolved even when the announcement was rejected or timed out (that is recorded); never on the open path.
+    # The branch chooses resolve_incident itself (with the announcement when the incident reached customers).
     resolve = ResolveIncidentOperator(task_id="resolve_incident", trigger_rule="none_failed_min_one_success")
     path >> announce >> PublishNoticeOperator(task_id="publish_recovery_announcement",
                                               approval_task_id="approve_recovery_announcement") >> resolve
     announce >> resolve
+    path >> resolve
     resolve >> PostIncidentReportOperator(task_id="post_incident_report")

@@ -7,7 +7,8 @@ triggers one `dr_incident` run per cause. Causes come from:
 
 - failed tasks of the backup, WAL, object replication, validation, config backup, restore test and
   drill DAGs (cause `failed:<dag>:<task>`: one incident per failing step, however many runs fail);
-- `dr_health_monitor`'s disaster assessment (cause `disaster:<primary>`);
+- `dr_health_monitor`'s disaster assessment (cause `disaster:<primary>`), each failing check that is no
+  disaster (cause `health:<check>`), and the resolution of a check's incident once it is green again;
 - every `dr_failover` run, at its start and with its outcome (cause `failover:<run id>`; a planned
   switchover or a dry run pages nobody);
 - a restore test or drill still running past its RTO target (cause `rto-missed:<dag>`).

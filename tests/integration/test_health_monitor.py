@@ -9,6 +9,15 @@ from tests.support.airflow_helpers import load_dag, task_states, xcom
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
+def clear_health_causes(locations) -> None:
+    """Remove the check incidents' causes waiting in this sandbox's inbox (every red check leaves one)."""
+    from continuity.incidents.records import claim_cause, pending_causes
+
+    for name, request in pending_causes(locations):
+        if request.cause_key.startswith("health:"):
+            claim_cause(locations, name)
+
+
 def test_healthy_sandbox_passes(sandbox) -> None:
     run = load_dag("dr_health_monitor").test()
     assert str(run.state) == "success", task_states(run)
@@ -94,7 +103,7 @@ def test_a_stopped_standbys_slot_filling_the_primary_opens_an_incident_before_th
     """#30 item 8: the DR standby stopped while the primary writes; its slot's WAL passes the alert level (half
     the bound) → the run names the slot and how much it holds, and an incident cause is left for dr_incident."""
     from continuity.hooks.incident import ContinuityIncidentHook
-    from continuity.incidents.records import claim_cause, pending_causes
+    from continuity.incidents.records import pending_causes
     from tests.support.policies import use_overlay
 
     use_overlay(monkeypatch, tmp_path, {"health_monitor": {"max_slot_wal_keep": "128MiB", "slot_wal_alert_ratio": 0.25}})
@@ -104,6 +113,7 @@ def test_a_stopped_standbys_slot_filling_the_primary_opens_an_incident_before_th
     primary.psql("ALTER SYSTEM SET max_slot_wal_keep_size = '128MB'; SELECT pg_reload_conf();")
     locations = ContinuityIncidentHook(follow_topology=False).incident_locations()
     cause = "health:WAL retained on primary by slot dr"
+    clear_health_causes(locations)
     dr.stop()
     try:
         primary.psql("CREATE TABLE continuity_slot_filler AS SELECT g, repeat(md5(g::text), 30) AS pad "
@@ -122,8 +132,62 @@ def test_a_stopped_standbys_slot_filling_the_primary_opens_an_incident_before_th
     finally:
         primary.psql("DROP TABLE IF EXISTS continuity_slot_filler", dbname="app")
         primary.psql("ALTER SYSTEM RESET max_slot_wal_keep_size; SELECT pg_reload_conf();")
-        for name, request in pending_causes(locations):
-            if request.cause_key == cause:
-                claim_cause(locations, name)
+        clear_health_causes(locations)
         dr.start()
         sandbox.wait_streaming()
+
+
+def test_a_lost_standby_opens_a_low_incident_and_once_green_the_monitor_resolves_it(
+        sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """#30 item 3: a red check that is no disaster (the DR standby stopped: score 2) reaches the immediate team as
+    an incident of its own, and the monitor resolves it once the check has stayed green for resolve_after."""
+    import time
+
+    from continuity.hooks.incident import ContinuityIncidentHook
+    from continuity.incidents.records import pending_causes
+    from tests.support.airflow_helpers import task_states
+    from tests.support.policies import use_overlay
+
+    use_overlay(monkeypatch, tmp_path, {"health_monitor": {"resolve_after": "2s"}})
+    store = ContinuityIncidentHook(follow_topology=False).get_store()
+    cause = "health:standby dr"
+    people = r"acknowledge|escalate_.*|approve_.*|publish_.*|post_incident_report"
+
+    def waiting(action: str) -> list[tuple[str, object]]:
+        return [(name, request) for name, request in pending_causes(store.locations)
+                if request.cause_key == cause and request.action == action]
+
+    clear_health_causes(store.locations)  # other tests' red checks of this sandbox
+    dr = sandbox.cluster("dr")
+    dr.stop()
+    try:
+        red = load_dag("dr_health_monitor").test()
+        assert str(red.state) == "failed" and xcom(red, "assess_health", "assessment")["disaster"] is False
+        [(name, request)] = waiting("open")
+        assert request.severity == "low" and request.title == "standby dr: network check failing"
+        assert request.description.startswith("node dr (") and "is unreachable" in request.description
+        opened = load_dag("dr_incident").test(run_conf={**request.model_dump(mode="json"), "cause": name},
+                                              mark_success_pattern=people)
+        assert task_states(opened)["alert_internal"] == "success", task_states(opened)
+        incident = store.open_for(cause)
+        assert incident is not None and incident.severity == "low" and not waiting("open")
+    finally:
+        dr.start()
+        sandbox.wait_streaming()
+    try:
+        time.sleep(2.5)  # resolve_after: green, and nothing red reported since
+        green = load_dag("dr_health_monitor").test()
+        assert str(green.state) == "success", xcom(green, "assess_health", "assessment")
+        [(name, request)] = waiting("resolve")
+        assert request.incident_id == incident.incident_id
+        resolved = load_dag("dr_incident").test(run_conf={**request.model_dump(mode="json"), "cause": name},
+                                                mark_success_pattern=people)
+        states = task_states(resolved)
+        assert states["resolve_incident"] == "success", states
+        assert states["approve_recovery_announcement"] == "skipped", "customers never heard of a low incident"
+        assert store.get(incident.incident_id).status == "resolved" and store.open_for(cause) is None
+        assert not waiting("resolve")
+    finally:
+        clear_health_causes(store.locations)
+        if (left := store.open_for(cause)) is not None:
+            store.resolve(left.incident_id, by="test cleanup")

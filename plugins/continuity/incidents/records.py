@@ -69,6 +69,8 @@ class IncidentRequest(BaseModel):
     cause_key: str | None = None  # e.g. "failed:dr_full_backup"; None: derived from the title
     kind: IncidentKind = "incident"
     source: str = "manual"  # who or what raised it (a run id, "dr_health_monitor assessment ...")
+    # "resolve": the cause is over (a health check green again): dr_incident resolves `incident_id`.
+    action: Literal["open", "resolve"] = "open"
 
     def key(self) -> str:
         """The cause this request is about: one open incident per key."""

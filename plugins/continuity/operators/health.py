@@ -8,6 +8,7 @@ assessment applies the requirements' weighted failure score and fails the run wi
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowFailException
 
 from continuity.health.checks import (
+    Assessment,
     Check,
     assess,
     check_archiver,
@@ -23,7 +25,7 @@ from continuity.health.checks import (
     check_entry_point,
 )
 from continuity.hooks.health import HealthProbeHook, node_for
-from continuity.incidents.health_alerts import alert_requests
+from continuity.incidents.health_alerts import CAUSE_PREFIX, alert_requests, resolve_requests
 from continuity.policy.model import Policy
 from continuity.operators.base import ContinuityOperator
 from continuity.health.viewpoints import observe_primary, viewpoint_variable
@@ -133,13 +135,10 @@ class HealthAssessmentOperator(HealthCheckOperator):
         assessment = assess(policy, findings)
         result = assessment.to_dict()
         context["ti"].xcom_push(key="assessment", value=result)
-        from continuity.alerts.callbacks import report_cause
-
         source = f"dr_health_monitor run {context['run_id']}"
-        for request in alert_requests(assessment, source=source):
-            self.log.warning("ALERT %s (%s): %s", request.cause_key, request.severity, request.description)
-            report_cause(request)
+        self._report_checks(policy, assessment, source=source)
         if assessment.disaster:
+            from continuity.alerts.callbacks import report_cause
             from continuity.incidents.records import IncidentRequest
 
             report_cause(IncidentRequest(
@@ -150,6 +149,29 @@ class HealthAssessmentOperator(HealthCheckOperator):
             raise AirflowFailException(assessment.summary())
         self.log.info("%s", assessment.summary())
         return result
+
+    def _report_checks(self, policy: Policy, assessment: Assessment, *, source: str) -> None:
+        """Each failing check's incident cause, and a resolution for each check incident now green long enough.
+        Never fails the assessment: a cause that cannot be left is logged (the red run still shows it)."""
+        from continuity.alerts.callbacks import report_cause
+        from continuity.hooks.incident import ContinuityIncidentHook
+
+        requests = alert_requests(policy, assessment, source=source)
+        try:
+            hook = ContinuityIncidentHook(follow_topology=False)
+            open_checks = [incident for incident in hook.get_store().open_incidents()
+                           if incident.cause_key.startswith(CAUSE_PREFIX)] if hook.policy.communication else []
+        except Exception as exc:  # storage unreachable: the alerts still go (report_cause journals them)
+            self.log.warning("cannot read the open incidents (%s): no check incident is resolved this time", exc)
+            open_checks = []
+        requests += resolve_requests(policy, assessment, open_checks, now=datetime.now(timezone.utc), source=source)
+        for request in requests:
+            if request.action == "resolve":
+                self.log.info("RESOLVED %s (incident %s): %s", request.cause_key, request.incident_id,
+                              request.description)
+            else:
+                self.log.warning("ALERT %s (%s): %s", request.cause_key, request.severity, request.description)
+            report_cause(request)
 
 
 class ViewpointProbeOperator(ContinuityOperator):

@@ -86,10 +86,19 @@ class OpenIncidentOperator(IncidentOperator):
             except IncidentError as exc:
                 raise AirflowFailException(str(exc)) from exc
             if incident.status != "open":
+                if cause_entry:  # an automatic resolve of an incident someone resolved meanwhile: nothing to do
+                    claim_cause(store.locations, cause_entry, journal=store.journal)
+                    raise AirflowSkipException(f"incident {incident.incident_id} is already resolved; cause "
+                                               f"{cause_entry} removed from the inbox")
                 raise AirflowFailException(f"incident {incident.incident_id} is already resolved")
+            if cause_entry:
+                # The run that handles it now exists and holds the incident: the inbox entry has done its work (a
+                # later failure is this run's to retry, not the inbox's to hand over again).
+                claim_cause(store.locations, cause_entry, journal=store.journal)
             self.log.info("incident %s (%s, opened %s): %s", incident.incident_id, incident.severity,
                           incident.opened_at.isoformat(timespec="seconds"), action)
-            return IncidentRef(incident_id=incident.incident_id, action=action, joined=True).model_dump()
+            return IncidentRef(incident_id=incident.incident_id, action=action, joined=True,
+                               severity=incident.severity).model_dump()
         try:
             request = IncidentRequest.model_validate(
                 {**{k: v for k, v in params.items() if v not in (None, "")},
@@ -130,7 +139,13 @@ class ChooseIncidentPathOperator(BaseBranchOperator):
         ref = _ref(context)
         if ref.action == "open":
             return ["alert_internal"] if not ref.joined or ref.raised else []
-        return "approve_update" if ref.action == "update" else "approve_recovery_announcement"
+        if ref.action == "update":
+            return "approve_update"
+        # Customers hear of the recovery only from an incident grave enough to have reached them.
+        communication = load_policy().communication
+        if communication is not None and "customers" in communication.groups_for(ref.severity or "critical"):
+            return ["approve_recovery_announcement", "resolve_incident"]
+        return ["resolve_incident"]
 
 
 class NotifyAudienceOperator(IncidentOperator):

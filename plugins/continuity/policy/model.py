@@ -477,6 +477,14 @@ class HealthMonitor(_Model):
     # standby's WAL (the standby must be cloned again) rather than the primary. An incident at
     # `slot_wal_alert_severity` is opened once a slot retains `slot_wal_alert_ratio` of it: time to act first.
     max_slot_wal_keep: ByteSize = 8 * 2**30
+    # Every failing check opens an incident of this severity for its component (one per check, joined while it
+    # stays red; a disaster's own critical incident stands for all of them), resolved once the check has been
+    # green for `resolve_after` (a check that flaps within it stays one incident). "low" reaches the internal
+    # teams only; from "medium" the customers group is asked to approve a notice too (stakeholder_groups).
+    alerts: dict[Literal["database", "application", "network", "storage", "archiving", "configuration"], Severity] = {
+        "database": "critical", "application": "high", "network": "low", "storage": "low", "archiving": "low",
+        "configuration": "low"}
+    resolve_after: Duration = timedelta(minutes=10)
     slot_wal_alert_ratio: float = Field(default=0.5, gt=0, lt=1)
     slot_wal_alert_severity: Severity = "high"
 

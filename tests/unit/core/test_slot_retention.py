@@ -94,15 +94,17 @@ def test_every_slot_is_weighed_even_one_no_standby_uses() -> None:
     assert not checks["WAL retained on primary by slot gone"].healthy
 
 
-def test_only_checks_with_an_alert_become_incident_requests_one_cause_per_check() -> None:
+def test_a_filling_slot_is_a_high_incident_of_its_own_beside_the_low_drift_ones() -> None:
     policy = _policy()
     slots = [_slot(MIB, active=True, name="sync1"), _slot(40 * MIB, name="dr")]
     assessment = assess(policy, check_configuration(policy, _Primary(bound="-1", slots=slots)))
     assert not assessment.disaster, "a filling slot is configuration (weight 0): never a failover"
-    requests = alert_requests(assessment, source="dr_health_monitor run r1")
-    assert [(r.cause_key, r.severity) for r in requests] == [("health:WAL retained on primary by slot dr", "high")]
-    assert requests[0].description.startswith("slot dr retains 40.0 MiB of WAL")
-    assert requests[0].source == "dr_health_monitor run r1"
+    requests = {r.cause_key: r for r in alert_requests(policy, assessment, source="dr_health_monitor run r1")}
+    assert {key: r.severity for key, r in requests.items()} == {
+        "health:WAL retained on primary by slot dr": "high",  # the check's own alert
+        "health:configuration of primary: max_slot_wal_keep_size": "low", "health:configuration of primary: slot dr": "low"}
+    slot = requests["health:WAL retained on primary by slot dr"]
+    assert slot.description.startswith("slot dr retains 40.0 MiB of WAL") and slot.source == "dr_health_monitor run r1"
 
 
 @pytest.mark.parametrize(("bound", "ratio", "expected"), [

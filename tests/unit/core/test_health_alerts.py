@@ -1,0 +1,93 @@
+"""Every red check reaches a person, once per check, and its incident closes when the check stays green
+(#30 item 3): the decisions of `continuity.incidents.health_alerts`, on checks and incidents built here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from continuity.health.checks import Check, assess
+from continuity.incidents.health_alerts import alert_requests, last_red, resolve_requests
+from continuity.incidents.records import Incident
+from continuity.policy.loading import load_policy
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+
+
+def _policy(resolve_after: timedelta = timedelta(minutes=10)):
+    policy = load_policy()
+    return policy.model_copy(update={"health_monitor": policy.health_monitor.model_copy(
+        update={"resolve_after": resolve_after})})
+
+
+@pytest.mark.parametrize(("component", "subject", "severity"), [
+    ("application", "application instance http://127.0.0.1:8001", "high"),
+    ("network", "standby dr", "low"),
+    ("storage", "storage primary", "low"),
+    ("archiving", "WAL spool /spool", "low"),
+    ("configuration", "configuration of primary: slot dr", "low"),
+])
+def test_each_red_check_is_a_cause_of_its_own_at_its_components_severity(component: str, subject: str,
+                                                                         severity: str) -> None:
+    policy = _policy()
+    checks = [Check(component, subject, False, f"{subject} is broken"), Check("database", "primary p", True, "ok")]
+    [request] = alert_requests(policy, assess(policy, checks), source="dr_health_monitor run r1")
+    assert (request.cause_key, request.severity, request.action) == (f"health:{subject}", severity, "open")
+    assert request.description == f"{subject} is broken" and request.source == "dr_health_monitor run r1"
+
+
+def test_a_checks_own_alert_wins_over_its_component() -> None:
+    policy = _policy()
+    slot = Check("configuration", "WAL retained on primary by slot dr", False, "slot dr retains 5 GiB", alert="high")
+    [request] = alert_requests(policy, assess(policy, [slot]), source="s")
+    assert request.severity == "high"
+
+
+def test_a_disaster_is_one_incident_not_one_per_check() -> None:
+    policy = _policy()
+    checks = [Check("database", "primary p", False, "unreachable"), Check("network", "standby dr", False, "gone")]
+    assessment = assess(policy, checks)
+    assert assessment.disaster
+    assert alert_requests(policy, assessment, source="s") == []
+
+
+def test_a_healthy_assessment_asks_for_nothing() -> None:
+    policy = _policy()
+    assert alert_requests(policy, assess(policy, [Check("network", "standby dr", True, "streaming")]), source="s") == []
+
+
+def _incident(cause: str, *, opened: datetime, joined: list[datetime] = ()) -> Incident:
+    incident = Incident(incident_id="INC-1", cause_key=cause, severity="low", title="t", description="d",
+                        functions=[], commander="on-call", opened_at=opened)
+    incident.note("opened (low) by dr_health_monitor run r1: t", at=opened)
+    for at in joined:
+        incident.note("triggered again (2 triggers) by dr_health_monitor run r2: t", at=at)
+    incident.note("immediate team told", at=NOW)  # not a red report: does not count
+    return incident
+
+
+def test_green_for_resolve_after_resolves_the_checks_incident() -> None:
+    policy = _policy()
+    incident = _incident("health:standby dr", opened=NOW - timedelta(minutes=30), joined=[NOW - timedelta(minutes=11)])
+    assert last_red(incident) == NOW - timedelta(minutes=11)
+    green = assess(policy, [Check("network", "standby dr", True, "standby dr is streaming (async)")])
+    [request] = resolve_requests(policy, green, [incident], now=NOW, source="dr_health_monitor run r9")
+    assert (request.action, request.incident_id, request.cause_key) == ("resolve", "INC-1", "health:standby dr")
+    assert request.description.startswith("standby dr is streaming (async) (green, nothing red reported for 10m")
+
+
+def test_a_flapping_check_stays_one_open_incident() -> None:
+    policy = _policy()
+    incident = _incident("health:standby dr", opened=NOW - timedelta(minutes=30), joined=[NOW - timedelta(minutes=4)])
+    green = assess(policy, [Check("network", "standby dr", True, "streaming")])
+    assert resolve_requests(policy, green, [incident], now=NOW, source="s") == [], "red 4 minutes ago: not yet"
+
+
+def test_an_incident_is_not_resolved_while_its_check_is_red_or_unmeasured() -> None:
+    policy = _policy()
+    incident = _incident("health:standby dr", opened=NOW - timedelta(hours=1))
+    red = assess(policy, [Check("network", "standby dr", False, "gone")])
+    assert resolve_requests(policy, red, [incident], now=NOW, source="s") == []
+    unmeasured = assess(policy, [Check("network", "standby sync1", True, "streaming")])
+    assert resolve_requests(policy, unmeasured, [incident], now=NOW, source="s") == []
