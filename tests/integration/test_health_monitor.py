@@ -9,10 +9,22 @@ from tests.support.airflow_helpers import load_dag, task_states, xcom
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-def clear_health_causes(locations) -> None:
+def waiting_checks(*, action: str = "open") -> dict[str, str]:
+    """The check incidents' causes waiting in the inbox: cause key → severity."""
+    from continuity.hooks.incident import ContinuityIncidentHook
+    from continuity.incidents.records import pending_causes
+
+    locations = ContinuityIncidentHook(follow_topology=False).incident_locations()
+    return {request.cause_key: request.severity for _, request in pending_causes(locations)
+            if request.cause_key.startswith("health:") and request.action == action}
+
+
+def clear_health_causes(locations=None) -> None:
     """Remove the check incidents' causes waiting in this sandbox's inbox (every red check leaves one)."""
+    from continuity.hooks.incident import ContinuityIncidentHook
     from continuity.incidents.records import claim_cause, pending_causes
 
+    locations = locations or ContinuityIncidentHook(follow_topology=False).incident_locations()
     for name, request in pending_causes(locations):
         if request.cause_key.startswith("health:"):
             claim_cause(locations, name)
@@ -54,11 +66,14 @@ def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytes
     from tests.support.policies import use_overlay
 
     use_overlay(monkeypatch, tmp_path, {"storage": {"locations": [{"name": "dr", "bucket": "continuity-backups-gone"}]}})
+    clear_health_causes()
     run = load_dag("dr_health_monitor").test()
     assessment = xcom(run, "assess_health", "assessment")
     assert str(run.state) == "failed"
     assert assessment["score"] == 1
     assert "location dr (s3 continuity-backups-gone, us-west-2) is unreachable" in assessment["summary"]
+    assert waiting_checks().get("health:storage dr") == "low", "storage unreachable reaches the immediate team"
+    clear_health_causes()
 
 
 def test_a_stopped_application_set_lowers_the_score_by_2_and_is_named(sandbox) -> None:
@@ -68,6 +83,7 @@ def test_a_stopped_application_set_lowers_the_score_by_2_and_is_named(sandbox) -
         "function video_upload"]["reason"]
     assert sorted(s for s in findings if s.startswith("function ")) == sorted(
         f"function {name}" for name in sandbox.policy.business_functions)
+    clear_health_causes()
     sandbox.stop_application("us-east-1", state="serving")
     try:
         run = load_dag("dr_health_monitor").test()
@@ -76,12 +92,18 @@ def test_a_stopped_application_set_lowers_the_score_by_2_and_is_named(sandbox) -
         assert assessment["score"] == 2 and assessment["disaster"] is False
         assert "application instance http://127.0.0.1:" in assessment["summary"]
         assert "user_authentication in us-east-1: login FAILED" in assessment["summary"]
+        # #30 item 3: no disaster, yet each failing check is an incident at the application's severity.
+        causes = waiting_checks()
+        assert causes["health:function user_authentication"] == "high", causes
+        assert {s for k, s in causes.items() if k.startswith("health:application instance ")} == {"high"}, causes
     finally:
         sandbox.start_application("us-east-1")
+        clear_health_causes()
 
 
 def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
     primary = sandbox.cluster("primary")
+    clear_health_causes()
     primary.stop()
     try:
         run = load_dag("dr_health_monitor").test()
@@ -92,6 +114,7 @@ def test_stopped_primary_reaches_the_disaster_threshold(sandbox) -> None:
         assert assessment["summary"].startswith("DISASTER THRESHOLD REACHED")
         assert "primary primary: node primary" in assessment["summary"]
         assert "application entry point" in assessment["summary"]
+        assert waiting_checks() == {}, "the disaster's one critical incident stands for every failing check"
     finally:
         primary.start()
         sandbox.wait_streaming()
