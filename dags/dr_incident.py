@@ -66,7 +66,10 @@ with DAG(
     schedule=None,
     start_date=START_DATE,
     catchup=False,
-    max_active_runs=8,  # incidents wait on people: one run must not hold up another cause's alert
+    # Incidents wait on people (acknowledgement, approvals: deferred, no worker slot): a run must never hold up
+    # another cause's alert. A degraded region leaves one incident per red check (#30 item 3), a dozen at once;
+    # a disaster's critical run must not queue behind them.
+    max_active_runs=64,
     default_args={**DEFAULT_ARGS, "retries": 2},  # deliveries are receipted: a retry never sends twice
     tags=["continuity", "incident", "communication"],
     params={
