@@ -426,3 +426,51 @@ def test_a_wal_file_failing_while_recovery_replays_aborts_the_restore_naming_it(
     with scratch_cluster(initdb=False) as scratch:
         with pytest.raises(RestoreError, match=f"staging the WAL of {base.backup_id} .* failed: .*{victim.backup_id}"):
             restore_physical(catalog=catalog, location="dr", scratch=scratch, base=base, timeout=120)
+
+
+def test_a_base_backup_of_a_cluster_set_up_like_the_compose_nodes_restores_private_and_not_archiving(sandbox) -> None:
+    """#30 item 10: the source keeps its settings where the compose nodes do (ALTER SYSTEM: archiving on, an
+    archive_command, listening everywhere; no node.conf include). A point-in-time restore of its base backup still
+    finds its WAL, listens on its private socket only and archives nothing."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    evidence_dir = Path(tempfile.mkdtemp(prefix="continuity-archived-"))
+    evidence_dir.chmod(0o777)  # the archive_command would run as the server's OS user
+    evidence = evidence_dir / "archived-by-the-restored-copy"
+    primary = sandbox.cluster("primary")
+    conf = primary.data_dir / "postgresql.conf"
+    sandbox_conf = conf.read_text()
+    catalog = _catalog(sandbox)
+    # Written, not reloaded: the running primary keeps its settings, the base backup carries these files.
+    primary.psql(f"ALTER SYSTEM SET listen_addresses = '*'; ALTER SYSTEM SET archive_mode = 'on'; "
+                 f"ALTER SYSTEM SET archive_command = 'touch {evidence}'")
+    try:
+        primary.user.write_file(conf, "".join(line for line in sandbox_conf.splitlines(keepends=True)
+                                              if "include_if_exists" not in line))
+        physical_backup(node=_node(sandbox, "primary"), keyring=sandbox.keyring(),
+                        locations=list(catalog.locations.values()), required={"primary", "dr"},
+                        backup_id=f"physical-primary-compose-like-{time.time_ns()}", report=lambda _m: None)
+    finally:
+        primary.user.write_file(conf, sandbox_conf)
+        primary.psql("ALTER SYSTEM RESET listen_addresses; ALTER SYSTEM RESET archive_mode; "
+                     "ALTER SYSTEM RESET archive_command")
+    marker = f"after-the-base-backup-{time.time_ns()}"
+    with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pitr_marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        conn.execute("INSERT INTO pitr_marks (name) VALUES (%s)", (marker,))
+    assert str(load_dag("dr_wal_archive").test().state) == "success"
+    try:
+        with scratch_cluster(initdb=False) as scratch:
+            restore_physical(catalog=_catalog(sandbox), location="dr", scratch=scratch)
+            assert marker in _marks(scratch), "the WAL after the base backup was replayed (restore_command read)"
+            with scratch.connect() as conn:
+                settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN "
+                                             "('listen_addresses', 'archive_mode', 'port')").fetchall())
+                conn.execute("SELECT pg_switch_wal()")  # a finished segment: what archive_command would take
+                time.sleep(1)
+            assert settings == {"listen_addresses": "", "archive_mode": "off", "port": str(scratch.port)}, settings
+        assert not evidence.exists(), "the restored copy ran the source's archive_command"
+    finally:
+        shutil.rmtree(evidence_dir, ignore_errors=True)
