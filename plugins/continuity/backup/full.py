@@ -111,6 +111,48 @@ _FOREIGN_KEY_COLUMNS = """
 """
 
 
+# Tables whose rows a policy would hide from this role (row-level security on, and either not its table or
+# forced on owners too), and large objects it may not read: pg_dump fails on both mid-stream, and row counts
+# taken through a policy would be the policy's, not the table's.
+_HIDDEN_BY_POLICIES = """
+    SELECT n.nspname || '.' || c.relname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity
+      AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+      AND NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user)
+    ORDER BY 1
+"""
+_UNREADABLE_LARGE_OBJECTS = """
+    SELECT pg_get_userbyid(m.lomowner) AS owner, count(*) AS objects
+    FROM pg_largeobject_metadata m
+    WHERE NOT pg_has_role(current_user, m.lomowner, 'USAGE')
+      AND NOT EXISTS (SELECT 1 FROM aclexplode(m.lomacl) a
+                      WHERE a.privilege_type = 'SELECT' AND (a.grantee = 0 OR pg_has_role(current_user, a.grantee, 'USAGE')))
+    GROUP BY 1 ORDER BY 1
+"""
+# The roles a restore into another cluster must find (policies name them): names only, never passwords.
+_ROLES = "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1"
+
+
+def check_readable(conn: psycopg.Connection, *, user: str, where: str) -> None:
+    """Refuse, before any dump starts, a database whose rows or large objects this role cannot all read."""
+    hidden = [row[0] for row in conn.execute(_HIDDEN_BY_POLICIES).fetchall()]
+    if hidden:
+        raise DumpFailed(
+            f"{where}: {len(hidden)} table(s) under row-level security ({', '.join(hidden[:5])}"
+            f"{', ...' if len(hidden) > 5 else ''}): the backup role {user} would dump and count only the rows the "
+            f"policies show it; nothing was stored. HINT: ALTER ROLE {user} BYPASSRLS (pg_dump needs it to read every "
+            f"row; README 'What the backup roles may do')")
+    unreadable = conn.execute(_UNREADABLE_LARGE_OBJECTS).fetchall()
+    if unreadable:
+        owners = ", ".join(f"{count} of {owner}" for owner, count in unreadable)
+        first = unreadable[0][0]
+        raise DumpFailed(
+            f"{where}: large objects the backup role {user} may not read ({owners}): pg_dump would stop at the first; "
+            f"nothing was stored. HINT: GRANT {first} TO {user} (PostgreSQL grants no role read access to every large "
+            f"object; README 'What the backup roles may do')")
+
+
 def row_counts(conn: psycopg.Connection) -> dict[str, int]:
     counts: dict[str, int] = {}
     for schema, name in conn.execute(_TABLES).fetchall():
@@ -158,6 +200,10 @@ def logical_backup(
         raise DumpFailed(f"{where}: cannot connect: {str(exc).strip().splitlines()[0]}") from exc
     try:
         with conn:
+            check_readable(conn, user=node.user, where=where)
+            # A policy that would filter a count makes it fail instead (row_security off), as it does pg_dump.
+            conn.execute("SET row_security = off")
+            roles = [row[0] for row in conn.execute(_ROLES).fetchall()]
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             position = conn.execute(
@@ -177,7 +223,7 @@ def logical_backup(
             def logical_details(_source: Any) -> dict[str, Any]:
                 counts = counted.result()
                 report(f"{where}: {len(counts)} tables, {sum(counts.values()):,} rows counted in the dump's snapshot")
-                return {"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint,
+                return {"snapshot": snapshot, "row_counts": counts, "schema_fingerprint": fingerprint, "roles": roles,
                         "table_fingerprints": per_table, "foreign_keys": foreign_keys, "format": "pg_dump custom",
                         "pg_dump_compression": ("none: the archive's zstd" if compression == "zstd"
                                                 else "pg_dump's default (the archive stores it uncompressed)")}

@@ -149,7 +149,10 @@ def scratch_cluster(*, initdb: bool = True, prefix: str = "continuity-scratch-")
             cluster.initdb()
             scratch.write_private_conf()
             cluster.start()
-            cluster.psql(f"CREATE ROLE {RESTORE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;")
+            # BYPASSRLS: a table restored with FORCE ROW LEVEL SECURITY would show its owner (this role) only the
+            # rows its policies allow, and the counts would not be the table's.
+            cluster.psql(f"CREATE ROLE {RESTORE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                         f"BYPASSRLS;")
         yield scratch
     finally:
         try:
@@ -255,6 +258,13 @@ def restore_logical(manifest: Manifest, *, catalog: Catalog, location: str, scra
     cluster = scratch.cluster
     pg_restore = find_tool("pg_restore")
     cluster.psql(f'CREATE DATABASE "{database}" OWNER {RESTORE_ROLE};')
+    # Policies name roles (CREATE POLICY ... TO tenant_reader): the source's roles, by name only, with no login
+    # and no rights (grants are not restored), so the policies restore as they were.
+    with scratch.connect(autocommit=True) as conn:
+        present = {row[0] for row in conn.execute("SELECT rolname FROM pg_roles")}
+        for role in manifest.details.get("roles", []):
+            if role not in present:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
     argv = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
             "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", RESTORE_ROLE, "-d", database]
     started = time.monotonic()

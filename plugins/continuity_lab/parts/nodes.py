@@ -102,7 +102,7 @@ class NodesPart:
             f"""
             ALTER ROLE postgres PASSWORD {pw['postgres']};
             CREATE ROLE replicator LOGIN REPLICATION PASSWORD {pw['replicator']};
-            CREATE ROLE continuity_backup LOGIN REPLICATION PASSWORD {pw['continuity_backup']};
+            CREATE ROLE continuity_backup LOGIN REPLICATION BYPASSRLS PASSWORD {pw['continuity_backup']};
             GRANT pg_read_all_data, pg_monitor TO continuity_backup;
             GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO continuity_backup;
             GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO continuity_backup;
