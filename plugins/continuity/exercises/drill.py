@@ -185,7 +185,7 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
         with scratch.connect(database, user=reader) as conn:
             row = conn.execute(f"SELECT committed_at FROM {MARKER_TABLE} WHERE drill_id = %s", (drill_id,)).fetchone()
             last = conn.execute(f"SELECT max(committed_at) FROM {MARKER_TABLE}").fetchone()[0]
-        logical = catalog.latest("logical", location=location)
+        logical = catalog.latest("logical", location=location, database=database)
         checks = validate_restored(manifest=logical, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
                                    database=database, tables=None, exact=False, user=reader) if logical else []
         amcheck_ok, amcheck_detail = amcheck(scratch)

@@ -112,8 +112,10 @@ class Catalog:
                 errors.append(str(exc))
         raise StorageError(f"backup {backup_id} not found: " + "; ".join(errors))
 
-    def latest(self, kind: str, *, location: str | None = None) -> Manifest | None:
-        backups = self.list(kind=kind, location=location)
+    def latest(self, kind: str, *, location: str | None = None, database: str | None = None) -> Manifest | None:
+        """The newest backup of `kind` (of `database`, for logical backups of several databases)."""
+        backups = [m for m in self.list(kind=kind, location=location)
+                   if database is None or m.source.get("database") == database]
         return backups[-1] if backups else None
 
     def dependencies(self, backup_id: str) -> list[Manifest]:

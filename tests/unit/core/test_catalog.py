@@ -53,3 +53,16 @@ def test_a_backup_id_that_hides_its_kind_is_refused_before_anything_is_written(t
         create_backup(io.BytesIO(b"x"), kind=kind, backup_id=backup_id, keyring=keyring,
                       locations=[FileLocation(name="local", region="local", path=tmp_path)])
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_the_newest_logical_backup_of_one_database_is_not_another_databases(tmp_path: Path) -> None:
+    """A drill validates the rebuilt `app` against app's newest dump, not a newer dump of another database."""
+    keyring = Keyring(keys={"k": os.urandom(32)}, active="k")
+    location = FileLocation(name="local", region="local", path=tmp_path)
+    for backup_id, database in (("logical-app-1", "app"), ("logical-fixture-2", "fixture")):
+        create_backup(io.BytesIO(b"dump"), kind="logical", backup_id=backup_id, keyring=keyring, locations=[location],
+                      source_info={"database": database})
+    catalog = Catalog({"local": location}, keyring)
+    assert catalog.latest("logical").backup_id == "logical-fixture-2"
+    assert catalog.latest("logical", database="app").backup_id == "logical-app-1"
+    assert catalog.latest("logical", database="gone") is None
