@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from continuity.storage.locations import FileLocation
+from continuity.storage.locations import FileLocation, StorageError
 
 
 class RegionStorage(FileLocation):
-    """A file location that can be cut off: every call fails as an unreachable endpoint does."""
+    """A file location that can be cut off: every call fails as an unreachable S3 endpoint does through
+    S3Location (a StorageError naming the endpoint error)."""
 
     gone = False
 
     def _check(self) -> None:
         if self.gone:
-            raise ConnectionError(f"Could not connect to the endpoint URL for {self.name}")
+            raise StorageError(f"location {self.name}: EndpointConnectionError: Could not connect to "
+                               f"the endpoint URL for {self.name}")
 
     def open_writer(self, key, **kwargs):
         self._check()
@@ -30,6 +32,6 @@ class RegionStorage(FileLocation):
         self._check()
         return super().list(prefix, **kwargs)
 
-    def delete(self, key):
+    def delete(self, key, **kwargs):
         self._check()
-        return super().delete(key)
+        return super().delete(key, **kwargs)

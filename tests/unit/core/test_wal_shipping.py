@@ -1,0 +1,138 @@
+"""Shipping the WAL spool (archive_command's queue) into storage and fetching it back (restore_command), on
+directory locations: every file lands in every location and comes back byte for byte, a file leaves the spool
+only once stored, a name is never stored twice with different contents, an optional location that is down is
+left out and caught up by the next push."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from continuity.backup.wal import (SpoolBusy, WalConflict, WalNotArchived, classify, fetch_file, ship_spool,
+                                   spool_files, spool_lock)
+from continuity.storage.keys import Keyring
+from continuity.storage.locations import FileLocation
+from continuity.storage.manifest import manifest_key_name
+
+from tests.support.locations import RegionStorage
+
+SEGMENTS = ["000000010000000000000001", "000000010000000000000002", "000000010000000000000003"]
+
+
+def _keyring() -> Keyring:
+    return Keyring(keys={"k1": os.urandom(32)}, active="k1")
+
+
+def _spool(tmp_path: Path, names: list[str], *, size: int = 64 * 1024) -> dict[str, bytes]:
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    contents = {}
+    for name in names:
+        contents[name] = os.urandom(size)
+        (spool / name).write_bytes(contents[name])
+    return contents
+
+
+def _locations(tmp_path: Path, cls=FileLocation) -> dict[str, FileLocation]:
+    return {name: cls(name=name, region=region, path=tmp_path / name)
+            for name, region in (("primary", "us-east-1"), ("dr", "us-west-2"))}
+
+
+def test_every_spool_file_lands_in_every_location_leaves_the_spool_and_comes_back_byte_for_byte(tmp_path: Path) -> None:
+    keyring, locations = _keyring(), _locations(tmp_path)
+    contents = _spool(tmp_path, [*SEGMENTS, "00000002.history"])
+    result = ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+                        report=lambda _m: None, workers=2)
+    assert sorted(result.removed) == sorted(contents) and spool_files(tmp_path / "spool") == []
+    assert result.newest is not None and result.newest.source["wal_file"] == SEGMENTS[-1]
+    for name, data in contents.items():
+        for only in locations:  # each location's copy on its own
+            target = tmp_path / "fetched" / only / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fetch_file(name, target, keyring=keyring, locations={only: locations[only]}, report=lambda _m: None)
+            assert target.read_bytes() == data
+
+
+def test_history_files_ship_before_segments(tmp_path: Path) -> None:
+    _spool(tmp_path, [SEGMENTS[0], "00000002.history"], size=16)
+    assert [w.name for w in spool_files(tmp_path / "spool")] == ["00000002.history", SEGMENTS[0]]
+
+
+def test_the_same_file_queued_again_is_already_shipped_not_stored_twice(tmp_path: Path) -> None:
+    keyring, locations = _keyring(), _locations(tmp_path)
+    contents = _spool(tmp_path, SEGMENTS[:1])
+    ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"}, report=lambda _m: None)
+    (tmp_path / "spool" / SEGMENTS[0]).write_bytes(contents[SEGMENTS[0]])  # archive_command ran again after a crash
+    again = ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+                       report=lambda _m: None)
+    assert again.already_shipped == [SEGMENTS[0]] and again.shipped == [] and again.removed == [SEGMENTS[0]]
+
+
+def test_a_name_stored_with_other_contents_is_an_alarm_and_the_spool_file_stays(tmp_path: Path) -> None:
+    keyring, locations = _keyring(), _locations(tmp_path)
+    _spool(tmp_path, SEGMENTS[:1])
+    ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"}, report=lambda _m: None)
+    (tmp_path / "spool" / SEGMENTS[0]).write_bytes(b"a different segment under the same name")
+    with pytest.raises(WalConflict):
+        ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+                   report=lambda _m: None)
+    assert (tmp_path / "spool" / SEGMENTS[0]).exists(), "never removed, never overwritten"
+
+
+def test_an_optional_location_that_is_down_is_left_out_then_caught_up_by_the_next_push(tmp_path: Path) -> None:
+    keyring = _keyring()
+    locations = _locations(tmp_path)
+    archive = RegionStorage(name="archive", region="eu-west-1", path=tmp_path / "archive")
+    archive.gone = True
+    everywhere = {**locations, "archive": archive}
+    contents = _spool(tmp_path, SEGMENTS[:2])
+    result = ship_spool(tmp_path / "spool", keyring=keyring, locations=everywhere, required={"primary", "dr"},
+                        report=lambda _m: None)
+    assert sorted(result.removed) == SEGMENTS[:2], "the required locations hold them: they leave the spool"
+    archive.gone = False
+    assert archive.head(manifest_key_name(classify(SEGMENTS[0]).backup_id)) is None
+    _spool(tmp_path, SEGMENTS[:1])  # the next file for that name (or a re-queue) makes the push look again
+    (tmp_path / "spool" / SEGMENTS[0]).write_bytes(contents[SEGMENTS[0]])
+    caught = ship_spool(tmp_path / "spool", keyring=keyring, locations=everywhere, required={"primary", "dr"},
+                        report=lambda _m: None)
+    assert caught.replicated == [f"{SEGMENTS[0]} -> archive"]
+    target = tmp_path / "from-archive"
+    fetch_file(SEGMENTS[0], target, keyring=keyring, locations={"archive": archive}, report=lambda _m: None)
+    assert target.read_bytes() == contents[SEGMENTS[0]]
+
+
+def test_a_file_no_location_holds_is_not_archived_naming_the_locations(tmp_path: Path) -> None:
+    with pytest.raises(WalNotArchived, match=r"000000010000000000000009: not in any location \(primary, dr\)"):
+        fetch_file("000000010000000000000009", tmp_path / "x", keyring=_keyring(), locations=_locations(tmp_path),
+                   report=lambda _m: None)
+    with pytest.raises(ValueError, match="is not a WAL file name"):
+        fetch_file("pg_control", tmp_path / "x", keyring=_keyring(), locations=_locations(tmp_path))
+
+
+def test_one_shipper_at_a_time_the_second_gives_up_naming_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with spool_lock(spool):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        said: list[str] = []
+        with pytest.raises(SpoolBusy, match="stayed locked by another shipper"):
+            with spool_lock(spool, timeout=0.3, report=said.append):
+                pass
+        assert said and "waiting for it to finish" in said[0]
+    finally:
+        release.set()
+        thread.join()
+    with spool_lock(spool, timeout=1):  # released by the holder: free again
+        pass
