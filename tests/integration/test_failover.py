@@ -199,6 +199,7 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
         _wait_commits(back_load, 50)
         back = _run(target="primary", mode="switchover", reason="maintenance done")
     assert str(back.state) == "success", task_states(back)
+    assert _lease().holder() is None, "record gave the cluster lease back (the run back could take it, too)"
     assert back_load.missing_on(_app(cluster, "primary")) == []
     assert load.missing_on(_app(cluster, "primary")) == [], "the first run's commits survived both switchovers"
     assert _writable(cluster) == ["primary"]
@@ -215,6 +216,34 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     bucket = cluster.policy.application.regions["us-east-1"].video_bucket
     for key in videos["copied"]:
         cluster.s3_client("us-east-1").head_object(Bucket=bucket, Key=key)
+
+
+def _lease():
+    from continuity.hooks.failover import FailoverHook
+
+    return FailoverHook().get_lease()
+
+
+def test_a_switchover_while_a_drill_holds_the_cluster_lease_is_refused_naming_it_and_changes_nothing(cluster) -> None:
+    """#30 item 4: one writer. A drill's live switchover holds the cluster lease; an operator's switchover started
+    meanwhile is refused at cut_over, before anything changes, and its audit names the drill."""
+    lease = _lease()
+    lease.acquire(holder="dr_drill run lease-test", run_id="lease-test", purpose="live switchover to dr and back")
+    before = _snapshot(cluster)
+    try:
+        run = _run(target="dr", mode="switchover", reason="maintenance while a drill runs")
+        assert _lease().holder().run_id == "lease-test", "the refused run took nothing of the drill's lease"
+    finally:
+        lease.release("lease-test")
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states["cut_over"] == "failed" and states["rollback"] == "skipped" and states["record"] == "failed"
+    failure = xcom(run, "cut_over", key="failure")
+    assert failure.startswith("cut_over refused: the cluster lease is held by dr_drill run lease-test (live switchover "
+                              "to dr and back) until "), failure
+    assert _snapshot(cluster) == before, "one writable primary, the entry point where it was and not paused"
+    assert _writable(cluster) == ["primary"]
+    assert "held by dr_drill run lease-test" in json.dumps(_audit(cluster, run))
 
 
 def test_a_rerun_of_a_completed_run_changes_nothing(cluster, monkeypatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from continuity.failover.lease import ClusterLease, LeaseRecord
 from continuity.failover.steps import ReplicationGroup
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.failover.nodecontrol import NodeControl, node_control_for
@@ -73,6 +74,31 @@ class FailoverHook(ContinuityPolicyHook):
         # Connected on first use: a host that is gone fails only the actions on it.
         return ParamikoShell(connect=lambda: SSHHook(ssh_conn_id=conn_id).get_conn(),
                              describe=f"node {node_name} (SSH connection {conn_id})")
+
+    def get_lease(self) -> ClusterLease:
+        """The cluster lease, in every storage location of the policy (a majority holds it)."""
+        from continuity.hooks.backup import ContinuityBackupHook
+
+        locations = ContinuityBackupHook(policy_path=self.policy_path).get_locations()
+        return ClusterLease(list(locations.values()), ttl=self.policy.failover.lease_ttl)
+
+    def take_lease(self, *, run_id: str, holder: str, purpose: str) -> LeaseRecord:
+        """The lease for this run, or LeaseHeld naming the run that holds it (nothing changed yet)."""
+        record = self.get_lease().acquire(holder=holder, run_id=run_id, purpose=purpose)
+        self.log.info("cluster lease taken: %s", record.describe())
+        return record
+
+    def renew_lease(self, run_id: str) -> None:
+        """Push on the expiry of this run's lease, if it holds one (a step between taking and giving back)."""
+        lease = self.get_lease()
+        held = lease.holder()
+        if held is not None and held.run_id == run_id:
+            self.log.info("cluster lease renewed: %s", lease.renew(held).describe())
+
+    def give_back_lease(self, run_id: str) -> None:
+        released = self.get_lease().release(run_id)
+        if released:
+            self.log.info("cluster lease given back (%s)", ", ".join(released))
 
     def get_conn(self) -> Any:
         return self.get_cluster(report=self.log.info)

@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from continuity.exercises.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
                               commit_pitr_markers,
                               failure_result, render_markdown, run_drill)
+from continuity.failover.lease import LeaseHeld
 from continuity.failover.steps import run_all
 from continuity.failover.records import FailoverError, FailoverParams
 from continuity.hooks.failover import FailoverHook
@@ -117,7 +118,21 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
         if target is None:
             raise AirflowFailException(f"no standby in the DR region {policy.topology.dr_region} to switch over to")
         legs = {}
-        cluster = FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+        failover_hook = FailoverHook(policy_path=self.policy_path)
+        try:  # one writer: no dr_failover or exercise may move the cluster while the drill switches it over
+            failover_hook.take_lease(run_id=context["run_id"], holder=f"dr_drill run {context['run_id']}",
+                                     purpose=f"live switchover to {target} and back")
+        except LeaseHeld as exc:
+            raise AirflowFailException(f"live switchover refused: {exc}") from None
+        try:
+            return self._switch_there_and_back(context, start=start, policy=policy, original=original, target=target,
+                                               legs=legs, failover_hook=failover_hook)
+        finally:
+            failover_hook.give_back_lease(context["run_id"])
+
+    def _switch_there_and_back(self, context: Context, *, start: DrillStart, policy: Any, original: str, target: str,
+                               legs: dict[str, SwitchoverLeg], failover_hook: FailoverHook) -> dict[str, Any]:
+        cluster = failover_hook.get_cluster(report=self.log.info)
         with CommitRecorder(cluster.app_conninfo) as load:
             _wait_for(load, 20)
             for leg, (to, frm) in (("there", (target, original)), ("back", (original, target))):
@@ -139,6 +154,7 @@ class LiveSwitchoverOperator(ContinuityBackupOperator):
                     raise AirflowFailException(f"live switchover {leg} failed: {exc}") from exc
                 if done.topology is not None:
                     self.record_topology(done.topology)
+                failover_hook.renew_lease(context["run_id"])
                 legs[leg] = SwitchoverLeg(to=to, unavailability_seconds=done.unavailability_seconds,
                                           steps=done.records.step_seconds())
                 self.log.info("switchover %s to %s done: entry point held for %s s", leg, to,

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from continuity.failover import steps
 from continuity.failover import records as failover_records
+from continuity.failover.lease import LeaseHeld, LeaseLost
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_NAME, TOPOLOGY_PREFIX, read_topology
@@ -63,8 +64,20 @@ class FailoverStepOperator(ContinuityOperator):
     def cluster(self) -> steps.ReplicationGroup:
         return self.hook().get_cluster(report=self.log.info)
 
+    # Steps after the cut-over renew the run's cluster lease before they act (a dead run loses it by lease_ttl).
+    renews_lease = False
+
     def execute(self, context: Context) -> Any:
         started, started_at = time.time(), failover_records.now_iso()
+        if self.renews_lease:
+            try:
+                self.hook().renew_lease(context["run_id"])
+            except LeaseLost as exc:
+                if self.task_id == "rollback":  # one writable primary matters more than the lease: it still runs
+                    self.log.error("rolling back without the cluster lease: %s", exc)
+                else:  # another run took it after it expired: this run must not change anything more
+                    context["ti"].xcom_push(key="failure", value=str(exc))
+                    raise AirflowFailException(f"{self.task_id} did not run: {exc}") from None
         try:
             result = self.step(context)
         except AirflowSkipException:
@@ -256,6 +269,12 @@ class CutOverOperator(FailoverStepOperator):
         if refusal:  # said as the first cut-over step's failure, so the audit and the incident name it
             ti.xcom_push(key="failed_step", value=steps.CUT_OVER_STEPS[0])
             raise AirflowFailException(f"{REFUSED} {refusal}")
+        try:  # one writer: no drill or exercise may switch the cluster over while this run does
+            self.hook().take_lease(run_id=context["run_id"], holder=f"dr_failover run {context['run_id']}",
+                                   purpose=f"{plan.action} to {plan.target}")
+        except LeaseHeld as exc:
+            ti.xcom_push(key="failed_step", value=steps.CUT_OVER_STEPS[0])
+            raise AirflowFailException(f"{REFUSED} {exc}") from None
 
         def promoted(promotion: failover_records.PromotionRecord) -> None:
             topology = failover_records.topology_record(plan=plan, promotion=promotion, rejoin_result=None,
@@ -290,6 +309,8 @@ class StartApplicationOperator(FailoverStepOperator):
     """Start the application tier in the new primary's region (its Redis made primary first) and stop the
     old region's; nothing to do when both are in one region or the policy has no application section."""
 
+    renews_lease = True
+
     def step(self, context: Context) -> failover_records.ApplicationRecord:
         from continuity.hooks.services import get_service_control
 
@@ -311,6 +332,8 @@ class StartApplicationOperator(FailoverStepOperator):
 class RejoinOperator(FailoverStepOperator):
     """Make the other standbys follow the new primary and rewind the old primary into a standby."""
 
+    renews_lease = True
+
     def step(self, context: Context) -> failover_records.RejoinRecord:
         plan = _plan(context)
         _skip_unless_acting(plan)
@@ -319,6 +342,8 @@ class RejoinOperator(FailoverStepOperator):
 
 class ValidateOperator(FailoverStepOperator):
     """A write through the entry point, standbys streaming, WAL archived on the new timeline."""
+
+    renews_lease = True
 
     def step(self, context: Context) -> failover_records.ValidationRecord:
         plan = _plan(context)
@@ -337,6 +362,8 @@ class ValidateOperator(FailoverStepOperator):
 class RollbackOperator(FailoverStepOperator):
     """Runs only when a step failed. Switchover: the old primary serves again; failover: exactly one
     writable primary, named."""
+
+    renews_lease = True
 
     def step(self, context: Context) -> failover_records.RollbackRecord:
         raw = context["ti"].xcom_pull(task_ids="preflight")
@@ -438,6 +465,10 @@ class RecordOperator(FailoverStepOperator):
                       audit.unavailability_seconds, audit.data_loss_bytes)
         if records.preflight is not None and records.preflight.action != "none" and not records.preflight.dry_run:
             _report_failover(self.policy, records.preflight, context, outcome=audit)
+        try:  # the cluster is as the audit says: another run may change it now
+            self.hook().give_back_lease(context["run_id"])
+        except Exception as exc:  # it expires by itself (failover.lease_ttl)
+            self.log.error("the cluster lease of this run could not be given back (%s); it expires by itself", exc)
         if failures or not_stored:
             raise AirflowFailException("; ".join(filter(None, [audit.outcome if failures else None, not_stored])))
         return audit.summary()

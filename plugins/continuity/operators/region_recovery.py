@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from continuity.failover.lease import LeaseHeld, LeaseLost
 from continuity.failover.steps import rebuild_region, run_all
 from continuity.failover.records import FailoverError, FailoverParams
 from continuity.hooks.application import ApplicationProbeHook
@@ -46,6 +47,14 @@ class _Database:
 class _ExerciseOperator(ContinuityBackupOperator):
     def cluster(self):
         return FailoverHook(policy_path=self.policy_path).get_cluster(report=self.log.info)
+
+    def renew_lease(self, context: Context, *, strict: bool) -> None:
+        try:
+            FailoverHook(policy_path=self.policy_path).renew_lease(context["run_id"])
+        except LeaseLost as exc:
+            if strict:
+                raise AirflowFailException(f"{self.task_id} did not run: {exc}") from None
+            self.log.error("going on without the cluster lease: %s", exc)
 
     def start(self, context: Context) -> ExerciseStart:
         raw = context["ti"].xcom_pull(task_ids="plan_exercise")
@@ -102,6 +111,12 @@ class LoseRegionAndRecoverOperator(_ExerciseOperator):
         start = self.start(context)
         hook = self.hook()
         policy = hook.policy
+        try:  # one writer: held until check_left_as_found, renewed by each task between
+            FailoverHook(policy_path=self.policy_path).take_lease(
+                run_id=context["run_id"], holder=f"dr_region_recovery run {context['run_id']}",
+                purpose=f"region-loss exercise: lose {start.region}, fail over to {start.target}, switch back")
+        except LeaseHeld as exc:
+            raise AirflowFailException(f"the exercise cannot start: {exc}") from None
         services = get_service_control(policy)
         cluster = self.cluster()
         credentials = PostgresNodeHook.get_connection(policy.application.probe_conn_id)
@@ -187,6 +202,7 @@ class RestoreRegionOperator(_ExerciseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         start = self.start(context)
+        self.renew_lease(context, strict=False)  # bringing the region back is never held up by the lease
         services = get_service_control(self.hook().policy)
         started = services.reconnect_region(start.region)
         self.log.info("region %s reconnected: %s", start.region, ", ".join(started) or "already up")
@@ -218,6 +234,7 @@ class SwitchBackOperator(_ExerciseOperator):
         policy = hook.policy
         if policy.topology.primary.name == start.original_primary:
             raise AirflowSkipException(f"{start.original_primary} is already the primary: nothing to switch back")
+        self.renew_lease(context, strict=True)  # a lease lost meanwhile: another run may be moving the cluster
         services = get_service_control(policy)
         probe = ApplicationProbeHook(policy=policy.with_primary(start.original_primary), region=start.region).run
         recovered = RecoveryResult.model_validate(context["ti"].xcom_pull(task_ids="lose_region_and_recover"))
@@ -295,6 +312,7 @@ class CheckLeftAsFoundOperator(_ExerciseOperator):
             result.fail_back, result.missing_home = back.fail_back, back.missing_home
         policy = self.hook().policy
         cluster = self.cluster()
+        FailoverHook(policy_path=self.policy_path).give_back_lease(context["run_id"])  # nothing changes from here
         now = observe(cluster, get_service_control(policy),
                       list(policy.application.regions) if policy.application else [])
         result.differences = differences(start.found, now)

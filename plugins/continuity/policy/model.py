@@ -521,6 +521,9 @@ class Failover(_Model):
     # failure does: rollback and record still run. (A whole-run timeout would skip them, leaving PgBouncer
     # paused and no audit.)
     step_timeout: Duration = timedelta(minutes=10)
+    # The cluster lease (continuity.failover.lease) a topology-changing run holds: renewed by each of its steps,
+    # lost this long after a run that died holding it.
+    lease_ttl: Duration = timedelta(minutes=30)
     approval: FailoverApproval = FailoverApproval()
 
 
