@@ -214,3 +214,40 @@ def test_a_lost_standby_opens_a_low_incident_and_once_green_the_monitor_resolves
         clear_health_causes(store.locations)
         if (left := store.open_for(cause)) is not None:
             store.resolve(left.incident_id, by="test cleanup")
+
+
+def test_replication_lag_over_its_limit_and_a_filling_spool_each_open_a_low_incident(
+        sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """#30 item 3, the two checks not shown above: a standby behind the lag limit (its replay paused while the
+    primary writes) and the WAL spool over its limit each become an incident of their own, below a disaster."""
+    import os
+    from pathlib import Path
+
+    from tests.support.policies import use_overlay
+
+    use_overlay(monkeypatch, tmp_path, {"health_monitor": {"max_lag_bytes": "1MiB", "max_spool_files": 2}})
+    spool = Path(os.environ["CONTINUITY_WAL_SPOOL"])
+    fillers = [spool / f"test-filler-{n}" for n in range(3)]  # not WAL names: no shipper takes them
+    dr = sandbox.cluster("dr")
+    clear_health_causes()
+    dr.psql("SELECT pg_wal_replay_pause();")
+    try:
+        for filler in fillers:
+            filler.write_bytes(b"x")
+        sandbox.cluster("primary").psql("CREATE TABLE continuity_lag_filler AS SELECT g, repeat(md5(g::text), 30) "
+                                        "FROM generate_series(1, 4000) g;", dbname="app")
+        run = load_dag("dr_health_monitor").test()
+        assessment = xcom(run, "assess_health", "assessment")
+        assert str(run.state) == "failed" and assessment["disaster"] is False
+        assert "standby dr is " in assessment["summary"] and "MiB behind, over the 1.0 MiB limit" in assessment["summary"]
+        assert "files wait in the WAL spool, over the limit of 2" in assessment["summary"]
+        causes = waiting_checks()
+        assert causes.get("health:standby dr") == "low", causes
+        assert causes.get(f"health:WAL spool {spool}") == "low", causes
+    finally:
+        for filler in fillers:
+            filler.unlink(missing_ok=True)
+        dr.psql("SELECT pg_wal_replay_resume();")
+        sandbox.cluster("primary").psql("DROP TABLE IF EXISTS continuity_lag_filler;", dbname="app")
+        clear_health_causes()
+        sandbox.wait_streaming()
