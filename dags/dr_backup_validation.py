@@ -3,6 +3,9 @@
 
 Daily:
 
+- `catch_up`: every backup and WAL segment stored while a required location did not answer
+  (`degraded`, see docs/runbooks/region-recovery.md) is copied into that location once it answers;
+  fails when one has been missing backups longer than the policy's `storage.max_degraded`.
 - `verify_and_repair`: shallow-verify every backup in every location (manifest authentic, object
   present, size and the location's checksum as recorded); deep-verify (decrypt every chunk) the
   newest backup of each kind and a random sample whose size the policy sets. A copy missing or bad
@@ -29,8 +32,8 @@ from airflow.sdk import DAG, Param
 
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
-from continuity.operators.validation import (RetentionOperator, StaleBackupAlarmOperator, VerifyAndRepairOperator,
-                                              VerifyObjectsOperator)
+from continuity.operators.validation import (CatchUpOperator, RetentionOperator, StaleBackupAlarmOperator,
+                                              VerifyAndRepairOperator, VerifyObjectsOperator)
 from continuity.policy.loading import load_policy
 
 with DAG(
@@ -48,7 +51,9 @@ with DAG(
                                        description="Log what retention would delete, delete nothing.")},
     tags=["continuity", "backup", "validation"],
 ) as dag:
-    verify = VerifyAndRepairOperator(task_id="verify_and_repair")
+    # verify runs after the catch-up whatever its outcome: a location still missing backups is its finding too.
+    verify = VerifyAndRepairOperator(task_id="verify_and_repair", trigger_rule="all_done")
+    CatchUpOperator(task_id="catch_up") >> verify
     verify >> RetentionOperator(task_id="apply_retention", dry_run="{{ params.dry_run_retention }}")
     StaleBackupAlarmOperator(task_id="stale_backup_alarm")
     VerifyObjectsOperator(task_id="verify_objects")

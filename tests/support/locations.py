@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from continuity.storage.locations import FileLocation, StorageError
+from continuity.storage.locations import FileLocation, StorageUnreachable
 
 
 class RegionStorage(FileLocation):
     """A file location that can be cut off: every call fails as an unreachable S3 endpoint does through
-    S3Location (a StorageError naming the endpoint error)."""
+    S3Location (StorageUnreachable, naming the endpoint error)."""
 
     gone = False
 
     def _check(self) -> None:
         if self.gone:
-            raise StorageError(f"location {self.name}: EndpointConnectionError: Could not connect to "
+            raise StorageUnreachable(f"location {self.name}: EndpointConnectionError: Could not connect to "
                                f"the endpoint URL for {self.name}")
 
     def open_writer(self, key, **kwargs):

@@ -1,11 +1,12 @@
 """The backup engine: one pass from a source stream to an archive in every location, then verify.
 
 `create_backup` streams the source through the archive format (zstd + AES-256-GCM) into a writer
-per location at once. The backup exists only when every required location committed it and its
-size and SHA-256 are proven: by the storage's own checksum checks as it was written (S3 additional
-checksums of every part; a file hashed as written and fsynced), else by reading it back. The manifest
-is written last. On any failure every
-written object is removed, so no location ever shows a half backup under its final name.
+per location at once. The backup exists only when every required location that answers committed it (at
+least one; a required location that fails is recorded as `degraded` and caught up later, see
+continuity.storage.degraded) and its size and SHA-256 are proven: by the storage's own checksum checks
+as it was written (S3 additional checksums of every part; a file hashed as written and fsynced), else by
+reading it back. The manifest is written last. On any failure every written object is removed, so no
+location ever shows a half backup under its final name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from continuity.storage import degraded as degradation
 from continuity.storage import walindex
 from continuity.storage.archive import DEFAULT_CHUNK_SIZE, ArchiveHeader, IntegrityError, read_archive, write_archive
 from continuity.storage.keys import Keyring
@@ -67,22 +69,19 @@ class Progress:
 
 
 class _FanOut:
-    """Writes each block to every location; an optional location that fails is dropped, a required one aborts."""
+    """Writes each block to every location; a location that fails is handed to `give_up` (which raises when the
+    backup must fail) and dropped."""
 
-    def __init__(self, writers: dict[str, ObjectWriter], required: set[str],
-                 leave_out: Callable[[str, str], None]) -> None:
+    def __init__(self, writers: dict[str, ObjectWriter], give_up: Callable[[str, StorageError], None]) -> None:
         self.writers = writers
-        self.required = required
-        self.leave_out = leave_out
+        self.give_up = give_up
 
     def write(self, data: bytes) -> None:
         for name, writer in list(self.writers.items()):
             try:
                 writer.write(data)
             except StorageError as exc:
-                if name in self.required:
-                    raise
-                self.leave_out(name, str(exc))
+                self.give_up(name, exc)
                 writer.abort()
                 del self.writers[name]
 
@@ -124,6 +123,27 @@ def create_backup(
     report = report or log.info
     data_key_object = data_key_name(kind, backup_id)
     left_out: dict[str, str] = {}  # optional locations this backup could not reach, with why
+    # Required locations that did not take it while others did ("required while reachable", see
+    # continuity.storage.degraded): the backup is kept, marked, and caught up when they answer again.
+    degraded: dict[str, str] = {}
+    by_name = {loc.name: loc for loc in locations}
+
+    def give_up(name: str, exc: StorageError | None, reason: str) -> None:
+        """An optional location is left out; a required one degrades the backup, unless the failure is a
+        conflict with another writer (raised: the caller decides) or no required location is left."""
+        if exc is not None:
+            degradation.note_failure(by_name[name], exc)
+        if name not in required:
+            leave_out(name, reason)
+            return
+        if exc is not None and not degradation.degrades(exc):
+            raise exc
+        log.warning("required location %s did not take backup %s: %s; the backup is kept in the locations that "
+                    "answer and caught up into %s once it answers again", name, backup_id, reason, name)
+        degraded[name] = reason
+        if required <= set(degraded):
+            raise StorageError(f"backup {backup_id}: no required location took it ("
+                               + "; ".join(f"{n}: {why}" for n, why in sorted(degraded.items())) + ")") from exc
 
     def leave_out(name: str, reason: str) -> None:
         log.warning("optional location %s is left out of backup %s: %s", name, backup_id, reason)
@@ -131,12 +151,13 @@ def create_backup(
 
     reachable: list[StorageLocation] = []
     for location in locations:
+        if (why := degradation.given_up(location)) is not None:
+            give_up(location.name, None, why)
+            continue
         try:
             exists = location.head(manifest_key_name(backup_id)) is not None
         except StorageError as exc:
-            if location.name in required:
-                raise
-            leave_out(location.name, str(exc))
+            give_up(location.name, exc, str(exc))
             continue
         if exists:
             raise StorageError(f"{location.describe(manifest_key_name(backup_id))}: backup {backup_id} already exists")
@@ -148,7 +169,6 @@ def create_backup(
     committed: list[StorageLocation] = []
     checksums: dict[str, str] = {}
     vouched: dict[str, str | None] = {}  # the SHA-256 each storage checked as it was written
-    by_name = {loc.name: loc for loc in locations}
     try:
         for location in reachable:
             try:
@@ -157,10 +177,8 @@ def create_backup(
                 writers[location.name] = location.open_writer(data_key_object, metadata={"backup-id": backup_id},
                                                               exclusive=True)
             except StorageError as exc:
-                if location.name in required:
-                    raise
-                leave_out(location.name, str(exc))
-        fan_out = _FanOut(writers, required, leave_out)
+                give_up(location.name, exc, str(exc))
+        fan_out = _FanOut(writers, lambda name, exc: give_up(name, exc, str(exc)))
         result = write_archive(source, fan_out, archive_id=backup_id, data_key=data_key, wrapped_key=wrapped,
                                chunk_size=chunk_size, compression=compression,
                                progress=Progress(report, what=f"backup {backup_id}"))
@@ -169,9 +187,7 @@ def create_backup(
                 checksums[name] = writer.commit()
                 vouched[name] = getattr(writer, "stored_sha256", None)
             except StorageError as exc:
-                if name in required:
-                    raise
-                leave_out(name, str(exc))
+                give_up(name, exc, str(exc))
                 del fan_out.writers[name]
                 continue
             committed.append(by_name[name])
@@ -189,9 +205,7 @@ def create_backup(
                     size, digest = read_back_sha256(location, data_key_object)
                     how = "ok: read-back after upload"
             except StorageError as exc:
-                if location.name in required:
-                    raise
-                leave_out(location.name, f"checking the stored copy failed: {exc}")
+                give_up(location.name, exc, f"checking the stored copy failed: {exc}")
                 _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
                 committed.remove(location)
                 continue
@@ -212,6 +226,8 @@ def create_backup(
         final_details = dict(details() if callable(details) else details or {})
         if left_out:
             final_details["left_out_locations"] = dict(left_out)
+        if degraded:
+            final_details["degraded"] = dict(sorted(degraded.items()))
         final_source = dict(source_info() if callable(source_info) else source_info or {})
         manifest = seal(Manifest(
             backup_id=backup_id, kind=kind, label=label, source=final_source, started_at=started,
@@ -230,10 +246,9 @@ def create_backup(
                     written[location.name] = location.put_bytes(manifest_key_name(backup_id), manifest.to_json(),
                                                                 exclusive=True)
                 except StorageError as exc:
-                    if location.name in required:
-                        raise
-                    log.warning("optional location %s did not take the manifest of %s and holds no usable copy: %s",
-                                location.name, backup_id, exc)
+                    # Its copy is listed in the manifest the others hold: validation finds it missing and
+                    # repairs it, as the catch-up does for the marked ones.
+                    give_up(location.name, exc, f"writing the manifest failed: {exc}")
                     _quietly(location.delete, data_key_object, if_checksum=checksums[location.name])
         except BaseException:
             for name, checksum in written.items():
@@ -251,10 +266,16 @@ def create_backup(
     if kind == "wal":
         for name in written:
             _mark_if_late(by_name[name], backup_id)
+    if degraded:
+        degradation.mark([by_name[name] for name in written], [
+            degradation.DegradedCopy(backup_id=backup_id, kind=kind, missing=name, reason=why[:500],
+                                     since=manifest.finished_at) for name, why in degraded.items()])
     rate = result.plaintext_bytes / max((manifest.finished_at - started).total_seconds(), 1e-9) / 2**20
     report(f"backup {backup_id} ({kind}) complete: {result.plaintext_bytes:,} bytes → {result.stored_bytes:,} stored "
            f"in {', '.join(copies)} ({rate:,.1f} MiB/s), {' / '.join(sorted(proofs))}"
-           + (f"; optional {', '.join(sorted(left_out))} left out" if left_out else ""))
+           + (f"; optional {', '.join(sorted(left_out))} left out" if left_out else "")
+           + (f"; DEGRADED: required {', '.join(sorted(degraded))} did not take it (caught up when it answers)"
+              if degraded else ""))
     return manifest
 
 

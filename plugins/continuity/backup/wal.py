@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from continuity.storage.archive import IntegrityError
+from continuity.storage import degraded as degradation
 from continuity.backup.engine import create_backup, load_manifest, replicate_copy, restore_to_path, verify_copy
 from continuity.storage.keys import Keyring, KeyringError
 from continuity.storage.manifest import WAL_ID_PREFIX, Manifest, manifest_key_name
@@ -245,24 +246,56 @@ def push_file(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
               required: set[str], result: ShipResult | None = None, report: Callable[[str], None] = log.info,
               local_sha: str | None = None) -> tuple[Manifest, bool]:
     """One WAL file into every location (an optional one that refuses is left out and caught up later),
-    verified in every required one; returns (its manifest, whether it was stored already). The same name
+    verified in every required one that answers; returns (its manifest, whether it was stored already). A
+    required location that does not answer leaves the file degraded (stored in the others, marked, caught up
+    later: continuity.storage.degraded), so a region's lost storage never stops archiving. The same name
     stored with other contents is a WalConflict, never an overwrite."""
     result = result if result is not None else ShipResult()
     local_sha = local_sha or _sha256(path)
     key = manifest_key_name(wal.backup_id)
-    holding = {name for name, loc in locations.items() if _holds(loc, key, required=name in required)}
+    holding: set[str] = set()
+    missing: dict[str, str] = {}  # required locations that did not answer: this file is degraded there
+    for name, location in locations.items():
+        if (why := degradation.given_up(location)) is not None:
+            if name in required:
+                missing[name] = why
+            continue
+        try:
+            if location.head(key) is not None:
+                holding.add(name)
+        except StorageError as exc:
+            degradation.note_failure(location, exc)
+            if name in required:
+                missing[name] = str(exc)  # an optional location that cannot answer is treated as not holding it
     if holding:
         manifest = _check_same(wal, local_sha, holding, keyring=keyring, locations=locations, required=required)
-        for name in sorted(set(locations) - holding):
+        took = set(holding)
+        for name in sorted(set(locations) - holding - set(missing)):
+            if degradation.given_up(locations[name]) is not None:
+                continue
             try:
                 # deep: a WAL copy counts only once it is decrypted end to end in its new location.
                 replicate_copy(manifest, locations[manifest_source(holding, required)], locations[name], keyring,
                                deep=True)
                 result.replicated.append(f"{wal.name} -> {name}")
+                took.add(name)
             except Exception as exc:
-                if name in required:
+                degradation.note_failure(locations[name], exc)
+                if name in required and not degradation.degrades(exc):
                     raise
+                if name in required:
+                    missing[name] = str(exc)
+                    continue
                 report(f"optional location {name} did not take {wal.name} and is left out: {exc}")
+        if missing:
+            if not took & required:
+                raise StorageError(f"WAL file {wal.name}: no required location holds it or answers ("
+                                   + "; ".join(f"{n}: {why}" for n, why in sorted(missing.items())) + ")")
+            report(f"{wal.name}: DEGRADED: required {', '.join(sorted(missing))} did not answer; kept in "
+                   f"{', '.join(sorted(took))} and caught up later")
+            degradation.mark([locations[n] for n in sorted(took)], [
+                degradation.DegradedCopy(backup_id=wal.backup_id, kind="wal", missing=name, reason=why[:500],
+                                         since=degradation.now()) for name, why in missing.items()])
         result.already_shipped.append(wal.name)
     else:
         try:
@@ -283,10 +316,12 @@ def push_file(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
                                    f"within 60s; the spool file is kept and a retry checks again") from None
             return push_file(path, wal, keyring=keyring, locations=locations, required=required, result=result,
                              report=report, local_sha=local_sha)
+        if degraded := manifest.details.get("degraded"):
+            report(f"{wal.name}: DEGRADED: required {', '.join(sorted(degraded))} did not take it; caught up later")
         result.shipped.append(wal.name)
     if _verified_everywhere(wal, keyring=keyring, locations=locations, required=required) is None:
         raise WalGap(f"WAL file {wal.name}: not every required location ({', '.join(sorted(required))}) holds a "
-                     f"verified copy; the spool file is kept")
+                     f"verified copy or is marked as owed one; the spool file is kept")
     return manifest, bool(holding)
 
 
@@ -305,9 +340,13 @@ def fetch_file(name: str, destination: Path, *, keyring: Keyring, locations: Map
     candidates, problems = [], []
     manifest = None
     for location_name, location in locations.items():
+        if (why := degradation.given_up(location)) is not None:
+            problems.append(f"{location_name}: {why}")
+            continue
         try:
             found = load_manifest(location, wal.backup_id, keyring)
         except StorageError as exc:
+            degradation.note_failure(location, exc)
             if "no backup" not in str(exc):
                 problems.append(f"{location_name}: {str(exc).splitlines()[0]}")
             continue
@@ -391,15 +430,6 @@ def manifest_source(holding: set[str], required: set[str]) -> str:
     return sorted(holding & required or holding)[0]
 
 
-def _holds(location: StorageLocation, key: str, *, required: bool) -> bool:
-    try:
-        return location.head(key) is not None
-    except StorageError:
-        if required:
-            raise
-        return False  # an optional location that cannot answer is treated as not holding it
-
-
 def _check_same(wal: WalFile, local_sha: str, holding: set[str], *, keyring: Keyring,
                 locations: Mapping[str, StorageLocation], required: set[str]) -> Manifest:
     source_name = manifest_source(holding, required)
@@ -416,15 +446,22 @@ def _check_same(wal: WalFile, local_sha: str, holding: set[str], *, keyring: Key
 
 def _verified_everywhere(wal: WalFile, *, keyring: Keyring, locations: Mapping[str, StorageLocation],
                          required: set[str]) -> Manifest | None:
-    """The manifest when every required location holds an authentic manifest and a data object matching it."""
+    """The manifest when every required location holds an authentic manifest and a data object matching it,
+    or (a degraded file) is marked as owed it by a location that holds it; at least one must hold it."""
     manifest = None
     for name in sorted(required):
         location = locations[name]
-        try:
-            manifest = load_manifest(location, wal.backup_id, keyring)
-        except (StorageError, IntegrityError, KeyringError):
-            return None
-        if not verify_copy(manifest, location, keyring).ok:
+        verified = False
+        if degradation.given_up(location) is None:
+            try:
+                found = load_manifest(location, wal.backup_id, keyring)
+                verified = verify_copy(found, location, keyring).ok
+            except (StorageError, IntegrityError, KeyringError) as exc:
+                degradation.note_failure(location, exc)
+            else:
+                manifest = found if verified else manifest
+        if not verified and not degradation.marked_in(
+                [loc for other, loc in locations.items() if other != name], name, wal.backup_id):
             return None
     return manifest
 

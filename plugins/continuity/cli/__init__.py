@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from botocore.exceptions import BotoCoreError, ClientError
 
 from continuity.storage.archive import ArchiveError
-from continuity.cli.backups import cmd_backups_create, cmd_backups_list, cmd_backups_show, cmd_backups_verify
+from continuity.cli.backups import (cmd_backups_catch_up, cmd_backups_create, cmd_backups_list, cmd_backups_show,
+                                   cmd_backups_verify)
 from continuity.cli.common import (EXIT_FAILURE, EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_MISSING_KEY, EXIT_OK,
                                    EXIT_POLICY, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, _fail)
 from continuity.cli.keys import cmd_keys_list, cmd_keys_new, cmd_keys_retire, cmd_keys_rotate
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--deep", action="store_true")
     verify.add_argument("--location")
     verify.set_defaults(func=cmd_backups_verify)
+    catch_up = with_storage(backups.add_parser(
+        "catch-up", help="copy every degraded backup into the required location it misses, once it answers"))
+    catch_up.set_defaults(func=cmd_backups_catch_up)
 
     restore = with_storage(sub.add_parser("restore", help="restore a backup: its bytes, a database, a cluster, "
                                                           "or Airflow's configuration"))

@@ -1,4 +1,4 @@
-"""`continuity backups create | list | show | verify`."""
+"""`continuity backups create | list | show | verify | catch-up`."""
 
 from __future__ import annotations
 
@@ -87,3 +87,13 @@ def cmd_backups_verify(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{'ok    ' if r['ok'] else 'FAILED'} {r['location']:10} {r['reason']}")
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_INTEGRITY
+
+
+def cmd_backups_catch_up(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing is degraded any more; EXIT_UNREACHABLE while a location still misses backups."""
+    from continuity.backup.catchup import catch_up
+
+    ctx = _context(args)
+    result = catch_up(ctx.locations, ctx.keyring, report=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result.model_dump(mode="json"), indent=2) if args.json else result.summary())
+    return EXIT_UNREACHABLE if result.degraded else EXIT_OK

@@ -8,12 +8,14 @@ Components carry the requirements' weights (database 3, application 2, network 2
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from continuity.policy.model import Policy, Severity, format_duration
+from continuity.storage.degraded import DegradedCopy
 from continuity.postgres.node import NodeUnreachable, PostgresNode, ReplicationSlot, StandbyReplication
 
 Component = Literal["database", "application", "network", "storage", "configuration", "archiving"]
@@ -216,6 +218,45 @@ def check_storage(policy: Policy, probe: Callable[[str], None]) -> list[Check]:
         else:
             checks.append(Check("storage", subject, True,
                                 f"location {location.name} ({location.kind} {where}, {location.region}) is reachable"))
+    return checks
+
+
+def check_degraded(policy: Policy, owed: Sequence[DegradedCopy], unlisted: Mapping[str, str], *,
+                   now: datetime | None = None) -> list[Check]:
+    """Per required location: the backups it is missing (stored elsewhere while it did not answer, owed by the
+    catch-up). Failing while any are owed; a critical alarm once the oldest is older than storage.max_degraded."""
+    now = now or datetime.now(timezone.utc)
+    bound = policy.storage.max_degraded
+    checks: list[Check] = []
+    for location in policy.storage.locations:
+        if not location.required:
+            continue
+        mine = [c for c in owed if c.missing == location.name]
+        subject = f"degraded backups of {location.name}"
+        if not mine:
+            reason = (f"location {location.name} holds every backup the other locations know of"
+                      + (f" (markers unreadable in {', '.join(sorted(unlisted))})" if unlisted else ""))
+            checks.append(Check("storage", subject, True, reason, {"owed": 0}))
+            continue
+        oldest = min(c.since for c in mine)
+        age = now - oldest
+        details = {"owed": len(mine), "oldest_since": oldest.isoformat(), "age_seconds": int(age.total_seconds()),
+                   "bound_seconds": int(bound.total_seconds()),
+                   "kinds": sorted({c.kind for c in mine}), "last_reason": mine[-1].reason}
+        kinds = "/".join(details["kinds"])
+        age_text = format_duration(timedelta(seconds=int(age.total_seconds())))
+        if age > bound:
+            checks.append(Check("storage", subject, False,
+                                f"location {location.name} has been missing {len(mine)} {kinds} backups for {age_text}, "
+                                f"over storage.max_degraded of {format_duration(bound)}: protection rests on fewer "
+                                f"regions than the policy requires. HINT: bring {location.name} back (the catch-up of "
+                                f"dr_wal_archive copies them within the hour) or run `continuity backups catch-up`",
+                                details, alert="critical"))
+        else:
+            checks.append(Check("storage", subject, False,
+                                f"location {location.name} is missing {len(mine)} {kinds} backups since {age_text} ago "
+                                f"(kept in the other locations; the catch-up copies them once it answers; critical "
+                                f"after storage.max_degraded of {format_duration(bound)})", details))
     return checks
 
 

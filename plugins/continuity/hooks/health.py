@@ -7,7 +7,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from continuity.health.checks import Check, check_application, check_primary, check_standbys, check_storage
+from continuity.health.checks import (Check, check_application, check_degraded, check_primary, check_standbys,
+                                     check_storage)
+from continuity.storage.degraded import outstanding
+from continuity.storage.locations import locations_from_policy
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import ContinuityPolicyHook
 from continuity.health.monitoring import ProbeRound, check_latency, run_round
@@ -49,6 +52,10 @@ class HealthProbeHook(ContinuityPolicyHook):
                     raise FileNotFoundError(f"{path} is not a writable directory")
 
         checks = check_storage(policy, probe)
+        # The backups a required location is missing (stored elsewhere while it did not answer): one listing
+        # of each location's markers.
+        locations = locations_from_policy(policy, lambda loc: self.s3_client(loc.conn_id, loc.region))
+        checks += check_degraded(policy, *outstanding(locations))
         if application_buckets and policy.application is not None:
             region = policy.topology.primary.region
             spec = policy.application.regions.get(region)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk import Context
@@ -17,6 +18,34 @@ from continuity.operators.base import ContinuityBackupOperator
 from continuity.policy.model import format_duration
 from continuity.backup.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,
                                    stale_backup_kinds, stale_categories, validate_copies)
+
+
+class CatchUpOperator(ContinuityBackupOperator):
+    """Copy every degraded backup and WAL segment into the required location it is missing from, once that
+    location answers (continuity.backup.catchup). Succeeds while a location is still missing backups for less
+    than the policy's storage.max_degraded (the health monitor warns meanwhile); fails past it."""
+
+    ui_color = "#d6eaf8"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from continuity.backup.catchup import catch_up
+
+        hook = self.hook()
+        result = catch_up(hook.get_locations(), hook.get_keyring(), report=self.log.info)
+        bound = hook.policy.storage.max_degraded
+        now = datetime.now(timezone.utc)
+        too_long = {name: now - since for name, since in result.oldest_missing.items() if now - since > bound}
+        if too_long:
+            raise AirflowFailException(
+                "; ".join(f"location {name} has been missing backups for "
+                          f"{format_duration(timedelta(seconds=int(age.total_seconds())))}, over storage.max_degraded "
+                          f"of {format_duration(bound)} ({result.why.get(name, 'not tried')})"
+                          for name, age in sorted(too_long.items()))
+                + ". HINT: bring the location back; this task copies what it lacks as soon as it answers")
+        if result.degraded:
+            self.log.warning("still degraded, within storage.max_degraded of %s: %s", format_duration(bound),
+                             result.summary())
+        return result.model_dump(mode="json")
 
 
 class VerifyAndRepairOperator(ContinuityBackupOperator):

@@ -235,6 +235,11 @@ class Location(_Model):
 
 class Storage(_Model):
     locations: list[Location] = Field(min_length=1)
+    # "Required" means required while reachable: a backup or WAL segment a required location does not take
+    # is kept in the others and marked degraded (continuity.storage.degraded) until the catch-up copies it.
+    # A location missing backups for longer than this is a critical alarm of the health monitor (before it,
+    # a warning to the immediate team): protection then rests on fewer regions than the policy promises.
+    max_degraded: Duration = timedelta(hours=1)
 
     def location(self, name: str) -> Location:
         for location in self.locations:

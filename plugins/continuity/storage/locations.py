@@ -32,6 +32,11 @@ class PreconditionFailed(StorageError):
     """A conditional write or delete found another state than expected (another writer got there first)."""
 
 
+class StorageUnreachable(StorageError):
+    """The location could not be reached at all (no connection, a timeout): its region's storage may be gone,
+    as opposed to a location that answered with a refusal."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -103,6 +108,13 @@ def _is_precondition_failure(exc: Exception) -> bool:
         or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
 
 
+def _is_unreachable(exc: Exception) -> bool:
+    """botocore's connection-level failures (refused, reset, timed out): no answer from the endpoint."""
+    from botocore.exceptions import ConnectionError as EndpointUnreachable, HTTPClientError
+
+    return isinstance(exc, (EndpointUnreachable, HTTPClientError))
+
+
 def b64(digest: bytes) -> str:
     """A digest as S3's checksum headers carry it."""
     return base64.b64encode(digest).decode()
@@ -170,6 +182,8 @@ class S3Location:
         if _is_precondition_failure(exc):
             return PreconditionFailed(f"{self.describe(key)}: {action} refused: the object is not in the state "
                                       f"this writer expected (another writer changed it first)")
+        if _is_unreachable(exc):
+            return StorageUnreachable(f"{self.describe(key)}: {action} failed: {type(exc).__name__}: {exc}")
         return StorageError(f"{self.describe(key)}: {action} failed: {type(exc).__name__}: {exc}")
 
     @staticmethod

@@ -108,11 +108,15 @@ class StoragePart:
             return True
         return False
 
-    def s3_client(self, region: str = "us-east-1") -> Any:
+    def s3_client(self, region: str = "us-east-1", *, through_gateway: bool = True) -> Any:
+        """A client of `region`'s buckets through the region's gateway, as every client of that region's storage
+        reaches it (so a cut gateway cuts them all, as a real outage does); `through_gateway=False` only for the
+        sandbox's own setup (creating and seeding buckets, before the gateways run)."""
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.s3_endpoint, region_name=region,
+            "s3", endpoint_url=self.region_s3_endpoint(region) if through_gateway else self.s3_endpoint,
+            region_name=region,
             aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=self.password("s3_secret_key"),
         )
 
@@ -204,7 +208,7 @@ class StoragePart:
                 path = Path(location.path or "")
                 (path if path.is_absolute() else self.root / path).mkdir(parents=True, exist_ok=True)
                 continue
-            client = self.s3_client(location.region)
+            client = self.s3_client(location.region, through_gateway=False)
             kwargs: dict[str, Any] = {"Bucket": location.bucket}
             if location.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": location.region}
@@ -215,7 +219,7 @@ class StoragePart:
             client.put_bucket_versioning(Bucket=location.bucket, VersioningConfiguration={"Status": "Enabled"})
             log.info("bucket %s (%s, location %s) ready with versioning", location.bucket, location.region, location.name)
         for bucket, lock in self.application_buckets():
-            client = self.s3_client(bucket.region)
+            client = self.s3_client(bucket.region, through_gateway=False)
             kwargs = {"Bucket": bucket.bucket}
             if bucket.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": bucket.region}
@@ -260,7 +264,7 @@ class StoragePart:
                                   multipart_chunksize=self.policy.objects.part_size, max_concurrency=2)
         for name, category in self.policy.objects.categories.items():
             source = category.source
-            client = self.s3_client(source.region)
+            client = self.s3_client(source.region, through_gateway=False)
             if client.list_objects_v2(Bucket=source.bucket, Prefix=source.prefix, MaxKeys=1).get("KeyCount"):
                 continue
             if category.database_reference is not None:

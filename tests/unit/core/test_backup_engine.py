@@ -104,15 +104,11 @@ def test_corrupt_copy_is_caught_and_another_location_restores(locations, keyring
     assert out.getvalue() == data
 
 
-def test_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring) -> None:
-    """A required bucket disappears while the backup streams: the backup fails naming it, nothing remains."""
-    primary = locations["primary"]
-    client = locations["dr"].client
-    client.create_bucket(Bucket="continuity-vanishing", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
-    vanishing = S3Location(name="dr", region="us-west-2", client=client, bucket="continuity-vanishing")
-    backup_id = "adhoc-failing-mid-upload"
+def _vanishing_bucket(client, bucket: str):
+    """A source whose reading deletes `bucket` (its uploads aborted) once 12 MiB went up everywhere."""
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
 
-    class SourceThatBreaksDr(io.RawIOBase):
+    class SourceThatBreaksIt(io.RawIOBase):
         def __init__(self) -> None:
             self.sent = 0
 
@@ -123,18 +119,46 @@ def test_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring)
             if self.sent >= 40 * 2**20:
                 return 0
             if self.sent == 12 * 2**20:  # after the first parts went up everywhere
-                for upload in client.list_multipart_uploads(Bucket="continuity-vanishing").get("Uploads", []):
-                    client.abort_multipart_upload(Bucket="continuity-vanishing", Key=upload["Key"],
-                                                  UploadId=upload["UploadId"])
-                client.delete_bucket(Bucket="continuity-vanishing")
+                for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                client.delete_bucket(Bucket=bucket)
             block = os.urandom(len(buffer))
             buffer[:] = block
             self.sent += len(block)
             return len(block)
 
-    with pytest.raises(StorageError, match=r"location dr \(s3://continuity-vanishing/data/adhoc/"):
-        create_backup(io.BufferedReader(SourceThatBreaksDr(), 2**20), kind="adhoc", keyring=keyring,
-                      locations=[primary, vanishing], backup_id=backup_id)
+    return io.BufferedReader(SourceThatBreaksIt(), 2**20)
+
+
+def test_a_required_location_failing_mid_upload_leaves_the_backup_degraded_in_the_other(locations, keyring) -> None:
+    """#30 item 1: a required bucket disappears while the backup streams. "Required" means required while
+    reachable: the backup is kept in the other required location, its manifest says which one it misses and
+    why, a marker there owes it to the missing one, and nothing half-written is left behind."""
+    from continuity.storage.degraded import marker_key
+
+    primary, client = locations["primary"], locations["dr"].client
+    source = _vanishing_bucket(client, "continuity-vanishing")
+    vanishing = S3Location(name="dr", region="us-west-2", client=client, bucket="continuity-vanishing")
+    manifest = create_backup(source, kind="adhoc", keyring=keyring, locations=[primary, vanishing],
+                             backup_id="adhoc-degraded-mid-upload")
+    assert set(manifest.locations) == {"primary"}
+    assert "location dr (s3://continuity-vanishing/data/adhoc/" in manifest.details["degraded"]["dr"]
+    assert verify_copy(manifest, primary, keyring, deep=True).ok
+    assert primary.head(marker_key("dr", manifest.backup_id)) is not None
+    assert _pending_uploads(primary) == []
+
+
+def test_the_only_required_location_failing_mid_upload_leaves_nothing_anywhere(locations, keyring) -> None:
+    """When no required location takes the backup it fails naming the one that failed, and the optional copy
+    already written is removed: no location shows a backup no required location holds."""
+    primary, client = locations["primary"], locations["dr"].client
+    source = _vanishing_bucket(client, "continuity-vanishing-2")
+    vanishing = S3Location(name="dr", region="us-west-2", client=client, bucket="continuity-vanishing-2")
+    backup_id = "adhoc-failing-mid-upload"
+    with pytest.raises(StorageError, match=r"no required location took it \(dr: location dr "
+                                           r"\(s3://continuity-vanishing-2/data/adhoc/"):
+        create_backup(source, kind="adhoc", keyring=keyring, locations=[primary, vanishing], required={"dr"},
+                      backup_id=backup_id)
     assert _objects(primary, backup_id) == []
     assert _pending_uploads(primary) == []
 

@@ -14,8 +14,11 @@ import pytest
 from continuity.backup.wal import (SpoolBusy, WalConflict, WalNotArchived, classify, fetch_file, ship_spool,
                                    spool_files, spool_lock)
 from continuity.storage.keys import Keyring
-from continuity.storage.locations import FileLocation
+from continuity.storage.locations import FileLocation, StorageError
 from continuity.storage.manifest import manifest_key_name
+
+from continuity.backup.catchup import catch_up
+from continuity.storage.degraded import DEGRADED_PREFIX, forget_failures, outstanding
 
 from tests.support.locations import RegionStorage
 
@@ -93,6 +96,7 @@ def test_an_optional_location_that_is_down_is_left_out_then_caught_up_by_the_nex
                         report=lambda _m: None)
     assert sorted(result.removed) == SEGMENTS[:2], "the required locations hold them: they leave the spool"
     archive.gone = False
+    forget_failures()  # the minute a pusher leaves an unanswering location alone has passed
     assert archive.head(manifest_key_name(classify(SEGMENTS[0]).backup_id)) is None
     _spool(tmp_path, SEGMENTS[:1])  # the next file for that name (or a re-queue) makes the push look again
     (tmp_path / "spool" / SEGMENTS[0]).write_bytes(contents[SEGMENTS[0]])
@@ -136,3 +140,83 @@ def test_one_shipper_at_a_time_the_second_gives_up_naming_the_spool(tmp_path: Pa
         thread.join()
     with spool_lock(spool, timeout=1):  # released by the holder: free again
         pass
+
+
+@pytest.fixture
+def primary_region_gone(tmp_path: Path):
+    """The primary region's storage cut off (a required location), the DR one answering."""
+    forget_failures()
+    locations = _locations(tmp_path, cls=RegionStorage)
+    locations["primary"].gone = True
+    yield locations
+    forget_failures()
+
+
+def test_with_a_required_location_gone_every_file_is_kept_in_the_other_degraded_and_leaves_the_spool(
+        tmp_path: Path, primary_region_gone) -> None:
+    """#30 item 1: "required" means required while reachable. Archiving goes on into the DR location (the spool
+    empties, so archive_command never fails and pg_wal never grows), each file's manifest says which location
+    it misses and why, and the DR location owes each one to the primary by a marker."""
+    keyring, locations = _keyring(), primary_region_gone
+    contents = _spool(tmp_path, [*SEGMENTS, "00000002.history"])
+    messages: list[str] = []
+    result = ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+                        report=messages.append, workers=2)
+    assert sorted(result.removed) == sorted(contents) and spool_files(tmp_path / "spool") == []
+    assert any("DEGRADED" in m for m in messages), messages
+    owed, unlisted = outstanding(locations)
+    assert {c.backup_id for c in owed} == {classify(n).backup_id for n in contents}
+    assert {c.missing for c in owed} == {"primary"} and "EndpointConnectionError" in owed[0].reason
+    assert set(unlisted) == {"primary"}
+    (tmp_path / "fetched").mkdir()
+    for name, data in contents.items():  # the DR location alone gives every file back
+        target = tmp_path / "fetched" / name
+        fetch_file(name, target, keyring=keyring, locations={"dr": locations["dr"]}, report=lambda _m: None)
+        assert target.read_bytes() == data
+
+
+def test_with_every_required_location_gone_the_file_stays_in_the_spool(tmp_path: Path, primary_region_gone) -> None:
+    keyring, locations = _keyring(), primary_region_gone
+    locations["dr"].gone = True
+    _spool(tmp_path, SEGMENTS[:1])
+    with pytest.raises(StorageError, match="no required location took it"):
+        ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+                   report=lambda _m: None)
+    assert [w.name for w in spool_files(tmp_path / "spool")] == SEGMENTS[:1]
+    assert not (tmp_path / "dr").exists() or not any((tmp_path / "dr").rglob("wal-*")), "nothing stored half"
+
+
+def test_the_catch_up_copies_every_degraded_file_once_the_location_answers_and_nothing_is_degraded_after(
+        tmp_path: Path, primary_region_gone) -> None:
+    keyring, locations = _keyring(), primary_region_gone
+    contents = _spool(tmp_path, SEGMENTS)
+    ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+               report=lambda _m: None)
+    still = catch_up(locations, keyring, report=lambda _m: None)
+    assert still.still_missing == {"primary": 3} and still.caught_up == [], "gone is gone: nothing copied yet"
+    locations["primary"].gone = False
+    forget_failures()
+    done = catch_up(locations, keyring, report=lambda _m: None)
+    assert sorted(done.caught_up) == sorted(f"{classify(n).backup_id} -> primary" for n in contents)
+    assert not done.degraded and outstanding(locations) == ([], {})
+    assert [k for loc in locations.values() for k in loc.list(DEGRADED_PREFIX)] == []
+    (tmp_path / "from-primary").mkdir()
+    for name, data in contents.items():  # the primary's own copy, verified deep as it was copied
+        target = tmp_path / "from-primary" / name
+        fetch_file(name, target, keyring=keyring, locations={"primary": locations["primary"]}, report=lambda _m: None)
+        assert target.read_bytes() == data
+    assert catch_up(locations, keyring, report=lambda _m: None).caught_up == [], "a second run has nothing to do"
+
+
+def test_a_file_already_degraded_pushed_again_is_not_marked_twice_and_keeps_its_first_time(
+        tmp_path: Path, primary_region_gone) -> None:
+    keyring, locations = _keyring(), primary_region_gone
+    contents = _spool(tmp_path, SEGMENTS[:1])
+    ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+               report=lambda _m: None)
+    first, _ = outstanding(locations)
+    (tmp_path / "spool" / SEGMENTS[0]).write_bytes(contents[SEGMENTS[0]])  # archive_command ran again
+    again = ship_spool(tmp_path / "spool", keyring=keyring, locations=locations, required={"primary", "dr"},
+                       report=lambda _m: None)
+    assert again.already_shipped == SEGMENTS[:1] and again.removed == SEGMENTS[:1]
+    assert outstanding(locations)[0] == first
