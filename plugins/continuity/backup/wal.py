@@ -97,9 +97,12 @@ class ShipResult:
     already_shipped: list[str] = field(default_factory=list)
     replicated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # file name -> the required locations it is missing from (kept in the others, owed by the catch-up)
+    degraded: dict[str, list[str]] = field(default_factory=dict)
     newest: Manifest | None = None
 
     def merge(self, other: ShipResult) -> None:
+        self.degraded.update(other.degraded)
         self.shipped += other.shipped
         self.already_shipped += other.already_shipped
         self.replicated += other.replicated
@@ -199,6 +202,11 @@ def push_continuously(spool_dir: Path, *, keyring: Keyring, locations: Mapping[s
                 if result.removed:
                     report(f"pushed {len(result.removed)} WAL files ({result.removed[0]} .. {result.removed[-1]}) "
                            f"to {', '.join(sorted(locations))}")
+                if result.degraded:
+                    missing = sorted({name for names in result.degraded.values() for name in names})
+                    report(f"DEGRADED: {len(result.degraded)} WAL files are missing from required "
+                           f"{', '.join(missing)} (it does not answer); kept in the other locations, owed by the "
+                           f"catch-up")
             if failing_since is not None:
                 report(f"pushing works again after {time.monotonic() - failing_since:.0f}s")
                 failing_since = None
@@ -288,6 +296,7 @@ def push_file(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
                     continue
                 report(f"optional location {name} did not take {wal.name} and is left out: {exc}")
         if missing:
+            result.degraded[wal.name] = sorted(missing)
             if not took & required:
                 raise StorageError(f"WAL file {wal.name}: no required location holds it or answers ("
                                    + "; ".join(f"{n}: {why}" for n, why in sorted(missing.items())) + ")")
@@ -317,6 +326,7 @@ def push_file(path: Path, wal: WalFile, *, keyring: Keyring, locations: Mapping[
             return push_file(path, wal, keyring=keyring, locations=locations, required=required, result=result,
                              report=report, local_sha=local_sha)
         if degraded := manifest.details.get("degraded"):
+            result.degraded[wal.name] = sorted(degraded)
             report(f"{wal.name}: DEGRADED: required {', '.join(sorted(degraded))} did not take it; caught up later")
         result.shipped.append(wal.name)
     if _verified_everywhere(wal, keyring=keyring, locations=locations, required=required) is None:
