@@ -1,6 +1,9 @@
 """
 ### dr_drill — monthly full recovery drill with measured RTO and RPO
 
+0. `wait_for_lease` waits (in the triggerer) while a dr_failover run or the region-loss exercise holds
+   the cluster lease: the drill's marker commit and WAL switch need a primary that is not being
+   switched over.
 1. `start_drill` notes the start and commits a drill marker row on the primary (through the
    application entry point).
 2. `switch_wal`, `wal_archived` (deferrable: waits in the triggerer) and `ship_wal` get that
@@ -40,6 +43,7 @@ from continuity.operators.incident import CommunicationTestOperator
 from continuity.operators.scratch import RemoveScratchClustersOperator
 from continuity.operators.wal import ShipWalOperator, SwitchWalOperator
 from continuity.policy.loading import load_policy
+from continuity.sensors.cluster_lease import ClusterLeaseFreeSensor
 from continuity.sensors.wal_archived import WalArchivedSensor
 
 _policy = load_policy()
@@ -65,7 +69,8 @@ with DAG(
     tags=["continuity", "restore", "drill"],
 ) as dag:
     (
-        StartDrillOperator(task_id="start_drill", include_switchover="{{ params.include_switchover }}")
+        ClusterLeaseFreeSensor(task_id="wait_for_lease", timeout=_policy.failover.lease_ttl.total_seconds())
+        >> StartDrillOperator(task_id="start_drill", include_switchover="{{ params.include_switchover }}")
         >> SwitchWalOperator(task_id="switch_wal")
         >> WalArchivedSensor(task_id="wal_archived", segment="{{ ti.xcom_pull(task_ids='switch_wal') }}")
         >> ShipWalOperator(task_id="ship_wal")

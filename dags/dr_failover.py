@@ -5,6 +5,11 @@ Trigger with params (the form shows each): `target` (the standby to promote), `m
 (`switchover`: the primary is alive and no committed transaction may be lost; `failover`: the
 primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) and `incident_id`.
 
+0. `wait_for_lease` waits (in the triggerer, up to the policy's `failover.lease_ttl`) while another
+   run holds the cluster lease (a drill's switchover, the region-loss exercise, another dr_failover):
+   the run then decides on the cluster as that run left it; past the wait it fails naming the
+   holder, nothing changed. An automatic failover (`automatic`, set by dr_health_monitor) decides
+   again here: when the primary answers and accepts writes by then, it does nothing.
 1. `preflight` validates the params and checks the target (reachable, in recovery, timeline, WAL
    receiver, replay lag) and, for a switchover, the primary. A failed check stops the run here,
    naming it; nothing has changed (a target that already is the primary is such a failure, and
@@ -51,6 +56,7 @@ from continuity.operators.failover import (
     ValidateOperator,
 )
 from continuity.policy.loading import load_policy
+from continuity.sensors.cluster_lease import ClusterLeaseFreeSensor
 
 _policy = load_policy()
 _nodes = [node.name for node in _policy.topology.nodes]
@@ -86,9 +92,15 @@ with DAG(
         "reason": Param("", type="string", title="Reason",
                         description="Required: why. Goes into the logs and the audit."),
         "incident_id": Param("", type=["string", "null"], title="Incident id", description="Optional."),
+        "automatic": Param(False, type="boolean", title="Automatic",
+                           description="Set by dr_health_monitor's automatic failover: the run decides again before "
+                                       "it acts and does nothing when the primary answers and accepts writes."),
     },
     tags=["continuity", "failover"],
 ) as dag:
+    wait_for_lease = ClusterLeaseFreeSensor(
+        task_id="wait_for_lease", timeout=_policy.failover.lease_ttl.total_seconds(),
+        execution_timeout=_policy.failover.lease_ttl + _policy.failover.step_timeout)
     preflight = PreflightOperator(task_id="preflight")
     approve = ApproveFailoverOperator(task_id="approve", execution_timeout=None)  # bounded by the approval's timeout
     cut_over = CutOverOperator(task_id="cut_over")
@@ -98,6 +110,6 @@ with DAG(
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     record = RecordOperator(task_id="record", trigger_rule=TriggerRule.ALL_DONE)
 
-    preflight >> approve >> cut_over >> start_application >> rejoin >> validate
+    wait_for_lease >> preflight >> approve >> cut_over >> start_application >> rejoin >> validate
     [approve, cut_over, start_application, rejoin, validate] >> rollback >> record
     validate >> record

@@ -33,9 +33,9 @@ def cluster(sandbox_factory, airflow_db):
         yield box
 
 
-def _run(**conf):
+def _run(*, mark_success_pattern: str | None = None, **conf):
     conf.setdefault("reason", "integration test")
-    return load_dag("dr_failover").test(run_conf=conf)
+    return load_dag("dr_failover").test(run_conf=conf, mark_success_pattern=mark_success_pattern)
 
 
 def _app(box, node: str) -> str:
@@ -224,14 +224,46 @@ def _lease():
     return FailoverHook().get_lease()
 
 
+def test_an_automatic_failover_queued_behind_a_drill_waits_for_its_lease_then_decides_again(cluster) -> None:
+    """#30 item 4: the health monitor's automatic failover triggered while a drill's switchover holds the cluster
+    lease waits (in the triggerer) until the drill gives it back, then decides again on the cluster as the drill
+    left it: the primary answers and accepts writes, so nothing changes, and its audit says whose lease it
+    waited for."""
+    import threading
+
+    lease = _lease()
+    lease.acquire(holder="dr_drill run lease-wait", run_id="lease-wait", purpose="live switchover to dr and back")
+    before = _snapshot(cluster)
+    released = threading.Timer(8, lambda: lease.release("lease-wait"))
+    released.start()
+    try:
+        started = time.monotonic()
+        run = _run(target="dr", mode="failover", automatic=True,
+                   reason="automatic: disaster threshold held for 3 consecutive checks")
+        waited = time.monotonic() - started
+    finally:
+        released.cancel()
+        lease.release("lease-wait")
+    assert str(run.state) == "success", task_states(run)
+    states = task_states(run)
+    assert states["wait_for_lease"] == "success" and states["cut_over"] == "skipped", states
+    assert waited >= 8, "the run did not wait for the drill's lease"
+    audit = _audit(cluster, run)
+    assert audit["waited_for_lease_of"].startswith("dr_drill run lease-wait (live switchover to dr and back)")
+    assert audit["outcome"] == "no change: automatic failover decided again: primary answers and accepts writes again"
+    assert _snapshot(cluster) == before and _writable(cluster) == ["primary"]
+
+
 def test_a_switchover_while_a_drill_holds_the_cluster_lease_is_refused_naming_it_and_changes_nothing(cluster) -> None:
-    """#30 item 4: one writer. A drill's live switchover holds the cluster lease; an operator's switchover started
-    meanwhile is refused at cut_over, before anything changes, and its audit names the drill."""
+    """#30 item 4: one writer. A drill's live switchover takes the cluster lease after an operator's switchover
+    stopped waiting for it (wait_for_lease marked done, as when the drill started in between): the switchover is
+    refused at cut_over, before anything changes, and its audit names the drill."""
     lease = _lease()
     lease.acquire(holder="dr_drill run lease-test", run_id="lease-test", purpose="live switchover to dr and back")
     before = _snapshot(cluster)
     try:
-        run = _run(target="dr", mode="switchover", reason="maintenance while a drill runs")
+        run = _run(target="dr", mode="switchover", reason="maintenance while a drill runs",
+                   mark_success_pattern=r"^wait_for_lease$")
         assert _lease().holder().run_id == "lease-test", "the refused run took nothing of the drill's lease"
     finally:
         lease.release("lease-test")

@@ -68,13 +68,14 @@ FAILURE_SEVERITY = {"dr_full_backup": "high", "dr_wal_archive": "high", "dr_obje
                     "dr_drill": "medium"}
 
 
-def report_cause(request: Any) -> bool:
-    """Leave an incident cause in the inbox; never fails the caller (a red run still shows the problem)."""
+def report_cause(request: Any, *, hook: Any = None) -> bool:
+    """Leave an incident cause in the inbox; never fails the caller (a red run still shows the problem).
+    A caller reporting several causes passes its one ContinuityIncidentHook (its storage clients are reused)."""
     from continuity.hooks.incident import ContinuityIncidentHook
     from continuity.incidents.records import report_cause as leave_in_inbox
 
     try:
-        hook = ContinuityIncidentHook(follow_topology=False)
+        hook = hook or ContinuityIncidentHook(follow_topology=False)
         if hook.policy.communication is None:
             return False
         name = leave_in_inbox(hook.incident_locations(), request, journal=hook.get_journal())

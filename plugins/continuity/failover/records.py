@@ -42,6 +42,9 @@ class FailoverParams(BaseModel):
     dry_run: bool = False
     reason: str = ""
     incident_id: str | None = None
+    # Set by dr_health_monitor's automatic trigger: the run decides again once it may act (after waiting for the
+    # cluster lease another run held) and does nothing when the primary answers and accepts writes by then.
+    automatic: bool = False
 
     @field_validator("max_lag_bytes", mode="before")
     @classmethod
@@ -175,6 +178,7 @@ class FailoverPlan(StepRecord):
     unreachable: list[str] = []
     plan: list[str] = []  # the steps to come, one sentence each
     topology: TopologyRecord | None = None  # the recorded topology, when this run already completed
+    nothing_to_do: str | None = None  # with action "none": why
     triggered_by: str | None = None
     old_primary_since: str | None = None  # when the recorded topology made the old primary primary
 
@@ -321,6 +325,8 @@ class FailoverAudit(BaseModel):
     data_loss_bytes: int | None
     topology: TopologyRecord | None
     outcome: str
+    # The run whose cluster lease this one waited for before it decided (None: it did not wait).
+    waited_for_lease_of: str | None = None
     # Each business function's RTO: from preflight until its synthetic transaction succeeded in the new
     # primary's region (continuity.reports.Objective as JSON; `not measured` without a probe round).
     function_rto: list[dict[str, Any]] = []
@@ -377,7 +383,7 @@ def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str,
     elif plan is None:
         outcome = "no plan"
     elif plan.action == "none":
-        outcome = f"no change: this run already made {plan.target} the primary"
+        outcome = f"no change: {plan.nothing_to_do or f'this run already made {plan.target} the primary'}"
     elif plan.dry_run:
         outcome = "dry run: all checks passed, nothing changed"
     else:

@@ -97,6 +97,18 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
            + (f" (incident {params.incident_id})" if params.incident_id else "") + (" — DRY RUN" if params.dry_run else ""))
     base = {"params": params, "old_primary": primary, "target": target, "checks": checks, "checked_at": now_iso(),
             "old_primary_since": recorded.changed_at if recorded and recorded.primary == primary else None}
+    if params.automatic and params.mode == "failover":
+        # Decided by the monitor before this run could act (it may have waited for another run's lease, e.g. a
+        # drill's switchover): decide again on the cluster as it is now.
+        now_primary = cluster.probe(primary)
+        if target == primary or (now_primary.get("reachable") and not now_primary.get("in_recovery", True)):
+            why = (f"{target} is the primary already" if target == primary else
+                   f"{primary} answers and accepts writes again")
+            report(f"automatic failover decided again: {why}; nothing will be done")
+            checks.append(PreflightCheck(check="the primary is still lost (automatic failover)", ok=True,
+                                         detail=f"no: {why}; the run does nothing"))
+            return FailoverPlan(**base, action="none", topology=recorded,
+                                nothing_to_do=f"automatic failover decided again: {why}")
     if target == primary:
         state = cluster.probe(target)
         writable = bool(state.get("reachable") and not state.get("in_recovery"))
@@ -105,7 +117,8 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
                        f"{recorded.changed_by_run}" if recorded else ", as the policy says") + ")")
         if recorded and recorded.changed_by_run == run_id and recorded.primary == target:
             report(f"this run already completed: {topology}; nothing will be done")
-            return FailoverPlan(**base, action="none", topology=recorded)
+            return FailoverPlan(**base, action="none", topology=recorded,
+                                nothing_to_do=f"this run already made {target} the primary")
         check("target is not the primary", False, f"{topology}; nothing to switch over to")
 
     writable = cluster.writable_nodes()

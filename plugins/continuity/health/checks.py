@@ -351,6 +351,24 @@ def _standby_names(setting: str) -> set[str]:
     return {part.strip().strip('"') for part in inner.split(",") if part.strip()}
 
 
+# What a planned topology change (a switchover: the primary stopped, the entry point paused, the standbys
+# reconnecting) disturbs for its few seconds; storage and configuration it does not.
+DISTURBED_BY_A_CHANGE: frozenset[str] = frozenset({"database", "application", "network", "archiving"})
+
+
+def during_topology_change(checks: Sequence[Check], *, change: str, active_since: datetime, now: datetime,
+                           grace: timedelta) -> list[Check]:
+    """The checks with every failure a planned topology change in progress causes marked as expected (healthy,
+    its finding kept in the reason): a switchover by a drill or dr_failover is not a disaster, must not page
+    anyone nor trigger an automatic failover. Only while the change renewed its cluster lease within `grace`
+    (the policy's failover.step_timeout): a run that died holding it stops covering failures after that."""
+    if now - active_since > grace:
+        return list(checks)
+    return [Check(c.component, c.subject, True,
+                  f"expected while {change} changes the cluster: {c.reason}", {**c.details, "expected_during": change})
+            if not c.healthy and c.component in DISTURBED_BY_A_CHANGE else c for c in checks]
+
+
 def assess(policy: Policy, checks: list[Check]) -> Assessment:
     """Sum each failing component's weight once: the requirements' should_trigger_disaster_recovery."""
     weights = policy.health_monitor.weights

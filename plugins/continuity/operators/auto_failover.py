@@ -72,7 +72,8 @@ class AutoFailoverOperator(TriggerDagRunOperator):
         if not decision.trigger:
             raise AirflowSkipException(decision.reason)
         self.conf = {"target": decision.target, "mode": "failover", "max_lag_bytes": settings.max_lag_bytes,
-                     "force": False, "dry_run": False, "incident_id": "", "reason": decision.reason}
+                     "force": False, "dry_run": False, "incident_id": "", "reason": decision.reason,
+                     "automatic": True}
         return super().execute(context)
 
     def _probe_dr_standbys(self, policy: Policy) -> dict[str, StandbyCandidate]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from continuity.failover import steps
 from continuity.failover import records as failover_records
 from continuity.failover.lease import LeaseHeld, LeaseLost
+from continuity.sensors.cluster_lease import WAITED_FOR_KEY
 from continuity.hooks.backup import ContinuityBackupHook
 from continuity.hooks.failover import FailoverHook
 from continuity.hooks.topology import TOPOLOGY_NAME, TOPOLOGY_PREFIX, read_topology
@@ -45,7 +46,8 @@ def _record(context: Context, task_id: str, model: type[failover_records.StepRec
 
 def _skip_unless_acting(plan: failover_records.FailoverPlan) -> None:
     if plan.action == "none":
-        raise AirflowSkipException(f"this run already made {plan.target} the primary: nothing to do")
+        raise AirflowSkipException(f"{plan.nothing_to_do or f'this run already made {plan.target} the primary'}: "
+                                   f"nothing to do")
     if plan.dry_run:
         raise AirflowSkipException("dry run: checks passed, nothing changed")
 
@@ -447,6 +449,9 @@ class RecordOperator(FailoverStepOperator):
         audit = failover_records.compose_audit(run_id=context["run_id"],
                                     triggered_by=getattr(context["dag_run"], "triggering_user_name", None),
                                     params=context["params"], records=records, failures=failures)
+        audit.waited_for_lease_of = ti.xcom_pull(task_ids="wait_for_lease", key=WAITED_FOR_KEY)
+        if audit.waited_for_lease_of:
+            self.log.info("this run waited for the cluster lease held by %s", audit.waited_for_lease_of)
         if records.preflight is not None and records.preflight.action in ("switchover", "failover") \
                 and not records.preflight.dry_run:
             moved = records.start_application

@@ -8,8 +8,8 @@ assessment applies the requirements' weighted failure score and fails the run wi
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ from continuity.health.checks import (
     check_archiver,
     check_configuration,
     check_entry_point,
+    during_topology_change,
 )
 from continuity.hooks.health import HealthProbeHook, node_for
 from continuity.incidents.health_alerts import CAUSE_PREFIX, alert_requests, resolve_requests
-from continuity.policy.model import Policy
+from continuity.policy.model import Policy, format_duration
 from continuity.operators.base import ContinuityOperator
 from continuity.health.viewpoints import observe_primary, viewpoint_variable
 
@@ -132,35 +133,65 @@ class HealthAssessmentOperator(HealthCheckOperator):
                                       f"check task {task_id} did not report its findings (see its log)"))
             else:
                 findings.extend(Check.from_dict(item) for item in reported)
+        findings = self._during_a_change(policy, findings)
         assessment = assess(policy, findings)
         result = assessment.to_dict()
         context["ti"].xcom_push(key="assessment", value=result)
         source = f"dr_health_monitor run {context['run_id']}"
-        self._report_checks(policy, assessment, source=source)
+        from continuity.alerts.callbacks import report_cause
+        from continuity.hooks.incident import ContinuityIncidentHook
+
+        incidents = ContinuityIncidentHook(follow_topology=False)  # one for every cause this run reports
+        self._report_checks(policy, assessment, source=source, incidents=incidents)
         if assessment.disaster:
-            from continuity.alerts.callbacks import report_cause
             from continuity.incidents.records import IncidentRequest
 
             report_cause(IncidentRequest(
                 severity="critical", title=f"Disaster assessment: failure score {assessment.score}",
                 description=assessment.summary(), functions=sorted(policy.functions_on_the_database()),
-                cause_key=f"disaster:{policy.topology.primary.name}", source=source))
+                cause_key=f"disaster:{policy.topology.primary.name}", source=source), hook=incidents)
         if not assessment.healthy:
             raise AirflowFailException(assessment.summary())
         self.log.info("%s", assessment.summary())
         return result
 
-    def _report_checks(self, policy: Policy, assessment: Assessment, *, source: str) -> None:
+    def _during_a_change(self, policy: Policy, findings: list[Check]) -> list[Check]:
+        """While a drill's or dr_failover's switchover holds the cluster lease, what it disturbs is expected."""
+        from continuity.hooks.failover import FailoverHook
+
+        try:
+            held = FailoverHook(policy_path=self.policy_path).get_lease().holder()
+        except Exception as exc:  # storage unreachable: judge the checks as they are
+            self.log.warning("cannot read the cluster lease (%s): no topology change is assumed", exc)
+            return findings
+        if held is None:
+            return findings
+        grace = policy.failover.step_timeout
+        now = datetime.now(timezone.utc)
+        active_since = held.expires_at - policy.failover.lease_ttl  # taken or last renewed
+        marked = during_topology_change(findings, change=held.describe(), active_since=active_since, now=now,
+                                        grace=grace)
+        expected = [c for c, before in zip(marked, findings) if c.healthy and not before.healthy]
+        if expected:
+            self.log.warning("%s holds the cluster lease (active %s ago): %d failing checks are expected while it "
+                             "changes the cluster and count for nothing (no incident, no automatic failover); after "
+                             "failover.step_timeout (%s) without renewal they count again: %s", held.describe(),
+                             format_duration(timedelta(seconds=int((now - active_since).total_seconds()))),
+                             len(expected), format_duration(grace), "; ".join(c.subject for c in expected))
+        elif now - active_since > grace:
+            self.log.warning("%s holds the cluster lease but has not renewed it for over failover.step_timeout (%s): "
+                             "its run may have died; checks count as they are", held.describe(), format_duration(grace))
+        return marked
+
+    def _report_checks(self, policy: Policy, assessment: Assessment, *, source: str, incidents: Any) -> None:
         """Each failing check's incident cause, and a resolution for each check incident now green long enough.
         Never fails the assessment: a cause that cannot be left is logged (the red run still shows it)."""
         from continuity.alerts.callbacks import report_cause
-        from continuity.hooks.incident import ContinuityIncidentHook
 
         requests = alert_requests(policy, assessment, source=source)
         try:
-            hook = ContinuityIncidentHook(follow_topology=False)
-            open_checks = [incident for incident in hook.get_store().open_incidents()
-                           if incident.cause_key.startswith(CAUSE_PREFIX)] if hook.policy.communication else []
+            open_checks = [incident for incident in incidents.get_store().open_incidents()
+                           if incident.cause_key.startswith(CAUSE_PREFIX)] if incidents.policy.communication else []
         except Exception as exc:  # storage unreachable: the alerts still go (report_cause journals them)
             self.log.warning("cannot read the open incidents (%s): no check incident is resolved this time", exc)
             open_checks = []
@@ -171,7 +202,7 @@ class HealthAssessmentOperator(HealthCheckOperator):
                               request.description)
             else:
                 self.log.warning("ALERT %s (%s): %s", request.cause_key, request.severity, request.description)
-            report_cause(request)
+            report_cause(request, hook=incidents)
 
 
 class ViewpointProbeOperator(ContinuityOperator):

@@ -270,3 +270,24 @@ def test_without_a_node_control_in_the_policy_failover_cannot_start_and_says_wha
     without = POLICY.model_copy(update={"topology": POLICY.topology.model_copy(update={"node_control": None})})
     with pytest.raises(NodeControlError, match="no node control is configured: set topology.node_control in the policy"):
         node_control_for(without)
+
+
+def test_an_automatic_failover_decides_again_and_does_nothing_when_the_primary_answers_by_then() -> None:
+    """#30 item 4: an automatic failover queued behind a drill's switchover (it waited for the cluster lease)
+    finds the primary writable again: it changes nothing and says why."""
+    cluster, control, router = _cluster()
+    plan = failover.preflight(cluster, _params(mode="failover", automatic=True), primary="primary")
+    assert plan.action == "none" and plan.nothing_to_do == (
+        "automatic failover decided again: primary answers and accepts writes again")
+    assert control.actions == [] and router.actions == []
+    audit = failover_records.compose_audit(run_id="auto__1", triggered_by=None, params={}, failures={},
+                                           records=failover_records.FailoverRecords(preflight=plan))
+    assert audit.outcome == "no change: automatic failover decided again: primary answers and accepts writes again"
+
+
+def test_an_automatic_failover_whose_primary_is_still_lost_goes_ahead_and_a_manual_one_never_decides_again() -> None:
+    cluster, _, _ = _cluster(primary={"reachable": False})
+    assert failover.preflight(cluster, _params(mode="failover", automatic=True), primary="primary").action == "failover"
+    healthy, _, _ = _cluster()
+    assert failover.preflight(healthy, _params(mode="failover"), primary="primary").action == "failover", (
+        "an operator's failover of a writable primary is theirs to decide: it fences it")

@@ -91,3 +91,29 @@ def test_an_incident_is_not_resolved_while_its_check_is_red_or_unmeasured() -> N
     assert resolve_requests(policy, red, [incident], now=NOW, source="s") == []
     unmeasured = assess(policy, [Check("network", "standby sync1", True, "streaming")])
     assert resolve_requests(policy, unmeasured, [incident], now=NOW, source="s") == []
+
+
+def test_what_a_switchover_in_progress_disturbs_is_expected_and_asks_for_no_incident() -> None:
+    """#30 item 4: the health monitor overlapping a drill's or dr_failover's switchover (the lease is held) does not
+    fail, page anyone or count toward a disaster for what the switchover disturbs; a storage failure still does."""
+    from datetime import datetime, timedelta, timezone
+
+    from continuity.health.checks import Check, assess, during_topology_change
+
+    policy = load_policy()
+    now = datetime(2026, 12, 7, 15, 0, tzinfo=timezone.utc)
+    findings = [Check("database", "primary primary", False, "primary is unreachable: connection refused"),
+                Check("application", "application entry point pgbouncer", False, "pgbouncer is paused"),
+                Check("storage", "storage dr", False, "location dr is unreachable")]
+    marked = during_topology_change(findings, change="dr_drill run d1 (live switchover to dr and back)",
+                                    active_since=now - timedelta(seconds=20), now=now, grace=timedelta(minutes=10))
+    assert [c.healthy for c in marked] == [True, True, False]
+    assert marked[0].reason == ("expected while dr_drill run d1 (live switchover to dr and back) changes the cluster: "
+                                "primary is unreachable: connection refused")
+    assessment = assess(policy, marked)
+    assert not assessment.disaster and [r.cause_key for r in alert_requests(policy, assessment, source="t")] == [
+        "health:storage dr"]
+    stale = during_topology_change(findings, change="dr_failover run r1", active_since=now - timedelta(minutes=11),
+                                   now=now, grace=timedelta(minutes=10))
+    assert stale == findings, "a lease not renewed within the grace (a dead run) covers nothing"
+    assert assess(policy, stale).disaster
