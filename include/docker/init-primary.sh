@@ -28,5 +28,5 @@ echo "host replication continuity_backup all scram-sha-256" >> "$PGDATA/pg_hba.c
 # Settings failover's node control rewrites (the synchronous standbys here; the upstream on a standby) live
 # in continuity.conf. Written last: the entrypoint's temporary server must not wait for a synchronous
 # standby that does not exist yet (with synchronous_standby_names on its command line, init hung).
-echo "synchronous_standby_names = 'sync1'" > "$PGDATA/continuity.conf"
+echo "synchronous_standby_names = 'ANY 1 (sync1, sync2)'" > "$PGDATA/continuity.conf"
 echo "include_if_exists = 'continuity.conf'" >> "$PGDATA/postgresql.conf"

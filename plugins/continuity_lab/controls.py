@@ -13,6 +13,7 @@ from typing import Any
 from continuity.postgres.cluster import ClusterError, free_port, stop_pid, wait_for_port
 from continuity.failover.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
 from continuity_lab.processes import listening_sampleapps
+from continuity.policy.model import synchronous_standby_names
 from continuity.postgres.node import conninfo
 from continuity_lab.sandbox import SANDBOX_ENV_VAR, Sandbox
 
@@ -165,8 +166,9 @@ class SandboxNodeControl:
     def is_fenced(self, name: str) -> bool:
         return (self._cluster(name).data_dir / "standby.signal").exists()
 
-    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str]) -> None:
-        self.sandbox._write_node_conf(name, synchronous_names=",".join(synchronous_standbys))
+    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str], quorum: int = 1) -> None:
+        self.sandbox._write_node_conf(name, synchronous_names=synchronous_standby_names(synchronous_standbys,
+                                                                                         quorum=quorum))
         if self.is_running(name):
             self._cluster(name).psql("SELECT pg_reload_conf();")
 

@@ -1,7 +1,7 @@
 """The local DR sandbox: real PostgreSQL with streaming replication, PgBouncer and an S3 endpoint.
 
 `Sandbox(root=...).up()` builds (first time) or restarts (later) everything the policy's topology
-names: a primary, a synchronous standby and an asynchronous "DR region" standby on loopback ports,
+names: a primary, two synchronous standbys (any one acknowledging) and an asynchronous "DR region" standby on loopback ports,
 PgBouncer in front of the primary, moto's S3 server with one versioned bucket per storage
 location, a sample application database and an encryption key. `down()` stops exactly the
 processes `up()` recorded. Secrets live only in files of mode 0600 under the sandbox root.
@@ -37,7 +37,7 @@ from continuity.postgres.cluster import (
     write_private,
 )
 from continuity.storage.keys import Keyring
-from continuity.policy.model import Policy
+from continuity.policy.model import Policy, synchronous_standby_names
 from continuity.policy.loading import load_policy
 from continuity.policy.project import (INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, SANDBOX_ENV_VAR, include_dir,
                                 policy_path, project_dir)
@@ -219,7 +219,8 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
             self.user.write_file(cluster.data_dir / "standby.signal", "")
             self._start_new_node(standby.name, started, upstream=primary_name)
 
-        sync_names = ",".join(n.name for n in self.policy.topology.standbys if n.synchronous)
+        sync_names = synchronous_standby_names([n.name for n in self.policy.topology.standbys if n.synchronous],
+                                               quorum=self.policy.topology.synchronous_quorum)
         self._write_node_conf(primary_name, synchronous_names=sync_names)
         primary.psql("SELECT pg_reload_conf();")
         self.wait_streaming(timeout=60)

@@ -92,7 +92,7 @@ class FakeNodeControl:
         node = self._host(name, "checkpoint_lsn")
         return f"{node.position >> 32:X}/{node.position & 0xFFFFFFFF:X}"
 
-    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str]) -> None:
+    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str], quorum: int = 1) -> None:
         self._host(name, "make_primary_settings")
 
     def follow(self, name: str, upstream: str) -> None:

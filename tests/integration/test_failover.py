@@ -184,7 +184,7 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert audit["topology"]["primary"] == "dr" and audit["topology"]["timeline"] >= 2
     assert json.loads(Variable.get(TOPOLOGY_VARIABLE))["primary"] == "dr"
     streaming = {r.application_name: r.state for r in cluster.node("dr").replication()}
-    assert streaming.get("primary") == "streaming" and streaming.get("sync1") == "streaming"
+    assert streaming.get("primary") == streaming.get("sync1") == streaming.get("sync2") == "streaming"
     # Every DAG follows the recorded primary without a policy edit: WAL is switched on dr's new
     # timeline, and the health monitor finds dr writable and both standbys streaming from it.
     wal_run = load_dag("dr_wal_archive").test()
@@ -203,7 +203,7 @@ def test_switchover_under_load_loses_no_acknowledged_commit_and_switches_back(cl
     assert back_load.missing_on(_app(cluster, "primary")) == []
     assert load.missing_on(_app(cluster, "primary")) == [], "the first run's commits survived both switchovers"
     assert _writable(cluster) == ["primary"]
-    assert {r.application_name for r in cluster.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1"}
+    assert {r.application_name for r in cluster.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1", "sync2"}
     application = cluster.status()["application"]
     assert application["us-east-1"]["state"] == "serving" and application["us-west-2"]["state"] == "standby"
     assert all(i["running"] for i in application["us-east-1"]["instances"])
@@ -692,13 +692,13 @@ def test_switchover_and_failover_with_node_and_service_control_over_ssh(over_ssh
     crash = _run(target="primary", mode="failover", reason="dr's host lost")
     assert str(crash.state) == "success", task_states(crash)
     assert _writable(box) == ["primary"]
-    assert sorted(_audit(box, crash)["steps"]["rejoin"]["following"]) == ["dr", "sync1"]
+    assert sorted(_audit(box, crash)["steps"]["rejoin"]["following"]) == ["dr", "sync1", "sync2"]
     assert all(box.application_running("us-east-1").values()) and not any(box.application_running("us-west-2").values())
     assert box.redis_client("us-east-1").info("replication")["role"] == "master"
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         assert conn.execute("SELECT count(*) FROM before_ssh_crash").fetchone()[0] == 1
     box.wait_streaming(timeout=60)
-    assert {r.application_name for r in box.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1"}
+    assert {r.application_name for r in box.node("primary").replication() if r.state == "streaming"} == {"dr", "sync1", "sync2"}
 
 
 def test_node_control_over_ssh_names_the_node_and_the_command_that_failed(over_ssh, monkeypatch) -> None:

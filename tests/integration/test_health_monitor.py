@@ -38,7 +38,10 @@ def test_healthy_sandbox_passes(sandbox) -> None:
     findings = xcom(run, "check_database")
     reasons = [f["reason"] for f in findings]
     assert any(r.startswith("standby dr is streaming (async)") for r in reasons), reasons
-    assert any(r.startswith("standby sync1 is streaming (sync)") for r in reasons), reasons
+    assert any(r.startswith("standby sync1 is streaming (quorum)") for r in reasons), reasons
+    assert any(r.startswith("standby sync2 is streaming (quorum)") for r in reasons), reasons
+    [commit] = [f for f in xcom(run, "check_entry_point") if f["subject"].startswith("commit latency through ")]
+    assert commit["healthy"] and commit["details"]["seconds"] < commit["details"]["limit_seconds"], commit
 
 
 def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
@@ -251,3 +254,42 @@ def test_replication_lag_over_its_limit_and_a_filling_spool_each_open_a_low_inci
         sandbox.cluster("primary").psql("DROP TABLE IF EXISTS continuity_lag_filler;", dbname="app")
         clear_health_causes()
         sandbox.wait_streaming()
+
+
+def test_one_synchronous_standby_stopped_under_write_load_commits_go_on_and_its_incident_opens(sandbox) -> None:
+    """#30 item 9: two synchronous standbys, any one acknowledging. sync1 stopped while a writer commits through
+    the entry point: commits go on, the commit-latency check says so, and sync1's own check leaves an incident.
+    With sync2 stopped too, no standby acknowledges: the commit check fails, naming the wait, where the database
+    checks alone stayed green before."""
+    from continuity.exercises.loadgen import CommitRecorder
+    from continuity.health.checks import check_commit_latency
+    from continuity.postgres.node import PostgresNode
+
+    entry = PostgresNode(name="pgbouncer", conninfo=sandbox.app_conninfo())
+    clear_health_causes()
+    sync1, sync2 = sandbox.cluster("sync1"), sandbox.cluster("sync2")
+    try:
+        with CommitRecorder(sandbox.app_conninfo()) as load:
+            assert load.wait_for(20), load.errors[-3:]
+            sync1.stop(mode="fast")
+            before = len(load.acknowledged)
+            assert load.wait_for(before + 50), f"commits stopped with sync1 down: {load.errors[-3:]}"
+            run = load_dag("dr_health_monitor").test()
+        [commit] = [f for f in xcom(run, "check_entry_point") if f["subject"].startswith("commit latency through ")]
+        assert commit["healthy"], commit
+        assessment = xcom(run, "assess_health", "assessment")
+        assert str(run.state) == "failed" and assessment["disaster"] is False, assessment
+        assert "standby sync1: node sync1" in assessment["summary"]
+        assert waiting_checks().get("health:standby sync1") == "low", waiting_checks()
+
+        sync2.stop(mode="fast")
+        [frozen] = check_commit_latency(sandbox.policy, entry)
+        assert not frozen.healthy and frozen.component == "database", frozen
+        assert "canceling wait for synchronous replication" in frozen.reason, frozen.reason
+    finally:
+        sync1.start()
+        sync2.start()
+        sandbox.wait_streaming(timeout=60)
+        clear_health_causes()
+    [recovered] = check_commit_latency(sandbox.policy, entry)
+    assert recovered.healthy, recovered.reason

@@ -37,20 +37,20 @@ def test_a_lost_region_refuses_storage_and_gets_everything_back(region) -> None:
     _client(region, "us-east-1").put_object(Bucket=bucket, Key="isolation-check", Body=b"kept")
 
     lost = region.isolate_region("us-east-1")
-    assert {"postgres primary", "postgres sync1", "redis us-east-1", "s3 gateway us-east-1"} <= set(lost), lost
+    assert {"postgres primary", "postgres sync1", "postgres sync2", "redis us-east-1", "s3 gateway us-east-1"} <= set(lost), lost
     assert any(item.startswith("application web-us-east-1") for item in lost), lost
     with pytest.raises(botocore.exceptions.EndpointConnectionError):
         _client(region, "us-east-1").get_object(Bucket=bucket, Key="isolation-check")
     assert region.status()["nodes"]["primary"]["role"] == "down"
 
     region.reconnect_region("us-east-1")
-    for name in ("primary", "sync1"):
+    for name in ("primary", "sync1", "sync2"):
         region.cluster(name).start()
     region.start_application("us-east-1")
     body = _client(region, "us-east-1").get_object(Bucket=bucket, Key="isolation-check")["Body"].read()
     assert body == b"kept"
     # Back as it was: the standbys stream again (the exercise starts from there).
-    assert poll(lambda: all(region.status()["nodes"][n].get("replication") == "streaming" for n in ("sync1", "dr")),
+    assert poll(lambda: all(region.status()["nodes"][n].get("replication") == "streaming" for n in ("sync1", "sync2", "dr")),
                 timeout=60), region.status()["nodes"]
     assert region.status()["redis"]["us-east-1"]["role"] == "primary"
 
@@ -64,13 +64,13 @@ def test_region_loss_exercise_recovers_measures_every_function_and_comes_back(re
     assert str(run.state) == "success", task_states(run)
 
     result = xcom(run, "check_left_as_found")
-    assert {"postgres primary", "postgres sync1", "redis us-east-1", "s3 gateway us-east-1"} <= set(result["lost"])
+    assert {"postgres primary", "postgres sync1", "postgres sync2", "redis us-east-1", "s3 gateway us-east-1"} <= set(result["lost"])
     assert result["marker_recovered"] is True
     # A user kept writing through the application; nothing acknowledged was lost, then or after the switch back.
     writer = result["writer"]
     assert writer["acknowledged"] >= 40 and writer["lost"] == [] and result["writes_lost_by_the_end"] == []
     assert result["left_as_found"] is True and result["differences"] == []
-    assert result["rebuilt"] == ["primary", "sync1"]
+    assert result["rebuilt"] == ["primary", "sync1", "sync2"]
     # What the DR application uploaded while it served went home before the switch back: every row written
     # since the loss names an object the us-east-1 bucket holds.
     [videos] = [f for f in result["fail_back"] if f["category"] == "video_content"]

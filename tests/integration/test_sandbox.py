@@ -25,24 +25,24 @@ def _wait_for(predicate, *, timeout: float = 20, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def test_primary_with_two_streaming_standbys_one_synchronous(sandbox) -> None:
+def test_primary_with_three_streaming_standbys_two_of_them_a_synchronous_quorum(sandbox) -> None:
     primary = sandbox.node("primary")
     assert primary.is_in_recovery() is False
     rows = {r.application_name: r for r in primary.replication()}
-    assert set(rows) == {"sync1", "dr"}
-    assert rows["sync1"].state == rows["dr"].state == "streaming"
-    assert rows["sync1"].sync_state == "sync"
+    assert set(rows) == {"sync1", "sync2", "dr"}
+    assert rows["sync1"].state == rows["sync2"].state == rows["dr"].state == "streaming"
+    assert rows["sync1"].sync_state == rows["sync2"].sync_state == "quorum"  # ANY 1 (sync1, sync2)
     assert rows["dr"].sync_state == "async"
-    for name in ("sync1", "dr"):
+    for name in ("sync1", "sync2", "dr"):
         standby = sandbox.node(name)
         assert standby.is_in_recovery() is True
         receiver = standby.wal_receiver()
         assert receiver is not None and receiver.status == "streaming" and receiver.slot_name == name
-    assert {s.slot_name: s.active for s in primary.replication_slots()} == {"sync1": True, "dr": True}
+    assert {s.slot_name: s.active for s in primary.replication_slots()} == {"sync1": True, "sync2": True, "dr": True}
     assert primary.settings(["data_checksums"]) == {"data_checksums": "on"}
 
 
-def test_row_written_through_pgbouncer_reaches_both_standbys(sandbox) -> None:
+def test_row_written_through_pgbouncer_reaches_every_standby(sandbox) -> None:
     marker = f"replication-probe-{time.time_ns()}@example.com"
     with psycopg.connect(sandbox.app_conninfo(through_pgbouncer=True)) as conn:
         # The connection really goes through PgBouncer: its port, and PgBouncer's own server list.
@@ -52,7 +52,7 @@ def test_row_written_through_pgbouncer_reaches_both_standbys(sandbox) -> None:
             "VALUES ((SELECT max(id) + 1 FROM users), %s, 'Probe', 'viewer', now())",
             (marker,),
         )
-    for name in ("sync1", "dr"):
+    for name in ("sync1", "sync2", "dr"):
         standby = sandbox.node(name, user="app", dbname="app")
         _wait_for(lambda: standby.query("SELECT 1 FROM users WHERE email = %s", (marker,)),
                   what=f"the row on standby {name}")
@@ -151,7 +151,7 @@ def test_cli_status_json(sandbox) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["nodes"]["primary"]["role"] == "primary"
-    assert status["nodes"]["sync1"]["sync_state"] == "sync"
+    assert status["nodes"]["sync1"]["sync_state"] == status["nodes"]["sync2"]["sync_state"] == "quorum"
     assert status["nodes"]["dr"]["replication"] == "streaming"
     assert status["pgbouncer"]["running"] and status["s3"]["running"]
     buckets = {(b["category"], b["role"]): b for b in status["application_buckets"]}

@@ -64,7 +64,7 @@ def test_the_primary_initialises_without_waiting_for_a_synchronous_standby() -> 
     for name, service in SERVICES.items():
         assert "synchronous_standby_names" not in _command(service), name
     init = (ROOT / "include/docker/init-primary.sh").read_text()
-    assert "synchronous_standby_names = 'sync1'\" > \"$PGDATA/continuity.conf\"" in init
+    assert "synchronous_standby_names = 'ANY 1 (sync1, sync2)'\" > \"$PGDATA/continuity.conf\"" in init
     assert "include_if_exists = 'continuity.conf'" in init
 
 
@@ -226,7 +226,7 @@ def test_airflow_has_users_with_roles_from_a_secret_never_a_shared_admin() -> No
     assert COMPOSE["secrets"]["continuity_users"]["file"].startswith("${CONTINUITY_USERS_FILE:?")
 
 
-NODE_SERVICES = {"primary": "pg-primary", "sync1": "pg-sync1", "dr": "pg-dr"}
+NODE_SERVICES = {"primary": "pg-primary", "sync1": "pg-sync1", "sync2": "pg-sync2", "dr": "pg-dr"}
 
 
 def _compose_policy(monkeypatch: pytest.MonkeyPatch):

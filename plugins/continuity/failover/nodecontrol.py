@@ -43,8 +43,9 @@ class NodeControl(Protocol):
 
     def is_fenced(self, name: str) -> bool: ...
 
-    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str]) -> None:
-        """Settings of a primary (no upstream; synchronous standbys), applied with a reload."""
+    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str], quorum: int = 1) -> None:
+        """Settings of a primary (no upstream; commits wait for `quorum` of `synchronous_standbys`), applied with a
+        reload."""
         ...
 
     def follow(self, name: str, upstream: str) -> None:

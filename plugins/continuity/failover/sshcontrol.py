@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from psycopg.conninfo import make_conninfo
 
+from continuity.policy.model import synchronous_standby_names
 from continuity.postgres.cluster import conf_value
 from continuity.failover.nodecontrol import NodeControlError, latest_checkpoint_location, slot_statements
 from continuity.failover.servicecontrol import ServiceControlError
@@ -226,8 +227,9 @@ class SshNodeControl:
         if self.is_running(name):
             self._run(name, [self._tool(name, "pg_ctl"), "reload", "-D", self._data(name)], what="pg_ctl reload")
 
-    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str]) -> None:
-        self._rewrite_settings(name, {"synchronous_standby_names": ",".join(synchronous_standbys),
+    def make_primary_settings(self, name: str, *, synchronous_standbys: list[str], quorum: int = 1) -> None:
+        self._rewrite_settings(name, {"synchronous_standby_names": synchronous_standby_names(synchronous_standbys,
+                                                                                             quorum=quorum),
                                       "primary_conninfo": None, "primary_slot_name": None})
         self._reload_if_running(name)
 

@@ -350,14 +350,25 @@ def rejoin(cluster: ReplicationGroup, plan: FailoverPlan, *, stream_timeout: flo
             report(f"{old} could not rejoin ({exc}); it stays stopped and fenced and needs a rebuild from {target}")
     streaming = wait_streaming(cluster, target, result.following, timeout=stream_timeout)
     result.streaming = streaming
-    synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name in streaming]
+    synchronous = synchronous_among(cluster, streaming, also=result.following)
     if not synchronous and any(n.synchronous for n in cluster.policy.topology.nodes if n.name != target):
         # The promoted node keeps accepting writes rather than block on a standby that is not there.
         report("no synchronous standby streams from the new primary yet: it runs asynchronously until one does")
-    cluster.control.make_primary_settings(target, synchronous_standbys=synchronous)
+    cluster.control.make_primary_settings(target, synchronous_standbys=synchronous,
+                                          quorum=cluster.policy.topology.synchronous_quorum)
     result.synchronous_standbys = synchronous
     report(f"synchronous standbys of {target}: {', '.join(synchronous) or 'none'}")
     return result
+
+
+def synchronous_among(cluster: ReplicationGroup, streaming: list[str], *, also: list[str]) -> list[str]:
+    """The policy's synchronous standbys a primary's commits may wait for: none unless one of them streams (a
+    primary never blocks on standbys that are not there); then every one streaming or following it, since
+    `ANY n (...)` needs only n of them and one still catching up joins by itself."""
+    synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous]
+    if not any(name in streaming for name in synchronous):
+        return []
+    return [name for name in synchronous if name in streaming or name in also]
 
 
 def rebuild_as_standby(cluster: ReplicationGroup, name: str, primary: str) -> str:
@@ -389,9 +400,9 @@ def rebuild_region(cluster: ReplicationGroup, nodes: list[str], *, primary: str,
             cluster.report(f"{name} could not be rebuilt as a standby of {primary}: {exc}")
     following = [n for n in cluster.nodes if n != primary and n not in result.needs_rebuild]
     result.streaming = wait_streaming(cluster, primary, following, timeout=stream_timeout)
-    result.synchronous_standbys = [n.name for n in cluster.policy.topology.nodes
-                                   if n.synchronous and n.name in result.streaming]
-    cluster.control.make_primary_settings(primary, synchronous_standbys=result.synchronous_standbys)
+    result.synchronous_standbys = synchronous_among(cluster, result.streaming, also=result.following)
+    cluster.control.make_primary_settings(primary, synchronous_standbys=result.synchronous_standbys,
+                                          quorum=cluster.policy.topology.synchronous_quorum)
     cluster.report(f"streaming from {primary}: {', '.join(result.streaming) or 'none'}; synchronous: "
                    f"{', '.join(result.synchronous_standbys) or 'none'}")
     return result
@@ -551,7 +562,9 @@ def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, pro
             raise FailoverError(f"rollback left writable nodes {writable or 'none'}; expected only {old}")
         synchronous = [n.name for n in cluster.policy.topology.nodes if n.synchronous and n.name != old]
         streaming = wait_streaming(cluster, old, synchronous, timeout=30)
-        cluster.control.make_primary_settings(old, synchronous_standbys=streaming)
+        cluster.control.make_primary_settings(old, synchronous_standbys=synchronous_among(cluster, streaming,
+                                                                                          also=synchronous),
+                                              quorum=cluster.policy.topology.synchronous_quorum)
         message = (f"switchover rolled back: the original primary {old} is serving writes again through "
                    f"{cluster.router.describe()}")
         report(message)

@@ -188,6 +188,30 @@ def check_entry_point(entry: PostgresNode) -> list[Check]:
     return [Check("application", subject, True, f"{entry.name} answers and leads to a writable primary")]
 
 
+def check_commit_latency(policy: Policy, entry: PostgresNode) -> list[Check]:
+    """One commit through the entry point against health_monitor.max_commit_latency: green while the synchronous
+    standbys acknowledge in time; failing (database) when commits wait on standbys that do not answer."""
+    limit = policy.health_monitor.max_commit_latency.total_seconds()
+    subject = f"commit latency through {entry.name}"
+    try:
+        seconds, cut = entry.commit_seconds(timeout=limit)
+    except NodeUnreachable as exc:
+        return [Check("database", subject, False, str(exc))]
+    except Exception as exc:  # a refused write (read-only, permissions) is the finding
+        return [Check("database", subject, False, f"a commit through {entry.name} failed: {type(exc).__name__}: "
+                                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")]
+    details = {"seconds": round(seconds, 3), "limit_seconds": limit}
+    if cut is not None or seconds > limit:
+        return [Check("database", subject, False,
+                      f"a commit through {entry.name} waited {seconds:.1f}s, over the limit of {limit:g}s "
+                      f"(health_monitor.max_commit_latency)" + (f": {cut}" if cut else "")
+                      + "; every application write waits as long. HINT: a synchronous standby the primary waits "
+                        "for is down or far behind (see the standby checks); synchronous_standby_names should let "
+                        "commits go on with one of them lost ('ANY 1 (...)', topology.synchronous_quorum)", details)]
+    return [Check("database", subject, True,
+                  f"a commit through {entry.name} took {seconds * 1000:.0f} ms, within {limit:g}s", details)]
+
+
 def check_application(probe: Any) -> list[Check]:
     """A probe round (continuity.health.probes.ApplicationProbe) as checks: each instance, each business function."""
     checks = [Check("application", f"application instance {i.instance or i.url}", i.ok,

@@ -21,6 +21,7 @@ from continuity.health.checks import (
     Check,
     assess,
     check_archiver,
+    check_commit_latency,
     check_configuration,
     check_entry_point,
     during_topology_change,
@@ -81,11 +82,14 @@ class ArchiverHealthOperator(HealthCheckOperator):
 
 
 class EntryPointHealthOperator(HealthCheckOperator):
-    """The application's entry point (PgBouncer) answers and leads to a writable primary."""
+    """The application's entry point (PgBouncer) answers and leads to a writable primary, and a commit through it
+    is acknowledged within health_monitor.max_commit_latency (the synchronous standbys answer)."""
 
     def checks(self, policy: Policy) -> list[Check]:
         entry = policy.topology.entry_point
-        return check_entry_point(node_for(entry.conn_id, f"{entry.kind} ({entry.conn_id})"))
+        node = node_for(entry.conn_id, f"{entry.kind} ({entry.conn_id})")
+        checks = check_entry_point(node)
+        return checks + check_commit_latency(policy, node) if all(c.healthy for c in checks) else checks
 
 
 class ApplicationHealthOperator(HealthCheckOperator):

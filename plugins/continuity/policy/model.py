@@ -12,6 +12,7 @@ elsewhere (policy.loading, policy.project, policy.kinds).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
@@ -176,12 +177,23 @@ class EntryPoint(_Model):
     database: str | None = None
 
 
+def synchronous_standby_names(standbys: Sequence[str], *, quorum: int = 1) -> str:
+    """PostgreSQL's synchronous_standby_names for a primary whose commits wait for `quorum` of `standbys` (any of
+    them: one stopped standby of two never freezes the commits); empty with none."""
+    if not standbys:
+        return ""
+    return f"ANY {min(quorum, len(standbys))} ({', '.join(standbys)})"
+
+
 class Topology(_Model):
     primary_region: str
     dr_region: str
     databases: list[str] = Field(min_length=1)
     nodes: list[Node] = Field(min_length=1)
     entry_point: EntryPoint
+    # A commit waits for this many of the synchronous standbys (`ANY n (...)`): with two and 1, losing either
+    # standby leaves commits flowing, with no committed transaction on the primary alone.
+    synchronous_quorum: int = Field(default=1, ge=1)
     # Host-level control of the nodes for failover (stop, fence, rewind): `sandbox` for the local
     # sandbox, `ssh` for each node's host over SSH (every node needs `host`); absent, dr_failover stops
     # in preflight saying none is configured.
@@ -476,6 +488,9 @@ class HealthMonitor(_Model):
     # a lost primary is confirmed in probe_interval + (consecutive_failures - 1) × confirm_interval at most.
     confirm_interval: Duration = timedelta(seconds=10)
     max_latency: Duration = timedelta(seconds=1)  # a node's round trip from the monitor, over it: network failing
+    # One commit through the entry point, over it: the writes wait on synchronous standbys that do not answer
+    # (or a saturated primary). The commit is cut short at this limit, so the check never hangs on a frozen one.
+    max_commit_latency: Duration = timedelta(seconds=2)
     # A standby that stops consuming its replication slot makes the primary keep every WAL segment since: with
     # no bound, until its disk is full and every write stops. The primaries run with max_slot_wal_keep_size set
     # to this (the sandbox, the compose file; drift is a failing check); past it PostgreSQL drops that

@@ -7,6 +7,8 @@ the CLI from the sandbox state or flags. Every method runs one short read-only q
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -194,6 +196,29 @@ class PostgresNode:
             except psycopg.OperationalError as exc:
                 raise NodeUnreachable(f"node {self.name} ({redacted(self.conninfo)}) failed mid-statement: "
                                       f"{str(exc).strip().splitlines()[0]}") from exc
+
+    def commit_seconds(self, *, timeout: float) -> tuple[float, str | None]:
+        """How long one commit takes here: a transaction that writes WAL (a transactional logical message, no table
+        needed), so its commit waits for the synchronous standbys the primary names, as every application write
+        does. With none acknowledging, the wait is cancelled after `timeout` (statement_timeout cannot: PostgreSQL
+        disables it before the commit waits) and PostgreSQL's warning is returned with the time; the message is
+        committed locally, which changes no data."""
+        warnings: list[str] = []
+        with self.connect(autocommit=False) as conn:
+            conn.add_notice_handler(lambda diagnostic: warnings.append(diagnostic.message_primary or ""))
+            canceller = threading.Timer(timeout, conn.cancel)
+            try:
+                conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", ("continuity", "commit latency probe"))
+                started = time.monotonic()
+                canceller.start()
+                conn.commit()
+            except psycopg.OperationalError as exc:
+                raise NodeUnreachable(f"node {self.name} ({redacted(self.conninfo)}) failed mid-commit: "
+                                      f"{str(exc).strip().splitlines()[0]}") from exc
+            finally:
+                canceller.cancel()
+            elapsed = time.monotonic() - started
+        return elapsed, next((w for w in warnings if "synchronous replication" in w), None)
 
     def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> dict[str, Any]:
         rows = self.query(sql, params)

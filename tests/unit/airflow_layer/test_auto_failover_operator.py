@@ -38,6 +38,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     policy = policy.model_copy(update={"health_monitor": policy.health_monitor.model_copy(update={"auto_failover": True})})
     state: dict[str, Any] = {"variables": {}, "triggered": [], "policy": policy,
                              "nodes": {"sync1": FakeNode(name="sync1", receiver_status="stopped"),
+                                       "sync2": FakeNode(name="sync2", receiver_status="stopped"),
                                        "dr": FakeNode(name="dr", receiver_status="stopped")}}
 
     class Variables:

@@ -26,7 +26,7 @@ def test_defaults_and_sizes(policy) -> None:
      "preflight check 'param mode' failed: Input should be 'switchover' or 'failover' (got 'failback')"),
     ({"target": "dr", "reason": "x", "max_lag_bytes": "lots"}, "preflight check 'param max_lag_bytes' failed"),
     ({"target": "db9", "reason": "x"},
-     "preflight check 'target is a known node' failed: target 'db9' is not a node of the policy (nodes: primary, sync1, dr)"),
+     "preflight check 'target is a known node' failed: target 'db9' is not a node of the policy (nodes: primary, sync1, sync2, dr)"),
     ({"target": "dr", "reason": ""}, "preflight check 'reason given' failed: a non-empty reason is required"),
     ({"target": "dr"}, "preflight check 'reason given' failed"),
 ])
@@ -45,7 +45,7 @@ def test_lsn_arithmetic() -> None:
 def test_policy_with_primary_swaps_roles_only(policy) -> None:
     moved = policy.with_primary("dr")
     assert moved.topology.primary.name == "dr"
-    assert {n.name for n in moved.topology.standbys} == {"primary", "sync1"}
+    assert {n.name for n in moved.topology.standbys} == {"primary", "sync1", "sync2"}
     assert moved.topology.primary_region == policy.topology.primary_region
     assert policy.with_primary("primary") is policy
     with pytest.raises(KeyError, match="no node named 'db9'"):

@@ -35,8 +35,9 @@ def test_topology_and_storage() -> None:
     policy = load_policy()
     assert policy.topology.primary.name == "primary"
     assert [(n.name, n.synchronous, n.region) for n in policy.topology.standbys] == [
-        ("sync1", True, "us-east-1"), ("dr", False, "us-west-2"),
+        ("sync1", True, "us-east-1"), ("sync2", True, "us-east-1"), ("dr", False, "us-west-2"),
     ]
+    assert policy.topology.synchronous_quorum == 1
     assert {loc.region for loc in policy.storage.locations if loc.required} == {"us-east-1", "us-west-2"}
     assert set(policy.functions_depending_on("database")) >= {"user_authentication", "video_upload"}
 
@@ -121,7 +122,7 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("  user_uploads:\n    rpo", "  uploads_renamed:\n    rpo",
          "policy.yaml: objects.categories.user_uploads: expected one of the data_categories"),
         ("  node_control: sandbox", "  node_control: ssh",
-         "policy.yaml: topology: node_control is 'ssh' but node(s) primary, sync1, dr have no host"),
+         "policy.yaml: topology: node_control is 'ssh' but node(s) primary, sync1, sync2, dr have no host"),
         ("    - name: sync1\n      role: standby", "    - name: sync-1\n      role: standby",
          "policy.yaml: topology.nodes[1].name: expected a node name of lowercase letters, digits and '_' starting with "
          "a letter, at most 63 (it names the node's replication slot, which allows no '-' or capitals), got 'sync-1'"),
@@ -230,11 +231,12 @@ def test_an_overlay_sets_a_deployments_own_settings_without_a_copy_of_the_policy
                        "failover: {approval: {required: true}}\n")
     monkeypatch.setenv("CONTINUITY_POLICY_OVERLAY", str(overlay))
     with pytest.raises(PolicyError, match=r"^policy.yaml \+ overlay.yaml: topology: node_control is 'ssh' but "
-                                          r"node\(s\) primary, sync1 have no host"):
+                                          r"node\(s\) primary, sync1, sync2 have no host"):
         load_policy()
     overlay.write_text(overlay.read_text().replace("    - {name: dr,", "    - {name: primary, host: {ssh_conn_id: a, "
                        "address: a, data_directory: /a}}\n    - {name: sync1, host: {ssh_conn_id: b, address: b, "
-                       "data_directory: /b}}\n    - {name: dr,"))
+                       "data_directory: /b}}\n    - {name: sync2, host: {ssh_conn_id: c, address: c, "
+                       "data_directory: /c}}\n    - {name: dr,"))
     policy = load_policy()
     dr = policy.topology.node("dr")
     assert (dr.host.address, dr.region, dr.role) == ("pg-dr", "us-west-2", "standby"), "the rest of the node stays"

@@ -12,7 +12,7 @@ from continuity.exercises.region_recovery import (FoundState, RecoveryResult, Wr
                                                   render_markdown)
 from continuity.reports import Measurement, price_downtime, rpo_objectives
 
-FOUND = FoundState(primary="primary", streaming=["dr", "sync1"], synchronous=["sync1"],
+FOUND = FoundState(primary="primary", streaming=["dr", "sync1", "sync2"], synchronous=["sync1", "sync2"],
                    serving_regions=["us-east-1"])
 LOST_AT = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
@@ -20,7 +20,7 @@ LOST_AT = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 def test_the_exercise_plans_to_lose_the_primary_region_and_promote_the_dr_standby() -> None:
     start = plan_exercise(load_policy(), exercise_id="x", found=FOUND, database="app")
     assert (start.region, start.recovery_region, start.target) == ("us-east-1", "us-west-2", "dr")
-    assert start.lost_nodes == ["primary", "sync1"] and start.original_primary == "primary"
+    assert start.lost_nodes == ["primary", "sync1", "sync2"] and start.original_primary == "primary"
 
 
 @pytest.mark.parametrize(("found", "said"), [
@@ -37,7 +37,7 @@ def test_the_exercise_refuses_to_start_from_an_unhealthy_cluster(found: FoundSta
 def test_left_as_found_names_every_difference() -> None:
     assert differences(FOUND, FOUND) == []
     now = FOUND.model_copy(update={"primary": "dr", "streaming": ["sync1"]})
-    assert differences(FOUND, now) == ["primary: found primary, now dr", "streaming: found ['dr', 'sync1'], now ['sync1']"]
+    assert differences(FOUND, now) == ["primary: found primary, now dr", "streaming: found ['dr', 'sync1', 'sync2'], now ['sync1']"]
 
 
 def _writer(ids: list[int], lost: list[int]) -> WriterRecord:

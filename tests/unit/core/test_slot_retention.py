@@ -67,7 +67,7 @@ class _Primary:
 
     def settings(self, names: list[str]) -> dict[str, str]:
         values = {"wal_level": "replica", "archive_mode": "on", "data_checksums": "on", "max_wal_senders": "10",
-                  "synchronous_standby_names": "sync1", "max_slot_wal_keep_size": self.bound}
+                  "synchronous_standby_names": "ANY 1 (sync1, sync2)", "max_slot_wal_keep_size": self.bound}
         return {name: values[name] for name in names if name in values}
 
     def replication_slots(self) -> list[ReplicationSlot]:
@@ -76,7 +76,8 @@ class _Primary:
 
 def test_an_unbounded_primary_is_configuration_drift_with_the_statement_to_fix_it() -> None:
     policy = _policy()
-    slots = [_slot(MIB, active=True, name="sync1"), _slot(MIB, active=True, name="dr")]
+    slots = [_slot(MIB, active=True, name="sync1"), _slot(MIB, active=True, name="sync2"),
+             _slot(MIB, active=True, name="dr")]
     checks = {c.subject: c for c in check_configuration(policy, _Primary(bound="-1", slots=slots))}
     drift = checks["configuration of primary: max_slot_wal_keep_size"]
     assert not drift.healthy
@@ -89,14 +90,15 @@ def test_an_unbounded_primary_is_configuration_drift_with_the_statement_to_fix_i
 
 
 def test_every_slot_is_weighed_even_one_no_standby_uses() -> None:
-    slots = [_slot(MIB, active=True, name="sync1"), _slot(MIB, active=True, name="dr"), _slot(50 * MIB, name="gone")]
+    slots = [_slot(MIB, active=True, name="sync1"), _slot(MIB, active=True, name="sync2"),
+             _slot(MIB, active=True, name="dr"), _slot(50 * MIB, name="gone")]
     checks = {c.subject: c for c in check_configuration(_policy(), _Primary(bound="64", slots=slots))}
     assert not checks["WAL retained on primary by slot gone"].healthy
 
 
 def test_a_filling_slot_is_a_high_incident_of_its_own_beside_the_low_drift_ones() -> None:
     policy = _policy()
-    slots = [_slot(MIB, active=True, name="sync1"), _slot(40 * MIB, name="dr")]
+    slots = [_slot(MIB, active=True, name="sync1"), _slot(MIB, active=True, name="sync2"), _slot(40 * MIB, name="dr")]
     assessment = assess(policy, check_configuration(policy, _Primary(bound="-1", slots=slots)))
     assert not assessment.disaster, "a filling slot is configuration (weight 0): never a failover"
     requests = {r.cause_key: r for r in alert_requests(policy, assessment, source="dr_health_monitor run r1")}
