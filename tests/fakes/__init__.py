@@ -9,7 +9,7 @@ from typing import Any
 
 from continuity.failover.nodecontrol import NodeControlError
 from continuity.postgres.node import NodeUnreachable, WalReceiver
-from continuity.failover.router import Endpoint
+from continuity.failover.router import Endpoint, RouterError
 
 
 @dataclass
@@ -111,6 +111,7 @@ class FakeRouter:
     routes_to: Endpoint
     paused: bool = False
     actions: list[str] = field(default_factory=list)
+    unreachable: bool = False  # every call fails, as a PgBouncer the control plane cannot reach
 
     def describe(self) -> str:
         return "fake entry point"
@@ -119,6 +120,8 @@ class FakeRouter:
         return (self.routes_to.host, self.routes_to.port)
 
     def pause(self, *, timeout: float) -> None:
+        if self.unreachable:
+            raise RouterError("fake entry point: connection refused")
         self.actions.append("pause")
         self.paused = True
 

@@ -85,7 +85,10 @@ class FenceRecord(StepRecord):
     paused_epoch: float | None = None
     final_lsn: str | None = None  # switchover: the stopped primary's final checkpoint
     old_primary_fenced: bool | None = None  # failover: whether fencing succeeded
+    # failover: the old primary could not be reached, so the paused (then repointed) entry point fenced it
+    fenced_by_entry_point: bool = False
     forced_with_writable_old_primary: bool = False
+    forced_without_fence: bool = False  # failover: neither the old primary nor the entry point could be secured
     already_done: bool = False
 
 
@@ -144,6 +147,7 @@ class RollbackRecord(StepRecord):
     writable: list[str]
     message: str
     failed_forward: bool = False
+    unreachable: list[str] = []  # nodes whose writability rollback could not check
 
 
 class PreflightCheck(BaseModel):

@@ -264,10 +264,25 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
                 record.forced_with_writable_old_primary = True
                 report(f"WARNING {old} still accepts writes and could not be fenced ({exc}); force=true: promoting "
                        f"anyway; the repoint keeps the application away from {old}, which must be stopped by hand")
+            elif record.paused_at is not None:
+                # Unreachable is not gone: behind a partition it may still take writes from clients beside it.
+                # The entry point is the fence then: paused now, it leads only to the target after the repoint.
+                record.fenced_by_entry_point = True
+                report(f"{old} could not be reached to stop or fence it ({exc}): it may be lost or behind a "
+                       f"partition; the entry point fences it instead ({cluster.router.describe()} paused now and "
+                       f"repointed to {plan.target}: no client reaches {old} through it). {old} must be stopped and "
+                       f"rebuilt before it rejoins")
+            elif not plan.params.force:
+                raise FailoverError(
+                    f"refusing to promote {plan.target}: {old} could not be reached to stop or fence it ({exc}) and "
+                    f"the entry point could not be secured either (not paused): behind a partition {old} may still "
+                    f"take writes and clients could reach both. Secure one of them, or trigger again with force=true "
+                    f"(recorded in the audit). Nothing was changed: {old} is still the recorded primary") from exc
             else:
-                report(f"{old} could not be reached to stop or fence it ({exc}); it does not answer as a writable "
-                       f"primary, the repoint keeps it away from the application, and it must be rebuilt before it "
-                       f"rejoins")
+                record.forced_without_fence = True
+                report(f"WARNING {old} could not be reached to stop or fence it ({exc}) and the entry point could not "
+                       f"be paused; force=true: promoting anyway. The repoint leads clients to {plan.target}; stop "
+                       f"{old} by hand")
     record.last_known_primary_lsn_int = last_known
     record.finished_at = now_iso()
     return record
@@ -525,7 +540,23 @@ def validate(cluster: ReplicationGroup, plan: FailoverPlan, *, run_id: str, foll
 def rollback(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, promoted: bool,
              repointed: bool = False, failed_step: str | None = None) -> RollbackRecord:
     """After a failed step: before the repoint, a switchover puts the old primary back and a failover
-    leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary)."""
+    leaves exactly one writer; after it, nothing goes back (clients may have written to the new primary).
+    Writability is checked on every node rollback can reach; the ones it cannot are named, never counted as
+    not writable (behind a partition a primary looks exactly like a lost one)."""
+    record = _roll_back(cluster, plan, fenced=fenced, promoted=promoted, repointed=repointed,
+                        failed_step=failed_step)
+    unreachable = [name for name in cluster.nodes if not cluster.probe(name).get("reachable")]
+    if unreachable:
+        note = (f"; could not reach {', '.join(unreachable)} to check whether it accepts writes: check "
+                f"{'it' if len(unreachable) == 1 else 'them'} by hand (a partition hides a primary as well as a "
+                f"lost node does)")
+        cluster.report(f"rollback could not reach {', '.join(unreachable)}: its verdict covers only the other nodes")
+        record = record.model_copy(update={"unreachable": unreachable, "message": record.message + note})
+    return record
+
+
+def _roll_back(cluster: ReplicationGroup, plan: FailoverPlan, *, fenced: bool, promoted: bool,
+               repointed: bool, failed_step: str | None) -> RollbackRecord:
     report = cluster.report
     old, target = plan.old_primary, plan.target
     if plan.action in ("switchover", "failover"):

@@ -291,3 +291,46 @@ def test_an_automatic_failover_whose_primary_is_still_lost_goes_ahead_and_a_manu
     healthy, _, _ = _cluster()
     assert failover.preflight(healthy, _params(mode="failover"), primary="primary").action == "failover", (
         "an operator's failover of a writable primary is theirs to decide: it fences it")
+
+
+def _partitioned(**router) -> tuple:
+    """The old primary unreachable from the control plane (lost, or behind a partition: it may still run)."""
+    cluster, control, router_ = _cluster(primary={"reachable": False})
+    control.unreachable_hosts.add("primary")
+    for key, value in router.items():
+        setattr(router_, key, value)
+    return cluster, control, router_
+
+
+def test_an_old_primary_that_cannot_be_reached_is_fenced_by_the_entry_point_and_the_record_says_so() -> None:
+    """#30 item 6: unreachable is not gone. The entry point, paused, then repointed, is the fence."""
+    cluster, control, router = _partitioned()
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    messages: list[str] = []
+    cluster.report = messages.append
+    record = failover.fence(cluster, plan)
+    assert record.old_primary_fenced is False and record.fenced_by_entry_point is True
+    assert router.actions == ["pause"] and router.paused
+    assert any("the entry point fences it instead" in m for m in messages), messages
+
+
+def test_with_neither_the_old_primary_nor_the_entry_point_secured_the_failover_refuses_unless_forced() -> None:
+    cluster, control, router = _partitioned(unreachable=True)
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    with pytest.raises(failover_records.FailoverError, match="refusing to promote dr: primary could not be reached "
+                                                             "to stop or fence it .* and the entry point could not "
+                                                             "be secured either"):
+        failover.fence(cluster, plan)
+    assert cluster.nodes["dr"].writable is False, "nothing promoted"
+    forced = failover.preflight(cluster, _params(mode="failover", force=True), primary="primary")
+    record = failover.fence(cluster, forced)
+    assert record.forced_without_fence is True and record.fenced_by_entry_point is False
+
+
+def test_rollback_names_the_nodes_it_could_not_check_instead_of_counting_them_not_writable() -> None:
+    cluster, control, router = _partitioned()
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    failover.fence(cluster, plan)
+    record = failover.rollback(cluster, plan, fenced=True, promoted=False)
+    assert record.unreachable == ["primary"]
+    assert "could not reach primary to check whether it accepts writes" in record.message, record.message
