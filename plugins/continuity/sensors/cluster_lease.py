@@ -47,6 +47,7 @@ class ClusterLeaseFreeSensor(BaseSensorOperator):
         if context["ti"].xcom_pull(task_ids=self.task_id, key=WAITED_FOR_KEY) is None:
             # For the audit (the record step reads it, whether the wait ended or timed out).
             context["ti"].xcom_push(key=WAITED_FOR_KEY, value=held.describe())
+        self._seen = held.describe()
         return False
 
     def execute(self, context: Context) -> Any:
@@ -55,7 +56,8 @@ class ClusterLeaseFreeSensor(BaseSensorOperator):
         if self.poke(context):
             return None
         self.defer(trigger=ClusterLeaseFreeTrigger(run_id=context["run_id"], policy_path=self.policy_path,
-                                                   poll_interval=self.poke_interval),
+                                                   poll_interval=self.poke_interval,
+                                                   waiting_for=getattr(self, "_seen", None)),
                    method_name="execute_complete", timeout=timedelta(seconds=self.timeout))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
@@ -63,4 +65,8 @@ class ClusterLeaseFreeSensor(BaseSensorOperator):
             held = self._hook().get_lease().holder()
             raise AirflowFailException(f"the cluster lease stayed held by "
                                        f"{held.describe() if held else 'another run'}; nothing was changed")
-        self.log.info("%s", event["reason"])
+        if event.get("waited_for"):
+            context["ti"].xcom_push(key=WAITED_FOR_KEY, value=event["waited_for"])
+            self.log.info("%s (waited for %s)", event["reason"], event["waited_for"])
+        else:
+            self.log.info("%s", event["reason"])

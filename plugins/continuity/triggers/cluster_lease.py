@@ -20,15 +20,18 @@ class ClusterLeaseFreeTrigger(BaseTrigger):
     :param poll_interval: seconds between reads.
     """
 
-    def __init__(self, *, run_id: str, policy_path: str | None = None, poll_interval: float = 10.0) -> None:
+    def __init__(self, *, run_id: str, policy_path: str | None = None, poll_interval: float = 10.0,
+                 waiting_for: str | None = None) -> None:
         super().__init__()
         self.run_id = run_id
         self.policy_path = policy_path
         self.poll_interval = poll_interval
+        self.waiting_for = waiting_for  # the holder the sensor saw, handed back in the event for the audit
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"run_id": self.run_id, "policy_path": self.policy_path, "poll_interval": self.poll_interval})
+                {"run_id": self.run_id, "policy_path": self.policy_path, "poll_interval": self.poll_interval,
+                 "waiting_for": self.waiting_for})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from continuity.hooks.failover import FailoverHook
@@ -43,7 +46,8 @@ class ClusterLeaseFreeTrigger(BaseTrigger):
                               self.poll_interval)
             else:
                 if held is None or held.run_id == self.run_id:
-                    yield TriggerEvent({"status": "free", "reason": "no other run holds the cluster lease"})
+                    yield TriggerEvent({"status": "free", "reason": "no other run holds the cluster lease",
+                                        "waited_for": self.waiting_for})
                     return
                 if held.describe() != last_said:
                     last_said = held.describe()
