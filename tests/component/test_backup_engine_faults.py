@@ -25,34 +25,52 @@ def keyring() -> Keyring:
     return Keyring(keys={"kek-1": os.urandom(32)}, active="kek-1")
 
 
-def test_s3_endpoint_stopped_mid_upload(tmp_path: Path, keyring) -> None:
-    """A private S3 endpoint is killed mid-backup; the file location beside it keeps nothing."""
+def _source_that_kills(process) -> io.BufferedReader:
+    class SourceThatKillsTheEndpoint(io.RawIOBase):
+        sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            if self.sent >= 30 * 2**20:
+                return 0
+            if self.sent == 10 * 2**20:
+                stop_pid(process.pid, name="private moto server")
+            buffer[:] = os.urandom(len(buffer))
+            self.sent += len(buffer)
+            return len(buffer)
+
+    return io.BufferedReader(SourceThatKillsTheEndpoint(), 2**20)
+
+
+@pytest.mark.parametrize("both_required", [False, True], ids=["only-s3-required", "both-required"])
+def test_s3_endpoint_stopped_mid_upload(tmp_path: Path, keyring, both_required: bool) -> None:
+    """A private S3 endpoint is killed mid-backup. When it was the only required location the backup fails naming
+    it and the file location beside it keeps nothing; when the file location is required too, the backup is kept
+    there, degraded, naming the endpoint's failure (#30 item 1: required while reachable)."""
     server, process = start_s3_server()
     try:
         client = server.client()
         client.create_bucket(Bucket="doomed")
         s3 = S3Location(name="doomed", region="us-east-1", client=client, bucket="doomed")
         files = FileLocation(name="local", region="us-east-1", path=tmp_path / "local")
-
-        class SourceThatKillsTheEndpoint(io.RawIOBase):
-            sent = 0
-
-            def readable(self) -> bool:
-                return True
-
-            def readinto(self, buffer) -> int:
-                if self.sent >= 30 * 2**20:
-                    return 0
-                if self.sent == 10 * 2**20:
-                    stop_pid(process.pid, name="private moto server")
-                buffer[:] = os.urandom(len(buffer))
-                self.sent += len(buffer)
-                return len(buffer)
-
-        with pytest.raises(StorageError, match=r"location doomed \(s3://doomed/data/adhoc/adhoc-endpoint-down.cta\)"):
-            create_backup(io.BufferedReader(SourceThatKillsTheEndpoint(), 2**20), kind="adhoc", keyring=keyring,
-                          locations=[files, s3], backup_id="adhoc-endpoint-down")
-        assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []
+        source = _source_that_kills(process)
+        if not both_required:
+            with pytest.raises(StorageError, match=r"no required location took it \(doomed: location doomed "
+                                                   r"\(s3://doomed/data/adhoc/adhoc-endpoint-down.cta\)"):
+                create_backup(source, kind="adhoc", keyring=keyring, locations=[files, s3], required={"doomed"},
+                              backup_id="adhoc-endpoint-down")
+            assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []
+            return
+        manifest = create_backup(source, kind="adhoc", keyring=keyring, locations=[files, s3],
+                                 backup_id="adhoc-endpoint-down")
+        assert set(manifest.locations) == {"local"} and manifest.plaintext_bytes == 30 * 2**20
+        assert "location doomed (s3://doomed/data/adhoc/adhoc-endpoint-down.cta)" in manifest.details["degraded"]["doomed"]
+        stored = sorted(str(p.relative_to(tmp_path / "local")) for p in (tmp_path / "local").rglob("*")
+                        if p.is_file() and not p.name.endswith(".meta"))
+        assert stored == ["data/adhoc/adhoc-endpoint-down.cta", "degraded/doomed/adhoc-endpoint-down.json",
+                          "manifests/adhoc-endpoint-down.json"], stored
     finally:
         stop_pid(process.pid, name="private moto server")
 
