@@ -120,6 +120,8 @@ def test_storage_unreachable_exit_code(cli, sandbox, tmp_path: Path) -> None:
     dead.mkdir()
     state = json.loads(sandbox.state_file.read_text())
     state["s3"]["port"] = free_port()  # nothing listens there
+    for gateway in state.get("gateways", {}).values():  # every region's storage is reached through its gateway
+        gateway["port"] = free_port()
     (dead / "state.json").write_text(json.dumps(state))
     result = cli("backups", "list", root=dead)
     assert result.returncode == EXIT_UNREACHABLE, result.stderr

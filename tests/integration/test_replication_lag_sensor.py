@@ -84,7 +84,7 @@ def test_trigger_fires_with_the_reason(sandbox) -> None:
 
     event = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
     assert event.payload["status"] == "success"
-    assert event.payload["reason"].startswith("standby sync1 is streaming (sync)")
+    assert event.payload["reason"].startswith("standby sync1 is streaming (quorum)")
     classpath, kwargs = trigger.serialize()
     assert classpath == "continuity.triggers.replication_lag.ReplicationLagTrigger"
     assert "password" not in str(kwargs) and sandbox.password("continuity_admin") not in str(kwargs)
