@@ -187,7 +187,7 @@ def _run_and_interrupt(root: Path) -> None:
     assert troubles == []
     assert ("stopped: application us-east-1, wal pusher, receivers, redis us-west-2, redis us-east-1, s3 gateway eu-west-1, s3 gateway us-east-1, "
             "s3 gateway us-west-2, s3 endpoint, "
-            "pgbouncer, postgres dr, postgres sync1, "
+            "pgbouncer, postgres dr, postgres sync2, postgres sync1, "
             "postgres primary") in remaining
     assert not pid_alive(sandbox_state["s3"]["pid"])
     leftovers = []
