@@ -17,30 +17,14 @@ from continuity.restore.engine import restore_physical, scratch_cluster
 from continuity.storage.catalog import Catalog
 from continuity.storage.degraded import outstanding
 
+from continuity.waiting import poll
+
 from tests.support.airflow_helpers import load_dag, task_states, xcom
+from tests.support.wal import close_segments
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 PRIMARY_REGION = "us-east-1"
 SPOOL_LIMIT = 4  # archive_command's bound for this test: the outage outlasts what the spool holds
-
-
-def _wait(condition, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _close_segments(sandbox, count: int) -> list[str]:
-    closed = []
-    for _ in range(count):
-        with psycopg.connect(sandbox.app_conninfo()) as conn:
-            conn.execute("UPDATE detections SET confidence = confidence WHERE id <= 300")
-        with sandbox.node("primary").connect() as conn:
-            closed.append(conn.execute("SELECT pg_walfile_name(pg_switch_wal()) AS name").fetchone()["name"])
-    return closed
 
 
 def _literal(text: str) -> str:
@@ -92,8 +76,9 @@ def test_with_the_primary_regions_bucket_cut_off_wal_and_backups_go_on_into_dr_a
         # the spool holds: before the fix the fifth segment found the spool full and archive_command failed.
         closed = []
         for _ in range(3 * SPOOL_LIMIT):
-            [name] = _close_segments(sandbox, 1)
-            _wait(lambda: in_dr(name), timeout=120, what=f"{name}, closed during the outage, in the DR location")
+            [name] = close_segments(sandbox, 1)
+            assert poll(lambda: in_dr(name), timeout=120, interval=0.5), (
+                f"{name}, closed during the outage, did not reach the DR location within 120s")
             closed.append(name)
         assert primary.archiver().failed_count == failures_before, (
             "archive_command never failed: the spool never filled although the outage outlasted it")

@@ -20,19 +20,9 @@ from continuity.postgres.cluster import free_port
 from continuity.storage.locations import locations_from_policy
 from continuity.backup.wal import classify, push_continuously, spool_files
 
+from tests.support.wal import close_segments
+
 REQUIRED = ("primary", "dr")
-
-
-def _close_segments(sandbox, count: int) -> list[str]:
-    """A writer's work closing `count` segments on the primary; their names."""
-    primary = sandbox.node("primary")
-    closed = []
-    for _ in range(count):
-        with psycopg.connect(sandbox.app_conninfo()) as conn:
-            conn.execute("UPDATE detections SET confidence = confidence WHERE id <= 300")
-        with primary.connect() as conn:
-            closed.append(conn.execute("SELECT pg_walfile_name(pg_switch_wal()) AS name").fetchone()["name"])
-    return closed
 
 
 def _stored_everywhere(sandbox, names: list[str]) -> dict[str, list[str]]:
@@ -69,7 +59,7 @@ def _cli(sandbox, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_pusher_stores_every_closed_segment_in_every_required_location_within_seconds(sandbox) -> None:
     assert sandbox.start_wal_pusher(), "the session sandbox runs without a pusher until a test starts one"
     try:
-        closed = _close_segments(sandbox, 3)
+        closed = close_segments(sandbox, 3)
         started = time.monotonic()
         _wait(lambda: not _stored_everywhere(sandbox, closed), timeout=60,
               what=f"{closed} in every required location")
@@ -114,7 +104,7 @@ def test_with_storage_down_segments_queue_and_a_full_queue_fails_archive_command
     archive_command = None
     try:
         failures_before = primary.archiver().failed_count
-        queued = _close_segments(sandbox, 3)
+        queued = close_segments(sandbox, 3)
         _wait(lambda: {w.name for w in spool_files(sandbox.spool_dir)} >= set(queued), timeout=30,
               what="the segments in the spool")
         _wait(lambda: any("pushing failed" in m for m in messages), timeout=30, what="the pusher to fail")
@@ -127,7 +117,7 @@ def test_with_storage_down_segments_queue_and_a_full_queue_fails_archive_command
         limit = len(spool_files(sandbox.spool_dir))
         full = " ".join(shlex.quote(p) for p in shlex.split(archive_command)[:-1]) + f" {limit}"
         cluster.psql(f"ALTER SYSTEM SET archive_command = {_literal(full)}; SELECT pg_reload_conf();")
-        [refused] = _close_segments(sandbox, 1)
+        [refused] = close_segments(sandbox, 1)
         _wait(lambda: primary.archiver().failed_count > failures_before, timeout=30,
               what="archive_command to fail on the full queue")
         assert primary.archiver().last_failed_wal == refused
@@ -156,7 +146,7 @@ def test_with_storage_down_segments_queue_and_a_full_queue_fails_archive_command
 
 
 def test_wal_push_and_fetch_as_archive_and_restore_command(sandbox, tmp_path: Path) -> None:
-    [name] = _close_segments(sandbox, 1)
+    [name] = close_segments(sandbox, 1)
     primary = sandbox.node("primary")
     _wait(lambda: (primary.archiver().last_archived_wal or "") >= name, timeout=30, what=f"{name} queued")
     queued = sandbox.spool_dir / name
@@ -255,7 +245,7 @@ def test_a_standby_cut_from_its_upstream_replays_from_the_archive_through_the_wa
         with psycopg.connect(sandbox.app_conninfo(), autocommit=True) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS archive_marks (name text PRIMARY KEY)")
             conn.execute("INSERT INTO archive_marks VALUES (%s)", (marker,))
-        [closed] = _close_segments(sandbox, 1)
+        [closed] = close_segments(sandbox, 1)
         _wait(lambda: not _stored_everywhere(sandbox, [closed]), timeout=60, what=f"{closed} stored")
 
         def replayed() -> bool:
