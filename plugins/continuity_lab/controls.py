@@ -208,6 +208,7 @@ class SandboxNodeControl:
 
 def failover_cluster(sandbox: Sandbox, *, report: Any = log.info) -> Any:
     """The cluster dr_failover's steps act on, wired to this sandbox without Airflow (bench, CLI)."""
+    from continuity.failover.guard import deposer_for
     from continuity.failover.steps import ReplicationGroup
     from continuity.failover.router import Endpoint, PgBouncerRouter
 
@@ -221,4 +222,5 @@ def failover_cluster(sandbox: Sandbox, *, report: Any = log.info) -> Any:
                    nodes={name: sandbox.node(name) for name in sandbox.node_names},
                    endpoints={name: Endpoint(node=name, host="127.0.0.1", port=sandbox.state["nodes"][name]["port"])
                               for name in sandbox.node_names},
-                   control=SandboxNodeControl(sandbox), router=router, app_conninfo=sandbox.app_conninfo(), report=report)
+                   control=SandboxNodeControl(sandbox), router=router, app_conninfo=sandbox.app_conninfo(), report=report,
+                   deposer=deposer_for(sandbox.policy, lambda: sandbox.storage_locations().values()))

@@ -131,6 +131,7 @@ def app_ssh_conn_id(region: str) -> str:
 
 APP_HOST_USER = getpass.getuser()
 WAL_PUSHER_NEEDLE = "wal pusher --root"
+GUARD_NEEDLE = "guard run --root"
 
 
 def is_our_process(pid: int | None, needle: str) -> bool:

@@ -125,6 +125,7 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
                 self.start_ssh(started)
             if wal_pusher:
                 self.start_wal_pusher(started)
+            self.start_guards(started)
             self.write_connections()
             self._save_state()
         except BaseException:
@@ -286,6 +287,7 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
             lost.append(f"redis {region}")
         if self._stop_gateway(region):
             lost.append(f"s3 gateway {region}")
+        lost += self.stop_guards(regions=[region], sig=signal.SIGKILL)
         for node in self.policy.topology.nodes:
             if node.region == region and self.cluster(node.name).running:
                 self.cluster(node.name).stop(mode="immediate")
@@ -305,6 +307,7 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
         started: list[str] = []
         self._start_gateways(started)
         self._start_redis(started)
+        self.start_guards(started, regions=[region])
         self._save_state()
         return started
 
@@ -452,6 +455,7 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
                 stopped.append(f"{len(strays)} unrecorded application instance(s)")
             if self.stop_wal_pusher():
                 stopped.append("wal pusher")
+            stopped += self.stop_guards()
             receivers_pid = state.get("receivers", {}).get("pid")
             if is_our_process(receivers_pid, "continuity_lab.receivers"):
                 stop_pid(receivers_pid, name="receivers", sig=signal.SIGTERM)

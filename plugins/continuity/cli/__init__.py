@@ -23,6 +23,7 @@ from continuity.cli.keys import cmd_keys_list, cmd_keys_new, cmd_keys_retire, cm
 from continuity.cli.objects import cmd_objects_restore, cmd_objects_verify
 from continuity.cli.restore import cmd_restore
 from continuity.cli.policy import cmd_policy_check
+from continuity.cli.guard import add_guard_commands
 from continuity.cli.wal import add_wal_commands
 from continuity.storage.keys import KeyringError
 from continuity.policy.kinds import BACKUP_KINDS
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     retire.set_defaults(func=cmd_keys_retire)
 
     add_wal_commands(sub, with_storage)
+    add_guard_commands(sub, with_storage)
 
     if available("commands", "lab"):
         # The development lab's commands (`sandbox`, `run`), where the lab is installed: found by name, so the

@@ -89,6 +89,10 @@ class FenceRecord(StepRecord):
     fenced_by_entry_point: bool = False
     forced_with_writable_old_primary: bool = False
     forced_without_fence: bool = False  # failover: neither the old primary nor the entry point could be secured
+    # failover, fenced by the entry point: where the deposition notice for the old primary's guard went, and how
+    # long the run waited for the guard to stop it (continuity.failover.guard)
+    deposed_in: list[str] = []
+    guard_wait_seconds: float | None = None
     already_done: bool = False
 
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from continuity.failover.guard import FENCE_MARGIN_SECONDS, Deposer
 from continuity.failover.nodecontrol import NodeControl, NodeControlError
 from continuity.policy.model import Policy
 from continuity.postgres.node import NodeUnreachable, PostgresNode, lsn_to_int
@@ -54,6 +55,8 @@ class ReplicationGroup:
     app_conninfo: str
     report: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
+    # The guards beside the nodes (policy failover.primary_guard): None when none runs.
+    deposer: Deposer | None = None
 
     def probe(self, name: str) -> dict[str, Any]:
         """Role and positions of a node, or why it cannot answer."""
@@ -272,6 +275,7 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
                        f"partition; the entry point fences it instead ({cluster.router.describe()} paused now and "
                        f"repointed to {plan.target}: no client reaches {old} through it). {old} must be stopped and "
                        f"rebuilt before it rejoins")
+                depose(cluster, plan, record, reason=str(exc))
             elif not plan.params.force:
                 raise FailoverError(
                     f"refusing to promote {plan.target}: {old} could not be reached to stop or fence it ({exc}) and "
@@ -286,6 +290,37 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
     record.last_known_primary_lsn_int = last_known
     record.finished_at = now_iso()
     return record
+
+
+def depose(cluster: ReplicationGroup, plan: FailoverPlan, record: FenceRecord, *, reason: str) -> None:
+    """Tell the guard beside an old primary this run could not reach to stop it, and wait until it has."""
+    old = plan.old_primary
+    if cluster.deposer is None:
+        cluster.report(f"no guard runs beside {old} (the policy has no failover.primary_guard): a client that reaches "
+                       f"{old} without the entry point could still commit there after the promotion")
+        return
+    deposer = cluster.deposer
+    notice = deposer.notice(node=old, timeline=plan.old_timeline or 0, successor=plan.target,
+                            by=f"the failover to {plan.target} planned at {plan.checked_at}", reason=reason)
+    took, failed = deposer.board.publish(notice)
+    record.deposed_in = took
+    if len(took) < deposer.board.quorum:
+        why = "; ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
+        if not plan.params.force:
+            cluster.router.resume()
+            raise FailoverError(
+                f"refusing to promote {plan.target}: the deposition of {old} reached {len(took)} of "
+                f"{len(deposer.board.locations)} storage locations ({why}), fewer than the majority its guard reads, "
+                f"so {old} may keep taking writes beside a new primary. Restore storage, or trigger again with "
+                f"force=true (recorded in the audit). Nothing was promoted; {cluster.router.describe()} resumed")
+        cluster.report(f"WARNING the deposition of {old} reached only {', '.join(took) or 'no location'} ({why}); "
+                       f"force=true: promoting after the wait anyway")
+    wait = deposer.wait_seconds
+    cluster.report(f"{old} deposed in {', '.join(took)}: waiting {wait:.0f}s (the guard's ttl {deposer.ttl:g}s + "
+                   f"one poll + {FENCE_MARGIN_SECONDS:g}s) so the guard beside it has stopped it, or it has stopped "
+                   f"itself for want of storage, before {plan.target} is promoted")
+    time.sleep(wait)
+    record.guard_wait_seconds = wait
 
 
 # -- 3. catch up -------------------------------------------------------------------------------

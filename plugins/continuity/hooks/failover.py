@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from continuity.failover.guard import Deposer, deposer_for
 from continuity.failover.lease import ClusterLease, LeaseRecord
 from continuity.failover.steps import ReplicationGroup
 from continuity.hooks.postgres_node import PostgresNodeHook
@@ -62,7 +63,13 @@ class FailoverHook(ContinuityPolicyHook):
         app = PostgresNodeHook(postgres_conn_id=topology.entry_point.conn_id).get_node().conninfo
         return ReplicationGroup(policy=self.policy, nodes=nodes, endpoints=endpoints,
                        control=control or self.get_node_control(), router=self.get_router(),
-                       app_conninfo=app, report=report)
+                       app_conninfo=app, report=report, deposer=self.get_deposer())
+
+    def get_deposer(self) -> Deposer | None:
+        """The deposition notices for the guards beside the nodes, when the policy says guards run."""
+        from continuity.hooks.backup import ContinuityBackupHook
+
+        return deposer_for(self.policy, lambda: ContinuityBackupHook(policy_path=self.policy_path).get_locations().values())
 
     def get_node_control(self) -> NodeControl:
         return node_control_for(self.policy, shell_for=self._ssh_shell)

@@ -532,6 +532,22 @@ class FailoverApproval(_Model):
     timeout: Duration = timedelta(minutes=15)  # no answer by then: the run stops, nothing changed
 
 
+class PrimaryGuard(_Model):
+    """The guard beside each region's nodes (`continuity guard run`, continuity.failover.guard): a primary that
+    was deposed by a failover, or that cannot tell for `ttl`, stops. A failover that could not reach the old
+    primary waits `ttl` + `poll` (and a margin) after deposing it, before promoting anything."""
+
+    ttl: Duration = timedelta(seconds=30)
+    poll: Duration = timedelta(seconds=3)
+
+    @model_validator(mode="after")
+    def _polls_within_ttl(self) -> PrimaryGuard:
+        if self.poll.total_seconds() <= 0 or self.poll * 3 > self.ttl:
+            raise ValueError(f"failover.primary_guard: poll ({self.poll}) must be positive and at most a third of "
+                             f"ttl ({self.ttl}), so a guard that misses one poll still decides within ttl")
+        return self
+
+
 class Failover(_Model):
     """dr_failover's limits (section 3.2: 60 s for a standby to catch up, 16 MB of lag)."""
 
@@ -545,6 +561,9 @@ class Failover(_Model):
     # lost this long after a run that died holding it.
     lease_ttl: Duration = timedelta(minutes=30)
     approval: FailoverApproval = FailoverApproval()
+    # None: no guard runs beside the nodes, so a partitioned old primary is fenced only by the entry point
+    # (clients beside it that bypass the entry point could still write to it; the audit says so).
+    primary_guard: PrimaryGuard | None = None
 
 
 Transaction = Literal["login", "upload", "process", "annotate", "list_projects", "report"]

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from continuity.postgres.cluster import free_port, port_is_free, scrubbed_environment, stop_pid
-from continuity.policy.project import INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, policy_path
+from continuity.policy.project import INCLUDE_ENV_VAR, POLICY_ENV_VAR, PROJECT_ENV_VAR, SANDBOX_ENV_VAR, policy_path
 from continuity.waiting import poll
 from continuity_lab import receivers as receivers_module
-from continuity_lab.processes import WAL_PUSHER_NEEDLE, SandboxError, is_our_process
+from continuity_lab.processes import GUARD_NEEDLE, WAL_PUSHER_NEEDLE, SandboxError, is_our_process
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,48 @@ class ServicesPart:
             self._save_state()
             return True
         return False
+
+    # -- the primary guards (continuity.failover.guard): one per region, as one would run beside its nodes ------
+    def start_guards(self, started: list[str] | None = None, *, regions: list[str] | None = None) -> list[str]:
+        """`continuity guard run` for each region (or `regions`) whose guard is not running; the regions started.
+        Nothing when the policy has no failover.primary_guard."""
+        if self.policy.failover.primary_guard is None:
+            return []
+        guards = self.state.setdefault("guards", {})
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        begun = []
+        for region in regions or sorted({node.region for node in self.policy.topology.nodes}):
+            if is_our_process(guards.get(region, {}).get("pid"), GUARD_NEEDLE):
+                continue
+            with open(self.logs_dir / f"guard-{region}.log", "ab") as log_handle:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "continuity.cli", "guard", "run", "--root", str(self.root),
+                     "--region", region],
+                    stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    cwd=self.root, env=scrubbed_environment({
+                        POLICY_ENV_VAR: str(policy_path().absolute()), SANDBOX_ENV_VAR: str(self.root),
+                        **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", PROJECT_ENV_VAR, INCLUDE_ENV_VAR)}}))
+            guards[region] = {"pid": process.pid}
+            begun.append(region)
+            if started is not None:
+                started.append(f"guard {region}")
+        self._save_state()
+        return begun
+
+    def stop_guards(self, *, regions: list[str] | None = None, sig: int = signal.SIGTERM) -> list[str]:
+        stopped = []
+        for region, entry in self.state.get("guards", {}).items():
+            if (regions is None or region in regions) and is_our_process(entry.get("pid"), GUARD_NEEDLE):
+                stop_pid(entry["pid"], name=f"guard {region}", sig=sig)
+                entry["pid"] = None
+                stopped.append(f"guard {region}")
+        if stopped:
+            self._save_state()
+        return stopped
+
+    def guard_log(self, region: str) -> str:
+        path = self.logs_dir / f"guard-{region}.log"
+        return path.read_text() if path.exists() else ""
 
     @property
     def wal_pusher_running(self) -> bool:
