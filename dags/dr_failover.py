@@ -21,7 +21,10 @@ primary is lost), `max_lag_bytes` and `force`, `dry_run`, `reason` (required) an
 3. `cut_over`, one task so that no scheduler round trip lengthens the outage (each step's record,
    with its timing, is in its XCom and the audit):
    - fence: switchover — PgBouncer PAUSE, clean stop of the primary, fence (it can only come back
-     as a standby), final LSN. Failover — stop the old primary if it runs, and fence it.
+     as a standby), final LSN. Failover — stop the old primary if it runs, and fence it; when it
+     cannot be reached (lost, or behind a partition), the paused entry point fences it and the run
+     deposes it for the guard beside it, waiting the guard's ttl + one poll (15 s in the sandbox)
+     before promoting (continuity.failover.guard; docs/runbooks/failover.md, "A partition").
    - catch-up: wait (the policy's `failover.catch_up_timeout`, 60 s) for the target to replay the
      final LSN (switchover) or to stop receiving WAL (failover, with the data loss estimate).
    - promote: pg_promote(wait => true); a new timeline is confirmed and recorded at once.
