@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from continuity.failover.nodecontrol import NodeControlError
-from continuity.postgres.node import NodeUnreachable, StandbyReplication, WalReceiver
+from continuity.postgres.node import NodeUnreachable, WalReceiver
 from continuity.failover.router import Endpoint, RouterError
 
 
@@ -44,12 +44,10 @@ class FakeNode:
         self._check()
         if "AS tli" in sql:
             return {"tli": self.timeline}
+        if "AS guard_tli" in sql:  # continuity.failover.guard.GUARD_STATE_QUERY
+            return {"in_recovery": not self.writable, "guard_tli": self.timeline if self.writable else None,
+                    "streaming": list(self.streaming_to) if self.writable else []}
         raise AssertionError(f"FakeNode {self.name} was asked an unexpected query: {sql[:80]}")
-
-    def replication(self) -> list[StandbyReplication]:
-        self._check()
-        return [StandbyReplication(application_name=name, state="streaming", sync_state="async", sent_lsn=None,
-                                   replay_lsn=None, lag_bytes=0, replay_lag_seconds=0.0) for name in self.streaming_to]
 
     def wal_receiver(self) -> WalReceiver | None:
         self._check()

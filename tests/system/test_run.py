@@ -185,7 +185,7 @@ def _run_and_interrupt(root: Path) -> None:
                 for line in path.read_text(errors="replace").splitlines()
                 if "database is locked" in line or "Exception when executing SchedulerJob" in line]
     assert troubles == []
-    assert ("stopped: application us-east-1, wal pusher, receivers, redis us-west-2, redis us-east-1, s3 gateway eu-west-1, s3 gateway us-east-1, "
+    assert ("stopped: application us-east-1, wal pusher, guard us-east-1, guard us-west-2, receivers, redis us-west-2, redis us-east-1, s3 gateway eu-west-1, s3 gateway us-east-1, "
             "s3 gateway us-west-2, s3 endpoint, "
             "pgbouncer, postgres dr, postgres sync2, postgres sync1, "
             "postgres primary") in remaining

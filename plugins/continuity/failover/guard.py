@@ -44,6 +44,12 @@ from continuity.storage.locations import StorageError, StorageLocation, key_safe
 log = logging.getLogger(__name__)
 
 DEPOSED_PREFIX = "failover/deposed/"
+# A node's role, its timeline as a primary writes it (no checkpoint needed after a promotion) and the standbys
+# streaming from it.
+GUARD_STATE_QUERY = (
+    "SELECT pg_is_in_recovery() AS in_recovery, CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS guard_tli, "
+    "ARRAY(SELECT application_name FROM pg_stat_replication WHERE state = 'streaming') AS streaming")
 # Beyond ttl + poll: the guard's own stop of its node (an immediate shutdown takes about a second).
 FENCE_MARGIN_SECONDS = 3.0
 
@@ -201,14 +207,14 @@ class PrimaryGuard:
         return verdicts
 
     def _judge(self, name: str, node: PostgresNode, reading: BoardReading) -> Verdict:
-        from continuity.failover.steps import current_timeline
-
         try:
-            writable = not node.is_in_recovery()
-            timeline = current_timeline(node) if writable else None
-            streaming = [r.application_name for r in node.replication() if r.state == "streaming"] if writable else []
+            # One query, one connection per node and poll: the guard runs beside the database all the time.
+            state = node.query_one(GUARD_STATE_QUERY)
         except NodeUnreachable as exc:
             return Verdict(name, "none", f"{name} does not answer ({exc}): nothing to stop", "unreachable")
+        writable = not state["in_recovery"]
+        timeline = state["guard_tli"]
+        streaming = list(state["streaming"] or [])
         since = None if self.last_quorum is None else self.clock() - self.last_quorum
         return decide(name, writable=writable, timeline=timeline, notice=reading.notices.get(name), since_quorum=since,
                       ttl=self.ttl, remote_standbys=self.remote_standbys.get(name, []), streaming=streaming)
