@@ -12,8 +12,11 @@ extend it; operators reach it through their hook).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import threading
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -92,5 +95,37 @@ class ContinuityPolicyHook(BaseHook):
         hook's life (the triggerer keeps its hook across probe rounds): building one costs more CPU than a
         request."""
         if (conn_id, region) not in self._s3_clients:
-            self._s3_clients[(conn_id, region)] = S3Hook(aws_conn_id=conn_id, region_name=region).get_conn()
+            self._s3_clients[(conn_id, region)] = shared_s3_client(conn_id, region)
         return self._s3_clients[(conn_id, region)]
+
+
+# Process-wide: every hook instance built its own client, and each costs 0.27 s of CPU (botocore loads and parses
+# its endpoint and service JSON once per boto3 session): 3.3 s of a 7.4 s dr_failover dry run under dag.test. Keyed
+# by a digest of the connection as well, so a rotated secret or a changed endpoint gets a new client. boto3 clients
+# are thread-safe.
+_SHARED_S3_CLIENTS: dict[tuple[str | None, str | None, str], Any] = {}
+_SHARED_S3_LOCK = threading.Lock()
+_SHARED_S3_MAX = 64
+
+
+def _connection_digest(conn_id: str | None) -> str:
+    if conn_id is None:  # the default credential chain: the environment decides
+        material = repr(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    else:
+        conn = BaseHook.get_connection(conn_id)
+        material = repr((conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.extra))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def shared_s3_client(conn_id: str | None, region: str | None) -> Any:
+    """The S3 client of `conn_id` in `region` through the amazon provider, one per process and connection."""
+    key = (conn_id, region, _connection_digest(conn_id))
+    with _SHARED_S3_LOCK:
+        client = _SHARED_S3_CLIENTS.get(key)
+    if client is None:
+        client = S3Hook(aws_conn_id=conn_id, region_name=region).get_conn()
+        with _SHARED_S3_LOCK:
+            if len(_SHARED_S3_CLIENTS) >= _SHARED_S3_MAX:
+                _SHARED_S3_CLIENTS.pop(next(iter(_SHARED_S3_CLIENTS)))
+            client = _SHARED_S3_CLIENTS.setdefault(key, client)
+    return client
