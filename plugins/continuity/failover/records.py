@@ -93,6 +93,10 @@ class FenceRecord(StepRecord):
     # long the run waited for the guard to stop it (continuity.failover.guard)
     deposed_in: list[str] = []
     guard_wait_seconds: float | None = None
+    # failover: whether the old primary itself told its last WAL position; if not, the standbys that did, read
+    # after the fence (what the data loss estimate rests on: `database_loss`)
+    old_primary_answered: bool = False
+    positions_from: list[str] = []
     already_done: bool = False
 
 
@@ -189,6 +193,10 @@ class FailoverPlan(StepRecord):
     nothing_to_do: str | None = None  # with action "none": why
     triggered_by: str | None = None
     old_primary_since: str | None = None  # when the recorded topology made the old primary primary
+    # The policy's synchronous standbys and how many of them each commit waits for (`database_loss`: with enough
+    # of them answering, no acknowledged commit can be beyond the newest position they hold).
+    synchronous_standbys: list[str] = []
+    synchronous_quorum: int = 1
 
 
 def validate_params(raw: Mapping[str, Any], policy: Policy) -> FailoverParams:
@@ -358,9 +366,32 @@ def database_loss(records: FailoverRecords) -> tuple[float | None, str | None]:
         return 0.0, (f"switchover: {plan.target} replayed to {caught.replayed_lsn}, past {plan.old_primary}'s final "
                      f"checkpoint {final}: no committed transaction lost")
     if caught.data_loss_bytes == 0:
+        fence = records.fence
+        if fence is not None and not fence.already_done and not fence.old_primary_answered:
+            return _loss_without_the_old_primary(plan, fence)
         return 0.0, (f"failover: {plan.target} received every WAL byte {plan.old_primary} was last seen to have "
                      f"written (data loss estimate 0 bytes)")
     return None, None
+
+
+def _loss_without_the_old_primary(plan: FailoverPlan, fence: FenceRecord) -> tuple[float | None, str | None]:
+    """0 bytes behind the nodes that answered is a measurement only when they must hold every acknowledged commit:
+    enough of the synchronous standbys (all but quorum - 1 of them) answered after the fence."""
+    old, target = plan.old_primary, plan.target
+    synchronous = [name for name in plan.synchronous_standbys if name != old]
+    answered = [name for name in synchronous if name in fence.positions_from]
+    needed = len(synchronous) - plan.synchronous_quorum + 1
+    heard = ", ".join(fence.positions_from) or "none"
+    if synchronous and len(answered) >= needed:
+        return 0.0, (f"failover: {old} could not be asked, but {', '.join(answered)} answered after the fence (each "
+                     f"commit waited for {plan.synchronous_quorum} of {', '.join(synchronous)}) and {target} "
+                     f"received all they held: no acknowledged commit lost")
+    missing = [name for name in synchronous if name not in answered]
+    why = (f"the synchronous standbys {', '.join(missing)} did not answer" if missing and synchronous else
+           "no synchronous standby holds what it committed")
+    return None, (f"not measured: {old} could not be asked for its last WAL position and {why}; {target} received "
+                  f"everything the nodes that answered held ({heard}), but what {old} committed beyond that is "
+                  f"unknown")
 
 
 AUDIT_PREFIX = "audit/failover/"  # where dr_failover writes each run's FailoverAudit, in every required location

@@ -189,6 +189,8 @@ def preflight(cluster: ReplicationGroup, params: FailoverParams, *, primary: str
     return FailoverPlan(**base, action=params.mode, dry_run=params.dry_run, forced=forced, lag_bytes=lag,
             reference_lsn_int=reference, target_received_lsn_int=target_received, primary_alive=primary_alive,
             old_timeline=target_tli, other_standbys=others, unreachable=lost,
+            synchronous_standbys=[node.name for node in cluster.policy.topology.nodes if node.synchronous],
+            synchronous_quorum=cluster.policy.topology.synchronous_quorum,
             plan=[f"pause {cluster.router.describe()}",
                      f"{'stop' if primary_alive else 'fence'} {primary}",
                      f"wait for {target} to {'replay the final LSN' if params.mode == 'switchover' else 'stop receiving'}",
@@ -238,6 +240,7 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
         state = cluster.probe(old)
         if state["reachable"] and not state.get("in_recovery", True):
             last_known = max(last_known, lsn_to_int(state.get("current_lsn")))
+            record.old_primary_answered = True
         try:
             if old in plan.unreachable:
                 raise NodeControlError(f"{old} is in the lost region")
@@ -287,6 +290,16 @@ def fence(cluster: ReplicationGroup, plan: FailoverPlan, *, pause_timeout: float
                 report(f"WARNING {old} could not be reached to stop or fence it ({exc}) and the entry point could not "
                        f"be paused; force=true: promoting anyway. The repoint leads clients to {plan.target}; stop "
                        f"{old} by hand")
+    if mode == "failover" and not record.old_primary_answered:
+        # What the old primary wrote is known only from the standbys: read them now, after the fence (and the
+        # guard's wait), so a commit made after preflight counts too.
+        for name in [plan.target, *plan.other_standbys]:
+            if name in plan.unreachable:
+                continue
+            state = cluster.probe(name)
+            if state["reachable"] and state.get("in_recovery"):
+                last_known = max(last_known, lsn_to_int(state.get("receive_lsn")))
+                record.positions_from.append(name)
     record.last_known_primary_lsn_int = last_known
     record.finished_at = now_iso()
     return record

@@ -334,3 +334,45 @@ def test_rollback_names_the_nodes_it_could_not_check_instead_of_counting_them_no
     record = failover.rollback(cluster, plan, fenced=True, promoted=False)
     assert record.unreachable == ["primary"]
     assert "could not reach primary to check whether it accepts writes" in record.message, record.message
+
+
+# -- #31 item 8: a failover's database RPO is measured only where something could see the loss -----------------
+def _failover_loss(cluster, *, sync1_answers: bool) -> tuple:
+    """A failover with the old primary unreachable; dr received everything the standbys that answered held."""
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    cluster.nodes["sync1"].reachable = sync1_answers
+    fence = failover.fence(cluster, plan)
+    records = failover_records.FailoverRecords(preflight=plan, fence=fence,
+                                               catch_up=failover_records.CatchUpRecord(data_loss_bytes=0))
+    return failover_records.database_loss(records), fence
+
+
+def test_a_failover_without_the_old_primary_measures_no_loss_only_when_the_synchronous_standbys_answered() -> None:
+    cluster, _, _ = _partitioned()
+    cluster.nodes["sync1"].position = cluster.nodes["dr"].position
+    (seconds, source), fence = _failover_loss(cluster, sync1_answers=True)
+    assert fence.old_primary_answered is False and fence.positions_from == ["dr", "sync1"]
+    # The policy names sync1 and sync2 synchronous (ANY 1): sync2 is not in this cluster, so it did not answer.
+    assert seconds is None and source.startswith("not measured: primary could not be asked for its last WAL position")
+    assert "the synchronous standbys sync2 did not answer" in source
+
+
+def test_a_failover_whose_synchronous_standbys_all_answered_measures_no_acknowledged_commit_lost() -> None:
+    cluster, _, _ = _partitioned()
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    plan = plan.model_copy(update={"synchronous_standbys": ["sync1"], "synchronous_quorum": 1})
+    fence = failover.fence(cluster, plan)
+    records = failover_records.FailoverRecords(preflight=plan, fence=fence,
+                                               catch_up=failover_records.CatchUpRecord(data_loss_bytes=0))
+    seconds, source = failover_records.database_loss(records)
+    assert seconds == 0.0 and "sync1 answered after the fence" in source and "no acknowledged commit lost" in source
+
+
+def test_a_failover_that_asked_the_old_primary_itself_measures_its_loss() -> None:
+    cluster, _, _ = _cluster()
+    plan = failover.preflight(cluster, _params(mode="failover"), primary="primary")
+    fence = failover.fence(cluster, plan)
+    assert fence.old_primary_answered is True and fence.positions_from == []
+    records = failover_records.FailoverRecords(preflight=plan, fence=fence,
+                                               catch_up=failover_records.CatchUpRecord(data_loss_bytes=0))
+    assert failover_records.database_loss(records)[0] == 0.0
