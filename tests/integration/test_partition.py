@@ -13,7 +13,7 @@ import pytest
 from continuity.exercises.loadgen import CommitRecorder
 from continuity.failover import steps as failover_steps
 from continuity.failover.guard import notice_key
-from continuity.failover.records import FailoverParams
+from continuity.failover.records import FailoverParams, database_loss
 from continuity.postgres.node import PostgresNode
 from continuity.waiting import poll
 from continuity_lab.controls import failover_cluster
@@ -96,6 +96,9 @@ def test_a_partitioned_old_primary_takes_no_acknowledged_commit_after_the_cut_ov
         after = [seq for seq, at in entry_writer.acknowledged if at >= promotion_started[0]]
         assert after and not set(after) & set(entry_writer.missing_on(box.node("dr", user="app", dbname="app").conninfo))
         assert not box.node("dr").is_in_recovery()
+        # Nothing on this side could see what the old primary committed at the end: the audit says so.
+        seconds, source = database_loss(done.records)
+        assert seconds is None and "the synchronous standbys sync1, sync2 did not answer" in source, source
     finally:
         for link in links.values():
             link.close()
