@@ -58,6 +58,12 @@ def _check_references(policy: Policy) -> list[str]:
         for name, objective in zip(("rto", "rpo") if len(objectives) == 2 else ("rpo",), objectives):
             if objective.maximum < objective.target:
                 problems.append(f"{where}.{name}.maximum: expected at least the target ({format_duration(objective.target)}), got {format_duration(objective.maximum)}")
+    for key, function in policy.business_functions.items():
+        tier = policy.tiers.get(function.tier)
+        if tier is not None and function.rto.maximum > tier.maximum:
+            # A function's outage beyond its tier's maximum would be reported within its own bound.
+            problems.append(f"business_functions.{key}.rto.maximum: expected at most its tier {function.tier}'s "
+                            f"maximum ({format_duration(tier.maximum)}), got {format_duration(function.rto.maximum)}")
     for key, tier in policy.tiers.items():
         if tier.maximum < tier.target:
             problems.append(f"tiers.{key}.maximum: expected at least the target ({format_duration(tier.target)}), got {format_duration(tier.maximum)}")

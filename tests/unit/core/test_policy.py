@@ -87,6 +87,9 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("  weights:", "  wieghts:", "policy.yaml: health_monitor.weights: required key is missing"),
         ("    rto: {target: 15m, maximum: 30m}", "    rto: {target: 15m, maximum: 5m}",
          "policy.yaml: business_functions.user_authentication.rto.maximum: expected at least the target (15m), got 5m"),
+        ("    rto: {target: 30m, maximum: 1h}", "    rto: {target: 30m, maximum: 2h}",
+         "policy.yaml: business_functions.video_upload.rto.maximum: expected at most its tier tier_2_high's maximum "
+         "(1h), got 2h"),
         ("      role: standby\n      synchronous: true", "      role: primary\n      synchronous: false",
          "policy.yaml: topology.nodes: expected exactly one node with role 'primary', got 2"),
         ("      region: us-west-2\n      bucket", "      region: us-east-1\n      bucket",
