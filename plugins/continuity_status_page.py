@@ -7,6 +7,8 @@ written to `status/` in storage by dr_incident, for a static host when Airflow i
 
 from __future__ import annotations
 
+import html
+
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -27,6 +29,17 @@ def status_html() -> str:  # plain def: FastAPI runs it in a thread, the storage
     from continuity.incidents.statuspage import render_html
 
     return render_html(_document())
+
+
+@status_app.get("/status/incidents/{incident_id}", response_class=HTMLResponse)
+def incident_html(incident_id: str) -> HTMLResponse:
+    """One incident's public page: the link in the recovery announcement (`report_url`)."""
+    from continuity.incidents.statuspage import render_incident_html
+
+    page = render_incident_html(_document(), incident_id)
+    if page is None:
+        return HTMLResponse(f"<p>No published incident {html.escape(incident_id)}.</p>", status_code=404)
+    return HTMLResponse(page)
 
 
 @status_app.get("/status.json")

@@ -181,6 +181,15 @@ def test_the_status_page_plugin_serves_the_page_from_storage(sandbox, hook) -> N
     assert page.status_code == 200 and "Service status" in page.text and "Video Upload" in page.text
     document = client.get("/status.json").json()
     assert {c["name"] for c in document["components"]} == set(hook.policy.business_functions)
+    # The recovery announcement's link (report_url): the incident's own page, once something was published.
+    store = hook.get_store()
+    incident, _ = _open(store, f"test:status-link-{uuid.uuid4().hex[:8]}", severity="high")
+    assert client.get(f"/status/incidents/{incident.incident_id}").status_code == 404, "nothing published yet"
+    incident.updates.append(incident.timeline[0].model_copy(update={"what": "Uploads work again."}))
+    store.save(incident)
+    own = client.get(f"/status/incidents/{incident.incident_id}")
+    assert own.status_code == 200 and "Uploads work again." in own.text
+    store.resolve(incident.incident_id, by="test", now=datetime.now(timezone.utc))
 
 
 def test_with_every_bucket_cut_off_a_cause_still_alerts_and_its_record_catches_up(

@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
+from continuity.incidents.statuspage import incident_page_path
 from continuity.policy.model import Policy, format_duration, parse_duration
 from continuity.policy.project import include_dir
 from continuity.storage.locations import StorageLocation, stored_documents
@@ -127,5 +128,6 @@ def incident_fields(policy: Policy, incident: Any, *, current_status: str, estim
         "communication_channel": channel, "next_update_time": f"{now + communication.update_interval:%Y-%m-%d %H:%M} UTC",
         "update_interval": format_duration(communication.update_interval), "status_page_url": communication.status_page_url,
         "report_due": format_duration(communication.report_due),
-        "report_url": f"{communication.status_page_url.rstrip('/')}/incidents/{incident.incident_id}",
+        # Served live by the status page plugin and written beside the static page (continuity.incidents.statuspage).
+        "report_url": f"{communication.status_page_url.rstrip('/')}/{incident_page_path(incident.incident_id)}",
     }

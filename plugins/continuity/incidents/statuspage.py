@@ -96,8 +96,33 @@ _PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).fr
 """)
 
 
+_INCIDENT_PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ i.title }}</title>
+<style>body{font-family:sans-serif;max-width:48rem;margin:2rem auto}pre{white-space:pre-wrap}</style></head><body>
+<p><a href="../status">Service status</a></p><h1>{{ i.title }}</h1>
+<p>{{ i.incident_id }}, {{ i.severity }}, {{ i.status }}: opened {{ i.opened_at.strftime('%Y-%m-%d %H:%M') }} UTC
+{%- if i.resolved_at %}, resolved {{ i.resolved_at.strftime('%Y-%m-%d %H:%M') }} UTC{% endif %}</p>
+<h2>Updates</h2>{% for u in i.updates %}<p><b>{{ u.at.strftime('%Y-%m-%d %H:%M') }} UTC</b></p><pre>{{ u.text }}</pre>{% endfor %}
+</body></html>
+""")
+
+
 def render_html(doc: StatusDocument) -> str:
     return _PAGE.render(doc=doc)
+
+
+def incident_page_path(incident_id: str) -> str:
+    """Where an incident's own page is, under the status page (the recovery announcement links it)."""
+    return f"incidents/{incident_id}"
+
+
+def render_incident_html(doc: StatusDocument, incident_id: str) -> str | None:
+    """One published incident with every approved update, newest first; None when the page does not show it
+    (unknown, never announced, a drill, or older than the history)."""
+    for incident in [*doc.open_incidents, *doc.history]:
+        if incident.incident_id == incident_id:
+            return _INCIDENT_PAGE.render(i=incident)
+    return None
 
 
 def publish(policy: Policy, store: IncidentStore, locations: Sequence[StorageLocation]) -> StatusDocument:
@@ -105,6 +130,10 @@ def publish(policy: Policy, store: IncidentStore, locations: Sequence[StorageLoc
     doc = build(policy, store.all_incidents())
     for location in locations:
         location.put_bytes(f"{STATUS_PREFIX}status.json", doc.model_dump_json(indent=2).encode())
+        for incident in [*doc.open_incidents, *doc.history]:
+            page = render_incident_html(doc, incident.incident_id)
+            if page is not None:
+                location.put_bytes(f"{STATUS_PREFIX}{incident_page_path(incident.incident_id)}.html", page.encode())
         location.put_bytes(f"{STATUS_PREFIX}index.html", render_html(doc).encode())
     return doc
 

@@ -150,3 +150,21 @@ def test_updates_are_due_every_interval_and_asked_for_once(store) -> None:
     again = store.updates_due(timedelta(minutes=30), now=opened + timedelta(minutes=62))
     assert [i.incident_id for i in again] == [incident.incident_id]
     assert drill.incident_id not in [i.incident_id for i in again]
+
+
+def test_the_recovery_announcements_link_is_a_page_of_the_incident_with_its_published_updates(store) -> None:
+    """#31 item 9: report_url pointed at /continuity/status/incidents/<id>, which nothing served."""
+    from continuity.incidents.communication import incident_fields
+
+    incident, _ = store.open_or_join(_request(severity="high", title="Uploads <failing>"))
+    announced = statuspage.build(POLICY, store.all_incidents())
+    assert statuspage.render_incident_html(announced, incident.incident_id) is None, "not announced: not public"
+    incident.updates.append(incident.timeline[0].model_copy(update={"what": "Uploads work again."}))
+    store.save(incident)
+    statuspage.publish(POLICY, store, store.locations[:1])
+    page = store.locations[0].get_bytes(
+        f"status/{statuspage.incident_page_path(incident.incident_id)}.html").decode()
+    assert "Uploads work again." in page and "Uploads &lt;failing&gt;" in page
+    link = incident_fields(POLICY, incident, current_status="resolved", estimate=None)["report_url"]
+    assert link.endswith(f"/continuity/status/{statuspage.incident_page_path(incident.incident_id)}")
+    assert statuspage.render_incident_html(announced, "INC-nonexistent") is None
