@@ -59,7 +59,7 @@ class PlanReview(BaseModel):
     never_measured: list[str]
     targets_missed: list[str]
     drills: int
-    region_recovery: str  # the quarterly region-loss exercise: not built yet, so `not measured`
+    region_recovery: str  # the newest quarterly region-loss exercise of the period, or `not measured`
     incidents: int
     incident_downtime_seconds: float
     incident_cost: str
@@ -83,6 +83,26 @@ def _drill_reports(locations: Sequence[StorageLocation], start: datetime, end: d
     return sorted((r for r in stored_documents(locations, DRILL_PREFIX) if r.get("kind") == "drill"
                    and "started_at" in r and start <= datetime.fromisoformat(r["started_at"]) <= end),
                   key=lambda r: r["started_at"])
+
+
+def region_recovery_line(locations: Sequence[StorageLocation], start: datetime, end: datetime) -> str:
+    """The newest region-loss exercise of the period, in one line from its stored report."""
+    from continuity.exercises.region_recovery import REPORT_PREFIX as RECOVERY_PREFIX
+
+    exercises = sorted((r for r in stored_documents(locations, RECOVERY_PREFIX) if r.get("kind") == "region-recovery"
+                        and "started_at" in r and start <= datetime.fromisoformat(r["started_at"]) <= end),
+                       key=lambda r: r["started_at"])
+    if not exercises:
+        return "not measured (no region-loss exercise in the period)"
+    newest = exercises[-1]
+    missed = [o["objective"] for o in newest.get("objectives", []) if o.get("verdict") not in ("pass", "not measured")]
+    downtime = newest.get("downtime_seconds")
+    back = f"every function back in {downtime:.1f} s" if downtime is not None else "recovery not measured"
+    outcome = (f"failed: {newest['error']}" if newest.get("error") else
+               f"{len(missed)} objective(s) missed ({', '.join(missed)})" if missed else "every objective met")
+    found = {True: "left as found", False: "NOT left as found", None: "return not checked"}[newest.get("left_as_found")]
+    return (f"exercise {newest['exercise_id']} on {newest['started_at'][:10]} ({len(exercises)} in the period): "
+            f"{newest.get('region')} lost, {back}; {outcome}; {found}")
 
 
 def reviews(locations: Sequence[StorageLocation]) -> list[ReviewDecision]:
@@ -148,7 +168,7 @@ def draft(policy: Policy, locations: Sequence[StorageLocation], incidents: Seque
         never_measured=[f.function for f in functions if f.rto_verdict == "not measured" and f.rpo_verdict == "not measured"],
         targets_missed=[f"{f.function} {kind}" for f in functions for kind, verdict in
                         (("RTO", f.rto_verdict), ("RPO", f.rpo_verdict)) if verdict == "missed"],
-        drills=len(drills), region_recovery="not measured (no region-loss exercise has run)", incidents=len(year),
+        drills=len(drills), region_recovery=region_recovery_line(locations, start, now), incidents=len(year),
         incident_downtime_seconds=round(downtime, 1),
         incident_cost=downtime_cost(policy, timedelta(seconds=downtime)) if year else "$0 (no incident)")
 
