@@ -18,6 +18,9 @@ Daily:
 - `stale_backup_alarm`: fails when the newest backup of the kinds that prove a data category is
   older than that category's RPO maximum, or when an object category's last complete replication
   run (its checkpoint) is.
+- `check_database_integrity`: the requirements' daily `database_integrity` check: amcheck reads and
+  verifies every table page and B-tree index of the policy's databases on a DR-region standby; fails
+  naming each corrupt relation (the backups taken since hold the bad page too).
 - `apply_retention`: the policy's retention per kind and location; never deletes a backup under a
   hold (`holds/<backup id>` in the location), the newest `keep_last` full backups, or anything the
   point-in-time recovery window needs (its base backup and every WAL file after it). Each deletion
@@ -32,8 +35,8 @@ from airflow.sdk import DAG, Param
 
 from continuity.alerts.callbacks import report_failed_task
 from continuity.dag_defaults import DEFAULT_ARGS, START_DATE
-from continuity.operators.validation import (CatchUpOperator, RetentionOperator, StaleBackupAlarmOperator,
-                                              VerifyAndRepairOperator, VerifyObjectsOperator)
+from continuity.operators.validation import (CatchUpOperator, DatabaseIntegrityOperator, RetentionOperator,
+                                              StaleBackupAlarmOperator, VerifyAndRepairOperator, VerifyObjectsOperator)
 from continuity.policy.loading import load_policy
 
 with DAG(
@@ -57,3 +60,4 @@ with DAG(
     verify >> RetentionOperator(task_id="apply_retention", dry_run="{{ params.dry_run_retention }}")
     StaleBackupAlarmOperator(task_id="stale_backup_alarm")
     VerifyObjectsOperator(task_id="verify_objects")
+    DatabaseIntegrityOperator(task_id="check_database_integrity")

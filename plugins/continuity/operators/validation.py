@@ -14,7 +14,7 @@ from continuity.objects.audit import inventory
 from continuity.objects.ledger import load_checkpoint
 
 from continuity.objects.replication import stale_object_categories
-from continuity.operators.base import ContinuityBackupOperator
+from continuity.operators.base import ContinuityBackupOperator, ContinuityOperator
 from continuity.policy.model import format_duration
 from continuity.backup.validation import (apply_retention, backup_schedules, deep_sample, plan_retention, read_holds,
                                    stale_backup_kinds, stale_categories, validate_copies)
@@ -140,3 +140,49 @@ class RetentionOperator(ContinuityBackupOperator):
             self.log.info("location %s: keeping %d, %s %d", location.name, sum(d.keep for d in decisions),
                           "would delete" if dry_run else "deleted", len(deleted[location.name]))
         return deleted
+
+
+class DatabaseIntegrityOperator(ContinuityOperator):
+    """The requirements' daily `database_integrity` check: PostgreSQL's amcheck reads and verifies every table page
+    and every B-tree index of the policy's databases (continuity.postgres.integrity), on a standby of the DR
+    region so the primary's load is untouched. Fails naming each corrupt relation: a corrupt page would otherwise
+    be copied into every backup after it.
+
+    :param node: the node to check (default: a standby in the DR region, else any standby, else the primary).
+    """
+
+    template_fields: Sequence[str] = ("policy_path", "node")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, node: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node = node
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from psycopg.conninfo import make_conninfo
+
+        from continuity.hooks.postgres_node import PostgresNodeHook
+        from continuity.postgres.integrity import IntegrityCheckError, check_integrity, integrity_node
+        from continuity.postgres.node import PostgresNode
+
+        policy = self.policy
+        name = self.node or integrity_node(policy)
+        node = policy.topology.node(name)
+        params = PostgresNodeHook(postgres_conn_id=node.backup_conn_id or node.conn_id,
+                                  node_name=name).connection_params()
+
+        def node_for(database: str) -> PostgresNode:
+            return PostgresNode(name=name, conninfo=make_conninfo(**{**params, "dbname": database}))
+
+        try:
+            report = check_integrity(node_for, policy.topology.databases, node_name=name, progress=self.log.info)
+        except IntegrityCheckError as exc:
+            raise AirflowFailException(f"the integrity check could not run: {exc}") from exc
+        for problem in report.problems:
+            self.log.error("CORRUPT %s.%s (%s): %s", problem.database, problem.relation, problem.kind, problem.detail)
+        if not report.ok:
+            raise AirflowFailException(
+                f"{report.summary()}. HINT: the backups taken since the page went bad hold it too: restore the "
+                f"relation from an older backup or rebuild the node from a healthy one (docs/runbooks/restore.md)")
+        self.log.info("%s", report.summary())
+        return report.model_dump(mode="json")
