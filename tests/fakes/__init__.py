@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from continuity.failover.nodecontrol import NodeControlError
-from continuity.postgres.node import NodeUnreachable, WalReceiver
+from continuity.postgres.node import NodeUnreachable, StandbyReplication, WalReceiver
 from continuity.failover.router import Endpoint, RouterError
 
 
@@ -24,6 +24,7 @@ class FakeNode:
     receiver_status: str = "streaming"  # a standby's WAL receiver ("stopped" once the primary is gone)
     last_message_age_seconds: float = 0.5
     streaming_to: list[str] = field(default_factory=list)  # a primary's standbys streaming from it
+    executed: list[str] = field(default_factory=list)
 
     def _check(self) -> None:
         if not (self.reachable and self.running):
@@ -44,10 +45,22 @@ class FakeNode:
         self._check()
         if "AS tli" in sql:
             return {"tli": self.timeline}
+        if "pg_promote" in sql:
+            self.writable, self.timeline = True, self.timeline + 1
+            return {"ok": True}
         if "AS guard_tli" in sql:  # continuity.failover.guard.GUARD_STATE_QUERY
             return {"in_recovery": not self.writable, "guard_tli": self.timeline if self.writable else None,
                     "streaming": list(self.streaming_to) if self.writable else []}
         raise AssertionError(f"FakeNode {self.name} was asked an unexpected query: {sql[:80]}")
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self._check()
+        self.executed.append(sql)
+
+    def replication(self) -> list[StandbyReplication]:
+        self._check()
+        return [StandbyReplication(application_name=name, state="streaming", sync_state="async", sent_lsn=None,
+                                   replay_lsn=None, lag_bytes=0, replay_lag_seconds=0.0) for name in self.streaming_to]
 
     def wal_receiver(self) -> WalReceiver | None:
         self._check()

@@ -376,3 +376,40 @@ def test_a_failover_that_asked_the_old_primary_itself_measures_its_loss() -> Non
     records = failover_records.FailoverRecords(preflight=plan, fence=fence,
                                                catch_up=failover_records.CatchUpRecord(data_loss_bytes=0))
     assert failover_records.database_loss(records)[0] == 0.0
+
+
+def test_a_switchover_on_fakes_cuts_over_then_rejoins_every_node_with_the_synchronous_standbys_chosen() -> None:
+    """The steps after preflight in their order: fence, catch-up, promote, repoint, rejoin (the old primary
+    rewound and restarted as a standby, sync1 repointed), and the new primary's synchronous standbys."""
+    cluster, control, router = _cluster()
+    plan = failover.preflight(cluster, _params(), primary="primary")
+    records = failover.cut_over(cluster, plan, catch_up_timeout=5)
+    assert records.fence.final_lsn and records.catch_up.data_loss_bytes == 0
+    assert records.promote.timeline == 2 and records.promote.previous_timeline == 1
+    assert router.actions == ["pause", "point_to dr", "resume"] and router.routes_to.node == "dr"
+    assert cluster.writable_nodes() == ["dr"]
+    again = failover.promote(cluster, "dr", previous_timeline=1)
+    assert again.already_promoted, "a re-run promotion sees the earlier attempt and does nothing"
+
+    cluster.nodes["dr"].streaming_to = ["sync1", "primary"]
+    rejoined = failover.rejoin(cluster, plan, stream_timeout=5)
+    assert rejoined.following == ["sync1", "primary"] and rejoined.needs_rebuild == []
+    assert rejoined.streaming == ["primary", "sync1"] and rejoined.synchronous_standbys == ["sync1"]
+    assert control.actions[-6:] == ["follow(dr) sync1", "is_running primary", "rewind(dr) primary",
+                                    "follow(dr) primary", "start primary", "make_primary_settings dr"]
+    assert cluster.nodes["dr"].executed == ["CHECKPOINT"], "pg_rewind reads the new timeline from the control file"
+    assert cluster.nodes["primary"].fenced and not cluster.nodes["primary"].writable
+
+
+def test_rejoin_names_a_node_it_could_not_repoint_and_a_new_primary_without_synchronous_standbys_runs_alone() -> None:
+    cluster, control, _ = _cluster()
+    plan = failover.preflight(cluster, _params(), primary="primary")
+    failover.cut_over(cluster, plan, catch_up_timeout=5)
+    control.unreachable_hosts.add("sync1")
+    messages: list[str] = []
+    cluster.report = messages.append
+    cluster.nodes["dr"].streaming_to = ["primary"]
+    rejoined = failover.rejoin(cluster, plan, stream_timeout=0.5)
+    assert rejoined.needs_rebuild == ["sync1"] and rejoined.synchronous_standbys == []
+    assert any("sync1 could not be repointed" in m for m in messages)
+    assert any("runs asynchronously until one does" in m for m in messages)
