@@ -20,7 +20,10 @@ Daily:
   run (its checkpoint) is.
 - `check_database_integrity`: the requirements' daily `database_integrity` check: amcheck reads and
   verifies every table page and B-tree index of the policy's databases on a DR-region standby; fails
-  naming each corrupt relation (the backups taken since hold the bad page too).
+  naming each corrupt relation (the backups taken since hold the bad page too). Skipped, saying
+  `not measured` and why, where the database has no amcheck extension (the sandbox: an extension in
+  the application database would be in every logical backup and break restores into targets that
+  cannot create it).
 - `apply_retention`: the policy's retention per kind and location; never deletes a backup under a
   hold (`holds/<backup id>` in the location), the newest `keep_last` full backups, or anything the
   point-in-time recovery window needs (its base backup and every WAL file after it). Each deletion

@@ -9,12 +9,6 @@ CREATE ROLE app LOGIN PASSWORD '${CONTINUITY_APP_PASSWORD}';
 CREATE DATABASE app OWNER app;
 SQL
 psql -v ON_ERROR_STOP=1 -U app -d app -f /opt/continuity/app_schema.sql
-# The daily integrity check (dr_backup_validation) runs amcheck as the backup role on a standby.
-psql -v ON_ERROR_STOP=1 -U postgres -d app <<'SQL'
-CREATE EXTENSION amcheck;
-GRANT EXECUTE ON FUNCTION verify_heapam(regclass, boolean, boolean, text, bigint, bigint) TO continuity_backup;
-GRANT EXECUTE ON FUNCTION bt_index_check(regclass, boolean) TO continuity_backup;
-SQL
 # Server settings in postgresql.auto.conf, not on the command line: they survive node control's restarts
 # (pg_ctl start reads no command line) and pg_basebackup copies them to the standbys, which archive once
 # promoted. WAL is queued in the spool (at most 256 waiting: include/policy.yaml backups.incremental.max_queued)

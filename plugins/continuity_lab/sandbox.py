@@ -119,7 +119,6 @@ class Sandbox(NodesPart, StoragePart, ApplicationPart, SshPart, ServicesPart):
             self._start_gateways(started)
             self._start_redis(started)
             self._ensure_probe_user()
-            self._ensure_integrity_check()
             self._start_application(started)
             self._start_receivers(started)
             if ssh or "ssh" in self.state:

@@ -104,11 +104,9 @@ def test_config_backup_then_no_stale_alarm(sandbox) -> None:
     validation = load_dag("dr_backup_validation").test()
     assert task_states(validation)["stale_backup_alarm"] == "success", "fresh full, WAL, config, objects: no alarm"
     assert task_states(validation)["verify_objects"] == "success"
-    # The daily database integrity check read every table and index of `app` on the DR standby.
-    assert task_states(validation)["check_database_integrity"] == "success"
-    integrity = xcom(validation, "check_database_integrity")
-    assert integrity["node"] == "dr" and integrity["databases"] == ["app"] and integrity["problems"] == []
-    assert integrity["tables"] > 0 and integrity["indexes"] > 0
+    # The daily database integrity check: the sandbox's `app` has no amcheck (it would be in every logical
+    # backup), so the task says `not measured` and why instead of passing (tests/component shows the check).
+    assert task_states(validation)["check_database_integrity"] == "skipped"
     inventories = xcom(validation, "verify_objects")
     assert {i["category"] for i in inventories} == {"video_content", "user_uploads"}
     assert all(i["missing"] == [] and i["different"] == [] and i["deep_verified"] > 0 for i in inventories)

@@ -162,7 +162,7 @@ class DatabaseIntegrityOperator(ContinuityOperator):
         from psycopg.conninfo import make_conninfo
 
         from continuity.hooks.postgres_node import PostgresNodeHook
-        from continuity.postgres.integrity import IntegrityCheckError, check_integrity, integrity_node
+        from continuity.postgres.integrity import AmcheckMissing, IntegrityCheckError, check_integrity, integrity_node
         from continuity.postgres.node import PostgresNode
 
         policy = self.policy
@@ -176,6 +176,8 @@ class DatabaseIntegrityOperator(ContinuityOperator):
 
         try:
             report = check_integrity(node_for, policy.topology.databases, node_name=name, progress=self.log.info)
+        except AmcheckMissing as exc:
+            raise AirflowSkipException(f"database integrity not measured: {exc}") from exc
         except IntegrityCheckError as exc:
             raise AirflowFailException(f"the integrity check could not run: {exc}") from exc
         for problem in report.problems:

@@ -122,15 +122,6 @@ class NodesPart:
             """
         )
 
-    def _ensure_integrity_check(self) -> None:
-        """amcheck for the daily integrity check (continuity.postgres.integrity), which runs as the backup role on a
-        standby: on every `up`, so a sandbox built before the check has it too."""
-        self.cluster(self.current_primary()).psql(
-            """
-            CREATE EXTENSION IF NOT EXISTS amcheck;
-            GRANT EXECUTE ON FUNCTION verify_heapam(regclass, boolean, boolean, text, bigint, bigint) TO continuity_backup;
-            GRANT EXECUTE ON FUNCTION bt_index_check(regclass, boolean) TO continuity_backup;
-            """, dbname=APP_DATABASE)
 
     def _restart_nodes(self, started: list[str]) -> None:
         for name in self.node_names:
