@@ -10,6 +10,16 @@ import threading
 from continuity.postgres.cluster import free_port
 
 
+def shut(*ends: socket.socket) -> None:
+    """Both directions down and closed, whatever state each end is in."""
+    for end in ends:
+        try:
+            end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        end.close()
+
+
 class CuttingProxy:
     def __init__(self, *, upstream_port: int, limit: int | None = None, request_limit: int | None = None) -> None:
         self.upstream_port = upstream_port
@@ -50,12 +60,7 @@ class CuttingProxy:
         except OSError:
             pass
         finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                end.close()
+            shut(source, sink)
 
     def close(self) -> None:
         self._stop.set()
@@ -111,14 +116,9 @@ class Forwarder:
             self._close(source, sink)
 
     def _close(self, *ends: socket.socket) -> None:
-        for end in ends:
-            with self._lock:
-                self._open.discard(end)
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            end.close()
+        with self._lock:
+            self._open.difference_update(ends)
+        shut(*ends)
 
     def cut(self) -> None:
         self._cut.set()
