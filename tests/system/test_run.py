@@ -167,7 +167,7 @@ def _run_and_interrupt(root: Path) -> None:
         failed = {(r["dag_id"], r["state"]): {t["task_id"]: t["state"] for t in _api(
             port, f"/api/v2/dags/{r['dag_id']}/dagRuns/{r['dag_run_id']}/taskInstances", token)["task_instances"]
             if t["state"] not in ("success", "skipped")} for r in runs if r["state"] != "success"}
-        assert failed == {}, f"scheduled runs not green: {failed}"
+        assert failed == {}, f"scheduled runs not green: {failed}\n" + _failed_task_logs(root, runs, failed)
         # The quarterly region-loss exercise never starts late: its newest missed interval is skipped.
         [exercise] = [r for r in runs if r["dag_id"] == "dr_region_recovery"]
         exercise_tasks = {t["task_id"]: t["state"] for t in _api(
@@ -211,3 +211,15 @@ def _post(port: int, path: str, token: str, body: dict) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, {"error": exc.read()[:500].decode(errors="replace")}
+
+
+def _failed_task_logs(root: Path, runs: list[dict], failed: dict) -> str:
+    """The end of each failed task's log: a fresh start that is not green must say why in the test's output,
+    not only in a root that is purged after it (session 20 saw assess_health fail once and could not tell why)."""
+    lines = []
+    for run in runs:
+        for task_id in failed.get((run["dag_id"], run["state"]), {}):
+            logs = root / "airflow" / "logs" / f"dag_id={run['dag_id']}" / f"run_id={run['dag_run_id']}" / f"task_id={task_id}"
+            for log_file in sorted(logs.glob("*.log")):
+                lines.append(f"--- {run['dag_id']}.{task_id} {log_file.name}:\n" + log_file.read_text(errors="replace")[-3000:])
+    return "\n".join(lines)
