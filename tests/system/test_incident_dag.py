@@ -147,6 +147,7 @@ def test_a_stopped_primary_opens_a_critical_incident_by_itself(scheduler) -> Non
     sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
     stopped_at = datetime.now(timezone.utc)
     sandbox.cluster("primary").stop(mode="immediate", timeout=60)
+    airflow.unpause("dr_health_monitor")
     try:
         monitor = airflow.trigger("dr_health_monitor")
         assert airflow.wait_for_run("dr_health_monitor", monitor, timeout=240) == "failed"
@@ -180,4 +181,5 @@ def test_a_stopped_primary_opens_a_critical_incident_by_itself(scheduler) -> Non
         assert poll(lambda: not still_pending(), timeout=180, interval=5), \
             f"the cause left the inbox once handed over: still pending {still_pending()}"
     finally:
+        airflow.api("/api/v2/dags/dr_health_monitor", {"is_paused": True}, method="PATCH")
         sandbox.cluster("primary").start(timeout=60)

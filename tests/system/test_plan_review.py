@@ -10,6 +10,7 @@ from continuity.exercises.drill import DrillResult, render_markdown as render_dr
 from continuity.policy.loading import load_policy
 from continuity_lab.receivers import mails, message_text
 from continuity.reports import function_rto_objectives, store_report
+from continuity.waiting import poll
 from continuity_lab.sandbox import Sandbox
 
 DAG = "dr_plan_review"
@@ -38,6 +39,10 @@ def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(sch
     store_report(drill, required, name="review-test-drill", prefix="reports/drill/", render=render_drill)
 
     # A fresh install's first (scheduled) review waits for its owners; one run at a time: answer it first.
+    # (Its stack starts paused: unpaused, the scheduler starts the newest interval's run, as on a fresh install.)
+    scheduler.unpause(DAG)
+    assert poll(lambda: scheduler.api(f"/api/v2/dags/{DAG}/dagRuns?limit=10")["dag_runs"], timeout=90, interval=2), \
+        "no scheduled review after unpausing"
     answered = False
     for run in scheduler.api(f"/api/v2/dags/{DAG}/dagRuns?limit=10")["dag_runs"]:
         if run["state"] in ("queued", "running"):
