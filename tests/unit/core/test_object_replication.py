@@ -410,3 +410,30 @@ def test_a_run_killed_while_listing_every_version_leaves_no_unlisted_version_beh
     resumed = world.run("resumed")
     assert world.replica_sha("videos/z-oldest.mp4") == hashlib.sha256(b"written first, listed last").hexdigest()
     assert not resumed.failed and resumed.listing.endswith("(the previous run did not finish)")
+
+
+def test_fail_back_carries_home_only_what_the_recovery_region_wrote_and_twice_copies_nothing(world: World) -> None:
+    """After serving from the replica's region, what the application wrote there goes home before home serves
+    again; what replication put there is not copied back, and a second pass (after the switch) finds it home."""
+    from continuity.objects.restore import fail_back
+
+    world.put("videos/before.mp4", b"replicated before the disaster")
+    world.run("before")
+    replicator = world.replicator()
+    [written] = replicator.replicas.values()
+    written_there = {"videos/uploaded-in-dr.mp4": _blob(PART + 99, "dr"), "videos/small-in-dr.mp4": b"small"}
+    for key, data in written_there.items():
+        world.rep.put_object(Bucket=world.replica_bucket, Key=written.prefix + key, Body=data)
+    said: list[str] = []
+
+    first = fail_back(category="video_content", written=written, home=replicator.source, since=None,
+                      part_size=PART, report=said.append)
+    assert sorted(first.copied) == sorted(written.prefix + key for key in written_there) and not first.failed
+    for key, data in written_there.items():
+        home = world.src.get_object(Bucket=world.source_bucket, Key=replicator.source.prefix + key)["Body"].read()
+        assert home == data, key
+    assert "2 objects written in" in said[-1] and "copied home" in said[-1] and "0 failed" in said[-1]
+
+    again = fail_back(category="video_content", written=written, home=replicator.source, since=None, part_size=PART,
+                      report=said.append)
+    assert again.copied == [] and again.already_home == 2
