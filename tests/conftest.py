@@ -75,12 +75,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def xdist_scope(nodeid: str) -> str:
     """The unit of distribution across pytest-xdist's workers: a module (its module-scoped sandbox stays on one
-    worker), except that every system-tier module shares one scope, so two Airflow schedulers never run at once on
-    two cores. (xdist's own `--dist loadgroup` would express this with `xdist_group` marks, but under pytest 9.2 its
-    `item._nodeid = ...@group` no longer changes the node id, so it silently schedules by test; see
-    tests/unit/test_xdist_scope.py.)"""
+    worker), except in the system tier, where it is the module's folder: a whole Airflow is a package-scoped
+    fixture of its folder (tests/system/scheduler/conftest.py), so the modules sharing it share a worker, and
+    each folder's stack is up once. (xdist's own `--dist loadgroup` would express this with `xdist_group` marks,
+    but under pytest 9.2 its `item._nodeid = ...@group` no longer changes the node id, so it silently schedules
+    by test; see tests/unit/test_xdist_scope.py.)"""
     module = nodeid.split("::", 1)[0]
-    return "system-tier" if Path(module).parts[:2] == ("tests", "system") else module
+    return str(Path(module).parent) if Path(module).parts[:2] == ("tests", "system") else module
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

@@ -48,7 +48,8 @@ def api(port: int, path: str, token: str | None = None, body: dict | None = None
         try:
             # The API server answers slowly while the scheduler starts every DAG's first run on 2 cores.
             with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read())
+                answer = response.read()
+                return json.loads(answer) if answer else None
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise Refused(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}", exc.code) from exc
@@ -81,6 +82,20 @@ class AirflowRun:
 
     def unpause(self, dag_id: str) -> None:
         self.api(f"/api/v2/dags/{dag_id}", {"is_paused": False}, method="PATCH")
+
+    def unpause_watched(self, dag_id: str, *, timeout: float = 120) -> None:
+        """Unpause a DAG scheduled on assets that have watchers, and wait until the triggerer runs them. Airflow
+        registers an asset's watchers only when the file is parsed with its DAG unpaused
+        (airflow.dag_processing.collection._find_active_assets), and these stacks parse dags/ once at start: the
+        file is parsed again on request, as the UI's "Reparse" does."""
+        self.unpause(dag_id)
+        self.api(f"/api/v2/parseDagFile/{self.api(f'/api/v2/dags/{dag_id}/details')['file_token']}", method="PUT")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(asset["watchers"] for asset in self.api(f"/api/v2/assets?dag_ids={dag_id}&limit=100")["assets"]):
+                return
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} unpaused and parsed again, but no watcher of its assets after {timeout:.0f} s")
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, *, as_user: str | None = None) -> str:
         return self.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}},

@@ -1,5 +1,5 @@
-"""The test run's distribution over two cores (tests/conftest.py `xdist_scope`): a module stays on one worker, and
-every system-tier module shares one scope, so two whole Airflows never run at once."""
+"""The test run's distribution over the workers (tests/conftest.py `xdist_scope`): a module stays on one worker,
+and the system tier's modules that share a whole Airflow (their folder's package-scoped stack) share one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def test_a_module_is_one_scope() -> None:
     assert xdist_scope("tests/unit/core/test_policy.py::test_x") == "tests/unit/core/test_policy.py"
 
 
-def test_every_system_module_shares_one_scope() -> None:
-    assert {xdist_scope("tests/system/test_run.py::test_a"),
-            xdist_scope("tests/system/test_incident_dag.py::test_b")} == {"system-tier"}
+def test_the_system_modules_of_one_stack_share_a_scope_and_two_stacks_do_not() -> None:
+    assert {xdist_scope("tests/system/scheduler/test_incident_dag.py::test_b"),
+            xdist_scope("tests/system/scheduler/test_plan_review.py::test_c")} == {"tests/system/scheduler"}
+    assert xdist_scope("tests/system/distributed/test_region_loss_orchestrator.py::test_d") == "tests/system/distributed"

@@ -1,7 +1,7 @@
 """The real scheduler for the tests that need it (human-in-the-loop steps answered through the REST API):
-one `continuity run` for the system tier, started by the first test that asks for it and stopped after the
-tier's last test (package scope: kept for the session, its scheduler and DAG processor took most of a core
-from every test that ran after the tier)."""
+one `continuity run` for the modules of this folder, started by the first test that asks for it and stopped
+after the folder's last test (package scope: kept for the session, its scheduler and DAG processor took most
+of a core from every test that ran after them). The folder is one xdist scope (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def scheduler() -> Iterator[airflow_run.AirflowRun]:
     # Paused: a fresh install's scheduled runs (the drill's rebuild and switchover, backups, the restore test) took
     # most of both cores under these tests; test_run.py shows them green. Each test unpauses what it drives.
     run = airflow_run.start(root, policy_file=policy_file, paused=True)
-    for dag_id in ("dr_incident", "dr_incident_inbox"):
-        run.unpause(dag_id)
+    run.unpause("dr_incident")
+    run.unpause_watched("dr_incident_inbox")  # the health monitor's reports reach it through its asset's watcher
     try:
         yield run
     finally:
