@@ -35,8 +35,11 @@ test-fast: bootstrap
 	$(BIN)/pytest tests/unit -n 2 $(PYTEST_ARGS)
 
 # The unit tier with the core's coverage (pytest-cov): what the decisions' tests reach.
+# The last line: the core alone (no Airflow layer, no CLI), where the decisions live.
+AIRFLOW_LAYER := */operators/*,*/hooks/*,*/sensors/*,*/triggers/*,*/notifiers/*,*/callbacks/*,*/cli/*
 test-coverage: bootstrap
 	$(BIN)/pytest tests/unit -n 2 --cov=continuity --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+	@printf 'the core alone (no Airflow layer, no CLI): '; $(BIN)/coverage report --omit="$(AIRFLOW_LAYER)" | tail -1
 
 bench:
 	@CONTINUITY_BENCH=1 scripts/bootstrap.sh
