@@ -236,15 +236,17 @@ def probe_instances(client: httpx.Client, urls: list[str]) -> list[InstanceHealt
 def run_synthetic_transactions(target: ProbeTarget, *, email: str, password: str, functions: dict[str, str],
                                read_only: bool = False, timeout: float = 10.0, processing_timeout: float = 30.0,
                                clock: Callable[[], datetime] | None = None,
-                               uploaded_before: datetime | None = None) -> ApplicationProbe:
+                               uploaded_before: datetime | None = None,
+                               transport: httpx.BaseTransport | None = None) -> ApplicationProbe:
     """One probe round: every instance's /health, then each function's transaction through the region's URL.
 
     `functions` maps a business function to its transaction name (the policy's application.functions).
     `uploaded_before` (read-only rounds): read the newest video uploaded before it, not the newest of all.
+    `transport`: httpx's, for an application answered in-process (the unit tier); None is the network.
     """
     now = clock or (lambda: datetime.now(timezone.utc))
     started = now()
-    with httpx.Client(timeout=timeout) as client:
+    with httpx.Client(timeout=timeout, transport=transport) as client:
         instances = probe_instances(client, target.instance_urls or [target.url])
         url = target.url
         healthy = [i.url for i in instances if i.ok]
