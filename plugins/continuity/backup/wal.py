@@ -199,11 +199,12 @@ def push_continuously(spool_dir: Path, *, keyring: Keyring, locations: Mapping[s
             if spool_files(spool_dir):
                 result = ship_spool(spool_dir, keyring=keyring, locations=locations, required=required,
                                     report=lambda _m: None, lock_timeout=interval, workers=workers)
+                missing = sorted({name for names in result.degraded.values() for name in names})
                 if result.removed:
+                    # Only where they went: a required location that did not take them is named by DEGRADED below.
                     report(f"pushed {len(result.removed)} WAL files ({result.removed[0]} .. {result.removed[-1]}) "
-                           f"to {', '.join(sorted(locations))}")
+                           f"to {', '.join(n for n in sorted(locations) if n not in missing)}")
                 if result.degraded:
-                    missing = sorted({name for names in result.degraded.values() for name in names})
                     report(f"DEGRADED: {len(result.degraded)} WAL files are missing from required "
                            f"{', '.join(missing)} (it does not answer); kept in the other locations, owed by the "
                            f"catch-up")

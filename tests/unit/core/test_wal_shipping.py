@@ -220,3 +220,35 @@ def test_a_file_already_degraded_pushed_again_is_not_marked_twice_and_keeps_its_
                        report=lambda _m: None)
     assert again.already_shipped == SEGMENTS[:1] and again.removed == SEGMENTS[:1]
     assert outstanding(locations)[0] == first
+
+
+def test_the_pusher_keeps_the_spool_through_an_outage_and_ships_it_once_a_location_answers(
+        tmp_path: Path, primary_region_gone) -> None:
+    """The WAL service's loop (push_continuously): with no required location answering, every pass fails, says
+    how many files wait and keeps them; once the DR location answers, the spool empties into it (degraded) and
+    the pusher says it works again."""
+    from continuity.backup.wal import push_continuously
+    from continuity.waiting import poll
+
+    keyring, locations = _keyring(), primary_region_gone
+    locations["dr"].gone = True
+    _spool(tmp_path, SEGMENTS)
+    said: list[str] = []
+    stop = threading.Event()
+    pusher = threading.Thread(target=push_continuously, args=(tmp_path / "spool",), daemon=True, kwargs=dict(
+        keyring=keyring, locations=locations, required={"primary", "dr"}, stop=stop, interval=0.02, retry=0.05,
+        report=said.append))
+    pusher.start()
+    try:
+        assert poll(lambda: sum("pushing failed" in s for s in said) >= 2, timeout=20, interval=0.02), said
+        assert len(spool_files(tmp_path / "spool")) == 3
+        assert "3 files wait in the spool; retrying in 0s" in next(s for s in said if "pushing failed" in s)
+        locations["dr"].gone = False
+        forget_failures()  # what RETRY_AFTER (60 s) would do: an unreachable location is asked again
+        assert poll(lambda: any(s.startswith("pushing works again after") for s in said), timeout=20, interval=0.02), said
+    finally:
+        stop.set()
+        pusher.join(timeout=10)
+    assert not pusher.is_alive() and spool_files(tmp_path / "spool") == []
+    assert f"pushed 3 WAL files ({SEGMENTS[0]} .. {SEGMENTS[-1]}) to dr" in said, "only where they went"
+    assert any(s.startswith("DEGRADED: 3 WAL files are missing from required primary") for s in said)
