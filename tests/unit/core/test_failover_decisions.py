@@ -413,3 +413,72 @@ def test_rejoin_names_a_node_it_could_not_repoint_and_a_new_primary_without_sync
     assert rejoined.needs_rebuild == ["sync1"] and rejoined.synchronous_standbys == []
     assert any("sync1 could not be repointed" in m for m in messages)
     assert any("runs asynchronously until one does" in m for m in messages)
+
+
+class _ApplicationControl:
+    """The application tier's control as move_application sees it; `lost` regions do not answer."""
+
+    def __init__(self, *, lost: set[str] = frozenset()) -> None:
+        self.lost, self.actions = set(lost), []
+
+    def _answer(self, region: str, action: str) -> None:
+        self.actions.append(f"{action} {region}")
+        if region in self.lost:
+            raise ConnectionError(f"ssh to the application host of {region}: timed out")
+
+    def promote_cache(self, region: str) -> str:
+        self._answer(region, "promote_cache")
+        return f"redis in {region} is the primary"
+
+    def start_region(self, region: str) -> list[str]:
+        self._answer(region, "start")
+        return [f"web-{region}", f"worker-{region}"]
+
+    def stop_region(self, region: str) -> list[str]:
+        self._answer(region, "stop")
+        return [f"web-{region}"]
+
+    def follow_cache(self, region: str, upstream: str) -> str:
+        self._answer(region, "follow_cache")
+        return f"redis in {region} follows {upstream}"
+
+
+def test_the_application_moves_with_the_primary_and_a_lost_old_region_is_a_note_not_a_failure() -> None:
+    said: list[str] = []
+    control = _ApplicationControl(lost={"us-east-1"})
+    record = failover.move_application(control, from_region="us-east-1", to_region="us-west-2", report=said.append)
+    assert control.actions == ["promote_cache us-west-2", "start us-west-2", "stop us-east-1", "follow_cache us-east-1"]
+    assert record.moved and record.started == ["web-us-west-2", "worker-us-west-2"] and record.stopped == []
+    assert record.notes[0] == ("could not stop the application in us-east-1: ssh to the application host of us-east-1: "
+                               "timed out")
+    assert record.notes[1].startswith("Redis in us-east-1 not repointed (unreachable?)")
+    assert "it must follow us-west-2's before it serves again" in record.notes[1]
+    assert record.notes == said[-2:], "every note is in the task log too"
+    unmoved = failover.move_application(control, from_region="us-west-2", to_region="us-west-2", report=said.append)
+    assert not unmoved.moved and said[-1].endswith("nothing to move")
+
+
+def test_going_home_carries_objects_before_and_after_the_old_region_stops_and_names_what_failed() -> None:
+    from datetime import datetime, timezone
+
+    from continuity.objects.restore import FailBack
+
+    passes = [FailBack(category="video_content", written_in="s3://videos-dr/", home="s3://videos/", since=None,
+                       copied=["a.mp4"], failed=["b.mp4: ReadTimeout"]),
+              FailBack(category="video_content", written_in="s3://videos-dr/", home="s3://videos/", since=None,
+                       copied=["b.mp4"], already_home=1, failed=["c.mp4: ReadTimeout: written between the passes"])]
+    calls: list[datetime] = []
+
+    def carry() -> list[FailBack]:
+        calls.append(datetime.now(timezone.utc))
+        return [passes[len(calls) - 1]]
+
+    control = _ApplicationControl()
+    record = failover.move_application(control, from_region="us-west-2", to_region="us-east-1", report=lambda _m: None,
+                                       carry_objects=carry)
+    assert len(calls) == 2, "before the home region starts, and again once the old one is stopped"
+    [home] = record.objects_home
+    assert home["copied"] == ["a.mp4", "b.mp4"] and home["already_home"] == 0, "the first pass's copies are not 'already home'"
+    assert record.notes[-1] == ("1 objects of video_content written in us-west-2 could not be copied home: "
+                                "c.mp4: ReadTimeout: written between the passes; rows naming them fail to read "
+                                "until they are")
