@@ -4,17 +4,19 @@
 0. `wait_for_lease` waits (in the triggerer) while a dr_failover run or the region-loss exercise holds
    the cluster lease: the drill's marker commit and WAL switch need a primary that is not being
    switched over.
-1. `start_drill` notes the start and commits a drill marker row on the primary (through the
-   application entry point).
-2. `switch_wal`, `wal_archived` (deferrable: waits in the triggerer) and `ship_wal` get that
-   commit's WAL to every region.
-3. `rebuild_and_measure` rebuilds the database in a scratch cluster from the DR region's backups
-   alone (newest base backup + WAL, recovered to the latest point), runs the full expectation suite,
-   and measures RTO (drill start to a writable, validated database, by phase: fetch and unpack,
-   WAL staging, WAL replay, validation) and RPO (the marker's commit to the last transaction
-   recovered; 0 when the marker is there), compared with every business function, tier 1 and data
-   category of the policy. The report (JSON + Markdown) goes to `reports/drill/` in every required
-   location, also when the rebuild fails.
+1. `start_drill` notes the start, commits the point-in-time markers, then commits a marker row every
+   quarter second for `validation.drill.marker_stream` (15 s) through the application entry point, as
+   an application writes on; the end of that stream is the disaster instant.
+2. `switch_wal`, `wal_archived` (deferrable: waits in the triggerer) and `ship_wal` get the markers' WAL
+   to every region, for the point-in-time check (the RPO rebuild does not use what they add).
+3. `rebuild_and_measure` rebuilds the database in a scratch cluster from what the DR region's storage
+   held at the disaster instant alone (the newest base backup and the WAL stored by then, recovered to
+   its end), runs the full expectation suite, and measures RTO (drill start to a writable, validated
+   database, by phase: fetch and unpack, WAL staging, WAL replay, validation) and RPO (what a disaster
+   at that instant would have lost: the newest marker committed before it minus the newest one
+   recovered), compared with every business function, tier 1 and data category of the policy. Then a
+   second rebuild recovers to a point between the two point-in-time markers. The report (JSON +
+   Markdown) goes to `reports/drill/` in every required location, also when the rebuild fails.
 4. `live_switchover` (param `include_switchover`, default the policy's
    `validation.drill.include_switchover`, on in the sandbox): switches over to the DR region's
    standby and back with dr_failover's steps while a writer commits through the entry point; the

@@ -1,11 +1,14 @@
 """The monthly DR drill: rebuild the database from DR-region backups alone and measure RTO and RPO.
 
-A marker row is committed on the primary, its WAL shipped; then a scratch cluster is rebuilt from
-the DR region's newest base backup plus WAL (recovery to the latest point), validated with the
-full expectation suite, and timed by phase. RTO is drill start to a writable validated database;
-RPO is the gap between the marker's commit and the last transaction recovered. The application's
-objects are measured from the DR region's replicas: the rebuilt database's references must all be
-there, and their RPO is the replication heartbeat's lag, never the database marker's.
+Marker rows are committed on the primary one after another (the marker stream, `validation.drill.
+marker_stream` long); its end is the disaster instant. A scratch cluster is then rebuilt from what the DR
+region's storage held at that instant alone (the newest base backup and the WAL stored by then: nothing
+is flushed or shipped for the drill first), validated with the full expectation suite, and timed by phase.
+RTO is drill start to a writable validated database; RPO is what a disaster at that instant would have
+lost: the newest marker committed before it minus the newest marker the rebuild recovered. (Before, the
+drill shipped its marker's WAL and rebuilt afterwards, so its RPO was 0 by construction.) The
+application's objects are measured from the DR region's replicas: the rebuilt database's references must
+all be there, and their RPO is the replication heartbeat's lag, never the database marker's.
 """
 
 from __future__ import annotations
@@ -72,6 +75,59 @@ def commit_pitr_markers(app_conninfo: str, drill_id: str, *, sleep: Callable[[fl
                        after=f"{drill_id}:pitr-after", after_at=after)
 
 
+class MarkerStream(BaseModel):
+    """Markers committed one after another until the disaster instant. Their commit times are the database
+    server's clock; `disaster_at` is the orchestrator's, the clock storage's manifests are stamped with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str  # each marker's drill_id is the prefix and a sequence number
+    count: int
+    first_at: datetime
+    last_at: datetime  # the newest commit before the disaster instant
+    disaster_at: datetime
+
+
+def commit_marker_stream(app_conninfo: str, drill_id: str, *, seconds: float, interval: float = 0.25,
+                         clock: Callable[[], float] = time.monotonic,
+                         sleep: Callable[[float], None] = time.sleep) -> MarkerStream:
+    """Commit a marker every `interval` for `seconds`, as an application writes on; the disaster instant is
+    right after the last acknowledged one."""
+    prefix = f"{drill_id}:stream-"
+    committed: list[datetime] = []
+    # Through the entry point (PgBouncer in transaction pooling): statements are not prepared, each may land
+    # on another server connection.
+    with psycopg.connect(app_conninfo, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (drill_id text PRIMARY KEY, "
+                     f"committed_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        ends = clock() + seconds
+        while not committed or clock() < ends:
+            committed.append(conn.execute(f"INSERT INTO {MARKER_TABLE} (drill_id) VALUES (%s) RETURNING committed_at",
+                                          (f"{prefix}{len(committed):06d}",)).fetchone()[0])
+            sleep(interval)
+    return MarkerStream(prefix=prefix, count=len(committed), first_at=committed[0], last_at=committed[-1],
+                        disaster_at=datetime.now(timezone.utc))
+
+
+def stream_rpo(stream: MarkerStream, *, newest_stream_marker: datetime | None, newest_marker: datetime | None,
+               base_finished_at: datetime, location: str) -> tuple[float, bool, str]:
+    """What a disaster at the stream's end would have lost: the newest marker committed then minus the newest
+    one recovered (of this stream, else of any earlier drill, else the base backup's end). Returns the seconds,
+    whether the newest marker was recovered, and the measurement's source sentence."""
+    held = (f"marker stream of {stream.count} commits {stream.first_at.isoformat()} .. {stream.last_at.isoformat()}, "
+            f"disaster instant {stream.disaster_at.isoformat()}; rebuilt from what location {location} held then")
+    if newest_stream_marker is not None:
+        recovered, what = newest_stream_marker, f"newest marker recovered committed {newest_stream_marker.isoformat()}"
+    elif newest_marker is not None:
+        recovered, what = newest_marker, (f"no marker of this stream recovered; the newest earlier marker "
+                                          f"committed {newest_marker.isoformat()}")
+    else:
+        recovered, what = base_finished_at, (f"no marker recovered; counted from the base backup's end "
+                                             f"{base_finished_at.isoformat()}")
+    seconds = max(0.0, (stream.last_at - recovered).total_seconds())
+    return seconds, recovered >= stream.last_at, f"{held}: {what}"
+
+
 class PitrCheck(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,14 +162,15 @@ def check_point_in_time(*, catalog: Catalog, location: str, markers: PitrMarkers
 
 
 class DrillStart(BaseModel):
-    """What start_drill hands the later tasks: the drill's id, when it began, the marker it committed."""
+    """What start_drill hands the later tasks: the drill's id, when it began, its marker stream up to the disaster
+    instant, the point-in-time markers."""
 
     model_config = ConfigDict(extra="forbid")
 
     drill_id: str
     started_at: datetime
-    marker_committed_at: datetime
     database: str
+    stream: MarkerStream
     pitr: PitrMarkers | None = None
 
 
@@ -153,8 +210,10 @@ class DrillResult(BaseModel):
     error: str | None = None
     location: str | None = None
     base_backup: str | None = None
-    marker_committed_at: str | None = None
-    marker_recovered: bool | None = None
+    marker_committed_at: str | None = None  # the newest marker committed before the disaster instant
+    marker_recovered: bool | None = None  # was that newest marker recovered (RPO 0)
+    disaster_at: str | None = None  # the instant whose storage the rebuild used
+    rpo_source: str | None = None
     rto_seconds: float | None = None
     rpo_seconds: float | None = None
     phases: dict[str, float] = {}
@@ -169,22 +228,28 @@ class DrillResult(BaseModel):
     downtime_cost: str = "not measured"
 
 
-def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, marker_committed_at: datetime,
+def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: datetime, stream: MarkerStream,
               database: str, report: Callable[[str], None], scratch_prefix: str = "continuity-drill-",
               object_replicas: Mapping[str, tuple[ObjectStore, str]] | None = None,
               pitr: PitrMarkers | None = None,
               application_check: Callable[[str], Any] | None = None) -> DrillResult:
-    """Rebuild from the DR region's backups alone and measure. `object_replicas`: each object category's
-    replica in the DR region (see `objects.replicas_in`): the rebuilt database's references are checked
-    against it, and the objects' RPO comes from its heartbeat lag and that check."""
+    """Rebuild from what the DR region's storage held at the marker stream's disaster instant alone, and
+    measure; RPO is what that disaster would have lost. `object_replicas`: each object category's replica in
+    the DR region (see `objects.replicas_in`): the rebuilt database's references are checked against it, and
+    the objects' RPO comes from its heartbeat lag and that check."""
     location = next(loc.name for loc in policy.storage.locations if loc.region == policy.topology.dr_region)
     with scratch_cluster(initdb=False, prefix=scratch_prefix) as scratch:
-        base = restore_physical(catalog=catalog, location=location, scratch=scratch, report=report)
+        base = restore_physical(catalog=catalog, location=location, scratch=scratch, report=report,
+                                stored_by=stream.disaster_at)
         started = time.monotonic()
         reader = scratch.add_check_role()  # never a superuser over the application's objects
         with scratch.connect(database, user=reader) as conn:
-            row = conn.execute(f"SELECT committed_at FROM {MARKER_TABLE} WHERE drill_id = %s", (drill_id,)).fetchone()
-            last = conn.execute(f"SELECT max(committed_at) FROM {MARKER_TABLE}").fetchone()[0]
+            # The table itself may be younger than what storage held at the disaster instant.
+            newest_streamed = newest_any = None
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MARKER_TABLE,)).fetchone()[0]:
+                newest_streamed = conn.execute(f"SELECT max(committed_at) FROM {MARKER_TABLE} WHERE drill_id LIKE %s",
+                                               (stream.prefix + "%",)).fetchone()[0]
+                newest_any = conn.execute(f"SELECT max(committed_at) FROM {MARKER_TABLE}").fetchone()[0]
         logical = catalog.latest("logical", location=location, database=database)
         checks = validate_restored(manifest=logical, socket_dir=scratch.cluster.socket_dir, port=scratch.port,
                                    database=database, tables=None, exact=False, user=reader) if logical else []
@@ -206,7 +271,9 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
             scratch.timings["application"] = time.monotonic() - started
         timings = dict(scratch.timings)
     rto = (writable_at - started_at).total_seconds()
-    rpo = 0.0 if row else max(0.0, (marker_committed_at - (last or base.finished_at)).total_seconds())
+    rpo, marker_recovered, rpo_source = stream_rpo(stream, newest_stream_marker=newest_streamed,
+                                                  newest_marker=newest_any, base_finished_at=base.finished_at,
+                                                  location=location)
     rebuilt = f"database rebuilt in location {location} from base backup {base.backup_id} + WAL"
     objectives = application_rto_objectives(policy, started_at=started_at, probe=application, fallback_seconds=rto,
                                             fallback_source=rebuilt)
@@ -214,8 +281,7 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
     objectives.append(objective("RTO tier_1_critical", measured_seconds=rto, target=tier.target,
                                 maximum=tier.maximum, source=rebuilt))
     newest_config = catalog.latest("config", location=location)
-    database_measurement = Measurement(seconds=rpo, source=f"drill marker committed {marker_committed_at.isoformat()}, "
-                                                           f"{'recovered' if row else 'LOST'} in the rebuilt database")
+    database_measurement = Measurement(seconds=rpo, source=rpo_source)
     measurements = rpo_measurements(
         policy, database=database_measurement,
         config=config_backup_age(newest_config, location=location, at=started_at) if newest_config else None,
@@ -231,7 +297,8 @@ def run_drill(*, catalog: Catalog, policy: Policy, drill_id: str, started_at: da
                        f"{c.replica}, {len(c.mismatched)} differ" for c in consistency.values() if not c.consistent]
     return DrillResult(
         drill_id=drill_id, started_at=started_at.isoformat(), location=location, base_backup=base.backup_id,
-        marker_committed_at=marker_committed_at.isoformat(), marker_recovered=bool(row),
+        marker_committed_at=stream.last_at.isoformat(), marker_recovered=marker_recovered,
+        disaster_at=stream.disaster_at.isoformat(), rpo_source=rpo_source,
         rto_seconds=round(rto, 3), rpo_seconds=round(rpo, 3), phases={k: round(v, 3) for k, v in timings.items()},
         objectives=objectives, validated_against=logical.backup_id if logical else None,
         checks_passed=len(checks) - len(failed), amcheck=amcheck_detail,
@@ -261,8 +328,9 @@ def render_markdown(result: DrillResult) -> str:
         title, "",
         f"- rebuilt from location {result.location}: base backup `{result.base_backup}` + WAL",
         f"- RTO {result.rto_seconds} s: " + ", ".join(f"{k} {v} s" for k, v in result.phases.items()),
-        f"- RPO {result.rpo_seconds} s: drill marker committed {result.marker_committed_at} "
-        f"{'recovered' if result.marker_recovered else 'LOST'}",
+        f"- RPO {result.rpo_seconds} s, what a disaster at {result.disaster_at} would have lost: "
+        + (result.rpo_source or f"drill marker committed {result.marker_committed_at} "
+                                f"{'recovered' if result.marker_recovered else 'LOST'}"),
         f"- validated against `{result.validated_against}`: {result.checks_passed} checks passed; {result.amcheck}",
         *([f"- point-in-time recovery to {result.pitr.target.isoformat()} (a second rebuild, {result.pitr.seconds} s): "
            f"marker before the target {'recovered' if result.pitr.before_recovered else 'MISSING'}, marker after it "

@@ -8,9 +8,9 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from continuity.exercises.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg, commit_marker,
-                              commit_pitr_markers,
-                              failure_result, render_markdown, run_drill)
+from continuity.exercises.drill import (REPORT_PREFIX, DrillStart, LiveSwitchoverResult, SwitchoverLeg,
+                                       commit_marker_stream, commit_pitr_markers, failure_result, render_markdown,
+                                       run_drill)
 from continuity.failover.lease import LeaseHeld
 from continuity.failover.steps import run_all
 from continuity.failover.records import FailoverError, FailoverParams
@@ -28,7 +28,8 @@ def _truthy(value: Any) -> bool:
 
 
 class StartDrillOperator(ContinuityBackupOperator):
-    """Validate the params, note the drill start, and commit the drill marker row on the primary."""
+    """Validate the params, note the drill start, commit the point-in-time markers, then the marker stream whose
+    end is the disaster instant the rebuild measures RPO at."""
 
     template_fields = (*ContinuityBackupOperator.template_fields, "include_switchover")
 
@@ -45,14 +46,18 @@ class StartDrillOperator(ContinuityBackupOperator):
         conn = entry.get_connection(policy.topology.entry_point.conn_id)
         app = entry.get_node().conninfo
         drill_id = key_safe(context["run_id"])
-        # The point-in-time markers first: the drill marker stays the newest row, what RPO is measured by.
+        # The point-in-time markers first: the stream's markers stay the newest rows, what RPO is measured by.
         pitr = commit_pitr_markers(app, drill_id)
         self.log.info("point-in-time check: markers committed at %s and %s; the drill will recover to %s",
                       pitr.before_at.isoformat(), pitr.after_at.isoformat(), pitr.target.isoformat())
-        committed = commit_marker(app, drill_id)
-        self.log.info("drill %s started at %s; marker committed at %s through %s", drill_id, started.isoformat(),
-                      committed.isoformat(), conn.host)
-        return DrillStart(drill_id=drill_id, started_at=started, marker_committed_at=committed,
+        seconds = policy.validation.drill.marker_stream.total_seconds()
+        self.log.info("committing markers through %s for %.0f s (validation.drill.marker_stream); the disaster "
+                      "instant is its end", conn.host, seconds)
+        stream = commit_marker_stream(app, drill_id, seconds=seconds)
+        self.log.info("drill %s started at %s; %d markers committed %s .. %s; disaster instant %s: the rebuild uses "
+                      "only what the DR region's storage held then", drill_id, started.isoformat(), stream.count,
+                      stream.first_at.isoformat(), stream.last_at.isoformat(), stream.disaster_at.isoformat())
+        return DrillStart(drill_id=drill_id, started_at=started, stream=stream,
                           database=conn.schema or policy.topology.databases[0], pitr=pitr).model_dump(mode="json")
 
 
@@ -72,8 +77,7 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
             application_check = ApplicationProbeHook(policy=policy, region=policy.topology.dr_region).verify_database
         try:
             result = run_drill(catalog=catalog, policy=hook.policy, drill_id=start.drill_id, started_at=start.started_at,
-                               marker_committed_at=start.marker_committed_at,
-                               database=start.database, report=self.log.info,
+                               stream=start.stream, database=start.database, report=self.log.info,
                                object_replicas=hook.get_object_replicas(hook.policy.topology.dr_region),
                                scratch_prefix=scratch_prefix(context["run_id"]), pitr=start.pitr,
                                application_check=application_check)
@@ -84,8 +88,8 @@ class RebuildAndMeasureOperator(ContinuityBackupOperator):
             raise AirflowFailException(f"drill failed: {exc}") from exc
         for key in store_report(result, required, name=start.drill_id, prefix=REPORT_PREFIX, render=render_markdown):
             self.log.info("report written to %s (+ .md)", key)
-        self.log.info("RTO %.1f s (phases %s); RPO %.1f s (marker %s)", result.rto_seconds, result.phases,
-                      result.rpo_seconds, "recovered" if result.marker_recovered else "LOST")
+        self.log.info("RTO %.1f s (phases %s); RPO %.1f s: %s", result.rto_seconds, result.phases,
+                      result.rpo_seconds, result.rpo_source)
         for objective in result.objectives:
             if objective.measured_seconds is None:
                 self.log.info("%s: not measured (target %s)", objective.objective, objective.target)

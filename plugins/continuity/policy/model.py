@@ -452,6 +452,9 @@ class Drill(_Model):
     no acknowledged commit lost) as well as the isolated rebuild, when `include_switchover`."""
 
     include_switchover: bool = False
+    # RPO: markers committed continuously this long, the disaster instant at its end; the rebuild uses only what
+    # the DR location held at that instant, so the RPO is what such a disaster would have lost (not 0 by design).
+    marker_stream: Duration = timedelta(seconds=15)
 
 
 class PlanReviewPolicy(_Model):

@@ -434,9 +434,16 @@ def lsn_window(catalog: Catalog, location: str) -> tuple[int, int]:
 
 
 def choose_base_backup(catalog: Catalog, location: str, target_time: datetime | None,
-                       target_lsn: str | None = None) -> Manifest:
-    """The newest base backup that ended before the target; refuse a target outside the window."""
+                       target_lsn: str | None = None, *, stored_by: datetime | None = None) -> Manifest:
+    """The newest base backup that ended before the target; refuse a target outside the window. `stored_by`:
+    only what the location held at that instant (a drill's disaster instant)."""
     bases = catalog.list(kind="physical", location=location)
+    if stored_by is not None:
+        bases = [m for m in bases if m.finished_at <= stored_by]
+        if not bases:
+            raise RestoreError(f"location {location} held no base backup at {stored_by:%Y-%m-%d %H:%M:%S %Z}: "
+                               f"nothing to rebuild from")
+        return bases[-1]
     if target_lsn is not None:
         try:
             position = parse_lsn(target_lsn)
@@ -475,14 +482,16 @@ exec cp "$dir/$name" "$target"
 
 
 def stage_wal(catalog: Catalog, location: str, base: Manifest, staging: Path, *, user: ServiceUser,
-              stop: threading.Event | None = None) -> int:
+              stop: threading.Event | None = None, stored_by: datetime | None = None) -> int:
     """Decrypt and verify every WAL file from the base backup's start onward into `staging`: history files
     first (then `.history-staged`), segments in the order recovery asks for them (then `.staged`); each
     appears whole under its name (written hidden, renamed). On failure `.failed` says so, then it raises.
-    `stop` ends it early (recovery reached its target)."""
+    `stop` ends it early (recovery reached its target). `stored_by`: only the files stored by that instant."""
     start = classify(base.source["start_wal_file"])
     wanted = []
     for manifest in catalog.list(kind="wal", location=location):
+        if stored_by is not None and manifest.finished_at > stored_by:
+            continue
         wal = classify(manifest.source.get("wal_file", ""))
         if wal is None or wal.kind not in ("history", "segment"):
             continue
@@ -615,11 +624,14 @@ def restore_physical(
     base: Manifest | None = None,
     report: Callable[[str], None] = log.info,
     timeout: float = 300,
+    stored_by: datetime | None = None,
 ) -> Manifest:
-    """Rebuild a cluster from a base backup plus WAL and promote it at the target (default: latest)."""
+    """Rebuild a cluster from a base backup plus WAL and promote it at the target (default: latest).
+    `stored_by`: from what the location held at that instant only (a base backup and WAL stored later are not
+    used): what a disaster then would have left, the drill's measure of RPO."""
     if target_time is not None and target_lsn is not None:
         raise RestoreError("give a target time or a target LSN, not both")
-    base = base or choose_base_backup(catalog, location, target_time, target_lsn)
+    base = base or choose_base_backup(catalog, location, target_time, target_lsn, stored_by=stored_by)
     cluster = scratch.cluster
     user = cluster.user
     started = time.monotonic()
@@ -637,7 +649,8 @@ def restore_physical(
 
     def stage() -> None:
         try:
-            staging_outcome["count"] = stage_wal(catalog, location, base, staging, user=user, stop=stop_staging)
+            staging_outcome["count"] = stage_wal(catalog, location, base, staging, user=user, stop=stop_staging,
+                                                 stored_by=stored_by)
         except BaseException as exc:
             staging_outcome["error"] = exc
         finally:
@@ -645,7 +658,8 @@ def restore_physical(
 
     stager = threading.Thread(target=stage, name="continuity-wal-staging", daemon=True)
     stager.start()
-    report(f"restoring base backup {base.backup_id} from location {location}; its WAL is staged as it replays")
+    report(f"restoring base backup {base.backup_id} from location {location}; its WAL is staged as it replays"
+           + (f" (only what the location held at {stored_by.isoformat()})" if stored_by is not None else ""))
     recovery = {"restore_command": f"'{command} {staging} %f %p'", "recovery_target_action": "'promote'",
                 "recovery_target_timeline": "'latest'"}
     if target_time is not None:
