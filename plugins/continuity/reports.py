@@ -81,10 +81,12 @@ def function_rto_objectives(policy: Policy, *, measured_seconds: float | None, s
 
 
 def application_rto_objectives(policy: Policy, *, started_at: datetime, probe: Mapping[str, Any] | None,
-                               fallback_seconds: float | None, fallback_source: str) -> list[Objective]:
+                               fallback_seconds: float | None, fallback_source: str,
+                               counted_from: str | None = None) -> list[Objective]:
     """Every business function's RTO from the start of the event until its synthetic transaction succeeded
     (`probe`: an ApplicationProbe as JSON). A failed transaction fails the objective, named; one the round
-    could not run (read-only) falls back to the database's recovery, naming what that does not cover."""
+    could not run (read-only) falls back to the database's recovery, naming what that does not cover.
+    `counted_from`: what `started_at` is, said in each measured line's source."""
     transactions = {t["function"]: t for t in (probe or {}).get("transactions", [])}
     fallback = {o.function: o for o in function_rto_objectives(policy, measured_seconds=fallback_seconds,
                                                                source=fallback_source)}
@@ -93,11 +95,17 @@ def application_rto_objectives(policy: Policy, *, started_at: datetime, probe: M
     for name, function in sorted(policy.business_functions.items()):
         t = transactions.get(name)
         if t is None or t.get("ok") is None:
-            lines.append(fallback[name])
+            line = fallback[name]
+            if t is not None:  # the round ran but could not prove it: named beside what the fallback leaves out
+                line = line.model_copy(update={"not_measured": [*line.not_measured,
+                                                                f"its {t['transaction']} transaction (read-only round)"]})
+            lines.append(line)
             continue
         finished = datetime.fromisoformat(t["finished_at"]) if isinstance(t["finished_at"], str) else t["finished_at"]
         seconds = (finished - started_at).total_seconds()
         source = f"{name}'s {where} ({t['transaction']}) at {finished.isoformat(timespec='seconds')}: {t['reason']}"
+        if counted_from:
+            source += f"; counted from {counted_from}"
         lines.append(objective(f"RTO {name}", function=name, measured_seconds=seconds, target=function.rto.target,
                                maximum=function.rto.maximum, source=source,
                                broken=None if t["ok"] else f"the transaction FAILED: {t['reason']}"))
@@ -187,15 +195,25 @@ class FailoverObjectives(BaseModel):
 
 def failover_objectives(policy: Policy, records: FailoverRecords,
                         replicas: Mapping[str, tuple[ObjectStore, str]]) -> FailoverObjectives:
-    """Each function's RTO from preflight until its synthetic transaction in the new primary's region succeeded
-    (`not measured` without a probe round), and every RPO: the database's from the catch-up, the objects' from the
+    """Each function's RTO from preflight (from a person's approval, when one was asked: the wait is reported
+    apart) until its synthetic transaction in the new primary's region succeeded (`not measured` without a probe
+    round), and every RPO: the database's from the catch-up, the objects' from the
     replica the application now serves from (`replicas`, its heartbeat lag) when it moved region, 0 when it did
     not move (no object was left behind)."""
     if records.preflight is None:
         raise ValueError("failover objectives need the preflight plan: this run made none")
     probe = records.validation.application if records.validation else None
-    rto = application_rto_objectives(policy, started_at=datetime.fromisoformat(records.preflight.checked_at),
-                                     probe=probe, fallback_seconds=None, fallback_source="")
+    approval = records.approve
+    if approval is not None and approval.required and approval.answered is not None:
+        # A person's decision time is not the recovery's: the wait is the audit's approval_wait_seconds.
+        started_at = approval.answered
+        counted_from = (f"the approval by {approval.approved_by} at {approval.answered_at} (the run waited "
+                        f"{approval.waited_seconds} s for it, reported apart)")
+    else:
+        started_at = datetime.fromisoformat(records.preflight.checked_at)
+        counted_from = f"preflight at {records.preflight.checked_at}"
+    rto = application_rto_objectives(policy, started_at=started_at, probe=probe, fallback_seconds=None,
+                                     fallback_source="", counted_from=counted_from)
     seconds, cost = price_downtime(policy, rto)
     loss_seconds, loss_source = database_loss(records)
     moved = records.start_application

@@ -5,9 +5,11 @@ return is news too. The trigger runs as the triggerer runs it (its async generat
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from continuity.health.availability import read_states, unavailability
 from continuity.triggers.probe_rounds import ProbeRoundTrigger
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -52,6 +54,7 @@ def test_rounds_are_news_only_when_the_platform_changes(sandbox, caplog) -> None
     assert len(_rounds(caplog)) >= 3, "three rounds ran within two minutes"
 
     sandbox.stop_application("us-east-1", state="serving")
+    stopped_at = datetime.now(timezone.utc)
     try:
         event = asyncio.run(_next_event(trigger, 30))
         assert event["kind"] == "degraded" and event["round"]["score"] == 2
@@ -60,6 +63,18 @@ def test_rounds_are_news_only_when_the_platform_changes(sandbox, caplog) -> None
         assert not event["round"]["disaster"]
     finally:
         sandbox.start_application("us-east-1")
+    # Rounds with the application back (a fresh generator: its first round is the first state it sees, no news).
+    assert asyncio.run(_event_within_rounds(trigger, caplog, rounds=len(_rounds(caplog)) + 2, limit=120)) is None
+
+    # Each function's way down and back up is in every required location (#31 item 7): the measure of an
+    # incident's unavailability, from the first failed round to the first successful one.
+    required = [sandbox.storage_locations()[name] for name in ("primary", "dr")]
+    for location in required:
+        history = read_states([location], stopped_at - timedelta(minutes=5), datetime.now(timezone.utc))
+        measured = unavailability(history, "user_authentication", start=stopped_at, end=datetime.now(timezone.utc))
+        assert measured is not None and len(measured.outages) == 1 and not measured.still_down, history
+        down, up, reason = measured.outages[0]
+        assert stopped_at <= down < up and "login FAILED" in reason, measured
 
 
 def test_a_lost_primary_is_a_disaster_after_consecutive_rounds(sandbox) -> None:

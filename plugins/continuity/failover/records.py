@@ -244,6 +244,13 @@ class ApprovalRecord(StepRecord):
     answer: str | None = None  # the option chosen; None when no one answered before the timeout
     rechecked: list[str] = []  # preflight's checks run again once approved: the cluster may have moved meanwhile
     why: str = ""  # why an approval was, or was not, asked for
+    answered_at: str | None = None  # when the person answered (Airflow's record of the response)
+    # Preflight's plan to the answer: time spent waiting for a person, reported apart from the recovery's RTO.
+    waited_seconds: float | None = None
+
+    @property
+    def answered(self) -> datetime | None:
+        return datetime.fromisoformat(self.answered_at) if self.answered_at else None
 
 
 def approval_refusal(record: Mapping[str, Any] | None, *, required: bool, triggered_by: str | None) -> str | None:
@@ -343,8 +350,11 @@ class FailoverAudit(BaseModel):
     outcome: str
     # The run whose cluster lease this one waited for before it decided (None: it did not wait).
     waited_for_lease_of: str | None = None
-    # Each business function's RTO: from preflight until its synthetic transaction succeeded in the new
-    # primary's region (continuity.reports.Objective as JSON; `not measured` without a probe round).
+    # How long the run waited for a second person's approval (None: none was asked, or none answered).
+    approval_wait_seconds: float | None = None
+    # Each business function's RTO: from preflight (or, when a person had to approve, from the answer: the
+    # wait is `approval_wait_seconds`) until its synthetic transaction succeeded in the new primary's region
+    # (continuity.reports.Objective as JSON; `not measured` without a probe round).
     function_rto: list[dict[str, Any]] = []
     # Each data category's and business function's RPO (see `database_loss`); `not measured` where nothing does.
     function_rpo: list[dict[str, Any]] = []
@@ -429,6 +439,7 @@ def compose_audit(*, run_id: str, triggered_by: str | None, params: Mapping[str,
         outcome = f"{plan.action} to {plan.target} complete"
     approved_by = records.approve.approved_by if records.approve and records.approve.approved else None
     return FailoverAudit(run_id=run_id, triggered_by=triggered_by, approved_by=approved_by, params=dict(params),
+                         approval_wait_seconds=records.approve.waited_seconds if records.approve else None,
                          action=plan.action if plan else None, steps=records, failures=dict(failures),
                          recorded_at=now_iso(), unavailability_seconds=records.unavailability_seconds,
                          data_loss_bytes=records.catch_up.data_loss_bytes if records.catch_up else None,

@@ -22,6 +22,13 @@ from continuity.policy.model import Policy
 from continuity.postgres.node import NodeUnreachable, PostgresNode
 
 
+class FunctionProbe(BaseModel):
+    """One business function's synthetic transaction in a round (continuity.health.probes)."""
+
+    ok: bool
+    reason: str
+
+
 class ProbeRound(BaseModel):
     at: datetime
     seconds: float
@@ -32,6 +39,8 @@ class ProbeRound(BaseModel):
     primary_failing: bool
     failing: list[str]  # "subject: reason", each failing check
     checks: int
+    region: str | None = None  # where the application was probed (the primary's region)
+    functions: dict[str, FunctionProbe] = {}  # each business function whose transaction ran this round
 
 
 class RoundEvent(BaseModel):
@@ -61,8 +70,9 @@ def check_latency(nodes: dict[str, PostgresNode], *, limit_seconds: float) -> li
 
 
 def run_round(policy: Policy, check_groups: list[Callable[[], list[Check]]],
-              clock: Callable[[], datetime] | None = None) -> ProbeRound:
-    """Run each group of checks (a group that raises is one failing check, named) and weigh them."""
+              clock: Callable[[], datetime] | None = None, *, region: str | None = None) -> ProbeRound:
+    """Run each group of checks (a group that raises is one failing check, named) and weigh them. `region`:
+    where the application's checks ran."""
     started_at = (clock or (lambda: datetime.now(timezone.utc)))()
     started, cpu_started = time.monotonic(), time.thread_time()
     checks: list[Check] = []
@@ -78,7 +88,9 @@ def run_round(policy: Policy, check_groups: list[Callable[[], list[Check]]],
         cpu_seconds=round(time.thread_time() - cpu_started, 3), score=assessment.score,
         threshold=assessment.threshold, disaster=assessment.disaster,
         primary_failing=any(c.component == "database" and c.subject.startswith("primary ") for c in assessment.failing),
-        failing=[f"{c.subject}: {c.reason}" for c in assessment.failing], checks=len(checks))
+        failing=[f"{c.subject}: {c.reason}" for c in assessment.failing], checks=len(checks), region=region,
+        functions={c.subject.removeprefix("function "): FunctionProbe(ok=c.healthy, reason=c.reason)
+                   for c in checks if c.component == "application" and c.subject.startswith("function ")})
 
 
 class RoundWatch:

@@ -9,7 +9,7 @@ the validation of a DR site after failover and the application check of restore 
 
 Read-only rounds (restore tests, drills against a restored database) never write: login, list
 projects, fetch the newest video's metadata and object; what a read-only round cannot prove
-(annotating) is `not measured`, never passed.
+(uploading, processing, annotating) is `not measured`, never passed, though reading can still fail it.
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ class _TransactionFailed(Exception):
     pass
 
 
+class _ReadOnly(str):
+    """What a read-only round did instead of a function's transaction: it can show the function broken (a
+    failure still fails) but never prove it works, so a success is `not measured`, saying what was read."""
+
+
 class _Session:
     """One probe round's state against one URL: the login, the project, the video it uploaded."""
 
@@ -149,7 +154,7 @@ class _Session:
     def upload(self) -> str:
         self.need_login()
         if self.read_only:
-            return self._read_newest_video()
+            return _ReadOnly(self._read_newest_video())
         if self.project_id is None:
             self.list_projects()
         content = secrets.token_bytes(PROBE_VIDEO_BYTES)
@@ -185,7 +190,8 @@ class _Session:
         if self.read_only:
             video = self.video or self.call("GET", "/videos/latest", params=(
                 {"uploaded_before": self.uploaded_before.isoformat()} if self.uploaded_before else None)).json()
-            return f"video {video['id']} metadata read: status {video['status']}, {video['detections']} detection(s)"
+            return _ReadOnly(f"video {video['id']} metadata read: status {video['status']}, "
+                             f"{video['detections']} detection(s)")
         if self.video is None:
             self.upload()
         assert self.video is not None
@@ -263,7 +269,9 @@ def run_synthetic_transactions(target: ProbeTarget, *, email: str, password: str
             begun = time.monotonic()
             try:
                 said = getattr(session, transaction)()
-                outcome[transaction] = (None, "not measured (read-only round)") if said is None else (True, said)
+                outcome[transaction] = ((None, "not measured (read-only round)") if said is None else
+                                        (None, f"not measured (read-only round): {said}") if isinstance(said, _ReadOnly)
+                                        else (True, said))
             except _TransactionFailed as exc:
                 outcome[transaction] = (False, str(exc))
             except (KeyError, ValueError, TypeError) as exc:  # a malformed answer is a failure, named

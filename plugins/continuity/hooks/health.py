@@ -13,6 +13,7 @@ from continuity.storage.degraded import outstanding
 from continuity.storage.locations import locations_from_policy
 from continuity.hooks.postgres_node import PostgresNodeHook
 from continuity.hooks.topology import ContinuityPolicyHook
+from continuity.health.availability import FunctionState, store_states
 from continuity.health.monitoring import ProbeRound, check_latency, run_round
 from continuity.policy.model import Policy
 from continuity.postgres.node import PostgresNode
@@ -90,4 +91,12 @@ class HealthProbeHook(ContinuityPolicyHook):
                 return method(policy)
             group.__name__ = f"{name} checks"
             groups.append(group)
-        return run_round(policy, groups)
+        return run_round(policy, groups, region=policy.topology.primary.region)
+
+    def record_availability(self, states: list[FunctionState]) -> int:
+        """Store each function's change of state in every required location that answers; returns how many took
+        them (0: none answered, the caller keeps them for the next round)."""
+        policy = self.policy
+        locations = locations_from_policy(policy, lambda loc: self.s3_client(loc.conn_id, loc.region))
+        return store_states([locations[loc.name] for loc in policy.storage.locations if loc.required], states,
+                            report=self.log.warning)

@@ -1,10 +1,12 @@
 """The post-incident report: timeline, measured unavailability per business function, data loss, cost,
 root cause, lessons and action items — as JSON and Markdown in every required location.
 
-Numbers come from records, each naming its source: dr_failover's audits recorded while the incident was
-open (unavailability and data loss measured by the failover), else the incident record's own open →
-resolved interval (what people were told, not a probe). A number with no record is `not measured`.
-Nothing here imports Airflow.
+Numbers come from records, each naming its source. A function's unavailability: the probe rounds' history
+(continuity.health.availability: first failed round to first successful one, an outage that began before the
+incident was opened counted from its start), else dr_failover's audits recorded while the incident was open
+(the entry point's pause), else the incident record's own open → resolved interval (what people were told,
+not a probe). Data loss from the audits. A number with no record is `not measured`. Nothing here imports
+Airflow.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from pydantic import BaseModel
 
 from continuity.incidents.communication import downtime_cost, render
 from continuity.failover.records import AUDIT_PREFIX
+from continuity.health.availability import read_states, unavailability
 from continuity.incidents.records import Incident, IncidentStore, Receipt
 from continuity.policy.model import Policy, format_duration
 from continuity.storage.locations import StorageLocation, stored_documents
+
+
+# How far before an incident was opened the probe history is read: an outage it was opened for began earlier.
+HISTORY_LOOKBACK = timedelta(hours=6)
 
 
 class Unavailability(BaseModel):
@@ -60,9 +67,14 @@ def build(policy: Policy, incident: Incident, receipts: Sequence[Receipt], *, ro
     end = incident.resolved_at or datetime.now(incident.opened_at.tzinfo)
     audits = [a for a in failover_audits(locations, incident.opened_at, end) if a.get("unavailability_seconds") is not None]
     on_database = policy.functions_on_the_database()
+    history = read_states(locations, incident.opened_at - HISTORY_LOOKBACK, end)
     rows = []
     for function in incident.functions or sorted(policy.business_functions):
-        if audits and function in on_database:
+        probed = unavailability(history, function, start=incident.opened_at, end=end)
+        if probed is not None:
+            region = next((s.region for s in reversed(history) if s.function == function), None)
+            seconds, source = probed.seconds, probed.describe(region)
+        elif audits and function in on_database:
             seconds = sum(a["unavailability_seconds"] for a in audits)
             source = "dr_failover audit " + ", ".join(a["run_id"] for a in audits) + " (writes refused → accepted)"
         else:

@@ -207,6 +207,12 @@ class ApproveFailoverOperator(HITLOperator):
             result = super().execute_complete(context, event)
             record.answer = (result["chosen_options"] or [None])[0]
             record.approved_by = (result.get("responded_by_user") or {}).get("name")
+            if result.get("responded_at") is not None and record.approved_by is not None:
+                record.answered_at = result["responded_at"].isoformat()
+                record.waited_seconds = round(
+                    (result["responded_at"] - datetime.fromisoformat(plan.checked_at)).total_seconds(), 3)
+                self.log.info("answered %.0f s after the plan was ready: waiting for a person, reported apart from "
+                              "the recovery's RTO", record.waited_seconds)
             if record.approved_by is None:
                 raise failover_records.FailoverError(f"no answer within {format_duration(self.response_timeout)}: not approved")
             if record.answer != self.APPROVE:

@@ -7,6 +7,8 @@ the platform changes state: the first unhealthy round, a disaster score held for
 event, which starts a dr_health_monitor run (an AssetWatcher) — so a healthy platform costs the
 scheduler nothing. Once a round sees a disaster, the rounds confirming it come every
 `confirm_interval` (10 s): a lost primary is acted on within 30 s + (consecutive_failures - 1) × 10 s.
+Each business function's change of state (up, down) is stored (continuity.health.availability): the history
+the post-incident report measures unavailability from.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from continuity.health.availability import AvailabilityLog
 from continuity.health.monitoring import RoundWatch
 
 
@@ -39,6 +42,7 @@ class ProbeRoundTrigger(BaseEventTrigger):
         from continuity.hooks.health import HealthProbeHook
 
         hook = HealthProbeHook(policy_path=self.policy_path)
+        history = AvailabilityLog()
         watch: RoundWatch | None = None
         confirm_interval = self.interval
         while True:
@@ -60,9 +64,25 @@ class ProbeRoundTrigger(BaseEventTrigger):
             self.log.info("probe round %s: %s, score %s of %s, %s checks in %.2fs (%.3fs CPU)%s", probe.at.isoformat(),
                           verdict, probe.score, probe.threshold, probe.checks, probe.seconds, probe.cpu_seconds,
                           "" if not probe.failing else "; " + "; ".join(probe.failing)[:600])
+            await self._record_availability(hook, history, probe)
             event = watch.observe(probe)
             if event is not None:
                 self.log.warning("probe rounds: %s — %s", event.kind, event.summary[:300])
                 yield TriggerEvent(event.model_dump(mode="json"))
             delay = watch.next_round_in(interval=self.interval, confirm_interval=confirm_interval)
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+    async def _record_availability(self, hook: Any, history: AvailabilityLog, probe: Any) -> None:
+        """Each function's change of state goes to storage (the post-incident report's measure of unavailability);
+        kept for the next round while no location takes it."""
+        changes = history.observe(probe)
+        if not changes:
+            return
+        try:
+            stored = await sync_to_async(hook.record_availability, thread_sensitive=False)(changes)
+        except Exception as exc:  # the policy or a connection cannot be read: kept, tried next round
+            self.log.warning("availability history not stored: %s: %s", type(exc).__name__, exc)
+            return
+        if stored:
+            history.saved(changes)
+            self.log.info("availability: %s", "; ".join(f"{c.function} {'up' if c.ok else 'DOWN'}" for c in changes))

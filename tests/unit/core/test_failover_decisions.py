@@ -482,3 +482,35 @@ def test_going_home_carries_objects_before_and_after_the_old_region_stops_and_na
     assert record.notes[-1] == ("1 objects of video_content written in us-west-2 could not be copied home: "
                                 "c.mp4: ReadTimeout: written between the passes; rows naming them fail to read "
                                 "until they are")
+
+
+def test_a_persons_approval_wait_is_reported_apart_from_the_recoverys_rto() -> None:
+    """#31 item 7: the RTO counted from preflight included the minutes a run waited for a second person."""
+    from datetime import datetime, timedelta
+
+    from continuity.reports import failover_objectives
+
+    records = _completed_switchover()
+    planned = datetime.fromisoformat(records.preflight.checked_at)
+    answered = planned + timedelta(seconds=600)
+    back = answered + timedelta(seconds=12)
+    records.validation = failover_records.ValidationRecord(
+        validated_at=back.isoformat(), streaming=["primary"], not_streaming=[], archived_wal=None, timeline=2,
+        application={"region": "us-west-2", "read_only": False, "transactions": [
+            {"function": name, "transaction": "login", "ok": True, "reason": "ok", "finished_at": back.isoformat()}
+            for name in POLICY.business_functions]})
+    records.approve = failover_records.ApprovalRecord(required=True, approved=True, approved_by="operator-2",
+                                                      triggered_by="operator-1", answer="Approve",
+                                                      answered_at=answered.isoformat(), waited_seconds=600.0)
+    rto = failover_objectives(POLICY, records, replicas={}).rto
+    assert {o.measured_seconds for o in rto} == {12.0}, "from the answer, not from preflight (612 s)"
+    assert all(f"counted from the approval by operator-2 at {answered.isoformat()} (the run waited 600.0 s for it, "
+               f"reported apart)" in o.source for o in rto)
+    audit = failover_records.compose_audit(run_id="manual__1", triggered_by="operator-1", params={"target": "dr"},
+                                           records=records, failures={})
+    assert audit.approval_wait_seconds == 600.0
+
+    records.approve = failover_records.ApprovalRecord(required=False, approved=True, why="an automatic failover")
+    rto = failover_objectives(POLICY, records, replicas={}).rto
+    assert {o.measured_seconds for o in rto} == {612.0}
+    assert all(f"counted from preflight at {records.preflight.checked_at}" in o.source for o in rto)

@@ -136,10 +136,20 @@ def test_a_read_only_round_writes_nothing_and_says_not_measured_for_what_it_cann
     probe = _round(app, read_only=True, uploaded_before=datetime(2026, 12, 7, tzinfo=timezone.utc))
     assert app.writes == ["POST /login"], "a login is the only POST a read-only round makes"
     results = {t.function: t for t in probe.transactions}
-    assert results["annotation_system"].ok is None
+    assert {f: t.ok for f, t in results.items()} == {"user_authentication": True, "project_management": True,
+                                                     "reporting_analytics": True, "video_upload": None,
+                                                     "video_processing": None, "annotation_system": None}
     assert results["annotation_system"].reason == "not measured (read-only round)"
-    assert results["video_upload"].ok and "newest video uploaded before 2026-12-07T00:00:00+00:00" in \
-        results["video_upload"].reason
-    assert results["video_processing"].reason == "video 1 metadata read: status processed, 2 detection(s)"
+    assert results["video_upload"].reason.startswith("not measured (read-only round): newest video uploaded before "
+                                                     "2026-12-07T00:00:00+00:00")
+    assert results["video_processing"].reason == ("not measured (read-only round): video 1 metadata read: status "
+                                                  "processed, 2 detection(s)")
     assert probe.ok, "not measured is not a failure, and not a pass either"
-    assert "annotation_system not measured" in probe.summary()
+    assert "annotation_system not measured" in probe.summary() and "video_upload not measured" in probe.summary()
+
+
+def test_a_read_only_round_can_still_find_a_function_broken() -> None:
+    app = SampleApplication()
+    app.contents[1] = b"not the bytes the row records"
+    [upload] = [t for t in _round(app, read_only=True).transactions if t.function == "video_upload"]
+    assert upload.ok is False and "object SHA-256" in upload.reason and "differs from the row's" in upload.reason
