@@ -514,3 +514,21 @@ def test_a_persons_approval_wait_is_reported_apart_from_the_recoverys_rto() -> N
     rto = failover_objectives(POLICY, records, replicas={}).rto
     assert {o.measured_seconds for o in rto} == {612.0}
     assert all(f"counted from preflight at {records.preflight.checked_at}" in o.source for o in rto)
+
+
+def test_a_region_back_after_a_loss_is_rebuilt_as_standbys_and_one_that_cannot_be_is_named() -> None:
+    cluster, control, _ = _cluster(primary={"writable": False}, dr={"writable": True, "streaming_to": ["primary"]})
+    control.unreachable_hosts.add("sync1")  # its host still does not answer
+    said: list[str] = []
+    cluster.report = said.append
+    result = failover.rebuild_region(cluster, ["primary", "sync1"], primary="dr", stream_timeout=0.3)
+    assert result.following == ["primary"] and result.needs_rebuild == ["sync1"]
+    assert result.streaming == ["primary"]
+    assert control.actions[:6] == ["ensure_slots dr", "is_running primary", "stop(fast) primary", "rewind(dr) primary",
+                                   "follow(dr) primary", "start primary"]
+    assert "CHECKPOINT" in cluster.nodes["dr"].executed, "pg_rewind reads the new timeline from the control file"
+    assert any(s.startswith("sync1 could not be rebuilt as a standby of dr: host of node sync1: connection timed out")
+               for s in said), said
+    # sync1 and sync2 are the policy's synchronous standbys; neither streams: dr's commits wait for no one.
+    assert result.synchronous_standbys == [] and "make_primary_settings dr" in control.actions
+    assert said[-1] == "streaming from dr: primary; synchronous: none"
