@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from continuity.backup.engine import load_manifest, verify_copy
+from continuity.backup.wal import spool_files
 from continuity.restore.engine import restore_physical, scratch_cluster
 from continuity.storage.catalog import Catalog
 from continuity.storage.degraded import outstanding
@@ -42,6 +43,11 @@ def test_with_the_primary_regions_bucket_cut_off_wal_and_backups_go_on_into_dr_a
     log_start = pusher_log.stat().st_size if pusher_log.exists() else 0
     assert sandbox.start_wal_pusher(), "the session sandbox runs without a pusher until a test starts one"
     try:
+        # The spool holds what earlier tests of this sandbox left (no pusher ran): drained before it is bounded,
+        # else the bound is met by that backlog, not by the outage (CI run 17: archive_command failed once at
+        # the start, before the storage was cut).
+        assert poll(lambda: not spool_files(sandbox.spool_dir), timeout=120, interval=0.5), \
+            f"the pusher did not drain the spool: {spool_files(sandbox.spool_dir)}"
         cluster.psql(f"ALTER SYSTEM SET archive_command = {_literal(bounded)}; SELECT pg_reload_conf();")
         failures_before = primary.archiver().failed_count
         assert sandbox.cut_storage(PRIMARY_REGION), "the primary region's gateway was running"
