@@ -36,11 +36,15 @@ from continuity.restore.engine import (amcheck, check_object_references, replica
 MARKER_TABLE = "continuity_drill_markers"
 
 
+def _ensure_marker_table(conn: psycopg.Connection) -> None:
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (drill_id text PRIMARY KEY, "
+                 f"committed_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+
+
 def commit_marker(app_conninfo: str, drill_id: str) -> datetime:
     """Commit one marker row; returns its commit time as the server saw it."""
     with psycopg.connect(app_conninfo, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (drill_id text PRIMARY KEY, "
-                     f"committed_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        _ensure_marker_table(conn)
         return conn.execute(f"INSERT INTO {MARKER_TABLE} (drill_id) VALUES (%s) RETURNING committed_at",
                             (drill_id,)).fetchone()[0]
 
@@ -98,8 +102,7 @@ def commit_marker_stream(app_conninfo: str, drill_id: str, *, seconds: float, in
     # Through the entry point (PgBouncer in transaction pooling): statements are not prepared, each may land
     # on another server connection.
     with psycopg.connect(app_conninfo, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (drill_id text PRIMARY KEY, "
-                     f"committed_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        _ensure_marker_table(conn)
         ends = clock() + seconds
         while not committed or clock() < ends:
             committed.append(conn.execute(f"INSERT INTO {MARKER_TABLE} (drill_id) VALUES (%s) RETURNING committed_at",

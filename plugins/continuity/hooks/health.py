@@ -98,5 +98,5 @@ class HealthProbeHook(ContinuityPolicyHook):
         them (0: none answered, the caller keeps them for the next round)."""
         policy = self.policy
         locations = locations_from_policy(policy, lambda loc: self.s3_client(loc.conn_id, loc.region))
-        return store_states([locations[loc.name] for loc in policy.storage.locations if loc.required], states,
+        return store_states([locations[name] for name in sorted(policy.storage.required())], states,
                             report=self.log.warning)
