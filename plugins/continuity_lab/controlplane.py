@@ -256,6 +256,8 @@ class ControlPlane:
         return {
             **self.metadata_environment(),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            # Each worker loads the DAG files' imports before its pool forks (continuity_lab/executor.py).
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "continuity_lab.celery_config.CELERY_CONFIG",
             # Users with roles (dr_viewer, dr_operator, dr_admin), as in production: see `grant_access`.
             "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
             "AIRFLOW__CELERY__BROKER_URL": f"redis://:{passwords['broker']}@127.0.0.1:{state['broker']['port']}/0",
