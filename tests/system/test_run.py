@@ -20,11 +20,12 @@ from pathlib import Path
 
 import psutil
 import psycopg
+import yaml
 
 from continuity_lab.controlplane import METADATA_DATABASE, ControlPlane
 
 from continuity.postgres.cluster import free_port, pid_alive
-from continuity.policy.project import default_policy_path
+from continuity.policy.project import POLICY_ENV_VAR, POLICY_OVERLAY_ENV_VAR, default_policy_path
 from continuity.policy.loading import load_policy
 from continuity_lab.sandbox import Sandbox
 from continuity.storage.locations import key_safe
@@ -52,13 +53,12 @@ def _run_and_interrupt(root: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env |= {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
-    # An RTO target of 2 s, so the restore test's Deadline Alert fires while the scheduler runs it.
-    policy_file = root / "policy-tight-rto.yaml"
-    policy_file.write_text(default_policy_path().read_text().replace(
-        "    rto: {target: 15m, maximum: 30m}\n    rpo: {target: 5m, maximum: 15m}",
-        "    rto: {target: 2s, maximum: 30m}\n    rpo: {target: 5m, maximum: 15m}", 1))
-    assert "target: 2s" in policy_file.read_text()
-    env["CONTINUITY_POLICY"] = str(policy_file)
+    # An RTO target of 2 s, so the restore test's Deadline Alert fires while the scheduler runs it; the rest is the
+    # shipped policy, as `make run` reads it.
+    overlay_file = root / "policy-overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump({"business_functions": {"user_authentication": {"rto": {"target": "2s"}}}}))
+    env.pop(POLICY_ENV_VAR, None)  # the shipped policy, as `make run` reads it
+    env[POLICY_OVERLAY_ENV_VAR] = str(overlay_file)
     process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
                                 "--scale", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)
@@ -116,7 +116,7 @@ def _run_and_interrupt(root: Path) -> None:
 
         triggered = _api(port, "/api/v2/dags/dr_restore_test/dagRuns", token, body={"logical_date": None})
         run_id = triggered["dag_run_id"]
-        alerts = Sandbox(root=root, policy=load_policy(policy_file)).storage_locations()["dr"]
+        alerts = Sandbox(root=root, policy=load_policy(default_policy_path())).storage_locations()["dr"]
         key = "alerts/dr_restore_test-" + key_safe(run_id) + ".json"
         deadline = time.monotonic() + 120
         record = None
