@@ -16,6 +16,7 @@ import ast
 import importlib
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow.executors.local_executor import LocalExecutor
@@ -39,22 +40,30 @@ def modules_imported_by(dags_folder: Path) -> list[str]:
     return sorted(modules)
 
 
-def preload_dag_imports(dags_folder: Path | None = None) -> list[str]:
-    """Import what the DAG files import; the names loaded. Failures are logged and skipped."""
+@dataclass(frozen=True)
+class Preloaded:
+    loaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # module: why it did not import
+
+
+def preload_dag_imports(dags_folder: Path | None = None) -> Preloaded:
+    """Import what the DAG files import. A module that fails is logged, skipped and named in the result."""
     if dags_folder is None:
         from airflow.configuration import conf
 
         dags_folder = Path(conf.get("core", "dags_folder"))
-    started, loaded = time.process_time(), []
+    started, result = time.process_time(), Preloaded()
     for name in modules_imported_by(dags_folder):
         try:
             importlib.import_module(name)
         except Exception as exc:  # a broken module is the DAG parse's to report, with its traceback
+            result.failed[name] = f"{type(exc).__name__}: {exc}"
             log.warning("preload: %s did not import (%s); tasks import it themselves", name, exc)
             continue
-        loaded.append(name)
-    log.info("preloaded %d modules the DAG files import in %.1f s of CPU", len(loaded), time.process_time() - started)
-    return loaded
+        result.loaded.append(name)
+    log.info("preloaded %d modules the DAG files import in %.1f s of CPU", len(result.loaded),
+             time.process_time() - started)
+    return result
 
 
 class PreloadingLocalExecutor(LocalExecutor):
