@@ -20,25 +20,24 @@ from pathlib import Path
 
 import psutil
 import psycopg
-import yaml
+import pytest
 
 from continuity_lab.controlplane import METADATA_DATABASE, ControlPlane
 
 from continuity.postgres.cluster import free_port, pid_alive
-from continuity.policy.project import POLICY_ENV_VAR, POLICY_OVERLAY_ENV_VAR, default_policy_path
-from continuity.policy.loading import load_policy
 from continuity_lab.sandbox import Sandbox
 from continuity.storage.locations import key_safe
 from tests.support.airflow_run import api as _api
+from tests.support.policies import use_overlay
 
 DAG_IDS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("dr_*.py"))
 
 
-def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
+def test_run_serves_every_dag_and_ctrl_c_stops_everything(monkeypatch) -> None:
     root = Path(tempfile.mkdtemp(prefix="continuity-sandbox-run-"))
     root.chmod(0o755)
     try:
-        _run_and_interrupt(root)
+        _run_and_interrupt(root, monkeypatch)
     finally:
         keep = bool(os.environ.get("CONTINUITY_KEEP_TEST_ROOT"))  # to read task logs after a failure
         subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", *([] if keep else ["--purge"]),
@@ -47,18 +46,15 @@ def test_run_serves_every_dag_and_ctrl_c_stops_everything() -> None:
             shutil.rmtree(root, ignore_errors=True)  # Airflow may still flush an empty logs/ folder on its way out
 
 
-def _run_and_interrupt(root: Path) -> None:
+def _run_and_interrupt(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An RTO target of 2 s, so the restore test's Deadline Alert fires while the scheduler runs it; the rest is the
+    # shipped policy, as `make run` reads it.
+    policy = use_overlay(monkeypatch, root, {"business_functions": {"user_authentication": {"rto": {"target": "2s"}}}})
     port = free_port()
     # As from a user's shell: none of the test session's Airflow settings (run sets its own).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env |= {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
-    # An RTO target of 2 s, so the restore test's Deadline Alert fires while the scheduler runs it; the rest is the
-    # shipped policy, as `make run` reads it.
-    overlay_file = root / "policy-overlay.yaml"
-    overlay_file.write_text(yaml.safe_dump({"business_functions": {"user_authentication": {"rto": {"target": "2s"}}}}))
-    env.pop(POLICY_ENV_VAR, None)  # the shipped policy, as `make run` reads it
-    env[POLICY_OVERLAY_ENV_VAR] = str(overlay_file)
     process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
                                 "--scale", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)
@@ -116,7 +112,7 @@ def _run_and_interrupt(root: Path) -> None:
 
         triggered = _api(port, "/api/v2/dags/dr_restore_test/dagRuns", token, body={"logical_date": None})
         run_id = triggered["dag_run_id"]
-        alerts = Sandbox(root=root, policy=load_policy(default_policy_path())).storage_locations()["dr"]
+        alerts = Sandbox(root=root, policy=policy).storage_locations()["dr"]
         key = "alerts/dr_restore_test-" + key_safe(run_id) + ".json"
         deadline = time.monotonic() + 120
         record = None
