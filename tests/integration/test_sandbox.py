@@ -66,6 +66,12 @@ def test_switched_segment_reaches_the_spool(sandbox) -> None:
         conn.execute("SELECT pg_switch_wal()")
     spooled = sandbox.spool_dir / segment
     _wait_for(spooled.exists, what=f"{segment} in the WAL spool")
+    # The final name appears (ln) before archive_command exits and its trap removes the temporary
+    # copy: only PostgreSQL's own record that the command returned says the script is done.
+    primary = sandbox.node("primary")
+    _wait_for(lambda: (primary.query_one("SELECT last_archived_wal FROM pg_stat_archiver")["last_archived_wal"]
+                       or "") >= segment,
+              what=f"pg_stat_archiver to record {segment} archived")
     assert spooled.stat().st_size == 16 * 2**20
     assert not [p for p in sandbox.spool_dir.iterdir() if p.name.endswith(".tmp")]
 
