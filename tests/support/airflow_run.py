@@ -230,6 +230,8 @@ def stop(run: AirflowRun) -> None:
 
     if run.process.poll() is None:
         run.interrupt()
-    subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", "--purge", "--root", str(run.root)],
-                   capture_output=True, check=False)
-    shutil.rmtree(run.root, ignore_errors=True)
+    keep = bool(os.environ.get("CONTINUITY_KEEP_TEST_ROOT"))  # to read task logs after a failure (as test_run.py)
+    subprocess.run([sys.executable, "-m", "continuity.cli", "sandbox", "down", *([] if keep else ["--purge"]),
+                    "--root", str(run.root)], capture_output=True, check=False)
+    if not keep:
+        shutil.rmtree(run.root, ignore_errors=True)

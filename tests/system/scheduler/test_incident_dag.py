@@ -90,7 +90,7 @@ def test_a_critical_incident_from_alert_to_report(scheduler) -> None:
     assert airflow.wait_for_task(DAG, run_id, "escalate_unacknowledged", ("success", "failed", "skipped"),
                                  timeout=120) == "success"
     assert [m for m in _mails_about(airflow, incident_id) if "cto@example.com" in m and "ESCALATION" in m]
-    assert airflow.wait_for_run(DAG, run_id) == "success"
+    assert airflow.wait_for_run(DAG, run_id) == "success", airflow.diagnose(DAG, run_id)
 
     # The same cause again: added to the open incident, nobody told twice.
     def about_it() -> int:  # other incidents may post meanwhile (the probe rounds watch this sandbox too)
@@ -99,7 +99,7 @@ def test_a_critical_incident_from_alert_to_report(scheduler) -> None:
     before = about_it()
     again = airflow.trigger(DAG, {"severity": "critical", "title": "Primary database down",
                                   "cause_key": "test:primary-down", "functions": ["user_authentication"]})
-    assert airflow.wait_for_run(DAG, again) == "success"
+    assert airflow.wait_for_run(DAG, again) == "success", airflow.diagnose(DAG, again)
     assert airflow.task_states(DAG, again)["alert_internal"] == "skipped"
     assert store.get(incident_id).triggers == 2 and about_it() == before
     assert [i.incident_id for i in store.open_incidents()].count(incident_id) == 1
@@ -120,7 +120,7 @@ def test_a_critical_incident_from_alert_to_report(scheduler) -> None:
     airflow.answer(DAG, resolve, "post_incident_report", ["Write the report"],
                    {"root_cause": "disk full on the primary", "lessons_learned": "alert on disk usage",
                     "action_items": "add a disk alert\nrehearse failover monthly"})
-    assert airflow.wait_for_run(DAG, resolve) == "success", airflow.task_states(DAG, resolve)
+    assert airflow.wait_for_run(DAG, resolve) == "success", airflow.diagnose(DAG, resolve)
     pages = [r["body"] for r in received(receivers, "pagerduty") if r["body"].get("dedup_key") == incident_id]
     assert [p["event_action"] for p in pages] == ["trigger", "resolve"]
     with pytest.raises(Exception):
