@@ -195,10 +195,11 @@ class ControlPlane:
 
     def _start_metadata(self, state: dict[str, Any], password: str) -> None:
         cluster = self._cluster(state)
+        # Every start, not only the first: a data directory restored or copied without them must still start.
+        cluster.user.make_dir(cluster.socket_dir, 0o755)
+        cluster.user.make_dir(cluster.log_file.parent, 0o755)  # written by the server's OS user
         if not cluster.exists:
             log.info("creating Airflow's metadata database (PostgreSQL on port %s)", cluster.port)
-            cluster.user.make_dir(cluster.socket_dir, 0o755)
-            cluster.user.make_dir(cluster.log_file.parent, 0o755)  # written by the server's OS user
             cluster.initdb()
             settings = (f"port = {cluster.port}\nlisten_addresses = '127.0.0.1'\n"
                         f"unix_socket_directories = '{cluster.socket_dir}'\nmax_connections = 200\n")

@@ -82,3 +82,37 @@ def test_status_of_a_missing_sandbox_is_a_clear_error(tmp_path: Path) -> None:
     result = _cli("status", "--root", str(tmp_path / "none"))
     assert result.returncode == 1
     assert "no sandbox at" in result.stderr and "HINT: run `continuity sandbox up` first" in result.stderr
+
+
+def test_run_whose_metadata_database_cannot_start_says_so_and_leaves_nothing_running() -> None:
+    """The metadata database is made ready beside the sandbox's start: when it fails, `continuity run` waits for
+    the sandbox, stops it and names the failure (exit 1), and nothing of the root keeps running."""
+    root = Path(tempfile.mkdtemp(prefix="continuity-sandbox-run-fault-"))
+    root.chmod(0o755)
+    # A metadata data directory PostgreSQL refuses to start on: a configuration file it cannot parse.
+    plane = root / "control-plane"
+    (plane / "metadata").mkdir(parents=True)
+    (plane / "metadata" / "PG_VERSION").write_text("15\n")
+    (plane / "metadata" / "postgresql.conf").write_text("this is not a setting\n")
+    (plane / "state.json").write_text('{"metadata": {"port": 1}}')
+    if os.geteuid() == 0:  # the server runs as the postgres OS user (it refuses root)
+        os.chown(plane / "metadata", *_postgres_ids())
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        done = subprocess.run([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--scale", "0.05",
+                               "--port", "1"], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "first backups taken" in done.stdout, "the sandbox started beside the failing control plane"
+        assert "the control plane did not start" in done.stderr and "HINT" in done.stderr, done.stderr[-2000:]
+        assert "the sandbox was stopped" in done.stderr
+        assert "postgresql.log" in done.stderr, "the error names the database's log, where PostgreSQL says why"
+        assert _processes_mentioning(str(root)) == []
+    finally:
+        _cli("down", "--purge", "--root", str(root))
+
+
+def _postgres_ids() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid

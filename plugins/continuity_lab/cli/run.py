@@ -9,11 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from continuity.cli.common import EXIT_FAILURE, EXIT_OK, _fail
 from continuity_lab.cli.common import _sandbox
 from continuity_lab.controlplane import METADATA_DATABASE, Component, ControlPlane, components
+
+if TYPE_CHECKING:
+    from continuity_lab.sandbox import Sandbox
 
 
 def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
@@ -32,6 +38,75 @@ def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
     return None
 
 
+class ControlPlaneNotReady(Exception):
+    def __init__(self, message: str, *, hint: str, lines: list[str]) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.lines = lines  # what was reported before it failed
+
+
+def _airflow_settings(args: argparse.Namespace, airflow: Path) -> dict[str, str]:
+    """The Airflow settings `continuity run` adds to the environment (each overridable from the shell where
+    it is a `setdefault`)."""
+    env: dict[str, str] = {}
+
+    def setdefault(key: str, value: str) -> None:
+        env[key] = os.environ.get(key, value)
+
+    env["AIRFLOW__API__PORT"] = str(args.port)
+    # Loopback unless asked: the UI's admin password is generated and printed to a file, not a secret
+    # to hand every network this machine is on.
+    env["AIRFLOW__API__HOST"] = args.host
+    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://{_local_address(args.host)}:{args.port}/execution/"
+    # `ceo`: the approver the policy names for public statements (communication.approvers).
+    setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,ceo:admin")
+    # Tasks fork with the DAG files' imports loaded (about 0.8 s of CPU each otherwise): continuity_lab/executor.py.
+    # The distributed run's Celery workers are set up by the control plane.
+    if not args.distributed:
+        setdefault("AIRFLOW__CORE__EXECUTOR", "continuity_lab.executor.PreloadingLocalExecutor")
+    # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
+    setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    # The scheduler hands out the first runs' tasks while the API server, which serves the tasks' execution
+    # API, may still be starting on a loaded machine. With Airflow's five tries over about 30 s, a task that
+    # found it not listening failed before it ran (seen: a fresh start's health monitor, every check red
+    # with "Connection refused"). Ten tries, 2 to 30 s apart, wait out a slow start.
+    setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRIES", "10")
+    setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MIN", "2")
+    setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MAX", "30")
+    # standalone starts its components as `airflow ...` subprocesses found on PATH.
+    env["PATH"] = f"{airflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return env
+
+
+def _prepare_control_plane(control_plane: ControlPlane, sandbox: Sandbox, args: argparse.Namespace, airflow: Path,
+                           env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The metadata database (and, distributed, the broker) running and migrated, the pools there: (what to
+    report, the settings that use them). Runs in a thread beside the sandbox's start: it reports by return."""
+    lines: list[str] = []
+    try:
+        if args.distributed:
+            control_region = sandbox.policy.control_region
+            plane_env = control_plane.up(control_region=control_region)
+            lines.append(f"the control plane of region {control_region} is up: Airflow's metadata database "
+                         f"(PostgreSQL) and the Celery broker (Redis)")
+        else:
+            plane_env = control_plane.up_metadata()
+    except Exception as exc:
+        raise ControlPlaneNotReady(f"the control plane did not start: {exc}",
+                                   hint=f"see the logs under {control_plane.directory}", lines=lines) from exc
+    lines.append(f"Airflow's metadata: PostgreSQL database {METADATA_DATABASE} on 127.0.0.1:"
+                 f"{control_plane.metadata_port()}, its password in {control_plane.secrets_file}; migrated, "
+                 f"pools created")
+    airflow_home = Path(env["AIRFLOW_HOME"])
+    if (airflow_home / "airflow.db").exists():
+        lines.append(f"note: {airflow_home / 'airflow.db'} (an earlier run's SQLite metadata, its run history) is no "
+                     f"longer used; remove it when nothing in it is needed")
+    problem = _prepare_airflow(airflow, {**env, **plane_env})
+    if problem:
+        raise ControlPlaneNotReady(problem, hint=f"AIRFLOW_HOME ({airflow_home}) must be writable", lines=lines)
+    return lines, plane_env
+
+
 # A worker that crashed is started again this many times, then left down (its log says why).
 MAX_RESTARTS = 5
 
@@ -40,65 +115,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Sandbox up, then Airflow in the foreground (standalone, or the distributed components); Ctrl-C
     stops both."""
     sandbox = _sandbox(args)
-    sandbox.up(scale=args.scale)
-    try:
-        # Protected from the first minute, and the first scheduled runs find backups to work on.
-        taken = sandbox.take_first_backups(report=lambda message: print(message, flush=True))
-    except BaseException:
-        sandbox.down()
-        raise
-    if taken:
-        print(f"first backups taken: {len(taken)}", flush=True)
-    env = {**os.environ, **sandbox.environment()}
+    airflow = Path(sys.executable).with_name("airflow")
+    env = {**os.environ, **_airflow_settings(args, airflow), **sandbox.public_environment()}
     airflow_home = Path(env["AIRFLOW_HOME"])
     airflow_home.mkdir(parents=True, exist_ok=True)
-    env["AIRFLOW__API__PORT"] = str(args.port)
-    # Loopback unless asked: the UI's admin password is generated and printed to a file, not a secret
-    # to hand every network this machine is on.
-    env["AIRFLOW__API__HOST"] = args.host
-    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://{_local_address(args.host)}:{args.port}/execution/"
-    # `ceo`: the approver the policy names for public statements (communication.approvers).
-    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,ceo:admin")
-    # Tasks fork with the DAG files' imports loaded (about 0.8 s of CPU each otherwise): continuity_lab/executor.py.
-    # The distributed run's Celery workers are set up by the control plane.
-    if not args.distributed:
-        env.setdefault("AIRFLOW__CORE__EXECUTOR", "continuity_lab.executor.PreloadingLocalExecutor")
-    # The sandbox exists to be exercised: DAGs run on their schedules from the first start.
-    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
-    # The scheduler hands out the first runs' tasks while the API server, which serves the tasks' execution
-    # API, may still be starting on a loaded machine. With Airflow's five tries over about 30 s, a task that
-    # found it not listening failed before it ran (seen: a fresh start's health monitor, every check red
-    # with "Connection refused"). Ten tries, 2 to 30 s apart, wait out a slow start.
-    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRIES", "10")
-    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MIN", "2")
-    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MAX", "30")
-    airflow = Path(sys.executable).with_name("airflow")
-    # standalone starts its components as `airflow ...` subprocesses found on PATH.
-    env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"
     control_plane = ControlPlane(root=sandbox.root)
+    # Airflow's metadata database, its migration and pools (about 10 s, mostly one core) need nothing of the
+    # sandbox but its root: they are made ready beside the sandbox's start (initdb, base backups, the first
+    # backups: much of it waiting on disks and servers) instead of after it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-plane") as beside:
+        preparing = beside.submit(_prepare_control_plane, control_plane, sandbox, args, airflow, dict(env))
+        try:
+            sandbox.up(scale=args.scale)
+            # Protected from the first minute, and the first scheduled runs find backups to work on.
+            taken = sandbox.take_first_backups(report=lambda message: print(message, flush=True))
+        except BaseException:
+            wait_for_futures([preparing])
+            control_plane.down()
+            sandbox.down()
+            raise
+    if taken:
+        print(f"first backups taken: {len(taken)}", flush=True)
     try:
-        if args.distributed:
-            control_region = sandbox.policy.control_region
-            print(f"starting the control plane of region {control_region}: Airflow's metadata database "
-                  f"(PostgreSQL) and the Celery broker (Redis)", flush=True)
-            env.update(control_plane.up(control_region=control_region))
-        else:
-            print("starting Airflow's metadata database (PostgreSQL)", flush=True)
-            env.update(control_plane.up_metadata())
-    except Exception as exc:
+        lines, plane_env = preparing.result()
+    except ControlPlaneNotReady as exc:
+        for line in exc.lines:
+            print(line, flush=True)
         control_plane.down()
         sandbox.down()
-        return _fail(f"the control plane did not start: {exc}", "see the logs under "
-                     f"{control_plane.directory}; the sandbox was stopped", EXIT_FAILURE)
-    print(f"Airflow's metadata: PostgreSQL database {METADATA_DATABASE} on 127.0.0.1:{control_plane.metadata_port()}, "
-          f"its password in {control_plane.secrets_file}", flush=True)
-    if (airflow_home / "airflow.db").exists():
-        print(f"note: {airflow_home / 'airflow.db'} (an earlier run's SQLite metadata, its run history) is no "
-              f"longer used; remove it when nothing in it is needed", flush=True)
-    problem = _prepare_airflow(airflow, env)
-    if problem:
-        sandbox.down()
-        return _fail(problem, f"AIRFLOW_HOME ({airflow_home}) must be writable; the sandbox was stopped", EXIT_FAILURE)
+        return _fail(str(exc), exc.hint + "; the sandbox was stopped", EXIT_FAILURE)
+    for line in lines:
+        print(line, flush=True)
+    env.update(sandbox.environment())  # the connections: the sandbox's ports are known now
+    env.update(plane_env)
     password_file = airflow_home / "simple_auth_manager_passwords.json.generated"
     if args.distributed:
         try:
