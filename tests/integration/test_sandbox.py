@@ -196,3 +196,30 @@ def test_the_providers_own_hook_connects_with_every_postgres_connection(sandbox,
             connection.autocommit = True  # PgBouncer's admin console knows no BEGIN
             command = "SHOW VERSION" if conn.get("schema") == "pgbouncer" else "SELECT 1"
             assert connection.execute(command).fetchone(), conn_id
+
+
+def test_slowed_storage_carries_every_byte_at_no_more_than_its_rate_and_comes_back(sandbox) -> None:
+    payload = os.urandom(1 << 20)
+    region, bucket = "us-west-2", "gateway-rate-probe"  # a bucket of its own: no backup, drill or replica sees it
+    sandbox.s3_client(region).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    sandbox.slow_storage(region, 256 * 1024)
+    try:
+        client = sandbox.s3_client(region)
+        started = time.monotonic()
+        client.put_object(Bucket=bucket, Key="probe/slowed.bin", Body=payload)
+        took = time.monotonic() - started
+        assert client.get_object(Bucket=bucket, Key="probe/slowed.bin")["Body"].read() == payload
+        # A lower bound only: 1 MiB cannot cross a 256 KiB/s connection in under 4 s, however fast the machine.
+        assert took >= 3.5, f"1 MiB through a 256 KiB/s gateway in {took:.1f}s"
+        try:
+            sandbox.slow_storage("nowhere-1", 1)
+        except ValueError as exc:
+            assert "no S3 gateway for region 'nowhere-1'" in str(exc) and region in str(exc)
+        else:
+            raise AssertionError("an unknown region was accepted")
+    finally:
+        sandbox.slow_storage(region, None)
+    assert "rate" not in sandbox.state["gateways"][region] or sandbox.state["gateways"][region]["rate"] is None
+    client = sandbox.s3_client(region)
+    assert client.get_object(Bucket=bucket, Key="probe/slowed.bin")["Body"].read() == payload
+    client.delete_object(Bucket=bucket, Key="probe/slowed.bin")

@@ -61,13 +61,15 @@ class StoragePart:
         self._create_buckets()
         self.seed_objects()
 
-    def _start_gateways(self, started: list[str]) -> None:
+    def _start_gateways(self, started: list[str], *, only: str | None = None) -> None:
         """Each region's network edge to S3 (continuity_lab.gateway): every client of a region's storage goes
         through it, so stopping it (a region-loss exercise, a storage outage) cuts that region's buckets for real."""
         gateways = self.state.setdefault("gateways", {})
         regions = {location.region for location in self.policy.storage.locations} | {
             node.region for node in self.policy.topology.nodes}
         for region in sorted(regions):
+            if only is not None and region != only:
+                continue
             entry = gateways.setdefault(region, {"port": free_port(), "pid": None})
             if is_our_process(entry.get("pid"), "continuity_lab.gateway"):
                 continue
@@ -78,7 +80,8 @@ class StoragePart:
             with open(self.logs_dir / f"gateway-{region}.log", "ab") as log_handle:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "continuity_lab.gateway", "--listen", str(entry["port"]),
-                     "--upstream", str(self.state["s3"]["port"])],
+                     "--upstream", str(self.state["s3"]["port"]),
+                     *(["--rate", str(entry["rate"])] if entry.get("rate") else [])],
                     stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                     cwd=self.root, env=scrubbed_environment({k: v for k, v in os.environ.items() if k == "PYTHONPATH"}))
             entry["pid"] = process.pid
@@ -91,6 +94,23 @@ class StoragePart:
         False when they already were."""
         self.reload()
         return self._stop_gateway(region)
+
+    def slow_storage(self, region: str, bytes_per_second: int | None) -> None:
+        """Every connection to `region`'s buckets carries at most `bytes_per_second` each way from now on (None:
+        full speed again): its gateway is started again with the rate, so connections open at the change are
+        cut (clients retry, as after a network blip)."""
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError(f"slow_storage({region!r}): the rate must be a positive number of bytes per second, "
+                             f"not {bytes_per_second}")
+        self.reload()
+        entry = self.state.get("gateways", {}).get(region)
+        if entry is None:
+            raise ValueError(f"slow_storage: no S3 gateway for region {region!r} "
+                             f"(known: {', '.join(sorted(self.state.get('gateways', {}))) or 'none'})")
+        self._stop_gateway(region)
+        entry["rate"] = bytes_per_second
+        self._save_state()
+        self._start_gateways([], only=region)
 
     def restore_storage(self) -> list[str]:
         """Every region's buckets reachable again (the gateways that were stopped, started on their ports)."""
