@@ -25,7 +25,6 @@ from continuity.storage.catalog import Catalog
 from continuity_lab.controlplane import ControlPlane
 from continuity.dag_defaults import region_queue
 from continuity.storage.manifest import data_key_name
-from continuity.policy.project import default_policy_path
 from continuity_lab.sandbox import Sandbox
 from continuity_lab.controls import failover_cluster
 from continuity.storage.locations import S3Location, locations_from_policy
@@ -42,13 +41,9 @@ def distributed() -> Iterator[airflow_run.AirflowRun]:
     root = Path(tempfile.mkdtemp(prefix="continuity-distributed-run-"))
     root.chmod(0o755)
     # A crashed backup retried after 10 s, not 5 minutes; failovers approved by a second person, as in production.
-    policy_file = root / "policy-production-quick-retry.yaml"
-    text = default_policy_path().read_text()
-    assert "    retry_delay: 5m" in text
-    assert "  approval: {required: false, timeout: 15m}" in text
-    text = text.replace("  approval: {required: false, timeout: 15m}", "  approval: {required: true, timeout: 15m}", 1)
-    policy_file.write_text(text.replace("    retry_delay: 5m", "    retry_delay: 10s", 1))
-    run = airflow_run.start(root, policy_file=policy_file, distributed=True, paused=True)
+    run = airflow_run.start(root, overlay={"backups": {"full": {"retry_delay": "10s"}},
+                                           "failover": {"approval": {"required": True}}},
+                            distributed=True, paused=True)
     try:
         yield run
     finally:
@@ -81,14 +76,18 @@ def _try_numbers(run: Any, dag_id: str, run_id: str) -> dict[str, tuple[str, int
 
 def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the_retry_succeeds(distributed) -> None:
     box = Sandbox(root=distributed.root)
-    # Enough data that the logical dump is uploaded in parts (over 8 MiB once compressed): random bytes.
+    # Enough data that the logical dump is uploaded in parts (over 8 MiB once compressed: 12.8 MB of random bytes),
+    # through storage slowed to 1 MiB/s per connection, so the upload is caught and killed in its first part.
     with psycopg.connect(box.app_conninfo(), autocommit=True, prepare_threshold=None) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS ballast AS SELECT g AS id, decode(md5(random()::text) || "
-                     "md5(g::text || random()::text), 'hex') AS noise FROM generate_series(1, 1500000) g")
+                     "md5(g::text || random()::text), 'hex') AS noise FROM generate_series(1, 400000) g")
     locations = locations_from_policy(box.policy, lambda loc: box.s3_client(loc.region))
     buckets = [loc for loc in locations.values() if isinstance(loc, S3Location)]
     catalog = Catalog(locations, box.keyring())
     before = {m.backup_id for m in catalog.list(kind="logical")}
+    slowed = sorted({location.region for location in buckets})
+    for region in slowed:
+        box.slow_storage(region, 2**20)
 
     distributed.unpause("dr_full_backup")  # its latest scheduled run starts: the one a worker dies in
     run_id = poll(lambda: _only_run(distributed, "dr_full_backup"), timeout=120)
@@ -96,6 +95,8 @@ def test_a_worker_killed_in_the_middle_of_a_backup_leaves_no_half_object_and_the
     assert uploading, f"no logical backup was seen uploading: {distributed.diagnose('dr_full_backup', run_id)}"
     control_region = box.policy.control_region
     ControlPlane(root=distributed.root).crash_worker(control_region)  # `continuity run` starts it again
+    for region in slowed:  # the retry goes at full speed
+        box.slow_storage(region, None)
 
     time.sleep(5)  # the worker's task processes died with it: nothing completes the upload after the crash
     for location, key in uploading:
