@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from continuity_lab.controlplane import ControlPlane
+import pytest
+
+from continuity.policy.loading import load_policy
+from continuity.policy.model import Policy
+from continuity.policy.project import POLICY_OVERLAY_ENV_VAR
 from continuity.postgres.cluster import free_port
+from continuity_lab.controlplane import ControlPlane
+from continuity_lab.sandbox import Sandbox
 
 from tests.support.airflow_helpers import DAGS_DIR
+from tests.support.policies import use_overlay
 
 TERMINAL = ("success", "failed")
 
@@ -72,6 +79,19 @@ class AirflowRun:
     process: subprocess.Popen
     output: list[str] = field(default_factory=list)
     token: str = ""
+    overlay_file: Path | None = None
+
+    @property
+    def policy(self) -> Policy:
+        """The policy as the stack's DAGs load it (the project's, with the stack's overlay file)."""
+        with pytest.MonkeyPatch.context() as patch:
+            if self.overlay_file is not None:
+                patch.setenv(POLICY_OVERLAY_ENV_VAR, str(self.overlay_file))
+            return load_policy()
+
+    def sandbox(self) -> Sandbox:
+        """The stack's sandbox, under the stack's policy."""
+        return Sandbox(root=self.root, policy=self.policy)
 
     def api(self, path: str, body: dict | None = None, method: str | None = None, *, as_user: str | None = None) -> Any:
         return api(self.port, path, self.login(as_user) if as_user else self.token, body, method)
@@ -179,10 +199,11 @@ class AirflowRun:
         return remaining
 
 
-def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, timeout: float = 300,
+def start(root: Path, *, overlay: dict[str, Any] | None = None, scale: float = 0.05, timeout: float = 300,
           distributed: bool = False, paused: bool = False) -> AirflowRun:
     """`continuity run` (`--distributed`: the CeleryExecutor deployment) in `root`, logged in as admin once
-    the UI is up (the caller interrupts it). `paused`: no DAG runs until the test unpauses it."""
+    the UI is up (the caller interrupts it). `overlay`: what the stack's policy changes of the project's (the
+    project's overlay file, `tests/support/policies`); `paused`: no DAG runs until the test unpauses it."""
     port = free_port()
     # As from a user's shell: none of the test session's Airflow settings (run sets its own).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -192,14 +213,18 @@ def start(root: Path, *, policy_file: Path | None = None, scale: float = 0.05, t
             # re-parse of every file is a process per file, most of a core on this machine, under every test
             # that runs beside the stack).
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600"}
-    if policy_file is not None:
-        env["CONTINUITY_POLICY"] = str(policy_file)
+    overlay_file = None
+    if overlay is not None:
+        with pytest.MonkeyPatch.context() as patch:  # the overlay's variable for the stack's environment only
+            use_overlay(patch, root, overlay)
+            overlay_file = Path(os.environ[POLICY_OVERLAY_ENV_VAR])
+        env[POLICY_OVERLAY_ENV_VAR] = str(overlay_file)
     if paused:
         env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
     process = subprocess.Popen([sys.executable, "-m", "continuity.cli", "run", "--root", str(root), "--port", str(port),
                                 "--scale", str(scale), *(["--distributed"] if distributed else [])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env, start_new_session=True)
-    run = AirflowRun(root=root, port=port, process=process)
+    run = AirflowRun(root=root, port=port, process=process, overlay_file=overlay_file)
     deadline = time.monotonic() + timeout
     assert process.stdout is not None
     while time.monotonic() < deadline:

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from continuity.policy.project import default_policy_path
-
 from tests.support import airflow_run
 
 
@@ -22,17 +20,11 @@ def scheduler() -> Iterator[airflow_run.AirflowRun]:
     partner notice approval 15 s, so timeouts pass while a test watches; every DAG but the incident's two paused."""
     root = Path(tempfile.mkdtemp(prefix="continuity-scheduler-run-"))
     root.chmod(0o755)
-    policy_file = root / "policy-short-deadlines.yaml"
-    text = default_policy_path().read_text()
-    for old, new in (("executive: {audience: management, threshold: high, escalation: 30m}",
-                      "executive: {audience: management, threshold: high, escalation: 20s}"),
-                     ("      methods: [email]\n      deadline: 2h\n", "      methods: [email]\n      deadline: 15s\n")):
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    policy_file.write_text(text)
     # Paused: a fresh install's scheduled runs (the drill's rebuild and switchover, backups, the restore test) took
     # most of both cores under these tests; test_run.py shows them green. Each test unpauses what it drives.
-    run = airflow_run.start(root, policy_file=policy_file, paused=True)
+    run = airflow_run.start(root, overlay={"communication": {"stakeholder_groups": {"executive": {"escalation": "20s"}},
+                                                             "audiences": {"partners": {"deadline": "15s"}}}},
+                            paused=True)
     run.unpause("dr_incident")
     run.unpause_watched("dr_incident_inbox")  # the health monitor's reports reach it through its asset's watcher
     try:

@@ -17,17 +17,15 @@ from datetime import datetime, timezone
 import pytest
 
 from continuity.incidents.records import IncidentStore, pending_causes
-from continuity.policy.loading import load_policy
 from continuity.waiting import poll
 from continuity_lab.receivers import mails, message_text, received
-from continuity_lab.sandbox import Sandbox
 from tests.support import airflow_run
 
 DAG = "dr_incident"
 
 
 def _store(airflow: airflow_run.AirflowRun) -> IncidentStore:
-    sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
+    sandbox = airflow.sandbox()
     locations = sandbox.storage_locations()
     return IncidentStore([locations[n] for n in sorted(l.name for l in sandbox.policy.storage.locations if l.required)])
 
@@ -68,7 +66,7 @@ def test_a_critical_incident_from_alert_to_report(scheduler) -> None:
     [shown] = [i for i in status["open_incidents"] if i["incident_id"] == incident_id]
     assert "EDITED BY APPROVER" in shown["updates"][0]["text"]
     assert [m for m in _mails_about(airflow, incident_id) if "customers@example.com" in m and "EDITED BY APPROVER" in m]
-    sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
+    sandbox = airflow.sandbox()
     s3 = sandbox.s3_client("us-east-1")
     banner = json.loads(s3.get_object(Bucket="app-uploads-us-east-1", Key="app/banner.json")["Body"].read())
     assert banner["active"] and "EDITED BY APPROVER" in banner["text"]
@@ -145,7 +143,7 @@ def test_a_stopped_primary_opens_a_critical_incident_by_itself(scheduler) -> Non
     the triggerer's watcher starts dr_incident_inbox, which starts dr_incident; the team is alerted."""
     airflow = scheduler
     receivers = airflow.root / "receivers"
-    sandbox = Sandbox(root=airflow.root, policy=load_policy(airflow.root / "policy-short-deadlines.yaml"))
+    sandbox = airflow.sandbox()
     stopped_at = datetime.now(timezone.utc)
     sandbox.cluster("primary").stop(mode="immediate", timeout=60)
     airflow.unpause("dr_health_monitor")

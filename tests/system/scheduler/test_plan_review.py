@@ -7,11 +7,9 @@ import json
 from datetime import datetime, timezone
 
 from continuity.exercises.drill import DrillResult, render_markdown as render_drill
-from continuity.policy.loading import load_policy
 from continuity_lab.receivers import mails, message_text
 from continuity.reports import function_rto_objectives, store_report
 from continuity.waiting import poll
-from continuity_lab.sandbox import Sandbox
 
 DAG = "dr_plan_review"
 
@@ -27,7 +25,7 @@ def _current_targets(policy) -> dict[str, str]:
 
 
 def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(scheduler) -> None:
-    sandbox = Sandbox(root=scheduler.root, policy=load_policy(scheduler.root / "policy-short-deadlines.yaml"))
+    sandbox = scheduler.sandbox()
     locations = sandbox.storage_locations()
     required = [locations[n] for n in ("dr", "primary")]
     # A drill measured 2400 s: the video upload target (30m) was missed, user authentication (15m) too,
