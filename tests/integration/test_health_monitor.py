@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from tests.support.airflow_helpers import load_dag, task_states, xcom
@@ -44,7 +46,7 @@ def test_healthy_sandbox_passes(sandbox) -> None:
     assert commit["healthy"] and commit["details"]["seconds"] < commit["details"]["limit_seconds"], commit
 
 
-def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
+def test_stopped_dr_standby_fails_the_run_naming_it(sandbox, capfd: pytest.CaptureFixture[str]) -> None:
     dr = sandbox.cluster("dr")
     dr.stop()
     try:
@@ -59,9 +61,47 @@ def test_stopped_dr_standby_fails_the_run_naming_it(sandbox) -> None:
         assert "standby dr: node dr" in assessment["summary"] and "is unreachable" in assessment["summary"]
         assert "replication slot dr is inactive" in assessment["summary"]
         assert "sync1" not in assessment["summary"]
+
+        # A switchover that gave the cluster lease back after the run's checks began (dated ahead here, as one
+        # ending between the checks and the assessment is) explains what they saw: the same findings, expected.
+        _record_released_lease(datetime.now(timezone.utc) + timedelta(minutes=5))
+        during = load_dag("dr_health_monitor").test()
+        assert str(during.state) == "success", task_states(during)
+        assert not all(f["healthy"] for f in xcom(during, "check_database")), "the checks saw dr down"
+        assessed = xcom(during, "assess_health", "assessment")
+        assert assessed["healthy"] is True and assessed["failing"] == [], assessed
+        out = capfd.readouterr().out
+        assert "dr_drill run health-overlap (live switchover to dr and back)" in out
+        assert "(ended after this run's checks began)" in out and "failing checks are expected" in out
+        # One that ended before the run began explains nothing.
+        _record_released_lease(datetime.now(timezone.utc) - timedelta(seconds=1))
+        after = load_dag("dr_health_monitor").test()
+        assert str(after.state) == "failed" and xcom(after, "assess_health", "assessment")["score"] == 2
     finally:
+        _forget_released_lease()
         dr.start()
         sandbox.wait_streaming()
+
+
+def _record_released_lease(released_at: datetime) -> None:
+    """What a drill's switchover leaves when it gives the cluster lease back (failover.lease.ClusterLease.release)."""
+    from continuity.failover.lease import RELEASED_KEY, LeaseRecord, ReleasedLease
+    from continuity.hooks.failover import FailoverHook
+
+    lease = LeaseRecord(holder="dr_drill run health-overlap", run_id="health-overlap",
+                        purpose="live switchover to dr and back", acquired_at=released_at - timedelta(seconds=20),
+                        expires_at=released_at + timedelta(minutes=30))
+    data = ReleasedLease(lease=lease, released_at=released_at).model_dump_json().encode()
+    for location in FailoverHook().get_lease().locations:
+        location.put_bytes(RELEASED_KEY, data)
+
+
+def _forget_released_lease() -> None:
+    from continuity.failover.lease import RELEASED_KEY
+    from continuity.hooks.failover import FailoverHook
+
+    for location in FailoverHook().get_lease().locations:
+        location.delete(RELEASED_KEY)
 
 
 def test_unreachable_storage_counts_toward_the_score(sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

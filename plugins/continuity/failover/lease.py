@@ -24,6 +24,9 @@ from continuity.storage.locations import PreconditionFailed, StorageError, Stora
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "locks/cluster-lease.json"
+# The last lease given back, with when: a check that ran while a change held the lease, read after it gave it
+# back, must still be able to tell that the change overlapped it (the health monitor's assessment).
+RELEASED_KEY = "locks/cluster-lease-released.json"
 
 
 class LeaseRecord(BaseModel):
@@ -37,6 +40,17 @@ class LeaseRecord(BaseModel):
 
     def describe(self) -> str:
         return f"{self.holder} ({self.purpose}) until {self.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+class ReleasedLease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lease: LeaseRecord
+    released_at: datetime
+
+    def describe(self) -> str:
+        return (f"{self.lease.holder} ({self.lease.purpose}), from {self.lease.acquired_at:%Y-%m-%d %H:%M:%S} "
+                f"to {self.released_at:%H:%M:%S} UTC")
 
 
 class LeaseHeld(RuntimeError):
@@ -136,7 +150,8 @@ class ClusterLease:
         return renewed
 
     def release(self, run_id: str) -> list[str]:
-        """Give the lease back wherever `run_id` holds it; the locations it was removed from."""
+        """Give the lease back wherever `run_id` holds it, leaving a record of when (`last_released`); the
+        locations it was removed from."""
         return [location.name for location in self.locations if self._give_back(location, run_id)]
 
     def _give_back(self, location: StorageLocation, run_id: str) -> bool:
@@ -144,11 +159,25 @@ class ClusterLease:
             current, checksum = self._read(location)
             if current is None or current.run_id != run_id:
                 return False
+            # The record first: a reader that finds no lease must be able to find the one just given back.
+            released = ReleasedLease(lease=current, released_at=self.clock())
+            location.put_bytes(RELEASED_KEY, released.model_dump_json().encode())
             location.delete(LEASE_KEY, if_checksum=checksum)
             return True
         except StorageError as exc:  # it expires by itself
             log.warning("cluster lease of run %s not removed from %s: %s", run_id, location.name, exc)
             return False
+
+    def last_released(self) -> ReleasedLease | None:
+        """The lease given back last, in any location that answers (None: none ever, or none answers)."""
+        found = []
+        for location in self.locations:
+            try:
+                if location.head(RELEASED_KEY) is not None:
+                    found.append(ReleasedLease.model_validate_json(location.get_bytes(RELEASED_KEY)))
+            except (StorageError, ValueError) as exc:
+                log.warning("cannot read the last released cluster lease in %s: %s", location.name, exc)
+        return max(found, key=lambda record: record.released_at, default=None)
 
     def holder(self) -> LeaseRecord | None:
         """The unexpired record a majority of the locations hold, if any."""

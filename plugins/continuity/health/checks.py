@@ -376,8 +376,34 @@ def _standby_names(setting: str) -> set[str]:
 
 
 # What a planned topology change (a switchover: the primary stopped, the entry point paused, the standbys
-# reconnecting) disturbs for its few seconds; storage and configuration it does not.
-DISTURBED_BY_A_CHANGE: frozenset[str] = frozenset({"database", "application", "network", "archiving"})
+# reconnecting, the application moved) disturbs for its few seconds; storage it does not. Configuration it does: the
+# node promoted for the while finds its replication slots inactive and no synchronous standby named until the
+# others follow it (seen: a drill's switchover to dr read that way by a check run during it).
+DISTURBED_BY_A_CHANGE: frozenset[str] = frozenset({"database", "application", "network", "archiving",
+                                                   "configuration"})
+
+
+@dataclass(frozen=True)
+class ChangeSeen:
+    """A planned topology change the checks of one run may have seen: what it was, since when it was active, and
+    the moment to judge it at (now while it holds the lease; its end once it gave the lease back)."""
+
+    change: str
+    active_since: datetime
+    judged_at: datetime
+
+
+def change_seen_by_checks(*, held: tuple[str, datetime] | None, ended: tuple[str, datetime] | None,
+                          checks_started: datetime, now: datetime) -> ChangeSeen | None:
+    """The change a run's checks overlapped, from the cluster lease read after them. `held`: the holder's
+    description and when it took or last renewed the lease; `ended`: the last lease given back, described, and
+    when. A change that ended after the checks started may have disturbed them although no lease is held by the
+    time they are weighed (a drill's switchover back in the seconds between the checks and the assessment)."""
+    if held is not None:
+        return ChangeSeen(held[0], held[1], now)
+    if ended is not None and ended[1] >= checks_started:
+        return ChangeSeen(f"{ended[0]} (ended after this run's checks began)", ended[1], ended[1])
+    return None
 
 
 def during_topology_change(checks: Sequence[Check], *, change: str, active_since: datetime, now: datetime,

@@ -23,6 +23,7 @@ from continuity.health.checks import (
     check_archiver,
     check_commit_latency,
     check_configuration,
+    change_seen_by_checks,
     check_entry_point,
     during_topology_change,
 )
@@ -137,7 +138,7 @@ class HealthAssessmentOperator(HealthCheckOperator):
                                       f"check task {task_id} did not report its findings (see its log)"))
             else:
                 findings.extend(Check.from_dict(item) for item in reported)
-        findings = self._during_a_change(policy, findings)
+        findings = self._during_a_change(policy, findings, checks_started=_checks_started(context))
         assessment = assess(policy, findings)
         result = assessment.to_dict()
         context["ti"].xcom_push(key="assessment", value=result)
@@ -159,32 +160,39 @@ class HealthAssessmentOperator(HealthCheckOperator):
         self.log.info("%s", assessment.summary())
         return result
 
-    def _during_a_change(self, policy: Policy, findings: list[Check]) -> list[Check]:
-        """While a drill's or dr_failover's switchover holds the cluster lease, what it disturbs is expected."""
+    def _during_a_change(self, policy: Policy, findings: list[Check], *, checks_started: datetime) -> list[Check]:
+        """While a drill's or dr_failover's switchover holds the cluster lease, or gave it back after this run's
+        checks began, what it disturbs is expected."""
         from continuity.hooks.failover import FailoverHook
 
         try:
-            held = FailoverHook(policy_path=self.policy_path).get_lease().holder()
+            lease = FailoverHook(policy_path=self.policy_path).get_lease()
+            held = lease.holder()
+            ended = lease.last_released() if held is None else None
         except Exception as exc:  # storage unreachable: judge the checks as they are
             self.log.warning("cannot read the cluster lease (%s): no topology change is assumed", exc)
             return findings
-        if held is None:
+        now = datetime.now(timezone.utc)
+        seen = change_seen_by_checks(
+            held=(held.describe(), held.expires_at - policy.failover.lease_ttl) if held is not None else None,
+            ended=(ended.describe(), ended.released_at) if ended is not None else None,
+            checks_started=checks_started, now=now)
+        if seen is None:
             return findings
         grace = policy.failover.step_timeout
-        now = datetime.now(timezone.utc)
-        active_since = held.expires_at - policy.failover.lease_ttl  # taken or last renewed
-        marked = during_topology_change(findings, change=held.describe(), active_since=active_since, now=now,
-                                        grace=grace)
+        marked = during_topology_change(findings, change=seen.change, active_since=seen.active_since,
+                                        now=seen.judged_at, grace=grace)
         expected = [c for c, before in zip(marked, findings) if c.healthy and not before.healthy]
         if expected:
-            self.log.warning("%s holds the cluster lease (active %s ago): %d failing checks are expected while it "
+            self.log.warning("%s (active %s before it was judged): %d failing checks are expected while it "
                              "changes the cluster and count for nothing (no incident, no automatic failover); after "
-                             "failover.step_timeout (%s) without renewal they count again: %s", held.describe(),
-                             format_duration(timedelta(seconds=int((now - active_since).total_seconds()))),
+                             "failover.step_timeout (%s) without renewal they count again: %s", seen.change,
+                             format_duration(timedelta(seconds=int((seen.judged_at - seen.active_since)
+                                                                   .total_seconds()))),
                              len(expected), format_duration(grace), "; ".join(c.subject for c in expected))
-        elif now - active_since > grace:
+        elif seen.judged_at - seen.active_since > grace:
             self.log.warning("%s holds the cluster lease but has not renewed it for over failover.step_timeout (%s): "
-                             "its run may have died; checks count as they are", held.describe(), format_duration(grace))
+                             "its run may have died; checks count as they are", seen.change, format_duration(grace))
         return marked
 
     def _report_checks(self, policy: Policy, assessment: Assessment, *, source: str, incidents: Any) -> None:
@@ -230,3 +238,10 @@ class ViewpointProbeOperator(ContinuityOperator):
         (self.log.info if observation.writable else self.log.warning)("from %s: %s", self.region, observation.reason)
         return observation.model_dump(mode="json")
 
+
+
+def _checks_started(context: Context) -> datetime:
+    """When this run's checks began: its start (they are its first tasks). Unknown: now, so that only a change
+    still holding the lease can excuse a failure (never one that ended before)."""
+    started = getattr(context.get("dag_run"), "start_date", None)
+    return started if isinstance(started, datetime) else datetime.now(timezone.utc)

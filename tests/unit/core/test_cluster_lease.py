@@ -38,8 +38,12 @@ def test_a_second_run_is_refused_naming_the_holder_until_the_first_gives_it_back
         lease.acquire(holder="dr_failover run f1", run_id="f1", purpose="failover to dr")
     assert all(loc.head(LEASE_KEY) for loc in locations), "the refused run removed nothing of the holder's"
     assert lease.holder() == held
+    clock.now = T0 + timedelta(minutes=2)
     assert sorted(lease.release("d1")) == ["archive", "dr", "primary"]
     assert lease.holder() is None
+    ended = lease.last_released()  # what a health check run during the change needs once the lease is gone
+    assert ended is not None and ended.lease == held and ended.released_at == T0 + timedelta(minutes=2)
+    assert ended.describe() == "dr_drill run d1 (live switchover to dr), from 2026-12-07 12:00:00 to 12:02:00 UTC"
     assert lease.acquire(holder="dr_failover run f1", run_id="f1", purpose="failover to dr").run_id == "f1"
 
 
@@ -99,3 +103,21 @@ def test_renewal_pushes_the_expiry_and_a_lost_majority_is_said(tmp_path: Path) -
     lease.acquire(holder="dr_drill run d1", run_id="d1", purpose="live switchover")
     with pytest.raises(LeaseLost, match="held for it in 0 of 3 locations, 2 needed"):
         lease.renew(renewed)
+
+
+def test_the_last_lease_given_back_is_the_newest_any_answering_location_holds(tmp_path: Path) -> None:
+    clock, locations = Clock(), _locations(tmp_path)
+    lease = ClusterLease(locations, ttl=timedelta(minutes=30), clock=clock)
+    assert lease.last_released() is None
+    lease.acquire(holder="dr_drill run d1", run_id="d1", purpose="live switchover to dr")
+    clock.now = T0 + timedelta(minutes=1)
+    lease.release("d1")
+    locations[0].gone = True  # the primary region's storage cut off: the lease goes on in the other two
+    lease.acquire(holder="dr_failover run f1", run_id="f1", purpose="failover to dr")
+    clock.now = T0 + timedelta(minutes=3)
+    assert sorted(lease.release("f1")) == ["archive", "dr"]
+    ended = lease.last_released()
+    assert ended is not None and ended.lease.run_id == "f1" and ended.released_at == T0 + timedelta(minutes=3)
+    for location in locations[1:]:
+        location.gone = True
+    assert lease.last_released() is None, "nothing answers: nothing is known (the caller judges the checks as they are)"

@@ -117,3 +117,33 @@ def test_what_a_switchover_in_progress_disturbs_is_expected_and_asks_for_no_inci
                                    now=now, grace=timedelta(minutes=10))
     assert stale == findings, "a lease not renewed within the grace (a dead run) covers nothing"
     assert assess(policy, stale).disaster
+
+
+def test_a_switchover_that_ended_after_the_checks_began_still_excuses_what_they_saw() -> None:
+    """A drill switched over and back between the checks and the assessment: no lease is held when the findings
+    are weighed, yet the change that ended after the checks began explains them (seen in a fresh `continuity run`:
+    the 5-minute health run's checks read dr as the primary, with its slots inactive). One that ended before the
+    checks began explains nothing; one still holding the lease explains them as before."""
+    from datetime import datetime, timedelta, timezone
+
+    from continuity.health.checks import Check, change_seen_by_checks, during_topology_change
+
+    started = datetime(2026, 12, 8, 4, 15, 0, tzinfo=timezone.utc)
+    now = started + timedelta(seconds=11)
+    drill = "dr_drill run d1 (live switchover to dr and back), from 2026-12-08 04:14:48 to 04:15:09 UTC"
+    seen = change_seen_by_checks(held=None, ended=(drill, started + timedelta(seconds=9)), checks_started=started,
+                                 now=now)
+    assert seen is not None and seen.change == f"{drill} (ended after this run's checks began)"
+    findings = [Check("configuration", "configuration of dr", False, "slot primary: replication slot primary is inactive"),
+                Check("application", "function user_authentication", False, "login FAILED"),
+                Check("storage", "storage dr", False, "location dr is unreachable")]
+    marked = during_topology_change(findings, change=seen.change, active_since=seen.active_since, now=seen.judged_at,
+                                    grace=timedelta(minutes=10))
+    assert [c.healthy for c in marked] == [True, True, False], "storage is never a switchover's doing"
+
+    assert change_seen_by_checks(held=None, ended=(drill, started - timedelta(seconds=1)), checks_started=started,
+                                 now=now) is None, "a change over before the checks began explains nothing"
+    assert change_seen_by_checks(held=None, ended=None, checks_started=started, now=now) is None
+    holding = change_seen_by_checks(held=("dr_failover run f1 (switchover to dr)", now - timedelta(seconds=30)),
+                                    ended=(drill, started + timedelta(seconds=9)), checks_started=started, now=now)
+    assert holding is not None and holding.change == "dr_failover run f1 (switchover to dr)" and holding.judged_at == now
