@@ -136,6 +136,12 @@ def _run_and_interrupt(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         tasks = _api(port, f"/api/v2/dags/dr_failover/dagRuns/{ended[0]['dag_run_id']}/taskInstances", token)
         states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
         assert states["preflight"] == "success" and states["cut_over"] == "skipped" and states["record"] == "success"
+        # What an operator does with a queue of dry runs once one has answered: the ones not started are deleted
+        # (each would take task slots and CPU from the fresh install's first scheduled runs, checked next).
+        waiting = [r["dag_run_id"] for r in _api(port, "/api/v2/dags/dr_failover/dagRuns?limit=100&state=queued",
+                                                 token)["dag_runs"]]
+        for queued_id in waiting:
+            _api(port, f"/api/v2/dags/dr_failover/dagRuns/{queued_id}", token, method="DELETE")
 
         # A fresh install is green: every run the scheduler started by itself (each scheduled DAG's
         # newest interval, all at once) succeeds within the first minutes.
