@@ -39,6 +39,8 @@ def _prepare_airflow(airflow: Path, env: dict[str, str]) -> str | None:
 
 
 class ControlPlaneNotReady(Exception):
+    """Airflow's metadata database (or broker) did not start, or Airflow could not be prepared on it."""
+
     def __init__(self, message: str, *, hint: str, lines: list[str]) -> None:
         super().__init__(message)
         self.hint = hint
