@@ -239,7 +239,6 @@ class ViewpointProbeOperator(ContinuityOperator):
         return observation.model_dump(mode="json")
 
 
-
 def _checks_started(context: Context) -> datetime:
     """When this run's checks began: its start (they are its first tasks). Unknown: now, so that only a change
     still holding the lease can excuse a failure (never one that ended before)."""
