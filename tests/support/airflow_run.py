@@ -165,8 +165,10 @@ class AirflowRun:
         # the executor requeues the task first, and the scheduler then marks it UP_FOR_RETRY ("finished
         # with state success, but ... queued"): the next try asks again. A person waits at least this long
         # and, on a loaded machine, may still meet the race; like a person, the test answers the new ask.
+        # 15 s, not 5: under the whole suite on 2 cores the scheduler's loop lagged past 5 s, the race struck
+        # the last try and the run failed (twice in six CI runs of 2026-12-08: dr_incident, dr_plan_review).
         for _ in range(3):
-            time.sleep(5)
+            time.sleep(15)
             asked = self._task_instance(dag_id, run_id, task_id)["try_number"]
             response = self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
                                 {"chosen_options": chosen, "params_input": params_input or {}}, method="PATCH",

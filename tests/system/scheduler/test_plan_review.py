@@ -47,7 +47,7 @@ def test_the_review_drafts_from_stored_reports_and_records_the_owners_answer(sch
             answered = True
             scheduler.answer(DAG, run["dag_run_id"], "confirm_targets", ["Confirm targets"],
                              {k: v for k, v in _current_targets(policy).items()})
-            assert scheduler.wait_for_run(DAG, run["dag_run_id"]) == "success"
+            assert scheduler.wait_for_run(DAG, run["dag_run_id"]) == "success", scheduler.diagnose(DAG, run["dag_run_id"])
 
     run_id = scheduler.trigger(DAG)
     scheduler.wait_for_task(DAG, run_id, "draft_review", ("success",), timeout=180)
